@@ -1,0 +1,106 @@
+"""Parameter, non-zero, FLOP and latency accounting — the one function every result uses.
+
+Conventions (documented in `docs/accounting.md`):
+
+- `dense_params`: weights + biases that the model stores densely, counting only *live* neurons
+  (a masked-but-not-shrunk model is counted as its shrunk self); layers without bias count none.
+- `nonzeros`: of those, how many are non-zero (what unstructured pruning reduces).
+- `flops`: dense floating-point operations of one forward pass for one example:
+  `Σ_l 2·n_{l-1}·n_l` (multiply-adds) `+ n_l` per bias, activations not counted. Unstructured
+  masks do not reduce it: dense kernels multiply the zeros too.
+"""
+
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Int
+
+from ._adapters import to_chain
+from ._network import DenseChain
+
+
+class Cost(eqx.Module):
+    """Size and cost of one model (see module docs for the conventions)."""
+
+    dense_params: Int[Array, ""]
+    nonzeros: Int[Array, ""]
+    flops: Int[Array, ""]
+
+    def __repr__(self):  # concise in tables and notebooks
+        return f"Cost(dense_params={self.dense_params}, nonzeros={self.nonzeros}, flops={self.flops})"
+
+
+def _live_masks(chain: DenseChain, neuron_masks) -> list[jax.Array]:
+    """Per layer (input, hidden..., output) a bool mask of live neurons."""
+    widths = chain.widths
+    masks = [jnp.ones(widths[0], bool)]
+    for l in range(1, len(widths) - 1):
+        masks.append(jnp.ones(widths[l], bool) if neuron_masks is None else jnp.asarray(neuron_masks[l - 1], bool))
+    masks.append(jnp.ones(widths[-1], bool))
+    return masks
+
+
+def chain_cost(chain: DenseChain, neuron_masks=None) -> Cost:
+    """`Cost` of a canonical chain; `neuron_masks[l]` marks the live neurons of hidden layer `l+1`."""
+    live = _live_masks(chain, neuron_masks)
+    dense = nonzero = flops = jnp.asarray(0)
+    for l, (w, b, has_bias) in enumerate(zip(chain.weights, chain.biases, chain.use_bias)):
+        n_out, n_in = jnp.sum(live[l + 1]), jnp.sum(live[l])
+        block = live[l + 1][:, None] & live[l][None, :]
+        dense = dense + n_out * n_in + (n_out if has_bias else 0)
+        nonzero = nonzero + jnp.sum(block & (w != 0)) + (jnp.sum(live[l + 1] & (b != 0)) if has_bias else 0)
+        flops = flops + 2 * n_out * n_in + (n_out if has_bias else 0)
+    return Cost(dense, nonzero, flops)
+
+
+def cost(model, neuron_masks=None) -> Cost:
+    """Dense parameters, non-zeros and dense FLOPs per example of `model`.
+
+    **Arguments:**
+
+    - `model`: any supported model (`eqx.nn.MLP`, `eqx.nn.Sequential`, `LumpedMLP`, NNX, `SkipMLP`).
+    - `neuron_masks`: optional live-neuron masks per hidden layer (for fixed-shape masked results).
+
+    **Returns:** a `Cost`.
+
+    ```python
+    import equinox as eqx, jax.random as jr, jaxlump
+    mlp = eqx.nn.MLP(3, 2, 8, 2, key=jr.key(0))
+    c = jaxlump.cost(mlp)
+    assert int(c.dense_params) == 3 * 8 + 8 + 8 * 8 + 8 + 8 * 2 + 2
+    ```
+    """
+    own_cost = getattr(model, "cost", None)
+    if callable(own_cost) and not isinstance(model, DenseChain):
+        return own_cost()
+    return chain_cost(to_chain(model), neuron_masks)
+
+
+def measure_latency(model, batch_size: int = 1, *, repeats: int = 50, warmup: int = 5, key=None) -> float:
+    """Median wall time in seconds of a jitted forward pass on a batch, after warm-up.
+
+    Masks buy no speed without sparse kernels: a pruned-but-same-shape model measures like the
+    dense one; a physically smaller (lumped, structurally pruned) model measures faster.
+    """
+    if int(batch_size) < 1:
+        raise ValueError(f"`batch_size` must be a positive integer; received {batch_size!r}.")
+    n_in = to_chain(model).widths[0] if getattr(model, "cost", None) is None else model.in_size
+    key = jax.random.key(0) if key is None else key
+    x = jax.random.normal(key, (int(batch_size), n_in), dtype=_dtype(model))
+    forward = eqx.filter_jit(jax.vmap(lambda m, xi: m(xi), in_axes=(None, 0)))
+    for _ in range(max(1, warmup)):
+        forward(model, x).block_until_ready()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        forward(model, x).block_until_ready()
+        times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def _dtype(model):
+    leaves = [leaf for leaf in jax.tree_util.tree_leaves(model) if eqx.is_inexact_array(leaf)]
+    return leaves[0].dtype if leaves else jnp.result_type(float)
