@@ -33,27 +33,24 @@ class Cost(eqx.Module):
         return f"Cost(dense_params={self.dense_params}, nonzeros={self.nonzeros}, flops={self.flops})"
 
 
-def _live_masks(chain: DenseChain, neuron_masks) -> list[jax.Array]:
-    """Per layer (input, hidden..., output) a bool mask of live neurons."""
-    widths = chain.widths
-    masks = [jnp.ones(widths[0], bool)]
-    for l in range(1, len(widths) - 1):
-        masks.append(jnp.ones(widths[l], bool) if neuron_masks is None else jnp.asarray(neuron_masks[l - 1], bool))
-    masks.append(jnp.ones(widths[-1], bool))
-    return masks
-
-
 def chain_cost(chain: DenseChain, neuron_masks=None) -> Cost:
     """`Cost` of a canonical chain; `neuron_masks[l]` marks the live neurons of hidden layer `l+1`."""
-    live = _live_masks(chain, neuron_masks)
-    dense = nonzero = flops = jnp.asarray(0)
+    arrays = [*chain.weights, *chain.biases, *(neuron_masks or ())]
+    # NumPy for concrete models: eager JAX would compile every reduction anew for each model shape.
+    xp = jnp if any(isinstance(a, jax.core.Tracer) for a in arrays) else np
+    widths = chain.widths
+    hidden = [xp.ones(n, bool) for n in widths[1:-1]] if neuron_masks is None else neuron_masks
+    live = [xp.ones(widths[0], bool), *(xp.asarray(m, bool) for m in hidden), xp.ones(widths[-1], bool)]
+    dense = nonzero = flops = 0
     for l, (w, b, has_bias) in enumerate(zip(chain.weights, chain.biases, chain.use_bias)):
-        n_out, n_in = jnp.sum(live[l + 1]), jnp.sum(live[l])
+        n_out, n_in = xp.sum(live[l + 1]), xp.sum(live[l])
         block = live[l + 1][:, None] & live[l][None, :]
-        dense = dense + n_out * n_in + (n_out if has_bias else 0)
-        nonzero = nonzero + jnp.sum(block & (w != 0)) + (jnp.sum(live[l + 1] & (b != 0)) if has_bias else 0)
-        flops = flops + 2 * n_out * n_in + (n_out if has_bias else 0)
-    return Cost(dense, nonzero, flops)
+        bias_params = n_out if has_bias else 0
+        dense = dense + n_out * n_in + bias_params
+        nonzero = nonzero + xp.sum(block & (xp.asarray(w) != 0))
+        nonzero = nonzero + (xp.sum(live[l + 1] & (xp.asarray(b) != 0)) if has_bias else 0)
+        flops = flops + 2 * n_out * n_in + bias_params
+    return Cost(jnp.asarray(dense), jnp.asarray(nonzero), jnp.asarray(flops))
 
 
 def cost(model, neuron_masks=None) -> Cost:

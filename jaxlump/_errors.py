@@ -80,11 +80,10 @@ def check_data(x, name: str, *, width: int | None = None, width_name: str = "the
 
 def check_finite(x: jax.Array, name: str) -> jax.Array:
     """Refuse NaN/inf, eagerly when concrete and with `eqx.error_if` when traced."""
-    bad = ~jnp.all(jnp.isfinite(x))
     if is_traced(x):
-        return eqx.error_if(x, bad, f"`{name}` contains NaN or inf.")
-    if bool(bad):
-        n_bad = int(jnp.sum(~jnp.isfinite(x)))
+        return eqx.error_if(x, ~jnp.all(jnp.isfinite(x)), f"`{name}` contains NaN or inf.")
+    n_bad = int(np.sum(~np.isfinite(np.asarray(x))))
+    if n_bad:
         raise ValueError(f"`{name}` contains {n_bad} NaN or inf value(s); only finite values are accepted.")
     return x
 

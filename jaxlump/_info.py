@@ -67,10 +67,12 @@ class CompressionInfo(eqx.Module):
         return 100.0 - self.percent_of_original
 
 
+def live_masks(hidden_widths, partitions) -> list[jax.Array]:
+    """Per hidden layer, which compressed neurons are live (something maps to them)."""
+    return [jnp.zeros(n, bool).at[p].set(True, mode="drop") for n, p in zip(hidden_widths, partitions)]
+
+
 def live_widths(widths: tuple[int, ...], partitions) -> jax.Array:
-    """`(n_0, live hidden widths..., n_L)`: a compressed neuron is live when something maps to it."""
-    hidden = [
-        jnp.sum(jnp.zeros(w, bool).at[jnp.where(p >= 0, p, w)].set(True, mode="drop"))
-        for w, p in zip(widths[1:-1], partitions)
-    ]
+    """`(n_0, live hidden widths..., n_L)` of a compressed model with hidden widths `widths[1:-1]`."""
+    hidden = [jnp.sum(mask) for mask in live_masks(widths[1:-1], partitions)]
     return jnp.asarray([widths[0], *hidden, widths[-1]])

@@ -55,7 +55,10 @@ def _linear_params(layer: eqx.nn.Linear) -> tuple[jax.Array, jax.Array, bool]:
 
 
 def _make_linear(weight: jax.Array, bias: jax.Array, use_bias: bool) -> eqx.nn.Linear:
-    layer = eqx.nn.Linear(weight.shape[1], weight.shape[0], use_bias=use_bias, dtype=weight.dtype, key=jr.key(0))
+    # Built abstractly (no random initialisation to compute), then given the real parameters.
+    layer = eqx.filter_eval_shape(
+        eqx.nn.Linear, weight.shape[1], weight.shape[0], use_bias=use_bias, dtype=weight.dtype, key=jr.key(0)
+    )
     layer = eqx.tree_at(lambda m: m.weight, layer, weight)
     return eqx.tree_at(lambda m: m.bias, layer, bias) if use_bias else layer
 
@@ -95,7 +98,8 @@ def chain_to_mlp(chain: DenseChain, like: eqx.nn.MLP):
     if len(hidden_widths) > 1:
         return LumpedMLP(layers, like.activation, like.final_activation)
     width = hidden_widths.pop() if hidden_widths else like.width_size
-    new = eqx.nn.MLP(
+    new = eqx.filter_eval_shape(
+        eqx.nn.MLP,
         chain.widths[0],
         chain.widths[-1],
         width,
