@@ -1,0 +1,263 @@
+"""Linearity-based compression (Dobler & Lemmerich, arXiv 2506.21146), faithful to the official code.
+
+ReLU neurons that are active on (almost) every calibration example act linearly there; they are removed and their
+path `W^{l+1}[:, L] W^l[L, :]` becomes a dense skip into the next layer's pre-activation (a `SkipMLP`).
+"""
+
+import math
+import warnings
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float
+
+from .._adapters import to_chain
+from .._errors import check_data, check_fraction
+from .._info import CompressionInfo
+from .._network import DenseChain
+from .._skip_mlp import SkipMLP
+from ._structured import chain_and_data, keep_partition, structured_info
+
+# Activations that equal the identity on z > 0, so a neuron active on every example acts linearly.
+RELU_LIKE = ("relu", "leaky_relu")
+
+
+def activation_rates(model: Any, x: Float[ArrayLike, "batch in"]) -> tuple[Float[Array, " width"], ...]:
+    """Per hidden layer, the fraction of examples on which each neuron's activation is positive.
+
+    `r^l_i = (1/N) Σ_n 1[a^l_i(x_n) > 0]` — for ReLU the fraction of examples where the neuron is active, i.e.
+    1 − APoZ (the official code's `get_activation_rates`, computed here in one batched forward pass).
+
+    **Arguments:**
+
+    - `model`: any model `to_chain` accepts, or a `SkipMLP`.
+    - `x`: inputs `(batch, n_0)`.
+
+    **Returns:** a tuple with one `(n_l,)` array per hidden layer `l = 1..L-1`.
+
+    **Raises:** `ValueError` for empty, non-finite or wrongly sized `x`; `TypeError` for an unsupported model.
+
+    ```python
+    import equinox as eqx, jax, jax.random as jr
+    from jaxlump.baselines._linearity import activation_rates
+
+    mlp = eqx.nn.MLP(3, 1, 8, 2, activation=jax.nn.relu, key=jr.key(0))
+    rates = activation_rates(mlp, jr.normal(jr.key(1), (100, 3)))
+    assert len(rates) == 2 and rates[0].shape == (8,)
+    ```
+
+    Dobler & Lemmerich, *Linearity-based neural network compression*, arXiv 2506.21146 (2025).
+    """
+    network = model if isinstance(model, SkipMLP) else to_chain(model)
+    x = check_data(x, "x", width=network.widths[0])
+    acts = network.forward(x)[1]
+    return tuple(jnp.mean(a > 0, axis=0, dtype=x.dtype) for a in acts[1:-1])
+
+
+def _check_relu(chain: DenseChain) -> None:
+    for l, act in enumerate(chain.activations[:-1], start=1):
+        if act not in RELU_LIKE:
+            raise TypeError(
+                f"`model`: hidden layer {l} uses activation {act!r}; linearity-based merging needs ReLU-like hidden "
+                f"activations ({', '.join(RELU_LIKE)}), whose active neurons are linear."
+            )
+
+
+def _check_layer_threshold(layer_threshold):
+    if isinstance(layer_threshold, str):
+        if layer_threshold != "best":
+            raise ValueError(f"`layer_threshold` as a string must be 'best'; received {layer_threshold!r}.")
+        return layer_threshold
+    if isinstance(layer_threshold, (bool, np.bool_)) or not isinstance(layer_threshold, (int, float, np.number)):
+        raise TypeError(
+            "`layer_threshold` must be 'best', an int (minimum linear neurons) or a float in [0, 1] "
+            f"(minimum linear fraction); received {layer_threshold!r}."
+        )
+    if isinstance(layer_threshold, (int, np.integer)):
+        if layer_threshold < 0:
+            raise ValueError(f"`layer_threshold` as an int must be >= 0; received {layer_threshold!r}.")
+        return int(layer_threshold)
+    return check_fraction(layer_threshold, "layer_threshold", upper_inclusive=True)
+
+
+def _worth_merging(n_linear: int, n_neurons: int, n_in: int, n_out: int, layer_threshold) -> bool:
+    """Whether a layer with `n_linear` of `n_neurons` linear neurons is merged (the official `layer_threshold`)."""
+    if n_linear == 0:
+        return False
+    if layer_threshold == "best":  # each removed neuron saves n_in + n_out + 1 parameters, the skip costs n_in·n_out
+        return (n_in + n_out + 1) * n_linear > n_in * n_out
+    if isinstance(layer_threshold, int):
+        return n_linear > layer_threshold
+    return n_linear / n_neurons > layer_threshold
+
+
+def _merge(chain: DenseChain, rates, tau: float, layer_threshold, chained: bool):
+    """One pass over the hidden layers from the input; returns the `SkipMLP` and the partitions."""
+    n_layers = chain.n_layers
+    weights, biases, use_bias = list(chain.weights), list(chain.biases), list(chain.use_bias)
+    skips, sources = [None] * n_layers, [()] * n_layers
+    partitions = []
+    for l in range(1, n_layers):  # hidden layer l: made by weights[l-1], read by weights[l]
+        linear = np.asarray(rates[l - 1] >= tau)
+        is_chained = skips[l - 1] is not None
+        # A linear neuron's full pre-activation: [W^l | S^{l-1}] [a^{l-1}; u^{l-1}] + b^l.
+        incoming = jnp.concatenate([weights[l - 1], skips[l - 1]], axis=1) if is_chained else weights[l - 1]
+        n_in, n_out = incoming.shape[1], weights[l].shape[0]
+        if (is_chained and not chained) or not _worth_merging(
+            int(linear.sum()), linear.size, n_in, n_out, layer_threshold
+        ):
+            partitions.append(keep_partition(np.ones(linear.size, bool)))
+            continue
+        lin, keep = np.flatnonzero(linear), np.flatnonzero(~linear)
+        outgoing = weights[l][:, lin]
+        absorbed = outgoing @ biases[l - 1][lin]
+        biases[l] = biases[l] + absorbed
+        use_bias[l] = use_bias[l] or bool(jnp.any(absorbed != 0))  # a bias-free layer gains one only if needed
+        skips[l] = outgoing @ incoming[lin]
+        sources[l] = ((l - 1,) if weights[l - 1].shape[1] > 0 else ()) + sources[l - 1]
+        weights[l - 1], biases[l - 1], weights[l] = weights[l - 1][keep], biases[l - 1][keep], weights[l][:, keep]
+        if is_chained:
+            skips[l - 1] = skips[l - 1][keep] if keep.size else None
+            sources[l - 1] = sources[l - 1] if keep.size else ()
+        partitions.append(keep_partition(~linear))
+    new_model = SkipMLP(weights, biases, chain.activations, use_bias, skips=skips, skip_sources=sources)
+    return new_model, partitions
+
+
+def _rates_of(chain: DenseChain, x) -> list[np.ndarray]:
+    return [np.asarray(jnp.mean(a > 0, axis=0)) for a in chain.forward(x)[1][1:-1]]
+
+
+def linearity_merge(
+    model: Any,
+    x_calib: Float[ArrayLike, "batch in"],
+    tau: float,
+    *,
+    layer_threshold: str | int | float = "best",
+    chained: bool = True,
+) -> tuple[SkipMLP, CompressionInfo]:
+    """Merge always-active ReLU neurons into skip connections (linearity-based compression).
+
+    With activation rates `r^l_i` measured on the original network (`activation_rates`), hidden layer l's linear
+    set is `L^l = {i : r^l_i ≥ τ}`; layers are visited from the input and, when merged,
+
+    `S^l = W^{l+1}[:, L] [W^l | S^{l-1}][L]`, `b^{l+1} += W^{l+1}[:, L] b^l[L]`, rows L of `W^l`, `b^l`, `S^{l-1}`
+    and columns L of `W^{l+1}` removed; the skip `S^l` reads `[a^{l-1}; u^{l-1}]`, the current input first, then the
+    older skip inputs `u^{l-1}` (chained merges). A layer whose neurons are all linear disappears (width 0); its map
+    lives on in the skip, so this is not a layer pruned away. The output layer is never merged. A bias-free layer
+    that absorbs a non-zero bias gains a bias. At `τ = 1` the result equals the original on the calibration set;
+    in general it equals the original with the merged neurons' ReLU replaced by the identity.
+
+    `layer_threshold` decides whether a layer is merged: `"best"` when it saves parameters,
+    `(in + out + 1)·|L| > in·out`, with `in` the true input width of layer l's neurons (`n_{l-1}` plus the previous
+    skip's input width when chained; the official code adds that skip's *output* width instead, a quirk not
+    copied); an `int` t when `|L| > t`; a `float` t when `|L| / n_l > t`.
+
+    **Arguments:**
+
+    - `model`: an `eqx.nn.MLP`, `eqx.nn.Sequential`, `LumpedMLP` or NNX chain with ReLU (or leaky-ReLU) hidden
+      layers; any output activation. It is not modified.
+    - `x_calib`: calibration inputs `(batch, n_0)`.
+    - `tau`: activation-rate threshold in `[0, 1]`.
+    - `layer_threshold`: `"best"`, a non-negative `int`, or a `float` in `[0, 1]`.
+    - `chained`: allow merging a layer whose predecessor was merged (the official behaviour); `False` skips it.
+
+    **Returns:** `(SkipMLP, info)` with `info.knob = τ` and, per hidden layer, each original neuron's new index
+    (`-1`: merged into a skip).
+
+    **Raises:** `TypeError` for a hidden activation other than ReLU / leaky ReLU, an unsupported model or a
+    `layer_threshold` of the wrong type; `ValueError` for `tau` outside `[0, 1]`, an invalid `layer_threshold`, or
+    missing, empty, non-finite or wrongly sized `x_calib`.
+
+    ```python
+    import equinox as eqx, jax, jax.numpy as jnp, jax.random as jr
+    from jaxlump.baselines._linearity import linearity_merge
+
+    mlp = eqx.nn.MLP(3, 1, 8, 2, activation=jax.nn.relu, key=jr.key(0))
+    x = jr.normal(jr.key(1), (100, 3))
+    merged, info = linearity_merge(mlp, x, 1.0, layer_threshold=0)
+    assert jnp.allclose(jax.vmap(merged)(x), jax.vmap(mlp)(x), atol=1e-5)
+    ```
+
+    Dobler & Lemmerich, *Linearity-based neural network compression*, arXiv 2506.21146 (2025).
+    """
+    tau = check_fraction(tau, "tau", upper_inclusive=True)
+    layer_threshold = _check_layer_threshold(layer_threshold)
+    chain, x = chain_and_data(model, x_calib, required=True, why="to measure activation rates")
+    _check_relu(chain)
+    new_model, partitions = _merge(chain, _rates_of(chain, x), tau, layer_threshold, bool(chained))
+    return new_model, structured_info("linearity_merge", tau, model, new_model, chain.widths, partitions)
+
+
+def _size(network: SkipMLP, count_first_layer: bool) -> int:
+    params = int(network.cost().dense_params)
+    if count_first_layer:
+        return params
+    return params - network.weights[0].size - (network.biases[0].size if network.use_bias[0] else 0)
+
+
+def linearity_to_size(
+    model: Any,
+    x_calib: Float[ArrayLike, "batch in"],
+    target_fraction: float,
+    *,
+    step: float = 0.1,
+    count_first_layer: bool = True,
+) -> tuple[SkipMLP, CompressionInfo]:
+    """Linearity-based merging to a parameter budget (the official `seq_fixed_size_compression`).
+
+    Tries `τ = 1, 1 − step, 1 − 2·step, ..., 0` (rounded to 12 decimals), each a fresh `linearity_merge(model,
+    x_calib, τ, layer_threshold="best")`, and returns the first result with `params ≤ target_fraction · params₀`.
+    Parameters are dense weights, biases and skips; `count_first_layer=False` leaves the first layer's weight and
+    bias out of both counts, as the official code does (the first layer never shrinks there).
+
+    Requested size: `target_fraction`; realised size: `info.percent_of_original / 100` (all parameters) and
+    `info.knob`, the τ reached. If even τ = 0 misses the target, the τ = 0 result is returned with a
+    `UserWarning` giving both sizes.
+
+    **Arguments:**
+
+    - `model`: a ReLU network as for `linearity_merge`; not modified.
+    - `x_calib`: calibration inputs `(batch, n_0)`.
+    - `target_fraction`: the parameter budget as a fraction of the original, in `(0, 1]`.
+    - `step`: the decrement of τ, in `(0, 1]`.
+    - `count_first_layer`: whether the first layer's parameters count toward both sizes.
+
+    **Returns:** `(SkipMLP, info)` as from `linearity_merge`, `info.knob` being the τ used.
+
+    **Raises:** as `linearity_merge`, and `ValueError` for `target_fraction` or `step` outside `(0, 1]`.
+
+    ```python
+    import equinox as eqx, jax, jax.random as jr
+    from jaxlump.baselines._linearity import linearity_to_size
+
+    mlp = eqx.nn.MLP(3, 1, 16, 3, activation=jax.nn.relu, key=jr.key(0))
+    merged, info = linearity_to_size(mlp, jr.normal(jr.key(1), (100, 3)), 0.5)
+    assert info.percent_of_original <= 50
+    ```
+
+    Dobler & Lemmerich, *Linearity-based neural network compression*, arXiv 2506.21146 (2025).
+    """
+    target_fraction = check_fraction(target_fraction, "target_fraction", upper_inclusive=True)
+    step = check_fraction(step, "step", upper_inclusive=True)
+    for name, value in (("target_fraction", target_fraction), ("step", step)):
+        if value == 0:
+            raise ValueError(f"`{name}` must lie in (0, 1]; received 0.")
+    chain, x = chain_and_data(model, x_calib, required=True, why="to measure activation rates")
+    _check_relu(chain)
+    rates = _rates_of(chain, x)
+    budget = target_fraction * _size(SkipMLP.from_chain(chain), count_first_layer)
+    n_steps = math.ceil(round(1.0 / step, 9))
+    for k in range(n_steps + 1):
+        tau = max(round(1.0 - k * step, 12), 0.0)
+        new_model, partitions = _merge(chain, rates, tau, "best", True)
+        if _size(new_model, count_first_layer) <= budget:
+            break
+    else:
+        warnings.warn(
+            f"linearity_to_size: requested {target_fraction:.3g} of the parameters, reached only "
+            f"{_size(new_model, count_first_layer) / (budget / target_fraction):.3g} at tau = 0.",
+            stacklevel=2,
+        )
+    return new_model, structured_info("linearity_to_size", tau, model, new_model, chain.widths, partitions)

@@ -1,0 +1,135 @@
+"""Score → mask → apply: the selection logic every unstructured pruning baseline shares.
+
+A baseline scores each prunable weight (lower = pruned first), `select_lowest` turns the scores
+into keep masks for one comparison group, `apply_masks` zeroes the pruned weights (optionally
+shifting biases), and `make_info` records the result. Conventions, the same for every baseline:
+
+- Exactly `int(n·s)` weights are pruned per group of `n` weights, the lowest scores first, ties
+  broken by position (a stable sort; within a layer row-major, in `"global"` layer by layer), so
+  equal scores never overshoot the requested count as a `score <= threshold` rule would.
+- Groups (`scope`): `"global"` one ranking over every prunable weight of the network;
+  `"layer"` each prunable layer pruned to `s` on its own; `"row"` each output neuron (row of
+  `W`) keeps the same number `n_in − int(n_in·s)` of inputs.
+- Biases are never pruned and never scored. Layers built without a bias (`use_bias=False`) keep
+  their zero bias: bias updates are dropped there.
+- Masks are *keep* masks (`True` = the weight survives), as in `CompressionInfo.weight_masks`; a
+  `None` entry means "this layer is not pruned".
+"""
+
+import itertools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+
+from .._accounting import chain_cost
+from .._adapters import to_chain
+from .._errors import RESULTS, check_choice, check_data, check_fraction
+from .._info import CompressionInfo, live_widths
+from .._network import DenseChain
+
+SCOPES = ("global", "layer", "row")
+
+
+def prepare(model, x_calib, sparsity, *, needs_data: bool) -> tuple[DenseChain, jax.Array | None, float]:
+    """Validate the common arguments: canonical chain, calibration data (in the model's dtype), sparsity.
+
+    Data that a method does not need may be `None`; when given it is validated all the same.
+    """
+    chain = to_chain(model)
+    sparsity = check_fraction(sparsity, "sparsity")
+    if x_calib is None and not needs_data:
+        return chain, None, sparsity
+    x = check_data(x_calib, "x_calib", width=chain.widths[0])
+    return chain, x.astype(chain.weights[0].dtype), sparsity
+
+
+def check_flag(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"`{name}` must be True or False; received {value!r}.")
+    return value
+
+
+def prunable_layers(chain: DenseChain, prune_output: bool, *, skip_first: bool = False) -> list[bool]:
+    """Per layer, whether it is pruned: every hidden layer, the output layer only if `prune_output`."""
+    check_flag(prune_output, "prune_output")
+    flags = [l < chain.n_layers - 1 or prune_output for l in range(chain.n_layers)]
+    if skip_first:
+        flags[0] = False
+    if not any(flags):
+        raise ValueError(
+            f"no layer of this {chain.n_layers}-layer model is prunable with prune_output={prune_output}"
+            f"{' and the first layer skipped' if skip_first else ''}; pass `prune_output=True` to prune the "
+            "output layer."
+        )
+    return flags
+
+
+def _ranks(scores: jax.Array, axis: int = -1) -> jax.Array:
+    """Position of each entry in the stable ascending order along `axis` (0 = pruned first)."""
+    order = jnp.argsort(scores, axis=axis, stable=True)
+    return jnp.argsort(order, axis=axis, stable=True)
+
+
+def select_lowest(scores_per_layer: Sequence[jax.Array | None], sparsity: float, scope: str) -> list[jax.Array | None]:
+    """Keep masks that prune exactly `int(n·s)` lowest-scored weights of every group.
+
+    **Arguments:**
+
+    - `scores_per_layer`: per layer an `(out, in)` score array (lower = pruned first), or `None` for
+      a layer that is not pruned.
+    - `sparsity`: the fraction `s ∈ [0, 1)` to prune per group.
+    - `scope`: `"global"`, `"layer"` or `"row"` (see the module docs).
+
+    **Returns:** per layer a boolean keep mask of the score's shape (`None` where the score was `None`).
+    """
+    check_choice(scope, "scope", SCOPES)
+    scored = [s for s in scores_per_layer if s is not None]
+    if scope == "row":
+        kept = [_ranks(s, axis=1) >= int(s.shape[1] * sparsity) for s in scored]
+    elif scope == "layer":
+        kept = [(_ranks(s.ravel()) >= int(s.size * sparsity)).reshape(s.shape) for s in scored]
+    else:
+        flat = jnp.concatenate([s.ravel() for s in scored])
+        keep_flat = _ranks(flat) >= int(flat.size * sparsity)
+        splits = list(itertools.accumulate(s.size for s in scored))[:-1]
+        kept = [k.reshape(s.shape) for k, s in zip(jnp.split(keep_flat, splits), scored, strict=True)]
+    kept_iter = iter(kept)
+    return [None if s is None else next(kept_iter) for s in scores_per_layer]
+
+
+def apply_masks(
+    chain: DenseChain,
+    keep_masks: Sequence[jax.Array | None],
+    bias_updates: Sequence[jax.Array | None] | None = None,
+) -> DenseChain:
+    """Zero the pruned weights (exactly 0) and add `bias_updates[l]` to layer `l`'s bias where it has one."""
+    weights, biases = [], []
+    updates = [None] * chain.n_layers if bias_updates is None else bias_updates
+    for w, b, has_bias, keep, update in zip(
+        chain.weights, chain.biases, chain.use_bias, keep_masks, updates, strict=True
+    ):
+        weights.append(w if keep is None else jnp.where(keep, w, jnp.zeros((), w.dtype)))
+        biases.append(b + update.astype(b.dtype) if has_bias and update is not None else b)
+    return DenseChain(tuple(weights), tuple(biases), chain.activations, chain.use_bias)
+
+
+def make_info(
+    method: str, chain: DenseChain, new_chain: DenseChain, keep_masks: Sequence[jax.Array | None], sparsity: float
+) -> CompressionInfo:
+    """The `CompressionInfo` of a same-shape unstructured result (identity partitions, all neurons live)."""
+    partitions = tuple(jnp.arange(n) for n in chain.widths[1:-1])
+    masks = tuple(jnp.ones(w.shape, bool) if k is None else k for w, k in zip(chain.weights, keep_masks, strict=True))
+    return CompressionInfo(
+        method=method,
+        structured=False,
+        knob=jnp.asarray(sparsity, dtype=jnp.result_type(float)),
+        partitions=partitions,
+        weight_masks=masks,
+        widths_before=chain.widths,
+        widths_after=live_widths(chain.widths, partitions),
+        cost_before=chain_cost(chain),
+        cost_after=chain_cost(new_chain),
+        certificate=None,
+        result=RESULTS.successful,
+    )

@@ -1,0 +1,190 @@
+"""Structured (neuron-level) pruning: remove whole hidden neurons, giving a physically smaller dense model.
+
+Also holds the helpers every structured baseline shares (partitions, the `CompressionInfo` record).
+"""
+
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, Int
+
+from .._accounting import cost
+from .._adapters import from_chain, to_chain
+from .._errors import RESULTS, check_choice, check_data, check_fraction
+from .._info import CompressionInfo, live_widths
+from .._network import DenseChain
+
+SCORES = ("norm", "activation", "rate", "wanda")
+SCOPES = ("layer", "global")
+
+
+def chain_and_data(model, x_calib, *, required: bool, why: str = "") -> tuple[DenseChain, jnp.ndarray | None]:
+    """The canonical chain of `model` and the checked calibration set (`None` allowed when not `required`)."""
+    chain = to_chain(model)
+    if x_calib is None:
+        if required:
+            raise ValueError(f"`x_calib` is required {why}; received None. Pass a (batch, {chain.widths[0]}) array.")
+        return chain, None
+    return chain, check_data(x_calib, "x_calib", width=chain.widths[0])
+
+
+def keep_partition(keep: np.ndarray) -> Int[Array, " width"]:
+    """For a keep mask over a layer's original neurons: each kept neuron's new index, `-1` for removed ones."""
+    keep = np.asarray(keep, bool)
+    return jnp.asarray(np.where(keep, np.cumsum(keep) - 1, -1))
+
+
+def structured_info(method: str, knob, model, new_model, widths_before, partitions) -> CompressionInfo:
+    """The `CompressionInfo` of a structured (physically smaller) result."""
+    partitions = tuple(jnp.asarray(p, dtype=int) for p in partitions)
+    compressed_widths = (widths_before[0], *(int(jnp.max(p, initial=-1)) + 1 for p in partitions), widths_before[-1])
+    return CompressionInfo(
+        method=method,
+        structured=True,
+        knob=jnp.asarray(float(knob), dtype=jnp.result_type(float)),
+        partitions=partitions,
+        weight_masks=None,
+        widths_before=tuple(widths_before),
+        widths_after=live_widths(compressed_widths, partitions),
+        cost_before=cost(model),
+        cost_after=cost(new_model),
+        certificate=None,
+        result=RESULTS.successful,
+    )
+
+
+def _neuron_scores(chain: DenseChain, acts, score: str) -> list[np.ndarray]:
+    """Per hidden layer (1..L-1) one importance score per neuron (higher = keep)."""
+    scores = []
+    for l in range(1, chain.n_layers):
+        if score == "norm":
+            s = jnp.linalg.norm(chain.weights[l - 1], axis=1)
+        elif score == "activation":
+            s = jnp.mean(jnp.abs(acts[l]), axis=0)
+        elif score == "rate":
+            s = jnp.mean(acts[l] > 0, axis=0)
+        else:  # wanda
+            s = jnp.linalg.norm(acts[l], axis=0) * jnp.linalg.norm(chain.weights[l], axis=0)
+        scores.append(np.asarray(s, dtype=np.float64))
+    return scores
+
+
+def _removed_per_layer(scores: list[np.ndarray], sparsity: float) -> list[np.ndarray]:
+    """Indices of the `int(n·s)` lowest-scoring neurons of each layer (stable sort; at least one neuron stays)."""
+    return [np.argsort(s, kind="stable")[: int(s.size * sparsity)] for s in scores]
+
+
+def _removed_global(scores: list[np.ndarray], sparsity: float) -> list[np.ndarray]:
+    """Indices removed by one ranking over all hidden neurons of the scores normalised by their layer's mean.
+
+    Each layer's best neuron is protected, so no layer is emptied; the count removed is then
+    `min(int(N·s), N − #layers)` with `N` the total number of hidden neurons.
+    """
+    if not scores:
+        return []
+    normalised = []
+    for s in scores:
+        mean = s.mean()
+        s = s / mean if mean > 0 else np.zeros_like(s)
+        s[np.argmax(s)] = np.inf
+        normalised.append(s)
+    flat = np.concatenate(normalised)
+    n_remove = min(int(flat.size * sparsity), flat.size - len(scores))
+    removed = np.zeros(flat.size, bool)
+    removed[np.argsort(flat, kind="stable")[:n_remove]] = True
+    bounds = np.cumsum([s.size for s in scores])[:-1]
+    return [np.flatnonzero(r) for r in np.split(removed, bounds)]
+
+
+def structured_prune(
+    model: Any,
+    x_calib: Float[ArrayLike, "batch in"] | None,
+    sparsity: float,
+    *,
+    score: str = "norm",
+    scope: str = "layer",
+    compensate: bool = False,
+) -> tuple[Any, CompressionInfo]:
+    """Remove the least important hidden neurons, physically shrinking the model.
+
+    Removing hidden neuron k of layer l removes row k of `W^l`, `b^l[k]` and column k of `W^{l+1}`; with
+    `compensate=True` its mean contribution is kept: `b^{l+1} += W^{l+1}[:, k] · mean_n a^l_k(x_n)`
+    (mean replacement; lossless for a neuron whose activation is constant on the data).
+
+    Scores (higher = keep), all computed on the *original* network in one forward pass:
+
+    - `"norm"`: `‖W^l[k, :]‖₂`, the L2 norm of the incoming row, bias excluded (Li et al. 2017; data-free).
+    - `"activation"`: `mean_n |a^l_k(x_n)|`, the mean absolute activation.
+    - `"rate"`: `mean_n 1[a^l_k(x_n) > 0]`, the activation rate, i.e. 1 − APoZ for ReLU (Hu et al. 2016; the
+      rule of Dobler & Lemmerich's `importance_based_pruning.py`).
+    - `"wanda"`: `‖X_k‖₂ · ‖W^{l+1}[:, k]‖₂`, the activation column's norm over the calibration samples times the
+      outgoing column's norm (Wanda's `|W|·‖X‖` score, Sun et al. 2024, lifted to neurons).
+
+    `sparsity` is the fraction of hidden neurons removed. `scope="layer"`: exactly `int(n_l·s)` neurons of each
+    hidden layer, the lowest by a stable sort (ties: lower index goes first); since `s < 1` at least one neuron
+    per layer stays. `scope="global"`: one ranking over all hidden neurons of the scores divided by their layer's
+    mean score (so layers of different fan-in or activation scale compete fairly), removing `int(N·s)` of the
+    `N` hidden neurons; each layer's top neuron is never removed, so no layer is emptied, which caps the count at
+    `N − (L − 1)` — `info.widths_after` gives the realised widths. Input and output neurons are never removed.
+
+    **Arguments:**
+
+    - `model`: an `eqx.nn.MLP`, `eqx.nn.Sequential`, `LumpedMLP` or NNX chain; it is not modified.
+    - `x_calib`: calibration inputs `(batch, n_0)`; may be `None` only for `score="norm"` without `compensate`.
+    - `sparsity`: fraction of hidden neurons to remove, in `[0, 1)`.
+    - `score`: `"norm"`, `"activation"`, `"rate"` or `"wanda"`.
+    - `scope`: `"layer"` or `"global"`.
+    - `compensate`: add removed neurons' mean contribution to the next layer's bias.
+
+    **Returns:** `(new_model, info)`: the same kind of model as `model` (an `eqx.nn.MLP` whose hidden widths become
+    unequal comes back as a `LumpedMLP`), and a `CompressionInfo` with `structured=True`, `knob=sparsity` and,
+    per hidden layer, each original neuron's new index (`-1`: removed).
+
+    **Raises:** `ValueError` for a sparsity outside `[0, 1)`, an unknown `score`/`scope`, missing, empty, non-finite
+    or wrongly sized `x_calib`, or `compensate=True` when a receiving layer has no bias; `TypeError` for an
+    unsupported model.
+
+    ```python
+    import equinox as eqx, jax.random as jr
+    from jaxlump.baselines._structured import structured_prune
+
+    mlp = eqx.nn.MLP(3, 2, 8, 2, key=jr.key(0))
+    x = jr.normal(jr.key(1), (64, 3))
+    small, info = structured_prune(mlp, x, 0.5, score="wanda", compensate=True)
+    assert small.width_size == 4 and info.widths_after.tolist() == [3, 4, 4, 2]
+    ```
+    """
+    sparsity = check_fraction(sparsity, "sparsity")
+    check_choice(score, "score", SCORES)
+    check_choice(scope, "scope", SCOPES)
+    needs_data = score != "norm" or compensate
+    why = f"for score={score!r}" if score != "norm" else "for compensate=True"
+    chain, x = chain_and_data(model, x_calib, required=needs_data, why=why)
+    acts = chain.forward(x)[1] if needs_data else None
+    scores = _neuron_scores(chain, acts, score)
+    removed = (_removed_per_layer if scope == "layer" else _removed_global)(scores, sparsity)
+
+    keeps = [np.ones(chain.widths[0], bool)]
+    for l, r in enumerate(removed, start=1):
+        keep = np.ones(chain.widths[l], bool)
+        keep[r] = False
+        keeps.append(keep)
+    keeps.append(np.ones(chain.widths[-1], bool))
+
+    weights, biases = [], []
+    for j, (w, b) in enumerate(zip(chain.weights, chain.biases, strict=True)):
+        rows, cols = np.flatnonzero(keeps[j + 1]), np.flatnonzero(keeps[j])
+        if compensate and j > 0 and not keeps[j].all():
+            if not chain.use_bias[j]:
+                raise ValueError(
+                    f"`compensate=True` needs a bias in layer {j} to absorb removed neurons of hidden layer {j}, "
+                    "but that layer has none; use compensate=False."
+                )
+            gone = np.flatnonzero(~keeps[j])
+            b = b + w[:, gone] @ jnp.mean(acts[j][:, gone], axis=0)
+        weights.append(w[rows][:, cols])
+        biases.append(b[rows])
+    new_model = from_chain(DenseChain(tuple(weights), tuple(biases), chain.activations, chain.use_bias), like=model)
+    partitions = [keep_partition(k) for k in keeps[1:-1]]
+    return new_model, structured_info("structured_prune", sparsity, model, new_model, chain.widths, partitions)

@@ -1,0 +1,189 @@
+"""Pairwise discrepancies against NumPy double loops and forward-pass references (float64)."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import jax.tree_util as jtu
+import numpy as np
+import pytest
+
+from jaxlump._discrepancy import Dynamical, Structural, pairwise_l1, pairwise_rms
+from jaxlump._network import ACTIVATIONS, DenseChain
+
+WIDTHS = (3, 6, 5, 2)
+
+
+def _random_chain(key, widths=WIDTHS, hidden="tanh") -> DenseChain:
+    keys = jr.split(key, 2 * (len(widths) - 1))
+    weights = tuple(jr.normal(keys[2 * l], (n_out, n_in)) for l, (n_in, n_out) in enumerate(zip(widths, widths[1:])))
+    biases = tuple(0.5 * jr.normal(keys[2 * l + 1], (n,)) for l, n in enumerate(widths[1:]))
+    activations = (hidden,) * (len(widths) - 2) + ("identity",)
+    return DenseChain(weights, biases, activations, (True,) * len(weights))
+
+
+def _numpy_forward(chain: DenseChain, x: np.ndarray) -> list[np.ndarray]:
+    """Activations `[a^1 .. a^L]` by a NumPy forward pass."""
+    numpy_fn = {"tanh": np.tanh, "sigmoid": lambda z: 1 / (1 + np.exp(-z)), "identity": lambda z: z}
+    acts, a = [], x
+    for w, b, name in zip(chain.weights, chain.biases, chain.activations):
+        a = numpy_fn[name](a @ np.asarray(w).T + np.asarray(b))
+        acts.append(a)
+    return acts
+
+
+def _loop_l1(features: np.ndarray) -> np.ndarray:
+    n = features.shape[0]
+    return np.array([[np.sum(np.abs(features[i] - features[j])) for j in range(n)] for i in range(n)])
+
+
+def _loop_rms(samples: np.ndarray) -> np.ndarray:
+    n = samples.shape[1]
+    return np.array([[np.sqrt(np.mean((samples[:, i] - samples[:, j]) ** 2)) for j in range(n)] for i in range(n)])
+
+
+@pytest.mark.parametrize("n, d, block_size", [(7, 3, 3), (8, 4, 4), (5, 2, 1), (1, 3, 256), (10, 1, 256), (9, 5, 4)])
+def test_pairwise_l1_matches_double_loop(n, d, block_size):
+    features = np.asarray(jr.normal(jr.key(n * 100 + d), (n, d)))
+    got = pairwise_l1(jnp.asarray(features), block_size)
+    assert got.shape == (n, n)
+    np.testing.assert_allclose(got, _loop_l1(features), rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("samples, n", [(13, 6), (4, 1), (1, 5), (40, 9)])
+def test_pairwise_rms_matches_double_loop(samples, n):
+    features = np.asarray(jr.normal(jr.key(samples + 7 * n), (samples, n)))
+    got = pairwise_rms(jnp.asarray(features))
+    assert got.shape == (n, n)
+    np.testing.assert_allclose(got, _loop_rms(features), rtol=1e-10, atol=1e-10)
+
+
+def test_pairwise_rms_of_identical_columns_is_exactly_zero():
+    """ε = 0 must merge exact duplicates, so the GEMM form may not leave a cancellation residue."""
+    base = np.asarray(jr.normal(jr.key(3), (50, 4)))
+    features = base[:, [0, 1, 0, 2, 3, 1]]
+    got = np.asarray(pairwise_rms(jnp.asarray(features)))
+    assert got[0, 2] == 0.0 and got[1, 5] == 0.0 and np.all(np.diag(got) == 0.0)
+    assert np.all(got[~np.eye(6, dtype=bool) & (got != 0)] > 1e-3)
+
+
+def _numpy_structural(chain: DenseChain, l: int, prev_labels: np.ndarray):
+    w, b = np.asarray(chain.weights[l - 1]), np.asarray(chain.biases[l - 1])
+    blocks = np.unique(prev_labels)
+    coefficients = np.stack([w[:, prev_labels == block].sum(axis=1) for block in blocks] + [b], axis=1)
+    scale = np.mean(np.abs(w).sum(axis=1) + np.abs(b))
+    importance = np.abs(np.asarray(chain.weights[l])).sum(axis=0)
+    return _loop_l1(coefficients) / scale, importance
+
+
+@pytest.mark.parametrize(
+    "l, prev_labels",
+    [(1, [0, 1, 2]), (2, [0, 0, 2, 2, 2, 5]), (2, [3, 1, 3, 3, 1, 1]), (2, [0, 1, 2, 3, 4, 5]), (2, [4] * 6)],
+)
+@pytest.mark.parametrize("block_size", [2, 256])
+def test_structural_matches_numpy(l, prev_labels, block_size):
+    chain = _random_chain(jr.key(0))
+    prev_labels = np.asarray(prev_labels, np.int32)
+    got = Structural(block_size=block_size).layer(chain, None, l, jnp.asarray(prev_labels))
+    relative, importance = _numpy_structural(chain, l, prev_labels)
+    np.testing.assert_allclose(got.relative, relative, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got.importance, importance, rtol=1e-12)
+
+
+def test_structural_is_zero_exactly_on_planted_lumpable_pairs():
+    """Rows that differ but share every block sum (and bias) are exactly lumpable: distance 0."""
+    chain = _random_chain(jr.key(1))
+    w = np.asarray(chain.weights[1]).copy()
+    b = np.asarray(chain.biases[1]).copy()
+    prev_labels = np.array([0, 0, 2, 2, 2, 5])
+    w[3] = w[0] + np.array([0.25, -0.25, 1.0, -0.5, -0.5, 0.0])  # same sums over {0,1}, {2,3,4}, {5}
+    b[3] = b[0]
+    chain = DenseChain((chain.weights[0], jnp.asarray(w), chain.weights[2]), (chain.biases[0], jnp.asarray(b),
+                       chain.biases[2]), chain.activations, chain.use_bias)
+    relative = np.asarray(Structural().layer(chain, None, 2, jnp.asarray(prev_labels)).relative)
+    assert relative[0, 3] <= 1e-15 and relative[3, 0] <= 1e-15
+    # Without the input partition the rows are far apart.
+    assert np.asarray(Structural().layer(chain, None, 2, jnp.arange(6)).relative)[0, 3] > 0.1
+
+
+def _numpy_dynamical(chain: DenseChain, x: np.ndarray, l: int, times, x_ref: np.ndarray):
+    """Trajectories by the forward pass at x(t) = x_ref + t(x − x_ref): independent of the ODE solver."""
+    samples = np.concatenate([_numpy_forward(chain, x_ref + t * (x - x_ref))[l - 1] for t in times], axis=0)
+    outgoing = np.linalg.norm(np.asarray(chain.weights[l]), axis=0)
+    rms = np.sqrt(np.mean(samples**2, axis=0))
+    scale = np.mean(rms * outgoing)
+    weighted = _loop_rms(samples) * (outgoing[:, None] + outgoing[None, :]) / 2
+    return weighted / scale, rms * outgoing
+
+
+@pytest.mark.parametrize("hidden, x_ref", [("tanh", "zero"), ("sigmoid", "mean"), ("identity", "zero")])
+def test_dynamical_matches_forward_pass_reference(hidden, x_ref):
+    chain = _random_chain(jr.key(2), hidden=hidden)
+    x = np.asarray(jr.normal(jr.key(3), (6, WIDTHS[0])))
+    discrepancy = Dynamical(times=(0.0, 0.3, 0.7, 1.0), x_ref=x_ref)
+    prepared = discrepancy.prepare(chain, jnp.asarray(x))
+    reference_point = x.mean(axis=0) if x_ref == "mean" else np.zeros(WIDTHS[0])
+    for l in (1, 2):
+        got = discrepancy.layer(chain, prepared, l, jnp.arange(WIDTHS[l - 1]))
+        relative, importance = _numpy_dynamical(chain, x, l, discrepancy.times, reference_point)
+        np.testing.assert_allclose(got.relative, relative, rtol=1e-7, atol=1e-7)
+        np.testing.assert_allclose(got.importance, importance, rtol=1e-7, atol=1e-9)
+
+
+def test_dynamical_uses_at_most_max_inputs():
+    chain = _random_chain(jr.key(4))
+    x = np.asarray(jr.normal(jr.key(5), (9, WIDTHS[0])))
+    discrepancy = Dynamical(times=(0.5, 1.0), max_inputs=4)
+    got = discrepancy.layer(chain, discrepancy.prepare(chain, jnp.asarray(x)), 1, jnp.arange(WIDTHS[0]))
+    relative, _ = _numpy_dynamical(chain, x[:4], 1, discrepancy.times, np.zeros(WIDTHS[0]))
+    np.testing.assert_allclose(got.relative, relative, rtol=1e-7, atol=1e-7)
+
+
+def test_dynamical_is_zero_on_planted_duplicates():
+    chain = _random_chain(jr.key(6))
+    w, b = np.asarray(chain.weights[0]).copy(), np.asarray(chain.biases[0]).copy()
+    w[4], b[4] = w[1], b[1]
+    chain = DenseChain((jnp.asarray(w),) + chain.weights[1:], (jnp.asarray(b),) + chain.biases[1:],
+                       chain.activations, chain.use_bias)
+    x = jr.normal(jr.key(7), (5, WIDTHS[0]))
+    discrepancy = Dynamical(times=(0.5, 1.0))
+    relative = discrepancy.layer(chain, discrepancy.prepare(chain, x), 1, jnp.arange(WIDTHS[0])).relative
+    assert float(relative[1, 4]) == 0.0 and float(relative[4, 1]) == 0.0
+
+
+def test_structural_under_jit_and_vmap():
+    chains = [_random_chain(jr.key(k)) for k in (10, 11, 12)]
+    labels = jnp.asarray([[0, 0, 2, 2, 2, 5], [0, 1, 2, 3, 4, 5], [1, 1, 1, 4, 4, 4]], jnp.int32)
+    stacked = jtu.tree_map(lambda *leaves: jnp.stack(leaves), *chains)
+
+    @eqx.filter_jit
+    def relative(chain, prev_labels):
+        return Structural(block_size=4).layer(chain, None, 2, prev_labels).relative
+
+    batched = eqx.filter_vmap(relative)(stacked, labels)
+    for chain, prev_labels, got in zip(chains, np.asarray(labels), batched):
+        np.testing.assert_allclose(got, _numpy_structural(chain, 2, prev_labels)[0], rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(relative(chain, jnp.asarray(prev_labels)), got, rtol=1e-14, atol=1e-14)
+
+
+def test_dynamical_under_jit_and_vmap():
+    chain = _random_chain(jr.key(13))
+    xs = jr.normal(jr.key(14), (3, 4, WIDTHS[0]))  # three calibration sets of 4 inputs
+    discrepancy = Dynamical(times=(0.5, 1.0))
+
+    @eqx.filter_jit
+    def relative(x):
+        return discrepancy.layer(chain, discrepancy.prepare(chain, x), 2, jnp.arange(WIDTHS[1])).relative
+
+    batched = jax.vmap(relative)(xs)
+    for x, got in zip(np.asarray(xs), batched):
+        expected, _ = _numpy_dynamical(chain, x, 2, discrepancy.times, np.zeros(WIDTHS[0]))
+        np.testing.assert_allclose(got, expected, rtol=1e-7, atol=1e-7)
+
+
+def test_lipschitz_constants_match_the_activations():
+    """The certificate relies on these: check max |σ'| on a fine grid does not exceed the table's value."""
+    z = jnp.linspace(-8.0, 8.0, 20001)
+    for name, activation in ACTIVATIONS.items():
+        slope = jax.vmap(jax.grad(activation.fn))(z)
+        assert float(jnp.max(jnp.abs(slope))) <= activation.lipschitz + 1e-9, name

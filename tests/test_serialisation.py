@@ -1,0 +1,303 @@
+"""save / load: every model kind round-trips with its new widths; corrupted files give path-level errors."""
+
+import functools
+import json
+import re
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxlump._accounting import Cost
+from jaxlump._adapters import LumpedMLP, from_chain, to_chain
+from jaxlump._errors import RESULTS
+from jaxlump._info import Certificate, CompressionInfo
+from jaxlump._network import DenseChain
+from jaxlump._serialisation import FORMAT, load, save
+
+
+def _keep_neurons(chain: DenseChain, keep) -> DenseChain:
+    """The chain restricted to the hidden neurons `keep[l]` of each hidden layer (a hand-made 'compression')."""
+    rows = [*keep, np.arange(chain.widths[-1])]
+    cols = [np.arange(chain.widths[0]), *keep]
+    weights = tuple(w[r][:, c] for w, r, c in zip(chain.weights, rows, cols, strict=True))
+    biases = tuple(b[r] for b, r in zip(chain.biases, rows, strict=True))
+    return DenseChain(weights, biases, chain.activations, chain.use_bias)
+
+
+@functools.cache  # models are immutable; building one per test only repeats JAX compilations
+def _lumped(dtype=jnp.float64) -> LumpedMLP:
+    """A LumpedMLP with hidden widths (7, 16), as a compressed 3-20-20-2 MLP would give."""
+    mlp = eqx.nn.MLP(3, 2, 20, 2, activation=jnp.tanh, dtype=dtype, key=jr.key(0))
+    model = from_chain(_keep_neurons(to_chain(mlp), [np.arange(7), np.arange(2, 18)]), like=mlp)
+    assert isinstance(model, LumpedMLP) and model.widths == (3, 7, 16, 2)
+    return model
+
+
+def _assert_same_model(loaded, original, x):
+    assert type(loaded) is type(original)
+    a, b = to_chain(loaded), to_chain(original)
+    assert (a.widths, a.activations, a.use_bias) == (b.widths, b.activations, b.use_bias)
+    for new, old in zip(a.weights + a.biases, b.weights + b.biases, strict=True):
+        assert new.dtype == old.dtype and np.array_equal(new, old)
+    assert np.array_equal(jax.vmap(loaded)(x), jax.vmap(original)(x))
+
+
+def _rewrite(path, **changes):
+    """Rewrite the archive at `path` with some entries replaced (`None` deletes one)."""
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    arrays.update(changes)
+    with open(path, "wb") as file:
+        np.savez(file, **{key: a for key, a in arrays.items() if a is not None})
+
+
+def _record(path) -> dict:
+    with np.load(path, allow_pickle=False) as data:
+        return json.loads(str(data["__jaxlump__"][()]))
+
+
+def _with_record(path, edit):
+    record = _record(path)
+    edit(record)
+    _rewrite(path, __jaxlump__=np.asarray(json.dumps(record)))
+
+
+@pytest.fixture
+def x():
+    return jr.normal(jr.key(42), (6, 3), jnp.float64)
+
+
+@pytest.mark.parametrize("scan", [False, True])
+def test_mlp_round_trip(tmp_path, x, scan):
+    mlp = eqx.nn.MLP(3, 2, 8, 3, activation=jax.nn.relu, use_final_bias=False, scan=scan, key=jr.key(1))
+    save(tmp_path / "mlp.npz", mlp)
+    loaded = load(tmp_path / "mlp.npz")
+    _assert_same_model(loaded, mlp, x)
+    assert (loaded.scan, loaded.width_size, loaded.depth, loaded.use_final_bias) == (scan, 8, 3, False)
+
+
+def test_compressed_mlp_keeps_its_new_width(tmp_path, x):
+    mlp = eqx.nn.MLP(3, 2, 12, 2, activation=jax.nn.sigmoid, key=jr.key(2))
+    small = from_chain(_keep_neurons(to_chain(mlp), [np.arange(5), np.arange(1, 6)]), like=mlp)
+    save(tmp_path / "small.npz", small)
+    loaded = load(tmp_path / "small.npz")
+    assert isinstance(loaded, eqx.nn.MLP) and loaded.width_size == 5
+    assert _record(tmp_path / "small.npz")["model"]["widths"] == [3, 5, 5, 2]
+    _assert_same_model(loaded, small, x)
+
+
+def test_depth_zero_mlp_round_trip(tmp_path, x):
+    mlp = eqx.nn.MLP(3, 4, 9, 0, key=jr.key(3))
+    save(tmp_path / "linear.npz", mlp)
+    loaded = load(tmp_path / "linear.npz")
+    _assert_same_model(loaded, mlp, x)
+    assert loaded.width_size == 9
+
+
+def test_lumped_mlp_with_unequal_widths_round_trip(tmp_path, x):
+    model = _lumped()
+    save(tmp_path / "lumped.npz", model)
+    loaded = load(tmp_path / "lumped.npz")
+    assert loaded.widths == (3, 7, 16, 2)
+    _assert_same_model(loaded, model, x)
+
+
+def test_sequential_round_trip_without_some_biases(tmp_path, x):
+    seq = eqx.nn.Sequential(
+        [
+            eqx.nn.Linear(3, 6, key=jr.key(4)),
+            eqx.nn.Lambda(jnp.tanh),
+            eqx.nn.Linear(6, 5, use_bias=False, key=jr.key(5)),
+            eqx.nn.Lambda(jax.nn.relu),
+            eqx.nn.Linear(5, 4, key=jr.key(6)),
+            eqx.nn.Identity(),
+            eqx.nn.Linear(4, 2, key=jr.key(7)),
+        ]
+    )
+    save(tmp_path / "seq.npz", seq)
+    loaded = load(tmp_path / "seq.npz")
+    _assert_same_model(loaded, seq, x)
+    assert [type(layer).__name__ for layer in loaded.layers] == [type(layer).__name__ for layer in seq.layers]
+    assert loaded.layers[2].bias is None
+    with np.load(tmp_path / "seq.npz", allow_pickle=False) as data:
+        assert "layers[1].bias" not in data.files and data["layers[1].weight"].shape == (5, 6)
+
+
+def test_dense_chain_and_nnx_round_trip(tmp_path, x):
+    chain = _keep_neurons(to_chain(eqx.nn.MLP(3, 2, 6, 1, activation=jnp.tanh, key=jr.key(8))), [np.arange(4)])
+    save(tmp_path / "chain.npz", chain)
+    _assert_same_model(load(tmp_path / "chain.npz"), chain, x)
+    rngs = nnx.Rngs(0)
+    seq = nnx.Sequential(
+        nnx.Linear(3, 5, param_dtype=jnp.float64, rngs=rngs),
+        nnx.tanh,
+        nnx.Linear(5, 2, use_bias=False, param_dtype=jnp.float64, rngs=rngs),
+    )
+    save(tmp_path / "nnx.npz", seq)
+    loaded = load(tmp_path / "nnx.npz")
+    assert isinstance(loaded, nnx.Sequential) and np.array_equal(loaded(x), seq(x))
+    linear = nnx.Linear(3, 2, param_dtype=jnp.float64, rngs=rngs)
+    save(tmp_path / "nnx_linear.npz", linear)
+    loaded = load(tmp_path / "nnx_linear.npz")
+    assert isinstance(loaded, nnx.Linear) and np.array_equal(loaded(x), linear(x))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64, jnp.bfloat16])
+def test_dtype_preserved(tmp_path, dtype):
+    model = _lumped(dtype)
+    save(tmp_path / "model.npz", model)
+    loaded = load(tmp_path / "model.npz")
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(eqx.filter(loaded, eqx.is_array))} == {jnp.dtype(dtype)}
+    for new, old in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(model), strict=True):
+        assert not eqx.is_array(old) or np.array_equal(np.asarray(new, np.float64), np.asarray(old, np.float64))
+
+
+def test_path_is_used_exactly_and_model_untouched(tmp_path, x):
+    model = _lumped()
+    before = [np.array(leaf) for leaf in jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_array))]
+    save(str(tmp_path / "model.jaxlump"), model)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.jaxlump"]
+    after = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_array))
+    assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
+
+
+def _info(batched: bool = False) -> CompressionInfo:
+    scalar = (lambda v: jnp.asarray([v, 2 * v])) if batched else jnp.asarray
+    result = (
+        jax.vmap(lambda ok: RESULTS.where(ok, RESULTS.successful, RESULTS.nonfinite_result))(jnp.asarray([True, False]))
+        if batched
+        else RESULTS.ode_solve_failed
+    )
+    return CompressionInfo(
+        method="lump",
+        structured=True,
+        knob=scalar(0.25),
+        partitions=(jnp.asarray([0, 1, 1, -1, 2]), jnp.asarray([0, 0, 1])),
+        weight_masks=(jnp.ones((2, 3), bool), jnp.asarray([[True, False]])),
+        widths_before=(3, 5, 3, 2),
+        widths_after=jnp.asarray([3, 3, 2, 2]),
+        cost_before=Cost(jnp.asarray(44), jnp.asarray(40), jnp.asarray(82)),
+        cost_after=Cost(jnp.asarray(25), jnp.asarray(25), jnp.asarray(45)),
+        certificate=Certificate(scalar(0.1), scalar(0.05), jnp.asarray(jnp.nan), scalar(1.5)),
+        result=result,
+    )
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_info_round_trip(tmp_path, batched):
+    info = _info(batched)
+    save(tmp_path / "model.npz", _lumped(), info)
+    model, loaded = load(tmp_path / "model.npz", with_info=True)
+    assert isinstance(model, LumpedMLP) and isinstance(loaded, CompressionInfo)
+    assert (loaded.method, loaded.structured, loaded.widths_before) == ("lump", True, (3, 5, 3, 2))
+    assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(info)
+    for new, old in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(info), strict=True):
+        assert np.asarray(new).dtype == np.asarray(old).dtype
+        np.testing.assert_array_equal(np.asarray(new), np.asarray(old))
+    assert np.asarray(RESULTS[loaded.result]).tolist() == np.asarray(RESULTS[info.result]).tolist()
+    assert float(loaded.percent_of_original) == pytest.approx(100 * 25 / 44)
+
+
+def test_info_without_optional_parts(tmp_path):
+    info = eqx.tree_at(lambda i: (i.weight_masks, i.certificate), _info(), (None, None), is_leaf=lambda v: v is None)
+    save(tmp_path / "model.npz", _lumped(), info)
+    _, loaded = load(tmp_path / "model.npz", with_info=True)
+    assert loaded.weight_masks is None and loaded.certificate is None and len(loaded.partitions) == 2
+    save(tmp_path / "plain.npz", _lumped())
+    assert load(tmp_path / "plain.npz", with_info=True)[1] is None
+
+
+def test_corrupted_shape_names_the_array(tmp_path):
+    save(tmp_path / "model.npz", _lumped())
+    _rewrite(tmp_path / "model.npz", **{"layers[1].weight": np.zeros((12, 7))})
+    with pytest.raises(ValueError, match=re.escape("layers[1].weight: expected (16, 7), found (12, 7)")):
+        load(tmp_path / "model.npz")
+
+
+def test_missing_extra_and_retyped_arrays_are_all_named(tmp_path):
+    save(tmp_path / "model.npz", _lumped(), _info())
+    _rewrite(
+        tmp_path / "model.npz",
+        **{
+            "layers[0].bias": None,
+            "layers[2].weight": np.zeros((2, 16), np.float32),
+            "layers[9].weight": np.zeros(3),
+        },
+    )
+    with pytest.raises(ValueError) as error:
+        load(tmp_path / "model.npz")
+    message = str(error.value)
+    assert "model.npz" in message and "widths (3, 7, 16, 2)" in message
+    assert "layers[0].bias: missing (expected shape (7,))" in message
+    assert "layers[2].weight: expected dtype float64, found float32" in message
+    assert "layers[9].weight: unexpected array" in message
+    save(tmp_path / "info.npz", _lumped(), _info())
+    _rewrite(tmp_path / "info.npz", **{"info.partitions[0]": np.zeros(4, int)})
+    with pytest.raises(ValueError, match=re.escape("info.partitions[0]: expected (5,), found (4,)")):
+        load(tmp_path / "info.npz")
+
+
+def test_not_a_jaxlump_file(tmp_path):
+    (tmp_path / "text.npz").write_text("hello")
+    np.save(tmp_path / "single.npy", np.zeros(3))
+    np.savez(tmp_path / "plain.npz", weight=np.zeros(3))
+    for name in ("text.npz", "single.npy", "plain.npz"):
+        with pytest.raises(ValueError, match=rf"`path` .*{re.escape(name)} is not a jaxlump model file"):
+            load(tmp_path / name)
+    with pytest.raises(FileNotFoundError):
+        load(tmp_path / "absent.npz")
+
+
+def test_format_version_and_structure_checked(tmp_path):
+    save(tmp_path / "model.npz", _lumped())
+    _with_record(tmp_path / "model.npz", lambda r: r.update(version=99))
+    with pytest.raises(ValueError, match="format version 99; this version of jaxlump reads version 1"):
+        load(tmp_path / "model.npz")
+    _with_record(tmp_path / "model.npz", lambda r: r.update(version=1, format="other"))
+    with pytest.raises(ValueError, match="not a jaxlump model file"):
+        load(tmp_path / "model.npz")
+    _with_record(tmp_path / "model.npz", lambda r: r.update(format=FORMAT) or r["model"].update(widths=[3, 0, 16, 2]))
+    with pytest.raises(ValueError, match=r"model\.widths must be a list of at least two positive integers"):
+        load(tmp_path / "model.npz")
+    _with_record(tmp_path / "model.npz", lambda r: r["model"].update(widths=[3, 7, 16, 2], activations=["gelu"] * 3))
+    with pytest.raises(ValueError, match=r"model\.activations must be a list of 3 names"):
+        load(tmp_path / "model.npz")
+
+
+def test_inconsistent_kind_options_refused(tmp_path):
+    save(tmp_path / "model.npz", _lumped())
+    _with_record(tmp_path / "model.npz", lambda r: r["model"].update(kind="eqx.nn.MLP"))
+    with pytest.raises(ValueError, match="structure of the eqx.nn.MLP is inconsistent.*equal hidden widths"):
+        load(tmp_path / "model.npz")
+    seq = eqx.nn.Sequential([eqx.nn.Linear(3, 4, key=jr.key(0)), eqx.nn.Lambda(jnp.tanh)])
+    save(tmp_path / "seq.npz", seq)
+    _with_record(tmp_path / "seq.npz", lambda r: r["model"]["options"].update(layout=["linear", "relu"]))
+    with pytest.raises(ValueError, match=r"give activations \('relu',\).*the record has \('tanh',\)"):
+        load(tmp_path / "seq.npz")
+    _with_record(tmp_path / "seq.npz", lambda r: r["model"]["options"].update(layout=["linear", "tanh", "relu"]))
+    with pytest.raises(ValueError, match="inconsistent.*must directly follow"):
+        load(tmp_path / "seq.npz")
+    mlp = eqx.nn.MLP(3, 2, 4, 1, activation=jnp.tanh, key=jr.key(0))
+    save(tmp_path / "mlp.npz", mlp)
+    _with_record(tmp_path / "mlp.npz", lambda r: r["model"]["options"].update(activation="sigmoid"))
+    with pytest.raises(ValueError, match=r"give activations \('sigmoid', 'identity'\)"):
+        load(tmp_path / "mlp.npz")
+
+
+def test_save_refuses_bad_inputs(tmp_path):
+    with pytest.raises(TypeError, match="not supported"):
+        save(tmp_path / "a.npz", eqx.nn.Conv1d(1, 1, 3, key=jr.key(0)))
+    with pytest.raises(TypeError, match="`info` must be a jaxlump CompressionInfo"):
+        save(tmp_path / "a.npz", _lumped(), {"method": "lump"})
+    bad = eqx.tree_at(lambda m: m.layers[1].bias, _lumped(), jnp.full(16, jnp.inf))
+    with pytest.raises(ValueError, match="layer 1 bias.*NaN or inf"):
+        save(tmp_path / "a.npz", bad)
+    mixed = eqx.tree_at(lambda m: m.layers[0].bias, _lumped(), jnp.zeros(7, jnp.float32))
+    with pytest.raises(ValueError, match=r"mixes parameter dtypes \['float32', 'float64'\]"):
+        save(tmp_path / "a.npz", mixed)
+    assert not (tmp_path / "a.npz").exists()
