@@ -29,17 +29,8 @@ from ._network import ACTIVATIONS, DenseChain, identify_activation
 FORMAT = "jaxlump-model"
 VERSION = 1
 _HEADER = "__jaxlump__"
-_KINDS = (
-    "eqx.nn.MLP",
-    "eqx.nn.Sequential",
-    "jaxlump.LumpedMLP",
-    "jaxlump.DenseChain",
-    "flax.nnx.Sequential",
-    "flax.nnx.Linear",
-)
-
-
-# ----------------------------------------------------------------------------------------------- model structure
+_EQX_KINDS = ("eqx.nn.MLP", "eqx.nn.Sequential", "jaxlump.LumpedMLP", "jaxlump.DenseChain")
+_KINDS = _EQX_KINDS + ("flax.nnx.Sequential", "flax.nnx.Linear")
 
 
 def _describe(model, chain: DenseChain) -> tuple[str, dict]:
@@ -85,10 +76,19 @@ def _eqx_linears(chain: DenseChain) -> list[eqx.nn.Linear]:
 
 
 def _template(kind: str, options: dict, chain: DenseChain):
-    """A freshly initialised model of the stored kind and structure, for `from_chain(chain, like=...)`."""
-    hidden_widths, hidden_bias = set(chain.widths[1:-1]), set(chain.use_bias[:-1])
+    """A model of the stored kind and structure, for `from_chain(chain, like=...)`."""
     if kind == "jaxlump.DenseChain":
         return chain
+    if kind in _EQX_KINDS:
+        # Only the structure is needed: trace the constructors instead of running their random initialisation.
+        return eqx.filter_eval_shape(_eqx_template, kind, options, chain)
+    from ._adapters.flax_nnx import nnx_template  # flax is imported lazily
+
+    return nnx_template(options["layout"], chain.widths, chain.use_bias, chain.weights[0].dtype)
+
+
+def _eqx_template(kind: str, options: dict, chain: DenseChain):
+    hidden_widths, hidden_bias = set(chain.widths[1:-1]), set(chain.use_bias[:-1])
     if kind == "eqx.nn.MLP":
         if len(hidden_widths) > 1 or len(hidden_bias) > 1:
             raise ValueError(f"an eqx.nn.MLP has equal hidden widths and bias flags; the record has {chain.widths}.")
@@ -107,22 +107,15 @@ def _template(kind: str, options: dict, chain: DenseChain):
         )
     if kind == "jaxlump.LumpedMLP":
         return LumpedMLP(_eqx_linears(chain), _fn(options["activation"]), _fn(options["final_activation"]))
-    if kind == "eqx.nn.Sequential":
-        linears = iter(_eqx_linears(chain))
-        return eqx.nn.Sequential(
-            [
-                next(linears)
-                if entry == "linear"
-                else (eqx.nn.Identity() if entry == "identity" else eqx.nn.Lambda(_fn(entry)))
-                for entry in options["layout"]
-            ]
-        )
-    from ._adapters.flax_nnx import nnx_template  # flax is imported lazily
-
-    return nnx_template(options["layout"], chain.widths, chain.use_bias, chain.weights[0].dtype)
-
-
-# ----------------------------------------------------------------------------------------------- arrays
+    linears = iter(_eqx_linears(chain))
+    return eqx.nn.Sequential(
+        [
+            next(linears)
+            if entry == "linear"
+            else (eqx.nn.Identity() if entry == "identity" else eqx.nn.Lambda(_fn(entry)))
+            for entry in options["layout"]
+        ]
+    )
 
 
 def _storable(array) -> np.ndarray:
@@ -172,9 +165,6 @@ def _check_arrays(arrays: dict, expected: dict, path: str, what: str) -> None:
         raise ValueError(f"`path` {path}: the stored arrays do not match {what}:\n  " + "\n  ".join(problems))
 
 
-# ----------------------------------------------------------------------------------------------- info
-
-
 def _info_template(record: dict) -> CompressionInfo:
     """A `CompressionInfo` with the stored tree structure and placeholder leaves of the right kinds."""
     real, integer = jnp.zeros(()), jnp.zeros((), int)
@@ -219,11 +209,15 @@ def _info_record(info: CompressionInfo) -> tuple[dict[str, np.ndarray], dict]:
     return arrays, record
 
 
-def _load_info(arrays: dict, record: dict, path: str) -> CompressionInfo:
-    template = _info_template(record)
+def _load_info(arrays: dict, record, path: str) -> CompressionInfo:
+    try:
+        template = _info_template(record)
+        stored = sorted(record["arrays"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"`path` {path}: the stored CompressionInfo record is malformed ({e!r}).") from e
     keys = _info_keys(template)
-    if sorted(keys) != sorted(record["arrays"]):
-        raise ValueError(f"`path` {path}: the stored info lists arrays {sorted(record['arrays'])}; expected {keys}.")
+    if sorted(keys) != stored:
+        raise ValueError(f"`path` {path}: the stored CompressionInfo lists arrays {stored}; expected {keys}.")
     expected = {key: (shape, _stored_dtype(jnp.dtype(dtype))) for key, (shape, dtype) in record["arrays"].items()}
     _check_arrays(arrays, expected, path, "the stored CompressionInfo")
     leaves = [_restored(arrays[key], record["arrays"][key][1]) for key in keys]
@@ -239,9 +233,6 @@ def _load_info(arrays: dict, record: dict, path: str) -> CompressionInfo:
 
 def _restored(array: np.ndarray, dtype) -> jnp.ndarray:
     return jnp.asarray(array.view(jnp.dtype(dtype)) if jnp.dtype(dtype).kind == "V" else array)
-
-
-# ----------------------------------------------------------------------------------------------- file
 
 
 def _read(path: str) -> tuple[dict[str, np.ndarray], dict]:
@@ -294,7 +285,7 @@ def _check_model_record(record, path: str) -> dict:
     if not isinstance(use_bias, list) or len(use_bias) != n_layers or not all(type(u) is bool for u in use_bias):
         raise bad("use_bias", f"a list of {n_layers} booleans", use_bias)
     try:
-        floating = jnp.issubdtype(jnp.dtype(record.get("dtype")), jnp.floating)
+        floating = isinstance(record.get("dtype"), str) and jnp.issubdtype(jnp.dtype(record["dtype"]), jnp.floating)
     except TypeError:
         floating = False
     if not floating:
@@ -405,19 +396,18 @@ def load(path: str | os.PathLike, *, with_info: bool = False):
     )
     chain = DenseChain(weights, biases, tuple(structure["activations"]), tuple(structure["use_bias"]))
     try:
-        template = _template(structure["kind"], structure["options"], chain)
-        rebuilt = to_chain(template)
+        model = from_chain(chain, like=_template(structure["kind"], structure["options"], chain))
+        rebuilt = to_chain(model)
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(
             f"`path` {path}: the stored structure of the {structure['kind']} is inconsistent ({e})."
         ) from e
-    if (rebuilt.activations, rebuilt.use_bias) != (chain.activations, chain.use_bias):
+    if (rebuilt.widths, rebuilt.activations, rebuilt.use_bias) != (chain.widths, chain.activations, chain.use_bias):
         raise ValueError(
             f"`path` {path}: the stored {structure['kind']} options {structure['options']} give activations "
             f"{rebuilt.activations} and use_bias {rebuilt.use_bias}; the record has {chain.activations} and "
             f"{chain.use_bias}."
         )
-    model = from_chain(chain, like=template)
     if record.get("info") is None:
         _check_arrays(info_arrays, {}, path, "the record, which holds no CompressionInfo")
         info = None

@@ -17,7 +17,7 @@ from .._errors import check_data, check_fraction
 from .._info import CompressionInfo
 from .._network import DenseChain
 from .._skip_mlp import SkipMLP
-from ._structured import chain_and_data, keep_partition, structured_info
+from ._structured import chain_and_data, hidden_statistics, keep_partition, numpy_statistics, structured_info
 
 # Activations that equal the identity on z > 0, so a neuron active on every example acts linearly.
 RELU_LIKE = ("relu", "leaky_relu")
@@ -50,9 +50,8 @@ def activation_rates(model: Any, x: Float[ArrayLike, "batch in"]) -> tuple[Float
     Dobler & Lemmerich, *Linearity-based neural network compression*, arXiv 2506.21146 (2025).
     """
     network = model if isinstance(model, SkipMLP) else to_chain(model)
-    x = check_data(x, "x", width=network.widths[0])
-    acts = network.forward(x)[1]
-    return tuple(jnp.mean(a > 0, axis=0, dtype=x.dtype) for a in acts[1:-1])
+    x = check_data(x, "x", width=network.widths[0]).astype(network.weights[0].dtype)
+    return tuple(layer["rate"] for layer in hidden_statistics(network, x))
 
 
 def _check_relu(chain: DenseChain) -> None:
@@ -93,40 +92,47 @@ def _worth_merging(n_linear: int, n_neurons: int, n_in: int, n_out: int, layer_t
 
 
 def _merge(chain: DenseChain, rates, tau: float, layer_threshold, chained: bool):
-    """One pass over the hidden layers from the input; returns the `SkipMLP` and the partitions."""
+    """One pass over the hidden layers from the input; returns the `SkipMLP` and the partitions.
+
+    The surgery has data-dependent shapes, so it runs on the host in NumPy (eager jnp would compile per op)."""
     n_layers = chain.n_layers
-    weights, biases, use_bias = list(chain.weights), list(chain.biases), list(chain.use_bias)
+    weights, biases = [np.asarray(w) for w in chain.weights], [np.asarray(b) for b in chain.biases]
+    use_bias = list(chain.use_bias)
     skips, sources = [None] * n_layers, [()] * n_layers
     partitions = []
     for l in range(1, n_layers):  # hidden layer l: made by weights[l-1], read by weights[l]
-        linear = np.asarray(rates[l - 1] >= tau)
+        linear = rates[l - 1] >= tau
         is_chained = skips[l - 1] is not None
         # A linear neuron's full pre-activation: [W^l | S^{l-1}] [a^{l-1}; u^{l-1}] + b^l.
-        incoming = jnp.concatenate([weights[l - 1], skips[l - 1]], axis=1) if is_chained else weights[l - 1]
+        incoming = np.concatenate([weights[l - 1], skips[l - 1]], axis=1) if is_chained else weights[l - 1]
         n_in, n_out = incoming.shape[1], weights[l].shape[0]
         if (is_chained and not chained) or not _worth_merging(
             int(linear.sum()), linear.size, n_in, n_out, layer_threshold
         ):
             partitions.append(keep_partition(np.ones(linear.size, bool)))
             continue
-        lin, keep = np.flatnonzero(linear), np.flatnonzero(~linear)
-        outgoing = weights[l][:, lin]
-        absorbed = outgoing @ biases[l - 1][lin]
+        keep = ~linear
+        outgoing = weights[l][:, linear]
+        absorbed = outgoing @ biases[l - 1][linear]
         biases[l] = biases[l] + absorbed
-        use_bias[l] = use_bias[l] or bool(jnp.any(absorbed != 0))  # a bias-free layer gains one only if needed
-        skips[l] = outgoing @ incoming[lin]
+        use_bias[l] = use_bias[l] or bool(np.any(absorbed != 0))  # a bias-free layer gains one only if needed
+        skips[l] = outgoing @ incoming[linear]
         sources[l] = ((l - 1,) if weights[l - 1].shape[1] > 0 else ()) + sources[l - 1]
         weights[l - 1], biases[l - 1], weights[l] = weights[l - 1][keep], biases[l - 1][keep], weights[l][:, keep]
         if is_chained:
-            skips[l - 1] = skips[l - 1][keep] if keep.size else None
-            sources[l - 1] = sources[l - 1] if keep.size else ()
-        partitions.append(keep_partition(~linear))
-    new_model = SkipMLP(weights, biases, chain.activations, use_bias, skips=skips, skip_sources=sources)
+            skips[l - 1] = skips[l - 1][keep] if keep.any() else None
+            sources[l - 1] = sources[l - 1] if keep.any() else ()
+        partitions.append(keep_partition(keep))
+    dtype = chain.weights[0].dtype
+    as_jax = lambda arrays: [None if a is None else jnp.asarray(a, dtype=dtype) for a in arrays]
+    new_model = SkipMLP(
+        as_jax(weights), as_jax(biases), chain.activations, use_bias, skips=as_jax(skips), skip_sources=sources
+    )
     return new_model, partitions
 
 
 def _rates_of(chain: DenseChain, x) -> list[np.ndarray]:
-    return [np.asarray(jnp.mean(a > 0, axis=0)) for a in chain.forward(x)[1][1:-1]]
+    return [layer["rate"] for layer in numpy_statistics(chain, x)]
 
 
 def linearity_merge(
@@ -191,10 +197,10 @@ def linearity_merge(
 
 
 def _size(network: SkipMLP, count_first_layer: bool) -> int:
-    params = int(network.cost().dense_params)
-    if count_first_layer:
-        return params
-    return params - network.weights[0].size - (network.biases[0].size if network.use_bias[0] else 0)
+    """Dense parameters (weights, used biases, skips), from shapes alone: `SkipMLP.cost().dense_params`."""
+    layers = zip(network.weights, network.biases, network.use_bias, network.skips, strict=True)
+    sizes = [w.size + (b.size if has_bias else 0) + (0 if s is None else s.size) for w, b, has_bias, s in layers]
+    return sum(sizes if count_first_layer else sizes[1:])  # layer 0 never has a skip
 
 
 def linearity_to_size(

@@ -44,21 +44,27 @@ def _representatives(close: jax.Array, order: jax.Array) -> jax.Array:
     return jnp.zeros(n, int).at[order].set(reps)
 
 
-def _lump_layer(incoming: jax.Array, outgoing: jax.Array, tol: float):
-    """Blocks of one layer from its augmented incoming rows `[W^l | b^l]`; returns (kept rows, merged outgoing
-    columns, partition)."""
+@jax.jit
+def _block_representatives(incoming: jax.Array, importance: jax.Array, tol: jax.Array) -> jax.Array:
+    """Each neuron's representative, from the normalised augmented incoming rows `[W^l | b^l]`."""
     norms = jnp.linalg.norm(incoming, axis=1)
     unit = incoming / jnp.where(norms > 0, norms, 1.0)[:, None]
-    rounding = 2 * incoming.shape[1] * float(jnp.finfo(incoming.dtype).eps)
+    rounding = 2 * incoming.shape[1] * jnp.finfo(incoming.dtype).eps
     close = _pairwise_distances(unit) <= tol + rounding
-    order = jnp.argsort(-norms * jnp.linalg.norm(outgoing, axis=0), stable=True)  # most important first
-    rep_of = _representatives(close, order)
-    reps = np.flatnonzero(np.asarray(rep_of) == np.arange(rep_of.size))
-    block = jnp.searchsorted(jnp.asarray(reps), rep_of)  # blocks numbered in the order of their representatives
+    return _representatives(close, jnp.argsort(-importance, stable=True))
+
+
+def _lump_layer(incoming: np.ndarray, outgoing: np.ndarray, tol: float):
+    """Blocks of one layer; returns (kept incoming rows, merged outgoing columns, partition)."""
+    importance = np.linalg.norm(incoming, axis=1) * np.linalg.norm(outgoing, axis=0)
+    rep_of = np.asarray(_block_representatives(incoming, importance, jnp.asarray(tol, incoming.dtype)))
+    reps = np.flatnonzero(rep_of == np.arange(rep_of.size))
+    block = np.searchsorted(reps, rep_of)  # blocks numbered in the order of their representatives
     rep_rows = incoming[rep_of]
-    rep_sq = jnp.sum(rep_rows**2, axis=1)
-    rho = jnp.sum(incoming * rep_rows, axis=1) / jnp.where(rep_sq > 0, rep_sq, 1.0)  # least-squares ratio
-    merge = jnp.zeros((reps.size, rep_of.size), incoming.dtype).at[block, jnp.arange(rep_of.size)].set(rho)
+    rep_sq = np.sum(rep_rows**2, axis=1)
+    rho = np.sum(incoming * rep_rows, axis=1) / np.where(rep_sq > 0, rep_sq, 1.0)  # least-squares ratio
+    merge = np.zeros((reps.size, rep_of.size), incoming.dtype)
+    merge[block, np.arange(rep_of.size)] = rho
     return incoming[reps], outgoing @ merge.T, block
 
 
@@ -117,11 +123,14 @@ def proportional_lump(
                 f"`model`: hidden layer {l} uses activation {act!r}; proportional lumping is exact only for "
                 f"positively homogeneous activations ({', '.join(POSITIVELY_HOMOGENEOUS)})."
             )
-    weights, biases, partitions = list(chain.weights), list(chain.biases), []
+    # The merge has data-dependent shapes: it runs on the host in NumPy; the pairwise search is jitted.
+    weights, biases = [np.asarray(w) for w in chain.weights], [np.asarray(b) for b in chain.biases]
+    partitions = []
     for l in range(1, chain.n_layers):
-        incoming = jnp.concatenate([weights[l - 1], biases[l - 1][:, None]], axis=1)
+        incoming = np.concatenate([weights[l - 1], biases[l - 1][:, None]], axis=1)
         rows, weights[l], block = _lump_layer(incoming, weights[l], tol)
         weights[l - 1], biases[l - 1] = rows[:, :-1], rows[:, -1]
         partitions.append(block)
-    new_model = from_chain(DenseChain(tuple(weights), tuple(biases), chain.activations, chain.use_bias), like=model)
+    weights, biases = tuple(map(jnp.asarray, weights)), tuple(map(jnp.asarray, biases))
+    new_model = from_chain(DenseChain(weights, biases, chain.activations, chain.use_bias), like=model)
     return new_model, structured_info("proportional_lump", tol, model, new_model, chain.widths, partitions)

@@ -5,40 +5,65 @@ Also holds the helpers every structured baseline shares (partitions, the `Compre
 
 from typing import Any
 
+import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, Int
+from jaxtyping import ArrayLike, Float
 
 from .._accounting import cost
 from .._adapters import from_chain, to_chain
 from .._errors import RESULTS, check_choice, check_data, check_fraction
-from .._info import CompressionInfo, live_widths
+from .._info import CompressionInfo
 from .._network import DenseChain
 
 SCORES = ("norm", "activation", "rate", "wanda")
 SCOPES = ("layer", "global")
 
 
-def chain_and_data(model, x_calib, *, required: bool, why: str = "") -> tuple[DenseChain, jnp.ndarray | None]:
-    """The canonical chain of `model` and the checked calibration set (`None` allowed when not `required`)."""
+def chain_and_data(model, x_calib, *, required: bool, why: str = "") -> tuple[DenseChain, jax.Array | None]:
+    """The canonical chain of `model` and the checked calibration set in the model's dtype (`None` allowed when
+    not `required`)."""
     chain = to_chain(model)
     if x_calib is None:
         if required:
             raise ValueError(f"`x_calib` is required {why}; received None. Pass a (batch, {chain.widths[0]}) array.")
         return chain, None
-    return chain, check_data(x_calib, "x_calib", width=chain.widths[0])
+    return chain, check_data(x_calib, "x_calib", width=chain.widths[0]).astype(chain.weights[0].dtype)
 
 
-def keep_partition(keep: np.ndarray) -> Int[Array, " width"]:
+@eqx.filter_jit
+def hidden_statistics(network, x: jax.Array) -> tuple[dict[str, jax.Array], ...]:
+    """Per hidden layer, per-neuron statistics of the activations over the batch `x`, from one batched forward
+    pass: `abs_mean` (mean |a|), `rate` (fraction with a > 0), `norm` (‖a‖₂ over the samples), `mean`."""
+    hidden = network.forward(x)[1][1:-1]
+    return tuple(
+        dict(
+            abs_mean=jnp.mean(jnp.abs(a), axis=0),
+            rate=jnp.mean(a > 0, axis=0, dtype=a.dtype),
+            norm=jnp.linalg.norm(a, axis=0),
+            mean=jnp.mean(a, axis=0),
+        )
+        for a in hidden
+    )
+
+
+def numpy_statistics(network, x: jax.Array) -> list[dict[str, np.ndarray]]:
+    return [{k: np.asarray(v) for k, v in layer.items()} for layer in hidden_statistics(network, x)]
+
+
+def keep_partition(keep: np.ndarray) -> np.ndarray:
     """For a keep mask over a layer's original neurons: each kept neuron's new index, `-1` for removed ones."""
     keep = np.asarray(keep, bool)
-    return jnp.asarray(np.where(keep, np.cumsum(keep) - 1, -1))
+    return np.where(keep, np.cumsum(keep) - 1, -1)
 
 
 def structured_info(method: str, knob, model, new_model, widths_before, partitions) -> CompressionInfo:
-    """The `CompressionInfo` of a structured (physically smaller) result."""
+    """The `CompressionInfo` of a structured (physically smaller) result; `partitions` as NumPy int arrays."""
+    # `live_widths` computed on the host: a compressed neuron is live when an original neuron maps to it.
+    live = [np.unique(p[p >= 0]).size for p in map(np.asarray, partitions)]
+    widths_after = jnp.asarray([widths_before[0], *live, widths_before[-1]])
     partitions = tuple(jnp.asarray(p, dtype=int) for p in partitions)
-    compressed_widths = (widths_before[0], *(int(jnp.max(p, initial=-1)) + 1 for p in partitions), widths_before[-1])
     return CompressionInfo(
         method=method,
         structured=True,
@@ -46,7 +71,7 @@ def structured_info(method: str, knob, model, new_model, widths_before, partitio
         partitions=partitions,
         weight_masks=None,
         widths_before=tuple(widths_before),
-        widths_after=live_widths(compressed_widths, partitions),
+        widths_after=widths_after,
         cost_before=cost(model),
         cost_after=cost(new_model),
         certificate=None,
@@ -54,18 +79,18 @@ def structured_info(method: str, knob, model, new_model, widths_before, partitio
     )
 
 
-def _neuron_scores(chain: DenseChain, acts, score: str) -> list[np.ndarray]:
+def _neuron_scores(chain: DenseChain, stats, score: str) -> list[np.ndarray]:
     """Per hidden layer (1..L-1) one importance score per neuron (higher = keep)."""
     scores = []
     for l in range(1, chain.n_layers):
         if score == "norm":
-            s = jnp.linalg.norm(chain.weights[l - 1], axis=1)
+            s = np.linalg.norm(np.asarray(chain.weights[l - 1]), axis=1)
         elif score == "activation":
-            s = jnp.mean(jnp.abs(acts[l]), axis=0)
+            s = stats[l - 1]["abs_mean"]
         elif score == "rate":
-            s = jnp.mean(acts[l] > 0, axis=0)
+            s = stats[l - 1]["rate"]
         else:  # wanda
-            s = jnp.linalg.norm(acts[l], axis=0) * jnp.linalg.norm(chain.weights[l], axis=0)
+            s = stats[l - 1]["norm"] * np.linalg.norm(np.asarray(chain.weights[l]), axis=0)
         scores.append(np.asarray(s, dtype=np.float64))
     return scores
 
@@ -161,30 +186,28 @@ def structured_prune(
     needs_data = score != "norm" or compensate
     why = f"for score={score!r}" if score != "norm" else "for compensate=True"
     chain, x = chain_and_data(model, x_calib, required=needs_data, why=why)
-    acts = chain.forward(x)[1] if needs_data else None
-    scores = _neuron_scores(chain, acts, score)
-    removed = (_removed_per_layer if scope == "layer" else _removed_global)(scores, sparsity)
-
-    keeps = [np.ones(chain.widths[0], bool)]
-    for l, r in enumerate(removed, start=1):
-        keep = np.ones(chain.widths[l], bool)
+    stats = numpy_statistics(chain, x) if needs_data else None
+    removed = (_removed_per_layer if scope == "layer" else _removed_global)(
+        _neuron_scores(chain, stats, score), sparsity
+    )
+    keeps = [np.ones(n, bool) for n in chain.widths]
+    for keep, r in zip(keeps[1:-1], removed, strict=True):
         keep[r] = False
-        keeps.append(keep)
-    keeps.append(np.ones(chain.widths[-1], bool))
 
+    # Surgery with data-dependent shapes: on the host, in NumPy (eager jnp would compile once per op and shape).
     weights, biases = [], []
     for j, (w, b) in enumerate(zip(chain.weights, chain.biases, strict=True)):
-        rows, cols = np.flatnonzero(keeps[j + 1]), np.flatnonzero(keeps[j])
+        w, b = np.asarray(w), np.asarray(b)
         if compensate and j > 0 and not keeps[j].all():
             if not chain.use_bias[j]:
                 raise ValueError(
                     f"`compensate=True` needs a bias in layer {j} to absorb removed neurons of hidden layer {j}, "
                     "but that layer has none; use compensate=False."
                 )
-            gone = np.flatnonzero(~keeps[j])
-            b = b + w[:, gone] @ jnp.mean(acts[j][:, gone], axis=0)
-        weights.append(w[rows][:, cols])
-        biases.append(b[rows])
+            gone = ~keeps[j]
+            b = (b + w[:, gone] @ stats[j - 1]["mean"][gone]).astype(b.dtype)
+        weights.append(jnp.asarray(w[np.ix_(keeps[j + 1], keeps[j])]))
+        biases.append(jnp.asarray(b[keeps[j + 1]]))
     new_model = from_chain(DenseChain(tuple(weights), tuple(biases), chain.activations, chain.use_bias), like=model)
     partitions = [keep_partition(k) for k in keeps[1:-1]]
     return new_model, structured_info("structured_prune", sparsity, model, new_model, chain.widths, partitions)

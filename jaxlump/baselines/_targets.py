@@ -19,14 +19,14 @@ def compress_to(
     target_params: int,
     x_calib=None,
     *,
-    knob_range: tuple[float, float] = (0.0, 1.0),
+    knob_range: tuple[float, float] = (0.0, 1.0 - 1e-9),
     grow_upper: bool = False,
     max_iter: int = 30,
     **options,
 ):
     """Compress `model` with `method` to at most `target_params`, as close to it as the knob allows.
 
-    Bisects the method's knob (ε for `lump`, sparsity for pruning, τ ...) in `knob_range`, assuming the
+    Bisects the method's knob (ε for `lump`, sparsity for pruning, τ ...) in `knob_range` (default: sparsities in [0, 1)), assuming the
     size decreases as the knob grows (pass `grow_upper=True` for an unbounded knob such as ε: the upper
     end is doubled until the target is reached). The returned result is the one with the largest size
     `≤ target_params` among those evaluated; its size is `realised_size(info)` (dense parameters for

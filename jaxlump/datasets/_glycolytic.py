@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ._dataset import Dataset
-from ._simulate import simulated_dataset, with_overrides
+from ._simulate import TSIT5, simulated_dataset, with_overrides
 
 SPECIES = ("S1", "S2", "S3", "S4", "S5", "S6", "S7")
 
@@ -67,7 +67,7 @@ def glycolytic(
     parameters: Mapping[str, float] | None = None,
     target: str = "vector_field",
     standardize: bool = True,
-    solver: diffrax.AbstractSolver = diffrax.Tsit5(),
+    solver: diffrax.AbstractSolver = TSIT5,
     rtol: float = 1e-7,
     atol: float = 1e-9,
 ) -> Dataset:

@@ -7,14 +7,12 @@ from jaxtyping import PRNGKeyArray
 
 from ._dataset import Dataset, check_count
 from ._reaction_network import MassActionNetwork, Reaction
-from ._simulate import simulated_dataset, with_overrides
+from ._simulate import TSIT5, simulated_dataset, with_overrides
 
 POLYMERIZATION_RATES: Mapping[str, float] = {"inflow": 1.0, "k_grow": 1.0, "k_shrink": 0.5, "k_out": 0.2}
 
 
-def polymerization_network(
-    max_length: int = 7, rates: Mapping[str, float] = POLYMERIZATION_RATES
-) -> MassActionNetwork:
+def polymerization_network(max_length: int = 7, rates: Mapping[str, float] = POLYMERIZATION_RATES) -> MassActionNetwork:
     """The chain-growth network of `polymerization` as a `MassActionNetwork`."""
     x = [f"X{i}" for i in range(1, max_length + 1)]
     reactions: list[Reaction] = [({}, {x[0]: 1}, rates["inflow"])]
@@ -38,7 +36,7 @@ def polymerization(
     burn_in: float = 0.0,
     target: str = "vector_field",
     standardize: bool = True,
-    solver: diffrax.AbstractSolver = diffrax.Tsit5(),
+    solver: diffrax.AbstractSolver = TSIT5,
     rtol: float = 1e-7,
     atol: float = 1e-9,
 ) -> Dataset:

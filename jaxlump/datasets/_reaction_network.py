@@ -9,7 +9,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, Int, PRNGKeyArray
 
 from ._dataset import Dataset, check_count
-from ._simulate import simulated_dataset, with_overrides
+from ._simulate import TSIT5, simulated_dataset, with_overrides
 
 # Elementary reactions are at most bimolecular: a species enters a rate with order 0, 1 or 2.
 _MAX_ORDER = 2
@@ -101,7 +101,7 @@ def reaction_network(
     burn_in: float = 0.0,
     target: str = "vector_field",
     standardize: bool = True,
-    solver: diffrax.AbstractSolver = diffrax.Tsit5(),
+    solver: diffrax.AbstractSolver = TSIT5,
     rtol: float = 1e-7,
     atol: float = 1e-9,
 ) -> Dataset:

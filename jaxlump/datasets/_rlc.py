@@ -8,7 +8,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._dataset import Dataset, check_count
-from ._simulate import simulated_dataset, with_overrides
+from ._simulate import TSIT5, simulated_dataset, with_overrides
 
 RLC_PARAMETERS: Mapping[str, float] = {"R": 0.1, "L": 1.0, "C": 1.0, "R_load": 2.0, "omega": 1.0}
 
@@ -63,7 +63,7 @@ def rlc_network(
     burn_in: float = 0.0,
     target: str = "vector_field",
     standardize: bool = True,
-    solver: diffrax.AbstractSolver = diffrax.Tsit5(),
+    solver: diffrax.AbstractSolver = TSIT5,
     rtol: float = 1e-7,
     atol: float = 1e-9,
 ) -> Dataset:

@@ -17,6 +17,10 @@ from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray, PyTree
 
 from ._dataset import Dataset, as_key, check_count, make_dataset, numpy_rng
 
+# Default solvers (module-level instances: a call in an argument default is evaluated once anyway).
+KVAERNO5 = diffrax.Kvaerno5()
+TSIT5 = diffrax.Tsit5()
+
 VectorField = Callable[[Float[Array, ""], Float[Array, " state"], PyTree], Float[Array, " state"]]
 
 
@@ -115,7 +119,7 @@ def simulate_system(
     key: PRNGKeyArray | int,
     args: PyTree = None,
     burn_in: float = 0.0,
-    solver: diffrax.AbstractSolver = diffrax.Kvaerno5(),
+    solver: diffrax.AbstractSolver = KVAERNO5,
     rtol: float = 1e-6,
     atol: float = 1e-8,
     max_steps: int = 2**16,
@@ -230,7 +234,9 @@ def simulated_dataset(
     args = jax.tree.map(lambda leaf: np.asarray(leaf, np.float64), args)
     with jax.enable_x64(True):
         counts = (n_traj_train, n_traj_test)
-        states, derivatives = _sample_checked(vector_field, key, counts, lower, upper, times, args, solver, rtol, atol, 2**16)
+        states, derivatives = _sample_checked(
+            vector_field, key, counts, lower, upper, times, args, solver, rtol, atol, 2**16
+        )
         states, derivatives = np.asarray(states), np.asarray(derivatives)
     train_order = numpy_rng(key).permutation(n_traj_train * per_trajectory)[:n_train]
     if target == "next_state":

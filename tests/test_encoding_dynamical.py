@@ -1,0 +1,195 @@
+"""The dynamical ODE view: vector field, polynomial degree, simulate. Truth: forward-mode derivatives of the
+forward pass, the forward pass at x(t) = x_ref + t (x − x_ref), degrees counted from σ' by hand."""
+
+import diffrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+from jaxlump._encoding import VectorField, polynomial_degree, simulate
+from jaxlump._encoding import dynamical
+from jaxlump._errors import RESULTS
+from jaxlump._network import ACTIVATIONS, DenseChain
+
+
+def random_chain(key, widths, hidden, output="identity", dtype=jnp.float64) -> DenseChain:
+    """Weights N(0, 1/n_in), biases N(0, 0.25)."""
+    keys = jr.split(key, 2 * len(widths))
+    weights = tuple(
+        (jr.normal(keys[2 * l], (n_out, n_in)) / np.sqrt(n_in)).astype(dtype)
+        for l, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:], strict=True))
+    )
+    biases = tuple((0.5 * jr.normal(keys[2 * l + 1], (w.shape[0],))).astype(dtype) for l, w in enumerate(weights))
+    activations = (hidden,) * (len(widths) - 2) + (output,)
+    return DenseChain(weights, biases, activations, (True,) * len(weights))
+
+
+def homotopy_states(chain: DenseChain, x, x_ref, t):
+    """Per layer the encoding's state (a or z) at input x_ref + t (x − x_ref), by the forward pass."""
+    zs, acts = chain.forward(x_ref + t * (x - x_ref))
+    return tuple(
+        a if ACTIVATIONS[name].state == "a" else z
+        for name, z, a in zip(chain.activations, zs, acts[1:], strict=True)
+    )
+
+
+@pytest.mark.parametrize("hidden", list(ACTIVATIONS))
+def test_vector_field_is_the_time_derivative_of_the_forward_pass(hidden):
+    chain = random_chain(jr.key(0), (3, 6, 5, 2), hidden, output="sigmoid")
+    x, x_ref = jr.normal(jr.key(1), (3,)), jr.normal(jr.key(2), (3,))
+    for t in (0.0, 0.37, 0.81):
+        state = homotopy_states(chain, x, x_ref, t)
+        _, expected = jax.jvp(lambda s: homotopy_states(chain, x, x_ref, s), (t,), (1.0,))
+        field = VectorField(chain, x - x_ref)(t, state, None)
+        for got, want in zip(field, expected, strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_polynomial_degree_sums_the_degrees_of_the_derivatives():
+    def chain(*activations):
+        weights = tuple(jnp.eye(2) for _ in activations)
+        return DenseChain(weights, tuple(jnp.zeros(2) for _ in activations), activations, (True,) * len(activations))
+
+    assert polynomial_degree(chain("tanh", "tanh", "identity")) == 4
+    assert polynomial_degree(chain("sigmoid", "tanh", "sigmoid")) == 6
+    assert polynomial_degree(chain("identity", "identity")) == 0
+    assert polynomial_degree(chain("tanh", "relu", "identity")) is None
+    assert polynomial_degree(chain("softplus", "identity")) is None
+    mlp = eqx.nn.MLP(2, 1, 4, 3, activation=jax.nn.sigmoid, final_activation=jax.nn.tanh, key=jr.key(3))
+    assert polynomial_degree(mlp) == 8
+
+
+def test_polynomial_degree_is_the_degree_of_the_field():
+    """Along a ray y0 + s v of states, a degree-d polynomial field has a vanishing (d+1)-th difference."""
+    chain = random_chain(jr.key(4), (2, 3, 3, 1), "tanh")
+    degree = polynomial_degree(chain)
+    field = VectorField(chain, jnp.array([0.3, -0.7]))
+    y0 = tuple(jr.normal(jr.key(5 + l), (w.shape[0],)) for l, w in enumerate(chain.weights))
+    v = tuple(jr.normal(jr.key(9 + l), (w.shape[0],)) for l, w in enumerate(chain.weights))
+
+    def along(s):
+        return jnp.concatenate(field(0.0, tuple(a + s * b for a, b in zip(y0, v, strict=True)), None))
+
+    samples = jnp.stack([along(float(s)) for s in range(degree + 2)])
+    differences = np.diff(np.asarray(samples), n=degree + 1, axis=0)
+    np.testing.assert_allclose(differences, 0.0, atol=1e-9)
+    assert np.max(np.abs(np.diff(np.asarray(samples[:-1]), n=degree, axis=0))) > 1e-3  # degree is not lower
+
+
+@pytest.mark.parametrize(("hidden", "tolerance"), [("tanh", 1e-9), ("relu", 1e-8)])
+def test_trajectory_at_intermediate_times_is_the_forward_pass_along_the_homotopy(hidden, tolerance):
+    chain = random_chain(jr.key(6), (3, 8, 8, 2), hidden)
+    x = jr.normal(jr.key(7), (5, 3))
+    times = jnp.array([0.0, 0.25, 0.5, 0.9, 1.0])
+    trajectory = simulate(chain, x, times=times)
+    assert trajectory.result == RESULTS.successful
+    np.testing.assert_array_equal(trajectory.times, times)
+    for k, t in enumerate(times):
+        expected = chain.forward(t * x)[1][1:]
+        for layer, want in zip(trajectory.activations, expected, strict=True):
+            assert layer.shape == (5, len(times), want.shape[1])
+            np.testing.assert_allclose(layer[:, k], want, rtol=0, atol=tolerance)
+
+
+def test_x_ref_starts_the_homotopy_there():
+    chain = random_chain(jr.key(8), (3, 8, 8, 2), "tanh")
+    x, x_ref = jr.normal(jr.key(9), (5, 3)), jnp.array([1.0, -2.0, 0.5])
+    trajectory = simulate(chain, x, x_ref=x_ref, times=jnp.array([0.0, 0.5, 1.0]))
+    outputs = trajectory.activations[-1]
+    np.testing.assert_allclose(outputs[:, 0], np.broadcast_to(chain(x_ref), (5, 2)), atol=1e-12)
+    np.testing.assert_allclose(outputs[:, 1], chain(0.5 * (x + x_ref)), atol=1e-9)
+    np.testing.assert_allclose(outputs[:, 2], chain(x), atol=1e-9)
+    # Another reference changes the path but not its end point.
+    default = simulate(chain, x, times=jnp.array([0.0, 0.5, 1.0])).activations[-1]
+    assert np.max(np.abs(default[:, 1] - outputs[:, 1])) > 1e-2
+    np.testing.assert_allclose(default[:, 2], outputs[:, 2], atol=1e-9)
+
+
+def test_simulate_under_vmap_jit_and_with_a_traced_chain():
+    chain = random_chain(jr.key(10), (3, 8, 8, 2), "tanh")
+    x = jr.normal(jr.key(11), (4, 3))
+    per_example = jax.vmap(lambda xi: simulate(chain, xi[None]).activations[-1][0, -1])(x)
+    np.testing.assert_allclose(per_example, chain(x), atol=1e-9)
+    traced = jax.jit(lambda c, xs: simulate(c, xs).activations[-1][:, -1])(chain, x)
+    np.testing.assert_allclose(traced, chain(x), atol=1e-9)
+    scaled = jax.vmap(lambda s: simulate(eqx.tree_at(lambda c: c.biases, chain, tuple(s * b for b in chain.biases)), x))
+    outputs = scaled(jnp.array([0.0, 1.0])).activations[-1][:, :, -1]
+    np.testing.assert_allclose(outputs[1], chain(x), atol=1e-9)
+
+
+def test_simulate_does_not_recompile_for_new_weights_inputs_or_tolerances():
+    chain = random_chain(jr.key(12), (2, 4, 1), "tanh")
+    x = jr.normal(jr.key(13), (3, 2))
+    simulate(chain, x)
+    before = eqx.debug.get_num_traces(dynamical._solve_counted)
+    other = random_chain(jr.key(14), (2, 4, 1), "tanh")
+    simulate(other, x + 1.0, rtol=1e-9, atol=1e-11, x_ref=jnp.ones(2))
+    assert eqx.debug.get_num_traces(dynamical._solve_counted) == before
+
+
+def test_simulate_accepts_mlp_and_sequential_models():
+    mlp = eqx.nn.MLP(3, 2, 8, 2, activation=jax.nn.tanh, key=jr.key(15))
+    x = jr.normal(jr.key(16), (4, 3))
+    np.testing.assert_allclose(simulate(mlp, x).activations[-1][:, -1], jax.vmap(mlp)(x), atol=1e-9)
+    sequential = eqx.nn.Sequential(
+        [eqx.nn.Linear(3, 8, key=jr.key(17)), eqx.nn.Lambda(jax.nn.relu), eqx.nn.Linear(8, 2, key=jr.key(18))]
+    )
+    trajectory = simulate(sequential, x, times=(0.5, 1.0))
+    hidden = jax.nn.relu(jax.vmap(sequential.layers[0])(0.5 * x))
+    np.testing.assert_allclose(trajectory.activations[0][:, 0], hidden, atol=1e-8)
+    np.testing.assert_allclose(trajectory.activations[-1][:, -1], jax.vmap(sequential)(x), atol=1e-8)
+
+
+def test_float32_stays_float32():
+    chain = random_chain(jr.key(19), (3, 8, 2), "tanh", dtype=jnp.float32)
+    trajectory = simulate(chain, jr.normal(jr.key(20), (4, 3), jnp.float32))
+    assert trajectory.times.dtype == jnp.float32
+    assert all(layer.dtype == jnp.float32 for layer in trajectory.activations)
+
+
+def test_a_failed_solve_is_reported_not_raised_also_under_vmap():
+    chain = random_chain(jr.key(21), (2, 4, 1), "tanh")
+    x = 3.0 * jr.normal(jr.key(22), (3, 2))
+    assert simulate(chain, x, max_steps=2).result == RESULTS.ode_solve_failed
+    results = jax.vmap(lambda xi: simulate(chain, xi[None], max_steps=2).result)(x)
+    assert bool(jnp.all(results == RESULTS.ode_solve_failed))
+
+
+def test_default_solver_is_heun_for_piecewise_constant_fields_only():
+    assert isinstance(dynamical.default_solver(random_chain(jr.key(0), (2, 3, 1), "relu")), diffrax.Heun)
+    assert isinstance(dynamical.default_solver(random_chain(jr.key(0), (2, 3, 1), "leaky_relu")), diffrax.Heun)
+    assert isinstance(dynamical.default_solver(random_chain(jr.key(0), (2, 3, 1), "identity")), diffrax.Tsit5)
+    assert isinstance(dynamical.default_solver(random_chain(jr.key(0), (2, 3, 1), "softplus")), diffrax.Tsit5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "argument"),
+    [
+        ({"x": np.zeros((4, 5))}, ValueError, "`x`"),
+        ({"x": np.array([[0.0, np.nan, 1.0]])}, ValueError, "`x`"),
+        ({"x": np.zeros((0, 3))}, ValueError, "`x`"),
+        ({"x": np.zeros(3)}, ValueError, "`x`"),
+        ({"x_ref": np.zeros(4)}, ValueError, "`x_ref`"),
+        ({"x_ref": np.array([0.0, np.inf, 0.0])}, ValueError, "`x_ref`"),
+        ({"times": (0.5, 0.2)}, ValueError, "`times`"),
+        ({"times": (1.5,)}, ValueError, "`times`"),
+        ({"times": ()}, ValueError, "`times`"),
+        ({"rtol": -1e-3}, ValueError, "`rtol`"),
+        ({"atol": "tight"}, TypeError, "`atol`"),
+        ({"max_steps": 0}, ValueError, "`max_steps`"),
+        ({"solver": diffrax.Euler()}, TypeError, "`solver`"),
+    ],
+)
+def test_simulate_refuses_bad_input_naming_the_argument(kwargs, error, argument):
+    chain = random_chain(jr.key(23), (3, 4, 1), "tanh")
+    arguments = {"x": np.ones((2, 3))} | kwargs
+    with pytest.raises(error, match=argument):
+        simulate(chain, arguments.pop("x"), **arguments)
+
+
+def test_simulate_refuses_an_unsupported_model():
+    with pytest.raises(TypeError, match="`model`"):
+        simulate(eqx.nn.Conv1d(1, 1, 3, key=jr.key(0)), np.ones((2, 3)))
