@@ -18,6 +18,8 @@ from ._reduction.masked import shrink as shrink
 from ._reconstruct import reconstruct as reconstruct
 from ._info import Certificate as Certificate, CompressionInfo as CompressionInfo
 from ._accounting import Cost as Cost, cost as cost, measure_latency as measure_latency
+from ._serialisation import load as load, save as save
+from ._skip_mlp import SkipMLP as SkipMLP
 from ._errors import RESULTS as RESULTS
 
 __version__ = "0.1.0"

@@ -316,7 +316,6 @@ def save(path: str | os.PathLike, model, info: CompressionInfo | None = None) ->
     ```python
     import os, tempfile
     import equinox as eqx, jax.numpy as jnp, jax.random as jr
-    import jaxlump
     from jaxlump._serialisation import load, save
 
     mlp = eqx.nn.MLP(3, 2, 8, 2, activation=jnp.tanh, key=jr.key(0))
@@ -400,7 +399,7 @@ def load(path: str | os.PathLike, *, with_info: bool = False):
         rebuilt = to_chain(model)
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(
-            f"`path` {path}: the stored structure of the {structure['kind']} is inconsistent ({e})."
+            f"`path` {path}: the stored structure of the {structure['kind']} cannot be rebuilt ({e})."
         ) from e
     if (rebuilt.widths, rebuilt.activations, rebuilt.use_bias) != (chain.widths, chain.activations, chain.use_bias):
         raise ValueError(

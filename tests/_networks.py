@@ -18,31 +18,33 @@ ACTIVATIONS = {"tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "relu": jax.nn.relu,
 _GRID = 2.0**8
 
 
-def _dyadic(key, shape, scale) -> np.ndarray:
-    return np.round(np.asarray(jr.normal(key, shape)) * scale * _GRID) / _GRID
+def rng(key) -> np.random.Generator:
+    """A NumPy generator determined by a JAX key."""
+    return np.random.default_rng(np.asarray(jr.key_data(key)).ravel().tolist())
 
 
-def planted_labels(key, width: int, groups: int) -> np.ndarray:
+def _dyadic(generator, shape, scale) -> np.ndarray:
+    return np.round(generator.standard_normal(shape) * scale * _GRID) / _GRID
+
+
+def planted_labels(generator, width: int, groups: int) -> np.ndarray:
     """A random assignment of `width` neurons to `groups` non-empty groups (group ids `0..groups-1`)."""
     if not 1 <= groups <= width:
         raise ValueError(f"need 1 <= groups <= width; received groups={groups}, width={width}.")
-    k_fill, k_perm = jr.split(key)
-    labels = np.concatenate([np.arange(groups), np.asarray(jr.randint(k_fill, (width - groups,), 0, groups))])
-    return labels[np.asarray(jr.permutation(k_perm, width))]
+    return generator.permutation(np.concatenate([np.arange(groups), generator.integers(0, groups, width - groups)]))
 
 
-def planted_layer(key, group_labels, prev_labels, n_prev_groups: int, *, split: bool):
+def planted_layer(generator, group_labels, prev_labels, n_prev_groups: int, *, split: bool):
     """Weights `(n, n_prev)` and bias `(n,)` whose neurons of one group have equal aggregated coefficients.
 
     `split=True`: every neuron gets its own row, with only the sums over each previous group equal
     (the general exact-lumping condition); `split=False`: members of a group share the whole row.
     """
-    k_coef, k_bias, k_rows = jr.split(key, 3)
     n_groups, n, n_prev = int(group_labels.max()) + 1, group_labels.size, prev_labels.size
     scale = 1.5 / np.sqrt(n_prev_groups)
-    coefficients = _dyadic(k_coef, (n_groups, n_prev_groups), scale)[group_labels]
-    bias = _dyadic(k_bias, (n_groups,), 0.5)[group_labels]
-    rows = _dyadic(k_rows, (n if split else n_groups, n_prev), scale / 2)
+    coefficients = _dyadic(generator, (n_groups, n_prev_groups), scale)[group_labels]
+    bias = _dyadic(generator, (n_groups,), 0.5)[group_labels]
+    rows = _dyadic(generator, (n if split else n_groups, n_prev), scale / 2)
     rows = rows if split else rows[group_labels]
     one_hot = np.eye(n_prev_groups)[prev_labels]
     deficit = coefficients - rows @ one_hot  # exact: dyadic numbers of modest size
@@ -56,6 +58,7 @@ def planted_mlp(key, widths, groups, activation="tanh", noise: float = 0.0, *, k
 
     **Arguments:**
 
+    - `key`: a JAX PRNG key.
     - `widths`: `(n_in, h_1, ..., h_k, n_out)`; `kind="mlp"` needs equal hidden widths.
     - `groups`: `(g_1, ..., g_k)`, the number of distinct neurons planted in each hidden layer.
     - `activation`: a name in `ACTIVATIONS` (the output layer is linear).
@@ -69,67 +72,54 @@ def planted_mlp(key, widths, groups, activation="tanh", noise: float = 0.0, *, k
     widths, groups = tuple(int(w) for w in widths), tuple(int(g) for g in groups)
     if len(groups) != len(widths) - 2:
         raise ValueError(f"one group count per hidden layer: widths {widths}, groups {groups}.")
-    keys = jr.split(key, 2 * len(widths))
+    generator = rng(key)
     prev_labels, n_prev_groups = np.arange(widths[0]), widths[0]
     weights, biases, partitions = [], [], []
-    for l, (width, n_groups) in enumerate(zip(widths[1:-1], groups)):
-        labels = planted_labels(keys[2 * l], width, n_groups)
-        w, b = planted_layer(keys[2 * l + 1], labels, prev_labels, n_prev_groups, split=split)
+    for width, n_groups in zip(widths[1:-1], groups):
+        labels = planted_labels(generator, width, n_groups)
+        w, b = planted_layer(generator, labels, prev_labels, n_prev_groups, split=split)
         weights.append(w)
         biases.append(b)
         partitions.append(labels)
         prev_labels, n_prev_groups = labels, n_groups
-    k_out_w, k_out_b = jr.split(keys[-1])
-    weights.append(_dyadic(k_out_w, (widths[-1], widths[-2]), 1.0 / np.sqrt(widths[-2])))
-    biases.append(_dyadic(k_out_b, (widths[-1],), 0.5))
+    weights.append(_dyadic(generator, (widths[-1], widths[-2]), 1.0 / np.sqrt(widths[-2])))
+    biases.append(_dyadic(generator, (widths[-1],), 0.5))
     if noise:
-        noise_keys = jr.split(keys[-2], 2 * len(weights))
-        weights = [
-            w + noise * np.mean(np.abs(w)) * np.asarray(jr.normal(k, w.shape)) for w, k in zip(weights, noise_keys)
-        ]
-        biases = [
-            b + noise * np.mean(np.abs(w)) * np.asarray(jr.normal(k, b.shape))
-            for w, b, k in zip(weights, biases, noise_keys[len(weights) :])
-        ]
+        scales = [noise * np.mean(np.abs(w)) for w in weights]
+        weights = [w + s * generator.standard_normal(w.shape) for w, s in zip(weights, scales)]
+        biases = [b + s * generator.standard_normal(b.shape) for b, s in zip(biases, scales)]
     return build(widths, weights, biases, activation, kind), tuple(partitions)
+
+
+def _linear(weight: np.ndarray, bias: np.ndarray) -> eqx.nn.Linear:
+    linear = eqx.filter_eval_shape(eqx.nn.Linear, weight.shape[1], weight.shape[0], dtype=jnp.float64, key=jr.key(0))
+    return eqx.tree_at(lambda m: (m.weight, m.bias), linear, (jnp.asarray(weight), jnp.asarray(bias)))
 
 
 def build(widths, weights, biases, activation="tanh", kind: str = "mlp"):
     """An `eqx.nn.MLP` or `eqx.nn.Sequential` (float64) with the given parameters."""
     fn = ACTIVATIONS[activation]
-    weights = [jnp.asarray(w, jnp.float64) for w in weights]
-    biases = [jnp.asarray(b, jnp.float64) for b in biases]
+    linears = [_linear(np.asarray(w, np.float64), np.asarray(b, np.float64)) for w, b in zip(weights, biases)]
     if kind == "mlp":
         hidden = set(widths[1:-1])
         if len(hidden) != 1:
             raise ValueError(f"eqx.nn.MLP needs equal hidden widths; received {widths}.")
-        model = eqx.nn.MLP(
-            widths[0], widths[-1], hidden.pop(), len(widths) - 2, activation=fn, dtype=jnp.float64, key=jr.key(0)
+        mlp = eqx.filter_eval_shape(
+            eqx.nn.MLP, widths[0], widths[-1], hidden.pop(), len(widths) - 2, fn, dtype=jnp.float64, key=jr.key(0)
         )
-        return eqx.tree_at(
-            lambda m: [leaf for layer in m.layers for leaf in (layer.weight, layer.bias)],
-            model,
-            [leaf for pair in zip(weights, biases) for leaf in pair],
-        )
+        return eqx.tree_at(lambda m: m.layers, mlp, tuple(linears))
     if kind == "sequential":
-        layers = []
-        for l, (w, b) in enumerate(zip(weights, biases)):
-            linear = eqx.nn.Linear(w.shape[1], w.shape[0], dtype=jnp.float64, key=jr.key(l))
-            layers.append(eqx.tree_at(lambda m: (m.weight, m.bias), linear, (w, b)))
-            if l < len(weights) - 1:
-                layers.append(eqx.nn.Lambda(fn) if activation != "identity" else IDENTITY)
-        return eqx.nn.Sequential(layers)
+        activation_layer = IDENTITY if activation == "identity" else eqx.nn.Lambda(fn)
+        layers = [layer for linear in linears[:-1] for layer in (linear, activation_layer)]
+        return eqx.nn.Sequential([*layers, linears[-1]])
     raise ValueError(f"unknown kind {kind!r}; expected 'mlp' or 'sequential'.")
 
 
 def random_mlp(key, widths, activation="tanh", kind: str = "sequential"):
-    """A network with Gaussian weights (`1/sqrt(fan_in)`) and no planted structure."""
-    keys = jr.split(key, 2 * len(widths))
-    weights = [
-        np.asarray(jr.normal(keys[2 * l], (n_out, n_in))) / np.sqrt(n_in)
-        for l, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:]))
-    ]
-    biases = [0.3 * np.asarray(jr.normal(keys[2 * l + 1], (n,))) for l, n in enumerate(widths[1:])]
+    """A network with Gaussian weights (`1/sqrt(fan_in)`) and biases (0.3) and no planted structure."""
+    generator = rng(key)
+    weights = [generator.standard_normal((n_out, n_in)) / np.sqrt(n_in) for n_in, n_out in zip(widths[:-1], widths[1:])]
+    biases = [0.3 * generator.standard_normal(n) for n in widths[1:]]
     return build(widths, weights, biases, activation, kind)
 
 
@@ -140,7 +130,25 @@ def set_partition(labels) -> frozenset:
 
 
 def outputs(model, x) -> np.ndarray:
+    """The model called on every example (JAX)."""
     return np.asarray(jax.vmap(model)(jnp.asarray(x)))
+
+
+_NUMPY_ACTIVATIONS = {
+    "tanh": np.tanh,
+    "sigmoid": lambda z: 1 / (1 + np.exp(-z)),
+    "relu": lambda z: np.maximum(z, 0),
+    "identity": lambda z: z,
+}
+
+
+def numpy_outputs(model, x) -> np.ndarray:
+    """The model's function evaluated in NumPy from its parameters (no compilation per new shape)."""
+    chain = to_chain(model)
+    a = np.asarray(x)
+    for w, b, act in zip(chain.weights, chain.biases, chain.activations):
+        a = _NUMPY_ACTIVATIONS[act](a @ np.asarray(w).T + np.asarray(b))
+    return a
 
 
 def parameters(model) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -94,11 +94,6 @@ def test_mlp_round_trip(sizes, depth, activation, final_activation, biases, scan
     assert np.array_equal(_outputs(rebuilt, x), _outputs(mlp, x))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="eqx_nn bug: with scan=True, depth=1 eqx.nn.MLP keeps an empty stacked hidden layer (shape (0, w, w)) "
-    "that _mlp_layers returns as a layer, and chain_to_mlp drops it, so the rebuilt MLP cannot be called.",
-)
 def test_scan_mlp_of_depth_one_round_trips():
     mlp = eqx.nn.MLP(3, 2, 5, 1, activation=jnp.tanh, scan=True, key=jr.key(0))
     x = jr.normal(jr.key(1), (4, 3))
@@ -107,11 +102,6 @@ def test_scan_mlp_of_depth_one_round_trips():
     assert np.array_equal(_outputs(from_chain(chain, like=mlp), x), _outputs(mlp, x))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="eqx_nn bug: eqx.nn.MLP with depth=0 returns its Linear layer's output without applying "
-    "final_activation (equinox 0.13), but mlp_to_chain records final_activation for that layer.",
-)
 def test_depth_zero_mlp_activation():
     mlp = eqx.nn.MLP(2, 1, 3, 0, final_activation=jnp.tanh, key=jr.key(0))
     x = jnp.asarray([[2.0, -1.0], [0.5, 3.0]])

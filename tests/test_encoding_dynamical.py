@@ -27,6 +27,11 @@ def random_chain(key, widths, hidden, output="identity", dtype=jnp.float64) -> D
     return DenseChain(weights, biases, activations, (True,) * len(weights))
 
 
+# Most simulations share one architecture and one `times` shape, so the compiled solve is reused.
+WIDTHS = (3, 8, 8, 2)
+TIMES = jnp.array([0.0, 0.25, 0.5, 0.9, 1.0])
+
+
 def homotopy_states(chain: DenseChain, x, x_ref, t):
     """Per layer the encoding's state (a or z) at input x_ref + t (x − x_ref), by the forward pass."""
     zs, acts = chain.forward(x_ref + t * (x - x_ref))
@@ -81,65 +86,79 @@ def test_polynomial_degree_is_the_degree_of_the_field():
 
 @pytest.mark.parametrize(("hidden", "tolerance"), [("tanh", 1e-9), ("relu", 1e-8)])
 def test_trajectory_at_intermediate_times_is_the_forward_pass_along_the_homotopy(hidden, tolerance):
-    chain = random_chain(jr.key(6), (3, 8, 8, 2), hidden)
+    chain = random_chain(jr.key(6), WIDTHS, hidden)
     x = jr.normal(jr.key(7), (5, 3))
-    times = jnp.array([0.0, 0.25, 0.5, 0.9, 1.0])
-    trajectory = simulate(chain, x, times=times)
+    trajectory = simulate(chain, x, times=TIMES)
     assert trajectory.result == RESULTS.successful
-    np.testing.assert_array_equal(trajectory.times, times)
-    for k, t in enumerate(times):
+    np.testing.assert_array_equal(trajectory.times, TIMES)
+    for k, t in enumerate(TIMES):
         expected = chain.forward(t * x)[1][1:]
         for layer, want in zip(trajectory.activations, expected, strict=True):
-            assert layer.shape == (5, len(times), want.shape[1])
+            assert layer.shape == (5, len(TIMES), want.shape[1])
             np.testing.assert_allclose(layer[:, k], want, rtol=0, atol=tolerance)
 
 
 def test_x_ref_starts_the_homotopy_there():
-    chain = random_chain(jr.key(8), (3, 8, 8, 2), "tanh")
+    chain = random_chain(jr.key(8), WIDTHS, "tanh")
     x, x_ref = jr.normal(jr.key(9), (5, 3)), jnp.array([1.0, -2.0, 0.5])
-    trajectory = simulate(chain, x, x_ref=x_ref, times=jnp.array([0.0, 0.5, 1.0]))
-    outputs = trajectory.activations[-1]
+    outputs = simulate(chain, x, x_ref=x_ref, times=TIMES).activations[-1]
     np.testing.assert_allclose(outputs[:, 0], np.broadcast_to(chain(x_ref), (5, 2)), atol=1e-12)
-    np.testing.assert_allclose(outputs[:, 1], chain(0.5 * (x + x_ref)), atol=1e-9)
-    np.testing.assert_allclose(outputs[:, 2], chain(x), atol=1e-9)
+    np.testing.assert_allclose(outputs[:, 2], chain(0.5 * (x + x_ref)), atol=1e-9)
+    np.testing.assert_allclose(outputs[:, -1], chain(x), atol=1e-9)
     # Another reference changes the path but not its end point.
-    default = simulate(chain, x, times=jnp.array([0.0, 0.5, 1.0])).activations[-1]
-    assert np.max(np.abs(default[:, 1] - outputs[:, 1])) > 1e-2
-    np.testing.assert_allclose(default[:, 2], outputs[:, 2], atol=1e-9)
+    default = simulate(chain, x, times=TIMES).activations[-1]
+    assert np.max(np.abs(default[:, 2] - outputs[:, 2])) > 1e-2
+    np.testing.assert_allclose(default[:, -1], outputs[:, -1], atol=1e-9)
 
 
-def test_simulate_under_vmap_jit_and_with_a_traced_chain():
-    chain = random_chain(jr.key(10), (3, 8, 8, 2), "tanh")
+def test_simulate_under_vmap_over_inputs():
+    chain = random_chain(jr.key(10), WIDTHS, "tanh")
     x = jr.normal(jr.key(11), (4, 3))
-    per_example = jax.vmap(lambda xi: simulate(chain, xi[None]).activations[-1][0, -1])(x)
-    np.testing.assert_allclose(per_example, chain(x), atol=1e-9)
-    traced = jax.jit(lambda c, xs: simulate(c, xs).activations[-1][:, -1])(chain, x)
-    np.testing.assert_allclose(traced, chain(x), atol=1e-9)
-    scaled = jax.vmap(lambda s: simulate(eqx.tree_at(lambda c: c.biases, chain, tuple(s * b for b in chain.biases)), x))
-    outputs = scaled(jnp.array([0.0, 1.0])).activations[-1][:, :, -1]
-    np.testing.assert_allclose(outputs[1], chain(x), atol=1e-9)
+    per_example = jax.vmap(lambda xi: simulate(chain, xi[None], times=TIMES))(x)
+    assert bool(jnp.all(per_example.result == RESULTS.successful))
+    np.testing.assert_allclose(per_example.activations[-1][:, 0, -1], chain(x), atol=1e-9)
+
+
+def test_simulate_inside_jit_with_a_traced_and_vmapped_chain():
+    """What a sweep does: one compiled call over a batch of chains (here: biases scaled by 0 and 1)."""
+    chain = random_chain(jr.key(12), WIDTHS, "tanh")
+    x = jr.normal(jr.key(13), (4, 3))
+
+    @jax.jit
+    def outputs(scales):
+        def one(scale):
+            scaled = eqx.tree_at(lambda c: c.biases, chain, tuple(scale * b for b in chain.biases))
+            return simulate(scaled, x, times=TIMES).activations[-1][:, -1]
+
+        return jax.vmap(one)(scales)
+
+    both = outputs(jnp.array([0.0, 1.0]))
+    np.testing.assert_allclose(both[1], chain(x), atol=1e-9)
+    unbiased = DenseChain(chain.weights, tuple(0 * b for b in chain.biases), chain.activations, chain.use_bias)
+    np.testing.assert_allclose(both[0], unbiased(x), atol=1e-9)
 
 
 def test_simulate_does_not_recompile_for_new_weights_inputs_or_tolerances():
-    chain = random_chain(jr.key(12), (2, 4, 1), "tanh")
-    x = jr.normal(jr.key(13), (3, 2))
-    simulate(chain, x)
+    chain = random_chain(jr.key(12), WIDTHS, "tanh")
+    x = jr.normal(jr.key(13), (5, 3))
+    simulate(chain, x, times=TIMES)
     before = eqx.debug.get_num_traces(dynamical._solve_counted)
-    other = random_chain(jr.key(14), (2, 4, 1), "tanh")
-    simulate(other, x + 1.0, rtol=1e-9, atol=1e-11, x_ref=jnp.ones(2))
+    other = random_chain(jr.key(14), WIDTHS, "tanh")
+    simulate(other, x + 1.0, rtol=1e-9, atol=1e-11, x_ref=jnp.ones(3), times=TIMES / 2)
     assert eqx.debug.get_num_traces(dynamical._solve_counted) == before
 
 
 def test_simulate_accepts_mlp_and_sequential_models():
     mlp = eqx.nn.MLP(3, 2, 8, 2, activation=jax.nn.tanh, key=jr.key(15))
-    x = jr.normal(jr.key(16), (4, 3))
-    np.testing.assert_allclose(simulate(mlp, x).activations[-1][:, -1], jax.vmap(mlp)(x), atol=1e-9)
+    x = jr.normal(jr.key(16), (5, 3))
+    np.testing.assert_allclose(simulate(mlp, x, times=TIMES).activations[-1][:, -1], jax.vmap(mlp)(x), atol=1e-9)
     sequential = eqx.nn.Sequential(
-        [eqx.nn.Linear(3, 8, key=jr.key(17)), eqx.nn.Lambda(jax.nn.relu), eqx.nn.Linear(8, 2, key=jr.key(18))]
+        [eqx.nn.Linear(3, 8, key=jr.key(17)), eqx.nn.Lambda(jax.nn.relu)]
+        + [eqx.nn.Linear(8, 8, key=jr.key(18)), eqx.nn.Lambda(jax.nn.relu), eqx.nn.Linear(8, 2, key=jr.key(19))]
     )
-    trajectory = simulate(sequential, x, times=(0.5, 1.0))
+    trajectory = simulate(sequential, x, times=TIMES)
     hidden = jax.nn.relu(jax.vmap(sequential.layers[0])(0.5 * x))
-    np.testing.assert_allclose(trajectory.activations[0][:, 0], hidden, atol=1e-8)
+    np.testing.assert_allclose(trajectory.activations[0][:, 2], hidden, atol=1e-8)
     np.testing.assert_allclose(trajectory.activations[-1][:, -1], jax.vmap(sequential)(x), atol=1e-8)
 
 
@@ -150,11 +169,10 @@ def test_float32_stays_float32():
     assert all(layer.dtype == jnp.float32 for layer in trajectory.activations)
 
 
-def test_a_failed_solve_is_reported_not_raised_also_under_vmap():
-    chain = random_chain(jr.key(21), (2, 4, 1), "tanh")
-    x = 3.0 * jr.normal(jr.key(22), (3, 2))
-    assert simulate(chain, x, max_steps=2).result == RESULTS.ode_solve_failed
-    results = jax.vmap(lambda xi: simulate(chain, xi[None], max_steps=2).result)(x)
+def test_a_failed_solve_is_reported_not_raised_even_under_vmap():
+    chain = random_chain(jr.key(21), WIDTHS, "tanh")
+    x = 3.0 * jr.normal(jr.key(22), (3, 3))
+    results = jax.vmap(lambda xi: simulate(chain, xi[None], times=TIMES, max_steps=2).result)(x)
     assert bool(jnp.all(results == RESULTS.ode_solve_failed))
 
 

@@ -135,6 +135,16 @@ def test_worth_it_merge_of_a_whole_layer():
     np.testing.assert_allclose(_apply(merged, x), _apply(_chain(w, b), x), atol=1e-10)
 
 
+def test_bias_free_layer_gains_the_absorbed_bias():
+    k = jr.split(jr.key(10), 3)
+    w, b = [_normal(k[0], (8, 2)), _normal(k[1], (2, 8))], [np.full(8, 50.0), np.zeros(2)]
+    chain = DenseChain(tuple(map(jnp.asarray, w)), tuple(map(jnp.asarray, b)), ("relu", "identity"), (True, False))
+    x = _normal(k[2], (32, 2))
+    merged, info = linearity_merge(chain, x, 1.0)
+    assert merged.use_bias == (True, True) and int(info.cost_after.dense_params) == 2 * 2 + 2
+    np.testing.assert_allclose(_apply(merged, x), _apply(chain, x), atol=1e-10)
+
+
 def test_chained_rule_uses_true_input_width():
     """1 -> 8 -> 30 -> 4. Layer 1 is all linear and vanishes (skip S¹: 30 × 1). Layer 2 has one linear neuron whose
     true input width is 0 + 1, so (1 + 4 + 1)·1 = 6 > 1·4 merges it; the official code's quirk (adding S¹'s output

@@ -272,7 +272,7 @@ def test_format_version_and_structure_checked(tmp_path):
 def test_inconsistent_kind_options_refused(tmp_path):
     save(tmp_path / "model.npz", _lumped())
     _with_record(tmp_path / "model.npz", lambda r: r["model"].update(kind="eqx.nn.MLP"))
-    with pytest.raises(ValueError, match="structure of the eqx.nn.MLP is inconsistent.*equal hidden widths"):
+    with pytest.raises(ValueError, match="structure of the eqx.nn.MLP cannot be rebuilt.*equal hidden widths"):
         load(tmp_path / "model.npz")
     seq = eqx.nn.Sequential([eqx.nn.Linear(3, 4, key=jr.key(0)), eqx.nn.Lambda(jnp.tanh)])
     save(tmp_path / "seq.npz", seq)
@@ -280,13 +280,24 @@ def test_inconsistent_kind_options_refused(tmp_path):
     with pytest.raises(ValueError, match=r"give activations \('relu',\).*the record has \('tanh',\)"):
         load(tmp_path / "seq.npz")
     _with_record(tmp_path / "seq.npz", lambda r: r["model"]["options"].update(layout=["linear", "tanh", "relu"]))
-    with pytest.raises(ValueError, match="inconsistent.*must directly follow"):
+    with pytest.raises(ValueError, match="cannot be rebuilt.*must directly follow"):
         load(tmp_path / "seq.npz")
     mlp = eqx.nn.MLP(3, 2, 4, 1, activation=jnp.tanh, key=jr.key(0))
     save(tmp_path / "mlp.npz", mlp)
     _with_record(tmp_path / "mlp.npz", lambda r: r["model"]["options"].update(activation="sigmoid"))
     with pytest.raises(ValueError, match=r"give activations \('sigmoid', 'identity'\)"):
         load(tmp_path / "mlp.npz")
+
+
+def test_malformed_info_and_nonfinite_weights_in_file_refused(tmp_path):
+    save(tmp_path / "model.npz", _lumped(), _info())
+    _with_record(tmp_path / "model.npz", lambda r: r["info"].pop("n_partitions"))
+    with pytest.raises(ValueError, match="model.npz: the stored CompressionInfo record is malformed.*n_partitions"):
+        load(tmp_path / "model.npz", with_info=True)
+    save(tmp_path / "nan.npz", _lumped())
+    _rewrite(tmp_path / "nan.npz", **{"layers[2].weight": np.full((2, 16), np.nan)})
+    with pytest.raises(ValueError, match="cannot be rebuilt.*layer 2 weight` contains 32 NaN"):
+        load(tmp_path / "nan.npz")
 
 
 def test_save_refuses_bad_inputs(tmp_path):

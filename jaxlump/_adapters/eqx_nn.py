@@ -75,9 +75,9 @@ def _linears_from_chain(chain: DenseChain) -> list[eqx.nn.Linear]:
 
 
 def _mlp_layers(mlp: eqx.nn.MLP) -> list[eqx.nn.Linear]:
-    if not mlp.scan or mlp.depth < 2:
+    if not mlp.scan or mlp.depth < 1:
         return list(mlp.layers)
-    first, stacked, last = mlp.layers
+    first, stacked, last = mlp.layers  # with depth 1 the stack is empty: no hidden-to-hidden layer
     hidden = [jtu.tree_map(lambda x, i=i: x[i] if eqx.is_array(x) else x, stacked) for i in range(mlp.depth - 1)]
     return [first, *hidden, last]
 
@@ -87,7 +87,8 @@ def mlp_to_chain(mlp: eqx.nn.MLP) -> DenseChain:
         raise TypeError("eqx.nn.MLP with in_size/out_size 'scalar' is not supported; use size 1 instead.")
     layers = _mlp_layers(mlp)
     hidden = identify_activation(mlp.activation, "eqx.nn.MLP.activation")
-    final = identify_activation(mlp.final_activation, "eqx.nn.MLP.final_activation")
+    # equinox's depth-0 MLP returns its single layer's output without applying final_activation.
+    final = "identity" if mlp.depth == 0 else identify_activation(mlp.final_activation, "eqx.nn.MLP.final_activation")
     return _chain_from_linears(layers, [hidden] * (len(layers) - 1) + [final])
 
 
@@ -112,7 +113,10 @@ def chain_to_mlp(chain: DenseChain, like: eqx.nn.MLP):
         scan=like.scan,
         key=jr.key(0),
     )
-    if like.scan and like.depth >= 2:
+    if like.scan and like.depth == 1:
+        empty_stack = jtu.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), new.layers[1])  # equinox's (0, w, w) stack
+        layers = [layers[0], empty_stack, layers[-1]]
+    elif like.scan and like.depth >= 2:
         stacked = jtu.tree_map(lambda *xs: jnp.stack(xs) if eqx.is_array(xs[0]) else xs[0], *layers[1:-1])
         layers = [layers[0], stacked, layers[-1]]
     return eqx.tree_at(lambda m: m.layers, new, tuple(layers))

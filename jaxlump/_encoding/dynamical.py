@@ -178,12 +178,13 @@ def _check_times(times, dtype) -> jax.Array:
     times = jnp.asarray(times, dtype)
     if times.ndim != 1 or times.shape[0] == 0:
         raise ValueError(f"`times` must be a non-empty 1-D sequence of times in [0, 1]; received shape {times.shape}.")
-    bad = ~jnp.all(jnp.isfinite(times) & (times >= 0) & (times <= 1)) | jnp.any(jnp.diff(times) < 0)
     message = "`times` must be non-decreasing and lie in [0, 1]"
     if is_traced(times):
+        bad = ~jnp.all(jnp.isfinite(times) & (times >= 0) & (times <= 1)) | jnp.any(jnp.diff(times) < 0)
         return eqx.error_if(times, bad, message + ".")
-    if bool(bad):
-        raise ValueError(f"{message}; received {np.asarray(times).tolist()}.")
+    values = np.asarray(times)  # NumPy: concrete even inside a `jax.jit` trace
+    if not (np.all(np.isfinite(values) & (values >= 0) & (values <= 1)) and np.all(np.diff(values) >= 0)):
+        raise ValueError(f"{message}; received {values.tolist()}.")
     return times
 
 

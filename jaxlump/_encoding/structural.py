@@ -82,12 +82,12 @@ def _check_labels(prev_labels, n_prev_blocks: int, n_prev: int) -> jax.Array:
             f"`prev_labels` must be an integer array of shape ({n_prev},) (one block label per neuron of the "
             f"previous layer); received dtype {labels.dtype} and shape {labels.shape}."
         )
-    out_of_range = jnp.any((labels < 0) | (labels >= n_prev_blocks))
     message = f"`prev_labels` must lie in [0, {n_prev_blocks}) (`n_prev_blocks`)"
     if is_traced(labels):
-        return eqx.error_if(labels, out_of_range, message + ".")
-    if bool(out_of_range):
-        raise ValueError(f"{message}; received labels from {int(labels.min())} to {int(labels.max())}.")
+        return eqx.error_if(labels, jnp.any((labels < 0) | (labels >= n_prev_blocks)), message + ".")
+    values = np.asarray(labels)  # NumPy: concrete even inside a `jax.jit` trace
+    if values.size and (values.min() < 0 or values.max() >= n_prev_blocks):
+        raise ValueError(f"{message}; received labels from {values.min()} to {values.max()}.")
     return labels
 
 

@@ -17,7 +17,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray, PyTree
 
 from ._dataset import Dataset, as_key, check_count, make_dataset, numpy_rng
 
-# Default solvers (module-level instances: a call in an argument default is evaluated once anyway).
+# Shared default solver instances (no calls in argument defaults).
 KVAERNO5 = diffrax.Kvaerno5()
 TSIT5 = diffrax.Tsit5()
 
@@ -96,6 +96,9 @@ def _sample(
 
 
 def _sample_checked(vector_field, key, counts, lower, upper, times, args, solver, rtol, atol, max_steps):
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        if not (isinstance(tol, (int, float, np.number)) and math.isfinite(tol) and tol > 0):
+            raise ValueError(f"`{name}` must be a finite number > 0; received {tol!r}.")
     dtype = jnp.result_type(float)
     lower, upper, times = (jnp.asarray(a, dtype) for a in (lower, upper, times))
     states, derivatives, ok = _sample(
@@ -129,9 +132,10 @@ def simulate_system(
     `y_n(0) ~ Uniform([lower, upper])` (seeded by `key`), `y_n(t)` is integrated with diffrax and saved
     at `t = burn_in + save_times`; the result is `(y_n(t_k), f(t_k, y_n(t_k), args))` for every
     trajectory n and time k. A burn-in lets transients die out so the samples lie near the attractor.
-    The solves are vmapped over trajectories and jit-compiled (compiled once per vector field and shape;
-    a vector field that is an `eqx.Module` has its array fields traced, so new parameters do not
-    recompile). The precision is the ambient one: call under `jax.enable_x64(True)` for float64.
+    The solves are vmapped over trajectories and jit-compiled, once per vector field, shape, solver and
+    tolerances: array leaves of `args`, and the array fields of a vector field that is an `eqx.Module`,
+    are traced, so new parameter values do not recompile (Python floats in `args` do). The precision is
+    the ambient one: call under `jax.enable_x64(True)` for float64.
 
     **Arguments:**
 
@@ -154,6 +158,7 @@ def simulate_system(
     **Example:**
 
     ```python
+    import diffrax
     import jax.numpy as jnp
     from jaxlump.datasets import simulate_system
 
@@ -161,7 +166,8 @@ def simulate_system(
         return -args * y
 
     states, derivatives = simulate_system(
-        decay, jnp.zeros(2), jnp.ones(2), n_trajectories=8, save_times=jnp.linspace(0, 1, 5), key=0, args=2.0
+        decay, jnp.zeros(2), jnp.ones(2), n_trajectories=8, save_times=jnp.linspace(0, 1, 5), key=0,
+        args=jnp.asarray(2.0), solver=diffrax.Tsit5(),  # non-stiff: the explicit solver is faster
     )
     assert states.shape == derivatives.shape == (8, 5, 2)
     ```
