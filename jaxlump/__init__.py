@@ -16,6 +16,7 @@ from ._discrepancy import Dynamical as Dynamical, Structural as Structural
 from ._lump import lump as lump, lump_masked as lump_masked
 from ._reduction.masked import shrink as shrink
 from ._reconstruct import reconstruct as reconstruct
+from ._lump_then_prune import lump_then_prune as lump_then_prune
 from ._info import Certificate as Certificate, CompressionInfo as CompressionInfo
 from ._accounting import Cost as Cost, cost as cost, measure_latency as measure_latency
 from ._serialisation import load as load, save as save

@@ -40,7 +40,7 @@ def _perturb(chain: DenseChain, rng: np.random.Generator, scale: float, live=Non
 
 
 # Few shapes and activation patterns, so that the jitted evaluation below compiles a handful of times.
-HYPOTHESIS_WIDTHS = [(2, 5, 2), (3, 4, 3, 2)]
+HYPOTHESIS_WIDTHS = [(2, 5, 2), (3, 6, 5, 2)]
 HIDDEN_OUTPUT = [("tanh", "identity"), ("sigmoid", "sigmoid"), ("relu", "identity"), ("relu", "tanh")]
 
 
@@ -103,9 +103,9 @@ def test_lift_of_structured_and_masked_results():
 
 def test_bound_is_zero_for_the_identity_compression():
     rng = np.random.default_rng(1)
-    original = _random_chain(rng, (3, 5, 4, 2), ("tanh", "relu", "identity"))
-    identity = (jnp.arange(5), jnp.arange(4))
-    same = quotient(original, identity, (5, 4))
+    original = _random_chain(rng, (3, 6, 5, 2), ("tanh", "relu", "identity"))
+    identity = (jnp.arange(6), jnp.arange(5))
+    same = quotient(original, identity, (6, 5))
     x = jnp.asarray(rng.normal(size=(8, 3)))
     bound = a_priori_bound(original, lift(same, identity, original.widths), original.forward(x)[1])
     assert np.all(np.asarray(bound) == 0.0)
@@ -136,10 +136,12 @@ def test_lipschitz_constants_bound_the_slopes():
 
 @pytest.mark.parametrize("hidden", ["tanh", pytest.param("relu", marks=pytest.mark.slow)])
 def test_certify_figures(hidden):
+    """On the fixed-shape form `lump_masked` certifies (one simulation shape for both networks)."""
     rng = np.random.default_rng(3)
     original = _random_chain(rng, (3, 6, 5, 2), (hidden, hidden, "identity"))
-    partitions = (jnp.asarray([0, 1, 0, 2, 1, 3]), jnp.asarray([0, 0, 1, 2, -1]))
-    compressed = _perturb(quotient(original, partitions, (4, 3)), rng, 0.05)
+    partitions = (jnp.asarray([0, 1, 0, 3, 1, 5]), jnp.asarray([0, 0, 2, 3, -1]))
+    live = [np.ones(3, bool), np.isin(np.arange(6), partitions[0]), np.isin(np.arange(5), partitions[1])]
+    compressed = _perturb(quotient(original, partitions, (6, 5)), rng, 0.05, live + [np.ones(2, bool)])
     x = jnp.asarray(rng.normal(size=(12, 3)))
     certificate = certify(original, compressed, partitions, x, simulate_ode=True)
     deviation = np.asarray(compressed(x) - original(x))

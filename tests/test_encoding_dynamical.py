@@ -9,8 +9,7 @@ import jax.random as jr
 import numpy as np
 import pytest
 
-from jaxlump._encoding import VectorField, polynomial_degree, simulate
-from jaxlump._encoding import dynamical
+from jaxlump._encoding import VectorField, dynamical, polynomial_degree, simulate
 from jaxlump._errors import RESULTS
 from jaxlump._network import ACTIVATIONS, DenseChain
 
@@ -36,8 +35,7 @@ def homotopy_states(chain: DenseChain, x, x_ref, t):
     """Per layer the encoding's state (a or z) at input x_ref + t (x − x_ref), by the forward pass."""
     zs, acts = chain.forward(x_ref + t * (x - x_ref))
     return tuple(
-        a if ACTIVATIONS[name].state == "a" else z
-        for name, z, a in zip(chain.activations, zs, acts[1:], strict=True)
+        a if ACTIVATIONS[name].state == "a" else z for name, z, a in zip(chain.activations, zs, acts[1:], strict=True)
     )
 
 

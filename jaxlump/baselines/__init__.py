@@ -16,4 +16,5 @@ from ._linearity import (
     linearity_to_size as linearity_to_size,
 )
 from ._proportional import proportional_lump as proportional_lump
+from ._exact import exact_lump as exact_lump
 from ._targets import compress_to as compress_to, realised_size as realised_size

@@ -1,0 +1,200 @@
+"""`reconstruct` against NumPy least squares, hand-built infos and exact (planted) results."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+from _networks import hidden_widths, numpy_outputs, parameters, planted_mlp, random_mlp, rng, set_partition
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import jaxlump
+
+WIDTHS = (3, 8, 8, 2)
+X = np.asarray(jr.normal(jr.key(200), (64, 3)))
+X_TEST = np.asarray(jr.normal(jr.key(201), (40, 3)))
+SEEDS = st.integers(0, 2**20)
+
+
+def max_deviation(a, b, x=X_TEST) -> float:
+    return float(np.max(np.abs(numpy_outputs(a, x) - numpy_outputs(b, x))))
+
+
+def with_ones(a):
+    return np.concatenate([a, np.ones((a.shape[0], 1))], axis=1)
+
+
+def lstsq(a, t):
+    """`[w | b]` minimising `‖a wᵀ + b − t‖²` (NumPy's SVD solver, intercept included)."""
+    solution = np.linalg.lstsq(with_ones(a), t, rcond=None)[0]
+    return solution[:-1].T, solution[-1]
+
+
+def pre_activations(model, x):
+    """The original's `[z^1, ..., z^L]` in NumPy."""
+    weights, biases = parameters(model)
+    zs, a = [], np.asarray(x)
+    for l, (w, b) in enumerate(zip(weights, biases)):
+        zs.append(a @ w.T + b)
+        a = np.tanh(zs[-1]) if l < len(weights) - 1 else zs[-1]
+    return zs
+
+
+@pytest.mark.parametrize("ridge", [0.0, 1e-3])
+def test_the_identity_compression_is_left_unchanged(ridge):
+    model = random_mlp(jr.key(1), WIDTHS)
+    same, info = jaxlump.lump(model, None, 0.0, refit=False)  # no duplicates: every partition is the identity
+    assert [set_partition(p) for p in info.partitions] == [set_partition(np.arange(8))] * 2
+    rebuilt, rebuilt_info = jaxlump.reconstruct(model, model, X, info, ridge=ridge)
+    assert hidden_widths(rebuilt) == WIDTHS[1:-1] and rebuilt_info.method == "lump+reconstruct"
+    assert max_deviation(rebuilt, model) <= 1e-10
+    for got, want in zip(sum(parameters(rebuilt), []), sum(parameters(model), [])):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("ridge", [0.0, 1e-3])
+@settings(max_examples=5)
+@given(groups=st.tuples(st.integers(1, 8), st.integers(1, 8)), seed=SEEDS)
+def test_an_exact_lump_stays_exact(ridge, groups, seed):
+    model, _ = planted_mlp(jr.key(seed), WIDTHS, groups, "tanh")
+    small, info = jaxlump.lump(model, None, 0.0, refit=False)
+    assert hidden_widths(small) == groups
+    rebuilt, rebuilt_info = jaxlump.reconstruct(model, small, X, info, ridge=ridge)
+    assert max_deviation(rebuilt, model) <= 1e-10
+    assert float(rebuilt_info.certificate.output_max_abs) <= 1e-10
+    assert rebuilt_info.result == jaxlump.RESULTS.successful
+
+
+def test_one_hidden_layer_equals_sequential_numpy_lstsq():
+    model = random_mlp(jr.key(2), (3, 10, 2))
+    small, info = jaxlump.lump(model, None, 0.8, refit=False)
+    labels = np.asarray(info.partitions[0])
+    assert 1 < labels.max() + 1 < 10  # some neurons merged, not all
+    rebuilt, rebuilt_info = jaxlump.reconstruct(model, small, X, info, ridge=0.0)
+    z1, _ = pre_activations(model, X)
+    block_means = np.stack([z1[:, labels == h].mean(axis=1) for h in range(labels.max() + 1)], axis=1)
+    w1, b1 = lstsq(X, block_means)
+    w2, b2 = lstsq(np.tanh(X @ w1.T + b1), numpy_outputs(model, X))
+    for got, want in zip(sum(parameters(rebuilt), []), [w1, w2, b1, b2]):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)
+    assert rebuilt_info.cost_after.dense_params == info.cost_after.dense_params
+    assert max_deviation(rebuilt, model, X) < max_deviation(small, model, X)  # refit fits the data better
+
+
+def masked_compression(model, keep: float, key):
+    """A same-shape unstructured result: random weight masks (keep ≈ `keep`), identity partitions."""
+    generator = rng(key)
+    weights, biases = parameters(model)
+    masks = tuple(jnp.asarray(generator.random(w.shape) < keep) for w in weights)
+    compressed = eqx.tree_at(
+        lambda m: [layer.weight for layer in m.layers if isinstance(layer, eqx.nn.Linear)],
+        model,
+        [jnp.asarray(w) * m for w, m in zip(weights, masks)],
+    )
+    widths = jnp.asarray((weights[0].shape[1], *(b.size for b in biases)))
+    info = jaxlump.CompressionInfo(
+        method="hand_mask",
+        structured=False,
+        knob=jnp.asarray(keep),
+        partitions=tuple(jnp.arange(b.size) for b in biases[:-1]),
+        weight_masks=masks,
+        widths_before=tuple(np.asarray(widths).tolist()),
+        widths_after=widths,
+        cost_before=jaxlump.cost(model),
+        cost_after=jaxlump.cost(compressed),
+        certificate=None,
+        result=jaxlump.RESULTS.successful,
+    )
+    return compressed, info
+
+
+@settings(max_examples=5)
+@given(seed=SEEDS)
+def test_masked_rows_equal_per_row_numpy_lstsq_on_their_support(seed):
+    model = random_mlp(jr.key(seed), (3, 8, 8, 2))
+    compressed, info = masked_compression(model, 0.5, jr.key(seed + 1))
+    rebuilt, rebuilt_info = jaxlump.reconstruct(model, compressed, X, info, ridge=0.0)
+    weights, biases = parameters(rebuilt)
+    targets, a = pre_activations(model, X), X
+    for l, (w, b, mask) in enumerate(zip(weights, biases, info.weight_masks)):
+        mask = np.asarray(mask)
+        assert np.all(w[~mask] == 0.0)
+        for j in range(w.shape[0]):
+            support = np.flatnonzero(mask[j])
+            w_row, b_row = lstsq(a[:, support], targets[l][:, j])
+            np.testing.assert_allclose(w[j, support], w_row, rtol=0, atol=1e-9)
+            np.testing.assert_allclose(b[j], b_row, rtol=0, atol=1e-9)
+        a = np.tanh(a @ w.T + b)
+    assert int(rebuilt_info.cost_after.nonzeros) <= int(info.cost_after.nonzeros)
+    assert rebuilt_info.method == "hand_mask+reconstruct" and not rebuilt_info.structured
+
+
+def test_small_calibration_set_and_the_ridge_pull():
+    model = random_mlp(jr.key(3), WIDTHS)
+    small, info = jaxlump.lump(model, None, 0.6, refit=False)
+    assert max(hidden_widths(small)) > 5
+    x_small = X[:5]  # fewer examples than neurons feeding the next layer
+    rebuilt, rebuilt_info = jaxlump.reconstruct(model, small, x_small, info)
+    assert rebuilt_info.result == jaxlump.RESULTS.successful
+    assert all(np.all(np.isfinite(p)) for p in sum(parameters(rebuilt), []))
+    assert np.all(np.isfinite(numpy_outputs(rebuilt, X_TEST)))
+    # λ → ∞ pins every row to the compressed one; the (unpenalised) bias then is the least-squares intercept
+    pinned, _ = jaxlump.reconstruct(model, small, x_small, info, ridge=1e10)
+    small_w, small_b = parameters(small)
+    pinned_w, pinned_b = parameters(pinned)
+    targets = pre_activations(model, x_small)
+    labels = [*(np.asarray(p) for p in info.partitions), np.arange(WIDTHS[-1])]
+    a = x_small
+    for l, (w, w0, b) in enumerate(zip(pinned_w, small_w, pinned_b)):
+        np.testing.assert_allclose(w, w0, rtol=0, atol=1e-7)
+        block_targets = np.stack([targets[l][:, labels[l] == h].mean(axis=1) for h in range(w.shape[0])], axis=1)
+        np.testing.assert_allclose(b, block_targets.mean(0) - w @ a.mean(0), rtol=0, atol=1e-7)
+        a = np.tanh(a @ w.T + b)
+    moderate, _ = jaxlump.reconstruct(model, small, x_small, info, ridge=1.0)
+    distance = [np.abs(w - w0).max() for w, w0 in zip(parameters(moderate)[0], small_w)]
+    assert max(distance) > 1e-5  # a moderate ridge does move the weights
+
+
+def _replace_partitions(info, partitions):
+    return eqx.tree_at(lambda i: i.partitions, info, partitions)
+
+
+def _bad_inputs():
+    model = random_mlp(jr.key(4), WIDTHS)
+    small, info = jaxlump.lump(model, None, 0.6, refit=False)
+    k = hidden_widths(small)
+    arguments = {"original": model, "compressed": small, "x_calib": X, "info": info}
+    too_far = (jnp.asarray(np.where(np.asarray(info.partitions[0]) == 0, k[0], info.partitions[0])), info.partitions[1])
+    return arguments, [
+        ({"compressed": random_mlp(jr.key(5), (4, *k, 2))}, "compressed"),
+        ({"compressed": random_mlp(jr.key(5), (3, k[0], 2))}, "compressed"),
+        ({"compressed": random_mlp(jr.key(5), (3, *k, 2), activation="relu")}, "compressed"),
+        ({"info": _replace_partitions(info, too_far)}, "info.partitions"),
+        ({"info": _replace_partitions(info, info.partitions[:1])}, "info.partitions"),
+        ({"info": _replace_partitions(info, (info.partitions[0][:-1], info.partitions[1]))}, "info.partitions"),
+        ({"x_calib": X[:, :2]}, "x_calib"),
+        ({"x_calib": np.where(np.arange(3) == 0, np.nan, X)}, "x_calib"),
+        ({"x_calib": np.where(np.arange(3) == 2, np.inf, X)}, "x_calib"),
+        ({"x_calib": np.zeros((0, 3))}, "x_calib"),
+        ({"x_calib": X[0]}, "x_calib"),
+        ({"ridge": -1e-3}, "ridge"),
+        ({"ridge": float("nan")}, "ridge"),
+    ]
+
+
+def test_bad_input_is_refused_naming_the_argument():
+    arguments, cases = _bad_inputs()
+    for bad, name in cases:
+        call = arguments | bad
+        with pytest.raises(ValueError, match=name):
+            jaxlump.reconstruct(call.pop("original"), call.pop("compressed"), call.pop("x_calib"), call.pop("info"), **call)
+
+
+def test_inputs_are_not_modified():
+    arguments, _ = _bad_inputs()
+    before = [np.array(leaf) for leaf in jax.tree_util.tree_leaves(eqx.filter(arguments, eqx.is_array))]
+    jaxlump.reconstruct(arguments["original"], arguments["compressed"], X, arguments["info"])
+    after = jax.tree_util.tree_leaves(eqx.filter(arguments, eqx.is_array))
+    assert all(np.array_equal(a, b) for a, b in zip(after, before))
