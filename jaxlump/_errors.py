@@ -16,8 +16,8 @@ class RESULTS(eqx.Enumeration):
 
     successful = ""
     ode_solve_failed = (
-        "The ODE solve of the dynamical encoding failed; try a smaller `rtol`/`atol` "
-        "budget, more `max_steps`, or the structural discrepancy."
+        "The ODE solve of the dynamical encoding failed; try looser `rtol`/`atol` "
+        "or more `max_steps`, or the structural discrepancy."
     )
     nonfinite_result = (
         "The compressed model contains NaN or inf; the least-squares refit is ill-posed "

@@ -56,7 +56,7 @@ def test_the_identity_compression_is_left_unchanged(ridge):
 
 @pytest.mark.parametrize("ridge", [0.0, 1e-3])
 @settings(max_examples=5)
-@given(groups=st.tuples(st.integers(1, 8), st.integers(1, 8)), seed=SEEDS)
+@given(groups=st.sampled_from([(3, 5), (8, 2)]), seed=SEEDS)  # few shapes: reconstruct compiles per shape
 def test_an_exact_lump_stays_exact(ridge, groups, seed):
     model, _ = planted_mlp(jr.key(seed), WIDTHS, groups, "tanh")
     small, info = jaxlump.lump(model, None, 0.0, refit=False)
@@ -117,16 +117,20 @@ def test_masked_rows_equal_per_row_numpy_lstsq_on_their_support(seed):
     compressed, info = masked_compression(model, 0.5, jr.key(seed + 1))
     rebuilt, rebuilt_info = jaxlump.reconstruct(model, compressed, X, info, ridge=0.0)
     weights, biases = parameters(rebuilt)
-    targets, a = pre_activations(model, X), X
+    targets, a, unique_rows = pre_activations(model, X), X, 0
     for l, (w, b, mask) in enumerate(zip(weights, biases, info.weight_masks)):
         mask = np.asarray(mask)
         assert np.all(w[~mask] == 0.0)
         for j in range(w.shape[0]):
             support = np.flatnonzero(mask[j])
             w_row, b_row = lstsq(a[:, support], targets[l][:, j])
-            np.testing.assert_allclose(w[j, support], w_row, rtol=0, atol=1e-9)
-            np.testing.assert_allclose(b[j], b_row, rtol=0, atol=1e-9)
+            np.testing.assert_allclose(a @ w[j] + b[j], a[:, support] @ w_row + b_row, rtol=0, atol=1e-9)
+            if np.linalg.matrix_rank(with_ones(a[:, support])) == support.size + 1:  # else the solution is not unique
+                np.testing.assert_allclose(w[j, support], w_row, rtol=0, atol=1e-9)
+                np.testing.assert_allclose(b[j], b_row, rtol=0, atol=1e-9)
+                unique_rows += 1
         a = np.tanh(a @ w.T + b)
+    assert unique_rows >= 9
     assert int(rebuilt_info.cost_after.nonzeros) <= int(info.cost_after.nonzeros)
     assert rebuilt_info.method == "hand_mask+reconstruct" and not rebuilt_info.structured
 
@@ -197,4 +201,4 @@ def test_inputs_are_not_modified():
     before = [np.array(leaf) for leaf in jax.tree_util.tree_leaves(eqx.filter(arguments, eqx.is_array))]
     jaxlump.reconstruct(arguments["original"], arguments["compressed"], X, arguments["info"])
     after = jax.tree_util.tree_leaves(eqx.filter(arguments, eqx.is_array))
-    assert all(np.array_equal(a, b) for a, b in zip(after, before))
+    assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(after, before))
