@@ -31,9 +31,6 @@ def main(argv=None) -> int:
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    import equinox as eqx
-    import jax.numpy as jnp
-    import jax.random as jr
     import matplotlib
 
     matplotlib.use("Agg")
@@ -41,22 +38,15 @@ def main(argv=None) -> int:
     from tqdm.auto import tqdm
 
     import jaxlump
-    from jaxlump._train import mse, train_mse
+    from jaxlump._train import glycolytic_problem, mse
     from jaxlump.baselines import compress_to, magnitude
-    from jaxlump.datasets import glycolytic
 
     progress = not args.no_progress
-    print("Generating the glycolytic-oscillator data set (Ruoff et al. 2003) with diffrax ...", flush=True)
-    data = glycolytic(key=args.seed)
-    x_train = jnp.asarray(data.x_train, jnp.float64)
-    y_train = jnp.asarray(data.y_train, jnp.float64)
-    x_test, y_test = jnp.asarray(data.x_test, jnp.float64), jnp.asarray(data.y_test, jnp.float64)
-    init_key, train_key, calib_key = jr.split(jr.key(args.seed), 3)
-    model = eqx.nn.MLP(x_train.shape[1], y_train.shape[1], args.width, args.depth, activation=jnp.tanh,
-                       dtype=jnp.float64, key=init_key)
-    print(f"Training a {model.in_size}→{'→'.join([str(args.width)] * args.depth)}→{model.out_size} tanh MLP ...")
-    model = train_mse(model, x_train, y_train, key=train_key, steps=args.steps, progress=progress)
-    x_calib = data.calibration(512, calib_key).astype(jnp.float64)
+    print("Generating the glycolytic-oscillator data set (Ruoff et al. 2003) with diffrax and training a "
+          f"7→{'→'.join([str(args.width)] * args.depth)}→7 tanh MLP ...", flush=True)
+    model, data, x_calib = glycolytic_problem(seed=args.seed, width=args.width, depth=args.depth, steps=args.steps,
+                                              progress=progress)
+    x_test, y_test = data.x_test, data.y_test
     base_mse = float(mse(model, x_test, y_test))
     base_params = int(jaxlump.cost(model).dense_params)
     print(f"Original: {base_params} parameters, test MSE {base_mse:.3e}\n")
@@ -74,7 +64,8 @@ def main(argv=None) -> int:
             "ode_max_abs": float(info.certificate.ode_max_abs),
             "bound": float(info.certificate.a_priori_bound),
         })
-    header = f"{'ε':>6} {'widths':>18} {'params':>7} {'% orig':>7} {'test MSE':>10} {'calib max|Δf|':>13} {'ODE max|Δ|':>11} {'bound':>9}"
+    header = (f"{'ε':>6} {'widths':>18} {'params':>7} {'% orig':>7} {'test MSE':>10} {'calib max|Δf|':>13} "
+              f"{'ODE max|Δ|':>11} {'bound':>9}")
     print(header)
     for r in rows:
         print(f"{r['eps']:>6.3f} {str(r['widths']):>18} {r['params']:>7d} {r['percent']:>6.1f}% {r['test_mse']:>10.3e} "

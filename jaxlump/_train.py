@@ -46,3 +46,20 @@ def train_mse(model, x, y, *, key, steps: int = 3000, batch_size: int = 256, lea
         bar.set_postfix(loss=f"{float(loss):.2e}")
     bar.close()
     return eqx.combine(params, static)
+
+
+def glycolytic_problem(*, seed: int = 0, width: int = 64, depth: int = 2, steps: int = 4000, n_calib: int = 512,
+                       progress: bool = True):
+    """The embedded default: glycolytic data (float64), a trained tanh MLP and a calibration set.
+
+    Returns `(model, data, x_calib)` with `data` holding float64 `x_train, y_train, x_test, y_test`.
+    """
+    from .datasets import glycolytic
+
+    data = glycolytic(key=seed)
+    data = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64) if eqx.is_inexact_array(a) else a, data)
+    init_key, train_key, calib_key = jr.split(jr.key(seed), 3)
+    model = eqx.nn.MLP(data.x_train.shape[1], data.y_train.shape[1], width, depth, activation=jnp.tanh,
+                       dtype=jnp.float64, key=init_key)
+    model = train_mse(model, data.x_train, data.y_train, key=train_key, steps=steps, progress=progress)
+    return model, data, data.calibration(n_calib, calib_key)
