@@ -23,7 +23,11 @@ ODE_TIMES = tuple(np.linspace(0.0, 1.0, 11).tolist())
 
 
 def lift(compressed: DenseChain, partitions, original_widths) -> DenseChain:
-    """The original-size chain that computes exactly what `compressed` computes."""
+    """The original-size chain that computes exactly what `compressed` computes.
+
+    Exact when compressed neurons that no original neuron maps to have zero outgoing columns — true of
+    every jaxlump result (quotients, masked forms and reconstructions only use live columns).
+    """
     labels = (jnp.arange(original_widths[0]), *partitions, jnp.arange(original_widths[-1]))
     weights, biases = [], []
     for l, (w, b) in enumerate(zip(compressed.weights, compressed.biases)):
