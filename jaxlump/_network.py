@@ -3,7 +3,9 @@
 Every adapter converts to and from `DenseChain`; every algorithm works on it.
 """
 
+import concurrent.futures
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import equinox as eqx
@@ -62,6 +64,18 @@ ACTIVATIONS: dict[str, Activation] = {
 _PROBE = np.linspace(-4.0, 4.0, 33)
 
 
+def _evaluate_eagerly(fn: Callable) -> np.ndarray:
+    """`fn` on the probe grid, computed eagerly even while JAX is tracing (e.g. `lump_masked` called inside a
+    user's `jax.jit`): JAX's trace state is thread-local, so a fresh thread evaluates concretely."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(lambda: np.asarray(fn(jnp.asarray(_PROBE)), dtype=np.float64)).result()
+
+
+@functools.cache
+def _reference_values() -> dict[str, np.ndarray]:
+    return {name: _evaluate_eagerly(act.fn) for name, act in ACTIVATIONS.items()}
+
+
 def identify_activation(fn: Callable, where: str) -> str:
     """Name the activation computed by `fn`, recognised by its values on a probe grid.
 
@@ -77,15 +91,13 @@ def identify_activation(fn: Callable, where: str) -> str:
                 f"supported activations: {', '.join(ACTIVATIONS)}."
             )
     try:
-        with jax.ensure_compile_time_eval():
-            values = np.asarray(fn(jnp.asarray(_PROBE)), dtype=np.float64)
+        values = _evaluate_eagerly(fn)
     except Exception as e:  # noqa: BLE001 — anything that cannot run elementwise is unsupported
         raise TypeError(
             f"{where}: could not evaluate activation {fn!r} elementwise ({e}); "
             f"supported activations: {', '.join(ACTIVATIONS)}."
         ) from e
-    for name, act in ACTIVATIONS.items():
-        expected = np.asarray(act.fn(jnp.asarray(_PROBE)), dtype=np.float64)
+    for name, expected in _reference_values().items():
         if values.shape == expected.shape and np.allclose(values, expected, rtol=1e-5, atol=1e-6):
             return name
     raise TypeError(
