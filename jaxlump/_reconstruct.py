@@ -47,10 +47,16 @@ def solve_layer(inputs, targets, w0, b0, column_support, row_live, use_bias: boo
     prior = w0.astype(dtype)
     diagonal = jnp.diag(gram)
 
+    live_columns = jnp.any(column_support, axis=0).astype(dtype)
+    layer_scale = live_columns @ diagonal / jnp.maximum(jnp.sum(live_columns), 1)
+    layer_scale = jnp.where(layer_scale > 0, layer_scale, 1.0)
+
     def solve_rows(support, rhs_rows, prior_rows):
         s = support.astype(dtype)
-        # λ is relative to the mean Gram diagonal over the row's own support, so dead columns don't count.
-        lam = ridge * jnp.maximum(s @ diagonal / jnp.maximum(jnp.sum(s), 1), jnp.finfo(dtype).tiny)
+        # λ is relative to the mean Gram diagonal over the row's own support (dead columns don't count); a row
+        # whose inputs are all constant on the data falls back to the layer's scale, so λ never vanishes.
+        row_scale = s @ diagonal / jnp.maximum(jnp.sum(s), 1)
+        lam = ridge * jnp.where(row_scale > 0, row_scale, layer_scale)
         system = gram * jnp.outer(s, s) + jnp.diag(1 - s + lam * s)
         return jnp.linalg.solve(system, (s * (rhs_rows + lam * prior_rows)).T).T
 
