@@ -10,8 +10,8 @@ A discrepancy turns one hidden layer into per-neuron *features* and a metric on 
   of what the pair feeds forward, `(‖W^{l+1}_{:,m}‖₂ + ‖W^{l+1}_{:,m′}‖₂)/2`.
 
 Distances are divided by a per-layer scale so that one ε means the same across layers and models
-(documented in `docs/method.md`, "ε scale"). Pairwise matrices are built in row blocks: the `n × n × d`
-intermediate of the L1 distance never has to fit at once; the L2 distance is a GEMM.
+(documented in `docs/method.md`, "ε scale"). Pairwise matrices are built in row blocks, so the `n × n × d`
+intermediate never has to fit at once (at most `2²²` elements per block).
 """
 
 import abc
@@ -26,26 +26,44 @@ from ._encoding.structural import aggregated_coefficients
 from ._network import DenseChain
 
 _TINY = 1e-30
+# Relative distances this many machine epsilons or below are rounding, not a difference: exact duplicates whose
+# coefficients are summed in another order, or whose trajectories come from an ODE solve, still merge at ε = 0.
+_ROUNDING_ULPS = 64
+
+
+def _relative(distances: jax.Array, scale: jax.Array) -> jax.Array:
+    relative = distances / jnp.maximum(scale, _TINY)
+    return jnp.where(relative <= _ROUNDING_ULPS * jnp.finfo(relative.dtype).eps, 0.0, relative)
+
+
+_BLOCK_BUDGET = 2**22  # elements of one block's (rows, n, d) difference tensor
+
+
+def _pairwise(features: jax.Array, reduce, block_size: int) -> Distances:
+    """`D[i, j] = reduce(F[i] − F[j])` over the last axis, a block of rows at a time.
+
+    Differences are formed directly (not through `‖a‖² + ‖b‖² − 2a·b`, whose cancellation leaves a floor of
+    about √ε_machine and would hide exact duplicates at ε = 0).
+    """
+    n, d = features.shape
+    rows = max(1, min(block_size, _BLOCK_BUDGET // max(n * d, 1)))
+    n_blocks = -(-n // rows)
+    padded = jnp.pad(features, ((0, n_blocks * rows - n), (0, 0)))
+
+    def block(chunk):
+        return reduce(chunk[:, None, :] - features[None, :, :])
+
+    return jax.lax.map(block, padded.reshape(n_blocks, rows, d)).reshape(-1, n)[:n]
 
 
 def pairwise_l1(features: jax.Array, block_size: int = 256) -> Distances:
-    """`D[i, j] = Σ_k |F[i, k] − F[j, k]|`, computed `block_size` rows at a time."""
-    n = features.shape[0]
-    n_blocks = -(-n // block_size)
-    padded = jnp.pad(features, ((0, n_blocks * block_size - n), (0, 0)))
-
-    def block(rows):
-        return jnp.sum(jnp.abs(rows[:, None, :] - features[None, :, :]), axis=-1)
-
-    return jax.lax.map(block, padded.reshape(n_blocks, block_size, -1)).reshape(-1, n)[:n]
+    """`D[i, j] = Σ_k |F[i, k] − F[j, k]|` for `F` of shape `(n, d)`."""
+    return _pairwise(features, lambda diff: jnp.sum(jnp.abs(diff), axis=-1), block_size)
 
 
-def pairwise_rms(features: jax.Array) -> Distances:
-    """`D[i, j] = sqrt(mean_s (F[s, i] − F[s, j])²)` for `F` of shape `(samples, n)`, in GEMM form."""
-    gram = jnp.matmul(features.T, features, precision=jax.lax.Precision.HIGHEST)
-    sq = jnp.diag(gram)
-    mean_sq = (sq[:, None] + sq[None, :] - 2 * gram) / features.shape[0]
-    return jnp.sqrt(jnp.maximum(mean_sq, 0.0))
+def pairwise_rms(samples: jax.Array, block_size: int = 256) -> Distances:
+    """`D[i, j] = sqrt(mean_s (F[s, i] − F[s, j])²)` for `F` of shape `(samples, n)`."""
+    return _pairwise(samples.T, lambda diff: jnp.sqrt(jnp.mean(diff**2, axis=-1)), block_size)
 
 
 class LayerDistances(eqx.Module):
@@ -100,7 +118,7 @@ class Structural(AbstractDiscrepancy):
         coefficients = aggregated_coefficients(w, b, prev_labels, w.shape[1])
         scale = jnp.mean(jnp.sum(jnp.abs(w), axis=1) + jnp.abs(b))
         distances = pairwise_l1(coefficients, self.block_size)
-        return LayerDistances(distances / jnp.maximum(scale, _TINY), _outgoing_norms(chain, l, 1))
+        return LayerDistances(_relative(distances, scale), _outgoing_norms(chain, l, 1))
 
 
 class Dynamical(AbstractDiscrepancy):
@@ -141,4 +159,4 @@ class Dynamical(AbstractDiscrepancy):
         rms = jnp.sqrt(jnp.mean(samples**2, axis=0))
         scale = jnp.mean(rms * outgoing)
         weighted = pairwise_rms(samples) * (outgoing[:, None] + outgoing[None, :]) / 2
-        return LayerDistances(weighted / jnp.maximum(scale, _TINY), rms * outgoing)
+        return LayerDistances(_relative(weighted, scale), rms * outgoing)

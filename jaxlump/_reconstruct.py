@@ -58,7 +58,10 @@ def solve_layer(inputs, targets, w0, b0, column_support, row_live, use_bias: boo
         row_scale = s @ diagonal / jnp.maximum(jnp.sum(s), 1)
         lam = ridge * jnp.where(row_scale > 0, row_scale, layer_scale)
         system = gram * jnp.outer(s, s) + jnp.diag(1 - s + lam * s)
-        return jnp.linalg.solve(system, (s * (rhs_rows + lam * prior_rows)).T).T
+        # lstsq (SVD) rather than solve: with ridge = 0 and a rank-deficient design it returns the minimum-norm
+        # least-squares solution instead of blowing up. Multiplying by s keeps pruned weights exactly zero.
+        return jnp.linalg.lstsq(system, (s * (rhs_rows + lam * prior_rows)).T)[0].T * s
+
 
     if per_row:
         w = jax.vmap(lambda s, r, p: solve_rows(s, r[None], p[None])[0])(column_support, rhs, prior)

@@ -45,7 +45,7 @@ def pre_activations(model, x):
 @pytest.mark.parametrize("ridge", [0.0, 1e-3])
 def test_the_identity_compression_is_left_unchanged(ridge):
     model = random_mlp(jr.key(1), WIDTHS)
-    same, info = jaxlump.lump(model, None, 0.0, refit=False)  # no duplicates: every partition is the identity
+    _, info = jaxlump.lump(model, None, 0.0, refit=False)  # no duplicates: every partition is the identity
     assert [set_partition(p) for p in info.partitions] == [set_partition(np.arange(8))] * 2
     rebuilt, rebuilt_info = jaxlump.reconstruct(model, model, X, info, ridge=ridge)
     assert hidden_widths(rebuilt) == WIDTHS[1:-1] and rebuilt_info.method == "lump+reconstruct"
@@ -91,7 +91,7 @@ def test_one_hidden_layer_equals_sequential_numpy_lstsq():
     w1, b1 = lstsq(X, block_means)
     w2, b2 = lstsq(np.tanh(X @ w1.T + b1), numpy_outputs(model, X))
     for got, want in zip(sum(parameters(rebuilt), []), [w1, w2, b1, b2]):
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-10)
     assert rebuilt_info.cost_after.dense_params == info.cost_after.dense_params
     assert max_deviation(rebuilt, model, X) < max_deviation(small, model, X)  # refit fits the data better
 
@@ -133,7 +133,7 @@ def masked_compression(model, keep: float, key, *, empty_first_row: bool = False
 @given(seed=SEEDS)
 def test_masked_rows_equal_per_row_numpy_lstsq_on_their_support(seed):
     model = random_mlp(jr.key(seed), (3, 8, 8, 2))
-    compressed, info = masked_compression(model, 0.5, jr.key(seed + 1))
+    compressed, info = masked_compression(model, 0.4, jr.key(seed + 1))  # keeps ~50 % (one weight per row forced)
     rebuilt, rebuilt_info = jaxlump.reconstruct(model, compressed, X, info, ridge=0.0)
     weights, biases = parameters(rebuilt)
     targets, a = pre_activations(model, X), X
@@ -143,8 +143,9 @@ def test_masked_rows_equal_per_row_numpy_lstsq_on_their_support(seed):
         for j in range(w.shape[0]):
             support = np.flatnonzero(mask[j])
             w_row, b_row = lstsq(a[:, support], targets[l][:, j])
-            np.testing.assert_allclose(w[j, support], w_row, rtol=0, atol=1e-9)
-            np.testing.assert_allclose(b[j], b_row, rtol=0, atol=1e-9)
+            # normal equations (jaxlump) square the condition number that SVD (NumPy) sees: relative tolerance
+            np.testing.assert_allclose(w[j, support], w_row, rtol=1e-8, atol=1e-9)
+            np.testing.assert_allclose(b[j], b_row, rtol=1e-8, atol=1e-9)
         a = np.tanh(a @ w.T + b)
     assert int(rebuilt_info.cost_after.nonzeros) <= int(info.cost_after.nonzeros)
     assert rebuilt_info.method == "hand_mask+reconstruct" and not rebuilt_info.structured

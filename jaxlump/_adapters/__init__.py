@@ -25,8 +25,8 @@ def _is_nnx(model) -> bool:
     return type(model).__module__.startswith("flax.")
 
 
-def to_chain(model, name: str = "model") -> DenseChain:
-    """Canonical form of `model`; refuses unsupported modules and NaN/inf parameters."""
+def to_chain(model, name: str = "model", *, require_finite: bool = True) -> DenseChain:
+    """Canonical form of `model`; refuses unsupported modules and (unless told not to) NaN/inf parameters."""
     if isinstance(model, DenseChain):
         chain = model
     elif isinstance(model, eqx.nn.MLP):
@@ -41,6 +41,8 @@ def to_chain(model, name: str = "model") -> DenseChain:
         chain = nnx_to_chain(model)
     else:
         raise TypeError(f"`{name}` of type {type(model).__name__} is not supported; supported: {SUPPORTED}.")
+    if not require_finite:
+        return chain
     weights = tuple(check_finite(w, f"{name} layer {l} weight") for l, w in enumerate(chain.weights))
     biases = tuple(check_finite(b, f"{name} layer {l} bias") for l, b in enumerate(chain.biases))
     return DenseChain(weights, biases, chain.activations, chain.use_bias)

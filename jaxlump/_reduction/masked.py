@@ -57,7 +57,7 @@ def shrink(model, info: CompressionInfo):
     small, small_info = jaxlump.shrink(masked, info)
     ```
     """
-    chain = to_chain(model)
+    chain = to_chain(model, require_finite=False)  # a failed refit is reported in info.result, not refused here
     if any(is_traced(p) for p in info.partitions) or any(is_traced(w) for w in chain.weights):
         raise ValueError("`shrink` changes shapes and must be called outside jax.jit on concrete values.")
     widths = chain.widths
