@@ -12,7 +12,6 @@ import pathlib
 import jax
 
 jax.config.update("jax_enable_x64", True)
-import jax.numpy as jnp  # noqa: E402
 
 import jaxlump  # noqa: E402
 from jaxlump._train import glycolytic_problem, mse  # noqa: E402
@@ -23,6 +22,7 @@ RESULTS = pathlib.Path(__file__).parent / "results"
 
 def methods(x_calib):
     """(name, structured, compress(model, target) -> (model, info)) for every row of the table."""
+
     def lump(refit):
         return lambda m, t: compress_to(m, jaxlump.lump, t, x_calib, grow_upper=True, refit=refit, certify_ode=False)
 
@@ -30,6 +30,7 @@ def methods(x_calib):
         def run(m, t):
             small, info = compress_to(m, method, t, x_calib, **options)
             return jaxlump.reconstruct(m, small, x_calib, info) if reconstruct else (small, info)
+
         return run
 
     return [
@@ -52,30 +53,51 @@ def main():
     args = parser.parse_args()
     model, data, x_calib = glycolytic_problem(seed=args.seed, steps=args.steps)
     base = int(jaxlump.cost(model).dense_params)
-    rows = [{"method": "original", "structured": True, "fraction": 1.0, "size": base,
-             "test_mse": float(mse(model, data.x_test, data.y_test)), "flops": int(jaxlump.cost(model).flops),
-             "latency_b1_us": 1e6 * jaxlump.measure_latency(model, 1),
-             "latency_b1024_us": 1e6 * jaxlump.measure_latency(model, 1024)}]
+    rows = [
+        {
+            "method": "original",
+            "structured": True,
+            "fraction": 1.0,
+            "size": base,
+            "test_mse": float(mse(model, data.x_test, data.y_test)),
+            "flops": int(jaxlump.cost(model).flops),
+            "latency_b1_us": 1e6 * jaxlump.measure_latency(model, 1),
+            "latency_b1024_us": 1e6 * jaxlump.measure_latency(model, 1024),
+        }
+    ]
     for fraction in (0.6, 0.35, 0.15):
         for name, structured, compress in methods(x_calib):
             small, info = compress(model, int(fraction * base))
-            rows.append({
-                "method": name, "structured": structured, "fraction": fraction, "size": realised_size(info),
-                "knob": float(info.knob), "widths": [int(w) for w in info.widths_after],
-                "test_mse": float(mse(small, data.x_test, data.y_test)), "flops": int(info.cost_after.flops),
-                "latency_b1_us": 1e6 * jaxlump.measure_latency(small, 1),
-                "latency_b1024_us": 1e6 * jaxlump.measure_latency(small, 1024),
-            })
+            rows.append(
+                {
+                    "method": name,
+                    "structured": structured,
+                    "fraction": fraction,
+                    "size": realised_size(info),
+                    "knob": float(info.knob),
+                    "widths": [int(w) for w in info.widths_after],
+                    "test_mse": float(mse(small, data.x_test, data.y_test)),
+                    "flops": int(info.cost_after.flops),
+                    "latency_b1_us": 1e6 * jaxlump.measure_latency(small, 1),
+                    "latency_b1024_us": 1e6 * jaxlump.measure_latency(small, 1024),
+                }
+            )
             print(rows[-1], flush=True)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "fair_comparison.json").write_text(json.dumps({"seed": args.seed, "steps": args.steps, "rows": rows},
-                                                             indent=2))
-    lines = ["| target | method | kind | size (params or non-zeros) | test MSE | dense FLOPs | latency b=1 (µs) "
-             "| latency b=1024 (µs) |", "|---|---|---|---|---|---|---|---|"]
+    (RESULTS / "fair_comparison.json").write_text(
+        json.dumps({"seed": args.seed, "steps": args.steps, "rows": rows}, indent=2)
+    )
+    lines = [
+        "| target | method | kind | size (params or non-zeros) | test MSE | dense FLOPs | latency b=1 (µs) "
+        "| latency b=1024 (µs) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         kind = "structured" if r["structured"] else "unstructured"
-        lines.append(f"| {r['fraction']:.0%} | {r['method']} | {kind} | {r['size']} | {r['test_mse']:.3e} | "
-                     f"{r['flops']} | {r['latency_b1_us']:.1f} | {r['latency_b1024_us']:.1f} |")
+        lines.append(
+            f"| {r['fraction']:.0%} | {r['method']} | {kind} | {r['size']} | {r['test_mse']:.3e} | "
+            f"{r['flops']} | {r['latency_b1_us']:.1f} | {r['latency_b1024_us']:.1f} |"
+        )
     (RESULTS / "fair_comparison.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -4,23 +4,37 @@ The public surface, in pipeline order: models and adapters, the ODE encodings, d
 fixed-shape lumping and sweeps, reconstruction, accounting, serialisation.
 """
 
+from ._accounting import Cost as Cost
+from ._accounting import cost as cost
+from ._accounting import measure_latency as measure_latency
 from ._adapters.eqx_nn import LumpedMLP as LumpedMLP
+from ._discrepancy import Dynamical as Dynamical
+from ._discrepancy import Structural as Structural
 from ._encoding import (
-    check_encoding as check_encoding,
     EncodingCheck as EncodingCheck,
-    simulate as simulate,
-    to_erode as to_erode,
+)
+from ._encoding import (
     Trajectory as Trajectory,
 )
-from ._discrepancy import Dynamical as Dynamical, Structural as Structural
-from ._lump import lump as lump, lump_masked as lump_masked
-from ._reduction.masked import shrink as shrink
-from ._reconstruct import reconstruct as reconstruct
-from ._lump_then_prune import lump_then_prune as lump_then_prune
-from ._info import Certificate as Certificate, CompressionInfo as CompressionInfo
-from ._accounting import Cost as Cost, cost as cost, measure_latency as measure_latency
-from ._serialisation import load as load, save as save
-from ._skip_mlp import SkipMLP as SkipMLP
+from ._encoding import (
+    check_encoding as check_encoding,
+)
+from ._encoding import (
+    simulate as simulate,
+)
+from ._encoding import (
+    to_erode as to_erode,
+)
 from ._errors import RESULTS as RESULTS
+from ._info import Certificate as Certificate
+from ._info import CompressionInfo as CompressionInfo
+from ._lump import lump as lump
+from ._lump import lump_masked as lump_masked
+from ._lump_then_prune import lump_then_prune as lump_then_prune
+from ._reconstruct import reconstruct as reconstruct
+from ._reduction.masked import shrink as shrink
+from ._serialisation import load as load
+from ._serialisation import save as save
+from ._skip_mlp import SkipMLP as SkipMLP
 
 __version__ = "0.1.0"

@@ -70,7 +70,9 @@ class CompressionInfo(eqx.Module):
 def live_masks(hidden_widths, partitions) -> list[jax.Array]:
     """Per hidden layer, which compressed neurons are live (something maps to them)."""
     # -1 (removed) must be sent out of range explicitly: JAX would wrap it to the last neuron.
-    return [jnp.zeros(n, bool).at[jnp.where(p >= 0, p, n)].set(True, mode="drop") for n, p in zip(hidden_widths, partitions)]
+    return [
+        jnp.zeros(n, bool).at[jnp.where(p >= 0, p, n)].set(True, mode="drop") for n, p in zip(hidden_widths, partitions)
+    ]
 
 
 def live_widths(widths: tuple[int, ...], partitions) -> jax.Array:

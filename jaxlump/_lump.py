@@ -125,7 +125,13 @@ def lump(
     Differential Equivalence*, arXiv 2606.01402 (2026).
     """
     masked, info = lump_masked(
-        model, x_calib, eps, discrepancy=discrepancy, refinement=refinement, refit=refit, ridge=ridge,
+        model,
+        x_calib,
+        eps,
+        discrepancy=discrepancy,
+        refinement=refinement,
+        refit=refit,
+        ridge=ridge,
         certify_ode=certify_ode,
     )
     return shrink(masked, info)
@@ -163,4 +169,3 @@ def lump_masked(
     chain, x, eps, ridge = _prepare(model, x_calib, eps, discrepancy, refinement, ridge)
     reduced, info = lump_chain(chain, x, eps, discrepancy, refinement, refit, ridge, certify_ode)
     return from_chain(reduced, like=model), info
-

@@ -67,8 +67,12 @@ def lump_then_prune(
         if realised_size(lump_info) <= target:
             continue
         pruned, prune_info = compress_to(lumped, prune, int(target), x, **prune_options)
-        combined = dataclasses.replace(prune_info, partitions=lump_info.partitions, cost_before=lump_info.cost_before,
-                                       widths_before=lump_info.widths_before)
+        combined = dataclasses.replace(
+            prune_info,
+            partitions=lump_info.partitions,
+            cost_before=lump_info.cost_before,
+            widths_before=lump_info.widths_before,
+        )
         candidate, info = reconstruct(model, pruned, x, combined, ridge=ridge)
         error = float(jnp.mean((to_chain(candidate)(x) - reference) ** 2))
         if error < best_error:
@@ -80,4 +84,3 @@ def lump_then_prune(
             "model to at most that size; use a smaller ε grid or `jaxlump.lump` alone."
         )
     return best
-

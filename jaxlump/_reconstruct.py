@@ -62,7 +62,6 @@ def solve_layer(inputs, targets, w0, b0, column_support, row_live, use_bias: boo
         # least-squares solution instead of blowing up. Multiplying by s keeps pruned weights exactly zero.
         return jnp.linalg.lstsq(system, (s * (rhs_rows + lam * prior_rows)).T)[0].T * s
 
-
     if per_row:
         w = jax.vmap(lambda s, r, p: solve_rows(s, r[None], p[None])[0])(column_support, rhs, prior)
     else:
@@ -81,7 +80,9 @@ def check_compatible(original: DenseChain, compressed: DenseChain, partitions, w
             f"(widths {wo}, activations {original.activations}): depth, input/output widths and activations must match."
         )
     if len(partitions) != len(wo) - 2:
-        raise ValueError(f"`info.partitions` has {len(partitions)} entries; the network has {len(wo) - 2} hidden layers.")
+        raise ValueError(
+            f"`info.partitions` has {len(partitions)} entries; the network has {len(wo) - 2} hidden layers."
+        )
     for l, p in enumerate(partitions, start=1):
         if p.shape != (wo[l],):
             raise ValueError(f"`info.partitions[{l - 1}]` has shape {p.shape}; original layer {l} has {wo[l]} neurons.")
@@ -162,9 +163,7 @@ def reconstruct(original, compressed, x_calib, info: CompressionInfo, *, ridge: 
     ridge = float(ridge)
     if not np.isfinite(ridge) or ridge < 0:
         raise ValueError(f"`ridge` must be a finite number >= 0; received {ridge!r}.")
-    new_chain = reconstruct_chain(
-        original_chain, compressed_chain, x, info.partitions, info.weight_masks, ridge=ridge
-    )
+    new_chain = reconstruct_chain(original_chain, compressed_chain, x, info.partitions, info.weight_masks, ridge=ridge)
     new_info = eqx.tree_at(
         lambda i: (i.cost_after, i.certificate, i.result),
         info,

@@ -12,8 +12,9 @@ def mse(model, x, y) -> jax.Array:
     return jnp.mean((jax.vmap(model)(x) - y) ** 2)
 
 
-def train_mse(model, x, y, *, key, steps: int = 3000, batch_size: int = 256, learning_rate: float = 3e-3,
-              progress: bool = True):
+def train_mse(
+    model, x, y, *, key, steps: int = 3000, batch_size: int = 256, learning_rate: float = 3e-3, progress: bool = True
+):
     """Adam with cosine decay on mini-batches; returns the trained model.
 
     The loop is a `jax.lax.scan` over chunks of steps so the progress bar costs nothing.
@@ -48,8 +49,9 @@ def train_mse(model, x, y, *, key, steps: int = 3000, batch_size: int = 256, lea
     return eqx.combine(params, static)
 
 
-def glycolytic_problem(*, seed: int = 0, width: int = 64, depth: int = 2, steps: int = 4000, n_calib: int = 512,
-                       progress: bool = True):
+def glycolytic_problem(
+    *, seed: int = 0, width: int = 64, depth: int = 2, steps: int = 4000, n_calib: int = 512, progress: bool = True
+):
     """The embedded default: glycolytic data (float64), a trained tanh MLP and a calibration set.
 
     Returns `(model, data, x_calib)` with `data` holding float64 `x_train, y_train, x_test, y_test`.
@@ -59,7 +61,8 @@ def glycolytic_problem(*, seed: int = 0, width: int = 64, depth: int = 2, steps:
     data = glycolytic(key=seed)
     data = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64) if eqx.is_inexact_array(a) else a, data)
     init_key, train_key, calib_key = jr.split(jr.key(seed), 3)
-    model = eqx.nn.MLP(data.x_train.shape[1], data.y_train.shape[1], width, depth, activation=jnp.tanh,
-                       dtype=jnp.float64, key=init_key)
+    model = eqx.nn.MLP(
+        data.x_train.shape[1], data.y_train.shape[1], width, depth, activation=jnp.tanh, dtype=jnp.float64, key=init_key
+    )
     model = train_mse(model, data.x_train, data.y_train, key=train_key, steps=steps, progress=progress)
     return model, data, data.calibration(n_calib, calib_key)

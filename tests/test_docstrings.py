@@ -29,9 +29,16 @@ EXAMPLES = [
 
 def test_the_public_api_has_examples():
     documented = {p.id.split("[")[0] for p in EXAMPLES}
-    for required in ("jaxlump.lump", "jaxlump.lump_masked", "jaxlump.shrink", "jaxlump.reconstruct",
-                     "jaxlump.lump_then_prune", "jaxlump.cost", "jaxlump.baselines.magnitude",
-                     "jaxlump.baselines.compress_to"):
+    for required in (
+        "jaxlump.lump",
+        "jaxlump.lump_masked",
+        "jaxlump.shrink",
+        "jaxlump.reconstruct",
+        "jaxlump.lump_then_prune",
+        "jaxlump.cost",
+        "jaxlump.baselines.magnitude",
+        "jaxlump.baselines.compress_to",
+    ):
         assert required in documented
 
 

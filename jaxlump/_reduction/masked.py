@@ -66,9 +66,11 @@ def shrink(model, info: CompressionInfo):
             f"`info` has {len(info.partitions)} hidden partitions but `model` has {len(widths) - 2} hidden layers."
         )
     hidden = [compact(p) for p in info.partitions]
-    for l, (p, (_, k)) in enumerate(zip(info.partitions, hidden), start=1):
+    for l, p in enumerate(info.partitions, start=1):
         if int(np.max(np.asarray(p), initial=-1)) >= widths[l]:
-            raise ValueError(f"`info.partitions[{l - 1}]` refers to neuron {int(np.max(p))}; layer {l} has {widths[l]}.")
+            raise ValueError(
+                f"`info.partitions[{l - 1}]` refers to neuron {int(np.max(p))}; layer {l} has {widths[l]}."
+            )
     live = [np.arange(widths[0])] + [live_neurons(p) for p in info.partitions] + [np.arange(widths[-1])]
     small = gather_live(chain, live)
     masks = info.weight_masks

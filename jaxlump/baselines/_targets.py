@@ -26,7 +26,8 @@ def compress_to(
 ):
     """Compress `model` with `method` to at most `target_params`, as close to it as the knob allows.
 
-    Bisects the method's knob (ε for `lump`, sparsity for pruning, τ ...) in `knob_range` (default: sparsities in [0, 1)), assuming the
+    Bisects the method's knob (ε for `lump`, sparsity for pruning, τ ...) in `knob_range` (default: sparsities
+    in [0, 1)), assuming the
     size decreases as the knob grows (pass `grow_upper=True` for an unbounded knob such as ε: the upper
     end is doubled until the target is reached). The returned result is the one with the largest size
     `≤ target_params` among those evaluated; its size is `realised_size(info)` (dense parameters for
@@ -73,7 +74,8 @@ def compress_to(
     while evaluate(high) > target:
         if not grow_upper:
             raise ValueError(
-                f"`{getattr(method, '__name__', method)}` cannot reach {target} parameters with its knob in {knob_range}."
+                f"`{getattr(method, '__name__', method)}` cannot reach {target} parameters "
+                f"with its knob in {knob_range}."
             )
         low, high = high, 2 * high
         if high > 1e6:
