@@ -1,0 +1,34 @@
+"""cost (dense parameters, non-zeros, FLOPs) against hand counts; measure_latency."""
+
+import equinox as eqx
+import jax.numpy as jnp
+import jax.random as jr
+import pytest
+
+import jaxlump
+from jaxlump._accounting import chain_cost
+from jaxlump._adapters import to_chain
+
+
+def test_hand_counts_with_zeros_and_bias_free_layers():
+    model = eqx.nn.MLP(3, 2, 4, 1, use_final_bias=False, key=jr.key(0))
+    model = eqx.tree_at(lambda m: m.layers[0].weight, model, model.layers[0].weight.at[0, :].set(0.0))
+    c = jaxlump.cost(model)
+    assert int(c.dense_params) == 3 * 4 + 4 + 4 * 2  # no bias on the output layer
+    assert int(c.nonzeros) == int(c.dense_params) - 3
+    assert int(c.flops) == 2 * 3 * 4 + 4 + 2 * 4 * 2  # zeros still cost FLOPs in dense kernels
+
+
+def test_neuron_masks_count_the_shrunk_model():
+    chain = to_chain(eqx.nn.MLP(3, 2, 5, 2, key=jr.key(1)))
+    masks = [jnp.asarray([True, False, True, False, True]), jnp.asarray([True] * 4 + [False])]
+    c = chain_cost(chain, masks)
+    assert int(c.dense_params) == (3 * 3 + 3) + (3 * 4 + 4) + (4 * 2 + 2)
+    assert int(c.flops) == 2 * (3 * 3 + 3 * 4 + 4 * 2) + 3 + 4 + 2
+
+
+def test_latency_is_measured_and_bad_batch_refused():
+    model = eqx.nn.MLP(3, 2, 8, 2, key=jr.key(2))
+    assert 0.0 < jaxlump.measure_latency(model, 4, repeats=5) < 10.0
+    with pytest.raises(ValueError, match="batch_size"):
+        jaxlump.measure_latency(model, 0)
