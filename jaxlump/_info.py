@@ -3,11 +3,12 @@
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Int
 
 from ._accounting import Cost
 from ._custom_types import Partition, WeightMask
-from ._errors import RESULTS
+from ._errors import RESULTS, is_traced
 
 
 class Certificate(eqx.Module):
@@ -69,6 +70,14 @@ class CompressionInfo(eqx.Module):
 
 def live_masks(hidden_widths, partitions) -> list[jax.Array]:
     """Per hidden layer, which compressed neurons are live (something maps to them)."""
+    if not any(is_traced(p) for p in partitions):
+        # NumPy for concrete labels: eager JAX scatters would compile anew for every result shape.
+        masks = []
+        for n, p in zip(hidden_widths, partitions):
+            labels, mask = np.asarray(p), np.zeros(n, bool)
+            mask[labels[labels >= 0]] = True
+            masks.append(jnp.asarray(mask))
+        return masks
     # -1 (removed) must be sent out of range explicitly: JAX would wrap it to the last neuron.
     return [
         jnp.zeros(n, bool).at[jnp.where(p >= 0, p, n)].set(True, mode="drop") for n, p in zip(hidden_widths, partitions)

@@ -157,10 +157,3 @@ class DenseChain(eqx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """Apply to one example `(n_0,)` or a batch `(batch, n_0)`."""
         return self.forward(x)[1][-1]
-
-
-def replace_layer(chain: DenseChain, l: int, weight: jax.Array, bias: jax.Array) -> DenseChain:
-    """A new chain with layer `l`'s parameters replaced (shapes may change; no checks of neighbours)."""
-    weights = chain.weights[:l] + (weight,) + chain.weights[l + 1 :]
-    biases = chain.biases[:l] + (bias,) + chain.biases[l + 1 :]
-    return DenseChain(weights, biases, chain.activations, chain.use_bias)

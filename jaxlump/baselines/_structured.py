@@ -14,7 +14,7 @@ from jaxtyping import ArrayLike, Float
 from .._accounting import cost
 from .._adapters import from_chain, to_chain
 from .._errors import RESULTS, check_choice, check_data, check_fraction
-from .._info import CompressionInfo
+from .._info import CompressionInfo, live_widths
 from .._network import DenseChain
 
 SCORES = ("norm", "activation", "rate", "wanda")
@@ -60,10 +60,9 @@ def keep_partition(keep: np.ndarray) -> np.ndarray:
 
 def structured_info(method: str, knob, model, new_model, widths_before, partitions) -> CompressionInfo:
     """The `CompressionInfo` of a structured (physically smaller) result; `partitions` as NumPy int arrays."""
-    # `live_widths` computed on the host: a compressed neuron is live when an original neuron maps to it.
-    live = [np.unique(p[p >= 0]).size for p in map(np.asarray, partitions)]
-    widths_after = jnp.asarray([widths_before[0], *live, widths_before[-1]])
     partitions = tuple(jnp.asarray(p, dtype=int) for p in partitions)
+    # Labels never exceed the original widths, so those size the live masks.
+    widths_after = live_widths(tuple(widths_before), partitions)
     return CompressionInfo(
         method=method,
         structured=True,
