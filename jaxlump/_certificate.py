@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._encoding.dynamical import simulate
+from ._errors import RESULTS, combine
 from ._info import Certificate
 from ._network import ACTIVATIONS, DenseChain
 from ._reduction.quotient import block_counts
@@ -60,21 +61,26 @@ def certify(
     *,
     simulate_ode: bool,
     ode_inputs: int = 32,
-) -> Certificate:
-    """The `Certificate` of `compressed` against `original` on calibration inputs `x`."""
+) -> tuple[Certificate, RESULTS]:
+    """The `Certificate` of `compressed` against `original` on calibration inputs `x`, and the `RESULTS` of its
+    ODE simulations (`certificate_ode_failed` when either solve failed; `successful` when none was run)."""
     _, original_activations = original.forward(x)
     deviation = compressed(x) - original_activations[-1]
     bound = a_priori_bound(original, lift(compressed, partitions, original.widths), original_activations)
     if simulate_ode:
         subset = x[:ode_inputs]
-        ode_original = simulate(original, subset, times=ODE_TIMES).activations[-1]
-        ode_compressed = simulate(compressed, subset, times=ODE_TIMES).activations[-1]
-        ode_max = jnp.max(jnp.abs(ode_compressed - ode_original))
+        ode_original = simulate(original, subset, times=ODE_TIMES)
+        ode_compressed = simulate(compressed, subset, times=ODE_TIMES)
+        ode_max = jnp.max(jnp.abs(ode_compressed.activations[-1] - ode_original.activations[-1]))
+        solved = combine(ode_original.result, ode_compressed.result) == RESULTS.successful
+        result = RESULTS.where(solved, RESULTS.successful, RESULTS.certificate_ode_failed)
     else:
         ode_max = jnp.asarray(jnp.nan, deviation.dtype)
-    return Certificate(
+        result = RESULTS.successful
+    certificate = Certificate(
         output_max_abs=jnp.max(jnp.abs(deviation)),
         output_rms=jnp.sqrt(jnp.mean(deviation**2)),
         ode_max_abs=ode_max,
         a_priori_bound=jnp.max(bound),
     )
+    return certificate, result

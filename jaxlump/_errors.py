@@ -1,8 +1,15 @@
-"""Boundary checks shared by every public function, and the `RESULTS` enumeration.
+"""Boundary checks shared by every public function, the `RESULTS` enumeration and the `throw` mechanism.
 
 Concrete values are checked eagerly and raise `ValueError`/`TypeError` naming the argument,
 what was received and what is accepted. Traced values (inside `jax.jit`/`jax.vmap`) are
 checked with `eqx.error_if`, whose return value must be used so the check is not removed.
+
+Algorithm failures are not exceptions at first: every stage of a compression (ODE solve, refinement,
+least squares, the method's own arithmetic, the certificate) yields a `RESULTS` item computed from what
+it produced; `combine` keeps the first failure in pipeline order and the compressor stores it in
+`info.result`. With `throw=True` (the default of every public compressor) `raise_if_failed` then raises
+with that stage's message (eagerly a `CompressionError`, under `jax.jit` through `eqx.error_if`); with
+`throw=False` the code is returned, so a vmapped sweep reports per-ε failures.
 """
 
 import equinox as eqx
@@ -12,7 +19,11 @@ import numpy as np
 
 
 class RESULTS(eqx.Enumeration):
-    """Outcome of the numerical steps of a compression (recorded in `info.result`)."""
+    """Outcome of the numerical stages of a compression (recorded in `info.result`).
+
+    Each message names the stage that failed and the remedy. `RESULTS[info.result]` gives the message,
+    `info.result == RESULTS.successful` tests for success (elementwise for stacked infos).
+    """
 
     successful = ""
     ode_solve_failed = (
@@ -20,13 +31,91 @@ class RESULTS(eqx.Enumeration):
         "or more `max_steps`, or the structural discrepancy."
     )
     nonfinite_result = (
-        "The compressed model contains NaN or inf; the least-squares refit is ill-posed "
-        "for this calibration set. Increase `ridge` or pass more calibration data."
+        "Stage 'compression': the compressed model contains NaN or inf although the model and data were finite "
+        "(the method's own arithmetic overflowed: a quotient, merge or bias compensation). Rescale the model or the "
+        "calibration data."
     )
+    least_squares_nonfinite = (
+        "Stage 'least-squares refit': the solve produced NaN or inf (overflow: the calibration data or the "
+        "activations are too large for the working precision). Rescale the data, increase `ridge`, or use float64."
+    )
+    least_squares_rank_deficient = (
+        "Stage 'least-squares refit': the regularised normal equations are singular or too ill-conditioned for the "
+        "working precision (Cholesky failed), so a truncated minimum-norm solve was used instead. Pass `ridge` > 0 "
+        "or more calibration data, enable float64, or pass `throw=False` to accept the minimum-norm solution."
+    )
+    refinement_nonfinite = (
+        "Stage 'discrepancy/refinement': some neuron distances are NaN or inf, so the partition is not meaningful "
+        "(an overflow in the discrepancy). Rescale the model or the data."
+    )
+    certificate_ode_failed = (
+        "Stage 'certificate': the ODE simulation of the certificate failed, so `certificate.ode_max_abs` is not "
+        "meaningful; pass `certify_ode=False`, or check the encoding with `jaxlump.check_encoding`."
+    )
+    ode_endpoint_mismatch = (
+        "Stage 'ODE solve': the simulated encoding did not reach the network's forward pass at t = 1 (the "
+        "trajectory is wrong although the solver reported success); tighten `rtol`/`atol`."
+    )
+
+
+class CompressionError(RuntimeError):
+    """Raised (with `throw=True`) when a stage of a compression failed; the message names the stage."""
+
+
+def combine(*results: RESULTS) -> RESULTS:
+    """The first unsuccessful result in pipeline order (elementwise for stacked results), else `successful`."""
+    combined = RESULTS.successful
+    for result in reversed(results):
+        combined = RESULTS.where(result == RESULTS.successful, combined, result)
+    return combined
+
+
+def finite_result(arrays, failure: RESULTS) -> RESULTS:
+    """`successful` when every array in `arrays` (a pytree) is finite, else `failure`."""
+    leaves = [jnp.all(jnp.isfinite(a)) for a in jax.tree_util.tree_leaves(arrays) if eqx.is_inexact_array(a)]
+    finite = jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+    return RESULTS.where(finite, RESULTS.successful, failure)
+
+
+def raise_if_failed(result: RESULTS, token, throw: bool, where: str):
+    """With `throw`, raise the failed stage's message; return `token` (thread it on, as `eqx.error_if`).
+
+    Concrete results raise a `CompressionError` at once; traced ones (inside `jax.jit`) go through
+    `eqx.error_if`, so the returned `token` must be used. Stacked (vmapped) results raise when any failed.
+    """
+    if not throw:
+        return token
+    failed = result != RESULTS.successful
+    if result.is_traced():
+        if jnp.ndim(failed) == 0:
+            return result.error_if(token, failed)
+        return eqx.error_if(token, jnp.any(failed), f"{where}: a stage failed; pass `throw=False` to see which.")
+    if bool(np.any(np.asarray(failed))):
+        messages = sorted({m for m in np.atleast_1d(np.asarray(RESULTS[result])).tolist() if m})
+        raise CompressionError(
+            f"{where}: {' | '.join(messages)} (Pass `throw=False` to receive the result with `info.result` set.)"
+        )
+    return token
 
 
 def is_traced(x) -> bool:
     return isinstance(x, jax.core.Tracer)
+
+
+def require_concrete(function: str, reason: str, alternative: str = "", **values) -> None:
+    """Refuse traced arguments (inside `jax.jit`/`jax.vmap`/`jax.grad`) with one clear message.
+
+    For functions whose result shapes depend on the values (shrinking, selecting neurons by score, choosing
+    ε on data): `function` is the public name, `reason` why values must be concrete, `alternative` an
+    optional jit-friendly substitute.
+    """
+    for name, value in values.items():
+        if any(is_traced(leaf) for leaf in jax.tree_util.tree_leaves(value)):
+            hint = f" {alternative}" if alternative else ""
+            raise TypeError(
+                f"`{function}` needs concrete values but `{name}` is traced (called inside jax.jit, jax.vmap or "
+                f"jax.grad): {reason} Call it outside the transformation.{hint}"
+            )
 
 
 def check_eps(eps, name: str = "eps") -> jax.Array:
@@ -89,18 +178,41 @@ def check_finite(x: jax.Array, name: str) -> jax.Array:
 
 
 def check_choice(value, name: str, accepted) -> None:
-    if value not in accepted:
+    if isinstance(value, (list, dict, set)) or value not in accepted:
         raise ValueError(f"`{name}` must be one of {sorted(accepted)}; received {value!r}.")
 
 
 def check_fraction(value, name: str, *, upper_inclusive: bool = False) -> float:
-    """A fraction in [0, 1) (or [0, 1]): sparsities, keep rates, thresholds."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"`{name}` must be a number; received {value!r}.") from e
+    """A fraction in [0, 1) (or [0, 1]): sparsities, keep rates, thresholds. Only real numbers are accepted
+    (not strings, booleans or traced values: a fraction decides how many weights or neurons go, a shape)."""
+    if is_traced(value):
+        raise TypeError(
+            f"`{name}` must be a concrete number: it decides how many weights or neurons are removed (a shape), so "
+            "it cannot be traced inside jax.jit; pass it as a Python float (a static argument)."
+        )
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number, np.ndarray, jax.Array)):
+        raise TypeError(f"`{name}` must be a real number; received {value!r} of type {type(value).__name__}.")
+    if np.ndim(value) != 0 or not np.issubdtype(np.asarray(value).dtype, np.number):
+        raise TypeError(f"`{name}` must be a real scalar; received {value!r}.")
+    value = float(value)
     ok = 0.0 <= value <= 1.0 if upper_inclusive else 0.0 <= value < 1.0
     if not ok:
         bracket = "[0, 1]" if upper_inclusive else "[0, 1)"
         raise ValueError(f"`{name}` must lie in {bracket}; received {value!r}.")
     return value
+
+
+def check_bool(value, name: str) -> bool:
+    """A flag: only `True`/`False` (NumPy booleans too); `'no'`, `0`, `None` are refused."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"`{name}` must be True or False; received {value!r} of type {type(value).__name__}.")
+    return bool(value)
+
+
+def check_positive_int(value, name: str, *, minimum: int = 1) -> int:
+    """An integer count `>= minimum` (not a bool, not a float)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"`{name}` must be an integer >= {minimum}; received {value!r}.")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be an integer >= {minimum}; received {value!r}.")
+    return int(value)

@@ -21,10 +21,20 @@ class Certificate(eqx.Module):
       the calibration data, a bound on `‖f̃(x) − f(x)‖₂` (see `docs/method.md`, "Guarantee").
     """
 
-    output_max_abs: Float[Array, ""]
-    output_rms: Float[Array, ""]
-    ode_max_abs: Float[Array, ""]
-    a_priori_bound: Float[Array, ""]
+    output_max_abs: Float[Array, "*batch"]
+    output_rms: Float[Array, "*batch"]
+    ode_max_abs: Float[Array, "*batch"]
+    a_priori_bound: Float[Array, "*batch"]
+
+    def describe(self) -> str:
+        """The certificate in words (numbers for concrete certificates)."""
+        measured = f"measured max |f̃ − f| = {_number(self.output_max_abs)} (RMS {_number(self.output_rms)})"
+        ode = _number(self.ode_max_abs)
+        ode = "ODE simulation not run" if ode == "nan" else f"simulated ODE max deviation {ode}"
+        return f"{measured} on the calibration data; {ode}; a-priori ‖f̃ − f‖₂ ≤ {_number(self.a_priori_bound)}"
+
+    def __repr__(self):
+        return f"Certificate({self.describe()})"
 
 
 class CompressionInfo(eqx.Module):
@@ -45,11 +55,11 @@ class CompressionInfo(eqx.Module):
 
     method: str = eqx.field(static=True)
     structured: bool = eqx.field(static=True)
-    knob: Float[Array, ""]
+    knob: Float[Array, "*batch"]
     partitions: tuple[Partition, ...]
     weight_masks: tuple[WeightMask, ...] | None
     widths_before: tuple[int, ...] = eqx.field(static=True)
-    widths_after: Int[Array, " layers"]
+    widths_after: Int[Array, "*batch layers"]
     cost_before: Cost
     cost_after: Cost
     certificate: Certificate | None
@@ -66,6 +76,108 @@ class CompressionInfo(eqx.Module):
     def parameter_reduction(self) -> jax.Array:
         """`100 (1 − params_after / params_before)` (the paper's GRP %)."""
         return 100.0 - self.percent_of_original
+
+    def summary(self) -> str:
+        """A readable account: method, knob, widths, parameters, non-zeros, FLOPs, certificate, result.
+
+        Concrete infos show numbers; stacked ones (from a vmapped sweep) show each figure's range; infos
+        inside `jax.jit` show what is static and say that the values are traced.
+        """
+        kind = "structured" if self.structured else "unstructured (same shape, masked)"
+        head = f"{self.method} — {kind}"
+        if _traced(self):
+            return f"{head}\n  widths before {_widths(self.widths_before)}; values are traced (inside jax.jit)"
+        before, after = self.cost_before, self.cost_after
+        percent = _number(self.percent_of_original, "{:.1f}")
+        size_name = "dense parameters" if self.structured else "non-zeros"
+        lines = [
+            f"{head}, knob = {_number(self.knob)}",
+            f"  result:       {_result_message(self.result)}",
+            f"  widths:       {_widths(self.widths_before)} → {_widths(self.widths_after)}",
+            f"  dense params: {_number(before.dense_params)} → {_number(after.dense_params)}",
+            f"  non-zeros:    {_number(before.nonzeros)} → {_number(after.nonzeros)}",
+            f"  FLOPs:        {_number(before.flops)} → {_number(after.flops)} per example",
+            f"  size:         {percent} % of the original ({size_name})",
+        ]
+        if self.certificate is not None:
+            lines.append(f"  certificate:  {self.certificate.describe()}")
+        return "\n".join(lines)
+
+    def __repr__(self):
+        if _traced(self):
+            return f"CompressionInfo(method={self.method!r}, widths_before={self.widths_before}, traced)"
+        return (
+            f"CompressionInfo(method={self.method!r}, knob={_number(self.knob)}, "
+            f"widths {_widths(self.widths_before)} → {_widths(self.widths_after)}, "
+            f"params {_number(self.cost_before.dense_params)} → {_number(self.cost_after.dense_params)}, "
+            f"nonzeros {_number(self.cost_before.nonzeros)} → {_number(self.cost_after.nonzeros)}, "
+            f"flops {_number(self.cost_before.flops)} → {_number(self.cost_after.flops)}, "
+            f"result={_result_message(self.result)!r})"
+        )
+
+
+def _traced(tree) -> bool:
+    return any(is_traced(leaf) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def _number(value, fmt: str = "{:.3g}") -> str:
+    """A scalar as text; a stacked array as its range; a traced one as "traced"."""
+    if is_traced(value):
+        return "traced"
+    values = np.asarray(value)
+    if values.ndim == 0:
+        number = values.item()
+        return str(number) if isinstance(number, (int, np.integer)) else fmt.format(number)
+    low, high = values.min(), values.max()
+    return f"{fmt.format(low)}…{fmt.format(high)} over {values.size}"
+
+
+def _widths(widths) -> str:
+    values = np.asarray(widths)
+    if values.ndim == 1:
+        return "-".join(str(int(w)) for w in values)
+    low, high = values.min(axis=tuple(range(values.ndim - 1))), values.max(axis=tuple(range(values.ndim - 1)))
+    return "-".join(str(int(lo)) if lo == hi else f"[{int(lo)}…{int(hi)}]" for lo, hi in zip(low, high))
+
+
+def _result_message(result: RESULTS) -> str:
+    messages = np.atleast_1d(np.asarray(RESULTS[result])).tolist()
+    failed = sorted({m for m in messages if m})
+    if not failed:
+        return "successful"
+    counted = f"{sum(1 for m in messages if m)} of {len(messages)} failed: " if len(messages) > 1 else ""
+    return counted + " | ".join(failed)
+
+
+def check_partitions(partitions, widths_before, widths_after, name: str = "info.partitions") -> None:
+    """Refuse partitions that cannot map a model of `widths_before` onto one of `widths_after`.
+
+    One integer array per hidden layer, of shape `(widths_before[l],)`, with labels in `[-1, widths_after[l])`
+    (the range is checked only for concrete labels; traced ones are checked for shape and dtype).
+    """
+    if not isinstance(partitions, (tuple, list)):
+        raise TypeError(f"`{name}` must be a tuple of integer arrays (one per hidden layer); received {partitions!r}.")
+    hidden = len(widths_before) - 2
+    if len(partitions) != hidden:
+        raise ValueError(f"`{name}` has {len(partitions)} entries; the network has {hidden} hidden layers.")
+    for l, p in enumerate(partitions, start=1):
+        where = f"`{name}[{l - 1}]`"
+        dtype = getattr(p, "dtype", None)
+        if dtype is None or not jnp.issubdtype(dtype, jnp.integer):
+            raise TypeError(f"{where} must be an integer array of neuron labels; received dtype {dtype}.")
+        if jnp.shape(p) != (widths_before[l],):
+            raise ValueError(
+                f"{where} has shape {jnp.shape(p)}; hidden layer {l} of the original has {widths_before[l]} neurons."
+            )
+        if is_traced(p) or widths_before[l] == 0:
+            continue
+        labels = np.asarray(p)
+        low, high = int(labels.min()), int(labels.max())
+        if low < -1 or high >= widths_after[l]:
+            raise ValueError(
+                f"{where} holds labels in [{low}, {high}]; hidden layer {l} of the compressed model has "
+                f"{widths_after[l]} neurons, so labels must lie in [-1, {widths_after[l] - 1}] (-1: removed)."
+            )
 
 
 def live_masks(hidden_widths, partitions) -> list[jax.Array]:

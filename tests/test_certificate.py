@@ -1,5 +1,7 @@
 """The certificate: `lift` is exact, the a-priori bound holds (a theorem), the simulated deviation is right."""
 
+import functools
+
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
@@ -7,7 +9,10 @@ import numpy as np
 import pytest
 from hypothesis import given
 
+import jaxlump
+import jaxlump._certificate
 from jaxlump._certificate import ODE_TIMES, a_priori_bound, certify, lift
+from jaxlump._encoding.dynamical import simulate
 from jaxlump._network import ACTIVATIONS, DenseChain
 from jaxlump._reduction.quotient import quotient
 
@@ -151,7 +156,8 @@ def test_certify_figures(hidden):
     live = [np.ones(3, bool), np.isin(np.arange(6), partitions[0]), np.isin(np.arange(5), partitions[1])]
     compressed = _perturb(quotient(original, partitions, (6, 5)), rng, 0.05, live + [np.ones(2, bool)])
     x = jnp.asarray(rng.normal(size=(12, 3)))
-    certificate = certify(original, compressed, partitions, x, simulate_ode=True)
+    certificate, result = certify(original, compressed, partitions, x, simulate_ode=True)
+    assert result == jaxlump.RESULTS.successful
     deviation = np.asarray(compressed(x) - original(x))
     np.testing.assert_allclose(certificate.output_max_abs, np.abs(deviation).max(), rtol=1e-12)
     np.testing.assert_allclose(certificate.output_rms, np.sqrt(np.mean(deviation**2)), rtol=1e-12)
@@ -160,5 +166,17 @@ def test_certify_figures(hidden):
     np.testing.assert_allclose(certificate.ode_max_abs, np.abs(along).max(), rtol=1e-6, atol=1e-7)
     assert float(certificate.ode_max_abs) >= float(certificate.output_max_abs) - 1e-8
     assert float(certificate.a_priori_bound) >= np.linalg.norm(deviation, axis=1).max()
-    skipped = certify(original, compressed, partitions, x, simulate_ode=False)
+    skipped, skipped_result = certify(original, compressed, partitions, x, simulate_ode=False)
+    assert skipped_result == jaxlump.RESULTS.successful
     assert np.isnan(skipped.ode_max_abs) and float(skipped.output_max_abs) == float(certificate.output_max_abs)
+
+
+def test_a_failed_certificate_simulation_is_reported(monkeypatch):
+    """The certificate's ODE solves report failure (here: out of steps) instead of a meaningless figure."""
+    rng = np.random.default_rng(4)
+    original = _random_chain(rng, (3, 6, 2), ("tanh", "identity"))
+    partitions = (jnp.arange(6),)
+    x = jnp.asarray(rng.normal(size=(8, 3)))
+    monkeypatch.setattr(jaxlump._certificate, "simulate", functools.partial(simulate, max_steps=2))
+    _, result = certify(original, original, partitions, x, simulate_ode=True)
+    assert result == jaxlump.RESULTS.certificate_ode_failed
