@@ -33,8 +33,12 @@ from ._lump import lump_masked as lump_masked
 from ._lump_then_prune import lump_then_prune as lump_then_prune
 from ._reconstruct import reconstruct as reconstruct
 from ._reduction.masked import shrink as shrink
+from ._registry import Compressor as Compressor
+from ._registry import compressors as compressors
 from ._serialisation import load as load
 from ._serialisation import save as save
 from ._skip_mlp import SkipMLP as SkipMLP
+from .baselines._targets import Target as Target
+from .baselines._targets import TargetInfo as TargetInfo
 
 __version__ = "0.1.0"

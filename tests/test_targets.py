@@ -1,4 +1,4 @@
-"""compress_to and exact_lump."""
+"""compress_to (names, counts, fractions, widths, requested vs realised) and exact_lump."""
 
 import equinox as eqx
 import jax
@@ -42,7 +42,7 @@ def test_structured_prune_target(mlp, x):
 
 
 def test_unreachable_and_bad_targets(mlp):
-    with pytest.raises(ValueError, match="target_params"):
+    with pytest.raises(ValueError, match="positive integer"):
         compress_to(mlp, magnitude, 0)
     with pytest.raises(ValueError, match="cannot reach"):
         compress_to(mlp, magnitude, 1, knob_range=(0.0, 0.1))
@@ -60,3 +60,111 @@ def test_exact_lump_changes_no_output():
     assert info.method == "exact_lump"
     assert tuple(int(w) for w in info.widths_after) == (3, 5, 6, 2)
     np.testing.assert_allclose(jax.vmap(small)(x), jax.vmap(mlp)(x), atol=1e-10)
+
+
+def test_names_and_functions_give_the_same_result(mlp):
+    by_name, info_name = compress_to(mlp, "magnitude", 150)
+    by_function, info_function = compress_to(mlp, magnitude, 150)
+    assert info_name.target == info_function.target
+    for a, b in zip(jax.tree_util.tree_leaves(by_name), jax.tree_util.tree_leaves(by_function)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("method", ["magnitude", "wanda", "structured_prune", "lump"])
+def test_a_fraction_means_the_same_for_every_method(mlp, x, method):
+    _, info = compress_to(mlp, method, 0.5, x, **({"refit": False, "certify_ode": False} if method == "lump" else {}))
+    before = info.cost_before.dense_params if info.structured else info.cost_before.nonzeros
+    # the fraction is of the unit the method is compared in, computed independently here from the info's costs
+    assert info.target.kind == "fraction" and info.target.requested == 0.5
+    assert info.target.original_size == int(before) == 3 * 16 + 16 + 16 * 16 + 16 + 16 * 2 + 2
+    assert info.target.requested_size == int(0.5 * int(before))
+    assert info.target.realised_size == realised_size(info) <= 0.5 * int(before)
+    assert info.target.unit == ("dense parameters" if info.structured else "non-zeros")
+
+
+def test_count_target_records_requested_and_realised(mlp, x):
+    _, info = compress_to(mlp, "structured_prune", 200, x)
+    assert isinstance(info, jaxlump.TargetInfo) and isinstance(info, jaxlump.CompressionInfo)
+    t = info.target
+    assert (t.kind, t.requested, t.requested_size, t.unit) == ("count", 200, 200, "dense parameters")
+    assert t.realised_size == int(info.cost_after.dense_params) <= 200
+    assert t.realised_widths == tuple(int(w) for w in info.widths_after)
+    # the recorded knob reproduces the result
+    _, again = structured_prune(mlp, x, t.knob)
+    assert int(again.cost_after.dense_params) == t.realised_size
+
+
+@pytest.mark.parametrize("widths", [(8, 8), (3, 8, 8, 2), (5, 5)])
+def test_widths_target_structured_prune_is_exact_for_equal_widths(mlp, x, widths):
+    small, info = compress_to(mlp, "structured_prune", widths, x)
+    hidden = widths[1:-1] if len(widths) == 4 else widths
+    assert info.target.realised_widths == tuple(int(w) for w in info.widths_after) == (3, *hidden, 2)
+    assert tuple(layer.out_features for layer in small.layers[:-1]) == hidden
+    assert info.target.requested == hidden and info.target.requested_size is None
+
+
+def test_widths_target_is_an_upper_bound_per_layer(mlp, x):
+    # one knob for two layers: (8, 12) cannot be met exactly by structured_prune; every layer stays within
+    _, info = compress_to(mlp, "structured_prune", (8, 12), x)
+    assert all(r <= w for r, w in zip(info.target.realised_widths[1:-1], (8, 12)))
+    _, info = compress_to(mlp, "lump", (10, 10), x, refit=False, certify_ode=False)
+    assert all(r <= 10 for r in info.target.realised_widths[1:-1])
+
+
+def test_widths_are_refused_for_unstructured_and_malformed(mlp, x):
+    with pytest.raises(ValueError, match="unstructured"):
+        compress_to(mlp, "magnitude", (8, 8))
+    with pytest.raises(ValueError, match="unstructured"):
+        compress_to(mlp, "lump_then_prune", (8, 8), x)
+    with pytest.raises(ValueError, match="budget, not widths"):
+        compress_to(mlp, "linearity_to_size", (8, 8), x)
+    for bad in [(8,), (0, 8), (8, 17), (4, 8, 8, 2), (8.0, 8)]:
+        with pytest.raises(ValueError, match="hidden widths"):
+            compress_to(mlp, "structured_prune", bad, x)
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.5, -0.2, 200.0])
+def test_bad_fractions(mlp, bad):
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        compress_to(mlp, "magnitude", bad)
+
+
+def test_bad_methods_and_target_types(mlp):
+    with pytest.raises(ValueError, match="registered compressor.*lump"):
+        compress_to(mlp, "magnitud", 100)
+    with pytest.raises(TypeError, match="method"):
+        compress_to(mlp, 3, 100)
+    for bad in (True, "100", None):
+        with pytest.raises(TypeError, match="target"):
+            compress_to(mlp, "magnitude", bad)
+
+
+def test_unreachable_structured_target_reports_the_smallest(mlp, x):
+    with pytest.raises(ValueError, match=r"cannot reach.*smallest result has \d+ dense parameters"):
+        compress_to(mlp, "structured_prune", 1, x)
+
+
+def test_knob_that_grows_the_model_is_searched_backwards():
+    # linearity_merge: a smaller τ merges more. A ReLU net with biases pushing neurons to be always active.
+    relu = eqx.nn.MLP(3, 1, 12, 2, activation=jax.nn.relu, key=jr.key(5))
+    relu = eqx.tree_at(lambda m: m.layers[0].bias, relu, relu.layers[0].bias + 2.0)
+    xr = jr.normal(jr.key(6), (200, 3))
+    _, full = jaxlump.baselines.linearity_merge(relu, xr, 1.0)
+    target = int(full.cost_after.dense_params) - 1
+    _, info = compress_to(relu, "linearity_merge", target, xr)
+    assert info.target.realised_size <= target and info.target.knob < 1.0
+
+
+def test_size_knob_methods_get_the_target_directly(mlp, x):
+    _, info = compress_to(mlp, "lump_then_prune", 0.4, x, eps_grid=(0.0,))
+    assert info.target.requested_size == int(0.4 * 370) and info.target.realised_size <= int(0.4 * 370)
+    assert info.target.knob == int(0.4 * 370)
+    assert not info.structured and info.target.unit == "non-zeros"
+
+
+def test_unregistered_function_is_searched_as_a_sparsity(mlp):
+    def my_pruner(model, x_calib, sparsity):
+        return magnitude(model, x_calib, sparsity, scope="layer")
+
+    _, info = compress_to(mlp, my_pruner, 100)
+    assert info.target.realised_size <= 100

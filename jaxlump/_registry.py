@@ -1,0 +1,200 @@
+"""Every compressor by name: what its knob means, whether its result is structured, how to search the knob."""
+
+from collections.abc import Callable
+
+import equinox as eqx
+
+from ._lump import lump
+from ._lump_then_prune import lump_then_prune
+from .baselines import (
+    elimination_compensation,
+    exact_lump,
+    linearity_merge,
+    linearity_to_size,
+    magnitude,
+    proportional_lump,
+    random,
+    structured_prune,
+    wanda,
+)
+
+
+class Compressor(eqx.Module):
+    """One registered compressor: a function with the call shape `(model, x_calib, knob, **options)`.
+
+    - `name`: the name `compress_to` and the CLI accept.
+    - `function`: the compressor itself.
+    - `knob`: the name of its one knob (`"eps"`, `"sparsity"`, `"tau"` ...), `None` when it has none.
+    - `meaning`: what the knob means and what a value does to the size, in one sentence.
+    - `structured`: `True` if the result is a physically smaller dense network (sizes are counted in dense
+      parameters), `False` for a same-shape model with zeros (sizes are counted in non-zeros).
+    - `needs_data`: whether `x_calib` is required.
+    - `knob_range`: the interval `compress_to` searches, `None` when it does not search (no knob, or a knob that
+      is the size itself).
+    - `larger_knob_smaller_model`: the direction of the search (`False` for τ of `linearity_merge`).
+    - `unbounded`: the knob has no upper end (ε): the search doubles the upper end until the target is reached.
+    - `size_knob`: `"nonzeros"` when the knob *is* a non-zero budget, `"fraction"` when it is a fraction of the
+      original parameters; `compress_to` then passes the target directly instead of searching.
+    """
+
+    name: str = eqx.field(static=True)
+    function: Callable = eqx.field(static=True)
+    knob: str | None = eqx.field(static=True)
+    meaning: str = eqx.field(static=True)
+    structured: bool = eqx.field(static=True)
+    needs_data: bool = eqx.field(static=True)
+    knob_range: tuple[float, float] | None = eqx.field(static=True, default=(0.0, 1.0 - 1e-9))
+    larger_knob_smaller_model: bool = eqx.field(static=True, default=True)
+    unbounded: bool = eqx.field(static=True, default=False)
+    size_knob: str | None = eqx.field(static=True, default=None)
+
+    def __check_init__(self):
+        if self.size_knob not in (None, "nonzeros", "fraction"):
+            raise ValueError(f"`size_knob` must be None, 'nonzeros' or 'fraction'; received {self.size_knob!r}.")
+
+
+_SPARSITY = "fraction s ∈ [0, 1) of the prunable weights (hidden layers, not the output layer) set to zero"
+
+# One entry per method. A new baseline exported from `jaxlump.baselines` is registered here (a test checks it).
+_REGISTRY: dict[str, Compressor] = {
+    c.name: c
+    for c in (
+        Compressor(
+            "lump",
+            lump,
+            "eps",
+            "relative tolerance ε ≥ 0 of the neuron discrepancy; ε = 0 merges only exact equivalences, larger ε merges more (size is not strictly monotone in ε)",
+            structured=True,
+            needs_data=False,
+            knob_range=(0.0, 1.0),
+            unbounded=True,
+        ),  # noqa: E501
+        Compressor(
+            "lump_then_prune",
+            lump_then_prune,
+            "target",
+            "the non-zero budget itself (weights + biases): lump at a mild ε, prune to the budget, reconstruct",
+            structured=False,
+            needs_data=True,
+            knob_range=None,
+            size_knob="nonzeros",
+        ),  # noqa: E501
+        Compressor(
+            "exact_lump",
+            exact_lump,
+            None,
+            "no knob: merges exactly equivalent neurons only (ε = 0, no refit)",
+            structured=True,
+            needs_data=False,
+            knob_range=None,
+        ),  # noqa: E501
+        Compressor(
+            "magnitude",
+            magnitude,
+            "sparsity",
+            _SPARSITY
+            + ", smallest |W| first (biases and the output layer are kept, so magnitude(m, x, 0.5) keeps 55.7 % of the non-zeros of a 7→64→64→7 MLP)",
+            structured=False,
+            needs_data=False,
+        ),  # noqa: E501
+        Compressor(
+            "random",
+            random,
+            "sparsity",
+            _SPARSITY + ", uniformly at random (pass `key=`)",
+            structured=False,
+            needs_data=False,
+        ),  # noqa: E501
+        Compressor(
+            "wanda", wanda, "sparsity", _SPARSITY + ", smallest |W|·‖X‖ first", structured=False, needs_data=True
+        ),  # noqa: E501
+        Compressor(
+            "elimination_compensation",
+            elimination_compensation,
+            "sparsity",
+            _SPARSITY + ", least output change after bias compensation first",
+            structured=False,
+            needs_data=True,
+        ),  # noqa: E501
+        Compressor(
+            "structured_prune",
+            structured_prune,
+            "sparsity",
+            "fraction s ∈ [0, 1) of the hidden *neurons* removed; parameters fall faster than s, since a neuron's row and column go: structured_prune(m, x, 0.5) keeps 30.1 % of the parameters of a 7→64→64→7 MLP",
+            structured=True,
+            needs_data=False,
+        ),  # noqa: E501
+        Compressor(
+            "linearity_merge",
+            linearity_merge,
+            "tau",
+            "activation-rate threshold τ ∈ [0, 1] (ReLU networks): neurons active on at least a fraction τ of the data become a linear skip; a *smaller* τ merges more",
+            structured=True,
+            needs_data=True,
+            knob_range=(0.0, 1.0),
+            larger_knob_smaller_model=False,
+        ),  # noqa: E501
+        Compressor(
+            "linearity_to_size",
+            linearity_to_size,
+            "target_fraction",
+            "the parameter budget as a fraction of the original (ReLU networks): linearity merging with τ stepped down until the budget is met",
+            structured=True,
+            needs_data=True,
+            knob_range=None,
+            size_knob="fraction",
+        ),  # noqa: E501
+        Compressor(
+            "proportional_lump",
+            proportional_lump,
+            "tol",
+            "distance tol ∈ [0, √2) between normalised incoming rows (ReLU networks); tol = 0 merges exactly proportional neurons, larger tol merges more",
+            structured=True,
+            needs_data=False,
+            knob_range=(0.0, 1.414),
+        ),  # noqa: E501
+    )
+}
+
+
+def compressors() -> dict[str, Compressor]:
+    """Every compressor jaxlump knows, by name: its function, its knob's meaning, whether it is structured.
+
+    The names are those `jaxlump.baselines.compress_to` and the `jaxlump compress --method` command accept.
+    Knobs mean different things per method (ε, a weight sparsity, a neuron sparsity, τ ...); to compare methods at
+    one size, give `compress_to` a target instead of a knob: a fraction then means the same for every method
+    (of the dense parameters for structured methods, of the non-zeros for unstructured ones).
+
+    **Returns:** a new `dict` from name to `Compressor`, lumping first, then the baselines.
+
+    ```python
+    import jaxlump
+    methods = jaxlump.compressors()
+    assert methods["lump"].structured and not methods["magnitude"].structured
+    assert methods["magnitude"].knob == "sparsity"
+    ```
+    """
+    return dict(_REGISTRY)
+
+
+def get_compressor(method) -> Compressor | None:
+    """The registered `Compressor` for a name or a registered function; a `Compressor` is returned as is.
+
+    Returns `None` for a callable that is not registered (`compress_to` then searches its third argument as a
+    sparsity-like knob). Raises `ValueError` for an unknown name and `TypeError` for anything else.
+    """
+    if isinstance(method, Compressor):
+        return method
+    if isinstance(method, str):
+        try:
+            return _REGISTRY[method]
+        except KeyError:
+            raise ValueError(
+                f"`method` must be the name of a registered compressor; received {method!r}. "
+                f"Registered: {', '.join(_REGISTRY)} (see `jaxlump.compressors()`)."
+            ) from None
+    if callable(method):
+        return next((c for c in _REGISTRY.values() if c.function is method), None)
+    raise TypeError(
+        f"`method` must be a compressor name, a compressor function or a `jaxlump.Compressor`; received {method!r}."
+    )
