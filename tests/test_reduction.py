@@ -1,5 +1,7 @@
 """The forward quotient against a NumPy reference and planted exact lumpings; the masked form and `shrink`."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import jax.random as jr
@@ -156,17 +158,58 @@ def test_minus_one_drops_a_neuron_that_feeds_nothing():
 def test_shrink_refuses_traced_values():
     chain = _random_chain(jr.key(7))
     info = _info(chain, REPRESENTATIVE)
-    with pytest.raises(ValueError, match="outside jax.jit"):
+    with pytest.raises(TypeError, match=r"jaxlump.shrink.*`model` is traced.*outside the transformation"):
         jax.jit(lambda c: shrink(c, info)[0])(chain)
-    with pytest.raises(ValueError, match="outside jax.jit"):
+    with pytest.raises(TypeError, match=r"jaxlump.shrink.*`info` is traced"):
         jax.jit(lambda i: shrink(chain, i)[1].partitions)(info)
 
 
-def test_shrink_refuses_info_of_another_model():
+def _with_partitions(info, partitions):
+    return dataclasses.replace(info, partitions=tuple(partitions))
+
+
+@pytest.mark.parametrize(
+    "case, error, match",
+    [
+        ("too_few_layers", ValueError, r"has 1 entries; the network has 2 hidden layers"),
+        ("too_short", ValueError, r"partitions\[0\]` has shape \(5,\); hidden layer 1 of the original has 6"),
+        ("too_long", ValueError, r"partitions\[1\]` has shape \(6,\)"),
+        ("two_dimensional", ValueError, r"partitions\[0\]` has shape \(1, 6\)"),
+        ("out_of_range", ValueError, r"labels in \[-1, 6\].*must lie in \[-1, 5\]"),
+        ("below_minus_one", ValueError, r"labels in \[-2, 3\]"),
+        ("float_labels", TypeError, r"integer array.*float"),
+        ("not_a_tuple", TypeError, r"tuple of integer arrays"),
+        ("other_depth", ValueError, r"widths \(3, 6, 5, 2\) but `model` has widths \(3, 6, 2\)"),
+        ("wrong_masks", ValueError, r"weight_masks` have shapes"),
+    ],
+)
+def test_shrink_checks_every_partition_against_the_model(case, error, match):
+    """Partitions that do not fit the model (today: silently a model of the wrong widths) are refused."""
     chain = _random_chain(jr.key(8))
-    with pytest.raises(ValueError, match="hidden partitions.*hidden layers"):
-        shrink(chain, _info(chain, REPRESENTATIVE[:1]))
+    info = _info(chain, REPRESENTATIVE)
+    p0, p1 = info.partitions
+    model = chain
+    bad = {
+        "too_few_layers": lambda: _with_partitions(info, [p0]),
+        "too_short": lambda: _with_partitions(info, [p0[:5], p1]),
+        "too_long": lambda: _with_partitions(info, [p0, jnp.concatenate([p1, p1[:1]])]),
+        "two_dimensional": lambda: _with_partitions(info, [p0[None], p1]),
+        "out_of_range": lambda: _with_partitions(info, [p0.at[1].set(6), p1]),
+        "below_minus_one": lambda: _with_partitions(info, [p0.at[1].set(-2), p1]),
+        "float_labels": lambda: _with_partitions(info, [p0.astype(float), p1]),
+        "not_a_tuple": lambda: dataclasses.replace(info, partitions=p0),
+        "other_depth": lambda: info,
+        "wrong_masks": lambda: dataclasses.replace(info, weight_masks=tuple(jnp.ones((2, 2), bool) for _ in range(3))),
+    }[case]()
+    if case == "other_depth":
+        model = _random_chain(jr.key(9), widths=(3, 6, 2))
+    with pytest.raises(error, match=match):
+        shrink(model, bad)
+
+
+def test_shrink_refuses_info_of_another_model():
     small = _random_chain(jr.key(9), widths=(3, 3, 5, 2))
+    chain = _random_chain(jr.key(8))
     with pytest.raises(ValueError, match=r"partitions\[0\]"):  # representative 3 in a 3-wide layer
         shrink(small, _info(chain, REPRESENTATIVE))
 

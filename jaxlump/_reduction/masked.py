@@ -1,12 +1,13 @@
 """Fixed-shape (masked) results and `shrink`, which turns them into physically smaller models."""
 
+import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
 from .._accounting import chain_cost
 from .._adapters import from_chain, to_chain
-from .._errors import is_traced
-from .._info import CompressionInfo, live_widths
+from .._errors import require_concrete
+from .._info import CompressionInfo, check_partitions, live_widths
 from .._network import DenseChain
 
 
@@ -43,34 +44,57 @@ def shrink(model, info: CompressionInfo):
     **Arguments:**
 
     - `model`: a fixed-shape result, e.g. from `jaxlump.lump_masked` or one slice of `jaxlump.sweep`.
-    - `info`: its `CompressionInfo`.
+    - `info`: its `CompressionInfo`, or the optimizer state of `jaxlump.wrap_optax` (which holds the
+      composed one; then `shrink` first checks that the dead neurons carry no weight).
 
     **Returns:** `(smaller_model, info)` with the partitions relabelled to the new indices.
 
-    **Raises:** `ValueError` when called on traced values (inside `jax.jit`), or when `info` does
-    not fit `model`.
+    **Raises:** `TypeError` when called on traced values (inside `jax.jit`); `ValueError` when `info`
+    does not fit `model` (depth, input/output widths, every partition's length, dtype and label range,
+    the weight masks' shapes), for a stacked info, or when a `wrap_optax` state marks neurons dead
+    that carry non-zero weights.
 
     ```python
     import equinox as eqx, jax.random as jr, jaxlump
     mlp = eqx.nn.MLP(2, 1, 8, 2, key=jr.key(0))
     masked, info = jaxlump.lump_masked(mlp, None, 0.5)
     small, small_info = jaxlump.shrink(masked, info)
+    assert int(jaxlump.cost(small).dense_params) == int(small_info.cost_after.dense_params)
     ```
     """
-    chain = to_chain(model, require_finite=False)  # a failed refit is reported in info.result, not refused here
-    if any(is_traced(p) for p in info.partitions) or any(is_traced(w) for w in chain.weights):
-        raise ValueError("`shrink` changes shapes and must be called outside jax.jit on concrete values.")
-    widths = chain.widths
-    if len(info.partitions) != len(widths) - 2:
+    if not isinstance(info, CompressionInfo):  # the state of a `jaxlump.wrap_optax` optimizer
+        from .._training_loop import info_from_state
+
+        info = info_from_state(info, model)
+    if not isinstance(info, CompressionInfo):
+        raise TypeError(f"`info` must be a jaxlump.CompressionInfo; received {type(info).__name__}.")
+    require_concrete(
+        "jaxlump.shrink",
+        "it removes neurons, so the result's shapes depend on the values.",
+        "Inside jit keep the fixed-shape form (e.g. `jaxlump.lump_masked`) and shrink once outside.",
+        model=eqx.filter(model, eqx.is_array),
+        info=info,
+    )
+    if np.ndim(info.knob) != 0:
         raise ValueError(
-            f"`info` has {len(info.partitions)} hidden partitions but `model` has {len(widths) - 2} hidden layers."
+            f"`info` is stacked (knob of shape {np.shape(info.knob)}, e.g. from a vmapped sweep); shrink one "
+            "result at a time (select it first, e.g. `sweep.at(i)`)."
         )
-    hidden = [compact(p) for p in info.partitions]
-    for l, p in enumerate(info.partitions, start=1):
-        if int(np.max(np.asarray(p), initial=-1)) >= widths[l]:
+    chain = to_chain(model, require_finite=False)  # a failed refit is reported in info.result, not refused here
+    widths, before = chain.widths, tuple(info.widths_before)
+    if len(widths) != len(before) or widths[0] != before[0] or widths[-1] != before[-1]:
+        raise ValueError(
+            f"`info` describes a model of widths {before} but `model` has widths {widths}: depth, input and output "
+            "widths must match (is `info` from another model?)."
+        )
+    check_partitions(info.partitions, before, widths, "info.partitions")
+    if info.weight_masks is not None:
+        shapes = [tuple(np.shape(m)) for m in info.weight_masks]
+        if shapes != [tuple(w.shape) for w in chain.weights]:
             raise ValueError(
-                f"`info.partitions[{l - 1}]` refers to neuron {int(np.max(p))}; layer {l} has {widths[l]}."
+                f"`info.weight_masks` have shapes {shapes}; `model`'s weights have {[w.shape for w in chain.weights]}."
             )
+    hidden = [compact(p) for p in info.partitions]
     live = [np.arange(widths[0])] + [live_neurons(p) for p in info.partitions] + [np.arange(widths[-1])]
     small = gather_live(chain, live)
     masks = info.weight_masks
