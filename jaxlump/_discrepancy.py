@@ -10,8 +10,8 @@ A discrepancy turns one hidden layer into per-neuron *features* and a metric on 
   of what the pair feeds forward, `(‖W^{l+1}_{:,m}‖₂ + ‖W^{l+1}_{:,m′}‖₂)/2`.
 
 Distances are divided by a per-layer scale so that one ε means the same across layers and models
-(documented in `docs/method.md`, "ε scale"). Pairwise matrices are built in row blocks, so the `n × n × d`
-intermediate never has to fit at once (at most `2²²` elements per block).
+(documented in `docs/method.md`, "ε scale"). Pairwise matrices start from one GEMM (`‖a‖² + ‖b‖² − 2a·b`) and
+sum differences directly only in the `128 × 128` tiles that need it, so no `n × n × d` intermediate is formed.
 """
 
 import abc
@@ -26,44 +26,109 @@ from ._encoding.structural import aggregated_coefficients
 from ._network import DenseChain
 
 _TINY = 1e-30
-# Relative distances this many machine epsilons or below are rounding, not a difference: exact duplicates whose
-# coefficients are summed in another order, or whose trajectories come from an ODE solve, still merge at ε = 0.
+# A pair whose distance is at most this many machine epsilons of the pair's *own* magnitudes is rounding, not a
+# difference: exact duplicates whose coefficients are summed in another order, or whose trajectories come from an ODE
+# solve, still merge at ε = 0, while two small neurons of a badly scaled layer that really differ never do.
 _ROUNDING_ULPS = 64
+_TILE = 128  # rows and columns of one tile of a pairwise matrix
+_UNROLL = 8
 
 
-def _relative(distances: jax.Array, scale: jax.Array) -> jax.Array:
-    relative = distances / jnp.maximum(scale, _TINY)
-    return jnp.where(relative <= _ROUNDING_ULPS * jnp.finfo(relative.dtype).eps, 0.0, relative)
+def _rounding_floor(magnitudes: jax.Array) -> jax.Array:
+    """Per pair, `64 ε_mach (mag_i + mag_j)`: distances at or below it are rounding (see `_ROUNDING_ULPS`)."""
+    return _ROUNDING_ULPS * jnp.finfo(magnitudes.dtype).eps * (magnitudes[:, None] + magnitudes[None, :])
 
 
-_BLOCK_BUDGET = 2**22  # elements of one block's (rows, n, d) difference tensor
+def _relative(distances: jax.Array, scale: jax.Array, floor: jax.Array) -> jax.Array:
+    """`distances / scale`, with every pair at or below its rounding floor sent to exactly 0."""
+    return jnp.where(distances <= floor, 0.0, distances / jnp.maximum(scale, _TINY))
 
 
-def _pairwise(features: jax.Array, reduce, block_size: int) -> Distances:
-    """`D[i, j] = reduce(F[i] − F[j])` over the last axis, a block of rows at a time.
+def _direct_tile(rows_t: jax.Array, cols_t: jax.Array, term) -> jax.Array:
+    """`Σ_k term(rows_t[k, i] − cols_t[k, j])` for a `(d, t)` × `(d, t)` pair of tiles, one k at a time.
 
-    Differences are formed directly (not through `‖a‖² + ‖b‖² − 2a·b`, whose cancellation leaves a floor of
-    about √ε_machine and would hide exact duplicates at ε = 0).
+    The accumulator `(t, t)` stays in cache and each step reads two contiguous rows, so nothing of size
+    `t · t · d` is ever formed.
+    """
+
+    def step(k, total):
+        return total + term(rows_t[k][:, None] - cols_t[k][None, :])
+
+    zeros = jnp.zeros((rows_t.shape[1], cols_t.shape[1]), rows_t.dtype)
+    return jax.lax.fori_loop(0, rows_t.shape[0], step, zeros, unroll=_UNROLL)
+
+
+def _fix_tiles(estimate: jax.Array, features: jax.Array, needed: jax.Array, term) -> jax.Array:
+    """Replace `estimate[i, j]` by the direct `Σ_k term(F[i, k] − F[j, k])` wherever `needed[i, j]`.
+
+    Works tile by tile (`_TILE²`); a tile without a needed pair is skipped (`lax.cond`, which under `vmap`
+    becomes a select, so a batched call computes every tile). Working memory `O(n · d + _TILE²)` beside the matrix.
     """
     n, d = features.shape
-    rows = max(1, min(block_size, _BLOCK_BUDGET // max(n * d, 1)))
-    n_blocks = -(-n // rows)
-    padded = jnp.pad(features, ((0, n_blocks * rows - n), (0, 0)))
+    t = min(_TILE, n)
+    blocks = -(-n // t)
+    size = blocks * t
+    padded_t = jnp.pad(features, ((0, size - n), (0, 0))).T
+    estimate = jnp.pad(estimate, ((0, size - n), (0, size - n)))
+    needed = jnp.pad(needed, ((0, size - n), (0, size - n)))
+    flags = jnp.any(needed.reshape(blocks, t, blocks, t), axis=(1, 3)).reshape(-1)
 
-    def block(chunk):
-        return reduce(chunk[:, None, :] - features[None, :, :])
+    def fix(index, matrix):
+        corner = (index // blocks * t, index % blocks * t)
 
-    return jax.lax.map(block, padded.reshape(n_blocks, rows, d)).reshape(-1, n)[:n]
+        def exact(matrix):
+            rows_t = jax.lax.dynamic_slice(padded_t, (0, corner[0]), (d, t))
+            cols_t = jax.lax.dynamic_slice(padded_t, (0, corner[1]), (d, t))
+            tile = jax.lax.dynamic_slice(matrix, corner, (t, t))
+            mask = jax.lax.dynamic_slice(needed, corner, (t, t))
+            tile = jnp.where(mask, _direct_tile(rows_t, cols_t, term), tile)
+            return jax.lax.dynamic_update_slice(matrix, tile, corner)
+
+        return jax.lax.cond(flags[index], exact, lambda m: m, matrix)
+
+    return jax.lax.fori_loop(0, blocks * blocks, fix, estimate)[:n, :n]
 
 
-def pairwise_l1(features: jax.Array, block_size: int = 256) -> Distances:
-    """`D[i, j] = Σ_k |F[i, k] − F[j, k]|` for `F` of shape `(n, d)`."""
-    return _pairwise(features, lambda diff: jnp.sum(jnp.abs(diff), axis=-1), block_size)
+def _squared_distances(features: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """GEMM form `‖a‖² + ‖b‖² − 2a·b` of all pairwise squared L2 distances, and `‖a‖² + ‖b‖²` (its error scale)."""
+    norms = jnp.sum(features**2, axis=1)
+    scale = norms[:, None] + norms[None, :]
+    gram = jnp.matmul(features, features.T, precision=jax.lax.Precision.HIGHEST)
+    return scale - 2 * gram, scale
 
 
-def pairwise_rms(samples: jax.Array, block_size: int = 256) -> Distances:
-    """`D[i, j] = sqrt(mean_s (F[s, i] − F[s, j])²)` for `F` of shape `(samples, n)`."""
-    return _pairwise(samples.T, lambda diff: jnp.sqrt(jnp.mean(diff**2, axis=-1)), block_size)
+def _dot_error(d: int, dtype) -> float:
+    """Worst-case relative error of a length-`d` dot product (Higham's γ_d), doubled for the two norms."""
+    return 2.0 * (d + 2) * float(jnp.finfo(dtype).eps)
+
+
+def pairwise_l1(features: jax.Array, threshold: jax.Array | float = jnp.inf) -> Distances:
+    """`D[i, j] = Σ_k |F[i, k] − F[j, k]|` for `F` of shape `(n, d)`, exact wherever `D[i, j] ≤ threshold`.
+
+    Pairs whose GEMM-form L2 lower bound (`‖·‖₁ ≥ ‖·‖₂`, with the dot products' worst-case rounding subtracted)
+    already exceeds `threshold` keep that bound — still `> threshold`, which is all a refinement at
+    `ε · scale ≤ threshold` needs; every other pair is summed directly, tile by tile, skipping tiles without one.
+    Cost: one `n × d × n` GEMM plus `n² d` for the tiles computed exactly (all of them for `threshold = ∞`).
+    Peak memory: the `n × n` result plus `O(n · d + 128²)`.
+    """
+    squared, scale = _squared_distances(features)
+    lower = jnp.sqrt(jnp.maximum(squared - _dot_error(features.shape[1], features.dtype) * scale, 0.0))
+    return _fix_tiles(lower, features, lower <= threshold, jnp.abs)
+
+
+def pairwise_rms(samples: jax.Array) -> Distances:
+    """`D[i, j] = sqrt(mean_s (F[s, i] − F[s, j])²)` for `F` of shape `(samples, n)`, in GEMM form.
+
+    `D² = (‖a‖² + ‖b‖² − 2a·b) / S` runs at GEMM speed; where that value is within four times its worst-case
+    rounding (`γ_S (‖a‖² + ‖b‖²)`) cancellation could hide an exact duplicate, so those pairs (few, unless many
+    neurons nearly coincide) are recomputed directly — exact duplicates get exactly 0 and ε = 0 stays exact.
+    Peak memory: the `n × n` result plus `O(n · S + 128²)`.
+    """
+    features = samples.T
+    squared, scale = _squared_distances(features)
+    suspect = squared <= 4 * _dot_error(features.shape[1], features.dtype) * scale
+    squared = _fix_tiles(jnp.maximum(squared, 0.0), features, suspect, jnp.square)
+    return jnp.sqrt(squared / features.shape[1])
 
 
 class LayerDistances(eqx.Module):
@@ -88,6 +153,17 @@ class AbstractDiscrepancy(eqx.Module):
     def layer(self, chain: DenseChain, prepared, l: int, prev_labels: jax.Array) -> LayerDistances:
         """Distances of hidden layer `l` (1-based) given the block labels of layer `l-1`."""
 
+    def layer_within(
+        self, chain: DenseChain, prepared, l: int, prev_labels: jax.Array, eps_max: jax.Array
+    ) -> LayerDistances:
+        """`layer`, where only the pairs with relative distance `≤ eps_max` need their exact value.
+
+        Every other pair may hold any value `> eps_max` (a refinement at `ε ≤ eps_max` cannot tell). A sweep
+        passes its largest ε; a discrepancy with a cheap bound overrides this (default: `layer`).
+        """
+        del eps_max
+        return self.layer(chain, prepared, l, prev_labels)
+
     needs_data: eqx.AbstractClassVar[bool]
 
 
@@ -101,24 +177,28 @@ class Structural(AbstractDiscrepancy):
     `d(m, m′) = Σ_B |c_m(B) − c_{m′}(B)| + |b_m − b_{m′}|`, relative to the layer's scale
     `mean_m (Σ_k |W_mk| + |b_m|)` (fixed per layer, so the refinement stays monotone in ε).
     ERODE's own pair test counts a degree-1 difference three times: its ε is 3× this one.
-
-    **Arguments:**
-
-    - `block_size`: rows per block of the pairwise computation (memory `block_size·n·n_{l-1}`).
+    A pair within `64 ε_mach` of its own `Σ_k |W_mk| + |b_m|` is rounding and counts as 0.
+    Cost per layer: one `n × n_{l-1} × n` GEMM (an L2 lower bound) plus the exact L1 only for the
+    tiles holding a pair the refinement may relate; peak memory the `n × n` result plus `O(n · n_{l-1})`.
     """
 
-    block_size: int = eqx.field(static=True, default=256)
     needs_data = False
 
     def prepare(self, chain, x):
         return None
 
     def layer(self, chain, prepared, l, prev_labels):
+        return self.layer_within(chain, prepared, l, prev_labels, jnp.inf)
+
+    def layer_within(self, chain, prepared, l, prev_labels, eps_max):
         w, b = chain.weights[l - 1], chain.biases[l - 1]
         coefficients = aggregated_coefficients(w, b, prev_labels, w.shape[1])
-        scale = jnp.mean(jnp.sum(jnp.abs(w), axis=1) + jnp.abs(b))
-        distances = pairwise_l1(coefficients, self.block_size)
-        return LayerDistances(_relative(distances, scale), _outgoing_norms(chain, l, 1))
+        magnitudes = jnp.sum(jnp.abs(w), axis=1) + jnp.abs(b)
+        scale = jnp.mean(magnitudes)
+        floor = _rounding_floor(magnitudes)
+        threshold = jnp.where(jnp.isinf(eps_max), jnp.inf, eps_max * scale)
+        distances = pairwise_l1(coefficients, jnp.maximum(threshold, floor))
+        return LayerDistances(_relative(distances, scale, floor), _outgoing_norms(chain, l, 1))
 
 
 class Dynamical(AbstractDiscrepancy):
@@ -158,5 +238,7 @@ class Dynamical(AbstractDiscrepancy):
         outgoing = _outgoing_norms(chain, l, 2)
         rms = jnp.sqrt(jnp.mean(samples**2, axis=0))
         scale = jnp.mean(rms * outgoing)
-        weighted = pairwise_rms(samples) * (outgoing[:, None] + outgoing[None, :]) / 2
-        return LayerDistances(_relative(weighted, scale), rms * outgoing)
+        trajectories = pairwise_rms(samples)
+        trajectories = jnp.where(trajectories <= _rounding_floor(rms), 0.0, trajectories)
+        weighted = trajectories * (outgoing[:, None] + outgoing[None, :]) / 2
+        return LayerDistances(_relative(weighted, scale, 0.0), rms * outgoing)

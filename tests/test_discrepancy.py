@@ -45,15 +45,32 @@ def _loop_rms(samples: np.ndarray) -> np.ndarray:
     return np.array([[np.sqrt(np.mean((samples[:, i] - samples[:, j]) ** 2)) for j in range(n)] for i in range(n)])
 
 
-@pytest.mark.parametrize("n, d, block_size", [(7, 3, 3), (8, 4, 4), (5, 2, 1), (1, 3, 256), (10, 1, 256), (9, 5, 4)])
-def test_pairwise_l1_matches_double_loop(n, d, block_size):
+@pytest.mark.parametrize("n, d", [(7, 3), (8, 4), (5, 2), (1, 3), (10, 1), (9, 5), (300, 7)])
+def test_pairwise_l1_matches_double_loop(n, d):
+    """n = 300 spans several 128-wide tiles, padded at the edge."""
     features = np.asarray(jr.normal(jr.key(n * 100 + d), (n, d)))
-    got = pairwise_l1(jnp.asarray(features), block_size)
+    got = pairwise_l1(jnp.asarray(features))
     assert got.shape == (n, n)
     np.testing.assert_allclose(got, _loop_l1(features), rtol=1e-13, atol=1e-13)
 
 
-@pytest.mark.parametrize("samples, n", [(13, 6), (4, 1), (1, 5), (40, 9)])
+@pytest.mark.parametrize("dtype, rtol", [(jnp.float64, 1e-13), (jnp.float32, 1e-6)])
+@pytest.mark.parametrize("threshold", [0.0, 2.0, 6.0])
+def test_pairwise_l1_is_exact_within_the_threshold_and_a_lower_bound_beyond(dtype, rtol, threshold):
+    """Only pairs the refinement may relate need their exact value; the others keep a value > threshold."""
+    features = np.array(jr.normal(jr.key(5), (260, 6)))
+    features[7] = features[3]  # an exact duplicate: exactly 0 at threshold 0
+    got = np.asarray(pairwise_l1(jnp.asarray(features, dtype), threshold), np.float64)
+    exact = _loop_l1(features.astype(dtype).astype(np.float64))
+    within = exact <= threshold
+    np.testing.assert_allclose(got[within], exact[within], rtol=rtol, atol=rtol)
+    assert np.all(got[~within] > threshold) and np.all(got[~within] <= exact[~within] * (1 + rtol))
+    assert got[3, 7] == got[7, 3] == 0.0 and np.all(np.diag(got) == 0.0)
+    if threshold == 2.0:
+        assert 0 < within.mean() < 0.5  # the bound skipped most pairs
+
+
+@pytest.mark.parametrize("samples, n", [(13, 6), (4, 1), (1, 5), (40, 9), (30, 200)])
 def test_pairwise_rms_matches_double_loop(samples, n):
     features = np.asarray(jr.normal(jr.key(samples + 7 * n), (samples, n)))
     got = pairwise_rms(jnp.asarray(features))
@@ -83,11 +100,10 @@ def _numpy_structural(chain: DenseChain, l: int, prev_labels: np.ndarray):
     "l, prev_labels",
     [(1, [0, 1, 2]), (2, [0, 0, 2, 2, 2, 5]), (2, [3, 1, 3, 3, 1, 1]), (2, [0, 1, 2, 3, 4, 5]), (2, [4] * 6)],
 )
-@pytest.mark.parametrize("block_size", [2, 256])
-def test_structural_matches_numpy(l, prev_labels, block_size):
+def test_structural_matches_numpy(l, prev_labels):
     chain = _random_chain(jr.key(0))
     prev_labels = np.asarray(prev_labels, np.int32)
-    got = Structural(block_size=block_size).layer(chain, None, l, jnp.asarray(prev_labels))
+    got = Structural().layer(chain, None, l, jnp.asarray(prev_labels))
     relative, importance = _numpy_structural(chain, l, prev_labels)
     np.testing.assert_allclose(got.relative, relative, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(got.importance, importance, rtol=1e-12)
@@ -167,7 +183,7 @@ def test_structural_under_jit_and_vmap():
 
     @eqx.filter_jit
     def relative(chain, prev_labels):
-        return Structural(block_size=4).layer(chain, None, 2, prev_labels).relative
+        return Structural().layer(chain, None, 2, prev_labels).relative
 
     batched = eqx.filter_vmap(relative)(stacked, labels)
     for chain, prev_labels, got in zip(chains, np.asarray(labels), batched):
