@@ -2,11 +2,20 @@
 
 Unstructured (same-shape, masked): `magnitude`, `random`, `wanda`, `elimination_compensation`.
 Structured (physically smaller): `structured_prune`, `linearity_merge` / `linearity_to_size` (a `SkipMLP`),
-`proportional_lump`, `exact_lump`. `compress_to` reaches a requested size with any of them.
+`proportional_lump`, `exact_lump`; the strong structured ones, each choosing which neurons to keep or merge and
+sharing `jaxlump.reconstruct`'s least squares: `obs_prune` (ZipLM), `osscar_prune`, `id_prune`, `flap_prune`,
+`fold`, `zipit_merge`, `neuron_merge`, and the whitened low-rank `lowrank`. Their knob is the `sparsity`, the
+fraction of hidden neurons removed (as `structured_prune`). The oracle: `rank_bounds`, `best_subset`,
+`layer_errors`. `compress_to` reaches a requested size with any of them.
 """
 
 from ._elimination import elimination_compensation as elimination_compensation
 from ._exact import exact_lump as exact_lump
+from ._flap import flap_prune as flap_prune
+from ._folding import fold as fold
+from ._folding import neuron_merge as neuron_merge
+from ._folding import zipit_merge as zipit_merge
+from ._interpolative import id_prune as id_prune
 from ._linearity import (
     activation_rates as activation_rates,
 )
@@ -16,7 +25,13 @@ from ._linearity import (
 from ._linearity import (
     linearity_to_size as linearity_to_size,
 )
+from ._lowrank import lowrank as lowrank
 from ._magnitude import magnitude as magnitude
+from ._obs import obs_prune as obs_prune
+from ._oracle import best_subset as best_subset
+from ._oracle import layer_errors as layer_errors
+from ._oracle import rank_bounds as rank_bounds
+from ._osscar import osscar_prune as osscar_prune
 from ._proportional import proportional_lump as proportional_lump
 from ._random import random as random
 from ._structured import structured_prune as structured_prune

@@ -1,0 +1,117 @@
+"""FLAP: fluctuation-based adaptive structured pruning with bias compensation (An et al., AAAI 2024).
+
+Score (WIFV, FLAP's default, `lib/prune.py`): `S_j = Var_n(a_j) · ‖W^{l+1}[:, j]‖²`. Adaptive structure: the
+scores are standardised per layer, `(S − mean S) / std S`, pooled over all hidden layers and cut by one global
+threshold, so layers get different widths. Compensation: no refit, only the bias
+`b^{l+1} ← b^{l+1} + W^{l+1}[:, R] ā_R` (FLAP's `output_bias = (mean_inp * ~mask) @ W.T`).
+"""
+
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import ArrayLike, Float
+
+from .._info import CompressionInfo
+from .._network import DenseChain
+from .._reconstruct import DEFAULT_RIDGE
+from ._masks import check_flag
+from ._obs import finish, hidden_activations, masked_quotient, prepare, pruning_labels
+
+
+def flap_scores(chain: DenseChain, x) -> list[np.ndarray]:
+    """Per hidden layer, `Var_n(a_j) · ‖W^{l+1}[:, j]‖²` (population variance over the calibration samples)."""
+    acts = hidden_activations(chain, x)
+    return [
+        np.var(np.asarray(a, np.float64), axis=0) * np.sum(np.asarray(chain.weights[l], np.float64) ** 2, axis=0)
+        for l, a in enumerate(acts, start=1)
+    ]
+
+
+def standardised(score: np.ndarray) -> np.ndarray:
+    std = score.std()
+    return (score - score.mean()) / std if std > 0 else np.zeros_like(score)
+
+
+def global_keep(scores: list[np.ndarray], sparsity: float) -> list[np.ndarray]:
+    """Keep masks from one global cut of the per-layer standardised scores: the `int(N·s)` lowest of the `N` hidden
+    neurons go (stable order: layer by layer, then index), each layer's best neuron is protected."""
+    pooled = []
+    for s in scores:
+        z = standardised(s)
+        z[np.argmax(z)] = np.inf
+        pooled.append(z)
+    flat = np.concatenate(pooled)
+    n_remove = min(int(flat.size * sparsity), flat.size - len(scores))
+    keep = np.ones(flat.size, bool)
+    keep[np.argsort(flat, kind="stable")[:n_remove]] = False
+    return np.split(keep, np.cumsum([s.size for s in scores])[:-1])
+
+
+def compensated(chain: DenseChain, masked: DenseChain, keeps: list[np.ndarray], means: list[np.ndarray]) -> DenseChain:
+    """`masked` with `b^{l+1} += W^{l+1}[:, R] ā_R` for every hidden layer's removed set `R` (live rows only)."""
+    biases = list(masked.biases)
+    live_rows = [*keeps, np.ones(chain.widths[-1], bool)]
+    for l, (keep, mean) in enumerate(zip(keeps, means, strict=True), start=1):
+        if keep.all():
+            continue
+        if not chain.use_bias[l]:
+            raise ValueError(
+                f"FLAP's bias compensation needs a bias in layer {l}, which has none; pass `compensate=False`."
+            )
+        shift = np.asarray(chain.weights[l], np.float64)[:, ~keep] @ mean[~keep]
+        biases[l] = biases[l] + jnp.asarray(shift * live_rows[l], biases[l].dtype)
+    return DenseChain(masked.weights, tuple(biases), masked.activations, masked.use_bias)
+
+
+def flap_prune(
+    model: Any,
+    x_calib: Float[ArrayLike, "batch in"],
+    sparsity: float,
+    *,
+    compensate: bool = True,
+    reconstruct: bool = False,
+    ridge: float = DEFAULT_RIDGE,
+) -> tuple[Any, CompressionInfo]:
+    """FLAP: remove the hidden neurons of lowest standardised fluctuation score under one global threshold.
+
+    `S^l_j = Var_n(a^l_j) ‖W^{l+1}[:, j]‖²`, standardised per layer; the `int(N·s)` lowest of all `N` hidden neurons
+    are removed (each layer's best is protected, so no layer empties) and their mean contribution moves into the next
+    layer's bias (module docs).
+
+    **Arguments:**
+
+    - `model`: an `eqx.nn.MLP`, `eqx.nn.Sequential`, `LumpedMLP` or NNX chain; not modified.
+    - `x_calib`: calibration inputs `(batch, n_0)`.
+    - `sparsity`: the fraction of *all* hidden neurons removed, in `[0, 1)`; the per-layer widths follow from the
+      global threshold (`info.widths_after`).
+    - `compensate`: FLAP's bias compensation (default `True`).
+    - `reconstruct`: apply the shared least-squares reconstruction afterwards (default `False`, as FLAP).
+    - `ridge`: the reconstruction's ridge.
+
+    **Returns:** `(new_model, info)`, physically smaller; kept neurons map to their new index, removed ones to −1.
+
+    **Raises:** `ValueError` for a sparsity outside `[0, 1)`, missing or bad `x_calib`, or `compensate=True` when a
+    receiving layer has no bias; `TypeError` for an unsupported model.
+
+    ```python
+    import equinox as eqx, jax.numpy as jnp, jax.random as jr
+    from jaxlump.baselines import flap_prune
+
+    mlp = eqx.nn.MLP(3, 2, 8, 2, activation=jnp.tanh, key=jr.key(0))
+    x = jr.normal(jr.key(1), (64, 3))
+    small, info = flap_prune(mlp, x, 0.5)
+    assert int(sum(info.widths_after[1:-1])) == 8
+    ```
+
+    An, Zhao, Yu, Tang, Wang, *Fluctuation-based Adaptive Structured Pruning for Large Language Models*, AAAI 2024.
+    """
+    chain, x, sparsity, _, ridge = prepare(model, x_calib, sparsity, 0.0, ridge, reconstruct)
+    check_flag(compensate, "compensate")
+    keeps = global_keep(flap_scores(chain, x), sparsity)
+    labels = [pruning_labels(k) for k in keeps]
+    masked = None
+    if compensate and not all(k.all() for k in keeps):
+        means = [np.asarray(a, np.float64).mean(axis=0) for a in hidden_activations(chain, x)]
+        masked = compensated(chain, masked_quotient(chain, labels), keeps, means)
+    return finish("flap_prune", sparsity, model, chain, x, labels, reconstruct=reconstruct, ridge=ridge, masked=masked)

@@ -1,0 +1,279 @@
+"""Structured Optimal Brain Surgeon (ZipLM's greedy backward elimination), and the machinery every selection- or
+merge-based structured baseline shares: per-layer Gram matrices, the layer loop (parallel or sequential), the
+fixed-shape result, the shared reconstruction and the physical shrink.
+
+For a hidden layer with centred calibration activations `A_c` (N × n), `H = A_cᵀA_c + λI` with
+`λ = damp · mean(diag A_cᵀA_c)` (ZipLM's, SparseGPT's and OSSCAR's 1 %), and the next layer's weight `W` (m × n),
+keeping the set `S` and refitting the next layer by least squares gives (reference §1.2)
+
+    W̃_S = W_S + W_R H_RS H_SS⁻¹,    E(S) = tr(W_R [(H⁻¹)_RR]⁻¹ W_Rᵀ),
+
+so every selector below only chooses `S`; the weights always come from the one shared reconstruction
+(`jaxlump._reconstruct.reconstruct_chain`), which solves exactly this least-squares problem layer by layer through
+the compressed network.
+"""
+
+from collections.abc import Callable
+from typing import Any
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import ArrayLike, Float
+
+from .._accounting import chain_cost
+from .._adapters import from_chain
+from .._errors import RESULTS, check_fraction
+from .._info import CompressionInfo, live_masks, live_widths
+from .._network import DenseChain
+from .._reconstruct import DEFAULT_RIDGE, reconstruct_chain, result_status
+from .._reduction.masked import shrink
+from .._reduction.quotient import quotient
+from ._masks import check_flag
+from ._structured import chain_and_data
+
+DEFAULT_DAMP = 0.01
+
+_quotient = eqx.filter_jit(quotient)
+_reconstruct = eqx.filter_jit(reconstruct_chain)
+
+
+@eqx.filter_jit
+def _hidden(chain: DenseChain, x):
+    return chain.forward(x)[1][1:-1]
+
+
+def kept_count(n: int, sparsity: float) -> int:
+    """Neurons a layer of `n` keeps at `sparsity` (the fraction removed): `n − int(n·s)`, as `structured_prune`."""
+    return n - int(n * sparsity)
+
+
+def check_damp(damp) -> float:
+    damp = float(damp)
+    if not np.isfinite(damp) or damp < 0:
+        raise ValueError(f"`damp` must be a finite number >= 0; received {damp!r}.")
+    return damp
+
+
+def check_ridge(ridge) -> float:
+    ridge = float(ridge)
+    if not np.isfinite(ridge) or ridge < 0:
+        raise ValueError(f"`ridge` must be a finite number >= 0; received {ridge!r}.")
+    return ridge
+
+
+def centred_gram(a, damp: float = DEFAULT_DAMP) -> np.ndarray:
+    """`A_cᵀA_c + damp · mean(diag) · I` in float64 (`A_c`: the columns of `a` minus their means)."""
+    a = np.asarray(a, np.float64)
+    a = a - a.mean(axis=0)
+    h = a.T @ a
+    scale = float(np.mean(np.diag(h))) if h.size else 0.0
+    return h + damp * (scale if scale > 0 else 1.0) * np.eye(h.shape[0])
+
+
+def obs_removal_order(h: np.ndarray, w: np.ndarray, n_remove: int) -> np.ndarray:
+    """ZipLM's greedy backward elimination: the indices removed, in order (DarwinLM `FastOBCStruct.step`).
+
+    Each step removes `j* = argmin_j ‖W[:, j]‖² / (H⁻¹)_jj` over the survivors, then applies the OBS compensation
+    `W ← W − W[:, j*] (H⁻¹)_{j*,:} / (H⁻¹)_{j*j*}` and the rank-1 downdate
+    `H⁻¹ ← H⁻¹ − (H⁻¹)_{:,j*}(H⁻¹)_{j*,:} / (H⁻¹)_{j*j*}` (the inverse Gram of the survivors, padded with zeros);
+    after every step `W` is the damped least-squares refit on the survivors. Ties go to the lower index.
+    """
+    hinv = np.linalg.inv(np.asarray(h, np.float64))
+    w = np.array(w, np.float64)
+    alive = np.ones(h.shape[0], bool)
+    order = []
+    for _ in range(n_remove):
+        d = np.diag(hinv)
+        score = np.where(alive, np.sum(w**2, axis=0) / np.where(alive, d, 1.0), np.inf)
+        j = int(np.argmin(score))
+        w -= np.outer(w[:, j] / hinv[j, j], hinv[j, :])
+        w[:, j] = 0.0
+        hinv -= np.outer(hinv[:, j], hinv[j, :]) / hinv[j, j]
+        alive[j] = False
+        order.append(j)
+    return np.asarray(order, int)
+
+
+def obs_select(h: np.ndarray, w: np.ndarray, k: int) -> np.ndarray:
+    """Keep mask of the `k` neurons greedy backward elimination leaves."""
+    keep = np.ones(h.shape[0], bool)
+    keep[obs_removal_order(h, w, h.shape[0] - k)] = False
+    return keep
+
+
+def pruning_labels(keep: np.ndarray) -> np.ndarray:
+    """Representative labels of a pruning in the fixed-shape form: a kept neuron maps to itself, a removed to −1."""
+    return np.where(np.asarray(keep, bool), np.arange(len(keep)), -1)
+
+
+def identity_labels(chain: DenseChain) -> list[np.ndarray]:
+    return [np.arange(n) for n in chain.widths[1:-1]]
+
+
+def masked_quotient(chain: DenseChain, labels) -> DenseChain:
+    """The fixed-shape merge/prune of `chain` (mean-in / sum-out; removed neurons zero), compiled once per shape."""
+    return _quotient(chain, tuple(jnp.asarray(p) for p in labels), chain.widths[1:-1])
+
+
+def masked_reconstruct(original: DenseChain, masked: DenseChain, x, labels, ridge: float):
+    """The shared least-squares reconstruction of a fixed-shape result, compiled once per network shape.
+
+    Returns `(chain, result)`: the solver's `RESULTS` when it reports one, else the finiteness check's.
+    """
+    partitions = tuple(jnp.asarray(p) for p in labels)
+    out = _reconstruct(original, masked, x, partitions, ridge=jnp.asarray(ridge, original.weights[0].dtype))
+    chain, result = out if isinstance(out, tuple) else (out, None)
+    finite = result_status(chain)
+    return chain, finite if result is None else RESULTS.where(result == RESULTS.successful, finite, result)
+
+
+def hidden_activations(chain: DenseChain, x) -> list[np.ndarray]:
+    return [np.asarray(a) for a in _hidden(chain, x)]
+
+
+def select_layers(
+    chain: DenseChain,
+    x,
+    selector: Callable[[np.ndarray, np.ndarray, int], np.ndarray],
+    sparsity: float,
+    *,
+    damp: float,
+    sequential: bool,
+    reconstruct: bool,
+    ridge: float,
+) -> list[np.ndarray]:
+    """Per hidden layer, a keep mask from `selector(H, W_next, k)` with `k = kept_count(n, sparsity)`.
+
+    `sequential=False` (parallel): `H` from the original network's activations. `sequential=True`: layer `l`'s `H`
+    comes from the network with layers `< l` already pruned (and, with `reconstruct`, refit against the original),
+    as in ZipLM's and SparseGPT's sequential mode.
+    """
+    labels = identity_labels(chain)
+    acts = hidden_activations(chain, x)
+    for l in range(1, chain.n_layers):
+        if sequential and l > 1:
+            student = masked_quotient(chain, labels)
+            if reconstruct:
+                student, _ = masked_reconstruct(chain, student, x, labels, ridge)
+            acts = hidden_activations(student, x)
+        n = chain.widths[l]
+        k = kept_count(n, sparsity)
+        keep = (
+            np.ones(n, bool) if k == n else selector(centred_gram(acts[l - 1], damp), np.asarray(chain.weights[l]), k)
+        )
+        labels[l - 1] = pruning_labels(keep)
+    return labels
+
+
+def finish(
+    method: str,
+    knob: float,
+    model,
+    chain: DenseChain,
+    x,
+    labels,
+    *,
+    reconstruct: bool,
+    ridge: float,
+    masked: DenseChain | None = None,
+    info_labels=None,
+):
+    """Reconstruct (optionally) and shrink a fixed-shape result into a physically smaller model and its info.
+
+    `labels`: per hidden layer, every original neuron's representative (its own index when kept, −1 when removed,
+    the block representative when merged) — the reconstruction's targets. `masked`: the fixed-shape chain (default:
+    the mean-in / sum-out quotient under `labels`). `info_labels`: the partitions recorded in `info` (default
+    `labels`). Keeping every neuron returns the model's parameters unchanged.
+    """
+    labels = [np.asarray(p, int) for p in labels]
+    unchanged = all(np.array_equal(p, np.arange(p.size)) for p in labels) and masked is None
+    result = None
+    if unchanged:
+        masked = chain
+    else:
+        masked = masked_quotient(chain, labels) if masked is None else masked
+        if reconstruct:
+            masked, result = masked_reconstruct(chain, masked, x, labels, ridge)
+    partitions = tuple(jnp.asarray(p) for p in (labels if info_labels is None else info_labels))
+    hidden = chain.widths[1:-1]
+    info = CompressionInfo(
+        method=method + ("+reconstruct" if reconstruct and not unchanged else ""),
+        structured=True,
+        knob=jnp.asarray(float(knob), dtype=jnp.result_type(float)),
+        partitions=partitions,
+        weight_masks=None,
+        widths_before=chain.widths,
+        widths_after=live_widths(chain.widths, partitions),
+        cost_before=chain_cost(chain),
+        cost_after=chain_cost(masked, live_masks(hidden, partitions)),
+        certificate=None,
+        result=result_status(masked) if result is None else result,
+    )
+    if unchanged:  # immutable pytrees: the model itself is the unchanged result
+        return model, info
+    return shrink(from_chain(masked, like=model), info)
+
+
+def prepare(model, x_calib, sparsity, damp, ridge, reconstruct, *, required: bool = True, why: str = ""):
+    """Validate the shared arguments; returns `(chain, x, sparsity, damp, ridge)`."""
+    sparsity = check_fraction(sparsity, "sparsity")
+    check_flag(reconstruct, "reconstruct")
+    chain, x = chain_and_data(model, x_calib, required=required or reconstruct, why=why or "by this method")
+    return chain, x, sparsity, check_damp(damp), check_ridge(ridge)
+
+
+def obs_prune(
+    model: Any,
+    x_calib: Float[ArrayLike, "batch in"],
+    sparsity: float,
+    *,
+    sequential: bool = False,
+    damp: float = DEFAULT_DAMP,
+    reconstruct: bool = True,
+    ridge: float = DEFAULT_RIDGE,
+) -> tuple[Any, CompressionInfo]:
+    """Structured OBS: remove hidden neurons one at a time by the smallest refit-aware error (ZipLM).
+
+    Per hidden layer `l`, with `H` the damped centred Gram of its calibration activations and `W` the next layer's
+    weight, greedy backward elimination removes `j* = argmin_j ‖W[:, j]‖² / (H⁻¹)_jj`, updates `W` by the OBS
+    compensation and `H⁻¹` by its closed-form rank-1 downdate, until `n_l − int(n_l·s)` neurons remain (module docs).
+
+    **Arguments:**
+
+    - `model`: an `eqx.nn.MLP`, `eqx.nn.Sequential`, `LumpedMLP` or NNX chain; not modified.
+    - `x_calib`: calibration inputs `(batch, n_0)`.
+    - `sparsity`: the fraction of each hidden layer's neurons removed, in `[0, 1)` (as `structured_prune`).
+    - `sequential`: compute each layer's `H` through the already-compressed network (ZipLM's sequential mode);
+      default `False` (every layer from the original network's activations).
+    - `damp`: the Gram damping relative to its mean diagonal (default 0.01, ZipLM's).
+    - `reconstruct`: refit every layer with the shared least-squares reconstruction (default `True`: OBS's update
+      *is* this refit); `False` keeps the surviving weights unchanged (selection alone).
+    - `ridge`: the reconstruction's ridge (see `jaxlump.reconstruct`).
+
+    **Returns:** `(new_model, info)`, physically smaller; `info.partitions` maps kept neurons to their new index and
+    removed ones to −1, `info.knob` is `sparsity`.
+
+    **Raises:** `ValueError` for a sparsity outside `[0, 1)`, a negative `damp`/`ridge`, or missing, non-finite or
+    wrongly sized `x_calib`; `TypeError` for an unsupported model.
+
+    ```python
+    import equinox as eqx, jax.numpy as jnp, jax.random as jr
+    from jaxlump.baselines import obs_prune
+
+    mlp = eqx.nn.MLP(3, 2, 8, 2, activation=jnp.tanh, key=jr.key(0))
+    x = jr.normal(jr.key(1), (64, 3))
+    small, info = obs_prune(mlp, x, 0.5)
+    assert info.widths_after.tolist() == [3, 4, 4, 2]
+    ```
+
+    Kurtic, Frantar, Alistarh, *ZipLM: Inference-Aware Structured Pruning of Language Models*, NeurIPS 2023;
+    Frantar & Alistarh, *Optimal Brain Compression*, NeurIPS 2022.
+    """
+    chain, x, sparsity, damp, ridge = prepare(model, x_calib, sparsity, damp, ridge, reconstruct)
+    check_flag(sequential, "sequential")
+    labels = select_layers(
+        chain, x, obs_select, sparsity, damp=damp, sequential=sequential, reconstruct=reconstruct, ridge=ridge
+    )
+    method = "obs_prune" + ("_sequential" if sequential else "")
+    return finish(method, sparsity, model, chain, x, labels, reconstruct=reconstruct, ridge=ridge)

@@ -1,0 +1,64 @@
+"""FLAP: fluctuation scores, the global cut over standardised scores and the bias compensation, against NumPy."""
+
+import jax.random as jr
+import numpy as np
+import pytest
+from _networks import build, numpy_outputs, parameters, random_mlp
+
+from jaxlump import baselines as B
+
+
+def _reference(model, x, sparsity):
+    weights, biases = parameters(model)
+    a = np.asarray(x)
+    acts = []
+    for w, b in zip(weights[:-1], biases[:-1]):
+        a = np.tanh(a @ w.T + b)
+        acts.append(a)
+    z = []
+    for l, a in enumerate(acts, start=1):
+        s = a.var(axis=0) * (weights[l] ** 2).sum(axis=0)
+        s = (s - s.mean()) / s.std()
+        s[np.argmax(s)] = np.inf
+        z.append(s)
+    flat = np.concatenate(z)
+    n_remove = int(flat.size * sparsity)
+    removed = np.zeros(flat.size, bool)
+    removed[np.argsort(flat, kind="stable")[:n_remove]] = True
+    keeps = [~r for r in np.split(removed, np.cumsum([s.size for s in z])[:-1])]
+    # Pruned network with b^{l+1} += W^{l+1}[:, R] ā_R.
+    new_w, new_b = [], []
+    live = [np.ones(weights[0].shape[1], bool), *keeps, np.ones(weights[-1].shape[0], bool)]
+    for l, (w, b) in enumerate(zip(weights, biases)):
+        b = b.copy()
+        if l > 0:
+            gone = ~live[l]
+            b = b + w[:, gone] @ acts[l - 1][:, gone].mean(axis=0)
+        new_w.append(w[np.ix_(live[l + 1], live[l])])
+        new_b.append(b[live[l + 1]])
+    return keeps, new_w, new_b
+
+
+@pytest.mark.parametrize("sparsity", [0.3, 0.6])
+def test_flap_matches_reference(sparsity):
+    model = random_mlp(jr.key(0), (3, 9, 7, 2), "tanh")
+    x = jr.normal(jr.key(1), (80, 3))
+    keeps, w_ref, b_ref = _reference(model, x, sparsity)
+    small, info = B.flap_prune(model, x, sparsity)
+    for p, keep in zip(info.partitions, keeps):
+        assert np.array_equal(np.asarray(p) >= 0, keep)
+    weights, biases = parameters(small)
+    for w, wr, b, br in zip(weights, w_ref, biases, b_ref):
+        np.testing.assert_allclose(w, wr, rtol=1e-12)
+        np.testing.assert_allclose(b, br, rtol=1e-10, atol=1e-12)
+
+
+def test_bias_compensation_is_lossless_for_constant_neurons():
+    model = random_mlp(jr.key(2), (3, 8, 2), "tanh")
+    weights, biases = (list(map(np.array, group)) for group in parameters(model))
+    weights[0][:3] = 0.0  # three constant neurons: zero variance, lowest score
+    model = build((3, 8, 2), weights, biases, "tanh", "sequential")
+    x = jr.normal(jr.key(3), (50, 3))
+    small, info = B.flap_prune(model, x, 3 / 8)
+    assert np.flatnonzero(np.asarray(info.partitions[0]) < 0).tolist() == [0, 1, 2]
+    np.testing.assert_allclose(numpy_outputs(small, x), numpy_outputs(model, x), atol=1e-12)

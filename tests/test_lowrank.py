@@ -1,0 +1,45 @@
+"""Whitened low-rank factorisation: the Eckart–Young loss identity and the parameter count."""
+
+import jax.random as jr
+import numpy as np
+from _networks import parameters, random_mlp
+
+import jaxlump
+from jaxlump import baselines as B
+from jaxlump.baselines._lowrank import break_even_rank
+
+
+def test_first_layer_loss_equals_discarded_whitened_singular_values():
+    model = random_mlp(jr.key(0), (6, 12, 3), "tanh")
+    x = jr.normal(jr.key(1), (100, 6))
+    small, _ = B.lowrank(model, x, 0.5, damp=0.0)
+    weights, biases = parameters(model)
+    new_w, new_b = parameters(small)  # [V (r, 6), U (12, r), ...]
+    r = new_w[0].shape[0]
+    assert r == int(0.5 * break_even_rank(12, 6)) and new_w[1].shape == (12, r)
+    xs = np.asarray(x)
+    z = xs @ weights[0].T + biases[0]
+    z_small = (xs @ new_w[0].T + new_b[0]) @ new_w[1].T + new_b[1]
+    np.testing.assert_allclose(z_small.mean(axis=0), z.mean(axis=0), atol=1e-10)
+    xc = xs - xs.mean(axis=0)
+    sigma = np.linalg.svd(weights[0] @ np.linalg.cholesky(xc.T @ xc), compute_uv=False)
+    loss = np.sum(((z - z.mean(axis=0)) - (z_small - z_small.mean(axis=0))) ** 2)
+    np.testing.assert_allclose(loss, np.sum(sigma[r:] ** 2), rtol=1e-8)
+
+
+def test_parameter_count_of_the_factorised_chain():
+    model = random_mlp(jr.key(2), (5, 16, 16, 2), "tanh")
+    x = jr.normal(jr.key(3), (64, 5))
+    small, info = B.lowrank(model, x, 0.3)
+    expected = 0
+    for m, n in ((16, 5), (16, 16), (2, 16)):
+        r_star = break_even_rank(m, n)
+        expected += (max(1, int(0.7 * r_star)) * (m + n) if r_star else m * n) + m
+    assert int(jaxlump.cost(small).dense_params) == int(info.cost_after.dense_params) == expected
+
+
+def test_break_even_rank():
+    assert break_even_rank(16, 16) == 7 and break_even_rank(2, 16) == 1 and break_even_rank(1, 1) == 0
+    for m, n in ((16, 16), (2, 16), (64, 7)):
+        r = break_even_rank(m, n)
+        assert r * (m + n) < m * n <= (r + 1) * (m + n)
