@@ -1,12 +1,13 @@
 """`lump_then_prune`: lump at a mild ε, prune the lumped network to a non-zero budget, reconstruct."""
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax.numpy as jnp
+import numpy as np
 
 from ._adapters import to_chain
-from ._errors import check_data
+from ._errors import check_bool, check_data, check_eps, check_positive_int, raise_if_failed, require_concrete
 from ._lump import lump
 from ._reconstruct import DEFAULT_RIDGE, reconstruct
 from .baselines._magnitude import magnitude
@@ -22,8 +23,9 @@ def lump_then_prune(
     *,
     eps_grid: Sequence[float] = DEFAULT_EPS_GRID,
     prune: Callable = magnitude,
+    prune_options: Mapping | None = None,
     ridge: float = DEFAULT_RIDGE,
-    **prune_options,
+    throw: bool = True,
 ):
     """Lumping and sparsity composed: lump at ε, prune to `target` non-zeros, reconstruct.
 
@@ -37,16 +39,21 @@ def lump_then_prune(
 
     - `model`: the model to compress.
     - `x_calib`: calibration inputs `(batch, n_in)` (required: refit, pruning statistics, the choice of ε).
-    - `target`: the non-zero budget (weights + biases).
-    - `eps_grid`: the ε values tried (default `(0, 0.3, 0.5, 0.7)`).
+    - `target`: the non-zero budget (weights + biases), a positive int.
+    - `eps_grid`: the ε values tried, a non-empty sequence of numbers ≥ 0 (default `(0, 0.3, 0.5, 0.7)`).
     - `prune`: an unstructured compressor with the call shape `(model, x_calib, sparsity, **options)`
       (default `jaxlump.baselines.magnitude`).
+    - `prune_options`: keyword options for `prune` (e.g. `{"key": jax.random.key(0)}` for `random`).
     - `ridge`: the reconstruction's ridge (see `jaxlump.reconstruct`).
+    - `throw`: raise a `jaxlump.CompressionError` when a stage of the chosen result failed (default); `False`
+      reports it in `info.result`.
 
     **Returns:** `(new_model, info)`: a masked model with the lumped widths; `info.knob` is the chosen ε,
     `info.partitions` the lumping's, `info.weight_masks` the pruning's, `info.structured` is `False`.
 
-    **Raises:** `ValueError` when no ε in the grid leaves room to reach `target`, or for bad input.
+    **Raises:** `ValueError` when no ε in the grid leaves room to reach `target`, or for bad input (a `target`
+    that is not a positive int, an empty or negative `eps_grid`, data of the wrong width or not finite);
+    `TypeError` for a `prune` that is not callable or under `jax.jit` (the choice of ε needs concrete values).
 
     ```python
     import equinox as eqx, jax.numpy as jnp, jax.random as jr, jaxlump
@@ -58,29 +65,46 @@ def lump_then_prune(
 
     DESIGN §3: on a prototype it beats magnitude pruning + reconstruction at the smallest sizes.
     """
+    require_concrete(
+        "jaxlump.lump_then_prune", "it chooses ε by comparing errors on the host.", model=model, x_calib=x_calib
+    )
+    target = check_positive_int(target, "target")
+    if not callable(prune):
+        raise TypeError(
+            f"`prune` must be an unstructured compressor `(model, x_calib, sparsity, **options) -> (model, info)`, "
+            f"e.g. jaxlump.baselines.magnitude; received {prune!r}."
+        )
+    if prune_options is not None and not isinstance(prune_options, Mapping):
+        raise TypeError(f"`prune_options` must be a dict of keyword options or None; received {prune_options!r}.")
+    if isinstance(eps_grid, (str, bytes)) or not isinstance(eps_grid, Sequence) or len(eps_grid) == 0:
+        raise ValueError(f"`eps_grid` must be a non-empty sequence of numbers >= 0; received {eps_grid!r}.")
+    eps_grid = tuple(float(check_eps(eps, f"eps_grid[{i}]")) for i, eps in enumerate(eps_grid))
+    throw = check_bool(throw, "throw")
     chain = to_chain(model)
     x = check_data(x_calib, "x_calib", width=chain.widths[0])
     reference = chain(x)
     best, best_error = None, jnp.inf
     for eps in eps_grid:
-        lumped, lump_info = lump(model, x, eps, ridge=ridge, certify_ode=False)
+        lumped, lump_info = lump(model, x, eps, ridge=ridge, certify_ode=False, throw=throw)
         if realised_size(lump_info) <= target:
             continue
-        pruned, prune_info = compress_to(lumped, prune, int(target), x, **prune_options)
+        pruned, prune_info = compress_to(lumped, prune, target, x, **dict(prune_options or {}))
         combined = dataclasses.replace(
             prune_info,
             partitions=lump_info.partitions,
             cost_before=lump_info.cost_before,
             widths_before=lump_info.widths_before,
         )
-        candidate, info = reconstruct(model, pruned, x, combined, ridge=ridge)
-        error = float(jnp.mean((to_chain(candidate)(x) - reference) ** 2))
-        if error < best_error:
+        candidate, info = reconstruct(model, pruned, x, combined, ridge=ridge, throw=False)
+        error = float(jnp.mean((to_chain(candidate, require_finite=False)(x) - reference) ** 2))
+        error = error if np.isfinite(error) else np.inf  # a failed candidate is kept only if none succeeds
+        if best is None or error < best_error:
             best_error = error
             best = candidate, dataclasses.replace(info, method="lump_then_prune", knob=jnp.asarray(eps))
     if best is None:
         raise ValueError(
-            f"`target` = {target} is not reachable: every ε in `eps_grid` {tuple(eps_grid)} already lumps the "
+            f"`target` = {target} is not reachable: every ε in `eps_grid` {eps_grid} already lumps the "
             "model to at most that size; use a smaller ε grid or `jaxlump.lump` alone."
         )
-    return best
+    candidate, info = best
+    return raise_if_failed(info.result, candidate, throw, "jaxlump.lump_then_prune"), info

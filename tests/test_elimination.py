@@ -7,6 +7,7 @@ import jax.random as jr
 import numpy as np
 import pytest
 
+from jaxlump import LumpedMLP
 from jaxlump._network import DenseChain
 from jaxlump.baselines._elimination import elimination_compensation, linearised_scores, nonlinear_scores
 
@@ -186,7 +187,7 @@ def test_eqx_model_type_and_purity():
     mlp = eqx.nn.MLP(3, 2, 6, 2, activation=jax.nn.relu, key=jr.key(0))
     before = [np.array(leaf) for leaf in jax.tree_util.tree_leaves(eqx.filter(mlp, eqx.is_array))]
     new, info = elimination_compensation(mlp, np.asarray(jr.normal(jr.key(1), (32, 3))), 0.5)
-    assert type(new) is eqx.nn.MLP
+    assert type(new) is LumpedMLP
     assert sum(int(jnp.sum(layer.weight == 0)) for layer in new.layers[:2]) == int(54 * 0.5)
     for a, b in zip(before, jax.tree_util.tree_leaves(eqx.filter(mlp, eqx.is_array)), strict=True):
         np.testing.assert_array_equal(a, np.asarray(b))

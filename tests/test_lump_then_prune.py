@@ -1,6 +1,9 @@
-"""lump_then_prune: budget, masks, choice of ε on calibration data, errors."""
+"""lump_then_prune: budget, masks, the choice of ε against the pipeline built from public parts, errors."""
+
+import dataclasses
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -8,6 +11,9 @@ import pytest
 
 import jaxlump
 from jaxlump._lump_then_prune import DEFAULT_EPS_GRID
+from jaxlump.baselines import compress_to, magnitude, realised_size
+
+TARGET = 150
 
 
 @pytest.fixture(scope="module")
@@ -16,34 +22,74 @@ def setting():
     return mlp, jr.normal(jr.key(1), (256, 3))
 
 
+def _outputs(model, x):
+    return np.asarray(jax.vmap(model)(x))
+
+
 def test_budget_masks_and_reported_choice(setting):
     mlp, x = setting
-    model, info = jaxlump.lump_then_prune(mlp, x, 150)
+    model, info = jaxlump.lump_then_prune(mlp, x, TARGET)
     assert info.method == "lump_then_prune" and not info.structured
-    assert int(info.cost_after.nonzeros) <= 150
+    assert int(info.cost_after.nonzeros) <= TARGET
+    assert int(jaxlump.cost(model).nonzeros) == int(info.cost_after.nonzeros)
     assert float(info.knob) in DEFAULT_EPS_GRID
-    for layer, mask in zip(model.layers if hasattr(model, "layers") else (), info.weight_masks):
+    layers = [layer for layer in model.layers if isinstance(layer, eqx.nn.Linear)]
+    assert len(layers) == len(info.weight_masks) == 3
+    for layer, mask in zip(layers, info.weight_masks, strict=True):
         assert np.all(np.asarray(layer.weight)[~np.asarray(mask)] == 0)
 
 
-def test_chosen_eps_is_best_on_calibration_data(setting):
+def test_chosen_eps_is_the_best_pipeline_built_from_public_parts(setting):
+    """Independent of `lump_then_prune`: for every ε, lump → prune to the budget → masked reconstruction against
+    the original, by hand with the public functions; the chosen ε is the one of least calibration error, and the
+    returned model is that pipeline's model."""
     mlp, x = setting
-    _, chosen = jaxlump.lump_then_prune(mlp, x, 150)
-    errors = {}
+    model, chosen = jaxlump.lump_then_prune(mlp, x, TARGET)
+    reference = _outputs(mlp, x)
+    errors, outputs = {}, {}
     for eps in DEFAULT_EPS_GRID:
-        try:
-            model, _ = jaxlump.lump_then_prune(mlp, x, 150, eps_grid=(eps,))
-        except ValueError:
+        lumped, lump_info = jaxlump.lump(mlp, x, eps, certify_ode=False)
+        if realised_size(lump_info) <= TARGET:
             continue
-        errors[eps] = float(jnp.mean((jaxlump._adapters.to_chain(model)(x) - jaxlump._adapters.to_chain(mlp)(x)) ** 2))
-    assert min(errors, key=errors.get) == float(chosen.knob)
+        pruned, prune_info = compress_to(lumped, magnitude, TARGET, x)
+        info = dataclasses.replace(prune_info, partitions=lump_info.partitions)
+        rebuilt, _ = jaxlump.reconstruct(mlp, pruned, x, info)
+        outputs[eps] = _outputs(rebuilt, x)
+        errors[eps] = float(np.mean((outputs[eps] - reference) ** 2))
+    assert len(errors) >= 2  # a real choice was made
+    best = min(errors, key=errors.get)
+    assert float(chosen.knob) == best
+    np.testing.assert_allclose(_outputs(model, x), outputs[best], rtol=0, atol=1e-12)
 
 
-def test_refuses_bad_input(setting):
+@pytest.mark.parametrize(
+    "options, error, match",
+    [
+        ({"target": 10_000, "eps_grid": (0.0,)}, ValueError, "not reachable"),
+        ({"target": 0}, ValueError, r"`target` must be an integer >= 1; received 0"),
+        ({"target": -5}, ValueError, r"`target` must be an integer >= 1"),
+        ({"target": 150.5}, TypeError, r"`target` must be an integer"),
+        ({"prune": None}, TypeError, r"`prune` must be an unstructured compressor"),
+        ({"eps_grid": ()}, ValueError, r"`eps_grid` must be a non-empty sequence"),
+        ({"eps_grid": (0.3, -1.0)}, ValueError, r"`eps_grid\[1\]` must be a number >= 0"),
+        ({"prune_options": "scope"}, TypeError, r"`prune_options` must be a dict"),
+        ({"throw": "no"}, TypeError, r"`throw` must be True or False"),
+        ({"x_calib": "wrong_width"}, ValueError, "x_calib"),
+        ({"x_calib": "nan"}, ValueError, "x_calib"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_refuses_bad_input(setting, options, error, match):
     mlp, x = setting
-    with pytest.raises(ValueError, match="not reachable"):
-        jaxlump.lump_then_prune(mlp, x, 10_000)
-    with pytest.raises(ValueError, match="x_calib"):
-        jaxlump.lump_then_prune(mlp, x[:, :2], 150)
-    with pytest.raises(ValueError, match="x_calib"):
-        jaxlump.lump_then_prune(mlp, x.at[0, 0].set(jnp.nan), 150)
+    options = dict(options)
+    x_calib = {"wrong_width": x[:, :2], "nan": x.at[0, 0].set(jnp.nan), None: x}[options.pop("x_calib", None)]
+    target = options.pop("target", TARGET)
+    with pytest.raises(error, match=match):
+        jaxlump.lump_then_prune(mlp, x_calib, target, **options)
+
+
+def test_prune_options_reach_the_pruner(setting):
+    mlp, x = setting
+    _, by_layer = jaxlump.lump_then_prune(mlp, x, TARGET, eps_grid=(0.0,), prune_options={"scope": "row"})
+    kept_per_row = [np.asarray(m).sum(axis=1) for m in by_layer.weight_masks[:2]]
+    assert all(np.ptp(k) == 0 for k in kept_per_row)  # scope="row": every row keeps the same number of inputs

@@ -7,6 +7,7 @@ import jax.random as jr
 import numpy as np
 import pytest
 
+from jaxlump import LumpedMLP
 from jaxlump._network import DenseChain
 from jaxlump.baselines._magnitude import magnitude
 from jaxlump.baselines._masks import select_lowest
@@ -113,7 +114,7 @@ def test_sparsity_zero_is_identity_and_info():
 def test_eqx_models_keep_type_and_cost_counts_zeros():
     mlp = eqx.nn.MLP(4, 2, 8, 2, activation=jax.nn.relu, key=jr.key(0))
     new, info = magnitude(mlp, jr.normal(jr.key(1), (5, 4)), 0.4, scope="layer", prune_output=True)
-    assert type(new) is eqx.nn.MLP
+    assert type(new) is LumpedMLP
     assert all(a.shape == b.shape for a, b in zip(_arrays(mlp), _arrays(new), strict=True))
     pruned = int(32 * 0.4) + int(64 * 0.4) + int(16 * 0.4)
     assert int(info.cost_before.nonzeros - info.cost_after.nonzeros) == pruned

@@ -7,6 +7,7 @@ import jax.random as jr
 import numpy as np
 import pytest
 
+from jaxlump import LumpedMLP
 from jaxlump._network import DenseChain
 from jaxlump.baselines._random import random
 
@@ -80,7 +81,7 @@ def test_eqx_model_and_purity():
     mlp = eqx.nn.MLP(3, 2, 6, 2, key=jr.key(0))
     before = [np.array(leaf) for leaf in jax.tree_util.tree_leaves(eqx.filter(mlp, eqx.is_array))]
     new, info = random(mlp, np.ones((4, 3)), 0.5, key=jr.key(1))
-    assert type(new) is eqx.nn.MLP and info.method == "random" and not info.structured
+    assert type(new) is LumpedMLP and info.method == "random" and not info.structured
     assert int(jnp.sum(new.layers[1].weight == 0)) == 18
     for a, b in zip(before, jax.tree_util.tree_leaves(eqx.filter(mlp, eqx.is_array)), strict=True):
         np.testing.assert_array_equal(a, np.asarray(b))

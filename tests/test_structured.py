@@ -104,7 +104,7 @@ def test_exact_counts(sparsity, score):
     x = jr.normal(jr.key(3), (30, 3))
     layered, info = structured_prune(mlp, x, sparsity, score=score)
     n_keep = 16 - int(16 * sparsity)
-    assert isinstance(layered, eqx.nn.MLP) and layered.width_size == n_keep
+    assert isinstance(layered, LumpedMLP) and layered.width_size == (n_keep, n_keep)  # type-stable: MLP → LumpedMLP
     assert info.widths_after.tolist() == [3, n_keep, n_keep, 2]
     _, info = structured_prune(mlp, x, sparsity, score=score, scope="global")
     assert int(info.widths_after[1] + info.widths_after[2]) == 32 - int(32 * sparsity)
@@ -142,7 +142,7 @@ def test_at_least_one_neuron_per_layer_is_kept():
     x = jr.normal(jr.key(7), (10, 3))
     new, info = structured_prune(mlp, x, 0.95, scope="global")  # int(8 * 0.95) = 7 > 8 - 2
     assert info.widths_after.tolist() == [3, 1, 1, 2]
-    assert isinstance(new, eqx.nn.MLP) and new.width_size == 1
+    assert isinstance(new, LumpedMLP) and new.width_size == (1, 1)
     chain = DenseChain(
         (jnp.ones((1, 3)), jnp.ones((2, 1))), (jnp.zeros(1), jnp.zeros(2)), ("relu", "identity"), (True, True)
     )

@@ -19,12 +19,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._adapters import from_chain
 from .._custom_types import Calibration
 from .._errors import check_choice
 from .._info import CompressionInfo
 from .._network import ACTIVATIONS, DenseChain
-from ._masks import apply_masks, check_flag, make_info, prepare, prunable_layers, select_lowest
+from ._masks import apply_masks, check_flag, finish, prepare, prunable_layers, select_lowest
 
 # Elements per vectorised chunk (per-sample Jacobians, per-weight non-linear solves): bounds memory.
 _CHUNK_ELEMENTS = 2**22
@@ -151,6 +150,7 @@ def elimination_compensation(
     prune_output: bool = False,
     nonlinear: bool = False,
     nonlinear_steps: int = 5,
+    throw: bool = True,
 ) -> tuple[Any, CompressionInfo]:
     """Prune the weights whose removal, compensated by a shift of their adjacent bias, least changes the output.
 
@@ -177,6 +177,8 @@ def elimination_compensation(
       leave-one-out removal (NL-B). Costs `#weights × (nonlinear_steps + 1)` forward passes over the
       calibration set; meant for small networks.
     - `nonlinear_steps`: Gauss–Newton iterations of NL-A (default 5).
+    - `throw`: raise a `jaxlump.CompressionError` if the result is not finite (default); `False` reports it in
+      `info.result` instead.
 
     **Returns:** `(new_model, info)`: a same-type, same-shape model with exact zeros and shifted biases,
     and a `CompressionInfo` whose `weight_masks` are the keep masks.
@@ -201,6 +203,7 @@ def elimination_compensation(
     """
     check_choice(scope, "scope", ("global", "layer"))
     compensate, nonlinear = check_flag(compensate, "compensate"), check_flag(nonlinear, "nonlinear")
+    throw = check_flag(throw, "throw")
     if isinstance(nonlinear_steps, bool) or not isinstance(nonlinear_steps, int):
         raise TypeError(f"`nonlinear_steps` must be an integer >= 0; received {nonlinear_steps!r}.")
     if nonlinear_steps < 0:
@@ -220,4 +223,4 @@ def elimination_compensation(
     ]
     new_chain = apply_masks(chain, keep, updates)
     method = "elimination_compensation_nonlinear" if nonlinear else "elimination_compensation"
-    return from_chain(new_chain, like=model), make_info(method, chain, new_chain, keep, sparsity)
+    return finish(method, model, chain, new_chain, keep, sparsity, throw)

@@ -13,11 +13,14 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from .._adapters import to_chain
-from .._errors import check_data, check_fraction
+from .._errors import check_bool, check_data, check_fraction, require_concrete
 from .._info import CompressionInfo
 from .._network import DenseChain
 from .._skip_mlp import SkipMLP
-from ._structured import chain_and_data, hidden_statistics, keep_partition, numpy_statistics, structured_info
+from ._structured import SURGERY, chain_and_data, finish_structured, hidden_statistics, keep_partition, numpy_statistics
+
+# `linearity_to_size` tries at most this many τ values: a finer `step` is refused rather than looped over.
+MAX_STEPS = 10_000
 
 # Activations that equal the identity on z > 0, so a neuron active on every example acts linearly.
 RELU_LIKE = ("relu", "leaky_relu")
@@ -142,6 +145,7 @@ def linearity_merge(
     *,
     layer_threshold: str | int | float = "best",
     chained: bool = True,
+    throw: bool = True,
 ) -> tuple[SkipMLP, CompressionInfo]:
     """Merge always-active ReLU neurons into skip connections (linearity-based compression).
 
@@ -168,6 +172,8 @@ def linearity_merge(
     - `tau`: activation-rate threshold in `[0, 1]`.
     - `layer_threshold`: `"best"`, a non-negative `int`, or a `float` in `[0, 1]`.
     - `chained`: allow merging a layer whose predecessor was merged (the official behaviour); `False` skips it.
+    - `throw`: raise a `jaxlump.CompressionError` if the result is not finite (default); `False` reports it in
+      `info.result` instead.
 
     **Returns:** `(SkipMLP, info)` with `info.knob = τ` and, per hidden layer, each original neuron's new index
     (`-1`: merged into a skip).
@@ -188,12 +194,14 @@ def linearity_merge(
 
     Dobler & Lemmerich, *Linearity-based neural network compression*, arXiv 2506.21146 (2025).
     """
+    require_concrete("jaxlump.baselines.linearity_merge", SURGERY, model=model, x_calib=x_calib)
     tau = check_fraction(tau, "tau", upper_inclusive=True)
     layer_threshold = _check_layer_threshold(layer_threshold)
+    chained, throw = check_bool(chained, "chained"), check_bool(throw, "throw")
     chain, x = chain_and_data(model, x_calib, required=True, why="to measure activation rates")
     _check_relu(chain)
-    new_model, partitions = _merge(chain, _rates_of(chain, x), tau, layer_threshold, bool(chained))
-    return new_model, structured_info("linearity_merge", tau, model, new_model, chain.widths, partitions)
+    new_model, partitions = _merge(chain, _rates_of(chain, x), tau, layer_threshold, chained)
+    return finish_structured("linearity_merge", tau, model, new_model, chain.widths, partitions, throw)
 
 
 def _size(network: SkipMLP, count_first_layer: bool) -> int:
@@ -210,6 +218,7 @@ def linearity_to_size(
     *,
     step: float = 0.1,
     count_first_layer: bool = True,
+    throw: bool = True,
 ) -> tuple[SkipMLP, CompressionInfo]:
     """Linearity-based merging to a parameter budget (the official `seq_fixed_size_compression`).
 
@@ -227,12 +236,16 @@ def linearity_to_size(
     - `model`: a ReLU network as for `linearity_merge`; not modified.
     - `x_calib`: calibration inputs `(batch, n_0)`.
     - `target_fraction`: the parameter budget as a fraction of the original, in `(0, 1]`.
-    - `step`: the decrement of τ, in `(0, 1]`.
+    - `step`: the decrement of τ, in `[1e-4, 1]` (at most `MAX_STEPS` = 10 000 values of τ are tried).
     - `count_first_layer`: whether the first layer's parameters count toward both sizes.
+    - `throw`: raise a `jaxlump.CompressionError` if the result is not finite (default); `False` reports it in
+      `info.result` instead.
 
     **Returns:** `(SkipMLP, info)` as from `linearity_merge`, `info.knob` being the τ used.
 
-    **Raises:** as `linearity_merge`, and `ValueError` for `target_fraction` or `step` outside `(0, 1]`.
+    **Raises:** as `linearity_merge`, and `ValueError` for `target_fraction` outside `(0, 1]` or `step` outside
+    `[1e-4, 1]` (a finer step would try more than `MAX_STEPS` values of τ; activation rates of N examples take only
+    N + 1 values, so a step below `1/N` finds nothing new).
 
     ```python
     import equinox as eqx, jax, jax.random as jr
@@ -245,19 +258,29 @@ def linearity_to_size(
 
     Dobler & Lemmerich, *Linearity-based neural network compression*, arXiv 2506.21146 (2025).
     """
+    require_concrete("jaxlump.baselines.linearity_to_size", SURGERY, model=model, x_calib=x_calib)
     target_fraction = check_fraction(target_fraction, "target_fraction", upper_inclusive=True)
     step = check_fraction(step, "step", upper_inclusive=True)
-    for name, value in (("target_fraction", target_fraction), ("step", step)):
-        if value == 0:
-            raise ValueError(f"`{name}` must lie in (0, 1]; received 0.")
+    count_first_layer, throw = check_bool(count_first_layer, "count_first_layer"), check_bool(throw, "throw")
+    if target_fraction == 0:
+        raise ValueError("`target_fraction` must lie in (0, 1]; received 0.")
+    if step * MAX_STEPS < 1:
+        raise ValueError(
+            f"`step` must lie in [{1 / MAX_STEPS:g}, 1] (at most {MAX_STEPS} values of τ are tried); received {step!r}."
+        )
     chain, x = chain_and_data(model, x_calib, required=True, why="to measure activation rates")
     _check_relu(chain)
     rates = _rates_of(chain, x)
     budget = target_fraction * _size(SkipMLP.from_chain(chain), count_first_layer)
     n_steps = math.ceil(round(1.0 / step, 9))
+    merged_sets = None
     for k in range(n_steps + 1):
         tau = max(round(1.0 - k * step, 12), 0.0)
-        new_model, partitions = _merge(chain, rates, tau, "best", True)
+        linear_sets = [r >= tau for r in rates]
+        if merged_sets is None or any((a != b).any() for a, b in zip(linear_sets, merged_sets)):
+            # The merge depends on τ only through the linear sets: re-merge only when one of them changes.
+            merged_sets = linear_sets
+            new_model, partitions = _merge(chain, rates, tau, "best", True)
         if _size(new_model, count_first_layer) <= budget:
             break
     else:
@@ -266,4 +289,4 @@ def linearity_to_size(
             f"{_size(new_model, count_first_layer) / (budget / target_fraction):.3g} at tau = 0.",
             stacklevel=2,
         )
-    return new_model, structured_info("linearity_to_size", tau, model, new_model, chain.widths, partitions)
+    return finish_structured("linearity_to_size", tau, model, new_model, chain.widths, partitions, throw)

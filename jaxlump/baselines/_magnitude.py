@@ -2,10 +2,9 @@
 
 from typing import Any
 
-from .._adapters import from_chain
 from .._custom_types import Calibration
 from .._info import CompressionInfo
-from ._masks import apply_masks, make_info, prepare, prunable_layers, select_lowest
+from ._masks import apply_masks, check_flag, finish, prepare, prunable_layers, select_lowest
 
 
 def magnitude(
@@ -15,6 +14,7 @@ def magnitude(
     *,
     scope: str = "global",
     prune_output: bool = False,
+    throw: bool = True,
 ) -> tuple[Any, CompressionInfo]:
     """Prune the weights of smallest magnitude `|W_ij|`, leaving a same-shape model with exact zeros.
 
@@ -32,6 +32,8 @@ def magnitude(
     - `prune_output`: whether the output layer is prunable. Default `False`, the same for every
       jaxlump baseline: all hidden layers (the first one included) are pruned, the head is not,
       as in Wanda and the LLM pruning literature.
+    - `throw`: raise a `jaxlump.CompressionError` if the result is not finite (default); `False` reports it in
+      `info.result` instead.
 
     **Returns:** `(new_model, info)`: a model of the same type and shapes as `model`, and a
     `CompressionInfo` whose `weight_masks` are the keep masks (`True` = kept).
@@ -53,9 +55,10 @@ def magnitude(
     Networks* (NeurIPS 2015), and Sun et al., *A Simple and Effective Pruning Approach for Large
     Language Models* (ICLR 2024) for the per-row group.
     """
+    throw = check_flag(throw, "throw")
     chain, _, sparsity = prepare(model, x_calib, sparsity, needs_data=False)
     prunable = prunable_layers(chain, prune_output)
     scores = [abs(w) if p else None for w, p in zip(chain.weights, prunable, strict=True)]
     keep = select_lowest(scores, sparsity, scope)
     new_chain = apply_masks(chain, keep)
-    return from_chain(new_chain, like=model), make_info("magnitude", chain, new_chain, keep, sparsity)
+    return finish("magnitude", model, chain, new_chain, keep, sparsity, throw)

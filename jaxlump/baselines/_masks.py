@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 
 from .._accounting import chain_cost
-from .._adapters import to_chain
-from .._errors import RESULTS, check_choice, check_data, check_fraction
+from .._adapters import from_chain, to_chain
+from .._errors import RESULTS, check_bool, check_choice, check_data, check_fraction, finite_result, raise_if_failed
 from .._info import CompressionInfo, live_widths
 from .._network import DenseChain
 
@@ -44,10 +44,7 @@ def prepare(model, x_calib, sparsity, *, needs_data: bool) -> tuple[DenseChain, 
     return chain, x.astype(chain.weights[0].dtype), sparsity
 
 
-def check_flag(value, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"`{name}` must be True or False; received {value!r}.")
-    return value
+check_flag = check_bool
 
 
 def prunable_layers(chain: DenseChain, prune_output: bool, *, skip_first: bool = False) -> list[bool]:
@@ -117,7 +114,8 @@ def apply_masks(
 def make_info(
     method: str, chain: DenseChain, new_chain: DenseChain, keep_masks: Sequence[jax.Array | None], sparsity: float
 ) -> CompressionInfo:
-    """The `CompressionInfo` of a same-shape unstructured result (identity partitions, all neurons live)."""
+    """The `CompressionInfo` of a same-shape unstructured result (identity partitions, all neurons live); its result
+    is computed from `new_chain` (`RESULTS.nonfinite_result` when the method's arithmetic overflowed)."""
     partitions = tuple(jnp.arange(n) for n in chain.widths[1:-1])
     masks = tuple(jnp.ones(w.shape, bool) if k is None else k for w, k in zip(chain.weights, keep_masks, strict=True))
     return CompressionInfo(
@@ -131,5 +129,12 @@ def make_info(
         cost_before=chain_cost(chain),
         cost_after=chain_cost(new_chain),
         certificate=None,
-        result=RESULTS.successful,
+        result=finite_result(new_chain, RESULTS.nonfinite_result),
     )
+
+
+def finish(method: str, model, chain: DenseChain, new_chain: DenseChain, keep_masks, sparsity: float, throw: bool):
+    """`(new_model, info)` of an unstructured baseline; with `throw`, raise if its output is not finite."""
+    info = make_info(method, chain, new_chain, keep_masks, sparsity)
+    new_chain = raise_if_failed(info.result, new_chain, throw, f"jaxlump.baselines.{method}")
+    return from_chain(new_chain, like=model), info

@@ -12,10 +12,10 @@ import numpy as np
 from jaxtyping import ArrayLike, Float
 
 from .._adapters import from_chain
-from .._errors import check_eps
+from .._errors import check_bool, check_eps, require_concrete
 from .._info import CompressionInfo
 from .._network import DenseChain
-from ._structured import chain_and_data, structured_info
+from ._structured import SURGERY, chain_and_data, finish_structured
 
 POSITIVELY_HOMOGENEOUS = ("relu", "leaky_relu", "identity")
 _MAX_BLOCK_ENTRIES = 2**22  # entries of one (rows, n, d) block of pairwise differences
@@ -69,7 +69,7 @@ def _lump_layer(incoming: np.ndarray, outgoing: np.ndarray, tol: float):
 
 
 def proportional_lump(
-    model: Any, x_calib: Float[ArrayLike, "batch in"] | None = None, tol: float = 0.0
+    model: Any, x_calib: Float[ArrayLike, "batch in"] | None, tol: float = 0.0, *, throw: bool = True
 ) -> tuple[Any, CompressionInfo]:
     """Lump hidden neurons whose incoming weights and bias are positively proportional (exact for ReLU).
 
@@ -88,7 +88,9 @@ def proportional_lump(
     - `model`: an `eqx.nn.MLP`, `eqx.nn.Sequential`, `LumpedMLP` or NNX chain whose hidden activations are ReLU,
       leaky ReLU or identity; not modified.
     - `x_calib`: accepted for the common call shape and validated when given; the criterion is data-free.
-    - `tol`: the distance threshold, in `[0, √2)`.
+    - `tol`: the distance threshold, in `[0, √2)` (default 0: exactly proportional rows only).
+    - `throw`: raise a `jaxlump.CompressionError` if the result is not finite (default); `False` reports it in
+      `info.result` instead.
 
     **Returns:** `(new_model, info)`: the same kind of model (an `eqx.nn.MLP` with unequal hidden widths becomes a
     `LumpedMLP`) and a `CompressionInfo` whose partitions give each original neuron's block (merged neurons share
@@ -105,7 +107,7 @@ def proportional_lump(
     w1 = jr.normal(jr.key(0), (3, 2))
     w1 = w1.at[2].set(2.5 * w1[0])  # neuron 2 = 2.5 x neuron 0
     chain = DenseChain((w1, jnp.ones((1, 3))), (jnp.zeros(3), jnp.zeros(1)), ("relu", "identity"), (True, True))
-    small, info = proportional_lump(chain)
+    small, info = proportional_lump(chain, None)
     x = jr.normal(jr.key(1), (5, 2))
     assert small.widths == (2, 2, 1) and jnp.allclose(small(x), chain(x))
     ```
@@ -113,7 +115,8 @@ def proportional_lump(
     The proportional (ρ > 0) form of exact lumping for ReLU networks: Ressi, Romanello, Piazza, Rossi, *Neural
     networks reduction via lumping*, AIxIA 2023 (arXiv 2209.07475); DESIGN §3 "Exactness".
     """
-    tol = float(check_eps(tol, "tol"))
+    require_concrete("jaxlump.baselines.proportional_lump", SURGERY, model=model, x_calib=x_calib, tol=tol)
+    tol, throw = float(check_eps(tol, "tol")), check_bool(throw, "throw")
     if not tol < math.sqrt(2):
         raise ValueError(f"`tol` must lie in [0, √2) (a positive cosine between rows); received {tol!r}.")
     chain, _ = chain_and_data(model, x_calib, required=False)
@@ -133,4 +136,4 @@ def proportional_lump(
         partitions.append(block)
     weights, biases = tuple(map(jnp.asarray, weights)), tuple(map(jnp.asarray, biases))
     new_model = from_chain(DenseChain(weights, biases, chain.activations, chain.use_bias), like=model)
-    return new_model, structured_info("proportional_lump", tol, model, new_model, chain.widths, partitions)
+    return finish_structured("proportional_lump", tol, model, new_model, chain.widths, partitions, throw)

@@ -6,15 +6,12 @@ import jax
 import jax.random as jr
 from jaxtyping import PRNGKeyArray
 
-from .._adapters import from_chain
 from .._custom_types import Calibration
 from .._info import CompressionInfo
-from ._masks import apply_masks, make_info, prepare, prunable_layers, select_lowest
+from ._masks import apply_masks, check_flag, finish, prepare, prunable_layers, select_lowest
 
 
 def _check_key(key) -> jax.Array:
-    if key is None:
-        raise TypeError("`key` is required for random pruning; pass e.g. `key=jax.random.key(0)`.")
     if isinstance(key, jax.Array) and (
         jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) or (key.dtype == "uint32" and key.shape == (2,))
     ):
@@ -29,9 +26,10 @@ def random(
     x_calib: Calibration | None,
     sparsity: float,
     *,
-    key: PRNGKeyArray | None = None,
+    key: PRNGKeyArray,
     scope: str = "layer",
     prune_output: bool = False,
+    throw: bool = True,
 ) -> tuple[Any, CompressionInfo]:
     """Prune a uniformly random subset of the weights, of exactly `int(n·s)` weights per group.
 
@@ -44,15 +42,17 @@ def random(
     - `model`: an `eqx.nn.MLP`, `eqx.nn.Sequential`, `jaxlump.LumpedMLP` or `flax.nnx` model.
     - `x_calib`: not needed (may be `None`); when given it is validated as `(batch, in)` data.
     - `sparsity`: the fraction `s ∈ [0, 1)` of prunable weights to zero.
-    - `key`: a JAX PRNG key; required (keyword-only, there is no hidden default seed).
+    - `key`: a JAX PRNG key; required and keyword-only, as in Equinox (there is no hidden default seed).
     - `scope`: `"layer"` (default: each prunable layer to `s`), `"global"` (a uniform subset of all
       prunable weights) or `"row"` (every output neuron keeps the same number of inputs).
     - `prune_output`: whether the output layer is prunable (default `False`, as every baseline).
+    - `throw`: raise a `jaxlump.CompressionError` if the result is not finite (default); `False` reports it in
+      `info.result` instead.
 
     **Returns:** `(new_model, info)`: a same-type, same-shape model with exact zeros, and a
     `CompressionInfo` whose `weight_masks` are the keep masks.
 
-    **Raises:** `TypeError` for a missing or malformed `key` or an unsupported model; `ValueError`
+    **Raises:** `TypeError` for a missing or malformed `key` (e.g. `None`) or an unsupported model; `ValueError`
     for a sparsity outside `[0, 1)`, an unknown `scope` or malformed `x_calib`.
 
     ```python
@@ -67,11 +67,11 @@ def random(
     The random baseline of Ballini et al., *Elimination-compensation pruning for fully-connected
     neural networks* (arXiv 2602.20467, 2026), and of most pruning studies.
     """
-    key = _check_key(key)
+    key, throw = _check_key(key), check_flag(throw, "throw")
     chain, _, sparsity = prepare(model, x_calib, sparsity, needs_data=False)
     prunable = prunable_layers(chain, prune_output)
     keys = jr.split(key, chain.n_layers)
     scores = [jr.uniform(k, w.shape) if p else None for k, w, p in zip(keys, chain.weights, prunable, strict=True)]
     keep = select_lowest(scores, sparsity, scope)
     new_chain = apply_masks(chain, keep)
-    return from_chain(new_chain, like=model), make_info("random", chain, new_chain, keep, sparsity)
+    return finish("random", model, chain, new_chain, keep, sparsity, throw)

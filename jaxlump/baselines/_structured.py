@@ -13,7 +13,16 @@ from jaxtyping import ArrayLike, Float
 
 from .._accounting import cost
 from .._adapters import from_chain, to_chain
-from .._errors import RESULTS, check_choice, check_data, check_fraction
+from .._errors import (
+    RESULTS,
+    check_bool,
+    check_choice,
+    check_data,
+    check_fraction,
+    finite_result,
+    raise_if_failed,
+    require_concrete,
+)
 from .._info import CompressionInfo, live_widths
 from .._network import DenseChain
 
@@ -58,8 +67,12 @@ def keep_partition(keep: np.ndarray) -> np.ndarray:
     return np.where(keep, np.cumsum(keep) - 1, -1)
 
 
+SURGERY = "it removes neurons chosen from the values, so the result's shapes depend on them."
+
+
 def structured_info(method: str, knob, model, new_model, widths_before, partitions) -> CompressionInfo:
-    """The `CompressionInfo` of a structured (physically smaller) result; `partitions` as NumPy int arrays."""
+    """The `CompressionInfo` of a structured (physically smaller) result; `partitions` as NumPy int arrays. Its
+    result is computed from `new_model` (`RESULTS.nonfinite_result` when the method's arithmetic overflowed)."""
     partitions = tuple(jnp.asarray(p, dtype=int) for p in partitions)
     # Labels never exceed the original widths, so those size the live masks.
     widths_after = live_widths(tuple(widths_before), partitions)
@@ -74,8 +87,14 @@ def structured_info(method: str, knob, model, new_model, widths_before, partitio
         cost_before=cost(model),
         cost_after=cost(new_model),
         certificate=None,
-        result=RESULTS.successful,
+        result=finite_result(eqx.filter(new_model, eqx.is_inexact_array), RESULTS.nonfinite_result),
     )
+
+
+def finish_structured(method: str, knob, model, new_model, widths_before, partitions, throw: bool):
+    """`(new_model, info)` of a structured baseline; with `throw`, raise if its output is not finite."""
+    info = structured_info(method, knob, model, new_model, widths_before, partitions)
+    return raise_if_failed(info.result, new_model, throw, f"jaxlump.baselines.{method}"), info
 
 
 def _neuron_scores(chain: DenseChain, stats, score: str) -> list[np.ndarray]:
@@ -129,6 +148,7 @@ def structured_prune(
     score: str = "norm",
     scope: str = "layer",
     compensate: bool = False,
+    throw: bool = True,
 ) -> tuple[Any, CompressionInfo]:
     """Remove the least important hidden neurons, physically shrinking the model.
 
@@ -160,9 +180,11 @@ def structured_prune(
     - `score`: `"norm"`, `"activation"`, `"rate"` or `"wanda"`.
     - `scope`: `"layer"` or `"global"`.
     - `compensate`: add removed neurons' mean contribution to the next layer's bias.
+    - `throw`: raise a `jaxlump.CompressionError` if the result is not finite (default); `False` reports it in
+      `info.result` instead.
 
-    **Returns:** `(new_model, info)`: the same kind of model as `model` (an `eqx.nn.MLP` whose hidden widths become
-    unequal comes back as a `LumpedMLP`), and a `CompressionInfo` with `structured=True`, `knob=sparsity` and,
+    **Returns:** `(new_model, info)`: a model whose type depends only on `model`'s (an `eqx.nn.MLP` comes back as
+    a `LumpedMLP`), and a `CompressionInfo` with `structured=True`, `knob=sparsity` and,
     per hidden layer, each original neuron's new index (`-1`: removed).
 
     **Raises:** `ValueError` for a sparsity outside `[0, 1)`, an unknown `score`/`scope`, missing, empty, non-finite
@@ -176,10 +198,12 @@ def structured_prune(
     mlp = eqx.nn.MLP(3, 2, 8, 2, key=jr.key(0))
     x = jr.normal(jr.key(1), (64, 3))
     small, info = structured_prune(mlp, x, 0.5, score="wanda", compensate=True)
-    assert small.width_size == 4 and info.widths_after.tolist() == [3, 4, 4, 2]
+    assert small.width_size == (4, 4) and info.widths_after.tolist() == [3, 4, 4, 2]
     ```
     """
+    require_concrete("jaxlump.baselines.structured_prune", SURGERY, model=model, x_calib=x_calib)
     sparsity = check_fraction(sparsity, "sparsity")
+    compensate, throw = check_bool(compensate, "compensate"), check_bool(throw, "throw")
     check_choice(score, "score", SCORES)
     check_choice(scope, "scope", SCOPES)
     needs_data = score != "norm" or compensate
@@ -209,4 +233,4 @@ def structured_prune(
         biases.append(jnp.asarray(b[keeps[j + 1]]))
     new_model = from_chain(DenseChain(tuple(weights), tuple(biases), chain.activations, chain.use_bias), like=model)
     partitions = [keep_partition(k) for k in keeps[1:-1]]
-    return new_model, structured_info("structured_prune", sparsity, model, new_model, chain.widths, partitions)
+    return finish_structured("structured_prune", sparsity, model, new_model, chain.widths, partitions, throw)

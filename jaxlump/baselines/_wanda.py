@@ -5,12 +5,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from .._adapters import from_chain
 from .._custom_types import Calibration
 from .._errors import check_choice
 from .._info import CompressionInfo
 from .._network import DenseChain
-from ._masks import apply_masks, check_flag, make_info, prepare, prunable_layers, select_lowest
+from ._masks import apply_masks, check_flag, finish, prepare, prunable_layers, select_lowest
 
 FIRST_LAYER_MODES = ("layer", "prune", "skip")
 
@@ -34,6 +33,7 @@ def wanda(
     first_layer: str = "layer",
     bias_correction: bool = False,
     prune_output: bool = False,
+    throw: bool = True,
 ) -> tuple[Any, CompressionInfo]:
     """Prune the weights with the smallest `|W_ij|·‖X_j‖₂`, per output neuron, with no weight update.
 
@@ -60,6 +60,8 @@ def wanda(
     - `bias_correction`: add the mean of each pruned contribution to the bias (default `False`,
       faithful to Wanda; layers built without bias are never given one).
     - `prune_output`: whether the output layer is pruned (default `False`: Wanda leaves the head).
+    - `throw`: raise a `jaxlump.CompressionError` if the result is not finite (default); `False` reports it in
+      `info.result` instead.
 
     **Returns:** `(new_model, info)`: a same-type, same-shape model with exact zeros, and a
     `CompressionInfo` whose `weight_masks` are the keep masks.
@@ -84,7 +86,7 @@ def wanda(
     check_choice(scope, "scope", ("row", "layer"))
     check_choice(first_layer, "first_layer", FIRST_LAYER_MODES)
     sequential = check_flag(sequential, "sequential")
-    bias_correction = check_flag(bias_correction, "bias_correction")
+    bias_correction, throw = check_flag(bias_correction, "bias_correction"), check_flag(throw, "throw")
     chain, x, sparsity = prepare(model, x_calib, sparsity, needs_data=True)
     prunable = prunable_layers(chain, prune_output, skip_first=first_layer == "skip")
     dense_inputs = None if sequential else chain.forward(x)[1]
@@ -104,4 +106,4 @@ def wanda(
         if sequential:
             inputs = apply_masks(_single_layer(chain, l), [keep], [update])(inputs)
     new_chain = apply_masks(chain, keep_masks, bias_updates)
-    return from_chain(new_chain, like=model), make_info("wanda", chain, new_chain, keep_masks, sparsity)
+    return finish("wanda", model, chain, new_chain, keep_masks, sparsity, throw)
