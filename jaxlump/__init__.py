@@ -38,6 +38,10 @@ from ._registry import compressors as compressors
 from ._serialisation import load as load
 from ._serialisation import save as save
 from ._skip_mlp import SkipMLP as SkipMLP
+from ._train import finetune as finetune
+from ._training_loop import LumpState as LumpState
+from ._training_loop import TargetSize as TargetSize
+from ._training_loop import wrap_optax as wrap_optax
 from .baselines._targets import Target as Target
 from .baselines._targets import TargetInfo as TargetInfo
 
