@@ -1,141 +1,219 @@
-"""The `jaxlump` console command: a small end-to-end compression on the embedded glycolytic data set.
+"""The `jaxlump` console command: train a small MLP on a shipped data set, then lump, compress, sweep or compare.
 
-Generates the glycolytic-oscillator vector-field data with diffrax (seeded), trains a tanh MLP with
-optax, sweeps ε, prints a table (ε, widths, parameters, % of original, test MSE, certificate), compares
-with global magnitude pruning at matched sizes, and saves the raw results (JSON) and a plot.
+Subcommands (`jaxlump SUBCOMMAND --help` explains each option):
+
+- `run` (the default with no subcommand): the main job — glycolytic-oscillator data (diffrax), a tanh MLP trained
+  with optax, an ε sweep with certificates, and lumping against pruning at matched sizes, with and without the
+  least-squares reconstruction;
+- `compress`: one method (any name from `jaxlump.compressors()`) to one target, optionally reconstructed, and the
+  compressed model saved with `jaxlump.save`;
+- `sweep`: size and error over an ε grid, and the smallest model within an error budget;
+- `bench`: every chosen method at every chosen size, with and without reconstruction.
+
+Every option is checked before any data is generated or any network trained. Results go to the output folder as
+JSON (raw), CSV (the table) and PNG (the plot).
 """
 
 import argparse
-import json
 import pathlib
 import sys
 
+import jax
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxlump", description=__doc__.splitlines()[0])
-    parser.add_argument("--width", type=int, default=64, help="hidden width of the MLP (default 64)")
-    parser.add_argument("--depth", type=int, default=2, help="number of hidden layers (default 2)")
-    parser.add_argument("--steps", type=int, default=4000, help="training steps (default 4000)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and training")
-    parser.add_argument(
-        "--eps",
-        type=float,
-        nargs="+",
-        default=[0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0],
-        help="the ε grid to sweep",
+from . import _cli_jobs as jobs
+
+DATA = ("glycolytic", "polymerization", "reaction_network", "rlc_network", "abalone", "protein", "metro_traffic",
+        "household_power")  # fmt: skip
+SIMULATED = DATA[:4]
+ACTIVATIONS = ("tanh", "sigmoid", "relu", "leaky_relu", "softplus", "silu", "identity")
+DEFAULT_EPS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+SUBCOMMANDS = ("run", "compress", "sweep", "bench")
+
+
+def _number(kind, name: str, *, low=None, high=None, low_open=False):
+    """An argparse `type`: converts with `kind` (int or float), checks finiteness and bounds, names what is accepted."""
+    left = "(" if low_open else "["
+    interval = f"{left}{low}, {high}]" if high is not None else f"{left}{low}, ∞)"
+    what = f"{'an integer' if kind is int else 'a finite number'} in {interval}"
+
+    def convert(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {what}; received {text!r}") from None
+        finite = value == value and abs(value) != float("inf")
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and value > high
+        if not finite or too_low or too_high:
+            raise argparse.ArgumentTypeError(f"must be {what}; received {text!r}")
+        return value
+
+    convert.__name__ = name
+    return convert
+
+
+def parse_target(text: str):
+    """`"500"` → 500 parameters, `"0.35"` → 35 % of the original, `"16,8"` → hidden widths (16, 8)."""
+    text = text.strip()
+    try:
+        if "," in text or "x" in text:
+            widths = tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+            if not widths or min(widths) < 1:
+                raise ValueError
+            return widths
+        if text.isdigit():
+            if int(text) < 1:
+                raise ValueError
+            return int(text)
+        value = float(text)
+        if not 0 < value <= 1:
+            raise ValueError
+        return value
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be a parameter count (a positive integer, e.g. 500), a fraction of the original in "
+            f"(0, 1] (e.g. 0.35) or hidden widths separated by commas (e.g. 16,8); received {text!r}"
+        ) from None
+
+
+def _common(parser: argparse.ArgumentParser, *, data: bool = True) -> None:
+    g = parser.add_argument_group("problem (data, network, training)")
+    if data:
+        g.add_argument("--data", choices=DATA, default="glycolytic", help="the shipped data set (default glycolytic)")
+    g.add_argument("--width", type=_number(int, "--width", low=1), default=64, help="hidden width (default 64)")
+    g.add_argument("--depth", type=_number(int, "--depth", low=1), default=2, help="hidden layers (default 2)")
+    g.add_argument("--activation", choices=ACTIVATIONS, default="tanh", help="hidden activation (default tanh)")
+    g.add_argument("--steps", type=_number(int, "--steps", low=1), default=4000, help="Adam steps (default 4000)")
+    g.add_argument("--seed", type=_number(int, "--seed", low=0), default=0, help="seed of data, init and training")
+    g.add_argument(
+        "--n-train",
+        type=_number(int, "--n-train", low=2),
+        default=3200,
+        help="training samples drawn for a simulated data set (default 3200; the UCI sets use their own split)",
     )
-    parser.add_argument("--out", type=pathlib.Path, default=pathlib.Path("jaxlump_output"), help="output folder")
-    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    return parser
+    g.add_argument(
+        "--n-test", type=_number(int, "--n-test", low=1), default=800, help="test samples, simulated sets (800)"
+    )
+    g.add_argument(
+        "--n-calib",
+        type=_number(int, "--n-calib", low=1),
+        default=512,
+        help="calibration inputs drawn from the training set (default 512, at most the training set's size)",
+    )
+    o = parser.add_argument_group("output")
+    o.add_argument(
+        "--out", type=pathlib.Path, default=pathlib.Path("jaxlump_output"), help="output folder (jaxlump_output)"
+    )
+    o.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _fractions(parser, default, what):
+    parser.add_argument(
+        "--fractions",
+        type=_number(float, "--fractions", low=0, high=1, low_open=True),
+        nargs="+",
+        default=list(default),
+        help=f"{what} as fractions of the original size in (0, 1] (dense parameters for structured methods, "
+        f"non-zeros for unstructured ones; default {' '.join(map(str, default))})",
+    )
+
+
+def parser() -> argparse.ArgumentParser:
+    """The `jaxlump` argument parser (subcommands `run`, `compress`, `sweep`, `bench`)."""
+    top = argparse.ArgumentParser(
+        prog="jaxlump",
+        description=__doc__.split("\n\n")[0],
+        epilog="With no subcommand, `jaxlump [options]` is `jaxlump run [options]`.",
+    )
+    sub = top.add_subparsers(dest="command", metavar="{run,compress,sweep,bench}", help="the job (default: run)")
+    eps = _number(float, "--eps", low=0)
+
+    run = sub.add_parser("run", help="the main job (default)", description=jobs.run.__doc__)
+    _common(run, data=False)
+    run.add_argument("--eps", type=eps, nargs="+", default=list(DEFAULT_EPS), help="the ε grid (each ≥ 0)")
+    _fractions(run, (0.6, 0.35), "matched sizes of the comparison")
+
+    names = tuple(jobs.compressors())
+    compress = sub.add_parser("compress", help="one method to one target", description=jobs.compress.__doc__)
+    _common(compress)
+    compress.add_argument("--method", choices=names, default="lump", help="the compressor (default lump)")
+    compress.add_argument(
+        "--target",
+        type=parse_target,
+        required=True,
+        help="a parameter count (e.g. 500: dense parameters for structured methods, non-zeros for unstructured "
+        "ones), a fraction of the original in (0, 1] (e.g. 0.35) or hidden widths (e.g. 16,8; structured methods)",
+    )
+    compress.add_argument(
+        "--reconstruct",
+        action="store_true",
+        help="re-solve the compressed model's weights by least squares against the original on the calibration set "
+        "(jaxlump.reconstruct; lump refits by default, this applies to the other methods)",
+    )
+
+    sweep = sub.add_parser("sweep", help="size and error over an ε grid", description=jobs.sweep.__doc__)
+    _common(sweep)
+    sweep.add_argument("--eps", type=eps, nargs="+", default=list(DEFAULT_EPS), help="the ε grid (each ≥ 0)")
+    sweep.add_argument(
+        "--max-error",
+        type=_number(float, "--max-error", low=0),
+        default=None,
+        help="report the smallest model whose calibration RMS deviation from the original is at most this",
+    )
+
+    bench = sub.add_parser("bench", help="methods at matched sizes", description=jobs.bench.__doc__)
+    _common(bench)
+    bench.add_argument(
+        "--methods",
+        choices=names,
+        nargs="+",
+        default=["lump", "structured_prune", "magnitude", "wanda"],
+        help="the methods compared (default lump structured_prune magnitude wanda)",
+    )
+    _fractions(bench, (0.6, 0.35, 0.15), "the sizes compared")
+    return top
+
+
+def _check(p: argparse.ArgumentParser, args) -> None:
+    """Cross-option checks, all before any data or training (argparse has checked each option alone)."""
+    if getattr(args, "data", "glycolytic") in SIMULATED and args.n_calib > args.n_train:
+        p.error(f"--n-calib must be at most --n-train ({args.n_train}); received {args.n_calib}")
+    methods = {"compress": [getattr(args, "method", None)], "bench": getattr(args, "methods", [])}.get(args.command, [])
+    registry = jobs.compressors()
+    for name in methods:
+        accepted = registry[name].activations
+        if accepted is not None and args.activation not in accepted:
+            p.error(f"--method {name} needs hidden activations in {accepted}; received --activation {args.activation}")
+    if args.command == "compress" and isinstance(args.target, tuple):
+        compressor = registry[args.method]
+        if not compressor.structured or compressor.size_knob is not None:
+            p.error(
+                f"--target as widths needs a structured method searched by its knob; {args.method} "
+                f"{'is unstructured' if not compressor.structured else 'takes a size budget'}: give a count or a "
+                "fraction instead"
+            )
+        if len(args.target) != args.depth or max(args.target) > args.width:
+            p.error(
+                f"--target as widths must give --depth ({args.depth}) widths, each from 1 to --width "
+                f"({args.width}); received {','.join(map(str, args.target))}"
+            )
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        p.error(f"--out {str(args.out)!r} cannot be created: {error}")
 
 
 def main(argv=None) -> int:
-    args = _parser().parse_args(argv)
-    import jax
-
-    jax.config.update("jax_enable_x64", True)
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from tqdm.auto import tqdm
-
-    import jaxlump
-    from jaxlump._train import glycolytic_problem, mse
-    from jaxlump.baselines import compress_to, magnitude
-
-    progress = not args.no_progress
-    print(
-        "Generating the glycolytic-oscillator data set (Ruoff et al. 2003) with diffrax and training a "
-        f"7→{'→'.join([str(args.width)] * args.depth)}→7 tanh MLP ...",
-        flush=True,
-    )
-    model, data, x_calib = glycolytic_problem(
-        seed=args.seed, width=args.width, depth=args.depth, steps=args.steps, progress=progress
-    )
-    x_test, y_test = data.x_test, data.y_test
-    base_mse = float(mse(model, x_test, y_test))
-    base_params = int(jaxlump.cost(model).dense_params)
-    print(f"Original: {base_params} parameters, test MSE {base_mse:.3e}\n")
-
-    rows = []
-    for eps in tqdm(args.eps, desc="ε sweep", disable=not progress, leave=False):
-        small, info = jaxlump.lump(model, x_calib, eps)
-        rows.append(
-            {
-                "eps": eps,
-                "widths": [int(w) for w in info.widths_after],
-                "params": int(info.cost_after.dense_params),
-                "percent": float(info.percent_of_original),
-                "test_mse": float(mse(small, x_test, y_test)),
-                "calib_max_abs": float(info.certificate.output_max_abs),
-                "ode_max_abs": float(info.certificate.ode_max_abs),
-                "bound": float(info.certificate.a_priori_bound),
-            }
-        )
-    header = (
-        f"{'ε':>6} {'widths':>18} {'params':>7} {'% orig':>7} {'test MSE':>10} {'calib max|Δf|':>13} "
-        f"{'ODE max|Δ|':>11} {'bound':>9}"
-    )
-    print(header)
-    for r in rows:
-        print(
-            f"{r['eps']:>6.3f} {str(r['widths']):>18} {r['params']:>7d} {r['percent']:>6.1f}% {r['test_mse']:>10.3e} "
-            f"{r['calib_max_abs']:>13.2e} {r['ode_max_abs']:>11.2e} {r['bound']:>9.2e}"
-        )
-
-    comparison = []
-    print("\nAt matched sizes (lump: dense parameters; global magnitude pruning: non-zeros, no reconstruction):")
-    for fraction in (0.6, 0.35):
-        target = int(fraction * base_params)
-        lumped, lump_info = compress_to(model, jaxlump.lump, target, x_calib, knob_range=(0.0, 1.0), grow_upper=True)
-        pruned, prune_info = compress_to(model, magnitude, target, None, knob_range=(0.0, 0.999))
-        entry = {
-            "target_fraction": fraction,
-            "lump": {
-                "eps": float(lump_info.knob),
-                "params": int(lump_info.cost_after.dense_params),
-                "test_mse": float(mse(lumped, x_test, y_test)),
-            },
-            "magnitude": {
-                "sparsity": float(prune_info.knob),
-                "nonzeros": int(prune_info.cost_after.nonzeros),
-                "test_mse": float(mse(pruned, x_test, y_test)),
-            },
-        }
-        comparison.append(entry)
-        print(
-            f"  {fraction:.0%}: lump ε={entry['lump']['eps']:.3f} {entry['lump']['params']} params, test MSE "
-            f"{entry['lump']['test_mse']:.3e} | magnitude {entry['magnitude']['nonzeros']} non-zeros, test MSE "
-            f"{entry['magnitude']['test_mse']:.3e}"
-        )
-
-    args.out.mkdir(parents=True, exist_ok=True)
-    results = {
-        "original": {
-            "params": base_params,
-            "test_mse": base_mse,
-            "width": args.width,
-            "depth": args.depth,
-            "steps": args.steps,
-            "seed": args.seed,
-        },
-        "sweep": rows,
-        "matched": comparison,
-    }
-    (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([r["percent"] for r in rows], [r["test_mse"] for r in rows], "o-", label="lump (ε sweep)")
-    for c in comparison:
-        ax.plot(100 * c["magnitude"]["nonzeros"] / base_params, c["magnitude"]["test_mse"], "s", color="C1")
-    ax.plot([], [], "s", color="C1", label="global magnitude (matched)")
-    ax.axhline(base_mse, color="grey", ls="--", label="original")
-    ax.set(xlabel="% of original parameters", ylabel="test MSE", yscale="log", title="glycolytic oscillator")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(args.out / "size_vs_error.png", dpi=120)
-    print(f"\nWrote {args.out / 'results.json'} and {args.out / 'size_vs_error.png'}")
-    return 0
+    """Entry point of the `jaxlump` command; returns the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help")):
+        argv = ["run", *argv]
+    p = parser()
+    args = p.parse_args(argv)
+    subparser = p._subparsers._group_actions[0].choices[args.command]
+    _check(subparser, args)
+    jax.config.update("jax_enable_x64", True)  # the jobs train and compare in float64
+    return getattr(jobs, args.command)(args)
 
 
 if __name__ == "__main__":

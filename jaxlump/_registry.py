@@ -35,6 +35,7 @@ class Compressor(eqx.Module):
     - `unbounded`: the knob has no upper end (ε): the search doubles the upper end until the target is reached.
     - `size_knob`: `"nonzeros"` when the knob *is* a non-zero budget, `"fraction"` when it is a fraction of the
       original parameters; `compress_to` then passes the target directly instead of searching.
+    - `activations`: the hidden activations the method accepts, `None` for every supported one.
     """
 
     name: str = eqx.field(static=True)
@@ -47,114 +48,32 @@ class Compressor(eqx.Module):
     larger_knob_smaller_model: bool = eqx.field(static=True, default=True)
     unbounded: bool = eqx.field(static=True, default=False)
     size_knob: str | None = eqx.field(static=True, default=None)
+    activations: tuple[str, ...] | None = eqx.field(static=True, default=None)
 
     def __check_init__(self):
         if self.size_knob not in (None, "nonzeros", "fraction"):
             raise ValueError(f"`size_knob` must be None, 'nonzeros' or 'fraction'; received {self.size_knob!r}.")
 
 
+_RELU = ("relu", "leaky_relu")
 _SPARSITY = "fraction s ∈ [0, 1) of the prunable weights (hidden layers, not the output layer) set to zero"
 
-# One entry per method. A new baseline exported from `jaxlump.baselines` is registered here (a test checks it).
-_REGISTRY: dict[str, Compressor] = {
-    c.name: c
-    for c in (
-        Compressor(
-            "lump",
-            lump,
-            "eps",
-            "relative tolerance ε ≥ 0 of the neuron discrepancy; ε = 0 merges only exact equivalences, larger ε merges more (size is not strictly monotone in ε)",
-            structured=True,
-            needs_data=False,
-            knob_range=(0.0, 1.0),
-            unbounded=True,
-        ),  # noqa: E501
-        Compressor(
-            "lump_then_prune",
-            lump_then_prune,
-            "target",
-            "the non-zero budget itself (weights + biases): lump at a mild ε, prune to the budget, reconstruct",
-            structured=False,
-            needs_data=True,
-            knob_range=None,
-            size_knob="nonzeros",
-        ),  # noqa: E501
-        Compressor(
-            "exact_lump",
-            exact_lump,
-            None,
-            "no knob: merges exactly equivalent neurons only (ε = 0, no refit)",
-            structured=True,
-            needs_data=False,
-            knob_range=None,
-        ),  # noqa: E501
-        Compressor(
-            "magnitude",
-            magnitude,
-            "sparsity",
-            _SPARSITY
-            + ", smallest |W| first (biases and the output layer are kept, so magnitude(m, x, 0.5) keeps 55.7 % of the non-zeros of a 7→64→64→7 MLP)",
-            structured=False,
-            needs_data=False,
-        ),  # noqa: E501
-        Compressor(
-            "random",
-            random,
-            "sparsity",
-            _SPARSITY + ", uniformly at random (pass `key=`)",
-            structured=False,
-            needs_data=False,
-        ),  # noqa: E501
-        Compressor(
-            "wanda", wanda, "sparsity", _SPARSITY + ", smallest |W|·‖X‖ first", structured=False, needs_data=True
-        ),  # noqa: E501
-        Compressor(
-            "elimination_compensation",
-            elimination_compensation,
-            "sparsity",
-            _SPARSITY + ", least output change after bias compensation first",
-            structured=False,
-            needs_data=True,
-        ),  # noqa: E501
-        Compressor(
-            "structured_prune",
-            structured_prune,
-            "sparsity",
-            "fraction s ∈ [0, 1) of the hidden *neurons* removed; parameters fall faster than s, since a neuron's row and column go: structured_prune(m, x, 0.5) keeps 30.1 % of the parameters of a 7→64→64→7 MLP",
-            structured=True,
-            needs_data=False,
-        ),  # noqa: E501
-        Compressor(
-            "linearity_merge",
-            linearity_merge,
-            "tau",
-            "activation-rate threshold τ ∈ [0, 1] (ReLU networks): neurons active on at least a fraction τ of the data become a linear skip; a *smaller* τ merges more",
-            structured=True,
-            needs_data=True,
-            knob_range=(0.0, 1.0),
-            larger_knob_smaller_model=False,
-        ),  # noqa: E501
-        Compressor(
-            "linearity_to_size",
-            linearity_to_size,
-            "target_fraction",
-            "the parameter budget as a fraction of the original (ReLU networks): linearity merging with τ stepped down until the budget is met",
-            structured=True,
-            needs_data=True,
-            knob_range=None,
-            size_knob="fraction",
-        ),  # noqa: E501
-        Compressor(
-            "proportional_lump",
-            proportional_lump,
-            "tol",
-            "distance tol ∈ [0, √2) between normalised incoming rows (ReLU networks); tol = 0 merges exactly proportional neurons, larger tol merges more",
-            structured=True,
-            needs_data=False,
-            knob_range=(0.0, 1.414),
-        ),  # noqa: E501
-    )
-}
+# One line per method. A new baseline exported from `jaxlump.baselines` is registered here (a test checks it).
+# fmt: off
+_REGISTRY: dict[str, Compressor] = {c.name: c for c in (
+    Compressor("lump", lump, "eps", "relative tolerance ε ≥ 0 of the neuron discrepancy; ε = 0 merges only exact equivalences, larger ε merges more (the size is not strictly monotone in ε)", structured=True, needs_data=False, knob_range=(0.0, 1.0), unbounded=True),  # noqa: E501
+    Compressor("lump_then_prune", lump_then_prune, "target", "the non-zero budget itself (weights + biases): lump at a mild ε, prune to the budget, reconstruct", structured=False, needs_data=True, knob_range=None, size_knob="nonzeros"),  # noqa: E501
+    Compressor("exact_lump", exact_lump, None, "no knob: merges exactly equivalent neurons only (ε = 0, no refit)", structured=True, needs_data=False, knob_range=None),  # noqa: E501
+    Compressor("magnitude", magnitude, "sparsity", _SPARSITY + ", smallest |W| first (biases and the output layer are kept, so magnitude(m, x, 0.5) keeps 55.7 % of the non-zeros of a 7→64→64→7 MLP)", structured=False, needs_data=False),  # noqa: E501
+    Compressor("random", random, "sparsity", _SPARSITY + ", uniformly at random (pass `key=`)", structured=False, needs_data=False),  # noqa: E501
+    Compressor("wanda", wanda, "sparsity", _SPARSITY + ", smallest |W|·‖X‖ first", structured=False, needs_data=True),  # noqa: E501
+    Compressor("elimination_compensation", elimination_compensation, "sparsity", _SPARSITY + ", least output change after bias compensation first", structured=False, needs_data=True),  # noqa: E501
+    Compressor("structured_prune", structured_prune, "sparsity", "fraction s ∈ [0, 1) of the hidden *neurons* removed; parameters fall faster than s, since a neuron's row and column go: structured_prune(m, x, 0.5) keeps 30.1 % of the parameters of a 7→64→64→7 MLP", structured=True, needs_data=False),  # noqa: E501
+    Compressor("linearity_merge", linearity_merge, "tau", "activation-rate threshold τ ∈ [0, 1]: neurons active on at least a fraction τ of the data become a linear skip; a *smaller* τ merges more", structured=True, needs_data=True, knob_range=(0.0, 1.0), larger_knob_smaller_model=False, activations=_RELU),  # noqa: E501
+    Compressor("linearity_to_size", linearity_to_size, "target_fraction", "the parameter budget as a fraction of the original: linearity merging with τ stepped down until the budget is met", structured=True, needs_data=True, knob_range=None, size_knob="fraction", activations=_RELU),  # noqa: E501
+    Compressor("proportional_lump", proportional_lump, "tol", "distance tol ∈ [0, √2) between normalised incoming rows; tol = 0 merges exactly proportional neurons, larger tol merges more", structured=True, needs_data=False, knob_range=(0.0, 1.414), activations=(*_RELU, "identity")),  # noqa: E501
+)}
+# fmt: on
 
 
 def compressors() -> dict[str, Compressor]:

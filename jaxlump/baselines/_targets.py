@@ -41,11 +41,30 @@ class Target(eqx.Module):
     realised_widths: tuple[int, ...] = eqx.field(static=True)
     knob: float | None = eqx.field(static=True)
 
+    def describe(self) -> str:
+        """The request and the result in words."""
+        if self.kind == "widths":
+            asked = f"hidden widths at most {self.requested}"
+        elif self.kind == "fraction":
+            asked = f"{self.requested:.1%} of {self.original_size} {self.unit} (≤ {self.requested_size})"
+        else:
+            asked = f"≤ {self.requested} {self.unit}"
+        knob = "" if self.knob is None else f", knob {self.knob:.4g}"
+        share = self.realised_size / self.original_size
+        return (
+            f"requested {asked}; realised {self.realised_size} {self.unit} ({share:.1%}), "
+            f"widths {'-'.join(map(str, self.realised_widths))}{knob}"
+        )
+
 
 class TargetInfo(CompressionInfo):
     """The `CompressionInfo` of a result of `compress_to`, with the `Target` it was asked to reach: `info.target`."""
 
     target: Target
+
+    def summary(self) -> str:
+        """`CompressionInfo.summary()` plus the requested and the realised size."""
+        return f"{super().summary()}\n  target:       {self.target.describe()}"
 
 
 def _parse_target(target, widths: tuple[int, ...]):

@@ -1,0 +1,184 @@
+"""The `jaxlump` command: every subcommand on a tiny problem, every invalid option refused before any training."""
+
+import csv
+import json
+
+import matplotlib
+import pytest
+
+import jaxlump
+from jaxlump import _cli, _cli_jobs
+
+matplotlib.use("Agg")
+
+TINY = ["--width", "6", "--steps", "30", "--n-calib", "32", "--no-progress"]
+TINY_SIMULATED = [*TINY, "--n-train", "80", "--n-test", "20"]
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Make any data loading or training fail loudly: a refusal must come before both."""
+
+    def fail(*args, **kwargs):
+        raise AssertionError("the command started loading data or training before refusing an option")
+
+    monkeypatch.setattr(_cli_jobs, "problem", fail)
+
+
+def _refused(capsys, argv, *fragments):
+    with pytest.raises(SystemExit) as exit_info:
+        _cli.main(argv)
+    assert exit_info.value.code == 2
+    message = capsys.readouterr().err
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+@pytest.mark.parametrize(
+    "argv, fragments",
+    [
+        (["--eps", "-1"], ["--eps", "'-1'", "[0, ∞)"]),
+        (["--eps", "nan"], ["--eps", "'nan'"]),
+        (["run", "--width", "0"], ["--width", "'0'", "integer in [1, ∞)"]),
+        (["--depth", "0"], ["--depth"]),
+        (["--steps", "2.5"], ["--steps", "'2.5'"]),
+        (["--fractions", "0"], ["--fractions", "(0, 1]"]),
+        (["--fractions", "1.2"], ["--fractions"]),
+        (["--n-calib", "5000"], ["--n-calib", "5000", "3200"]),
+        (["sweep", "--max-error", "-1"], ["--max-error"]),
+        (["sweep", "--data", "mnist"], ["--data", "mnist", "abalone"]),
+        (["compress"], ["--target"]),
+        (["compress", "--target", "0"], ["--target", "'0'"]),
+        (["compress", "--target", "1.5"], ["--target", "(0, 1]"]),
+        (["compress", "--target", "abc"], ["--target"]),
+        (["compress", "--method", "magnitud", "--target", "0.5"], ["--method", "magnitud", "magnitude"]),
+        (["compress", "--method", "magnitude", "--target", "4,4"], ["widths", "magnitude is unstructured"]),
+        (["compress", "--method", "lump_then_prune", "--target", "4,4"], ["widths", "lump_then_prune"]),
+        (["compress", "--target", "4,4,4"], ["--depth (2)"]),
+        (["compress", "--width", "8", "--target", "9,4"], ["--width (8)"]),
+        (["compress", "--method", "linearity_merge", "--target", "0.5"], ["linearity_merge", "relu", "tanh"]),
+        (["bench", "--methods", "lump", "proportional_lump"], ["proportional_lump", "--activation tanh"]),
+        (["bench", "--methods"], ["--methods"]),
+        (["frobnicate"], ["frobnicate"]),
+    ],
+)
+def test_invalid_options_are_refused_before_training(no_training, capsys, tmp_path, argv, fragments):
+    _refused(capsys, [*argv, "--out", str(tmp_path / "out")], *fragments)
+
+
+def test_unwritable_output_folder_is_refused(no_training, capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    _refused(capsys, ["run", "--out", str(blocker / "sub")], "--out", "cannot be created")
+
+
+def test_calibration_larger_than_a_uci_training_set_is_refused_before_training(monkeypatch, capsys, tmp_path):
+    import jaxlump._train
+
+    def fail(*args, **kwargs):
+        raise AssertionError("trained before refusing --n-calib")
+
+    monkeypatch.setattr(jaxlump._train, "train_mse", fail)
+    with pytest.raises(SystemExit, match="--n-calib must be at most abalone's 3342"):
+        _cli.main(["sweep", "--data", "abalone", "--n-calib", "100000", "--out", str(tmp_path)])
+
+
+def test_no_subcommand_is_run_with_the_documented_defaults(monkeypatch):
+    seen = {}
+    monkeypatch.setattr(_cli_jobs, "run", lambda args: seen.setdefault("args", args) and 0)
+    assert _cli.main([]) == 0
+    args = seen["args"]
+    assert (args.command, args.width, args.depth, args.steps, args.activation) == ("run", 64, 2, 4000, "tanh")
+    assert args.eps == list(_cli.DEFAULT_EPS) and args.fractions == [0.6, 0.35]
+    seen.clear()
+    _cli.main(["--width", "16"])
+    assert seen["args"].command == "run" and seen["args"].width == 16
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["compress"], ["sweep"], ["bench"]])
+def test_help_explains_every_option(capsys, command):
+    with pytest.raises(SystemExit) as exit_info:
+        _cli.main([*command, "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    subparser = _cli.parser() if not command else _cli.parser()._subparsers._group_actions[0].choices[command[0]]
+    for action in subparser._actions:
+        assert action.help, f"{action.option_strings} has no help"
+        for option in action.option_strings:
+            assert option in text
+
+
+def _read_csv(path):
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_run_tiny(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert _cli.main(["run", *TINY_SIMULATED, "--eps", "0", "0.8", "--fractions", "0.5", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert [r["eps"] for r in results["sweep"]] == [0.0, 0.8]
+    methods = {r["method"] for r in results["matched"]}
+    assert methods == {"lump + refit", "magnitude", "magnitude + reconstruction", "structured_prune + reconstruction"}
+    for row in results["matched"]:
+        assert "error" in row or row["percent"] <= 50.0
+    assert len(_read_csv(out / "results.csv")) == 2 + 4
+    assert (out / "size_vs_error.png").stat().st_size > 0
+    assert "test_mse" in capsys.readouterr().out
+
+
+def test_run_plot_labels_eps_and_shows_reconstructed_baselines():
+    fig, ax = _cli_jobs._figure()
+    _cli_jobs._plot_eps_line(ax, [{"eps": 0.0, "percent": 100.0, "test_mse": 1.0}, {"eps": 0.5, "percent": 50.0,
+                                                                                     "test_mse": 2.0}])  # fmt: skip
+    rows = [{"method": m, "percent": 50.0, "test_mse": 3.0} for m in ("magnitude", "magnitude + reconstruction")]
+    _cli_jobs._plot_matched(ax, rows)
+    assert [t.get_text() for t in ax.texts] == ["ε=0", "ε=0.5"]
+    assert {line.get_label() for line in ax.lines} >= {"lump (ε sweep)", "magnitude", "magnitude + reconstruction"}
+
+
+def test_compress_tiny_saves_a_loadable_model(tmp_path):
+    out = tmp_path / "compress"
+    argv = ["compress", "--data", "abalone", *TINY, "--method", "magnitude", "--target", "0.5", "--reconstruct"]
+    assert _cli.main([*argv, "--out", str(out)]) == 0
+    result = json.loads((out / "compress.json").read_text())["result"]
+    assert result["method"] == "magnitude + reconstruction" and result["requested"] == 0.5
+    original = json.loads((out / "compress.json").read_text())["original"]
+    assert result["nonzeros"] <= 0.5 * original["params"]
+    loaded = jaxlump.load(out / "model.npz")
+    assert int(jaxlump.cost(loaded).nonzeros) == result["nonzeros"]
+    assert (out / "predictions.png").exists() and len(_read_csv(out / "compress.csv")) == 1
+
+
+def test_compress_to_widths(tmp_path):
+    out = tmp_path / "widths"
+    argv = ["compress", "--data", "abalone", *TINY, "--method", "structured_prune", "--target", "3,3"]
+    assert _cli.main([*argv, "--out", str(out)]) == 0
+    result = json.loads((out / "compress.json").read_text())["result"]
+    assert result["widths"][1:-1] == [3, 3] and result["requested"] == [3, 3]
+
+
+def test_sweep_tiny(tmp_path):
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--data", "abalone", *TINY, "--eps", "0", "0.5", "2", "--max-error", "1e9"]
+    assert _cli.main([*argv, "--out", str(out)]) == 0
+    payload = json.loads((out / "sweep.json").read_text())
+    assert [r["eps"] for r in payload["sweep"]] == [0.0, 0.5, 2.0]
+    # a budget every ε meets: the smallest model of the grid is chosen
+    assert payload["chosen"]["params"] == min(r["params"] for r in payload["sweep"])
+    assert len(_read_csv(out / "sweep.csv")) == 3 and (out / "sweep.png").exists()
+
+
+def test_bench_tiny(tmp_path):
+    out = tmp_path / "bench"
+    argv = ["bench", "--data", "abalone", *TINY, "--methods", "magnitude", "structured_prune", "--fractions", "0.5"]
+    assert _cli.main([*argv, "--out", str(out)]) == 0
+    rows = json.loads((out / "bench.json").read_text())["rows"]
+    assert [r["method"] for r in rows] == [
+        "magnitude",
+        "magnitude + reconstruction",
+        "structured_prune",
+        "structured_prune + reconstruction",
+    ]
+    assert all(r["percent"] <= 50.0 for r in rows) and (out / "bench.png").exists()
