@@ -19,6 +19,7 @@ import numpy as np
 from jaxtyping import Array, Int
 
 from ._adapters import to_chain
+from ._errors import check_positive_int
 from ._network import DenseChain
 
 
@@ -81,9 +82,28 @@ def measure_latency(model, batch_size: int = 1, *, repeats: int = 50, warmup: in
 
     Masks buy no speed without sparse kernels: a pruned-but-same-shape model measures like the
     dense one; a physically smaller (lumped, structurally pruned) model measures faster.
+
+    **Arguments:**
+
+    - `model`: any supported model.
+    - `batch_size`: examples per forward pass, an integer >= 1.
+    - `repeats`: timed passes, an integer >= 1 (the median is returned).
+    - `warmup`: untimed passes before timing, an integer >= 0 (at least one is always run: it compiles).
+    - `key`: PRNG key for the random input batch (default `jax.random.key(0)`).
+
+    **Returns:** the median time in seconds, a float.
+
+    **Raises:** `TypeError`/`ValueError` for counts that are not integers in range.
+
+    ```python
+    import equinox as eqx, jax.random as jr, jaxlump
+    seconds = jaxlump.measure_latency(eqx.nn.MLP(3, 2, 8, 2, key=jr.key(0)), 4, repeats=3)
+    assert seconds > 0
+    ```
     """
-    if int(batch_size) < 1:
-        raise ValueError(f"`batch_size` must be a positive integer; received {batch_size!r}.")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    repeats = check_positive_int(repeats, "repeats")
+    warmup = check_positive_int(warmup, "warmup", minimum=0)
     n_in = to_chain(model).widths[0] if getattr(model, "cost", None) is None else model.in_size
     key = jax.random.key(0) if key is None else key
     x = jax.random.normal(key, (int(batch_size), n_in), dtype=_dtype(model))

@@ -32,3 +32,21 @@ def test_latency_is_measured_and_bad_batch_refused():
     assert 0.0 < jaxlump.measure_latency(model, 4, repeats=5) < 10.0
     with pytest.raises(ValueError, match="batch_size"):
         jaxlump.measure_latency(model, 0)
+
+
+@pytest.mark.parametrize(
+    "options, error, match",
+    [
+        ({"repeats": 0}, ValueError, r"`repeats` must be an integer >= 1; received 0"),
+        ({"repeats": 2.5}, TypeError, r"`repeats` must be an integer"),
+        ({"warmup": -1}, ValueError, r"`warmup` must be an integer >= 0"),
+        ({"batch_size": 0}, ValueError, r"`batch_size` must be an integer >= 1"),
+        ({"batch_size": True}, TypeError, r"`batch_size`"),
+    ],
+    ids=["zero_repeats", "float_repeats", "negative_warmup", "zero_batch", "bool_batch"],
+)
+def test_measure_latency_refuses_bad_counts(options, error, match):
+    """`repeats=0` returned NaN (the median of nothing); counts are now checked."""
+    model = eqx.nn.MLP(3, 2, 4, 1, key=jr.key(0))
+    with pytest.raises(error, match=match):
+        jaxlump.measure_latency(model, **options)

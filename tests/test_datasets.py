@@ -15,6 +15,7 @@ import jax.random as jr
 import numpy as np
 import pytest
 
+from jaxlump import datasets
 from jaxlump.datasets import (
     Dataset,
     abalone,
@@ -511,3 +512,25 @@ def test_household_power_threshold_and_features():
         household_power(max_imputed_minutes=61)
     with pytest.raises(TypeError, match="max_imputed_minutes"):
         household_power(max_imputed_minutes=1.5)
+
+
+@pytest.mark.parametrize(
+    "loader, options, error, match",
+    [
+        ("rlc_network", {"parameters": {"R": -1.0}}, ValueError, r"`parameters\['R'\]` must be a finite number > 0"),
+        ("rlc_network", {"parameters": {"C": 0.0}}, ValueError, r"`parameters\['C'\]`"),
+        ("rlc_network", {"parameters": {"L": float("nan")}}, ValueError, r"`parameters\['L'\]`"),
+        ("rlc_network", {"solver": "tsit5"}, TypeError, r"`solver` must be a diffrax solver instance"),
+        ("glycolytic", {"parameters": {"k1": -2.0}}, ValueError, r"`parameters\['k1'\]`"),
+        ("glycolytic", {"solver": "kvaerno5"}, TypeError, r"`solver`"),
+        ("polymerization", {"rates": {"k_grow": -1.0}}, ValueError, r"`rates\['k_grow'\]`"),
+        ("reaction_network", {"rates": {"kon_kinase": True}}, ValueError, r"`rates\['kon_kinase'\]`"),
+        ("rlc_network", {"rtol": 0.0}, ValueError, r"`rtol` must be a finite number > 0"),
+        ("rlc_network", {"standardize": "yes"}, TypeError, r"`standardize` must be True or False"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_simulated_loaders_refuse_unphysical_or_misnamed_options(loader, options, error, match):
+    """Refused before any simulation (today: negative resistances are simulated, `solver='tsit5'` dies in diffrax)."""
+    with pytest.raises(error, match=match):
+        getattr(datasets, loader)(**options)

@@ -15,6 +15,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray, PyTree
 
+from .._errors import check_bool
 from ._dataset import Dataset, as_key, check_count, make_dataset, numpy_rng
 
 # Shared default solver instances (no calls in argument defaults).
@@ -191,9 +192,18 @@ TARGETS = ("vector_field", "next_state")
 
 def with_overrides(defaults: Mapping[str, float], overrides: Mapping[str, float] | None, name: str) -> dict:
     """`defaults` updated by `overrides`, refusing names that `defaults` does not have."""
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise TypeError(f"`{name}` must be a dict of name -> value or None; received {overrides!r}.")
     unknown = set(overrides or ()) - set(defaults)
     if unknown:
         raise ValueError(f"`{name}` has unknown names {sorted(unknown)}; accepted: {sorted(defaults)}.")
+    for key, value in (overrides or {}).items():
+        number = isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_))
+        if not (number and math.isfinite(value) and value > 0):
+            raise ValueError(
+                f"`{name}[{key!r}]` must be a finite number > 0 (rates, resistances, capacitances, inductances and "
+                f"frequencies are positive); received {value!r}."
+            )
     return {**defaults, **(overrides or {})}
 
 
@@ -228,6 +238,16 @@ def simulated_dataset(
     """
     if target not in TARGETS:
         raise ValueError(f"`target` must be one of {list(TARGETS)}; received {target!r}.")
+    if not isinstance(solver, diffrax.AbstractSolver):
+        raise TypeError(
+            f"`solver` must be a diffrax solver instance such as diffrax.Tsit5() or diffrax.Kvaerno5() (not a name); "
+            f"received {solver!r}."
+        )
+    for tolerance_name, tolerance in (("rtol", rtol), ("atol", atol)):
+        number = isinstance(tolerance, (int, float, np.number)) and not isinstance(tolerance, (bool, np.bool_))
+        if not (number and math.isfinite(tolerance) and tolerance > 0):
+            raise ValueError(f"`{tolerance_name}` must be a finite number > 0; received {tolerance!r}.")
+    standardize = check_bool(standardize, "standardize")
     n_train, n_test = check_count(n_train, "n_train"), check_count(n_test, "n_test")
     n_times = check_count(n_times, "n_times", lower=2)
     if not (isinstance(t_end, (int, float, np.number)) and math.isfinite(t_end) and t_end > 0):
