@@ -10,6 +10,7 @@ from ._accounting import measure_latency as measure_latency
 from ._adapters.eqx_nn import LumpedMLP as LumpedMLP
 from ._discrepancy import Dynamical as Dynamical
 from ._discrepancy import Structural as Structural
+from ._merge_cost import RefitAware as RefitAware
 from ._encoding import (
     EncodingCheck as EncodingCheck,
 )
@@ -31,6 +32,8 @@ from ._info import CompressionInfo as CompressionInfo
 from ._lump import lump as lump
 from ._lump import lump_masked as lump_masked
 from ._lump_then_prune import lump_then_prune as lump_then_prune
+from ._select import lump_then_select as lump_then_select
+from ._select import merge_or_remove as merge_or_remove
 from ._reconstruct import reconstruct as reconstruct
 from ._reduction.masked import shrink as shrink
 from ._registry import Compressor as Compressor

@@ -1,0 +1,197 @@
+"""Structured compressors built on refit-aware costs: `merge_or_remove` and `lump_then_select`.
+
+Both cut greedy paths (`jaxlump._merge_cost.greedy_path`): per hidden layer, the sequence of cheapest
+operations under the next layer's least-squares refit — remove a neuron (structured OBS, ZipLM's rule) or,
+when allowed, merge two (mean-in / sum-out) — with the costs recomputed after every step. The result is then
+built as a quotient (removed neurons dropped, merged ones averaged in / summed out) and reconstructed against
+the original by the shared least-squares refit (`jaxlump.reconstruct`), which also computes the certificate.
+"""
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+
+from ._adapters import from_chain, to_chain
+from ._discrepancy import AbstractDiscrepancy, Structural
+from ._errors import check_data, check_eps, check_fraction
+from ._lump import lump
+from ._merge_cost import Path, check_damping, greedy_path, initial_state, layer_inputs
+from ._reconstruct import DEFAULT_RIDGE, reconstruct
+from ._reduction.masked import shrink
+from ._reduction.quotient import quotient
+from .baselines._structured import structured_info
+
+
+def layer_paths(chain, x, *, merge: bool, damping: float) -> tuple[Path, ...]:
+    """One greedy path per hidden layer, on the network's own activations on `x` (parallel mode)."""
+    zs, acts = layer_inputs(chain, x)
+    paths = []
+    for l in range(1, chain.n_layers):
+        state, problem = initial_state(
+            zs[l - 1],
+            acts[l - 1],
+            chain.weights[l],
+            chain.activations[l - 1],
+            centre=chain.use_bias[l],
+            damping=damping,
+        )
+        paths.append(greedy_path(state, problem, merge))
+    return tuple(paths)
+
+
+def steps_within(path: Path, eps) -> int:
+    """How many leading steps of `path` keep the next layer's relative refit error ≤ ε."""
+    return int(np.sum(np.maximum.accumulate(np.asarray(path.cumulative)) <= float(eps)))
+
+
+def steps_to_sparsity(path: Path, sparsity: float) -> int:
+    """Steps that remove the fraction `sparsity` of the layer's neurons (`int(n · s)`, at least one stays)."""
+    n = path.labels.shape[1]
+    return min(int(n * sparsity), n - 1)
+
+
+def labels_after(path: Path, steps: int) -> np.ndarray:
+    n = path.labels.shape[1]
+    return np.arange(n) if steps == 0 else np.asarray(path.labels[steps - 1])
+
+
+def build(model, partitions, method: str, knob):
+    """The quotient of `model` under `partitions` (representative labels, `-1`: removed), shrunk."""
+    chain = to_chain(model)
+    labels = tuple(jnp.asarray(p, jnp.int32) for p in partitions)
+    masked = from_chain(quotient(chain, labels, chain.widths[1:-1]), like=model)
+    info = structured_info(method, knob, model, masked, chain.widths, labels)
+    small, info = shrink(masked, info)
+    return small, info
+
+
+def compress_along(model, x, paths, steps, method: str, knob, ridge: float):
+    """Cut every layer's path after `steps[l]` operations, build the quotient and reconstruct it."""
+    partitions = [labels_after(p, s) for p, s in zip(paths, steps)]
+    small, info = build(model, partitions, method, knob)
+    small, info = reconstruct(model, small, x, info, ridge=ridge)
+    return small, dataclasses.replace(info, method=method)
+
+
+def _prepare(model, x_calib, damping):
+    chain = to_chain(model)
+    x = check_data(x_calib, "x_calib", width=chain.widths[0]).astype(chain.weights[0].dtype)
+    return chain, x, check_damping(damping)
+
+
+def merge_or_remove(model, x_calib, eps, *, merge: bool = True, damping: float = 1e-3, ridge: float = DEFAULT_RIDGE):
+    """Compress by greedy refit-aware merging or removal of neurons, while the refit error stays within ε.
+
+    Per hidden layer l, repeatedly apply the operation — merge two neurons (mean-in / sum-out) or remove one —
+    whose refit-aware cost is smallest under the current state (costs recomputed after every step,
+    `jaxlump.RefitAware`'s closed form), and stop before the first step that would make the next layer's
+    least-squares refit error exceed ε: `sqrt(E_l / N) ≤ ε · scale_l`, with `scale_l = mean_j rms(a_j)
+    ‖W^{l+1}_{:,j}‖₂` (a typical neuron's RMS contribution to the next layer). One ε for every layer, so
+    widths go where they cost least. Then the shared least-squares reconstruction against the original.
+    With `merge=False` the path is structured OBS (ZipLM's greedy elimination, parallel mode). ε = 0 removes
+    or merges only what costs exactly nothing (neurons whose pre-activations coincide on the data).
+
+    **Arguments:**
+
+    - `model`: an `eqx.nn.MLP`, `eqx.nn.Sequential`, `LumpedMLP` or NNX chain; it is not modified.
+    - `x_calib`: calibration inputs `(batch, n_in)` (required).
+    - `eps`: the tolerance ε ≥ 0 on each layer's relative refit error.
+    - `merge`: allow merges (default) — `False` gives pure structured OBS.
+    - `damping`: the Gram damping λ relative to its mean diagonal (ZipLM's; default `1e-3`).
+    - `ridge`: the final reconstruction's ridge (see `jaxlump.reconstruct`).
+
+    **Returns:** `(smaller_model, info)`; `info.partitions` maps each original neuron to its compressed neuron
+    (`-1`: removed, shared: merged), `info.certificate` is the reconstruction's measured certificate.
+
+    **Raises:** `ValueError` for ε < 0 or NaN, `damping ≤ 0`, missing or malformed `x_calib`.
+
+    Cost: `O(N n⁴)` per layer of width n (n greedy steps of the `O(N n³)` cost kernel).
+
+    ```python
+    import equinox as eqx, jax.numpy as jnp, jax.random as jr, jaxlump
+    mlp = eqx.nn.MLP(3, 2, 12, 2, activation=jnp.tanh, key=jr.key(0))
+    x = jr.normal(jr.key(1), (256, 3))
+    small, info = jaxlump.merge_or_remove(mlp, x, 0.3)
+    same, same_info = jaxlump.merge_or_remove(mlp, x, 0.0)
+    assert same_info.widths_after.tolist() == [3, 12, 12, 2]
+    ```
+
+    Reference: Kurtic, Frantar, Alistarh, *ZipLM*, NeurIPS 2023 (the removal step); Dhiman et al., arXiv
+    2606.01402 (2026) (the merge operator and ε).
+    """
+    chain, x, damping = _prepare(model, x_calib, damping)
+    eps = float(check_eps(eps))
+    paths = layer_paths(chain, x, merge=bool(merge), damping=damping)
+    return compress_along(model, x, paths, [steps_within(p, eps) for p in paths], "merge_or_remove", eps, ridge)
+
+
+def compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """Labels of the original neurons after `inner` (original → intermediate) then `outer` (intermediate → final)."""
+    inner, outer = np.asarray(inner), np.asarray(outer)
+    return np.where(inner >= 0, outer[np.maximum(inner, 0)], -1)
+
+
+def lump_then_select(
+    model,
+    x_calib,
+    sparsity: float,
+    *,
+    eps: float = 0.5,
+    discrepancy: AbstractDiscrepancy = Structural(),
+    merge: bool = False,
+    damping: float = 1e-3,
+    ridge: float = DEFAULT_RIDGE,
+):
+    """Lump mildly (merging near-equivalent neurons), then select with structured OBS, then reconstruct.
+
+    1. `jaxlump.lump(model, x_calib, eps, discrepancy=...)` (with its refit) merges neurons within ε;
+    2. structured OBS greedy elimination (`merge=True`: greedy merge-or-remove) on the lumped network's own
+       activations removes `int(w_l · sparsity)` of each lumped hidden layer's `w_l` neurons;
+    3. the shared least-squares reconstruction against the *original* network (a lumped block's target is its
+       members' mean pre-activation), which also gives the certificate.
+
+    The knob is `sparsity`, the fraction of the *lumped* neurons removed, so `jaxlump.baselines.compress_to`
+    reaches a parameter budget with it; `sparsity = 0` is `lump` alone, `eps = 0` structured OBS alone (on a
+    network without exact duplicates).
+
+    **Arguments:**
+
+    - `model`: the model to compress (not modified); `x_calib`: calibration inputs `(batch, n_in)` (required).
+    - `sparsity`: fraction in `[0, 1)` of each lumped hidden layer's neurons removed (at least one stays).
+    - `eps`, `discrepancy`: the lumping's (default ε = 0.5, `Structural()`).
+    - `merge`: let the selection also merge (greedy merge-or-remove instead of structured OBS).
+    - `damping`: the selection's Gram damping; `ridge`: the reconstruction's ridge.
+
+    **Returns:** `(smaller_model, info)` with `info.partitions` mapping every original neuron to its final neuron
+    (`-1`: removed), `info.knob` the sparsity.
+
+    **Raises:** `ValueError` for a sparsity outside `[0, 1)`, ε < 0, `damping ≤ 0` or bad `x_calib`.
+
+    ```python
+    import equinox as eqx, jax.numpy as jnp, jax.random as jr, jaxlump
+    mlp = eqx.nn.MLP(3, 2, 16, 2, activation=jnp.tanh, key=jr.key(0))
+    x = jr.normal(jr.key(1), (256, 3))
+    small, info = jaxlump.lump_then_select(mlp, x, 0.5, eps=0.3)
+    assert max(info.widths_after.tolist()[1:-1]) <= 8
+    ```
+    """
+    sparsity = check_fraction(sparsity, "sparsity")
+    chain, x, damping = _prepare(model, x_calib, damping)
+    lumped, lump_info = lump(model, x, eps, discrepancy=discrepancy, ridge=ridge, certify_ode=False)
+    paths = layer_paths(to_chain(lumped), x, merge=bool(merge), damping=damping)
+    return select_lumped(model, x, lumped, lump_info, paths, sparsity, ridge)
+
+
+def select_lumped(model, x, lumped, lump_info, paths, sparsity: float, ridge: float):
+    """Steps 2–3 of `lump_then_select`, given the lumped model, its info and its greedy paths."""
+    selection = [labels_after(p, steps_to_sparsity(p, sparsity)) for p in paths]
+    selected, select_info = build(lumped, selection, "lump_then_select", sparsity)
+    partitions = tuple(
+        jnp.asarray(compose(np.asarray(s), np.asarray(p))) for s, p in zip(select_info.partitions, lump_info.partitions)
+    )
+    combined = dataclasses.replace(
+        select_info, partitions=partitions, widths_before=lump_info.widths_before, cost_before=lump_info.cost_before
+    )
+    small, info = reconstruct(model, selected, x, combined, ridge=ridge)
+    return small, dataclasses.replace(info, method="lump_then_select")
