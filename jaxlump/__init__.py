@@ -8,6 +8,7 @@ from ._accounting import Cost as Cost
 from ._accounting import cost as cost
 from ._accounting import measure_latency as measure_latency
 from ._adapters.eqx_nn import LumpedMLP as LumpedMLP
+from ._network import Activation as Activation
 from ._discrepancy import Dynamical as Dynamical
 from ._discrepancy import Structural as Structural
 from ._merge_cost import RefitAware as RefitAware

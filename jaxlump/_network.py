@@ -1,12 +1,21 @@
 """The canonical dense chain `z^l = W^l a^{l-1} + b^l`, `a^l = σ_l(z^l)`, and the activation table.
 
-Every adapter converts to and from `DenseChain`; every algorithm works on it.
+Every adapter converts to and from `DenseChain`; every algorithm works on it. A layer's activation is stored
+by name; `ACTIVATIONS[name]` is its `Activation` (the function, its derivative σ'(z), a Lipschitz constant).
+
+Activations are recognised by *what they are*, never by their values: the known function objects
+(`jnp.tanh` = `jax.nn.tanh` = `nnx.tanh`, `jax.nn.sigmoid`, `jax.nn.relu`, `jax.nn.leaky_relu`,
+`jax.nn.softplus`, `jax.nn.silu`, `jax.lax.tanh`, `jax.lax.logistic`), `eqx.nn.Identity()` and Equinox's own
+default identity, `eqx.nn.Lambda` wrappers of these, `functools.partial(jax.nn.leaky_relu, negative_slope=s)`,
+and `jaxlump.Activation` objects a user declares. Anything else (`jax.nn.relu6`, `lambda x: jnp.clip(x, -5, 5)`,
+`lambda x: x`) is refused with a message saying how to declare it.
 """
 
-import concurrent.futures
 import dataclasses
 import functools
-from collections.abc import Callable
+import math
+import re
+from collections.abc import Callable, Iterator, Mapping
 
 import equinox as eqx
 import jax
@@ -18,20 +27,138 @@ from ._custom_types import Bias, Weight
 
 @dataclasses.dataclass(frozen=True)
 class Activation:
-    """One supported activation.
+    """An elementwise activation σ that jaxlump can encode, declared by the user or built in.
 
-    `state` says which variable the ODE encoding integrates for this layer: `"a"` when σ' is a
-    polynomial in the activation itself (`derivative_in_a`, of degree `degree`), `"z"` when it is
-    only a function of the pre-activation (`derivative_in_z`; piecewise-linear or non-polynomial).
+    Use a declared activation in a model exactly like a function (it is callable); jaxlump then recognises it
+    by its `name`, which is also what `jaxlump.save` stores (declare it again before `jaxlump.load` in a new
+    process). Declaring a name again replaces the earlier declaration; built-in names cannot be redeclared.
+
+    The declaration is *confirmed* by probing (it cannot decide anything): `derivative` must match the
+    automatic derivative of `fn`, and `lipschitz` must bound `|derivative|`, at 24 points in [−7.9, 7.9].
+
+    **Arguments:**
+
+    - `name`: an identifier (letters, digits, `_`), unique among activations.
+    - `fn`: the elementwise function `σ(z)`.
+    - `derivative`: `σ'(z)`, elementwise (what the dynamical ODE encoding integrates with).
+    - `lipschitz`: an upper bound on `|σ'|` (the certificate's a-priori bound needs it).
+    - `kinked`: `True` when σ' jumps (piecewise-linear activations such as relu): the ODE solver then
+        locates each kink (Heun, more steps).
+    - `degree`: the degree of σ' as a polynomial in `a = σ(z)` (tanh `1 − a²`: 2), or `None` when it is
+        not one; documents the polynomial form of the encoding (`polynomial_degree`).
+
+    **Raises:** `ValueError` for a bad name, a taken built-in name, a non-positive `lipschitz`, or a
+    `derivative` / `lipschitz` contradicted by the probe.
+
+    ```python
+    import jax, jax.numpy as jnp, jaxlump
+    import equinox as eqx, jax.random as jr
+
+    relu6 = jaxlump.Activation(
+        "relu6", jax.nn.relu6, lambda z: ((z > 0) & (z < 6)).astype(z.dtype), lipschitz=1.0, kinked=True
+    )
+    mlp = eqx.nn.MLP(2, 1, 4, 1, activation=relu6, key=jr.key(0))
+    assert jaxlump.simulate(mlp, jnp.ones((1, 2))).activations[0].shape == (1, 1, 4)
+    ```
     """
 
     name: str
     fn: Callable
+    derivative: Callable
     lipschitz: float
-    state: str
-    derivative_in_a: Callable | None = None
-    derivative_in_z: Callable | None = None
+    kinked: bool = False
     degree: int | None = None
+    builtin: bool = dataclasses.field(default=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not (self.builtin or _IDENTIFIER.match(self.name)):
+            raise ValueError(f"`name` must be an identifier such as 'relu6'; received {self.name!r}.")
+        if not callable(self.fn) or not callable(self.derivative):
+            raise TypeError(f"activation {self.name!r}: `fn` and `derivative` must be callables.")
+        if not (isinstance(self.lipschitz, (int, float)) and math.isfinite(self.lipschitz) and self.lipschitz > 0):
+            raise ValueError(
+                f"activation {self.name!r}: `lipschitz` must be a finite number > 0; received {self.lipschitz!r}."
+            )
+        if not self.builtin:
+            if _is_builtin_name(self.name):
+                raise ValueError(f"activation name {self.name!r} is built in; choose another name.")
+            _confirm(self)
+        ACTIVATIONS.register(self)
+
+    def __call__(self, z):
+        return self.fn(z)
+
+    @property
+    def model_fn(self) -> Callable:
+        """What to put in a rebuilt model: the known function object for built-ins, the declaration otherwise."""
+        return self.fn if self.builtin else self
+
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# Probe points avoid 0 (where kinked derivatives jump) and integers (relu6's kink at 6).
+_PROBE = np.linspace(-7.9, 7.9, 24)
+
+
+def _confirm(activation: Activation) -> None:
+    """Probe a user declaration: `derivative` equals autodiff of `fn`, and `lipschitz` bounds it."""
+    with jax.ensure_compile_time_eval():
+        z = jnp.asarray(_PROBE, jnp.float32)
+        try:
+            declared = np.asarray(activation.derivative(z), np.float64)
+            automatic = np.asarray(jax.vmap(jax.grad(lambda s: activation.fn(s)))(z), np.float64)
+        except Exception as e:  # noqa: BLE001 — anything that cannot run elementwise is refused
+            raise ValueError(
+                f"activation {activation.name!r}: `fn`/`derivative` cannot be evaluated elementwise "
+                f"on a float32 vector ({e})."
+            ) from e
+    if declared.shape != z.shape or not np.allclose(declared, automatic, rtol=1e-4, atol=1e-5):
+        worst = int(np.argmax(np.abs(np.broadcast_to(declared, z.shape) - automatic)))
+        raise ValueError(
+            f"activation {activation.name!r}: the declared `derivative` is {declared.ravel()[worst]!r} at "
+            f"z = {_PROBE[worst]:.3g}, where the derivative of `fn` is {automatic[worst]!r}."
+        )
+    if np.max(np.abs(declared)) > activation.lipschitz * (1 + 1e-6):
+        raise ValueError(
+            f"activation {activation.name!r}: `lipschitz` = {activation.lipschitz} is below max |σ'| = "
+            f"{np.max(np.abs(declared)):.6g} on the probe; it must be an upper bound."
+        )
+
+
+class _Registry(Mapping):
+    """Activations by name: the built-ins, `leaky_relu(negative_slope=s)` for any s, and user declarations."""
+
+    def __init__(self):
+        self._table: dict[str, Activation] = {}
+
+    def register(self, activation: Activation) -> None:
+        self._table[activation.name] = activation
+
+    def __getitem__(self, name: str) -> Activation:
+        if name in self._table:
+            return self._table[name]
+        match = _LEAKY_NAME.match(name) if isinstance(name, str) else None
+        if match is None:
+            raise KeyError(name)
+        return _leaky_relu(float(match.group(1)))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([name for name in self._table if not _LEAKY_NAME.match(name)])
+
+    def __len__(self) -> int:
+        return len(list(iter(self)))
+
+
+ACTIVATIONS = _Registry()
+_LEAKY_NAME = re.compile(r"leaky_relu\(negative_slope=([-+0-9.eE]+|inf|-inf|nan)\)\Z")
+_DEFAULT_LEAKY_SLOPE = 0.01  # jax.nn.leaky_relu's default
+
+
+def _is_builtin_name(name: str) -> bool:
+    return bool(_LEAKY_NAME.match(name)) or (name in ACTIVATIONS._table and ACTIVATIONS._table[name].builtin)
+
+
+def _identity(z):
+    return z
 
 
 def _silu_derivative(z):
@@ -39,71 +166,115 @@ def _silu_derivative(z):
     return s * (1 + z * (1 - s))
 
 
-LEAKY_RELU_SLOPE = 0.01
-
-ACTIVATIONS: dict[str, Activation] = {
-    a.name: a
-    for a in (
-        Activation("identity", lambda z: z, 1.0, "a", derivative_in_a=jnp.ones_like, degree=0),
-        Activation("tanh", jnp.tanh, 1.0, "a", derivative_in_a=lambda a: 1 - a**2, degree=2),
-        Activation("sigmoid", jax.nn.sigmoid, 0.25, "a", derivative_in_a=lambda a: a - a**2, degree=2),
-        Activation("relu", jax.nn.relu, 1.0, "z", derivative_in_z=lambda z: (z > 0).astype(z.dtype)),
-        Activation(
-            "leaky_relu",
-            lambda z: jax.nn.leaky_relu(z, LEAKY_RELU_SLOPE),
-            1.0,
-            "z",
-            derivative_in_z=lambda z: jnp.where(z > 0, 1.0, LEAKY_RELU_SLOPE).astype(z.dtype),
-        ),
-        Activation("softplus", jax.nn.softplus, 1.0, "z", derivative_in_z=jax.nn.sigmoid),
-        # max |silu'| = 1.099839 (at z ≈ 2.3994); rounded up, the certificate needs an upper bound.
-        Activation("silu", jax.nn.silu, 1.09984, "z", derivative_in_z=_silu_derivative),
+@functools.cache
+def _leaky_relu(slope: float) -> Activation:
+    if not math.isfinite(slope):
+        raise KeyError(f"leaky_relu(negative_slope={slope})")
+    name = "leaky_relu" if slope == _DEFAULT_LEAKY_SLOPE else f"leaky_relu(negative_slope={slope!r})"
+    fn = (
+        jax.nn.leaky_relu
+        if slope == _DEFAULT_LEAKY_SLOPE
+        else functools.partial(jax.nn.leaky_relu, negative_slope=slope)
     )
-}
+    return Activation(
+        name,
+        fn,
+        lambda z: jnp.where(z > 0, 1.0, slope).astype(z.dtype),
+        max(1.0, abs(slope)),
+        kinked=slope != 1.0,
+        degree=0 if slope == 1.0 else None,
+        builtin=True,
+    )
 
-_PROBE = np.linspace(-4.0, 4.0, 33)
+
+_BUILTINS = (
+    Activation("identity", _identity, jnp.ones_like, 1.0, degree=0, builtin=True),
+    Activation("tanh", jnp.tanh, lambda z: 1 - jnp.tanh(z) ** 2, 1.0, degree=2, builtin=True),
+    Activation(
+        "sigmoid", jax.nn.sigmoid, lambda z: jax.nn.sigmoid(z) * (1 - jax.nn.sigmoid(z)), 0.25, degree=2, builtin=True
+    ),
+    Activation("relu", jax.nn.relu, lambda z: (z > 0).astype(z.dtype), 1.0, kinked=True, builtin=True),
+    Activation("softplus", jax.nn.softplus, jax.nn.sigmoid, 1.0, builtin=True),
+    # max |silu'| = 1.099839 (at z ≈ 2.3994); rounded up, the certificate needs an upper bound.
+    Activation("silu", jax.nn.silu, _silu_derivative, 1.09984, builtin=True),
+)
+_BUILTINS += (_leaky_relu(_DEFAULT_LEAKY_SLOPE),)
 
 
-def _evaluate_eagerly(fn: Callable) -> np.ndarray:
-    """`fn` on the probe grid, computed eagerly even while JAX is tracing (e.g. `lump_masked` called inside a
-    user's `jax.jit`): JAX's trace state is thread-local, so a fresh thread evaluates concretely."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(lambda: np.asarray(fn(jnp.asarray(_PROBE)), dtype=np.float64)).result()
+# Equinox's default `final_activation` of `eqx.nn.MLP` (a private identity function), when present.
+_EQX_IDENTITY = getattr(getattr(eqx.nn, "_mlp", None), "_identity", None)
+_ALIASES = {jax.lax.tanh: "tanh", jax.lax.logistic: "sigmoid"}
 
 
 @functools.cache
-def _reference_values() -> dict[str, np.ndarray]:
-    return {name: _evaluate_eagerly(act.fn) for name, act in ACTIVATIONS.items()}
+def _known_functions() -> dict:
+    known = {act.fn: name for name, act in ACTIVATIONS._table.items() if act.builtin}
+    known.update(_ALIASES)
+    if _EQX_IDENTITY is not None:
+        known[_EQX_IDENTITY] = "identity"
+    return known
+
+
+def _supported() -> str:
+    return (
+        "tanh (jnp.tanh, jax.nn.tanh), sigmoid (jax.nn.sigmoid), relu (jax.nn.relu), leaky_relu (jax.nn.leaky_relu "
+        "or functools.partial(jax.nn.leaky_relu, negative_slope=s)), softplus, silu (jax.nn.softplus, jax.nn.silu), "
+        "identity (eqx.nn.Identity()), as functions, eqx.nn.Lambda wrappers or their flax.nnx aliases"
+    )
+
+
+def _refusal(fn, where: str, reason: str) -> TypeError:
+    label = getattr(fn, "__name__", None) or repr(fn)
+    return TypeError(
+        f"{where}: activation {label!r} is not supported: {reason}. jaxlump recognises activations by what they "
+        f"are, not by their values; supported: {_supported()}. To use another elementwise function, declare it "
+        "with `jaxlump.Activation(name, fn, derivative, lipschitz)` and put that object in the model."
+    )
 
 
 def identify_activation(fn: Callable, where: str) -> str:
-    """Name the activation computed by `fn`, recognised by its values on a probe grid.
+    """The name of the activation `fn` is, recognised by identity (see the module docs); refuses anything else.
 
-    Probing (rather than comparing function identity) recognises `jnp.tanh`, `jax.nn.tanh`,
-    `lambda x: x`, `eqx.nn.Lambda(jax.nn.relu)`, `eqx.nn.Identity()` alike.
+    **Arguments:**
+
+    - `fn`: the activation as found in the model (function, `eqx.nn.Lambda`, `functools.partial`, ...).
+    - `where`: where it was found, for the message (`"eqx.nn.MLP.activation"`).
+
+    **Returns:** a key of `ACTIVATIONS`.
+
+    **Raises:** `TypeError` naming `where` for an unknown, look-alike or learnable activation.
     """
     if isinstance(fn, eqx.nn.Lambda):
         fn = fn.fn
-    if isinstance(fn, eqx.Module) and not isinstance(fn, eqx.nn.Identity):
-        if jax.tree_util.tree_leaves(eqx.filter(fn, eqx.is_array)):
-            raise TypeError(
-                f"{where}: learnable activation {type(fn).__name__} is not supported; "
-                f"supported activations: {', '.join(ACTIVATIONS)}."
-            )
-    try:
-        values = _evaluate_eagerly(fn)
-    except Exception as e:  # noqa: BLE001 — anything that cannot run elementwise is unsupported
+    if isinstance(fn, Activation):
+        if ACTIVATIONS.get(fn.name) != fn:
+            raise _refusal(fn, where, f"it was declared again since under the same name {fn.name!r}")
+        return fn.name
+    if isinstance(fn, eqx.nn.Identity) or fn is _EQX_IDENTITY:
+        return "identity"
+    if isinstance(fn, functools.partial):
+        keywords = dict(fn.keywords)
+        if fn.func is jax.nn.leaky_relu and not fn.args and set(keywords) <= {"negative_slope"}:
+            slope = keywords.get("negative_slope", _DEFAULT_LEAKY_SLOPE)
+            if isinstance(slope, (int, float, np.floating, np.integer)) and not isinstance(slope, bool):
+                if math.isfinite(float(slope)):
+                    return _leaky_relu(float(slope)).name
+            raise _refusal(fn, where, f"negative_slope must be a finite Python number; received {slope!r}")
+        if fn.args or fn.keywords:
+            raise _refusal(fn, where, "only functools.partial(jax.nn.leaky_relu, negative_slope=s) is recognised")
+        return identify_activation(fn.func, where)
+    if isinstance(fn, eqx.Module) and jax.tree_util.tree_leaves(eqx.filter(fn, eqx.is_array)):
         raise TypeError(
-            f"{where}: could not evaluate activation {fn!r} elementwise ({e}); "
-            f"supported activations: {', '.join(ACTIVATIONS)}."
-        ) from e
-    for name, expected in _reference_values().items():
-        if values.shape == expected.shape and np.allclose(values, expected, rtol=1e-5, atol=1e-6):
-            return name
-    raise TypeError(
-        f"{where}: activation {getattr(fn, '__name__', fn)!r} is not supported; "
-        f"supported activations: {', '.join(ACTIVATIONS)}."
-    )
+            f"{where}: learnable activation {type(fn).__name__} is not supported; its per-neuron "
+            f"parameters cannot be merged. Supported: {_supported()}."
+        )
+    try:
+        name = _known_functions().get(fn)
+    except TypeError:  # unhashable callables are not known functions
+        name = None
+    if name is None:
+        raise _refusal(fn, where, "it is not one of the known functions")
+    return name
 
 
 class DenseChain(eqx.Module):

@@ -1,121 +1,45 @@
 """Save and load models whose shapes changed — widths stored with the weights, no pickle.
 
-A file is one NumPy `.npz` archive: the canonical chain's arrays under `layers[l].weight` (shape
-`(n_{l+1}, n_l)`, Equinox's `(out, in)`, for every model kind) and `layers[l].bias` (only for layers
-with a bias), the `CompressionInfo` arrays under `info.<field path>`, and one JSON record under
-`__jaxlump__` with the structure: format and version, model kind, widths, activation names,
-`use_bias` flags, dtype and the kind's own options (MLP `scan`, Sequential layout ...). Loading
-rebuilds a template of that structure and fills it through `from_chain`, after checking every array
-against the stored widths.
+A file is one NumPy `.npz` archive (a zip of `.npy` arrays, read with `allow_pickle=False`): the canonical
+chain's arrays under `layers[l].weight` (shape `(n_{l+1}, n_l)`, Equinox's `(out, in)`, for every model kind)
+and `layers[l].bias` (only for layers with a bias), a `SkipMLP`'s skip matrices under `skips[l]`, the model's
+output on a fixed probe batch under `check.probe_output`, the `CompressionInfo` arrays under `info.<field
+path>`, and one JSON record under `__jaxlump__` with the structure: format and version, model kind, widths,
+activation names, `use_bias` flags, dtype and the kind's own options (MLP `scan`, Sequential layout ...).
+
+Loading checks every array against the stored widths and dtype, rebuilds the model through its kind
+(`jaxlump._adapters.KINDS`), and checks the rebuilt model's output on the probe batch against the stored one,
+so a file that loads computes what the saved model computed (an activation declared differently since, for
+instance, is refused). Equinox's `tree_serialise_leaves` was considered: it needs a template of the same
+shapes, which is exactly what a model whose widths changed does not have, so the widths and kinds are
+stored here in the JSON record and the arrays under readable names.
 """
 
 import json
 import os
 import zipfile
+import zlib
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
-import jax.random as jr
 import jax.tree_util as jtu
 import numpy as np
 
 from ._accounting import Cost
-from ._adapters import from_chain, to_chain
-from ._adapters.eqx_nn import LumpedMLP
-from ._errors import RESULTS
+from ._adapters import KINDS, apply_model, kind_of, param_dtype, probe_batch, to_chain
+from ._errors import RESULTS, is_traced
 from ._info import Certificate, CompressionInfo
-from ._network import ACTIVATIONS, DenseChain, identify_activation
+from ._network import ACTIVATIONS, DenseChain
+from ._skip_mlp import SkipMLP
 
 FORMAT = "jaxlump-model"
-VERSION = 1
+VERSION = 2
 _HEADER = "__jaxlump__"
-_EQX_KINDS = ("eqx.nn.MLP", "eqx.nn.Sequential", "jaxlump.LumpedMLP", "jaxlump.DenseChain")
-_KINDS = _EQX_KINDS + ("flax.nnx.Sequential", "flax.nnx.Linear")
-
-
-def _describe(model, chain: DenseChain) -> tuple[str, dict]:
-    """The model's kind and the options (beyond the chain) needed to rebuild it."""
-    if isinstance(model, DenseChain):
-        return "jaxlump.DenseChain", {}
-    if isinstance(model, eqx.nn.MLP):
-        return "eqx.nn.MLP", {
-            "scan": model.scan,
-            "width_size": model.width_size,
-            "activation": identify_activation(model.activation, "eqx.nn.MLP.activation"),
-            "final_activation": identify_activation(model.final_activation, "eqx.nn.MLP.final_activation"),
-        }
-    if isinstance(model, eqx.nn.Sequential):
-        names, layout, current = iter(chain.activations), [], None
-        for layer in model.layers:  # `to_chain` checked that each activation directly follows its Linear
-            current = next(names) if isinstance(layer, eqx.nn.Linear) else current
-            layout.append("linear" if isinstance(layer, eqx.nn.Linear) else current)
-        return "eqx.nn.Sequential", {"layout": layout}
-    if isinstance(model, LumpedMLP):
-        return "jaxlump.LumpedMLP", {
-            "activation": identify_activation(model.activation, "LumpedMLP.activation"),
-            "final_activation": identify_activation(model.final_activation, "LumpedMLP.final_activation"),
-        }
-    from ._adapters.flax_nnx import nnx_layout  # flax is imported lazily
-
-    layout = nnx_layout(model)
-    return ("flax.nnx.Linear" if layout is None else "flax.nnx.Sequential"), {"layout": layout}
-
-
-def _fn(name: str):
-    if name not in ACTIVATIONS:
-        raise ValueError(f"activation {name!r} is not one of {list(ACTIVATIONS)}.")
-    return ACTIVATIONS[name].fn
-
-
-def _eqx_linears(chain: DenseChain) -> list[eqx.nn.Linear]:
-    dtype = chain.weights[0].dtype
-    return [
-        eqx.nn.Linear(w.shape[1], w.shape[0], use_bias=u, dtype=dtype, key=jr.key(l))
-        for l, (w, u) in enumerate(zip(chain.weights, chain.use_bias, strict=True))
-    ]
-
-
-def _template(kind: str, options: dict, chain: DenseChain):
-    """A model of the stored kind and structure, for `from_chain(chain, like=...)`."""
-    if kind == "jaxlump.DenseChain":
-        return chain
-    if kind in _EQX_KINDS:
-        # Only the structure is needed: trace the constructors instead of running their random initialisation.
-        return eqx.filter_eval_shape(_eqx_template, kind, options, chain)
-    from ._adapters.flax_nnx import nnx_template  # flax is imported lazily
-
-    return nnx_template(options["layout"], chain.widths, chain.use_bias, chain.weights[0].dtype)
-
-
-def _eqx_template(kind: str, options: dict, chain: DenseChain):
-    hidden_widths, hidden_bias = set(chain.widths[1:-1]), set(chain.use_bias[:-1])
-    if kind == "eqx.nn.MLP":
-        if len(hidden_widths) > 1 or len(hidden_bias) > 1:
-            raise ValueError(f"an eqx.nn.MLP has equal hidden widths and bias flags; the record has {chain.widths}.")
-        return eqx.nn.MLP(
-            chain.widths[0],
-            chain.widths[-1],
-            hidden_widths.pop() if hidden_widths else int(options["width_size"]),
-            chain.n_layers - 1,
-            activation=_fn(options["activation"]),
-            final_activation=_fn(options["final_activation"]),
-            use_bias=hidden_bias.pop() if hidden_bias else True,
-            use_final_bias=chain.use_bias[-1],
-            dtype=chain.weights[0].dtype,
-            scan=bool(options["scan"]),
-            key=jr.key(0),
-        )
-    if kind == "jaxlump.LumpedMLP":
-        return LumpedMLP(_eqx_linears(chain), _fn(options["activation"]), _fn(options["final_activation"]))
-    linears = iter(_eqx_linears(chain))
-    return eqx.nn.Sequential(
-        [
-            next(linears)
-            if entry == "linear"
-            else (eqx.nn.Identity() if entry == "identity" else eqx.nn.Lambda(_fn(entry)))
-            for entry in options["layout"]
-        ]
-    )
+_PROBE_KEY = "check.probe_output"
+_SKIP_KIND = "jaxlump.SkipMLP"
+_KIND_NAMES = tuple(kind.name for kind in KINDS) + (_SKIP_KIND,)
+_CORRUPT = (ValueError, EOFError, OSError, KeyError, zipfile.BadZipFile, zlib.error)
 
 
 def _storable(array) -> np.ndarray:
@@ -131,22 +55,48 @@ def _stored_dtype(dtype) -> np.dtype:
     return np.dtype(f"u{dtype.itemsize}") if dtype.kind == "V" else dtype
 
 
-def _model_arrays(chain: DenseChain) -> dict[str, np.ndarray]:
+def _restored(array: np.ndarray, dtype) -> jnp.ndarray:
+    return jnp.asarray(array.view(jnp.dtype(dtype)) if jnp.dtype(dtype).kind == "V" else array)
+
+
+def _parts(model) -> tuple[str, DenseChain, dict, tuple]:
+    """Kind name, chain (in the model's own dtype), kind options and skip matrices of `model`."""
+    if isinstance(model, SkipMLP):
+        chain = model.dense_chain()
+        return _SKIP_KIND, chain, {"skip_sources": [list(s) for s in model.skip_sources]}, model.skips
+    kind = kind_of(model)
+    chain = to_chain(model)
+    dtype = param_dtype(model) or chain.weights[0].dtype
+    chain = DenseChain(
+        tuple(w.astype(dtype) for w in chain.weights),
+        tuple(b.astype(dtype) for b in chain.biases),
+        chain.activations,
+        chain.use_bias,
+    )
+    return kind.name, chain, kind.describe(model, chain), (None,) * chain.n_layers
+
+
+def _model_arrays(chain: DenseChain, skips) -> dict[str, np.ndarray]:
     arrays = {}
-    for l, (weight, bias, has_bias) in enumerate(zip(chain.weights, chain.biases, chain.use_bias, strict=True)):
+    for l, (weight, bias, has_bias, skip) in enumerate(zip(chain.weights, chain.biases, chain.use_bias, skips)):
         arrays[f"layers[{l}].weight"] = _storable(weight)
         if has_bias:
             arrays[f"layers[{l}].bias"] = _storable(bias)
+        if skip is not None:
+            arrays[f"skips[{l}]"] = _storable(skip)
     return arrays
 
 
 def _expected_model_arrays(record: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     widths, dtype = record["widths"], _stored_dtype(jnp.dtype(record["dtype"]))
+    sources = record["options"].get("skip_sources") if record["kind"] == _SKIP_KIND else None
     expected = {}
     for l, has_bias in enumerate(record["use_bias"]):
         expected[f"layers[{l}].weight"] = ((widths[l + 1], widths[l]), dtype)
         if has_bias:
             expected[f"layers[{l}].bias"] = ((widths[l + 1],), dtype)
+        if sources and sources[l]:
+            expected[f"skips[{l}]"] = ((widths[l + 1], sum(widths[k] for k in sources[l])), dtype)
     return expected
 
 
@@ -188,9 +138,38 @@ def _info_keys(info: CompressionInfo) -> list[str]:
     return [f"info{jtu.keystr(p)}" for p, _ in jtu.tree_flatten_with_path(info)[0]]
 
 
+def _check_info_fits(info: CompressionInfo, widths: tuple[int, ...]) -> None:
+    """Refuse an `info` that describes another model: widths, partitions and masks checked against `widths`."""
+
+    def refuse(detail: str) -> ValueError:
+        return ValueError(f"`info` does not describe `model` (widths {widths}): {detail}.")
+
+    before = tuple(info.widths_before)
+    if len(before) != len(widths) or (before[0], before[-1]) != (widths[0], widths[-1]):
+        raise refuse(f"its widths_before {before} have another depth, input or output width")
+    after = np.asarray(info.widths_after).reshape(-1, len(widths)) if np.size(info.widths_after) else None
+    if after is None or not (widths == before or all(tuple(row) == widths for row in after.tolist())):
+        found = None if after is None else after.tolist()
+        raise refuse(f"its widths_after {found} are not the model's widths (nor is the model the masked form)")
+    if len(info.partitions) != len(widths) - 2:
+        raise refuse(f"it has {len(info.partitions)} partitions for {len(widths) - 2} hidden layers")
+    for l, labels in enumerate(info.partitions):
+        labels = np.asarray(labels)
+        if labels.shape[-1:] != (before[l + 1],) or (
+            labels.size and not -1 <= labels.min() <= labels.max() < widths[l + 1]
+        ):
+            raise refuse(
+                f"partitions[{l}] has shape {labels.shape} and labels in [{labels.min(initial=0)}, "
+                f"{labels.max(initial=0)}]; expected {before[l + 1]} labels in [-1, {widths[l + 1]})"
+            )
+    if info.weight_masks is not None:
+        shapes = [np.shape(m)[-2:] for m in info.weight_masks]
+        expected = [(n_out, n_in) for n_in, n_out in zip(widths[:-1], widths[1:])]
+        if shapes != expected:
+            raise refuse(f"its weight masks have shapes {shapes}; the model's weights have {expected}")
+
+
 def _info_record(info: CompressionInfo) -> tuple[dict[str, np.ndarray], dict]:
-    if not isinstance(info, CompressionInfo):
-        raise TypeError(f"`info` must be a jaxlump CompressionInfo or None; received {type(info).__name__}.")
     leaves = jtu.tree_leaves(info)
     arrays = {key: _storable(leaf) for key, leaf in zip(_info_keys(info), leaves, strict=True)}
     record = {
@@ -231,24 +210,24 @@ def _load_info(arrays: dict, record, path: str) -> CompressionInfo:
     return info
 
 
-def _restored(array: np.ndarray, dtype) -> jnp.ndarray:
-    return jnp.asarray(array.view(jnp.dtype(dtype)) if jnp.dtype(dtype).kind == "V" else array)
-
-
 def _read(path: str) -> tuple[dict[str, np.ndarray], dict]:
     """The archive's arrays and its JSON record, after checking the file kind and format version."""
     not_ours = f"`path` {path} is not a jaxlump model file"
     try:
         data = np.load(path, allow_pickle=False)
-    except (ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{not_ours} (not a NumPy .npz archive: {e}).") from e
+    except FileNotFoundError:
+        raise
+    except _CORRUPT as e:
+        raise ValueError(f"{not_ours} (not a readable NumPy .npz archive: {e}).") from e
     if not isinstance(data, np.lib.npyio.NpzFile):
         raise ValueError(f"{not_ours} (a single NumPy array, not a .npz archive).")
     with data:
         try:
             arrays = {key: data[key] for key in data.files}
-        except ValueError as e:  # object arrays would need pickle
-            raise ValueError(f"{not_ours} ({e}).") from e
+        except _CORRUPT as e:  # a damaged member (CRC mismatch, truncation) or an object array needing pickle
+            raise ValueError(
+                f"`path` {path} is damaged or not a jaxlump model file: an array cannot be read ({e})."
+            ) from e
     header = arrays.pop(_HEADER, None)
     if header is None or header.ndim != 0 or header.dtype.kind != "U":
         raise ValueError(f"{not_ours} (no `{_HEADER}` structure record; files are written by `jaxlump.save`).")
@@ -272,15 +251,30 @@ def _check_model_record(record, path: str) -> dict:
 
     if not isinstance(record, dict):
         raise bad("", "a JSON object", record)
-    if record.get("kind") not in _KINDS:
-        raise bad("kind", f"one of {list(_KINDS)}", record.get("kind"))
+    if record.get("kind") not in _KIND_NAMES:
+        raise bad("kind", f"one of {list(_KIND_NAMES)}", record.get("kind"))
     widths = record.get("widths")
-    if not isinstance(widths, list) or len(widths) < 2 or not all(type(w) is int and w >= 1 for w in widths):
+    hidden_may_vanish = record["kind"] == _SKIP_KIND  # linearity merging can remove a whole hidden layer
+    if (
+        not isinstance(widths, list)
+        or len(widths) < 2
+        or not all(type(w) is int and (w >= 1 or (hidden_may_vanish and 0 < i < len(widths) - 1 and w == 0))
+                   for i, w in enumerate(widths))
+    ):  # fmt: skip
         raise bad("widths", "a list of at least two positive integers", widths)
     n_layers = len(widths) - 1
     activations = record.get("activations")
-    if not isinstance(activations, list) or len(activations) != n_layers or not set(activations) <= set(ACTIVATIONS):
-        raise bad("activations", f"a list of {n_layers} names from {list(ACTIVATIONS)}", activations)
+    if (
+        not isinstance(activations, list)
+        or len(activations) != n_layers
+        or not all(a in ACTIVATIONS for a in activations)
+    ):
+        raise bad(
+            "activations",
+            f"a list of {n_layers} names from {list(ACTIVATIONS)} (declare a custom one with jaxlump.Activation "
+            "before loading)",
+            activations,
+        )
     use_bias = record.get("use_bias")
     if not isinstance(use_bias, list) or len(use_bias) != n_layers or not all(type(u) is bool for u in use_bias):
         raise bad("use_bias", f"a list of {n_layers} booleans", use_bias)
@@ -295,41 +289,60 @@ def _check_model_record(record, path: str) -> dict:
     return record
 
 
+def _output(model, x) -> np.ndarray:
+    with jax.ensure_compile_time_eval():
+        outputs = model(x) if isinstance(model, SkipMLP) else apply_model(model, x)
+        return np.asarray(outputs)
+
+
 def save(path: str | os.PathLike, model, info: CompressionInfo | None = None) -> None:
     """Write `model` (and optionally the `info` of its compression) to one `.npz` file, without pickle.
 
     The file stores the widths, activation names, bias flags, dtype and the model kind's options beside
-    the weights, so a model whose shapes changed (lumped, pruned) loads back without a template.
+    the weights, so a model whose shapes changed (lumped, pruned, linearity-merged) loads back without a
+    template, and the model's output on a fixed probe batch, which `load` checks.
 
     **Arguments:**
 
     - `path`: the file to write (exactly this name; no suffix is added).
     - `model`: an `eqx.nn.MLP`, `eqx.nn.Sequential` of `eqx.nn.Linear` + activations, `jaxlump.LumpedMLP`,
-        `DenseChain`, or a Flax NNX `nnx.Sequential` / `nnx.Linear`.
-    - `info`: the `CompressionInfo` returned beside the model, or `None`.
+        `jaxlump.SkipMLP`, `DenseChain`, or a Flax NNX `nnx.Sequential` / `nnx.Linear`; concrete (not traced).
+    - `info`: the `CompressionInfo` returned beside the model, or `None`; it must describe `model`.
 
     **Returns:** nothing.
 
-    **Raises:** `TypeError` for an unsupported model or `info`; `ValueError` for NaN/inf parameters or
-    parameters of mixed dtypes.
+    **Raises:** `TypeError` for an unsupported model or `info`, or traced values (under `jax.jit`);
+    `ValueError` for NaN/inf parameters, parameters of mixed dtypes, or an `info` whose widths, partitions
+    or masks do not fit `model`.
 
     ```python
     import os, tempfile
     import equinox as eqx, jax.numpy as jnp, jax.random as jr
-    from jaxlump._serialisation import load, save
+    import jaxlump
 
     mlp = eqx.nn.MLP(3, 2, 8, 2, activation=jnp.tanh, key=jr.key(0))
     path = os.path.join(tempfile.mkdtemp(), "mlp.npz")
-    save(path, mlp)
-    assert jnp.array_equal(load(path)(jnp.ones(3)), mlp(jnp.ones(3)))
+    jaxlump.save(path, mlp)
+    assert jnp.array_equal(jaxlump.load(path)(jnp.ones(3)), mlp(jnp.ones(3)))
     ```
     """
-    chain = to_chain(model)
-    dtypes = sorted({str(a.dtype) for a in chain.weights + chain.biases})
+    traced = [leaf for leaf in jtu.tree_leaves((model, info)) if is_traced(leaf)]
+    if traced:
+        raise TypeError(
+            f"`save` needs concrete values, but `model` or `info` holds {len(traced)} traced array(s) (it was called "
+            "inside jax.jit, jax.vmap or jax.grad); return the model from the transformed function and save it outside."
+        )
+    if info is not None and not isinstance(info, CompressionInfo):
+        raise TypeError(f"`info` must be a jaxlump CompressionInfo or None; received {type(info).__name__}.")
+    leaves = [leaf for leaf in jtu.tree_leaves(model) if eqx.is_inexact_array(leaf)]
+    dtypes = sorted({str(leaf.dtype) for leaf in leaves})
     if len(dtypes) > 1:
         raise ValueError(f"`model` mixes parameter dtypes {dtypes}; `save` stores models with one dtype.")
-    kind, options = _describe(model, chain)
-    arrays = _model_arrays(chain)
+    kind, chain, options, skips = _parts(model)
+    if info is not None:
+        _check_info_fits(info, chain.widths)
+    arrays = _model_arrays(chain, skips)
+    arrays[_PROBE_KEY] = _storable(_output(model, probe_batch(chain.widths[0], chain.weights[0].dtype)))
     record = {
         "format": FORMAT,
         "version": VERSION,
@@ -338,7 +351,7 @@ def save(path: str | os.PathLike, model, info: CompressionInfo | None = None) ->
             "widths": list(chain.widths),
             "activations": list(chain.activations),
             "use_bias": list(chain.use_bias),
-            "dtype": dtypes[0],
+            "dtype": str(chain.weights[0].dtype),
             "options": options,
         },
         "info": None,
@@ -350,13 +363,35 @@ def save(path: str | os.PathLike, model, info: CompressionInfo | None = None) ->
         np.savez(file, **arrays, **{_HEADER: np.asarray(json.dumps(record))})
 
 
+def _build(structure: dict, chain: DenseChain, arrays: dict, path: str):
+    kind, options = structure["kind"], structure["options"]
+    try:
+        if kind == _SKIP_KIND:
+            sources = tuple(tuple(s) for s in options["skip_sources"])
+            skips = tuple(
+                _restored(arrays[f"skips[{l}]"], structure["dtype"]) if s else None for l, s in enumerate(sources)
+            )
+            return SkipMLP(chain.weights, chain.biases, chain.activations, chain.use_bias, skips, sources)
+        model = next(k for k in KINDS if k.name == kind).build(options, chain)
+        rebuilt = to_chain(model)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"`path` {path}: the stored structure of the {kind} cannot be rebuilt ({e}).") from e
+    if (rebuilt.widths, rebuilt.activations, rebuilt.use_bias) != (chain.widths, chain.activations, chain.use_bias):
+        raise ValueError(
+            f"`path` {path}: the stored {kind} options {options} give activations {rebuilt.activations} and use_bias "
+            f"{rebuilt.use_bias}; the record has {chain.activations} and {chain.use_bias}."
+        )
+    return model
+
+
 def load(path: str | os.PathLike, *, with_info: bool = False):
     """Read a model written by `save`: the same kind of model, with the stored widths and weights.
 
     Every array is checked against the stored widths and dtype before anything is built; a mismatch
     names the array, e.g. `layers[1].weight: expected (16, 7), found (12, 7)`. Activations come back
-    as jaxlump's own functions for the stored names (the same values as the originals'); NNX layers
-    come back with Flax's default computation settings.
+    as the known function objects for the stored names (`jnp.tanh` for `"tanh"`; a `jaxlump.Activation`
+    must be declared again before loading); NNX layers come back with Flax's default computation settings.
+    The rebuilt model's output on the stored probe batch must match the saved model's.
 
     **Arguments:**
 
@@ -365,25 +400,27 @@ def load(path: str | os.PathLike, *, with_info: bool = False):
 
     **Returns:** the model, or `(model, info)` when `with_info=True`.
 
-    **Raises:** `ValueError` naming `path` when the file is not a jaxlump file, has another format
-    version, or its arrays do not match its structure; `FileNotFoundError` when it does not exist.
+    **Raises:** `ValueError` naming `path` when the file is damaged (truncated, bit-flipped), not a jaxlump
+    file, of another format version, or its arrays do not match its structure or its probe output;
+    `FileNotFoundError` when it does not exist.
 
     ```python
     import os, tempfile
     import equinox as eqx, jax.numpy as jnp, jax.random as jr
-    from jaxlump._serialisation import load, save
+    import jaxlump
 
     seq = eqx.nn.Sequential([eqx.nn.Linear(3, 5, key=jr.key(0)), eqx.nn.Lambda(jnp.tanh),
                              eqx.nn.Linear(5, 1, key=jr.key(1))])
     path = os.path.join(tempfile.mkdtemp(), "seq.npz")
-    save(path, seq)
-    model, info = load(path, with_info=True)
+    jaxlump.save(path, seq)
+    model, info = jaxlump.load(path, with_info=True)
     assert info is None and jnp.array_equal(model(jnp.ones(3)), seq(jnp.ones(3)))
     ```
     """
     path = os.fspath(path)
     arrays, record = _read(path)
     structure = _check_model_record(record.get("model"), path)
+    probe_output = arrays.pop(_PROBE_KEY, None)
     model_arrays = {key: a for key, a in arrays.items() if not key.startswith("info.")}
     info_arrays = {key: a for key, a in arrays.items() if key.startswith("info.")}
     widths, dtype = tuple(structure["widths"]), structure["dtype"]
@@ -394,18 +431,19 @@ def load(path: str | os.PathLike, *, with_info: bool = False):
         for l, has_bias in enumerate(structure["use_bias"])
     )
     chain = DenseChain(weights, biases, tuple(structure["activations"]), tuple(structure["use_bias"]))
-    try:
-        model = from_chain(chain, like=_template(structure["kind"], structure["options"], chain))
-        rebuilt = to_chain(model)
-    except (KeyError, TypeError, ValueError) as e:
+    model = _build(structure, chain, model_arrays, path)
+    expected_shape = (probe_batch(widths[0], jnp.float32).shape[0], widths[-1])
+    if probe_output is None or probe_output.shape != expected_shape:
+        raise ValueError(f"`path` {path}: the probe output `{_PROBE_KEY}` of shape {expected_shape} is missing.")
+    stored = np.asarray(_restored(probe_output, dtype), np.float64)
+    computed = np.asarray(_output(model, probe_batch(widths[0], jnp.dtype(dtype))), np.float64)
+    tolerance = float(np.sqrt(jnp.finfo(dtype).eps))
+    atol = tolerance * (1.0 + float(np.max(np.abs(np.nan_to_num(stored)), initial=0.0)))
+    if computed.shape != stored.shape or not np.allclose(computed, stored, rtol=tolerance, atol=atol, equal_nan=True):
         raise ValueError(
-            f"`path` {path}: the stored structure of the {structure['kind']} cannot be rebuilt ({e})."
-        ) from e
-    if (rebuilt.widths, rebuilt.activations, rebuilt.use_bias) != (chain.widths, chain.activations, chain.use_bias):
-        raise ValueError(
-            f"`path` {path}: the stored {structure['kind']} options {structure['options']} give activations "
-            f"{rebuilt.activations} and use_bias {rebuilt.use_bias}; the record has {chain.activations} and "
-            f"{chain.use_bias}."
+            f"`path` {path}: the loaded {structure['kind']} computes another function than the saved one (max "
+            f"|difference| {np.nanmax(np.abs(computed - stored)):.3g} on the probe batch); was an activation of "
+            f"{structure['activations']} declared differently since it was saved?"
         )
     if record.get("info") is None:
         _check_arrays(info_arrays, {}, path, "the record, which holds no CompressionInfo")

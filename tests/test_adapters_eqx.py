@@ -1,5 +1,7 @@
 """Equinox adapters: `eqx.nn.MLP`, `eqx.nn.Sequential`, `LumpedMLP` ↔ `DenseChain`, and their refusals."""
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -9,15 +11,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from jaxlump import Activation
 from jaxlump._adapters import LumpedMLP, from_chain, to_chain
-from jaxlump._network import DenseChain
+from jaxlump._network import ACTIVATIONS, DenseChain, identify_activation
 
 # One function per supported activation, as a user would write it (not the table's own functions).
 USER_ACTIVATIONS = {
     "tanh": jnp.tanh,
     "relu": jax.nn.relu,
     "sigmoid": jax.nn.sigmoid,
-    "identity": lambda x: x,
+    "identity": eqx.nn.Identity(),
     "leaky_relu": jax.nn.leaky_relu,
     "softplus": jax.nn.softplus,
     "silu": jax.nn.silu,
@@ -82,16 +85,19 @@ def test_mlp_round_trip(sizes, depth, activation, final_activation, biases, scan
     assert chain.use_bias == (biases[0],) * depth + (biases[1],)
     np.testing.assert_allclose(np.asarray(chain(x)), _outputs(mlp, x), rtol=1e-12, atol=1e-12)
     rebuilt = from_chain(chain, like=mlp)
-    assert isinstance(rebuilt, eqx.nn.MLP)
-    assert (rebuilt.width_size, rebuilt.depth, rebuilt.scan, rebuilt.use_bias, rebuilt.use_final_bias) == (
-        width,
+    assert type(rebuilt) is LumpedMLP  # one result type for an eqx.nn.MLP, whatever the widths
+    assert (rebuilt.in_size, rebuilt.out_size, rebuilt.width_size, rebuilt.depth) == (
+        in_size,
+        out_size,
+        (width,) * depth,
         depth,
-        scan,
-        biases[0],
-        biases[1],
     )
-    _assert_same_arrays(rebuilt, mlp)
-    assert np.array_equal(_outputs(rebuilt, x), _outputs(mlp, x))
+    assert [layer.use_bias for layer in rebuilt.layers] == list(chain.use_bias)
+    _assert_same_arrays(to_chain(rebuilt), chain)
+    if scan:  # lax.scan may round differently from the unrolled layers
+        np.testing.assert_allclose(_outputs(rebuilt, x), _outputs(mlp, x), rtol=1e-13, atol=1e-13)
+    else:
+        assert np.array_equal(_outputs(rebuilt, x), _outputs(mlp, x))
 
 
 def test_scan_mlp_of_depth_one_round_trips():
@@ -161,13 +167,13 @@ def test_lumped_round_trip():
 
 
 @pytest.mark.parametrize("scan", [False, True])
-def test_smaller_equal_widths_give_an_mlp(scan):
+def test_smaller_equal_widths_give_a_lumped_mlp_too(scan):
     mlp = eqx.nn.MLP(3, 2, 8, 3, activation=jnp.tanh, scan=scan, key=jr.key(2))
     before = [np.array(a) for a in _arrays(mlp)]
     small = _keep_neurons(to_chain(mlp), [np.array([0, 3, 5]), np.array([1, 2, 7]), np.array([0, 4, 6])])
     rebuilt = from_chain(small, like=mlp)
-    assert isinstance(rebuilt, eqx.nn.MLP)
-    assert (rebuilt.width_size, rebuilt.depth, rebuilt.scan, rebuilt.in_size, rebuilt.out_size) == (3, 3, scan, 3, 2)
+    assert type(rebuilt) is LumpedMLP
+    assert (rebuilt.width_size, rebuilt.depth, rebuilt.in_size, rebuilt.out_size) == ((3, 3, 3), 3, 3, 2)
     assert to_chain(rebuilt).widths == (3, 3, 3, 3, 2)
     x = jr.normal(jr.key(3), (6, 3))
     np.testing.assert_allclose(_outputs(rebuilt, x), np.asarray(small(x)), rtol=1e-13, atol=1e-13)
@@ -213,7 +219,7 @@ def test_unsupported_sequential_layer_named(make, name):
 def test_unsupported_models_and_structure_refused():
     with pytest.raises(TypeError, match="`model` of type Conv1d is not supported; supported: eqx.nn.MLP"):
         to_chain(eqx.nn.Conv1d(1, 1, 3, key=jr.key(0)))
-    with pytest.raises(TypeError, match="cannot rebuild a model of type Conv1d"):
+    with pytest.raises(TypeError, match="`like` of type Conv1d is not supported"):
         from_chain(to_chain(_lumped()), like=eqx.nn.Conv1d(1, 1, 3, key=jr.key(0)))
     leading = eqx.nn.Sequential([eqx.nn.Lambda(jnp.tanh), eqx.nn.Linear(3, 2, key=jr.key(0))])
     with pytest.raises(TypeError, match=r"layers\[0\]: an activation must directly follow"):
@@ -226,7 +232,9 @@ def test_unsupported_models_and_structure_refused():
 
 def test_unsupported_and_learnable_activations_named():
     gelu_mlp = eqx.nn.MLP(3, 2, 4, 1, activation=jax.nn.gelu, key=jr.key(0))
-    with pytest.raises(TypeError, match=r"eqx\.nn\.MLP\.activation: activation 'gelu' is not supported.*tanh"):
+    with pytest.raises(
+        TypeError, match=r"eqx\.nn\.MLP\.activation: activation 'gelu' is not supported.*tanh.*Activation"
+    ):
         to_chain(gelu_mlp)
     gelu_seq = eqx.nn.Sequential([eqx.nn.Linear(3, 4, key=jr.key(1)), eqx.nn.Lambda(jax.nn.gelu)])
     with pytest.raises(TypeError, match=r"layers\[1\]: activation 'gelu' is not supported"):
@@ -248,3 +256,140 @@ def test_nonfinite_parameters_named(bad):
     bad_bias = eqx.tree_at(lambda m: m.layers[2].bias, mlp, mlp.layers[2].bias.at[0].set(bad))
     with pytest.raises(ValueError, match=r"`model layer 2 bias` contains 1 NaN or inf"):
         to_chain(bad_bias)
+
+
+# --- Activations are recognised by identity; probing only confirms a declaration -------------------------------
+
+
+@pytest.mark.parametrize(
+    "look_alike",
+    [jax.nn.relu6, lambda x: jnp.clip(x, -5, 5), lambda x: x, lambda x: jnp.tanh(x), jax.nn.hard_tanh],
+    ids=["relu6", "clip5", "lambda-identity", "lambda-tanh", "hard_tanh"],
+)
+def test_look_alike_activations_are_refused_with_how_to_declare(look_alike):
+    """relu6 equals relu and clip(±5) equals the identity on the old probe grid [−4, 4]: values cannot decide."""
+    for model in (
+        eqx.nn.MLP(2, 1, 3, 1, activation=look_alike, key=jr.key(0)),
+        eqx.nn.Sequential([eqx.nn.Linear(2, 3, key=jr.key(0)), eqx.nn.Lambda(look_alike)]),
+    ):
+        with pytest.raises(TypeError, match=r"is not supported.*by what they are.*jaxlump\.Activation\("):
+            to_chain(model)
+
+
+@pytest.mark.parametrize(
+    ("fn", "name"),
+    [
+        (jnp.tanh, "tanh"),
+        (jax.nn.tanh, "tanh"),
+        (jax.lax.tanh, "tanh"),
+        (jax.nn.sigmoid, "sigmoid"),
+        (jax.lax.logistic, "sigmoid"),
+        (jax.nn.swish, "silu"),
+        (eqx.nn.Identity(), "identity"),
+        (eqx.nn.Lambda(jax.nn.relu), "relu"),
+        (functools.partial(jax.nn.softplus), "softplus"),
+        (functools.partial(jax.nn.leaky_relu, negative_slope=0.01), "leaky_relu"),
+        (functools.partial(jax.nn.leaky_relu, negative_slope=0.2), "leaky_relu(negative_slope=0.2)"),
+    ],
+)
+def test_known_functions_and_wrappers_are_recognised(fn, name):
+    assert identify_activation(fn, "here") == name
+
+
+def test_a_leaky_relu_partial_keeps_its_slope():
+    slope = 0.2
+    mlp = eqx.nn.MLP(2, 1, 5, 1, activation=functools.partial(jax.nn.leaky_relu, negative_slope=slope),
+                     key=jr.key(3))  # fmt: skip
+    chain = to_chain(mlp)
+    x = 3.0 * jr.normal(jr.key(4), (8, 2))
+    z = np.asarray(x) @ np.asarray(mlp.layers[0].weight).T + np.asarray(mlp.layers[0].bias)
+    reference = np.where(z > 0, z, slope * z) @ np.asarray(mlp.layers[1].weight).T + np.asarray(mlp.layers[1].bias)
+    np.testing.assert_allclose(np.asarray(chain(x)), reference, rtol=1e-12, atol=1e-12)
+    assert ACTIVATIONS[chain.activations[0]].lipschitz == 1.0
+    with pytest.raises(TypeError, match="negative_slope must be a finite Python number"):
+        identify_activation(functools.partial(jax.nn.leaky_relu, negative_slope=jnp.asarray(0.2)), "here")
+    with pytest.raises(TypeError, match="only functools.partial"):
+        identify_activation(functools.partial(jax.nn.elu, alpha=0.5), "here")
+
+
+def _relu6() -> Activation:
+    return Activation("relu6", jax.nn.relu6, lambda z: ((z > 0) & (z < 6)).astype(z.dtype), 1.0, kinked=True)
+
+
+def test_a_declared_activation_is_used_as_declared():
+    relu6 = _relu6()
+    mlp = eqx.nn.MLP(2, 1, 6, 2, activation=relu6, key=jr.key(5))
+    chain = to_chain(mlp)
+    assert chain.activations == ("relu6", "relu6", "identity")
+    x = 6.0 * jr.normal(jr.key(6), (16, 2))
+    np.testing.assert_allclose(np.asarray(chain(x)), _outputs(mlp, x), rtol=1e-12, atol=1e-12)
+    rebuilt = from_chain(chain, like=mlp)
+    assert rebuilt.activation is relu6
+
+
+def test_declarations_are_confirmed_by_probing():
+    with pytest.raises(ValueError, match="declared `derivative`.*derivative of `fn`"):
+        Activation("bad_derivative", jax.nn.relu6, lambda z: (z > 0).astype(z.dtype), 1.0)
+    with pytest.raises(ValueError, match="`lipschitz` = 0.5 is below"):
+        Activation("bad_lipschitz", jnp.tanh, lambda z: 1 - jnp.tanh(z) ** 2, 0.5)
+    with pytest.raises(ValueError, match="built in"):
+        Activation("tanh", jnp.tanh, lambda z: 1 - jnp.tanh(z) ** 2, 1.0)
+    with pytest.raises(ValueError, match="identifier"):
+        Activation("relu 6", jax.nn.relu6, lambda z: ((z > 0) & (z < 6)).astype(z.dtype), 1.0)
+
+
+def test_a_stale_declaration_is_refused():
+    old = _relu6()
+    mlp = eqx.nn.MLP(2, 1, 3, 1, activation=old, key=jr.key(0))
+    _relu6()  # declared again: the name now means the new declaration
+    with pytest.raises(TypeError, match="declared again since"):
+        to_chain(mlp)
+
+
+# --- Fidelity against the model itself, stable result types, half precision ---------------------------------------
+
+
+class _ResidualMLP(eqx.nn.MLP):
+    """An `eqx.nn.MLP` subclass whose call adds a residual: not the chain its layers describe."""
+
+    def __call__(self, x, *, key=None):
+        return super().__call__(x) + jnp.sum(x)
+
+
+def test_a_model_that_is_not_its_chain_is_refused():
+    model = _ResidualMLP(3, 2, 4, 1, key=jr.key(0))
+    with pytest.raises(ValueError, match=r"`model` \(eqx.nn.MLP\): jaxlump's reading of it does not reproduce"):
+        to_chain(model)
+
+
+def test_result_types_do_not_depend_on_the_widths():
+    """`from_chain` returns one type per input kind; so does `lump`, at every ε."""
+    import jaxlump
+
+    mlp = eqx.nn.MLP(3, 2, 6, 2, activation=jnp.tanh, key=jr.key(1))
+    x = jr.normal(jr.key(2), (32, 3))
+    chain = to_chain(mlp)
+    small = _keep_neurons(chain, [np.array([0, 1, 2]), np.array([3, 4])])
+    assert type(from_chain(chain, like=mlp)) is type(from_chain(small, like=mlp)) is LumpedMLP
+    results = [jaxlump.lump(mlp, x, eps)[0] for eps in (0.0, 0.5, 1e9)]
+    assert {type(r) for r in results} == {LumpedMLP}
+    assert results[0].width_size == (6, 6) and results[-1].width_size == (1, 1)
+    seq = eqx.nn.Sequential([eqx.nn.Linear(3, 6, key=jr.key(3)), eqx.nn.Lambda(jnp.tanh),
+                             eqx.nn.Linear(6, 2, key=jr.key(4))])  # fmt: skip
+    assert {type(jaxlump.lump(seq, x, eps)[0]) for eps in (0.0, 1e9)} == {eqx.nn.Sequential}
+
+
+@pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])
+def test_half_precision_is_lumped_in_float32_and_returned_in_its_dtype(dtype):
+    import jaxlump
+
+    mlp = eqx.nn.MLP(3, 2, 8, 2, activation=jnp.tanh, dtype=dtype, key=jr.key(5))
+    chain = to_chain(mlp)
+    assert {w.dtype for w in chain.weights + chain.biases} == {jnp.dtype(jnp.float32)}
+    rebuilt = from_chain(chain, like=mlp)
+    assert {a.dtype for a in _arrays(rebuilt)} == {jnp.dtype(dtype)}
+    x = jr.normal(jr.key(6), (64, 3)).astype(dtype)
+    lumped, info = jaxlump.lump(mlp, x, 0.3)
+    assert type(lumped) is LumpedMLP and {a.dtype for a in _arrays(lumped)} == {jnp.dtype(dtype)}
+    assert info.result == jaxlump.RESULTS.successful
+    assert _outputs(lumped, x).dtype == jnp.dtype(dtype)

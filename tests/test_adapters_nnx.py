@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 
 from jaxlump._adapters import from_chain, to_chain
-from jaxlump._adapters.flax_nnx import chain_to_nnx, nnx_layout, nnx_template
+from jaxlump._adapters.flax_nnx import chain_to_nnx, nnx_build, nnx_describe
 from jaxlump._network import DenseChain
 
 NUMPY_ACTIVATIONS = {
@@ -182,21 +182,20 @@ def test_chain_that_does_not_fit_like_refused():
         chain_to_nnx(relu_chain, like=model)
 
 
-def test_layout_and_template_invert_each_other():
+def test_describe_and_build_invert_each_other():
     model = _sequential([3, 5, 4, 2], jax.nn.relu, use_bias=[True, False, True])
-    layout = nnx_layout(model)
-    assert layout == ["linear", "relu", "linear", "relu", "linear"]
+    options = nnx_describe(model)
+    assert options == {"layout": ["linear", "relu", "linear", "relu", "linear"]}
     chain = to_chain(model)
-    template = nnx_template(layout, chain.widths, chain.use_bias, jnp.float64)
-    template_chain = to_chain(template)
-    assert (template_chain.widths, template_chain.activations, template_chain.use_bias) == (
+    rebuilt = nnx_build(options, chain)
+    rebuilt_chain = to_chain(rebuilt)
+    assert (rebuilt_chain.widths, rebuilt_chain.activations, rebuilt_chain.use_bias) == (
         chain.widths,
         chain.activations,
         chain.use_bias,
     )
-    rebuilt = from_chain(chain, like=template)
     x = jr.normal(jr.key(6), (4, 3), jnp.float64)
-    assert np.array_equal(rebuilt(x), model(x))
+    assert isinstance(rebuilt, nnx.Sequential) and np.array_equal(rebuilt(x), model(x))
     linear = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
-    assert nnx_layout(linear) is None
-    assert isinstance(nnx_template(None, (2, 3), (True,), jnp.float32), nnx.Linear)
+    assert nnx_describe(linear) == {"layout": None}
+    assert isinstance(nnx_build({"layout": None}, to_chain(linear)), nnx.Linear)

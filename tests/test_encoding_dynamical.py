@@ -32,11 +32,8 @@ TIMES = jnp.array([0.0, 0.25, 0.5, 0.9, 1.0])
 
 
 def homotopy_states(chain: DenseChain, x, x_ref, t):
-    """Per layer the encoding's state (a or z) at input x_ref + t (x − x_ref), by the forward pass."""
-    zs, acts = chain.forward(x_ref + t * (x - x_ref))
-    return tuple(
-        a if ACTIVATIONS[name].state == "a" else z for name, z, a in zip(chain.activations, zs, acts[1:], strict=True)
-    )
+    """Per layer the encoding's state, the pre-activations z, at input x_ref + t (x − x_ref), by the forward pass."""
+    return tuple(chain.forward(x_ref + t * (x - x_ref))[0])
 
 
 @pytest.mark.parametrize("hidden", list(ACTIVATIONS))
@@ -65,20 +62,37 @@ def test_polynomial_degree_sums_the_degrees_of_the_derivatives():
     assert polynomial_degree(mlp) == 8
 
 
-def test_polynomial_degree_is_the_degree_of_the_field():
-    """Along a ray y0 + s v of states, a degree-d polynomial field has a vanishing (d+1)-th difference."""
+# σ' as a polynomial in a = σ(z), written out by hand: the polynomial (activation) form of the encoding.
+POLYNOMIAL_DERIVATIVES = {"tanh": lambda a: 1 - a**2, "sigmoid": lambda a: a - a**2, "identity": jnp.ones_like}
+
+
+def activation_form_field(chain, direction, activations):
+    """ȧ^l = σ'_l(a^l) ⊙ W^l ȧ^{l-1}, ȧ^0 = direction: the polynomial form the module docs describe."""
+    rate, rates = direction, []
+    for weight, name, a in zip(chain.weights, chain.activations, activations, strict=True):
+        rate = POLYNOMIAL_DERIVATIVES[name](a) * (weight @ rate)
+        rates.append(rate)
+    return tuple(rates)
+
+
+def test_polynomial_degree_is_the_degree_of_the_activation_form():
+    """The activation form is the time derivative of the activations along the homotopy, and along a ray
+    y0 + s v of states its (degree + 1)-th difference vanishes while its degree-th does not."""
     chain = random_chain(jr.key(4), (2, 3, 3, 1), "tanh")
     degree = polynomial_degree(chain)
-    field = VectorField(chain, jnp.array([0.3, -0.7]))
+    direction, x = jnp.array([0.3, -0.7]), jnp.array([0.3, -0.7])
+    acts = lambda t: tuple(chain.forward(t * x)[1][1:])  # noqa: E731
+    _, expected = jax.jvp(acts, (0.4,), (1.0,))
+    for got, want in zip(activation_form_field(chain, direction, acts(0.4)), expected, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
     y0 = tuple(jr.normal(jr.key(5 + l), (w.shape[0],)) for l, w in enumerate(chain.weights))
     v = tuple(jr.normal(jr.key(9 + l), (w.shape[0],)) for l, w in enumerate(chain.weights))
 
     def along(s):
-        return jnp.concatenate(field(0.0, tuple(a + s * b for a, b in zip(y0, v, strict=True)), None))
+        return jnp.concatenate(activation_form_field(chain, direction, tuple(a + s * b for a, b in zip(y0, v))))
 
     samples = jnp.stack([along(float(s)) for s in range(degree + 2)])
-    differences = np.diff(np.asarray(samples), n=degree + 1, axis=0)
-    np.testing.assert_allclose(differences, 0.0, atol=1e-9)
+    np.testing.assert_allclose(np.diff(np.asarray(samples), n=degree + 1, axis=0), 0.0, atol=1e-9)
     assert np.max(np.abs(np.diff(np.asarray(samples[:-1]), n=degree, axis=0))) > 1e-3  # degree is not lower
 
 
@@ -209,3 +223,42 @@ def test_simulate_refuses_bad_input_naming_the_argument(kwargs, error, argument)
 def test_simulate_refuses_an_unsupported_model():
     with pytest.raises(TypeError, match="`model`"):
         simulate(eqx.nn.Conv1d(1, 1, 3, key=jr.key(0)), np.ones((2, 3)))
+
+
+def saturated_chain(dtype) -> DenseChain:
+    """1 → 1 → 1: the tanh neuron has z = 10 at x_ref = 0 (tanh rounds to exactly 1 in float32) and z = −10 at
+    x = 2, so its activation must travel from +1 to −1 along the homotopy."""
+    weights = (jnp.array([[-10.0]], dtype), jnp.array([[1.0]], dtype))
+    return DenseChain(weights, (jnp.array([10.0], dtype), jnp.array([0.0], dtype)), ("tanh", "identity"), (True, True))
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_a_saturated_neuron_does_not_freeze(dtype):
+    """In the activation form, σ'(a = 1) = 1 − 1² = 0 freezes this neuron at +1 (the network gives −1) while the
+    solve reports success; in the z form the state moves whatever σ' is."""
+    chain = saturated_chain(dtype)
+    assert float(jnp.tanh(jnp.asarray(10.0, jnp.float32))) == 1.0  # the premise: saturated in float32
+    x = jnp.array([[2.0], [1.0], [0.5]], dtype)
+    trajectory = simulate(chain, x, times=TIMES.astype(dtype))
+    assert trajectory.result == RESULTS.successful
+    expected = np.tanh(10.0 - 10.0 * np.asarray(x, np.float64))  # −1, tanh(0) = 0, tanh(5)
+    np.testing.assert_allclose(np.asarray(trajectory.activations[-1][:, -1, 0]), expected[:, 0], atol=1e-5)
+    for k, t in enumerate(np.asarray(TIMES)):  # the whole path, not only its end
+        np.testing.assert_allclose(
+            np.asarray(trajectory.activations[0][:, k, 0]), np.tanh(10.0 - 10.0 * t * np.asarray(x[:, 0])), atol=1e-5
+        )
+
+
+def test_an_endpoint_away_from_the_forward_pass_is_reported():
+    """A declared derivative that is wrong outside the declaration's probe range ([−7.9, 7.9]) makes the ODE end
+    away from the network although the solver succeeds: `simulate` must say so, not report success."""
+    from jaxlump import Activation
+
+    lying = Activation("relu_lying_above_8", jax.nn.relu, lambda z: ((z > 0) & (z < 8)).astype(z.dtype), 1.0,
+                       kinked=True)  # fmt: skip
+    chain = DenseChain((jnp.array([[20.0]]), jnp.array([[1.0]])), (jnp.zeros(1), jnp.zeros(1)),
+                       (lying.name, "identity"), (True, True))  # fmt: skip
+    trajectory = simulate(chain, jnp.array([[1.0]]))
+    assert float(trajectory.activations[-1][0, -1, 0]) == pytest.approx(8.0, abs=1e-6)  # the forward pass gives 20
+    assert trajectory.result == RESULTS.ode_endpoint_mismatch
+    assert simulate(chain, jnp.array([[0.3]])).result == RESULTS.successful  # below 8 the declaration is right

@@ -12,6 +12,7 @@ import jax.random as jr
 import numpy as np
 import pytest
 
+from jaxlump import Activation
 from jaxlump._encoding import EncodingCheck, check_encoding, simulate
 from jaxlump._errors import RESULTS
 from jaxlump._network import ACTIVATIONS
@@ -41,7 +42,8 @@ def test_float64_encoding_reproduces_the_network(activation, in_size, width, dep
     ode_output = simulate(model, x).activations[-1][:, -1]
     independent = float(jnp.max(jnp.abs(ode_output - jax.vmap(model)(x))))
     assert independent <= BOUNDS_FLOAT64[activation]
-    assert float(check.output_deviation) == pytest.approx(independent, rel=0.5, abs=1e-14)
+    # `check_encoding` compares with the model itself: the same figure, not a similar one.
+    assert float(check.output_deviation) == pytest.approx(independent, rel=1e-9, abs=1e-15)
 
 
 def test_wide_relu_network_succeeds_with_the_default_step_budget():
@@ -88,3 +90,48 @@ def test_check_encoding_refuses_bad_input():
         check_encoding(model, np.ones((0, 4)))
     with pytest.raises(TypeError, match="`times`"):
         check_encoding(model, np.ones((3, 4)), times=(0.5, 1.0))
+
+
+RELU6 = Activation("relu6", jax.nn.relu6, lambda z: ((z > 0) & (z < 6)).astype(z.dtype), 1.0, kinked=True)
+
+
+def test_the_check_is_against_the_model_itself():
+    """A relu6 network: read as relu (what probing values on [−4, 4] did) the ODE would end up to hundreds away
+    from `model(x)`; declared, the encoding reproduces `model(x)` itself, clipping included."""
+    model = eqx.nn.MLP(4, 3, 16, 2, activation=RELU6, dtype=jnp.float64, key=jr.key(11))
+    x = 8.0 * jr.normal(jr.key(12), (8, 4))
+    as_relu = eqx.tree_at(lambda m: m.activation, model, jax.nn.relu)
+    assert float(jnp.max(jnp.abs(jax.vmap(as_relu)(x) - jax.vmap(model)(x)))) > 1.0  # clipping is active
+    check = check_encoding(model, x)
+    assert check.result == RESULTS.successful
+    assert float(check.output_deviation) <= 1e-8
+    independent = jnp.max(jnp.abs(simulate(model, x).activations[-1][:, -1] - jax.vmap(model)(x)))
+    assert float(check.output_deviation) == pytest.approx(float(independent), rel=1e-9, abs=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_check_encoding_agrees_with_simulate_on_a_saturated_neuron(dtype):
+    """1 → 1 → 1 with the tanh neuron at z = 10 at x_ref (exactly 1 in float32), −10 at x: both succeed, both
+    reach the model's −1."""
+    seq = eqx.nn.Sequential([eqx.nn.Linear(1, 1, dtype=dtype, key=jr.key(0)), eqx.nn.Lambda(jnp.tanh),
+                             eqx.nn.Linear(1, 1, dtype=dtype, key=jr.key(1))])  # fmt: skip
+    seq = eqx.tree_at(lambda m: (m.layers[0].weight, m.layers[0].bias, m.layers[2].weight, m.layers[2].bias), seq,
+                      (jnp.array([[-10.0]], dtype), jnp.array([10.0], dtype), jnp.array([[1.0]], dtype),
+                       jnp.array([0.0], dtype)))  # fmt: skip
+    x = jnp.array([[2.0]], dtype)
+    assert float(jax.vmap(seq)(x)[0, 0]) == pytest.approx(-1.0, abs=1e-7)
+    check, trajectory = check_encoding(seq, x), simulate(seq, x)
+    assert check.result == trajectory.result == RESULTS.successful
+    assert float(check.max_deviation) <= (1e-4 if dtype == jnp.float32 else 1e-8)
+
+
+def test_check_encoding_reports_an_endpoint_mismatch_like_simulate():
+    lying = Activation("relu_wrong_above_8", jax.nn.relu, lambda z: ((z > 0) & (z < 8)).astype(z.dtype), 1.0,
+                       kinked=True)  # fmt: skip
+    seq = eqx.nn.Sequential([eqx.nn.Linear(1, 1, use_bias=False, key=jr.key(0)), eqx.nn.Lambda(lying),
+                             eqx.nn.Linear(1, 1, use_bias=False, key=jr.key(1))])  # fmt: skip
+    seq = eqx.tree_at(lambda m: (m.layers[0].weight, m.layers[2].weight), seq, (jnp.array([[20.0]]), jnp.eye(1)))
+    x = jnp.array([[1.0]])
+    check = check_encoding(seq, x)
+    assert check.result == simulate(seq, x).result == RESULTS.ode_endpoint_mismatch
+    assert float(check.output_deviation) == pytest.approx(12.0, abs=1e-6)

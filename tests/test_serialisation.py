@@ -86,7 +86,7 @@ def test_compressed_mlp_keeps_its_new_width(tmp_path, x):
     small = from_chain(_keep_neurons(to_chain(mlp), [np.arange(5), np.arange(1, 6)]), like=mlp)
     save(tmp_path / "small.npz", small)
     loaded = load(tmp_path / "small.npz")
-    assert isinstance(loaded, eqx.nn.MLP) and loaded.width_size == 5
+    assert isinstance(loaded, LumpedMLP) and loaded.width_size == (5, 5)
     assert _record(tmp_path / "small.npz")["model"]["widths"] == [3, 5, 5, 2]
     _assert_same_model(loaded, small, x)
 
@@ -153,8 +153,9 @@ def test_dtype_preserved(tmp_path, dtype):
     save(tmp_path / "model.npz", model)
     loaded = load(tmp_path / "model.npz")
     assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(eqx.filter(loaded, eqx.is_array))} == {jnp.dtype(dtype)}
-    for new, old in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(model), strict=True):
-        assert not eqx.is_array(old) or np.array_equal(np.asarray(new, np.float64), np.asarray(old, np.float64))
+    arrays = [jax.tree_util.tree_leaves(eqx.filter(m, eqx.is_array)) for m in (loaded, model)]
+    for new, old in zip(*arrays, strict=True):
+        assert np.array_equal(np.asarray(new, np.float64), np.asarray(old, np.float64))
 
 
 def test_path_is_used_exactly_and_model_untouched(tmp_path, x):
@@ -177,10 +178,11 @@ def _info(batched: bool = False) -> CompressionInfo:
         method="lump",
         structured=True,
         knob=scalar(0.25),
-        partitions=(jnp.asarray([0, 1, 1, -1, 2]), jnp.asarray([0, 0, 1])),
-        weight_masks=(jnp.ones((2, 3), bool), jnp.asarray([[True, False]])),
-        widths_before=(3, 5, 3, 2),
-        widths_after=jnp.asarray([3, 3, 2, 2]),
+        # What compressing a 3-9-16-2 network into `_lumped()`'s 3-7-16-2 would record.
+        partitions=(jnp.asarray([0, 1, 1, -1, 2, 3, 4, 5, 6]), jnp.arange(16)),
+        weight_masks=(jnp.ones((7, 3), bool), jnp.ones((16, 7), bool), jnp.ones((2, 16), bool).at[0, 1].set(False)),
+        widths_before=(3, 9, 16, 2),
+        widths_after=jnp.asarray([3, 7, 16, 2]),
         cost_before=Cost(jnp.asarray(44), jnp.asarray(40), jnp.asarray(82)),
         cost_after=Cost(jnp.asarray(25), jnp.asarray(25), jnp.asarray(45)),
         certificate=Certificate(scalar(0.1), scalar(0.05), jnp.asarray(jnp.nan), scalar(1.5)),
@@ -194,7 +196,7 @@ def test_info_round_trip(tmp_path, batched):
     save(tmp_path / "model.npz", _lumped(), info)
     model, loaded = load(tmp_path / "model.npz", with_info=True)
     assert isinstance(model, LumpedMLP) and isinstance(loaded, CompressionInfo)
-    assert (loaded.method, loaded.structured, loaded.widths_before) == ("lump", True, (3, 5, 3, 2))
+    assert (loaded.method, loaded.structured, loaded.widths_before) == ("lump", True, (3, 9, 16, 2))
     assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(info)
     for new, old in zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(info), strict=True):
         assert np.asarray(new).dtype == np.asarray(old).dtype
@@ -238,7 +240,7 @@ def test_missing_extra_and_retyped_arrays_are_all_named(tmp_path):
     assert "layers[9].weight: unexpected array" in message
     save(tmp_path / "info.npz", _lumped(), _info())
     _rewrite(tmp_path / "info.npz", **{"info.partitions[0]": np.zeros(4, int)})
-    with pytest.raises(ValueError, match=re.escape("info.partitions[0]: expected (5,), found (4,)")):
+    with pytest.raises(ValueError, match=re.escape("info.partitions[0]: expected (9,), found (4,)")):
         load(tmp_path / "info.npz")
 
 
@@ -256,9 +258,9 @@ def test_not_a_jaxlump_file(tmp_path):
 def test_format_version_and_structure_checked(tmp_path):
     save(tmp_path / "model.npz", _lumped())
     _with_record(tmp_path / "model.npz", lambda r: r.update(version=99))
-    with pytest.raises(ValueError, match="format version 99; this version of jaxlump reads version 1"):
+    with pytest.raises(ValueError, match="format version 99; this version of jaxlump reads version 2"):
         load(tmp_path / "model.npz")
-    _with_record(tmp_path / "model.npz", lambda r: r.update(version=1, format="other"))
+    _with_record(tmp_path / "model.npz", lambda r: r.update(version=2, format="other"))
     with pytest.raises(ValueError, match="not a jaxlump model file"):
         load(tmp_path / "model.npz")
     _with_record(tmp_path / "model.npz", lambda r: r.update(format=FORMAT) or r["model"].update(widths=[3, 0, 16, 2]))
@@ -284,8 +286,8 @@ def test_inconsistent_kind_options_refused(tmp_path):
         load(tmp_path / "seq.npz")
     mlp = eqx.nn.MLP(3, 2, 4, 1, activation=jnp.tanh, key=jr.key(0))
     save(tmp_path / "mlp.npz", mlp)
-    _with_record(tmp_path / "mlp.npz", lambda r: r["model"]["options"].update(activation="sigmoid"))
-    with pytest.raises(ValueError, match=r"give activations \('sigmoid', 'identity'\)"):
+    _with_record(tmp_path / "mlp.npz", lambda r: r["model"].update(activations=["sigmoid", "identity"]))
+    with pytest.raises(ValueError, match="mlp.npz: the loaded eqx.nn.MLP computes another function than the saved"):
         load(tmp_path / "mlp.npz")
 
 
@@ -312,3 +314,112 @@ def test_save_refuses_bad_inputs(tmp_path):
     with pytest.raises(ValueError, match=r"mixes parameter dtypes \['float32', 'float64'\]"):
         save(tmp_path / "a.npz", mixed)
     assert not (tmp_path / "a.npz").exists()
+
+
+# --- issue 13: pairs, damaged files, traced values, SkipMLP, declared activations ---------------------------------
+
+
+def test_info_of_another_model_is_refused(tmp_path):
+    """The info must describe the model: widths, partitions and masks are checked against it."""
+    other = eqx.nn.MLP(3, 2, 5, 2, activation=jnp.tanh, key=jr.key(1))
+    with pytest.raises(ValueError, match=r"`info` does not describe `model` \(widths \(3, 5, 5, 2\)\).*widths_after"):
+        save(tmp_path / "a.npz", other, _info())
+    wrong_labels = eqx.tree_at(lambda i: i.partitions[0], _info(), jnp.asarray([0, 1, 1, -1, 2, 3, 4, 5, 9]))
+    with pytest.raises(ValueError, match=r"partitions\[0\].*labels in \[-1, 7\)"):
+        save(tmp_path / "a.npz", _lumped(), wrong_labels)
+    wrong_masks = eqx.tree_at(lambda i: i.weight_masks, _info(), (jnp.ones((7, 3), bool),) * 3)
+    with pytest.raises(ValueError, match="weight masks have shapes"):
+        save(tmp_path / "a.npz", _lumped(), wrong_masks)
+    assert not (tmp_path / "a.npz").exists()
+    masked = eqx.nn.MLP(3, 2, 9, 1, key=jr.key(2))  # the masked (fixed-shape) form keeps the widths before
+    info = CompressionInfo("lump", True, jnp.asarray(0.1), (jnp.asarray([0, 0, 1, 2, 3, 4, 5, 6, 6]),), None,
+                           (3, 9, 2), jnp.asarray([3, 7, 2]), _info().cost_before, _info().cost_after, None,
+                           RESULTS.successful)  # fmt: skip
+    save(tmp_path / "masked.npz", masked, info)
+    assert load(tmp_path / "masked.npz", with_info=True)[1].widths_before == (3, 9, 2)
+
+
+def test_damaged_files_raise_a_clear_error_naming_the_path(tmp_path):
+    """Every single-byte flip and every truncation either loads the same model or raises ValueError naming the
+    file — never a raw zipfile/zlib error, never a different model."""
+    save(tmp_path / "model.npz", _lumped(), _info())
+    data = (tmp_path / "model.npz").read_bytes()
+    x = jr.normal(jr.key(3), (4, 3), jnp.float64)
+    expected = jax.vmap(_lumped())(x)
+    positions = sorted(set(np.linspace(0, len(data) - 1, 60).astype(int).tolist()))
+    for k, position in enumerate(positions):
+        damaged = tmp_path / f"flip{k}.npz"
+        damaged.write_bytes(data[:position] + bytes([data[position] ^ 0x10]) + data[position + 1 :])
+        try:
+            model = load(damaged)
+        except ValueError as e:
+            assert str(damaged) in str(e)
+        else:  # a flip in unused zip metadata can be harmless, but then the model is the same
+            assert np.array_equal(jax.vmap(model)(x), expected)
+    for k, length in enumerate((0, 10, len(data) // 2, len(data) - 1)):
+        truncated = tmp_path / f"cut{k}.npz"
+        truncated.write_bytes(data[:length])
+        with pytest.raises(ValueError, match=re.escape(str(truncated))):
+            load(truncated)
+
+
+def test_save_under_jit_says_it_needs_concrete_values(tmp_path):
+    @jax.jit
+    def step(params):
+        save(tmp_path / "traced.npz", eqx.combine(params, static))
+        return params
+
+    params, static = eqx.partition(_lumped(), eqx.is_array)
+    with pytest.raises(TypeError, match="`save` needs concrete values.*traced"):
+        step(params)
+    assert not (tmp_path / "traced.npz").exists()
+
+
+def test_skip_mlp_round_trips_and_costs(tmp_path):
+    """Linearity merging's result, with a hidden layer of width 0 carried by a skip, saves, loads and costs."""
+    from jaxlump import SkipMLP, cost
+
+    keys = jr.split(jr.key(4), 6)
+    model = SkipMLP(
+        (jr.normal(keys[0], (4, 3)), jnp.zeros((0, 4)), jnp.zeros((2, 0))),
+        (jr.normal(keys[1], (4,)), jnp.zeros(0), jr.normal(keys[2], (2,))),
+        ("relu", "relu", "identity"),
+        (True, False, True),
+        skips=(None, None, jr.normal(keys[3], (2, 7))),
+        skip_sources=((), (), (1, 0)),
+    )
+    save(tmp_path / "skip.npz", model)
+    loaded = load(tmp_path / "skip.npz")
+    assert type(loaded) is SkipMLP and loaded.widths == (3, 4, 0, 2) and loaded.skip_sources == model.skip_sources
+    x = jr.normal(jr.key(5), (6, 3), jnp.float64)
+    assert np.array_equal(loaded(x), model(x))
+    assert int(cost(loaded).dense_params) == int(cost(model).dense_params) == 12 + 4 + 2 + 14
+    with pytest.raises(TypeError, match="SkipMLP.*cannot lump, prune or reconstruct.*saved and loaded"):
+        to_chain(model)
+
+
+def test_activations_round_trip_as_the_same_function(tmp_path):
+    from jaxlump import Activation
+
+    leaky = functools.partial(jax.nn.leaky_relu, negative_slope=0.3)
+    mlp = eqx.nn.MLP(3, 2, 4, 1, activation=leaky, final_activation=jax.nn.sigmoid, key=jr.key(6))
+    save(tmp_path / "leaky.npz", mlp)
+    loaded = load(tmp_path / "leaky.npz")
+    assert loaded.activation.func is jax.nn.leaky_relu and loaded.activation.keywords == {"negative_slope": 0.3}
+    assert loaded.final_activation is jax.nn.sigmoid
+    x = 3.0 * jr.normal(jr.key(7), (8, 3), jnp.float64)
+    assert np.array_equal(jax.vmap(loaded)(x), jax.vmap(mlp)(x))
+
+    def declare(cap):
+        return Activation("capped_relu", lambda z: jnp.clip(z, 0.0, cap),
+                          lambda z: ((z > 0) & (z < cap)).astype(z.dtype), 1.0, kinked=True)  # fmt: skip
+
+    capped = declare(6.0)
+    seq = eqx.nn.Sequential(
+        [eqx.nn.Linear(3, 4, key=jr.key(8)), eqx.nn.Lambda(capped), eqx.nn.Linear(4, 1, key=jr.key(9))]
+    )
+    save(tmp_path / "capped.npz", seq)
+    assert load(tmp_path / "capped.npz").layers[1].fn is capped
+    declare(0.5)  # the name now means another function: the file must not load as if nothing changed
+    with pytest.raises(ValueError, match="computes another function than the saved one.*declared differently"):
+        load(tmp_path / "capped.npz")

@@ -1,65 +1,192 @@
-"""Model ↔ `DenseChain` conversion for every supported model type.
+"""Model ↔ `DenseChain` conversion for every supported model kind, through one registry of `ModelKind`s.
 
-`to_chain(model)` validates (supported layers and activations, finite parameters) and returns the
-canonical chain; `from_chain(chain, like=model)` rebuilds the same kind of module as `model`.
+`to_chain(model)` validates (supported layers and activations, finite parameters), converts, and — outside
+a trace — *verifies* that the chain reproduces `model(x)` itself on a small probe batch; `from_chain(chain,
+like=model)` rebuilds a model of the kind's one result type and verifies it against the chain the same way.
+
+Result types depend only on the input kind, never on the widths (so never on ε or data):
+`eqx.nn.MLP` → `jaxlump.LumpedMLP` (an MLP whose hidden widths may differ), `jaxlump.LumpedMLP` →
+`LumpedMLP`, `eqx.nn.Sequential` → `eqx.nn.Sequential`, `flax.nnx.Sequential` → `flax.nnx.Sequential`,
+`flax.nnx.Linear` → `flax.nnx.Linear`, `DenseChain` → `DenseChain`.
+
+Half-precision parameters (`float16`, `bfloat16`) are converted to float32 in the chain (every algorithm then
+accumulates in float32, and LAPACK routines that have no 16-bit kernels work) and cast back to the model's
+own dtype by `from_chain`.
 """
 
-import equinox as eqx
+from collections.abc import Callable
 
-from .._errors import check_finite
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._errors import check_finite, is_traced
 from .._network import DenseChain
-from .eqx_nn import (
-    LumpedMLP,
-    chain_to_lumped,
-    chain_to_mlp,
-    chain_to_sequential,
-    lumped_to_chain,
-    mlp_to_chain,
-    sequential_to_chain,
-)
+from .base import ModelKind
+from .eqx_nn import EQX_KINDS, LumpedMLP
 
 SUPPORTED = "eqx.nn.MLP, eqx.nn.Sequential of eqx.nn.Linear + activations, jaxlump.LumpedMLP, flax.nnx.Sequential"
 
 
-def _is_nnx(model) -> bool:
-    return type(model).__module__.startswith("flax.")
+def _is_flax(kind_class: str) -> Callable:
+    def matches(model) -> bool:
+        cls = type(model)
+        return cls.__module__.startswith("flax.") and any(c.__name__ == kind_class for c in cls.__mro__)
+
+    return matches
+
+
+def _flax(function_name: str) -> Callable:
+    def call(*args):
+        from . import flax_nnx  # flax is imported only when a Flax model is met
+
+        return getattr(flax_nnx, function_name)(*args)
+
+    return call
+
+
+_CHAIN_KIND = ModelKind(
+    "jaxlump.DenseChain",
+    lambda model: isinstance(model, DenseChain),
+    lambda model: model,
+    lambda chain, like: chain,
+    lambda model, x: model(x),
+    lambda model, chain: {},
+    lambda options, chain: chain,
+)
+_NNX_KINDS = tuple(
+    ModelKind(
+        f"flax.nnx.{cls}",
+        _is_flax(cls),
+        _flax("nnx_to_chain"),
+        _flax("chain_to_nnx"),
+        lambda model, x: model(x),
+        _flax("nnx_describe"),
+        _flax("nnx_build"),
+    )
+    for cls in ("Sequential", "Linear")
+)
+KINDS: tuple[ModelKind, ...] = (_CHAIN_KIND, *EQX_KINDS, *_NNX_KINDS)
+
+
+def kind_of(model, name: str = "model") -> ModelKind:
+    """The `ModelKind` of `model`; `TypeError` naming `name` when no kind supports it."""
+    for kind in KINDS:
+        if kind.matches(model):
+            return kind
+    if type(model).__name__ == "SkipMLP":
+        raise TypeError(
+            f"`{name}` is a jaxlump.SkipMLP (the result of linearity merging): its linear skip connections have no "
+            "dense-chain form, so jaxlump cannot lump, prune or reconstruct it; it can be called, costed "
+            "(`jaxlump.cost`), saved and loaded."
+        )
+    raise TypeError(f"`{name}` of type {type(model).__name__} is not supported; supported: {SUPPORTED}.")
+
+
+def apply_model(model, x: jax.Array, name: str = "model") -> jax.Array:
+    """`model` applied to a batch `x` of shape `(batch, n_0)` (Equinox models are vmapped over examples)."""
+    return kind_of(model, name).apply(model, x)
+
+
+def _is_half(dtype) -> bool:
+    return jnp.issubdtype(dtype, jnp.floating) and jnp.finfo(dtype).bits < 32
+
+
+def _cast(chain: DenseChain, dtype) -> DenseChain:
+    weights = tuple(w.astype(dtype) for w in chain.weights)
+    return DenseChain(weights, tuple(b.astype(dtype) for b in chain.biases), chain.activations, chain.use_bias)
+
+
+def param_dtype(model):
+    leaves = [leaf for leaf in jax.tree_util.tree_leaves(model) if eqx.is_inexact_array(leaf)]
+    return leaves[0].dtype if leaves else None
+
+
+_PROBE_ROWS = 4
+
+
+def probe_batch(width: int, dtype) -> np.ndarray:
+    """A fixed probe batch: standard-normal rows, the last scaled by 4 to reach saturated and clipped regions."""
+    rows = np.random.default_rng(0).standard_normal((_PROBE_ROWS, width))
+    rows[-1] *= 4.0
+    return jnp.asarray(rows, dtype)
+
+
+def _mismatch(expected: np.ndarray, got: np.ndarray, chain: DenseChain, x, dtypes) -> float | None:
+    """The largest deviation when it exceeds rounding (scaled by the largest pre-activation), else `None`."""
+    finite = np.isfinite(expected) & np.isfinite(got)
+    if not np.array_equal(np.where(finite, 0.0, expected), np.where(finite, 0.0, got), equal_nan=True):
+        return float("inf")
+    zs, _ = chain.forward(x.astype(chain.weights[0].dtype))
+    scale = 1.0 + max(float(np.max(np.abs(np.nan_to_num(np.asarray(z, np.float64))), initial=0.0)) for z in zs)
+    eps = max(float(jnp.finfo(d).eps) for d in dtypes)
+    tolerance = scale * chain.n_layers * max(np.sqrt(eps), 4 * eps * np.sqrt(max(chain.widths)))
+    deviation = float(np.max(np.abs(np.where(finite, expected - got, 0.0)), initial=0.0))
+    return deviation if deviation > tolerance else None
+
+
+def _verify(model, kind: ModelKind, chain: DenseChain, name: str, what: str) -> None:
+    """Check `model(x) ≈ chain(x)` on the probe batch; skipped while either holds traced values."""
+    if any(is_traced(a) for a in chain.weights + chain.biases) or any(
+        is_traced(leaf) for leaf in jax.tree_util.tree_leaves(model)
+    ):
+        return
+    model_dtype = param_dtype(model) or chain.weights[0].dtype
+    with jax.ensure_compile_time_eval():
+        x = probe_batch(chain.widths[0], model_dtype)
+        expected = np.asarray(kind.apply(model, x), np.float64)
+        got = np.asarray(chain(x.astype(chain.weights[0].dtype)), np.float64)
+        if expected.shape != got.shape:
+            deviation = float("inf")
+        else:
+            deviation = _mismatch(expected, got, chain, x, (model_dtype, chain.weights[0].dtype))
+    if deviation is not None:
+        raise ValueError(
+            f"`{name}` ({kind.name}): {what} (max |difference| {deviation:.3g} on a probe batch of "
+            f"{_PROBE_ROWS} inputs); the model is not the plain chain of dense layers and recognised activations "
+            f"jaxlump reads it as (e.g. a subclass overriding __call__). Supported: {SUPPORTED}."
+        )
 
 
 def to_chain(model, name: str = "model", *, require_finite: bool = True) -> DenseChain:
-    """Canonical form of `model`; refuses unsupported modules and (unless told not to) NaN/inf parameters."""
-    if isinstance(model, DenseChain):
-        chain = model
-    elif isinstance(model, eqx.nn.MLP):
-        chain = mlp_to_chain(model)
-    elif isinstance(model, eqx.nn.Sequential):
-        chain = sequential_to_chain(model)
-    elif isinstance(model, LumpedMLP):
-        chain = lumped_to_chain(model)
-    elif _is_nnx(model):
-        from .flax_nnx import nnx_to_chain
-
-        chain = nnx_to_chain(model)
-    else:
-        raise TypeError(f"`{name}` of type {type(model).__name__} is not supported; supported: {SUPPORTED}.")
-    if not require_finite:
-        return chain
-    weights = tuple(check_finite(w, f"{name} layer {l} weight") for l, w in enumerate(chain.weights))
-    biases = tuple(check_finite(b, f"{name} layer {l} bias") for l, b in enumerate(chain.biases))
-    return DenseChain(weights, biases, chain.activations, chain.use_bias)
+    """Canonical form of `model`: refuses unsupported modules and (unless told not to) NaN/inf parameters,
+    converts half-precision parameters to float32, and verifies the chain against `model(x)` on a probe."""
+    kind = kind_of(model, name)
+    chain = kind.to_chain(model)
+    if require_finite:
+        weights = tuple(check_finite(w, f"{name} layer {l} weight") for l, w in enumerate(chain.weights))
+        biases = tuple(check_finite(b, f"{name} layer {l} bias") for l, b in enumerate(chain.biases))
+        chain = DenseChain(weights, biases, chain.activations, chain.use_bias)
+    if any(_is_half(w.dtype) for w in chain.weights + chain.biases):
+        chain = _cast(chain, jnp.float32)
+    if kind is not _CHAIN_KIND:
+        _verify(model, kind, chain, name, "jaxlump's reading of it does not reproduce its output")
+    return chain
 
 
 def from_chain(chain: DenseChain, like):
-    """Rebuild `chain` as the same kind of model as `like` (a smaller MLP may become a `LumpedMLP`)."""
-    if isinstance(like, DenseChain):
-        return chain
-    if isinstance(like, eqx.nn.MLP):
-        return chain_to_mlp(chain, like)
-    if isinstance(like, eqx.nn.Sequential):
-        return chain_to_sequential(chain, like)
-    if isinstance(like, LumpedMLP):
-        return chain_to_lumped(chain, like)
-    if _is_nnx(like):
-        from .flax_nnx import chain_to_nnx
+    """Rebuild `chain` as a model of `like`'s kind's result type (see the module docs), in `like`'s dtype when
+    that is half precision, verified against `chain` on a probe batch."""
+    kind = kind_of(like, "like")
+    dtype = param_dtype(like)
+    if dtype is not None and _is_half(dtype):
+        chain = _cast(chain, dtype)
+    model = kind.from_chain(chain, like)
+    if kind is not _CHAIN_KIND:
+        _verify(model, kind_of(model), chain, "like", "the rebuilt model does not reproduce the chain")
+    return model
 
-        return chain_to_nnx(chain, like)
-    raise TypeError(f"cannot rebuild a model of type {type(like).__name__}; supported: {SUPPORTED}.")
+
+__all__ = [
+    "KINDS",
+    "SUPPORTED",
+    "LumpedMLP",
+    "ModelKind",
+    "apply_model",
+    "from_chain",
+    "kind_of",
+    "param_dtype",
+    "probe_batch",
+    "to_chain",
+]

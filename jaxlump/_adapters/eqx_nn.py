@@ -9,22 +9,35 @@ import jax.random as jr
 import jax.tree_util as jtu
 
 from .._network import ACTIVATIONS, DenseChain, identify_activation
+from .base import ModelKind
 
 _SEQUENTIAL_ACTIVATIONS = (eqx.nn.Lambda, eqx.nn.Identity)
 
 
 class LumpedMLP(eqx.Module):
-    """An MLP whose hidden layers may have different widths — what lumping an `eqx.nn.MLP` gives
-    when its layers end up with unequal widths.
+    """An MLP whose hidden layers may have different widths: what lumping (or any jaxlump method) returns for
+    an `eqx.nn.MLP` or a `LumpedMLP`, at every ε and whatever the resulting widths, so that the result type
+    depends only on the input type.
 
     Behaves like `eqx.nn.MLP`: `activation` after each hidden layer, `final_activation` after the
-    last; called on one example of shape `(in_size,)`.
+    last; called on one example of shape `(in_size,)`. `width_size` is the tuple of hidden widths.
 
     **Arguments:**
 
     - `layers`: the `eqx.nn.Linear` layers, input first.
     - `activation`: the hidden activation (e.g. `jax.nn.tanh`).
     - `final_activation`: applied to the output (default identity).
+
+    ```python
+    import equinox as eqx, jax, jax.numpy as jnp, jax.random as jr
+    import jaxlump
+
+    keys = jr.split(jr.key(0), 3)
+    layers = [eqx.nn.Linear(3, 5, key=keys[0]), eqx.nn.Linear(5, 2, key=keys[1]), eqx.nn.Linear(2, 1, key=keys[2])]
+    model = jaxlump.LumpedMLP(layers, jax.nn.tanh)
+    assert (model.in_size, model.width_size, model.out_size, model.depth) == (3, (5, 2), 1, 2)
+    assert model(jnp.ones(3)).shape == (1,)
+    ```
     """
 
     layers: tuple[eqx.nn.Linear, ...]
@@ -38,7 +51,26 @@ class LumpedMLP(eqx.Module):
 
     @property
     def widths(self) -> tuple[int, ...]:
+        """`(in_size, *width_size, out_size)`."""
         return (self.layers[0].in_features,) + tuple(layer.out_features for layer in self.layers)
+
+    @property
+    def in_size(self) -> int:
+        return self.widths[0]
+
+    @property
+    def out_size(self) -> int:
+        return self.widths[-1]
+
+    @property
+    def width_size(self) -> tuple[int, ...]:
+        """The hidden widths, input side first (an `eqx.nn.MLP` has one `int` here; a `LumpedMLP` one per layer)."""
+        return self.widths[1:-1]
+
+    @property
+    def depth(self) -> int:
+        """The number of hidden layers, as `eqx.nn.MLP.depth`."""
+        return len(self.layers) - 1
 
     def __call__(self, x: jax.Array, *, key=None) -> jax.Array:
         del key
@@ -92,31 +124,52 @@ def mlp_to_chain(mlp: eqx.nn.MLP) -> DenseChain:
     return _chain_from_linears(layers, [hidden] * (len(layers) - 1) + [final])
 
 
-def chain_to_mlp(chain: DenseChain, like: eqx.nn.MLP):
-    """An `eqx.nn.MLP` when all hidden widths are equal, else a `LumpedMLP`."""
-    layers = _linears_from_chain(chain)
-    hidden_widths = set(chain.widths[1:-1])
-    if len(hidden_widths) > 1:
-        return LumpedMLP(layers, like.activation, like.final_activation)
-    width = hidden_widths.pop() if hidden_widths else like.width_size
+def _mlp_activations(mlp: eqx.nn.MLP) -> tuple[Callable, Callable]:
+    # equinox's depth-0 MLP returns its single layer's output without applying final_activation.
+    return mlp.activation, (eqx.nn.Identity() if mlp.depth == 0 else mlp.final_activation)
+
+
+def chain_to_lumped(chain: DenseChain, like: eqx.nn.MLP | LumpedMLP) -> LumpedMLP:
+    """A `LumpedMLP` holding `chain`, with `like`'s activation functions (whatever the widths)."""
+    activation, final = (
+        _mlp_activations(like) if isinstance(like, eqx.nn.MLP) else (like.activation, like.final_activation)
+    )
+    return LumpedMLP(_linears_from_chain(chain), activation, final)
+
+
+def _mlp_shape(chain: DenseChain) -> tuple[set, set]:
+    hidden_widths, hidden_bias = set(chain.widths[1:-1]), set(chain.use_bias[:-1])
+    if len(hidden_widths) > 1 or len(hidden_bias) > 1:
+        raise ValueError(
+            f"an eqx.nn.MLP has equal hidden widths and bias flags; received widths {chain.widths} and use_bias "
+            f"{chain.use_bias}."
+        )
+    return hidden_widths, hidden_bias
+
+
+def build_mlp(chain: DenseChain, activation: Callable, final_activation: Callable, scan: bool, width_size: int):
+    """An `eqx.nn.MLP` holding `chain` (equal hidden widths and bias flags required)."""
+    hidden_widths, hidden_bias = _mlp_shape(chain)
+    depth = chain.n_layers - 1
     new = eqx.filter_eval_shape(
         eqx.nn.MLP,
         chain.widths[0],
         chain.widths[-1],
-        width,
-        like.depth,
-        activation=like.activation,
-        final_activation=like.final_activation,
-        use_bias=like.use_bias,
-        use_final_bias=like.use_final_bias,
+        hidden_widths.pop() if hidden_widths else width_size,
+        depth,
+        activation=activation,
+        final_activation=final_activation,
+        use_bias=hidden_bias.pop() if hidden_bias else True,
+        use_final_bias=chain.use_bias[-1],
         dtype=chain.weights[0].dtype,
-        scan=like.scan,
+        scan=scan,
         key=jr.key(0),
     )
-    if like.scan and like.depth == 1:
+    layers = _linears_from_chain(chain)
+    if scan and depth == 1:
         empty_stack = jtu.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), new.layers[1])  # equinox's (0, w, w) stack
         layers = [layers[0], empty_stack, layers[-1]]
-    elif like.scan and like.depth >= 2:
+    elif scan and depth >= 2:
         stacked = jtu.tree_map(lambda *xs: jnp.stack(xs) if eqx.is_array(xs[0]) else xs[0], *layers[1:-1])
         layers = [layers[0], stacked, layers[-1]]
     return eqx.tree_at(lambda m: m.layers, new, tuple(layers))
@@ -159,5 +212,72 @@ def lumped_to_chain(model: LumpedMLP) -> DenseChain:
     return _chain_from_linears(model.layers, [hidden] * (len(model.layers) - 1) + [final])
 
 
-def chain_to_lumped(chain: DenseChain, like: LumpedMLP) -> LumpedMLP:
-    return LumpedMLP(_linears_from_chain(chain), like.activation, like.final_activation)
+def _sequential_layout(seq: eqx.nn.Sequential, chain: DenseChain) -> list[str]:
+    names, layout, current = iter(chain.activations), [], None
+    for layer in seq.layers:  # `to_chain` checked that each activation directly follows its Linear
+        current = next(names) if isinstance(layer, eqx.nn.Linear) else current
+        layout.append("linear" if isinstance(layer, eqx.nn.Linear) else current)
+    return layout
+
+
+def _build_sequential(options: dict, chain: DenseChain) -> eqx.nn.Sequential:
+    linears = iter(_linears_from_chain(chain))
+    return eqx.nn.Sequential(
+        [
+            next(linears)
+            if entry == "linear"
+            else (eqx.nn.Identity() if entry == "identity" else eqx.nn.Lambda(ACTIVATIONS[entry].model_fn))
+            for entry in options["layout"]
+        ]
+    )
+
+
+def _hidden_and_final(chain: DenseChain) -> tuple[Callable, Callable]:
+    hidden = ACTIVATIONS[chain.activations[0]].model_fn if chain.n_layers > 1 else eqx.nn.Identity()
+    final = chain.activations[-1]
+    return hidden, (eqx.nn.Identity() if final == "identity" else ACTIVATIONS[final].model_fn)
+
+
+def _build_mlp(options: dict, chain: DenseChain) -> eqx.nn.MLP:
+    _mlp_shape(chain)
+    hidden, final = _hidden_and_final(chain)
+    return build_mlp(chain, hidden, final, bool(options["scan"]), int(options["width_size"]))
+
+
+def _build_lumped(options: dict, chain: DenseChain) -> LumpedMLP:
+    return LumpedMLP(_linears_from_chain(chain), *_hidden_and_final(chain))
+
+
+def _vmapped(model, x):
+    return jax.vmap(model)(x)
+
+
+EQX_KINDS = (
+    ModelKind(
+        "eqx.nn.MLP",
+        lambda model: isinstance(model, eqx.nn.MLP),
+        mlp_to_chain,
+        chain_to_lumped,
+        _vmapped,
+        lambda model, chain: {"scan": model.scan, "width_size": model.width_size},
+        _build_mlp,
+    ),
+    ModelKind(
+        "eqx.nn.Sequential",
+        lambda model: isinstance(model, eqx.nn.Sequential),
+        sequential_to_chain,
+        chain_to_sequential,
+        _vmapped,
+        lambda model, chain: {"layout": _sequential_layout(model, chain)},
+        _build_sequential,
+    ),
+    ModelKind(
+        "jaxlump.LumpedMLP",
+        lambda model: isinstance(model, LumpedMLP),
+        lumped_to_chain,
+        chain_to_lumped,
+        _vmapped,
+        lambda model, chain: {},
+        _build_lumped,
+    ),
+)

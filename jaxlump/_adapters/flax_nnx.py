@@ -79,7 +79,7 @@ def nnx_to_chain(model: nnx.Sequential | nnx.Linear) -> DenseChain:
     return DenseChain(tuple(weights), tuple(biases), tuple(activations), tuple(layer.use_bias for layer in linears))
 
 
-def _new_linear(template: nnx.Linear, weight: jax.Array, bias: jax.Array, use_bias: bool) -> nnx.Linear:
+def _new_linear(template: nnx.Linear | None, weight: jax.Array, bias: jax.Array, use_bias: bool) -> nnx.Linear:
     accepted = inspect.signature(nnx.Linear).parameters
     settings = {
         name: getattr(template, name) for name in _COPIED_SETTINGS if name in accepted and hasattr(template, name)
@@ -139,29 +139,30 @@ def chain_to_nnx(chain: DenseChain, like: nnx.Sequential | nnx.Linear) -> nnx.Se
     return nnx.Sequential(*(replacement.get(i, layer) for i, layer in enumerate(like.layers)))
 
 
-def nnx_layout(model: nnx.Sequential | nnx.Linear) -> list[str] | None:
-    """`None` for a bare `nnx.Linear`; otherwise one entry per `nnx.Sequential` element: `"linear"` or
-    the activation's name (what `jaxlump.save` stores to rebuild the model)."""
+def nnx_describe(model: nnx.Sequential | nnx.Linear, chain: DenseChain | None = None) -> dict:
+    """What `jaxlump.save` stores to rebuild `model`: `{"layout": None}` for a bare `nnx.Linear`, otherwise one
+    entry per `nnx.Sequential` element, `"linear"` or the activation's name."""
+    del chain
     if isinstance(model, nnx.Linear):
-        return None
+        return {"layout": None}
     _, _, activations = _walk(model)
     names, layout, current = iter(activations), [], None
     for layer in model.layers:  # `_walk` checked that each activation directly follows its Linear
         current = next(names) if isinstance(layer, nnx.Linear) else current
         layout.append("linear" if isinstance(layer, nnx.Linear) else current)
-    return layout
+    return {"layout": layout}
 
 
-def nnx_template(
-    layout: list[str] | None, widths: tuple[int, ...], use_bias: tuple[bool, ...], dtype
-) -> nnx.Sequential | nnx.Linear:
-    """A freshly initialised NNX model of the given layout, widths, bias flags and dtype (inverse of `nnx_layout`)."""
-    linears = [
-        nnx.Linear(n_in, n_out, use_bias=u, param_dtype=dtype, rngs=nnx.Rngs(l))
-        for l, (n_in, n_out, u) in enumerate(zip(widths[:-1], widths[1:], use_bias, strict=True))
-    ]
+def nnx_build(options: dict, chain: DenseChain) -> nnx.Sequential | nnx.Linear:
+    """An NNX model of the stored layout holding `chain` (inverse of `nnx_describe`)."""
+    linears = [_new_linear(None, w, b, u) for w, b, u in zip(chain.weights, chain.biases, chain.use_bias, strict=True)]
+    layout = options["layout"]
     if layout is None:
+        if len(linears) != 1:
+            raise ValueError(f"a flax.nnx.Linear has one layer; the record has {len(linears)}.")
         return linears[0]
     linear_iter = iter(linears)
-    layers: list[Callable] = [next(linear_iter) if entry == "linear" else ACTIVATIONS[entry].fn for entry in layout]
+    layers: list[Callable] = [
+        next(linear_iter) if entry == "linear" else ACTIVATIONS[entry].model_fn for entry in layout
+    ]
     return nnx.Sequential(*layers)

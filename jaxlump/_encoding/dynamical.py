@@ -3,18 +3,24 @@
 Along the homotopy `x(t) = x_ref + t (x − x_ref)`, t ∈ [0, 1], every neuron is a state variable whose value
 at time t is its activation at input `x(t)`. Differentiating the forward pass gives
 
-    ż^l = W^l ȧ^{l-1},   ȧ^0 = x − x_ref,   ȧ^l = σ'_l ⊙ ż^l.
+    ż^l = W^l ȧ^{l-1},   ȧ^0 = x − x_ref,   ȧ^l = σ'_l(z^l) ⊙ ż^l.
 
-State choice, per layer, from `ACTIVATIONS[σ_l].state`:
+**State choice: the pre-activations `z^l`, for every activation.** jaxlump integrates `z^l` and evaluates
+`σ'_l` from `z^l` (`ACTIVATIONS[σ].derivative`); a neuron's activation along the path is `σ_l(z^l(t))`.
 
-- `"a"` (identity, tanh, sigmoid): the state is `a^l` and `ȧ^l = σ'_l(a^l) ⊙ (W^l ȧ^{l-1})`, with `σ'` a
-  polynomial in the state itself (`1`, `1 − a²`, `a − a²`). The vector field is then a polynomial ODE.
-- `"z"` (relu, leaky_relu, softplus, silu): the state is `z^l` and `ż^l = W^l ȧ^{l-1}`,
-  `ȧ^l = σ'_l(z^l) ⊙ ż^l`. For relu / leaky_relu the field is piecewise constant in the state and
-  discontinuous where a pre-activation crosses 0; the adaptive step size locates each crossing.
+The same dynamics can be written in the activations, `ȧ^l = σ'_l(a^l) ⊙ W^l ȧ^{l-1}` with `σ'` a polynomial
+in `a` for tanh (`1 − a²`), sigmoid (`a − a²`) and identity (`1`): a **polynomial ODE** of degree
+`Σ_l deg σ'_l` (`polynomial_degree`). jaxlump does *not* integrate that form, because it freezes: a
+saturated neuron (`|z| ≳ 9` for tanh in float32) has `a` rounded to exactly ±1, so `σ'(a) = 0` and its state
+never moves, even when the path crosses to the other branch — the trajectory ends at +1 where the network
+gives −1. In `z` the state moves with `ż^l = W^l ȧ^{l-1}` whatever σ' is, so nothing can freeze; the field is
+then smooth but not polynomial for tanh / sigmoid / softplus / silu, and piecewise constant for relu /
+leaky_relu (discontinuous where a pre-activation crosses 0; the adaptive step size locates each crossing).
 
-The initial state is the forward pass at `x_ref`, so the state at t = 1 is the network's forward pass at x
-(checked numerically by `jaxlump.check_encoding`).
+The initial state is the forward pass at `x_ref`, so the state at t = 1 is the network's forward pass at x.
+`simulate` checks this on every solve (it costs one forward pass): when `max |z^l(1) − z^l(x)|` exceeds
+`sqrt(rtol) (1 + |z^l(x)|) + sqrt(atol)` the result is `RESULTS.ode_endpoint_mismatch`, never `successful`;
+a solve that fails (e.g. runs out of steps) is `RESULTS.ode_solve_failed`.
 """
 
 import diffrax
@@ -40,10 +46,10 @@ _LayerTrajectory = Float[Array, "batch times width"]
 class VectorField(eqx.Module):
     """The right-hand side of the dynamical encoding, in diffrax's `(t, y, args)` form.
 
-    `y` is a tuple with one state per layer, `a^l` for `"a"`-state layers and `z^l` for `"z"`-state ones
-    (see the module docs). Returns the tuple of their time derivatives:
+    `y` is a tuple with one state per layer, the pre-activations `z^l` (see the module docs). Returns the
+    tuple of their time derivatives:
 
-        "a" layers: ȧ^l = σ'_l(a^l) ⊙ (W^l ȧ^{l-1});   "z" layers: ż^l = W^l ȧ^{l-1};   ȧ^0 = direction.
+        ż^l = W^l ȧ^{l-1},   ȧ^l = σ'_l(z^l) ⊙ ż^l,   ȧ^0 = direction.
 
     Biases do not appear: they enter through the initial state only.
 
@@ -58,8 +64,8 @@ class VectorField(eqx.Module):
     from jaxlump._encoding.dynamical import VectorField
 
     chain = DenseChain((jnp.array([[2.0]]),), (jnp.array([0.0]),), ("tanh",), (True,))
-    (da,) = VectorField(chain, jnp.array([1.0]))(0.0, (jnp.array([0.5]),), None)
-    assert jnp.allclose(da, 2.0 * (1 - 0.5**2))
+    (dz,) = VectorField(chain, jnp.array([1.0]))(0.0, (jnp.array([0.5]),), None)
+    assert jnp.allclose(dz, 2.0)  # ż = W ȧ⁰, whatever σ'(z) is
     ```
 
     From DESIGN §2b (jaxlump's formalization of Dhiman et al., 2026).
@@ -72,26 +78,22 @@ class VectorField(eqx.Module):
         del t, args
         rate = self.direction  # ȧ^{l-1}, starting from ȧ^0
         derivatives = []
-        for weight, name, state in zip(self.chain.weights, self.chain.activations, y, strict=True):
-            activation = ACTIVATIONS[name]
-            z_rate = jnp.matmul(weight, rate.astype(state.dtype), precision=_HIGHEST)
-            if activation.state == "a":
-                rate = activation.derivative_in_a(state) * z_rate
-                derivatives.append(rate)
-            else:
-                derivatives.append(z_rate)
-                rate = activation.derivative_in_z(state) * z_rate
+        for weight, name, z in zip(self.chain.weights, self.chain.activations, y, strict=True):
+            z_rate = jnp.matmul(weight, rate.astype(z.dtype), precision=_HIGHEST)
+            derivatives.append(z_rate)
+            rate = ACTIVATIONS[name].derivative(z) * z_rate
         return tuple(derivatives)
 
 
 def polynomial_degree(chain) -> int | None:
-    """Degree of the dynamical encoding's vector field as a polynomial in the states, or `None`.
+    """Degree of the polynomial form of the dynamical encoding (in the activations), or `None`.
 
-    With every layer `"a"`-state, `ȧ^l = σ'_l(a^l) ⊙ W^l ȧ^{l-1}` where `ȧ^{l-1}` is itself the field of
+    In the activation form (see the module docs; jaxlump integrates the equivalent `z` form),
+    `ȧ^l = σ'_l(a^l) ⊙ W^l ȧ^{l-1}` where `ȧ^{l-1}` is itself the field of
     layer l−1, so `deg ȧ^l = Σ_{j ≤ l} deg σ'_j` (tanh and sigmoid: 2, identity: 0). The field's degree is
     the largest, `Σ_l deg σ'_l`: `2 (L − 1)` for a tanh/sigmoid MLP with a linear output layer, `2 L` when
     every layer is tanh/sigmoid. This is the generic degree (exact unless weights vanish). `None` when some
-    layer is `"z"`-state (relu, leaky_relu: piecewise-linear field; softplus, silu: not polynomial).
+    σ' is not a polynomial in σ (relu, leaky_relu: piecewise-linear field; softplus, silu: not polynomial).
 
     **Arguments:**
 
@@ -112,25 +114,24 @@ def polynomial_degree(chain) -> int | None:
     From DESIGN §2b.
     """
     table = [ACTIVATIONS[name] for name in to_chain(chain, "chain").activations]
-    if any(act.state != "a" for act in table):
+    if any(act.degree is None for act in table):
         return None
     return sum(act.degree for act in table)
 
 
-def initial_state(chain: DenseChain, x_ref: Array) -> tuple[Array, ...]:
-    """The ODE state at t = 0: per layer `a^l(x_ref)` or `z^l(x_ref)` according to the state choice."""
-    states, a = [], x_ref
+def pre_activations(chain: DenseChain, x: Array) -> tuple[Array, ...]:
+    """The forward pass's pre-activations `z^l` at one input or a batch (full-precision matmuls, as in the ODE)."""
+    states, a = [], x
     for weight, bias, name in zip(chain.weights, chain.biases, chain.activations, strict=True):
-        z = jnp.matmul(weight, a, precision=_HIGHEST) + bias
+        z = jnp.matmul(a, weight.T, precision=_HIGHEST) + bias
         a = ACTIVATIONS[name].fn(z)
-        states.append(a if ACTIVATIONS[name].state == "a" else z)
+        states.append(z)
     return tuple(states)
 
 
 def states_to_activations(chain: DenseChain, states: tuple[Array, ...]) -> tuple[Array, ...]:
-    """Map per-layer ODE states to activations: `σ(z)` for `"z"`-state layers, unchanged otherwise."""
-    pairs = zip(chain.activations, states, strict=True)
-    return tuple(ACTIVATIONS[name].fn(s) if ACTIVATIONS[name].state == "z" else s for name, s in pairs)
+    """Map per-layer ODE states `z^l` to activations `σ_l(z^l)`."""
+    return tuple(ACTIVATIONS[name].fn(z) for name, z in zip(chain.activations, states, strict=True))
 
 
 class Trajectory(eqx.Module):
@@ -139,8 +140,9 @@ class Trajectory(eqx.Module):
     - `times`: the sample times, shape `(n_times,)`.
     - `activations`: per layer l = 1..L an array `(batch, n_times, n_l)`, `a^l(x(t_k))` (for `"z"`-state
       layers, `σ(z)` of the integrated pre-activation). The last one is the network output.
-    - `result`: `RESULTS.successful`, or `RESULTS.ode_solve_failed` if any example's solve failed (its
-      values are then not meaningful, diffrax fills them with inf).
+    - `result`: `RESULTS.successful`; `RESULTS.ode_solve_failed` if any example's solve failed (e.g. ran out
+      of steps; its values are then not meaningful, diffrax fills them with inf); `RESULTS.ode_endpoint_mismatch`
+      if a solve ended away from the forward pass at x (see the module docs).
     """
 
     times: _Times
@@ -188,13 +190,13 @@ def _check_times(times, dtype) -> jax.Array:
     return times
 
 
-_KINKED = frozenset({"relu", "leaky_relu"})
-_PIECEWISE_LINEAR = _KINKED | {"identity"}
+def _kinked(name: str) -> bool:
+    return ACTIVATIONS[name].kinked
 
 
 def default_solver(chain: DenseChain) -> diffrax.AbstractAdaptiveSolver:
-    """`diffrax.Heun()` when the field is piecewise constant (relu / leaky_relu / identity layers only, at
-    least one kink), else `diffrax.Tsit5()`.
+    """`diffrax.Heun()` when the field is piecewise constant (kinked activations such as relu / leaky_relu,
+    and identity layers only, at least one kink), else `diffrax.Tsit5()`.
 
     Between kinks a piecewise-constant field is integrated exactly by any Runge–Kutta method, so accuracy is
     decided by how well each kink is located, i.e. by how well the embedded error estimate of a step that
@@ -202,18 +204,28 @@ def default_solver(chain: DenseChain) -> diffrax.AbstractAdaptiveSolver:
     4→16→12→3 relu nets (16 inputs, default tolerances): max error 2e-10–6e-10 with Heun vs 2e-8–3e-8 with
     Tsit5 in float64, 3e-6 vs 2.4e-4 in float32, for about as many steps.
     """
-    names = set(chain.activations)
-    return diffrax.Heun() if names <= _PIECEWISE_LINEAR and names != {"identity"} else diffrax.Tsit5()
+    table = [ACTIVATIONS[name] for name in chain.activations]
+    piecewise_constant = all(act.kinked or act.name == "identity" for act in table)
+    return diffrax.Heun() if piecewise_constant and any(act.kinked for act in table) else diffrax.Tsit5()
 
 
 def default_max_steps(chain: DenseChain) -> int:
     """4096, plus 64 per neuron whose activation has a kink (relu, leaky_relu): each kink costs ~20 steps."""
-    kinked = sum(w.shape[0] for w, name in zip(chain.weights, chain.activations, strict=True) if name in _KINKED)
+    kinked = sum(w.shape[0] for w, name in zip(chain.weights, chain.activations, strict=True) if _kinked(name))
     return 4096 + 64 * kinked
 
 
+def _endpoint_ok(reached: tuple[Array, ...], exact: tuple[Array, ...], rtol, atol) -> Array:
+    """Whether every final state is within `sqrt(rtol) (1 + |z|) + sqrt(atol)` of the forward pass (NaN fails)."""
+    ok = [
+        jnp.all(jnp.abs(z1 - z) <= jnp.sqrt(rtol) * (1 + jnp.abs(z)) + jnp.sqrt(atol))
+        for z1, z in zip(reached, exact, strict=True)
+    ]
+    return jnp.all(jnp.stack(ok))
+
+
 def _solve_uncompiled(chain, x, x_ref, times, solver, controller, max_steps):
-    y0 = initial_state(chain, x_ref)
+    y0 = pre_activations(chain, x_ref)
     zero, one = jnp.zeros((), times.dtype), jnp.ones((), times.dtype)
 
     def solve_one(x_one):
@@ -224,15 +236,22 @@ def _solve_uncompiled(chain, x, x_ref, times, solver, controller, max_steps):
             t1=one,
             dt0=None,
             y0=y0,
-            saveat=diffrax.SaveAt(ts=times),
+            saveat=diffrax.SaveAt(ts=times, t1=True),
             stepsize_controller=controller,
             max_steps=max_steps,
             throw=False,
         )
-        return solution.ys, solution.result == diffrax.RESULTS.successful
+        at_times = tuple(y[:-1] for y in solution.ys)
+        at_end = tuple(y[-1] for y in solution.ys)
+        reached = _endpoint_ok(at_end, pre_activations(chain, x_one), controller.rtol, controller.atol)
+        return at_times, solution.result == diffrax.RESULTS.successful, reached
 
-    states, ok = jax.vmap(solve_one)(x)
-    result = RESULTS.where(jnp.all(ok), RESULTS.successful, RESULTS.ode_solve_failed)
+    states, solved, reached = jax.vmap(solve_one)(x)
+    result = RESULTS.where(
+        jnp.all(solved),
+        RESULTS.where(jnp.all(reached), RESULTS.successful, RESULTS.ode_endpoint_mismatch),
+        RESULTS.ode_solve_failed,
+    )
     return Trajectory(times, states_to_activations(chain, states), result)
 
 
@@ -306,7 +325,7 @@ def simulate(
     """
     chain = to_chain(model)
     x = check_data(x, "x", width=chain.widths[0])
-    dtype = jnp.result_type(*chain.weights, *chain.biases, x)
+    dtype = jnp.result_type(*chain.weights, *chain.biases)
     x = x.astype(dtype)
     x_ref = _check_x_ref(x_ref, chain.widths[0], dtype)
     times = _check_times(times, dtype)
