@@ -4,6 +4,7 @@ Options arrive already checked by `jaxlump._cli`; nothing here validates argumen
 """
 
 import csv
+import inspect
 import json
 import pathlib
 
@@ -160,15 +161,20 @@ _OFFSET = {"textcoords": "offset points"}
 
 
 def _compress(model, name: str, target, x_calib, *, reconstruct: bool, seed: int):
-    """`compress_to` by name, then the shared least-squares reconstruction when asked."""
+    """`compress_to` by name, then the least-squares reconstruction when asked (lump: its refit; a method with a
+    `reconstruct` option: that option; any other: `jaxlump.reconstruct`)."""
     from ._reconstruct import reconstruct as solve
     from .baselines import compress_to
 
-    options = {"key": jr.key(seed)} if name == "random" else {}
+    accepted = inspect.signature(compressors()[name].function).parameters
+    options = {"key": jr.key(seed)} if "key" in accepted else {}
     if name == "lump":
         options = {"refit": reconstruct, "certify_ode": False}
+    own = "reconstruct" in accepted  # methods with their own reconstruction option (obs_prune, fold ...) use it
+    if own:
+        options["reconstruct"] = reconstruct
     small, info = compress_to(model, name, target, x_calib, **options)
-    if reconstruct and name != "lump":
+    if reconstruct and name != "lump" and not own:
         small, info = solve(model, small, x_calib, info)
     return small, info
 
@@ -271,17 +277,17 @@ def compress(args) -> int:
 def sweep(args) -> int:
     """Sweep ε: per ε the widths, dense parameters, test MSE and calibration RMS deviation of the lumped model.
 
-    Every ε runs the same compiled fixed-shape lumping (`jaxlump.lump_masked`, ε traced), then `jaxlump.shrink`.
+    The whole grid runs as one compiled call (`jaxlump.sweep`); each result is then shrunk (`jaxlump.shrink`).
     With `--max-error`, reports the smallest model whose calibration RMS deviation is within it. Writes
     `sweep.json`, `sweep.csv` and `sweep.png` to `--out`.
     """
     import jaxlump
 
     model, data, x_calib = problem(args, data_name=args.data)
+    result = jaxlump.sweep(model, x_calib, args.eps)
     rows = []
-    for eps in tqdm(args.eps, desc="ε sweep", disable=args.no_progress, leave=False):
-        masked, info = jaxlump.lump_masked(model, x_calib, jnp.asarray(eps))
-        small, info = jaxlump.shrink(masked, info)
+    for i, eps in enumerate(tqdm(args.eps, desc="shrinking", disable=args.no_progress, leave=False)):
+        small, info = jaxlump.shrink(*result.at(i))
         rows.append({"eps": eps} | describe("lump", model, small, info, data, x_calib))
     print(_table(rows, ("eps", "widths", "params", "percent", "test_mse", "calib_rms")))
     payload = {"original": _original(model, data, args), "sweep": rows, "chosen": None}

@@ -9,13 +9,21 @@ from ._lump_then_prune import lump_then_prune
 from .baselines import (
     elimination_compensation,
     exact_lump,
+    flap_prune,
+    fold,
+    id_prune,
     linearity_merge,
     linearity_to_size,
+    lowrank,
     magnitude,
+    neuron_merge,
+    obs_prune,
+    osscar_prune,
     proportional_lump,
     random,
     structured_prune,
     wanda,
+    zipit_merge,
 )
 
 
@@ -56,6 +64,7 @@ class Compressor(eqx.Module):
 
 
 _RELU = ("relu", "leaky_relu")
+_NEURONS = "fraction s ∈ [0, 1) of each hidden layer's neurons removed (as structured_prune)"
 _SPARSITY = "fraction s ∈ [0, 1) of the prunable weights (hidden layers, not the output layer) set to zero"
 
 # One line per method. A new baseline exported from `jaxlump.baselines` is registered here (a test checks it).
@@ -69,6 +78,14 @@ _REGISTRY: dict[str, Compressor] = {c.name: c for c in (
     Compressor("wanda", wanda, "sparsity", _SPARSITY + ", smallest |W|·‖X‖ first", structured=False, needs_data=True),  # noqa: E501
     Compressor("elimination_compensation", elimination_compensation, "sparsity", _SPARSITY + ", least output change after bias compensation first", structured=False, needs_data=True),  # noqa: E501
     Compressor("structured_prune", structured_prune, "sparsity", "fraction s ∈ [0, 1) of the hidden *neurons* removed; parameters fall faster than s, since a neuron's row and column go: structured_prune(m, x, 0.5) keeps 30.1 % of the parameters of a 7→64→64→7 MLP", structured=True, needs_data=False),  # noqa: E501
+    Compressor("obs_prune", obs_prune, "sparsity", _NEURONS + ", one at a time by the smallest refit-aware error (structured OBS, ZipLM), then reconstructed", structured=True, needs_data=True),  # noqa: E501
+    Compressor("osscar_prune", osscar_prune, "sparsity", _NEURONS + ", chosen by OSSCAR's swap local search on the refit error, then reconstructed", structured=True, needs_data=True),  # noqa: E501
+    Compressor("id_prune", id_prune, "sparsity", _NEURONS + ", kept by an interpolative decomposition of the activations (pivoted Cholesky), then reconstructed", structured=True, needs_data=True),  # noqa: E501
+    Compressor("flap_prune", flap_prune, "sparsity", "fraction s ∈ [0, 1) of *all* hidden neurons removed by FLAP's fluctuation score (one global ranking), with bias compensation", structured=True, needs_data=True),  # noqa: E501
+    Compressor("fold", fold, "sparsity", _NEURONS.replace("removed", "merged away") + ", by k-means on their weights (model folding)", structured=True, needs_data=False),  # noqa: E501
+    Compressor("zipit_merge", zipit_merge, "sparsity", _NEURONS.replace("removed", "merged away") + ", by activation-correlation matching (ZipIt!) with REPAIR", structured=True, needs_data=True),  # noqa: E501
+    Compressor("neuron_merge", neuron_merge, "sparsity", _NEURONS + " by incoming norm, each folded into its most similar kept neuron (Neuron Merging)", structured=True, needs_data=False),  # noqa: E501
+    Compressor("lowrank", lowrank, "sparsity", "s ∈ [0, 1): how far below its break-even rank each layer's activation-whitened factorisation goes (SVD-LLM); larger s, lower rank", structured=True, needs_data=True),  # noqa: E501
     Compressor("linearity_merge", linearity_merge, "tau", "activation-rate threshold τ ∈ [0, 1]: neurons active on at least a fraction τ of the data become a linear skip; a *smaller* τ merges more", structured=True, needs_data=True, knob_range=(0.0, 1.0), larger_knob_smaller_model=False, activations=_RELU),  # noqa: E501
     Compressor("linearity_to_size", linearity_to_size, "target_fraction", "the parameter budget as a fraction of the original: linearity merging with τ stepped down until the budget is met", structured=True, needs_data=True, knob_range=None, size_knob="fraction", activations=_RELU),  # noqa: E501
     Compressor("proportional_lump", proportional_lump, "tol", "distance tol ∈ [0, √2) between normalised incoming rows; tol = 0 merges exactly proportional neurons, larger tol merges more", structured=True, needs_data=False, knob_range=(0.0, 1.414), activations=(*_RELU, "identity")),  # noqa: E501

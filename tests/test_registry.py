@@ -13,7 +13,7 @@ import jaxlump.baselines
 from jaxlump._registry import get_compressor
 
 # Public callables of jaxlump.baselines that are helpers, not compressors.
-HELPERS = {"compress_to", "realised_size", "activation_rates"}
+HELPERS = {"compress_to", "realised_size", "activation_rates", "best_subset", "layer_errors", "rank_bounds"}
 
 
 def test_every_baseline_and_lumping_method_is_registered():

@@ -30,10 +30,21 @@ def test_magnitude_reaches_exact_nonzero_targets(mlp, target):
 
 def test_lump_target_is_never_exceeded_and_close(mlp, x):
     target = 250
-    _, info = compress_to(mlp, jaxlump.lump, target, x, grow_upper=True, refit=False)
+    _, info = compress_to(mlp, jaxlump.lump, target, x, refit=False)
     assert realised_size(info) <= target
     # one more neuron in the narrowest possible spot would exceed: the result is within one neuron's cost
     assert realised_size(info) > target - (3 + 16 + 2 + 1) - 16
+
+
+@pytest.mark.parametrize("target", [250, 0.3])
+def test_lump_target_by_sweep_matches_lump_at_the_chosen_eps(mlp, x, target):
+    small, info = compress_to(mlp, "lump", target, x)
+    limit = target if isinstance(target, int) else int(target * 370)
+    assert info.target.requested_size == limit and realised_size(info) <= limit
+    # independent check: plain lump at the recorded ε gives the same widths and outputs
+    again, again_info = jaxlump.lump(mlp, x, info.target.knob, certify_ode=False)
+    assert tuple(int(w) for w in again_info.widths_after) == info.target.realised_widths
+    np.testing.assert_allclose(jax.vmap(small)(x), jax.vmap(again)(x), atol=1e-8)
 
 
 def test_structured_prune_target(mlp, x):

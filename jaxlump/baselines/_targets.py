@@ -128,7 +128,10 @@ def compress_to(
 
     The method's knob (ε, sparsity, τ ...; see `jaxlump.compressors()`) is bisected in its range, assuming the
     size decreases as the knob moves (ε's range grows by doubling until the target is met); the result kept is the
-    largest size within the target among those evaluated. Methods whose knob is the size itself
+    largest size within the target among those evaluated. For `lump` with a count or a fraction, a coarse ε grid
+    and two refinements run as `jaxlump.sweep` calls (one compiled program, `sweep_to_size`) instead; pass
+    `knob_range` or `grow_upper` to bisect instead. (Its certificate then has no ODE figure unless
+    `certify_ode=True` is passed.) Methods whose knob is the size itself
     (`lump_then_prune`, `linearity_to_size`) are called with the target directly and their result is checked.
 
     **Arguments:**
@@ -219,6 +222,11 @@ def compress_to(
         budget = limit(structured)[0]
         knob = budget if compressor.size_knob == "nonzeros" else budget / limit(structured)[1]
         return finish(function(model, x_calib, knob, **options), knob)
+    if _is_lump(compressor) and kind != "widths" and knob_range is None and grow_upper is None:
+        from .._sweep import sweep_to_size  # a few compiled ε grids instead of one compilation per bisection step
+
+        result = sweep_to_size(model, x_calib, limit(True)[0], **options)
+        return finish(result, result[1].knob)
     if compressor is not None and compressor.knob_range is None and knob_range is None:
         return finish(function(model, x_calib, None, **options), None)
 
@@ -264,6 +272,12 @@ def compress_to(
             if exact(best[0]) or np.isclose(low, high, rtol=1e-6, atol=1e-12):
                 break
     return finish(best[2], best[1])
+
+
+def _is_lump(compressor) -> bool:
+    from .._lump import lump
+
+    return compressor is not None and compressor.function is lump
 
 
 def _structured_names() -> dict[str, bool]:
