@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from _networks import planted_mlp
 
 from jaxlump._encoding import affine_system, aggregated_coefficients, augmented_matrices, to_erode
 from jaxlump._network import DenseChain
@@ -133,30 +134,144 @@ def test_affine_system_forward_equivalence_is_the_lumping_criterion():
     assert not closes([["L1_N0", "L1_N1"]])
 
 
-def parse_erode(text: str) -> tuple[str, dict[str, float], dict[str, dict[str, float]]]:
-    """A minimal reader of the `.ode` subset `to_erode` writes: model name, inits, linear ODE right-hand sides."""
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("//")]
-    assert lines[-1] == "end model"
-    name = re.fullmatch(r"begin model (\w+)", lines[0]).group(1)
-    inits = lines[lines.index("begin init") + 1 : lines.index("end init")]
-    odes = lines[lines.index("begin ODE") + 1 : lines.index("end ODE")]
-    init = {lhs.strip(): float(rhs) for lhs, rhs in (line.split("=") for line in inits)}
+# A reader of the part of ERODE's grammar (ERODE4.18, ChemicalReactionNetwork.xtext) that an exported network uses:
+#   ModelDefinition: 'begin' 'model' ID ICList InitPartition? ODEsList Command* 'end' 'model'
+#   ICList: 'begin' 'init' (ID ('=' Number)?)+ 'end' 'init'
+#   InitPartition: 'begin' 'partition' (Block (',' Block)*)? 'end' 'partition';  Block: '{' ID (',' ID)* '}'
+#   ODEsList: 'begin' 'ODE' ('d' '(' ID ')' '=' Sum)* 'end' 'ODE';  Sum: '-'? Term (('+'|'-') Term)* | '0'
+#   Term: Number '*' ID;  Command: 'reduceFE' '(' 'prePartition' '=' ('NO'|'USER'|'IC') ')'
+# with its terminals: ID = [A-Za-z_][A-Za-z0-9_]*, NAT = [1-9][0-9]*, ZERO = '0', NONNEGATIVEREAL = INT '.' INT
+# (exponent forms are not written), and its keywords: a keyword is never an ID (ERODE's ID has no '^' escape).
+# These are some of the grammar's literals, written down from the grammar, independently of jaxlump's list.
+KEYWORDS = {"begin", "end", "model", "network", "Network", "Boolean", "init", "partition", "ODE", "d", "N", "IC",
+            "NO", "USER", "reduceFE", "prePartition", "reactions", "parameters", "views", "species", "load", "e",
+            "true", "false", "abs", "min", "max", "and", "or", "not", "this", "print", "plot"}  # fmt: skip
+TOKEN = re.compile(r"\s*(?:(//[^\n]*)|([A-Za-z_][A-Za-z0-9_]*)|([0-9]+\.[0-9]+|[1-9][0-9]*|0)|([-+*=(),{}]))")
+
+
+def tokens(text: str) -> list[tuple[str, str]]:
+    out, position = [], 0
+    while text[position:].strip():
+        match = TOKEN.match(text, position)
+        assert match, f"no ERODE token at {text[position : position + 30]!r}"
+        comment, word, number, symbol = match.groups()
+        if word is not None:
+            out.append(("keyword" if word in KEYWORDS else "id", word))
+        elif number is not None:
+            out.append(("number", number))
+        elif symbol is not None:
+            out.append(("symbol", symbol))
+        position = match.end()
+    return out
+
+
+class Reader:
+    def __init__(self, text):
+        self.tokens, self.i = tokens(text), 0
+
+    def take(self, kind, value=None) -> str:
+        assert self.i < len(self.tokens), f"expected {value or kind}, found the end"
+        found = self.tokens[self.i]
+        assert found[0] == kind and value in (None, found[1]), f"expected {value or kind}, found {found}"
+        self.i += 1
+        return found[1]
+
+    def peek(self, value) -> bool:
+        return self.i < len(self.tokens) and self.tokens[self.i][1] == value
+
+
+def parse_erode(text: str):
+    """(name, init, partition blocks, {species: {successor: coefficient}}, commands) of an exported model."""
+    r = Reader(text)
+    r.take("keyword", "begin"), r.take("keyword", "model")
+    name = r.take("id")
+    r.take("keyword", "begin"), r.take("keyword", "init")
+    init = {}
+    while not r.peek("end"):
+        species = r.take("id")
+        r.take("symbol", "=")
+        init[species] = float(r.take("number"))
+    r.take("keyword", "end"), r.take("keyword", "init")
+    r.take("keyword", "begin")
+    blocks = []
+    if r.peek("partition"):
+        r.take("keyword", "partition")
+        while not r.peek("end"):
+            r.take("symbol", "{")
+            block = [r.take("id")]
+            while r.peek(","):
+                r.take("symbol", ",")
+                block.append(r.take("id"))
+            r.take("symbol", "}")
+            blocks.append(block)
+            if r.peek(","):
+                r.take("symbol", ",")
+        r.take("keyword", "end"), r.take("keyword", "partition")
+        r.take("keyword", "begin")
+    r.take("keyword", "ODE")
     derivatives = {}
-    for line in odes:
-        species, rhs = re.fullmatch(r"d\((\w+)\) = (.+)", line).groups()
-        terms = re.findall(r"([+-]?)\s*([0-9.]+)\*(\w+)", rhs)
-        assert rhs == "0" or re.sub(r"\s", "", rhs) == "".join(f"{s}{v}*{x}" for s, v, x in terms)
-        derivatives[species] = {x: float(s + v) for s, v, x in terms}
-    return name, init, derivatives
+    while r.peek("d"):
+        r.take("keyword", "d"), r.take("symbol", "("), (species := r.take("id")), r.take("symbol", ")")
+        r.take("symbol", "=")
+        terms, sign = {}, 1.0
+        if r.peek("0"):
+            r.take("number", "0")
+        else:
+            if r.peek("-"):
+                r.take("symbol", "-")
+                sign = -1.0
+            while True:
+                value = sign * float(r.take("number"))
+                r.take("symbol", "*")
+                terms[r.take("id")] = value
+                if not (r.peek("+") or r.peek("-")):
+                    break
+                sign = 1.0 if r.take("symbol") == "+" else -1.0
+        derivatives[species] = terms
+    r.take("keyword", "end"), r.take("keyword", "ODE")
+    commands = []
+    while r.peek("reduceFE"):
+        r.take("keyword", "reduceFE"), r.take("symbol", "("), r.take("keyword", "prePartition"), r.take("symbol", "=")
+        commands.append(r.take("keyword"))
+        r.take("symbol", ")")
+    r.take("keyword", "end"), r.take("keyword", "model")
+    assert r.i == len(r.tokens)
+    return name, init, blocks, derivatives, commands
 
 
-def test_erode_export_parses_back_to_the_same_coefficients():
+def forward_reduction(names, blocks, derivatives) -> list[set[str]]:
+    """ERODE's forward reduction of ẋ = Mᵀx from a user partition (species it does not list: one leftover
+    block): split blocks until, for every block C, units k of one block agree on Σ_{i∈C} M[k, i], where
+    M[k, i] is the coefficient of x_k in d(x_i)."""
+    listed = {unit for block in blocks for unit in block}
+    partition = [set(b) for b in blocks] + ([set(names) - listed] if set(names) - listed else [])
+    while True:
+        block_of = {unit: j for j, block in enumerate(partition) for unit in block}
+
+        def signature(k, block_of=block_of):
+            sums = [0.0] * (max(block_of.values()) + 1)
+            for i, terms in derivatives.items():
+                sums[block_of[i]] += terms.get(k, 0.0)
+            return tuple(sums)
+
+        refined = []
+        for block in partition:
+            groups = {}
+            for k in sorted(block):
+                groups.setdefault(signature(k), set()).add(k)
+            refined += list(groups.values())
+        if len(refined) == len(partition):
+            return partition
+        partition = refined
+
+
+def test_erode_export_parses_back_to_the_same_coefficients_and_partition():
     chain = planted_chain()
     text = to_erode(chain, name="planted")
-    name, init, derivatives = parse_erode(text)
+    name, init, blocks, derivatives, commands = parse_erode(text)
     matrix, names = affine_system(chain)
     matrix = np.asarray(matrix)
-    assert name == "planted"
+    assert name == "planted" and commands == ["USER"]
     assert list(init) == list(derivatives) == list(names)
     assert all(init[unit] == (1.0 if unit.endswith("_bias") else 0.0) for unit in names)
     for k, unit in enumerate(names):
@@ -164,17 +279,43 @@ def test_erode_export_parses_back_to_the_same_coefficients():
         for source, value in derivatives[unit].items():
             parsed[names.index(source)] = value
         np.testing.assert_array_equal(parsed, matrix[:, k])  # exact: numbers are written to round-trip
+    # Against the network's own coefficients: M[L{l}_N{m}, L{l-1}_N{k}] = W^l_mk, M[L{l}_N{m}, L{l}_bias] = b^l_m.
+    for l, (w, b) in enumerate(zip(chain.weights, chain.biases, strict=True), start=1):
+        previous = [f"L{l - 1}_N{k}" for k in range(w.shape[1])] + [f"L{l}_bias"]
+        for m in range(w.shape[0]):
+            row = [derivatives[unit].get(f"L{l}_N{m}", 0.0) for unit in previous]
+            assert row == [*np.asarray(w[m]).tolist(), float(b[m])]
     assert derivatives["L3_N0"] == derivatives["L3_N1"] == {}  # outputs are constant
-    assert "d(L3_N0) = 0" in text
+    singletons = [[unit] for unit in names if not re.fullmatch(r"L[12]_N\d+", unit)]
+    assert sorted(blocks) == sorted(singletons + [[f"L1_N{i}" for i in range(5)], [f"L2_N{i}" for i in range(4)]])
 
 
-def test_erode_export_of_an_mlp_lists_the_hidden_layer_blocks():
+@pytest.mark.parametrize("seed", range(4))
+def test_erode_forward_reduction_from_the_exported_partition_finds_the_planted_lumping(seed):
+    """What ERODE computes with `reduceFE(prePartition=USER)` on the export: the planted groups, inputs, bias
+    units and outputs untouched. Without the partition (everything in one block, ERODE's default) it is not."""
+    model, planted = planted_mlp(jr.key(seed), (3, 6, 6, 2), (3, 2), kind="sequential")
+    name, _, blocks, derivatives, _ = parse_erode(to_erode(model))
+    names = list(derivatives)
+    reduced = forward_reduction(names, blocks, derivatives)
+    for l, labels in enumerate(planted, start=1):
+        found = sorted(
+            sorted(int(u.split("_N")[1]) for u in block) for block in reduced if f"L{l}_N" in next(iter(block))
+        )
+        expected = sorted(sorted(np.flatnonzero(labels == g).tolist()) for g in np.unique(labels))
+        assert found == expected
+    assert all(len(block) == 1 for block in reduced if not re.match(r"L[12]_N", next(iter(block))))
+    assert forward_reduction(names, [], derivatives) != reduced
+
+
+def test_erode_default_name_is_not_a_keyword():
     text = to_erode(eqx.nn.MLP(2, 1, 3, 2, key=jr.key(5)))
-    assert text.startswith("//") and "begin model network" in text
-    assert "// initial block, hidden layer 2: {L2_N0, L2_N1, L2_N2}" in text
+    assert text.startswith("begin model jaxlump_network\n") and parse_erode(text)[0] == "jaxlump_network"
+    with pytest.raises(AssertionError, match="expected id, found \\('keyword', 'network'\\)"):
+        parse_erode(text.replace("jaxlump_network", "network"))  # what the export wrote before: the parser stops
 
 
-@pytest.mark.parametrize("name", ["two words", "1net", "", None])
+@pytest.mark.parametrize("name", ["two words", "1net", "", None, "network", "Network", "model", "init", "ODE", "d"])
 def test_erode_export_refuses_a_bad_name(name):
     with pytest.raises(ValueError, match="`name`"):
         to_erode(planted_chain(), name=name)

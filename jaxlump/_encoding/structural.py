@@ -186,6 +186,50 @@ def affine_system(model) -> tuple[_System, tuple[str, ...]]:
 
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# Every identifier-shaped literal of ERODE's grammar (ERODE4.18, `ChemicalReactionNetwork.xtext`): the lexer
+# turns them into keywords, and ERODE's ID terminal has no escape, so none can name a model or a species.
+_ERODE_KEYWORDS = frozenset(
+    (
+        "A ALL AND APACHE AX BDE BFile Boolean E EULER Equivalence FDE FEM Hill IC ICFile M0 MAX MIN Multivalued N "
+        "NEW NO NONE Network ODE OLD OR Outputs Outputs_singleton PLUS PQ Probabilistic Program Q Qbar "
+        "QeqQminusQbar QminusQbar QueryMinusConstraints REAL_SORT RN Reflexivity ReflexivitySymmetry SUNDIALS "
+        "Symmetry TIMES Transitivity USER USER_and_IC Uniform VARS VIEWS XOR Z a abs absTol absolute "
+        "addReverseEdges addSelfLoops aggregationFunction algebraic alginit alpha and approximateBDE "
+        "approximateFDE arbitrary asMatrix attemptDropTauN avoidReflexivePairs avoidUnbalancedPairs backward begin "
+        "both campaign cartesianProduct certain closure coefficients compBound compileAndRunVNODELP "
+        "computeDifferentialHull computeJacobian constants constraints cora coraLibrary covar csvFile curry d "
+        "decompress defaultIC delta deltaPercentage deltat deterministicCorrection do doNotAddDeltaToRawConstants "
+        "doNotPreProcessEdges e elif else end epsilon excactCLump exitMatlab exportAffineSystem exportBNG "
+        "exportBoolNet exportC2E2 exportCAGEScript exportCERENA exportCRN exportCausalGraph "
+        "exportEpsilonBoundsScript exportFlyFast exportGraphStructure exportICOfAlgebraic exportJacobianFunction "
+        "exportLBS exportLNA exportMACRN exportMARN exportMRMCCTMCWithSingleUseOfParams exportMatlab "
+        "exportModelica exportPontryaginPolygonMethod exportRndPerturbedRN exportSBML exportSBMLQual "
+        "exportScriptEpsCLump exportScriptSolveUCTMC exportScriptsEpsCLump exportStochKit exportStoichiometry "
+        "exportZ3 expr false fastDegreeOne fileIn fileInSpecies fileOut fileWhereToStorePartition folderIn "
+        "folderOut for forceMassAction form format forward from fse fullSpeciesNames functions generateCME "
+        "generateLogs guessPrepartition h_K h_R1 h_R2 h_n1 h_n2 halveRatesOfHomeoReactions highMemory if implies "
+        "importAffineSystem importAndPolyCNFFolder importBNG importBNet importBNetFolder importBioLayout "
+        "importBoolCubeSBML importCNFFolder importCNFFolderAsQuantumOpt importCRN importChemKin importKonect "
+        "importLBS importLinearSystemAsCCSVMatrix importLinearSystemWithInputs importMRMC importMatlab importOSU "
+        "importSBML importSBMLFolder importSBMLQualFolder importSpaceEx importUMIST in init inits initsID inputs "
+        "inputsOneBlock integrationStep intervalBoundsFactors intervalWidth justBEReduction kMax kvalue "
+        "labellingFile lambda library limits linesToSkip load loadProbProg logger lower mainComponent matlabScript "
+        "max maxPercPerturb maxStep maxTime maximalTimeStep method min minStep minimize model modelWithBigM "
+        "modelWithSmallM multivestaSMC n network newline nextReaction not ode15s ode45 odeFunc odes onTheFlyBR "
+        "onTheFlyBRRecursive onTheFlyFR oneLabelAtAtTime onlyFEoonCentreBounds or originalNames otherwise outputs "
+        "outputsOneBlock parallelism param parameters paramsToCurry paramsToPerturb partition percentage "
+        "perturbed_ic perturbed_params phi plot prePartition precision preserveUserPartion print query queryFile "
+        "question reactions reagents reduceBB reduceBBE reduceBDE reduceBE reduceBE_AAt reduceCoRNFE reduceDSB "
+        "reduceEFL reduceFB reduceFBE reduceFDE reduceFE reduceFME reduceFPE reduceRndFBE reduceRndFME reduceSE "
+        "reduceSMB reduceUCTMCFE reduceUFE reduceUSE reduceUncertainFE reducedFile reduction reductionAlgorithm "
+        "relsTol repeats resetParameters runMatlab seedOfTheSeeds setIC setParam simplify simulateCTMC simulateDAE "
+        "simulateODE simulations singleoutParams slope_max_error slopes smtTimeCSVFile species ssa stateRewards "
+        "stateRewardsFile step stepSize steps strict symbolic symbolicJacobian tEnd tHoriz tauLeapingAbs "
+        "tauLeapingRelPop tauLeapingRelProp then thermoDynamicFile this timeStep times to true unionModel unique "
+        "unsafeSet upTo upd update upper utopic utopicOLD var viewLabels viewPlot views while write "
+        "writeInnerScript writeJacobian writeMainScript z z3C z3Metrics "
+    ).split()
+)
 
 
 def _number(value: float) -> str:
@@ -205,10 +249,35 @@ def _right_hand_side(coefficients: np.ndarray, names: tuple[str, ...]) -> str:
     return text[2:] if text.startswith("+ ") else "-" + text[2:]
 
 
-def to_erode(model, name: str = "network") -> str:
+def _check_erode_name(name) -> str:
+    if not isinstance(name, str) or not _IDENTIFIER.match(name):
+        raise ValueError(
+            f"`name` must be an identifier such as 'jaxlump_network' (letters, digits, _); received {name!r}."
+        )
+    if name in _ERODE_KEYWORDS:
+        raise ValueError(
+            f"`name` {name!r} is a keyword of ERODE's grammar, where it cannot name a model (ERODE's parser would "
+            "stop there); choose another identifier, e.g. 'jaxlump_network'."
+        )
+    return name
+
+
+def _erode_partition(names: tuple[str, ...], widths: tuple[int, ...]) -> list[list[str]]:
+    """Inputs, bias units and outputs as singletons, each hidden layer as one block, in unit order."""
+    blocks, start = [[unit] for unit in names[: widths[0]]], widths[0]
+    for l, width in enumerate(widths[1:], start=1):
+        blocks.append([names[start]])  # the bias unit of layer l
+        layer = list(names[start + 1 : start + 1 + width])
+        blocks += [layer] if l < len(widths) - 1 else [[unit] for unit in layer]
+        start += 1 + width
+    return blocks
+
+
+def to_erode(model, name: str = "jaxlump_network", *, reduce: bool = True) -> str:
     """Export the structural view to ERODE's `.ode` text format, to cross-check lumpings with ERODE.
 
-    The file holds the affine system of `affine_system` with numeric coefficients inlined:
+    The file holds the affine system of `affine_system` with numeric coefficients inlined, and the initial
+    partition that makes ERODE's forward reduction compute the network's lumping:
 
         begin model NAME
          begin init
@@ -216,22 +285,31 @@ def to_erode(model, name: str = "network") -> str:
           L1_bias = 1
           ...
          end init
+         begin partition
+          {L0_N0}, {L0_N1}, {L1_bias}, {L1_N0, L1_N1, L1_N2}, {L2_bias}, {L2_N0}
+         end partition
          begin ODE
           d(L0_N0) = 0.5*L1_N0 - 1.25*L1_N1      (ẋ_k = Σ_m M[m, k] x_m, one line per unit)
           ...
           d(L2_N0) = 0                           (outputs: no successor, constant)
          end ODE
+         reduceFE(prePartition=USER)
         end model
 
-    Numbers are written in positional notation, exactly (they parse back to the same floats); a zero
-    coefficient is omitted. `//` comment lines before `begin model` list the layer blocks that make the
-    natural initial partition for ERODE's forward reduction: one block per hidden layer, inputs, outputs
-    and bias units singletons.
+    The partition lists every input, bias unit and output as its own block and each hidden layer as one
+    block: ERODE puts every species a partition does not list into one leftover block, and with its default
+    `prePartition=NO` (everything in one block) its reduction merges inputs and bias units and returns a
+    partition that is not the network's. Numbers are written in positional notation, exactly (they parse
+    back to the same floats, as ERODE's `NAT`, `ZERO` and `INT '.' INT` terminals); a zero coefficient is
+    omitted. ERODE's ε-FDE counts a degree-1 difference three times: its ε is 3× jaxlump's structural ε.
 
     **Arguments:**
 
     - `model`: a `DenseChain` or any model `jaxlump` accepts (concrete parameters, not traced).
-    - `name`: the model name written after `begin model` (an identifier).
+    - `name`: the model name written after `begin model`: an identifier that is not a keyword of ERODE's
+        grammar (`network`, `model`, `init`, `ODE`, `partition`, ... are refused).
+    - `reduce`: append the command `reduceFE(prePartition=USER)`, ERODE's forward reduction from the
+        written partition (default `True`).
 
     **Returns:**
 
@@ -239,36 +317,31 @@ def to_erode(model, name: str = "network") -> str:
 
     **Raises:**
 
-    `ValueError` for a `name` that is not an identifier or NaN/inf parameters, `TypeError` for an
-    unsupported model or traced parameters.
+    `ValueError` for a `name` that is not an identifier or is an ERODE keyword, or NaN/inf parameters;
+    `TypeError` for an unsupported model or traced parameters.
 
     ```python
     import equinox as eqx, jax.random as jr
-    from jaxlump._encoding.structural import to_erode
+    from jaxlump import to_erode
 
     text = to_erode(eqx.nn.MLP(2, 1, 3, 1, key=jr.key(0)), name="tiny")
-    assert text.splitlines()[-1] == "end model" and "d(L2_N0) = 0" in text
+    assert text.splitlines()[0] == "begin model tiny" and "d(L2_N0) = 0" in text
+    assert "  {L0_N0}, {L0_N1}, {L1_bias}, {L1_N0, L1_N1, L1_N2}, {L2_bias}, {L2_N0}" in text
     ```
 
     ERODE: Cardelli, Tribastone, Tschaikowski, Vandin, TACAS 2017.
     """
-    if not isinstance(name, str) or not _IDENTIFIER.match(name):
-        raise ValueError(f"`name` must be an identifier such as 'network' (letters, digits, _); received {name!r}.")
+    name = _check_erode_name(name)
     chain = to_chain(model)
     if any(is_traced(w) for w in chain.weights + chain.biases):
         raise TypeError("`model` has traced parameters; call `to_erode` outside `jax.jit`/`jax.vmap`.")
     matrix, names = affine_system(chain)
     matrix = np.asarray(matrix, dtype=np.float64)
-    widths = chain.widths
-    lines = ["// jaxlump structural view (DESIGN 2a): dx/dt = M^T x, pull orientation; time has no meaning."]
-    start = widths[0]
-    for l, width in enumerate(widths[1:-1], start=1):
-        start += 1  # skip the bias unit
-        lines.append(f"// initial block, hidden layer {l}: {{{', '.join(names[start : start + width])}}}")
-        start += width
-    lines += [f"begin model {name}", " begin init"]
+    blocks = _erode_partition(names, chain.widths)
+    lines = [f"begin model {name}", " begin init"]
     lines += [f"  {unit} = {1 if unit.endswith('_bias') else 0}" for unit in names]
-    lines += [" end init", " begin ODE"]
+    lines += [" end init", " begin partition", "  " + ", ".join("{" + ", ".join(b) + "}" for b in blocks)]
+    lines += [" end partition", " begin ODE"]
     lines += [f"  d({unit}) = {_right_hand_side(matrix[:, k], names)}" for k, unit in enumerate(names)]
-    lines += [" end ODE", "end model"]
+    lines += [" end ODE"] + ([" reduceFE(prePartition=USER)"] if reduce else []) + ["end model"]
     return "\n".join(lines) + "\n"
