@@ -26,6 +26,10 @@ class SkipMLP(eqx.Module):
 
     Called on one example `(n_0,)` like `eqx.nn.MLP` (a batch `(batch, n_0)` also works).
 
+    Supported by `jaxlump.cost`, `jaxlump.measure_latency`, `jaxlump.save` and `jaxlump.load` (skips and
+    vanished layers included). Everything that needs the dense chain — lumping, pruning, the ODE encodings,
+    the ERODE export — refuses it with that reason rather than silently dropping the skips.
+
     **Arguments:**
 
     - `weights`: per layer `W_j` of shape `(n_{j+1}, n_j)` (Equinox's `(out, in)` layout).

@@ -7,6 +7,8 @@ import jax.random as jr
 import numpy as np
 import pytest
 
+import jaxlump
+import jaxlump.baselines
 from jaxlump._accounting import chain_cost, cost, measure_latency
 from jaxlump._network import DenseChain
 from jaxlump._skip_mlp import SkipMLP
@@ -122,3 +124,25 @@ def test_inconsistent_construction_refused(change, match):
     kwargs.update({k: v for k, v in change.items() if k != "activations"})
     with pytest.raises(ValueError, match=match):
         SkipMLP(weights, biases, change.get("activations", activations), (True,) * 3, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m, x: jaxlump.lump(m, x, 0.1),
+        lambda m, x: jaxlump.lump_masked(m, x, 0.1),
+        lambda m, x: jaxlump.baselines.magnitude(m, x, 0.5),
+        lambda m, x: jaxlump.baselines.structured_prune(m, x, 0.5),
+        lambda m, x: jaxlump.simulate(m, x),
+        lambda m, x: jaxlump.check_encoding(m, x),
+        lambda m, x: jaxlump.to_erode(m),
+    ],
+    ids=["lump", "lump_masked", "magnitude", "structured_prune", "simulate", "check_encoding", "to_erode"],
+)
+def test_chain_methods_refuse_a_skip_mlp_with_the_reason(call):
+    """A SkipMLP is supported where its skips can be honoured (call, cost, save, load) and refused, with the
+    reason, where an algorithm needs the dense chain — never treated as the chain without its skips."""
+    parts = _skip_net((3, 4, 5, 2), [(), (0,), (1, 0)], ("relu", "relu", "identity"), jr.key(10))
+    model = SkipMLP(*parts[:3], (True,) * 3, skips=parts[3], skip_sources=parts[4])
+    with pytest.raises(TypeError, match="SkipMLP.*skip connections have no dense-chain form.*costed.*saved and loaded"):
+        call(model, jr.normal(jr.key(11), (8, 3)))
