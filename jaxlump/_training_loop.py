@@ -175,21 +175,30 @@ def bind(model) -> tuple[_Binding, Any]:
 
 
 def _counts(labels: jax.Array) -> jax.Array:
-    return jax.ops.segment_sum(jnp.ones(labels.shape, jnp.int32), labels, labels.shape[0])
+    return jax.ops.segment_sum((labels >= 0).astype(jnp.int32), jnp.maximum(labels, 0), labels.shape[0])
 
 
 def expand(chain: DenseChain, labels: tuple[jax.Array, ...]) -> DenseChain:
     """The same function on every original neuron: neuron j copies the incoming row and bias of `labels[j]` and
-    gets an equal share of its outgoing column (exact duplicates, so lumping keeps each block together)."""
+    gets an equal share of its outgoing column (exact duplicates, so lumping keeps each block together); a
+    removed neuron (label -1) gets zeros."""
     widths = chain.widths
     full = (jnp.arange(widths[0]), *labels, jnp.arange(widths[-1]))
     shares = [jnp.ones(widths[0])] + [1.0 / jnp.maximum(_counts(p), 1) for p in labels] + [jnp.ones(widths[-1])]
     weights, biases = [], []
     for l, (w, b) in enumerate(zip(chain.weights, chain.biases)):
-        share = shares[l][full[l]].astype(w.dtype)
-        weights.append(w[full[l + 1]][:, full[l]] * share[None, :])
-        biases.append(b[full[l + 1]])
+        rows, cols = jnp.maximum(full[l + 1], 0), jnp.maximum(full[l], 0)
+        kept = (full[l + 1] >= 0).astype(w.dtype)
+        share = (shares[l][cols] * (full[l] >= 0)).astype(w.dtype)
+        weights.append(w[rows][:, cols] * kept[:, None] * share[None, :])
+        biases.append(b[rows] * kept)
     return DenseChain(tuple(weights), tuple(biases), chain.activations, chain.use_bias)
+
+
+def compose(new: jax.Array, previous: jax.Array) -> jax.Array:
+    """Labels of the original neurons after a round: `previous[new]`, -1 (removed) where either is -1."""
+    composed = previous[jnp.maximum(new, 0)]
+    return jnp.where(new >= 0, composed, -1)
 
 
 def relocate(chain: DenseChain, new: tuple[jax.Array, ...], previous: tuple[jax.Array, ...]) -> DenseChain:
@@ -294,7 +303,7 @@ def wrap_optax(
     until: int | None = None,
     discrepancy: AbstractDiscrepancy = Structural(),
     refinement: str = "representative",
-    refit: bool = True,
+    refit: bool = False,
     ridge: float = DEFAULT_RIDGE,
 ) -> optax.GradientTransformationExtraArgs:
     """Wrap an optax optimizer so that it lumps the network every `every` steps, inside `jax.jit`.
@@ -314,7 +323,10 @@ def wrap_optax(
     - `x_calib`: calibration inputs `(batch, n_in)` for the refit (or `None`: data-free, no refit).
     - `eps`: a tolerance ε ≥ 0, a schedule `step -> ε` (an optax schedule), or a `jaxlump.TargetSize`.
     - `every`: steps between lumping rounds (≥ 1); `until`: no round after this step (default: no end).
-    - `discrepancy`, `refinement`, `refit`, `ridge`: as in `jaxlump.lump`.
+    - `discrepancy`, `refinement`, `ridge`: as in `jaxlump.lump`.
+    - `refit`: re-solve each round's layers by least squares on `x_calib` (`jaxlump.reconstruct`). Off by
+      default: in a loop the steps that follow adapt the weights, and a refit costs far more than the round
+      (see `docs/training.md` for the measured cost).
 
     **Returns:** an `optax.GradientTransformationExtraArgs` whose state is a `LumpState`.
 
@@ -377,25 +389,40 @@ def wrap_optax(
             )
         return LumpState(jnp.asarray(0, jnp.int32), inner.init(params), info0, jnp.asarray(-1, jnp.int32))
 
+    def sizes(expanded, values, eps_max):
+        labels = jax.vmap(lambda e: partition(expanded, x, e, discrepancy, refinement, eps_max))(values)
+        return _dense_params(labels, chain.use_bias, chain.widths)
+
+    def _search(target, expanded, requested):
+        """The ε of the largest result within `requested`: the grid, then 16 points between the grid's last
+        infeasible and first feasible ε."""
+        grid = jnp.asarray(target.grid, expanded.weights[0].dtype)
+        coarse = sizes(expanded, grid, grid[-1])
+        first = jnp.argmax(coarse <= requested)
+        low, high = grid[jnp.maximum(first - 1, 0)], grid[first]
+        fine_grid = low + (high - low) * jnp.linspace(0.0, 1.0, 16, dtype=grid.dtype)
+        values = jnp.concatenate([grid, fine_grid])
+        found = jnp.concatenate([coarse, sizes(expanded, fine_grid, high)])
+        feasible = found <= requested
+        best = jnp.where(jnp.any(feasible), jnp.argmax(jnp.where(feasible, found, -1)), jnp.argmin(found))
+        return values[best]
+
     def lump_round(params, count, info):
         previous = info.partitions
         expanded = expand(binding.chain(params), previous)
         requested = jnp.asarray(-1, jnp.int32)
         if isinstance(eps, TargetSize):
             requested = eps.requested(count, int(info0.cost_before.dense_params))
-            grid = jnp.asarray(eps.grid, expanded.weights[0].dtype)
-            labels = jax.vmap(lambda e: partition(expanded, x, e, discrepancy, refinement))(grid)
-            sizes = _dense_params(labels, chain.use_bias, chain.widths)
-            best = jnp.where(
-                jnp.any(sizes <= requested), jnp.argmax(jnp.where(sizes <= requested, sizes, -1)), jnp.argmin(sizes)
-            )
-            value = grid[best]
+            value = _search(eps, expanded, requested)
         elif _is_schedule(eps):
             value = check_eps(jnp.asarray(eps(count), expanded.weights[0].dtype))
         else:
             value = eps
-        reduced, round_info = lump_chain(expanded, x, value, discrepancy, refinement, refit, ridge, False)
-        partitions = tuple(p_old[p_new] for p_new, p_old in zip(round_info.partitions, previous))
+        # Without refit (and a data-free discrepancy) no data is passed: the certificate is skipped (NaN), as it
+        # would cost more than the round.
+        data = x if refit or discrepancy.needs_data else None
+        reduced, round_info = lump_chain(expanded, data, value, discrepancy, refinement, refit, ridge, False)
+        partitions = tuple(compose(p_new, p_old) for p_new, p_old in zip(round_info.partitions, previous))
         relocated = relocate(reduced, round_info.partitions, previous)
         composed = CompressionInfo(
             method=info.method,
