@@ -199,3 +199,35 @@ def test_describe_and_build_invert_each_other():
     linear = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
     assert nnx_describe(linear) == {"layout": None}
     assert isinstance(nnx_build({"layout": None}, to_chain(linear)), nnx.Linear)
+
+
+def test_nnx_activations_are_recognised_by_identity():
+    import functools
+
+    from jaxlump import Activation
+
+    leaky = functools.partial(nnx.leaky_relu, negative_slope=0.2)
+    model = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), leaky, nnx.Linear(4, 2, rngs=nnx.Rngs(1)))
+    assert to_chain(model).activations == ("leaky_relu(negative_slope=0.2)", "identity")
+    for look_alike in (nnx.relu6, lambda x: jnp.clip(x, -5, 5), nnx.hard_tanh):
+        bad = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), look_alike, nnx.Linear(4, 2, rngs=nnx.Rngs(1)))
+        with pytest.raises(TypeError, match=r"layers\[1\].*not supported.*jaxlump\.Activation"):
+            to_chain(bad)
+    relu6 = Activation("relu6_nnx", nnx.relu6, lambda z: ((z > 0) & (z < 6)).astype(z.dtype), 1.0, kinked=True)
+    declared = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), relu6, nnx.Linear(4, 2, rngs=nnx.Rngs(1)))
+    x = 5.0 * jr.normal(jr.key(0), (8, 3))
+    chain = to_chain(declared)
+    assert chain.activations == ("relu6_nnx", "identity")
+    np.testing.assert_allclose(np.asarray(chain(x)), np.asarray(declared(x)), rtol=1e-6, atol=1e-6)
+
+
+def test_nnx_half_precision_round_trips_in_its_dtype():
+    model = _sequential([3, 6, 2], nnx.tanh, dtype=jnp.bfloat16)
+    chain = to_chain(model)
+    assert {w.dtype for w in chain.weights} == {jnp.dtype(jnp.float32)}
+    rebuilt = from_chain(chain, like=model)
+    assert {leaf.dtype for leaf in jax.tree_util.tree_leaves(nnx.state(rebuilt, nnx.Param))} == {
+        jnp.dtype(jnp.bfloat16)
+    }
+    x = jr.normal(jr.key(1), (4, 3)).astype(jnp.bfloat16)
+    assert np.array_equal(np.asarray(rebuilt(x), np.float32), np.asarray(model(x), np.float32))
