@@ -56,22 +56,30 @@ def labels_after(path: Path, steps: int) -> np.ndarray:
     return np.arange(n) if steps == 0 else np.asarray(path.labels[steps - 1])
 
 
-def build(model, partitions, method: str, knob):
-    """The quotient of `model` under `partitions` (representative labels, `-1`: removed), shrunk."""
+def finish(model, x, partitions, method: str, knob, ridge: float):
+    """The quotient of `model` under `partitions` (representative labels over its own neurons, `-1`: removed),
+    reconstructed against `model` in fixed shape (one compilation per network shape), then shrunk."""
     chain = to_chain(model)
     labels = tuple(jnp.asarray(p, jnp.int32) for p in partitions)
     masked = from_chain(quotient(chain, labels, chain.widths[1:-1]), like=model)
     info = structured_info(method, knob, model, masked, chain.widths, labels)
-    small, info = shrink(masked, info)
+    refit, info = reconstruct(model, masked, x, info, ridge=ridge)
+    small, info = shrink(refit, dataclasses.replace(info, method=method))
     return small, info
 
 
 def compress_along(model, x, paths, steps, method: str, knob, ridge: float):
-    """Cut every layer's path after `steps[l]` operations, build the quotient and reconstruct it."""
-    partitions = [labels_after(p, s) for p, s in zip(paths, steps)]
-    small, info = build(model, partitions, method, knob)
-    small, info = reconstruct(model, small, x, info, ridge=ridge)
-    return small, dataclasses.replace(info, method=method)
+    """Cut every layer's path after `steps[l]` operations, then `finish`."""
+    return finish(model, x, [labels_after(p, s) for p, s in zip(paths, steps)], method, knob, ridge)
+
+
+def representatives(labels: np.ndarray) -> np.ndarray:
+    """Compact labels (block ids, `-1`: removed) as representative labels: each block's first member."""
+    labels = np.asarray(labels)
+    first = {}
+    for i, b in enumerate(labels.tolist()):
+        first.setdefault(b, i)
+    return np.asarray([first[b] if b >= 0 else -1 for b in labels.tolist()])
 
 
 def _prepare(model, x_calib, damping):
@@ -148,8 +156,9 @@ def lump_then_select(
     1. `jaxlump.lump(model, x_calib, eps, discrepancy=...)` (with its refit) merges neurons within ε;
     2. structured OBS greedy elimination (`merge=True`: greedy merge-or-remove) on the lumped network's own
        activations removes `int(w_l · sparsity)` of each lumped hidden layer's `w_l` neurons;
-    3. the shared least-squares reconstruction against the *original* network (a lumped block's target is its
-       members' mean pre-activation), which also gives the certificate.
+    3. the composed partition applied to the *original* network (quotient: merged blocks averaged in / summed
+       out, removed neurons dropped) and the shared least-squares reconstruction against it (a lumped block's
+       target is its members' mean pre-activation), which also gives the certificate.
 
     The knob is `sparsity`, the fraction of the *lumped* neurons removed, so `jaxlump.baselines.compress_to`
     reaches a parameter budget with it; `sparsity = 0` is `lump` alone, `eps = 0` structured OBS alone (on a
@@ -180,18 +189,15 @@ def lump_then_select(
     chain, x, damping = _prepare(model, x_calib, damping)
     lumped, lump_info = lump(model, x, eps, discrepancy=discrepancy, ridge=ridge, certify_ode=False)
     paths = layer_paths(to_chain(lumped), x, merge=bool(merge), damping=damping)
-    return select_lumped(model, x, lumped, lump_info, paths, sparsity, ridge)
+    return select_lumped(model, x, lump_info, paths, sparsity, ridge)
 
 
-def select_lumped(model, x, lumped, lump_info, paths, sparsity: float, ridge: float):
-    """Steps 2–3 of `lump_then_select`, given the lumped model, its info and its greedy paths."""
+def select_lumped(model, x, lump_info, paths, sparsity: float, ridge: float):
+    """Steps 2–3 of `lump_then_select`, given the lumping's info and the lumped network's greedy paths.
+
+    The composed partition (original → lumped → selected) is applied to the *original* network (merged blocks
+    averaged in / summed out, removed neurons dropped) and reconstructed against it.
+    """
     selection = [labels_after(p, steps_to_sparsity(p, sparsity)) for p in paths]
-    selected, select_info = build(lumped, selection, "lump_then_select", sparsity)
-    partitions = tuple(
-        jnp.asarray(compose(np.asarray(s), np.asarray(p))) for s, p in zip(select_info.partitions, lump_info.partitions)
-    )
-    combined = dataclasses.replace(
-        select_info, partitions=partitions, widths_before=lump_info.widths_before, cost_before=lump_info.cost_before
-    )
-    small, info = reconstruct(model, selected, x, combined, ridge=ridge)
-    return small, dataclasses.replace(info, method="lump_then_select")
+    partitions = [representatives(compose(s, np.asarray(p))) for s, p in zip(selection, lump_info.partitions)]
+    return finish(model, x, partitions, "lump_then_select", sparsity, ridge)

@@ -1,0 +1,94 @@
+"""merge_or_remove and lump_then_select: exactness at ε = 0, agreement with structured OBS, purity, bad input."""
+
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+from _networks import outputs, parameters, planted_mlp, random_mlp, set_partition
+
+import jaxlump
+from jaxlump._adapters import to_chain
+from jaxlump._select import labels_after, layer_paths, steps_to_sparsity
+from jaxlump.baselines import obs_prune
+
+
+def _x(key, n=128, width=3):
+    return jr.normal(jr.key(key), (n, width))
+
+
+def test_eps_zero_merges_exactly_the_planted_duplicates():
+    model, planted = planted_mlp(jr.key(0), (3, 8, 8, 2), (4, 3))
+    x = _x(1)
+    small, info = jaxlump.merge_or_remove(model, x, 0.0)
+    for found, truth in zip(info.partitions, planted):
+        assert set_partition(found) == set_partition(truth)
+        assert np.all(np.asarray(found) >= 0)  # nothing removed: removals cost something
+    np.testing.assert_allclose(outputs(small, x), outputs(model, x), atol=1e-10)
+    assert float(info.certificate.output_max_abs) <= 1e-10
+
+
+def test_widths_shrink_as_eps_grows_and_the_certificate_is_measured():
+    model = random_mlp(jr.key(2), (3, 8, 8, 2), kind="mlp")
+    x = _x(3)
+    widths = []
+    for eps in (0.0, 0.5, 5.0):
+        small, info = jaxlump.merge_or_remove(model, x, eps)
+        widths.append(info.widths_after.tolist()[1:-1])
+        deviation = outputs(small, x) - outputs(model, x)
+        np.testing.assert_allclose(float(info.certificate.output_max_abs), np.max(np.abs(deviation)), rtol=1e-8)
+    assert all(a >= b for w0, w1 in zip(widths, widths[1:]) for a, b in zip(w0, w1))
+    assert widths[0] == [8, 8] and sum(widths[-1]) < 16
+
+
+def test_removal_only_selection_keeps_what_structured_obs_keeps():
+    """With merges off, the path is ZipLM's greedy elimination: the same kept neurons as `obs_prune` at equal
+    damping (the weights then differ only by the shared reconstruction)."""
+    model = random_mlp(jr.key(4), (3, 8, 8, 2), kind="mlp")
+    x = _x(5)
+    paths = layer_paths(to_chain(model), x, merge=False, damping=1e-2)
+    _, info = obs_prune(model, x, 0.5, damp=1e-2)
+    for path, theirs in zip(paths, info.partitions):
+        ours = labels_after(path, steps_to_sparsity(path, 0.5))
+        np.testing.assert_array_equal(ours >= 0, np.asarray(theirs) >= 0)
+
+
+def test_lump_then_select_at_eps_zero_is_structured_obs():
+    model = random_mlp(jr.key(6), (3, 8, 8, 2), kind="mlp")
+    x = _x(7)
+    small, info = jaxlump.lump_then_select(model, x, 0.5, eps=0.0)
+    paths = layer_paths(to_chain(model), x, merge=False, damping=1e-3)
+    for path, labels in zip(paths, info.partitions):
+        kept = labels_after(path, steps_to_sparsity(path, 0.5)) >= 0
+        np.testing.assert_array_equal(np.asarray(labels) >= 0, kept)
+    assert info.widths_after.tolist() == [3, 4, 4, 2] and info.method == "lump_then_select"
+
+
+def test_lump_then_select_composes_the_partitions_and_leaves_the_input_alone():
+    model, planted = planted_mlp(jr.key(8), (3, 8, 8, 2), (4, 4))
+    before = parameters(model)
+    x = _x(9)
+    small, info = jaxlump.lump_then_select(model, x, 0.5, eps=0.0)
+    assert info.widths_after.tolist() == [3, 2, 2, 2]
+    for labels, truth in zip(info.partitions, planted):
+        labels, truth = np.asarray(labels), np.asarray(truth)
+        for g in np.unique(truth):  # a planted group is lumped first, so it is kept or removed as a whole
+            assert len(set(labels[truth == g].tolist())) == 1
+    for a, b in zip(parameters(model)[0], before[0]):
+        np.testing.assert_array_equal(a, b)
+    assert int(info.cost_before.dense_params) == int(jaxlump.cost(model).dense_params)
+    assert int(info.cost_after.dense_params) == int(jaxlump.cost(small).dense_params)
+
+
+def test_bad_input_is_refused():
+    model = random_mlp(jr.key(10), (3, 8, 8, 2), kind="mlp")
+    x = _x(11)
+    with pytest.raises(ValueError, match="sparsity"):
+        jaxlump.lump_then_select(model, x, 1.0)
+    with pytest.raises(ValueError, match="eps"):
+        jaxlump.merge_or_remove(model, x, -0.1)
+    with pytest.raises(ValueError, match="damping"):
+        jaxlump.merge_or_remove(model, x, 0.1, damping=0.0)
+    with pytest.raises(ValueError, match="x_calib"):
+        jaxlump.merge_or_remove(model, None, 0.1)
+    with pytest.raises(ValueError, match="x_calib"):
+        jaxlump.merge_or_remove(model, jnp.ones((4, 5)), 0.1)
