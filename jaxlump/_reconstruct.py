@@ -54,20 +54,24 @@ def _accumulation_dtype(dtype):
     return jnp.float64 if jax.config.jax_enable_x64 else jnp.promote_types(dtype, jnp.float32)
 
 
-def _equilibrated_cholesky(systems):
+def _equilibrated_cholesky(systems, support):
     """Cholesky of `D^{-1/2} M D^{-1/2}` (`D = diag M`) per system; a solver and whether each factor is usable.
 
     The diagonal scaling makes the factor's accuracy depend on the scaled condition number (van der Sluis)
-    and `(max L_ii / min L_ii)²` a meaningful lower bound of it.
+    and `(max L_ii / min L_ii)²` a meaningful lower bound of it. The scaling would also hide a column that is
+    zero up to rounding (a constant input once centred), so a support column whose diagonal is below
+    `n·u` times the largest one makes the factor unusable too.
     """
-    scale = jnp.sqrt(jnp.diagonal(systems, axis1=-2, axis2=-1))
+    eps = jnp.finfo(systems.dtype).eps
+    diagonal = jnp.diagonal(systems, axis1=-2, axis2=-1)
+    largest = jnp.max(diagonal * support, axis=-1, keepdims=True)
+    negligible = jnp.any((support > 0) & (diagonal <= systems.shape[-1] * eps * largest), axis=-1)
+    scale = jnp.sqrt(diagonal)
     scale = jnp.where(scale > 0, scale, 1)
     factor = jnp.linalg.cholesky(systems / (scale[:, :, None] * scale[:, None, :]))
     pivots = jnp.diagonal(factor, axis1=-2, axis2=-1)
     condition = (jnp.max(pivots, axis=-1) / jnp.min(pivots, axis=-1)) ** 2
-    usable = jnp.all(jnp.isfinite(factor), axis=(-2, -1)) & (
-        condition * jnp.finfo(systems.dtype).eps < _MAX_CONDITION_TIMES_EPS
-    )
+    usable = jnp.all(jnp.isfinite(factor), axis=(-2, -1)) & (condition * eps < _MAX_CONDITION_TIMES_EPS) & ~negligible
 
     def solve(rhs):  # rhs (batch, n, k)
         scaled = jax.vmap(lambda f, r: jsl.cho_solve((f, True), r))(factor, rhs / scale[:, :, None])
@@ -124,7 +128,7 @@ def solve_layer(inputs, targets, w0, b0, column_support, row_live, use_bias: boo
     arrange = (lambda r: r[:, :, None]) if per_row else (lambda r: r.T[None])
     unarrange = (lambda s: s[:, :, 0]) if per_row else (lambda s: s[0].T)
     rhs = rows * jnp.matmul(a.T, t, precision=_HIGHEST).T + row_lam * rows * prior
-    solve, usable = _equilibrated_cholesky(systems)
+    solve, usable = _equilibrated_cholesky(systems, support)
 
     def cholesky_path(_):
         w = unarrange(solve(arrange(rhs)))
@@ -222,6 +226,16 @@ def infer_support(original: DenseChain, compressed: DenseChain) -> tuple[tuple[j
     return tuple(partitions), tuple(w != 0 for w in compressed.weights)
 
 
+@eqx.filter_jit
+def _reconstruct_and_certify(original, compressed, x, partitions, weight_masks, ridge):
+    """The solve and the certificate, compiled once per shape (eagerly, each primitive would dispatch alone)."""
+    from ._certificate import certify  # the certificate needs the simulator; imported lazily
+
+    new_chain, result = reconstruct_chain(original, compressed, x, partitions, weight_masks, ridge=ridge)
+    certificate, _ = certify(original, new_chain, partitions, x, simulate_ode=False)
+    return new_chain, result, certificate
+
+
 def reconstruct(
     original,
     compressed,
@@ -273,7 +287,6 @@ def reconstruct(
     ```
     """
     from ._accounting import chain_cost
-    from ._certificate import certify  # the certificate needs the simulator; imported lazily
 
     original_chain = to_chain(original, "original")
     compressed_chain = to_chain(compressed, "compressed")
@@ -290,11 +303,11 @@ def reconstruct(
         raise TypeError(f"`info` must be a jaxlump.CompressionInfo or None; received {type(info).__name__}.")
     else:
         partitions, weight_masks = info.partitions, info.weight_masks
-    new_chain, result = reconstruct_chain(
-        original_chain, compressed_chain, x, partitions, weight_masks, ridge=jnp.asarray(ridge, x.dtype)
+    check_compatible(original_chain, compressed_chain, partitions, weight_masks)  # eagerly: label ranges too
+    new_chain, result, certificate = _reconstruct_and_certify(
+        original_chain, compressed_chain, x, partitions, weight_masks, jnp.asarray(ridge, x.dtype)
     )
     cost_after = chain_cost(new_chain, neuron_masks=live_masks(new_chain.widths[1:-1], partitions))
-    certificate, _ = certify(original_chain, new_chain, partitions, x, simulate_ode=False)
     if info is None:
         new_info = CompressionInfo(
             method="reconstruct",
