@@ -28,6 +28,7 @@ from ._encoding import (
     to_erode as to_erode,
 )
 from ._errors import RESULTS as RESULTS
+from ._errors import CompressionError as CompressionError
 from ._info import Certificate as Certificate
 from ._info import CompressionInfo as CompressionInfo
 from ._lump import lump as lump
