@@ -78,7 +78,8 @@ def lowrank(
     - `sparsity`: in `[0, 1)`: how far below the break-even rank each layer goes.
     - `damp`: Gram damping relative to its mean diagonal (default 0.01).
 
-    **Returns:** `(new_model, info)`: an `eqx.nn.Sequential` (`model` itself when nothing is factorised) and a
+    **Returns:** `(new_model, info)`: an `eqx.nn.Sequential` (a `DenseChain` for a `DenseChain`; `model` itself
+    when nothing is factorised) and a
     `CompressionInfo` with `structured=True`; its
     `partitions` are the original hidden layers' (every neuron is kept: the bottlenecks are new layers),
     `widths_after` the new chain's widths.
@@ -135,4 +136,4 @@ def lowrank(
     )
     if new_chain.n_layers == chain.n_layers:  # nothing factorised: the model itself
         return model, info
-    return _sequential(new_chain), info
+    return (new_chain if isinstance(model, DenseChain) else _sequential(new_chain)), info

@@ -19,9 +19,11 @@ from jaxtyping import ArrayLike, Float
 
 from .._adapters import to_chain
 from .._errors import check_data
+from .._network import ACTIVATIONS
 from ._obs import centred_gram, hidden_activations
 
 MAX_ENUMERATION_WIDTH = 16
+_NUMPY = {"identity": lambda z: z, "tanh": np.tanh, "relu": lambda z: np.maximum(z, 0.0)}
 
 
 def _grams(model, x_calib):
@@ -111,6 +113,18 @@ def best_subset(model: Any, x_calib: Float[ArrayLike, "batch in"], layer: int, k
     return keep, float(errors[best])
 
 
+def _numpy_forward(chain, x) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Pre-activations and hidden activations in NumPy float64 (results of many shapes: no compilation each)."""
+    a, zs, hidden = np.asarray(x, np.float64), [], []
+    for l, (w, b, act) in enumerate(zip(chain.weights, chain.biases, chain.activations)):
+        z = a @ np.asarray(w, np.float64).T + np.asarray(b, np.float64)
+        a = _NUMPY.get(act, lambda v, name=act: np.asarray(ACTIVATIONS[name].fn(v)))(z)
+        zs.append(z)
+        if l < chain.n_layers - 1:
+            hidden.append(a)
+    return zs, hidden
+
+
 def layer_errors(model: Any, compressed: Any, x_calib: Float[ArrayLike, "batch in"]) -> tuple[float, ...]:
     """Per hidden layer `l`, how well the compressed network's own layer-`l` activations `Ã` can predict the
     original's next pre-activations: `min_B ‖Z_c − Ã_c B‖_F²` (centred, least squares) on `x_calib`.
@@ -140,8 +154,8 @@ def layer_errors(model: Any, compressed: Any, x_calib: Float[ArrayLike, "batch i
             f"`compressed` (widths {small.widths}) must have the depth and ends of `model` ({chain.widths})."
         )
     x = check_data(x_calib, "x_calib", width=chain.widths[0]).astype(chain.weights[0].dtype)
-    z = chain.forward(x)[0]
-    acts = hidden_activations(small, x)
+    z = _numpy_forward(chain, x)[0]
+    acts = _numpy_forward(small, x)[1]
     errors = []
     for l in range(1, chain.n_layers):
         target = np.asarray(z[l], np.float64)
