@@ -8,6 +8,7 @@ import jax.random as jr
 import numpy as np
 import pytest
 
+import jaxlump
 from jaxlump._network import DenseChain
 from jaxlump._skip_mlp import SkipMLP
 from jaxlump.baselines._linearity import activation_rates, linearity_merge, linearity_to_size
@@ -252,7 +253,13 @@ def test_bad_input(x, tau, options, error, match):
 
 
 @pytest.mark.parametrize(
-    "target, step, match", [(0.0, 0.1, "target_fraction"), (1.2, 0.1, "target_fraction"), (0.5, 0.0, "step")]
+    "target, step, match",
+    [
+        (0.0, 0.1, "target_fraction"),
+        (1.2, 0.1, "target_fraction"),
+        (0.5, 0.0, "step"),
+        (0.5, 1e-9, r"`step` must lie in \[0.0001, 1\].*at most 10000 values"),  # looped for days before
+    ],
 )
 def test_bad_fixed_size_knobs(target, step, match):
     chain, x = _sizing_net()
@@ -260,3 +267,33 @@ def test_bad_fixed_size_knobs(target, step, match):
         linearity_to_size(chain, x, target, step=step)
     with pytest.raises(ValueError, match="`x`"):
         activation_rates(chain, np.ones((3, 5)))
+
+
+def test_finite_input_that_overflows_is_reported_not_called_successful():
+    """Huge but finite float32 weights: the skip product W^{l+1}[:, L] W^l[L] overflows. The result code says so
+    (it was hard-coded `successful`), and `throw=True` raises naming the stage."""
+    w, b, x = _planted_net()
+    big = DenseChain(
+        tuple(jnp.asarray(m * 1e30, jnp.float32) for m in w),
+        tuple(jnp.asarray(v, jnp.float32) for v in b),
+        ("relu", "relu", "relu", "identity"),
+        (True,) * 4,
+    )
+    assert all(bool(jnp.all(jnp.isfinite(m))) for m in big.weights)
+    x = jnp.asarray(x, jnp.float32)
+    with np.errstate(over="ignore"):
+        _, info = linearity_merge(big, x, 1.0, layer_threshold=0, throw=False)
+    assert info.result == jaxlump.RESULTS.nonfinite_result
+    with (
+        pytest.raises(jaxlump.CompressionError, match="linearity_merge: Stage 'compression'"),
+        np.errstate(over="ignore"),
+    ):
+        linearity_merge(big, x, 1.0, layer_threshold=0)
+    _, fine = linearity_merge(_chain(w, b), x, 1.0, layer_threshold=0)
+    assert fine.result == jaxlump.RESULTS.successful
+
+
+def test_under_jit_the_need_for_concrete_values_is_said_once():
+    w, b, x = _planted_net()
+    with pytest.raises(TypeError, match=r"`jaxlump.baselines.linearity_merge` needs concrete values but `model`"):
+        jax.jit(lambda c: linearity_merge(c, x, 1.0)[0].weights[0])(_chain(w, b))
