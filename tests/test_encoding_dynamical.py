@@ -262,3 +262,23 @@ def test_an_endpoint_away_from_the_forward_pass_is_reported():
     assert float(trajectory.activations[-1][0, -1, 0]) == pytest.approx(8.0, abs=1e-6)  # the forward pass gives 20
     assert trajectory.result == RESULTS.ode_endpoint_mismatch
     assert simulate(chain, jnp.array([[0.3]])).result == RESULTS.successful  # below 8 the declaration is right
+
+
+def test_dynamical_lumping_inherits_the_unfrozen_encoding():
+    """Neuron A (z = 10 − 10x) flips from +1 to −1 along the path to x = 2; neuron B (z = 10) stays at +1. In
+    float32 the activation form froze A at +1, so the dynamical discrepancy saw two equal neurons and merged
+    them (output 2 instead of 0). The z form keeps them apart."""
+    import jaxlump
+
+    seq = eqx.nn.Sequential([eqx.nn.Linear(1, 2, dtype=jnp.float32, key=jr.key(0)), eqx.nn.Lambda(jnp.tanh),
+                             eqx.nn.Linear(2, 1, dtype=jnp.float32, key=jr.key(1))])  # fmt: skip
+    seq = eqx.tree_at(
+        lambda m: (m.layers[0].weight, m.layers[0].bias, m.layers[2].weight, m.layers[2].bias),
+        seq,
+        (jnp.array([[-10.0], [0.0]], jnp.float32), jnp.array([10.0, 10.0], jnp.float32),
+         jnp.array([[1.0, 1.0]], jnp.float32), jnp.array([0.0], jnp.float32)),
+    )  # fmt: skip
+    x = jnp.array([[2.0], [1.8], [2.2]], jnp.float32)
+    lumped, info = jaxlump.lump(seq, x, 0.2, discrepancy=jaxlump.Dynamical(), refit=False)
+    assert tuple(info.widths_after.tolist()) == (1, 2, 1)
+    np.testing.assert_allclose(jax.vmap(lumped)(x), jax.vmap(seq)(x), atol=1e-6)

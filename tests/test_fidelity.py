@@ -92,7 +92,7 @@ def test_check_encoding_refuses_bad_input():
         check_encoding(model, np.ones((3, 4)), times=(0.5, 1.0))
 
 
-RELU6 = Activation("relu6", jax.nn.relu6, lambda z: ((z > 0) & (z < 6)).astype(z.dtype), 1.0, kinked=True)
+RELU6 = Activation("relu6_for_fidelity", jax.nn.relu6, lambda z: ((z > 0) & (z < 6)).astype(z.dtype), 1.0, kinked=True)
 
 
 def test_the_check_is_against_the_model_itself():
