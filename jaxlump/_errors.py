@@ -62,6 +62,11 @@ class CompressionError(RuntimeError):
     """Raised (with `throw=True`) when a stage of a compression failed; the message names the stage."""
 
 
+def messages(result: RESULTS) -> list[str]:
+    """The message of every element of a concrete (possibly stacked) result, flattened; `""` for success."""
+    return [RESULTS._index_to_message[int(i)] for i in np.ravel(np.asarray(result._value))]
+
+
 def combine(*results: RESULTS) -> RESULTS:
     """The first unsuccessful result in pipeline order (elementwise for stacked results), else `successful`."""
     combined = RESULTS.successful
@@ -91,9 +96,9 @@ def raise_if_failed(result: RESULTS, token, throw: bool, where: str):
             return result.error_if(token, failed)
         return eqx.error_if(token, jnp.any(failed), f"{where}: a stage failed; pass `throw=False` to see which.")
     if bool(np.any(np.asarray(failed))):
-        messages = sorted({m for m in np.atleast_1d(np.asarray(RESULTS[result])).tolist() if m})
+        failures = list(dict.fromkeys(m for m in messages(result) if m))  # unique, in order of occurrence
         raise CompressionError(
-            f"{where}: {' | '.join(messages)} (Pass `throw=False` to receive the result with `info.result` set.)"
+            f"{where}: {' | '.join(failures)} (Pass `throw=False` to receive the result with `info.result` set.)"
         )
     return token
 

@@ -8,7 +8,7 @@ from jaxtyping import Array, Float, Int
 
 from ._accounting import Cost
 from ._custom_types import Partition, WeightMask
-from ._errors import RESULTS, is_traced
+from ._errors import RESULTS, is_traced, messages
 
 
 class Certificate(eqx.Module):
@@ -141,11 +141,11 @@ def _widths(widths) -> str:
 
 
 def _result_message(result: RESULTS) -> str:
-    messages = np.atleast_1d(np.asarray(RESULTS[result])).tolist()
-    failed = sorted({m for m in messages if m})
+    all_messages = messages(result)
+    failed = list(dict.fromkeys(m for m in all_messages if m))
     if not failed:
         return "successful"
-    counted = f"{sum(1 for m in messages if m)} of {len(messages)} failed: " if len(messages) > 1 else ""
+    counted = f"{sum(1 for m in all_messages if m)} of {len(all_messages)} failed: " if len(all_messages) > 1 else ""
     return counted + " | ".join(failed)
 
 
