@@ -1,7 +1,6 @@
 """Readable results: CompressionInfo.summary() and repr show numbers, the certificate in words, the result message."""
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.random as jr
 import pytest
