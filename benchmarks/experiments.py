@@ -1,0 +1,591 @@
+"""Issue 16's experiments: every compressor at matched sizes on eight data sets, several seeds, three tracks.
+
+Tracks: **A** no reconstruction for anyone (the paper's protocol); **B** the same least-squares reconstruction for
+everyone (`reconstruct_chain`, the solver behind `jaxlump.reconstruct`, lumping's `refit=True` and the baselines'
+`reconstruct=True`); **C** test MSE against measured cost (dense FLOPs, jitted forward latency at batch 1 and 1024).
+
+One command runs it all and resumes: each (data set, width, seed) writes one raw JSON file under
+`benchmarks/results/experiments/raw/` and is skipped when it exists. Tables and figures are rebuilt from the raw
+JSON by `benchmarks/experiments_report.py` (run at the end, or alone with `--report-only`).
+
+    python3 benchmarks/experiments.py                 # full run: 8 data sets × 5 seeds of 2×64, then 2×256 subset
+    python3 benchmarks/experiments.py --quick         # abalone, 2 seeds, 3 sizes (writes raw-quick/, quick/)
+    python3 benchmarks/experiments.py --report-only   # tables/figures from whatever raw JSON exists
+
+Seed `s` fixes the data split (and, for the simulated systems, the sampled trajectories), the network's
+initialisation, the validation split, the training mini-batches and the calibration draw. Methods are listed in
+`METHODS` (name → `Method`), so a new compressor is one entry.
+"""
+
+import argparse
+import dataclasses
+import json
+import pathlib
+import sys
+import time
+from collections.abc import Callable
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import equinox as eqx  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import jax.random as jr  # noqa: E402
+import numpy as np  # noqa: E402
+import optax  # noqa: E402
+from tqdm.auto import tqdm  # noqa: E402
+
+import jaxlump  # noqa: E402
+from jaxlump import baselines as B  # noqa: E402
+from jaxlump import datasets as D  # noqa: E402
+from jaxlump._adapters import from_chain, to_chain  # noqa: E402
+from jaxlump._network import ACTIVATIONS  # noqa: E402
+from jaxlump._reconstruct import DEFAULT_RIDGE, reconstruct_chain  # noqa: E402
+from jaxlump._reduction.masked import gather_live, live_neurons  # noqa: E402
+from jaxlump.baselines._obs import masked_quotient  # noqa: E402
+
+ROOT = pathlib.Path(__file__).parent / "results" / "experiments"
+DATASETS = (
+    "glycolytic", "abalone", "polymerization", "household_power",
+    "rlc_network", "metro_traffic", "reaction_network", "protein",
+)  # fmt: skip
+SIZES = (0.9, 0.75, 0.6, 0.45, 0.35, 0.25, 0.15, 0.1, 0.05)
+QUICK_SIZES = (0.6, 0.35, 0.1)
+WIDE_SUBSET = ("glycolytic", "abalone", "protein")
+N_CALIB = 512
+
+
+# ----------------------------------------------------------------------------------------------------- data, training
+def load(name: str, seed: int, cache: pathlib.Path):
+    """`(x_train, y_train, x_test, y_test)` float64 NumPy arrays, cached on disk per (name, seed)."""
+    path = cache / f"{name}_s{seed}.npz"
+    keys = ("x_train", "y_train", "x_test", "y_test")
+    if path.exists():
+        with np.load(path) as f:
+            return tuple(f[k] for k in keys)
+    data = getattr(D, name)(key=seed)
+    arrays = tuple(np.asarray(getattr(data, k), np.float64) for k in keys)
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **dict(zip(keys, arrays)))
+    return arrays
+
+
+def numpy_forward(model, x) -> np.ndarray:
+    """The model evaluated in NumPy from its canonical chain (no compilation per result shape)."""
+    chain = to_chain(model)
+    a = np.asarray(x, np.float64)
+    for w, b, act in zip(chain.weights, chain.biases, chain.activations):
+        z = a @ np.asarray(w, np.float64).T + np.asarray(b, np.float64)
+        a = z if act == "identity" else np.tanh(z) if act == "tanh" else np.asarray(ACTIVATIONS[act].fn(z))
+    return a
+
+
+def mse(model, x, y) -> float:
+    return float(np.mean((numpy_forward(model, x) - y) ** 2))
+
+
+@eqx.filter_jit
+def _train_chunk(params, static, state, x, y, key, optimiser, steps: int, batch: int):
+    def step(carry, k):
+        p, s = carry
+        idx = jr.choice(k, x.shape[0], (batch,), replace=False)
+        loss, grads = eqx.filter_value_and_grad(
+            lambda q: jnp.mean((jax.vmap(eqx.combine(q, static))(x[idx]) - y[idx]) ** 2)
+        )(p)
+        updates, s = optimiser.update(grads, s, p)
+        return (eqx.apply_updates(p, updates), s), loss
+
+    (params, state), _ = jax.lax.scan(step, (params, state), jr.split(key, steps))
+    return params, state
+
+
+@eqx.filter_jit
+def _val_loss(params, static, x, y):
+    return jnp.mean((jax.vmap(eqx.combine(params, static))(x) - y) ** 2)
+
+
+def train(x, y, width: int, depth: int, seed: int, *, max_steps: int, chunk: int = 250, patience: int = 6):
+    """Adam (lr 3e-3, batch 256) with early stopping on a 10 % validation split of the training set: every `chunk`
+    steps the validation MSE is measured; training stops after `patience` checks without improvement and the best
+    parameters are returned. Compiled once per network shape (module-level jitted chunk)."""
+    init_key, train_key = jr.split(jr.key(seed))
+    order = np.random.default_rng(seed).permutation(len(x))
+    n_val = max(1, len(x) // 10)
+    val, fit = order[:n_val], order[n_val:]
+    xf, yf, xv, yv = (jnp.asarray(a) for a in (x[fit], y[fit], x[val], y[val]))
+    model = eqx.nn.MLP(x.shape[1], y.shape[1], width, depth, activation=jnp.tanh, dtype=jnp.float64, key=init_key)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    optimiser = optax.adam(3e-3)
+    state = optimiser.init(params)
+    best, best_loss, since, steps = params, np.inf, 0, 0
+    for key in jr.split(train_key, max_steps // chunk):
+        params, state = _train_chunk(params, static, state, xf, yf, key, optimiser, chunk, min(256, len(fit)))
+        steps += chunk
+        loss = float(_val_loss(params, static, xv, yv))
+        if loss < best_loss:
+            best, best_loss, since = params, loss, 0
+        else:
+            since += 1
+            if since >= patience:
+                break
+    return eqx.combine(best, static), {"steps": steps, "val_mse": best_loss, "n_fit": len(fit), "n_val": n_val}
+
+
+# -------------------------------------------------------------------------------------------------------- methods
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """One compressor in the benchmark.
+
+    - `run(model, x_calib, knob, reconstruct) -> (model, info)`.
+    - `search`: `"width"` (uniform per-layer neuron count: the knob is the fraction removed per layer, set
+      analytically), `"knob"` (bisection of the knob in `knob_range`), `"sweep"` (`sizes(model, x, knobs)` gives
+      the sizes of a whole knob grid at once — one compiled, vmapped call for lumping, the selection rule alone
+      for FLAP and low-rank; a first grid `grid`, then 32 points inside each target's bracket), `"target"` (`run`
+      receives the target size itself), `"fixed"` (one point, no knob).
+    - `tracks`: which of A (no reconstruction) / B (reconstruction) the method takes part in; a method that cannot be
+      reconstructed (`reconstructable=False`) gives its one result to both.
+    - `only_sizes`: restrict the method to these target fractions (`None`: all).
+    """
+
+    structured: bool
+    run: Callable
+    search: str = "knob"
+    knob_range: tuple[float, float] = (0.0, 1.0 - 1e-9)
+    tracks: tuple[str, ...] = ("A", "B")
+    reconstructable: bool = True
+    sizes: Callable | None = None
+    grid: np.ndarray | None = None
+    only_sizes: tuple[float, ...] | None = None
+
+
+_reconstruct_chain = eqx.filter_jit(reconstruct_chain)
+
+
+def _representatives(compact: np.ndarray) -> np.ndarray:
+    """Compact labels (new index, −1 removed) → fixed-shape labels (the block's first original index)."""
+    first = {c: int(np.flatnonzero(compact == c)[0]) for c in np.unique(compact[compact >= 0])}
+    return np.asarray([first[c] if c >= 0 else -1 for c in compact], int)
+
+
+def shared_reconstruct(model, small, info, x):
+    """The shared least-squares reconstruction (`reconstruct_chain`), compiled once per network shape:
+    unstructured results keep their shape and masks; structured pruning results are solved in the original's
+    fixed-shape form (the kept neurons' rows and columns) and shrunk again."""
+    chain = to_chain(model)
+    hidden = chain.widths[1:-1]
+    if info.structured:
+        labels = [_representatives(np.asarray(p)) for p in info.partitions]
+        masked, masks = masked_quotient(chain, labels), None
+    else:
+        labels, masked, masks = [np.arange(n) for n in hidden], to_chain(small), info.weight_masks
+    partitions = tuple(jnp.asarray(p) for p in labels)
+    out = _reconstruct_chain(chain, masked, x, partitions, masks, ridge=jnp.asarray(DEFAULT_RIDGE))
+    new_chain = out[0] if isinstance(out, tuple) else out
+    if info.structured:
+        live = [np.arange(chain.widths[0]), *(live_neurons(p) for p in labels), np.arange(chain.widths[-1])]
+        new_chain = gather_live(new_chain, live)
+    new_model = from_chain(new_chain, like=small)
+    return new_model, eqx.tree_at(lambda i: i.cost_after, info, jaxlump.cost(new_model))
+
+
+def _option(fn, **kw):
+    return lambda m, x, k, rec: fn(m, x, k, reconstruct=rec, **kw)
+
+
+def _after(fn, **kw):
+    def run(m, x, k, rec):
+        small, info = fn(m, x, k, **kw)
+        return shared_reconstruct(m, small, info, x) if rec else (small, info)
+
+    return run
+
+
+def _lump(discrepancy, refinement):
+    return lambda m, x, eps, rec: jaxlump.lump(
+        m, x, eps, discrepancy=discrepancy, refinement=refinement, refit=rec, certify_ode=False
+    )
+
+
+def _lump_sizes(discrepancy, refinement):
+    """Dense sizes of `lump_masked` over a whole ε grid in one compiled, vmapped call."""
+
+    @eqx.filter_jit
+    def sizes(model, x, eps):
+        def one(e):
+            _, info = jaxlump.lump_masked(model, x, e, discrepancy=discrepancy, refinement=refinement, refit=False)
+            return info.cost_after.dense_params
+
+        return jax.vmap(one)(eps)
+
+    return lambda m, x, eps: np.asarray(sizes(m, x, jnp.asarray(eps)))
+
+
+def _dense(widths) -> int:
+    return sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:]))
+
+
+def _flap_sizes(model, x, knobs):
+    """FLAP's sizes from its global cut alone (no model is built): the cut depends only on the scores."""
+    from jaxlump.baselines._flap import flap_scores, global_keep
+
+    chain = to_chain(model)
+    scores = flap_scores(chain, x)
+    n_in, n_out = chain.widths[0], chain.widths[-1]
+    return np.asarray([_dense((n_in, *(int(k.sum()) for k in global_keep(scores, s)), n_out)) for s in knobs])
+
+
+def _lowrank_sizes(model, x, knobs):
+    """`lowrank`'s dense parameters from its rank rule (see its docstring), without factorising."""
+    from jaxlump.baselines._lowrank import break_even_rank
+
+    widths = to_chain(model).widths
+    sizes = []
+    for s in knobs:
+        total = 0
+        for n, m in zip(widths[:-1], widths[1:]):
+            r_star = break_even_rank(m, n)
+            total += (m * n if s == 0 or r_star == 0 else max(1, int((1 - s) * r_star)) * (m + n)) + m
+        sizes.append(total)
+    return np.asarray(sizes)
+
+
+def _random_neurons(m, x, sparsity, rec):
+    """Uniformly random neurons kept per layer (seeded by the knob), optionally with the shared reconstruction."""
+    from jaxlump.baselines._obs import finish, kept_count, pruning_labels
+
+    chain = to_chain(m)
+    generator = np.random.default_rng(int(1e6 * sparsity))
+    labels = []
+    for n in chain.widths[1:-1]:
+        keep = np.zeros(n, bool)
+        keep[generator.permutation(n)[: kept_count(n, sparsity)]] = True
+        labels.append(pruning_labels(keep))
+    return finish("random_neurons", sparsity, m, chain, jnp.asarray(x), labels, reconstruct=rec, ridge=DEFAULT_RIDGE)
+
+
+def _lump_then_prune(m, x, target, rec):
+    del rec
+    return jaxlump.lump_then_prune(m, x, int(target))
+
+
+def _exact(m, x, knob, rec):
+    del knob, rec
+    return B.exact_lump(m, x)
+
+
+def _lump_method(discrepancy, refinement):
+    return Method(True, _lump(discrepancy, refinement), search="sweep", sizes=_lump_sizes(discrepancy, refinement))
+
+
+UNSTRUCTURED = dict(prune_output=True)
+KNOB_GRID = np.linspace(0.0, 1.0 - 1e-9, 200)
+METHODS: dict[str, Method] = {
+    "lump structural": _lump_method(jaxlump.Structural(), "representative"),
+    "lump structural components": _lump_method(jaxlump.Structural(), "components"),
+    "lump dynamical": _lump_method(jaxlump.Dynamical(), "representative"),
+    "lump dynamical components": _lump_method(jaxlump.Dynamical(), "components"),
+    "exact lump": Method(True, _exact, search="fixed", reconstructable=False),
+    "lump_then_prune": Method(False, _lump_then_prune, search="target", tracks=("B",), only_sizes=(0.35, 0.1)),
+    "OBS (ZipLM)": Method(True, _option(B.obs_prune), search="width"),
+    "OBS sequential": Method(True, _option(B.obs_prune, sequential=True), search="width"),
+    "OSSCAR": Method(True, _option(B.osscar_prune), search="width"),
+    "ID": Method(True, _option(B.id_prune), search="width"),
+    "ID weighted": Method(True, _option(B.id_prune, weighted=True), search="width"),
+    "FLAP": Method(True, _option(B.flap_prune), search="sweep", sizes=_flap_sizes, grid=KNOB_GRID),
+    "fold": Method(True, _option(B.fold), search="width"),
+    "fold + REPAIR": Method(True, _option(B.fold, repair=True), search="width"),
+    "ZipIt + REPAIR": Method(True, _option(B.zipit_merge), search="width"),
+    "Neuron Merging": Method(True, _option(B.neuron_merge), search="width"),
+    "whitened low-rank": Method(
+        True,
+        lambda m, x, k, rec: B.lowrank(m, x, k),
+        search="sweep",
+        sizes=_lowrank_sizes,
+        grid=KNOB_GRID,
+        reconstructable=False,
+    ),
+    "structured norm": Method(True, _after(B.structured_prune, score="norm"), search="width"),
+    "structured activation": Method(True, _after(B.structured_prune, score="activation"), search="width"),
+    "structured wanda": Method(True, _after(B.structured_prune, score="wanda"), search="width"),
+    "random neurons": Method(True, _random_neurons, search="width"),
+    "magnitude": Method(False, _after(B.magnitude, **UNSTRUCTURED)),
+    "Wanda": Method(False, _after(B.wanda, **UNSTRUCTURED)),
+    "EC": Method(False, _after(B.elimination_compensation, **UNSTRUCTURED)),
+    "random": Method(False, _after(lambda m, x, s, **kw: B.random(m, x, s, key=jr.key(0), **kw), **UNSTRUCTURED)),
+}
+
+
+# --------------------------------------------------------------------------------------------------- size search
+EPS_GRID = np.concatenate([[0.0], np.geomspace(1e-3, 1e3, 127)])
+
+
+def sweep_knobs(method: Method, model, x, targets) -> dict[int, float | None]:
+    """Per target, the smallest knob with the largest size ≤ target, on the first grid refined by 32 points inside
+    each target's bracket (each grid evaluated at once)."""
+    grid = EPS_GRID if method.grid is None else method.grid
+    sizes = method.sizes(model, x, grid)
+    brackets = {}
+    for t in targets:
+        fitting = np.flatnonzero(sizes <= t)
+        if fitting.size == 0:
+            brackets[t] = None
+            continue
+        best = fitting[sizes[fitting] == sizes[fitting].max()].min()
+        brackets[t] = (grid[best - 1] if best > 0 else grid[0], grid[best])
+    fine = np.concatenate([np.linspace(lo, hi, 32) for lo, hi in (b for b in brackets.values() if b)] or [grid[:1]])
+    knobs = np.concatenate([grid, fine])
+    all_sizes = np.concatenate([sizes, method.sizes(model, x, fine)])
+    chosen = {}
+    for t in targets:
+        fitting = np.flatnonzero(all_sizes <= t)
+        if brackets[t] is None or fitting.size == 0:
+            chosen[t] = None
+            continue
+        largest = all_sizes[fitting].max()
+        chosen[t] = float(knobs[fitting[all_sizes[fitting] == largest]].min())
+    return chosen
+
+
+def uniform_size(widths: tuple[int, ...], k: int) -> int:
+    """Dense parameters of the chain `widths` with every hidden layer at width `k` (biases everywhere)."""
+    return _dense((widths[0], *([k] * (len(widths) - 2)), widths[-1]))
+
+
+def search(method: Method, model, x, target: int, widths, memo: dict) -> tuple[float | None, tuple | None, float]:
+    """The knob whose result (without reconstruction) has the largest size ≤ `target`: `(knob, (model, info),
+    wall seconds of that one call)`, or `(None, None, 0)` when no knob reaches the target. `memo` (knob →
+    (result, seconds)) is shared across the targets of one method, so a bisection reuses earlier evaluations."""
+    size = B.realised_size
+
+    def evaluate(knob):
+        if knob not in memo:
+            t0 = time.perf_counter()
+            result = method.run(model, x, knob, False)
+            memo[knob] = (result, time.perf_counter() - t0)
+        return size(memo[knob][0][1])
+
+    def answer(knob):
+        return knob, *memo[knob]
+
+    if method.search == "fixed":
+        evaluate(None)
+        return answer(None)
+    if method.search == "width":
+        n = widths[1]
+        k = max((k for k in range(1, n + 1) if uniform_size(widths, k) <= target), default=None)
+        if k is None:
+            return None, None, 0.0
+        knob = (n - k + 0.5) / n
+        if evaluate(knob) <= target:
+            return answer(knob)
+    low, high = method.knob_range
+    if evaluate(low) <= target:
+        return answer(low)
+    fitting = [k for k in memo if k is not None and size(memo[k][0][1]) <= target]
+    if fitting:  # tighten the bracket with what earlier targets evaluated
+        high = min(fitting)
+        low = max([k for k in memo if k is not None and k < high and size(memo[k][0][1]) > target], default=low)
+    if evaluate(high) > target:
+        return None, None, 0.0
+    for _ in range(18):
+        middle = (low + high) / 2
+        if evaluate(middle) > target:
+            low = middle
+        else:
+            high = middle
+        if size(memo[high][0][1]) == target or high - low <= 1e-7 * max(high, 1e-12):
+            break
+    best = max((k for k in memo if k is not None and size(memo[k][0][1]) <= target), key=lambda k: size(memo[k][0][1]))
+    return answer(best)
+
+
+# ------------------------------------------------------------------------------------------------------ one run
+_LATENCY: dict[tuple, tuple[float, float]] = {}
+
+
+def latency(model, measure: bool) -> tuple[float | None, float | None]:
+    """Median jitted forward time (µs) at batch 1 and 1024, cached by architecture (it depends only on shapes);
+    `(None, None)` unless `measure` (measured on seed 0's runs only: every new shape compiles)."""
+    if not measure:
+        return None, None
+    chain = to_chain(model)
+    shape = (chain.widths, chain.activations)
+    if shape not in _LATENCY:
+        _LATENCY[shape] = tuple(1e6 * jaxlump.measure_latency(chain, b, repeats=20, warmup=3) for b in (1, 1024))
+    return _LATENCY[shape]
+
+
+def describe(original, small, info, data, x_calib, bounds, measure_latency: bool) -> dict:
+    x_test, y_test = data
+    chain = to_chain(small)
+    cost = info.cost_after
+    row = {
+        "realised_size": B.realised_size(info),
+        "dense_params": int(cost.dense_params),
+        "nonzeros": int(cost.nonzeros),
+        "flops": int(cost.flops),
+        "widths": [int(w) for w in chain.widths],
+        "test_mse": mse(small, x_test, y_test),
+        "calib_output_mse": float(np.mean((numpy_forward(small, x_calib) - numpy_forward(original, x_calib)) ** 2)),
+        "result": str(jaxlump.RESULTS[info.result]),
+    }
+    if info.structured and chain.n_layers == to_chain(original).n_layers:
+        row["layer_errors"] = list(B.layer_errors(original, small, x_calib))
+        row["layer_bounds"] = [float(b[int(k)]) for b, k in zip(bounds, chain.widths[1:-1])]
+    row["latency_b1_us"], row["latency_b1024_us"] = latency(small, measure_latency)
+    return row
+
+
+def run_one(name: str, seed: int, width: int, sizes, methods: dict[str, Method], args) -> dict:
+    start = time.perf_counter()
+    x_train, y_train, x_test, y_test = load(name, seed, pathlib.Path(args.cache))
+    trained, training = train(x_train, y_train, width, 2, seed, max_steps=args.max_steps)
+    training["wall_s"] = time.perf_counter() - start
+    # Compressors run on the canonical chain of the trained eqx.nn.MLP: results of any shape come back as chains,
+    # without a per-shape model rebuild (the numbers are those of the MLP it was read from).
+    model = to_chain(trained)
+    rows = np.random.default_rng(seed + 1000).choice(len(x_train), N_CALIB, replace=False)
+    x_calib = jnp.asarray(x_train[rows])
+    check = jaxlump.check_encoding(trained, x_calib[:32])
+    base = int(jaxlump.cost(model).dense_params)
+    bounds = B.rank_bounds(model, x_calib)
+    record = {
+        "dataset": name,
+        "seed": seed,
+        "width": width,
+        "depth": 2,
+        "activation": "tanh",
+        "n_calib": N_CALIB,
+        "training": training,
+        "encoding_max_deviation": float(check.max_deviation),
+        "encoding_output_deviation": float(check.output_deviation),
+        "encoding_result": str(jaxlump.RESULTS[check.result]),
+        "original": {
+            "dense_params": base,
+            "nonzeros": int(jaxlump.cost(model).nonzeros),
+            "flops": int(jaxlump.cost(model).flops),
+            "widths": list(model.widths),
+            "test_mse": mse(model, x_test, y_test),
+        },
+        "points": [],
+    }
+    record["original"]["latency_b1_us"], record["original"]["latency_b1024_us"] = latency(model, True)
+    bar = tqdm(total=len(methods) * len(sizes), desc=f"{name} w{width} s{seed}", leave=False, file=sys.stdout)
+    for method_name, method in methods.items():
+        memo: dict = {}
+        fractions = [f for f in sizes if method.only_sizes is None or f in method.only_sizes]
+        bar.update(len(sizes) - len(fractions))
+        sweep, sweep_s = {}, 0.0
+        for fraction in fractions:
+            bar.set_postfix_str(f"{method_name} {fraction:.0%}")
+            target = int(fraction * base)
+            point = {"method": method_name, "structured": method.structured, "target_fraction": fraction}
+            point["target_size"] = target
+            try:
+                t0, evaluated = time.perf_counter(), len(memo)
+                if method.search == "sweep" and not sweep:
+                    sweep = sweep_knobs(method, model, x_calib, [int(f * base) for f in fractions])
+                    sweep_s = (time.perf_counter() - t0) / len(fractions)
+                    t0 = time.perf_counter() - sweep_s
+                if method.search == "target":
+                    knob, result, seconds = float(target), None, 0.0
+                elif method.search == "sweep":
+                    knob, result, seconds = sweep[target], None, 0.0
+                    if knob is not None:
+                        t1 = time.perf_counter()
+                        result = method.run(model, x_calib, knob, False)
+                        seconds = time.perf_counter() - t1
+                else:
+                    knob, result, seconds = search(method, model, x_calib, target, model.widths, memo)
+                point["search_s"], point["evaluations"] = time.perf_counter() - t0, len(memo) - evaluated
+                if method.search != "target" and result is None:
+                    point["error"] = "target not reachable with this method's knob"
+                else:
+                    point["knob"] = knob
+                    for track in method.tracks:
+                        if method.search == "target" or (track == "B" and method.reconstructable):
+                            t1 = time.perf_counter()
+                            small, info = method.run(model, x_calib, knob, track == "B")
+                            wall = time.perf_counter() - t1
+                        else:
+                            (small, info), wall = result, seconds
+                        if method.search == "target":
+                            point["knob"] = float(info.knob)
+                        row = describe(model, small, info, (x_test, y_test), np.asarray(x_calib), bounds, seed == 0)
+                        point[track] = {**row, "wall_s": wall, "reconstructed": track == "B" and method.reconstructable}
+            except Exception as e:  # noqa: BLE001 — a failing method is recorded, never hidden
+                point["error"] = f"{type(e).__name__}: {e}"[:500]
+            record["points"].append(point)
+            bar.update(1)
+            if method.search == "fixed":
+                bar.update(len(fractions) - 1)
+                break
+    bar.close()
+    record["wall_s"] = time.perf_counter() - start
+    return record
+
+
+def jobs(args) -> list[tuple[str, int, int]]:
+    """The run order: every data set × seeds 0–2 of the 2×64 networks first, then the other seeds, then 2×256."""
+    if args.quick:
+        return [("abalone", s, 64) for s in range(2)]
+    datasets = args.datasets or DATASETS
+    order = [(d, s, 64) for s in range(min(3, args.seeds)) for d in datasets]
+    order += [(d, s, 64) for s in range(3, args.seeds) for d in datasets]
+    if not args.no_wide:
+        order += [(d, s, 256) for s in range(args.seeds) for d in datasets if d in WIDE_SUBSET]
+    return order
+
+
+QUICK_SKIP = ("lump dynamical components", "lump structural components", "EC", "OBS sequential", "ID weighted")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="abalone, 2 seeds, 3 sizes (writes raw-quick/)")
+    parser.add_argument("--report-only", action="store_true", help="rebuild tables and figures from the raw JSON")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--datasets", nargs="*", choices=DATASETS)
+    parser.add_argument("--methods", nargs="*", choices=tuple(METHODS))
+    parser.add_argument("--no-wide", action="store_true", help="skip the 2×256 networks")
+    parser.add_argument("--max-steps", type=int, default=6000)
+    parser.add_argument("--cache", default="/tmp/jaxlump_experiments_cache", help="data set cache (npz)")
+    parser.add_argument("--overwrite", action="store_true", help="recompute raw files that exist")
+    parser.add_argument("--out", default=str(ROOT))
+    args = parser.parse_args(argv)
+    out = pathlib.Path(args.out)
+    raw = out / ("raw-quick" if args.quick else "raw")
+    sys.path.insert(0, str(pathlib.Path(__file__).parent))
+    from experiments_report import report  # the sibling script
+
+    if not args.report_only:
+        raw.mkdir(parents=True, exist_ok=True)
+        methods = {k: METHODS[k] for k in (args.methods or METHODS)}
+        if args.quick:
+            methods = {k: v for k, v in methods.items() if k not in QUICK_SKIP}
+        sizes = QUICK_SIZES if args.quick else SIZES
+        start = time.perf_counter()
+        todo = jobs(args)
+        done = 0
+        for name, seed, width in tqdm(todo, desc="experiments", file=sys.stdout):
+            path = raw / f"{name}_w{width}_s{seed}.json"
+            if path.exists() and not args.overwrite:
+                continue
+            record = run_one(name, seed, width, sizes, methods, args)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(record, indent=1))
+            tmp.replace(path)
+            done += 1
+        wall = time.perf_counter() - start
+        log = out / ("runs-quick.json" if args.quick else "runs.json")
+        runs = json.loads(log.read_text()) if log.exists() else []
+        finished = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        runs.append({"finished": finished, "wall_s": wall, "computed": done, "jobs": len(todo), "argv": sys.argv[1:]})
+        log.write_text(json.dumps(runs, indent=1))
+        print(f"{done} runs computed in {wall:.0f} s")
+    report(raw, out / ("quick" if args.quick else "."))
+
+
+if __name__ == "__main__":
+    main()

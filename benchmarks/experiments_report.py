@@ -1,0 +1,334 @@
+"""Tables, figures and paired tests from the raw JSON that `benchmarks/experiments.py` writes.
+
+    python3 benchmarks/experiments.py --report-only      # or: python3 benchmarks/experiments_report.py RAW OUT
+
+Outputs (in OUT): `track_A.md`, `track_B.md`, `track_C.md` (per data set: method × size, mean ± std over seeds),
+`points_A.md` / `points_B.md` (every point: seeds, test MSE, realised size, knob, wall time), `headline.md`,
+`oracle.md`, `wilcoxon.md`, `summary.json`, and `track_A.png`, `track_B.png`, `track_C.png`.
+"""
+
+import collections
+import json
+import math
+import pathlib
+import sys
+
+import numpy as np
+
+LUMPING = ("lump structural", "lump structural components", "lump dynamical", "lump dynamical components")
+PLOTTED = (
+    "lump structural", "lump dynamical", "OBS (ZipLM)", "OSSCAR", "ID", "FLAP", "fold", "ZipIt + REPAIR",
+    "whitened low-rank", "structured wanda", "magnitude", "Wanda", "lump_then_prune",
+)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------------------- statistics
+def wilcoxon_signed_rank(differences) -> tuple[float, float, int]:
+    """Exact two-sided Wilcoxon signed-rank test of "the median difference is 0".
+
+    Zero differences are dropped (Wilcoxon's convention); tied |d| get their average rank. The null distribution of
+    `W+` (sum of the ranks of positive differences) is computed exactly by dynamic programming over the (doubled,
+    hence integer) ranks, each entering with probability ½. Returns `(W+, p, n)`; `p = 1` when `n = 0`.
+    """
+    d = np.asarray(differences, np.float64)
+    d = d[d != 0]
+    n = d.size
+    if n == 0:
+        return 0.0, 1.0, 0
+    magnitudes = np.abs(d)
+    order = np.argsort(magnitudes, kind="stable")
+    ranks = np.empty(n)
+    sorted_m = magnitudes[order]
+    i = 0
+    while i < n:
+        j = i
+        while j + 1 < n and sorted_m[j + 1] == sorted_m[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    doubled = np.rint(2 * ranks).astype(int)
+    w_plus = float(ranks[d > 0].sum())
+    counts = np.zeros(doubled.sum() + 1)
+    counts[0] = 1.0
+    for r in doubled:
+        counts[r:] = counts[r:] + counts[: counts.size - r].copy()
+    probabilities = counts / 2.0**n
+    w2 = int(round(2 * w_plus))
+    lower, upper = probabilities[: w2 + 1].sum(), probabilities[w2:].sum()
+    return w_plus, float(min(1.0, 2 * min(lower, upper))), n
+
+
+def mean_std(values) -> tuple[float, float]:
+    v = np.asarray(values, np.float64)
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
+# ------------------------------------------------------------------------------------------------------ loading
+def load(raw: pathlib.Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted(raw.glob("*.json"))]
+
+
+def points(records, track: str):
+    """(dataset, width) → method → target fraction → list of (seed, row, point)."""
+    table = collections.defaultdict(lambda: collections.defaultdict(lambda: collections.defaultdict(list)))
+    for r in records:
+        for p in r["points"]:
+            if track in p:
+                table[(r["dataset"], r["width"])][p["method"]][p["target_fraction"]].append((r["seed"], p[track], p, r))
+    return table
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}" if math.isfinite(x) else "–"
+
+
+def _cell(entries) -> str:
+    m, s = mean_std([e[1]["test_mse"] for e in entries])
+    return f"{_fmt(m)} ± {_fmt(s)}"
+
+
+# --------------------------------------------------------------------------------------------------------- tables
+def matrix_tables(records, track: str) -> str:
+    table = points(records, track)
+    lines = [f"# Track {track}: test MSE (mean ± std over seeds) at each target size\n"]
+    lines.append(_TRACK_TEXT[track] + "\n")
+    for (dataset, width), methods in sorted(table.items()):
+        seeds = sorted({r["seed"] for r in records if r["dataset"] == dataset and r["width"] == width})
+        original = [r["original"]["test_mse"] for r in records if r["dataset"] == dataset and r["width"] == width]
+        m, s = mean_std(original)
+        fractions = sorted({f for per in methods.values() for f in per}, reverse=True)
+        lines.append(f"## {dataset}, 2×{width}, seeds {seeds} — original test MSE {_fmt(m)} ± {_fmt(s)}\n")
+        lines.append("| method | kind | " + " | ".join(f"{f:.0%}" for f in fractions) + " |")
+        lines.append("|---|---|" + "---|" * len(fractions))
+        for method, per in methods.items():
+            kind = "S" if next(iter(per.values()))[0][2]["structured"] else "U"
+            cells = [_cell(per[f]) if f in per else "–" for f in fractions]
+            lines.append(f"| {method} | {kind} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+_TRACK_TEXT = {
+    "A": "No reconstruction for anyone: each method's own weights (OBS/ID/OSSCAR selection alone, lumping's "
+    "quotient, FLAP's bias compensation). S = structured (dense parameters), U = unstructured (non-zeros).",
+    "B": "The same least-squares reconstruction (`jaxlump.reconstruct`'s solver) for everyone; methods that cannot "
+    "be reconstructed (whitened low-rank, exact lumping) give their track-A point.",
+    "C": "Test MSE against measured cost, track B's models: dense FLOPs per example and the median jitted forward "
+    "latency (µs) at batch 1 and 1024 on this machine (measured on seed 0's runs; each new shape compiles), so "
+    "a shared, loaded machine makes them noisy. Masks buy nothing here.",
+}
+
+
+def point_tables(records, track: str) -> str:
+    table = points(records, track)
+    lines = [f"# Track {track}: every point\n", "Realised size in % of the original (dense parameters for "
+             "structured, non-zeros for unstructured), the knob (ε, sparsity …), the method's wall time.\n",
+             "| data set | width | method | target | seeds | test MSE | size % (min–max) | knob (min–max) | wall s |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (dataset, width), methods in sorted(table.items()):
+        for method, per in methods.items():
+            for f in sorted(per, reverse=True):
+                entries = per[f]
+                base = [e[3]["original"]["dense_params" if e[2]["structured"] else "nonzeros"] for e in entries]
+                size = [100 * e[1]["realised_size"] / b for e, b in zip(entries, base)]
+                knobs = [e[2].get("knob") for e in entries if e[2].get("knob") is not None]
+                knob = f"{min(knobs):.4g}–{max(knobs):.4g}" if knobs else "–"
+                wall = np.mean([e[1]["wall_s"] for e in entries])
+                lines.append(
+                    f"| {dataset} | {width} | {method} | {f:.0%} | {len(entries)} | {_cell(entries)} | "
+                    f"{np.mean(size):.1f} ({min(size):.1f}–{max(size):.1f}) | {knob} | {wall:.3g} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def cost_table(records) -> str:
+    table = points(records, "B")
+    lines = ["# Track C: test MSE against measured cost\n", _TRACK_TEXT["C"] + "\n"]
+    for (dataset, width), methods in sorted(table.items()):
+        rec = [r for r in records if r["dataset"] == dataset and r["width"] == width]
+        o = rec[0]["original"]
+        lines.append(f"## {dataset}, 2×{width} — original: {o['flops']} FLOPs, {o['latency_b1_us']:.1f} µs (b=1), "
+                     f"{o['latency_b1024_us']:.1f} µs (b=1024)\n")  # fmt: skip
+        lines.append("| method | kind | target | test MSE | dense FLOPs | latency b=1 (µs) | latency b=1024 (µs) |")
+        lines.append("|---|---|---|---|---|---|---|")
+        for method, per in methods.items():
+            for f in sorted(per, reverse=True):
+                e = per[f]
+                kind = "S" if e[0][2]["structured"] else "U"
+                flops = np.mean([x[1]["flops"] for x in e])
+                l1, l2 = (_latency([x[1][k] for x in e]) for k in ("latency_b1_us", "latency_b1024_us"))
+                lines.append(f"| {method} | {kind} | {f:.0%} | {_cell(e)} | {flops:.0f} | {l1} | {l2} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _latency(values) -> str:
+    """Mean of the measured latencies (measured on seed 0's runs only), or – when none was measured."""
+    measured = [v for v in values if v is not None]
+    return f"{np.mean(measured):.1f}" if measured else "–"
+
+
+def _means(per_method, fraction):
+    return {m: mean_std([e[1]["test_mse"] for e in p[fraction]])[0] for m, p in per_method.items() if fraction in p}
+
+
+def headline(records) -> tuple[str, dict]:
+    """Per data set at ~35 % and ~10 %: best structured and best unstructured method (track B and A), lumping's
+    rank among the structured methods."""
+    summary = {}
+    lines = ["# Headline: best method per data set at 35 % and 10 % of the parameters\n",
+             "Mean test MSE over seeds. Rank of lumping = the best lumping variant's place among all structured "
+             "methods (1 = best).\n",
+             "| data set | width | track | size | best structured | best unstructured | best lumping | "
+             "lumping rank (of structured) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for track in ("B", "A"):
+        table = points(records, track)
+        for (dataset, width), methods in sorted(table.items()):
+            for fraction in (0.35, 0.1):
+                means = _means(methods, fraction)
+                kinds = {m: next(iter(per.values()))[0][2]["structured"] for m, per in methods.items()}
+                s = sorted((v, m) for m, v in means.items() if kinds[m])
+                u = sorted((v, m) for m, v in means.items() if not kinds[m])
+                lump = sorted((v, m) for m, v in means.items() if m in LUMPING)
+                rank = 1 + [m for _, m in s].index(lump[0][1]) if lump else None
+                best = {"structured": s[0] if s else None, "unstructured": u[0] if u else None,
+                        "lumping": lump[0] if lump else None, "lumping_rank": rank, "n_structured": len(s)}  # fmt: skip
+                summary[f"{dataset}/w{width}/{track}/{fraction}"] = best
+
+                def show(x):
+                    return f"{x[1]} ({_fmt(x[0])})" if x else "–"
+
+                lines.append(f"| {dataset} | {width} | {track} | {fraction:.0%} | {show(best['structured'])} | "
+                             f"{show(best['unstructured'])} | {show(best['lumping'])} | "
+                             f"{rank if rank else '–'} / {len(s)} |")  # fmt: skip
+    return "\n".join(lines) + "\n", summary
+
+
+def oracle_table(records) -> str:
+    table = points(records, "B")
+    lines = ["# Oracle: first hidden layer's error as a multiple of the rank-k lower bound (track B)\n",
+             "`layer_errors[0] / rank_bounds[0][k]`: how well the compressed network's first hidden layer (width k) "
+             "can predict the original's second-layer pre-activations, relative to the best any width-k layer can "
+             "do (1 = optimal). Median over seeds.\n"]  # fmt: skip
+    for (dataset, width), methods in sorted(table.items()):
+        fractions = sorted({f for per in methods.values() for f in per}, reverse=True)
+        lines.append(f"## {dataset}, 2×{width}\n")
+        lines.append("| method | " + " | ".join(f"{f:.0%}" for f in fractions) + " |")
+        lines.append("|---|" + "---|" * len(fractions))
+        for method, per in methods.items():
+            cells = []
+            for f in fractions:
+                ratios = [e[1]["layer_errors"][0] / e[1]["layer_bounds"][0] for e in per.get(f, [])
+                          if "layer_errors" in e[1] and e[1]["layer_bounds"][0] > 0]  # fmt: skip
+                cells.append(f"{np.median(ratios):.3g}" if ratios else "–")
+            if any(c != "–" for c in cells):
+                lines.append(f"| {method} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def wilcoxon_table(records, reference: str = "lump structural") -> str:
+    lines = [f"# Paired Wilcoxon signed-rank tests: `{reference}` against every other method\n",
+             "Pairs: the same (seed, target size) on one data set and width; d = log(MSE_ref) − log(MSE_other). "
+             "`ref wins` counts pairs where the reference has the lower test MSE; p is the exact two-sided p-value; "
+             "ratio = median MSE_ref / MSE_other.\n",
+             "| track | data set | width | other method | pairs | ref wins | median ratio | p |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for track in ("B", "A"):
+        table = points(records, track)
+        for (dataset, width), methods in sorted(table.items()):
+            if reference not in methods:
+                continue
+            ref = {(e[0], f): e[1]["test_mse"] for f, es in methods[reference].items() for e in es}
+            for method, per in methods.items():
+                if method == reference:
+                    continue
+                other = {(e[0], f): e[1]["test_mse"] for f, es in per.items() for e in es}
+                keys = sorted(set(ref) & set(other))
+                if not keys:
+                    continue
+                d = np.asarray([math.log(ref[k]) - math.log(other[k]) for k in keys])
+                _, p, _ = wilcoxon_signed_rank(d)
+                lines.append(f"| {track} | {dataset} | {width} | {method} | {len(keys)} | {int((d < 0).sum())} | "
+                             f"{math.exp(np.median(d)):.3g} | {p:.2g} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+# -------------------------------------------------------------------------------------------------------- figures
+def figure(records, track: str, path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = points(records, "B" if track == "C" else track)
+    keys = sorted(table)
+    if not keys:
+        return
+    cols = min(4, len(keys))
+    rows = -(-len(keys) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    for ax, key in zip(axes.ravel(), keys):
+        methods = table[key]
+        rec = [r for r in records if (r["dataset"], r["width"]) == key]
+        for method in PLOTTED:
+            if method not in methods:
+                continue
+            per = methods[method]
+            xs, ys, es = [], [], []
+            for f in sorted(per):
+                e = per[f]
+                if track == "C":
+                    x = np.mean([v[1]["flops"] / v[3]["original"]["flops"] for v in e])
+                else:
+                    base = "dense_params" if e[0][2]["structured"] else "nonzeros"
+                    x = np.mean([v[1]["realised_size"] / v[3]["original"][base] for v in e])
+                m, s = mean_std([v[1]["test_mse"] for v in e])
+                xs.append(100 * x), ys.append(m), es.append(s)
+            style = "-" if next(iter(per.values()))[0][2]["structured"] else "--"
+            ax.errorbar(xs, ys, yerr=es, fmt=style + "o", ms=3, capsize=2, label=method, lw=1.2 if method in LUMPING
+                        else 0.8)  # fmt: skip
+        ax.axhline(np.mean([r["original"]["test_mse"] for r in rec]), color="k", lw=0.6, ls=":")
+        ax.set_yscale("log")
+        ax.set_title(f"{key[0]} (2×{key[1]}, {len(rec)} seeds)", fontsize=9)
+        ax.set_xlabel("dense FLOPs (% of original)" if track == "C" else "size (% of original)", fontsize=8)
+        ax.set_ylabel("test MSE", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in axes.ravel()[len(keys) :]:
+        ax.axis("off")
+    handles, labels = axes.ravel()[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=7, fontsize=7)
+    titles = {"A": "Track A: no reconstruction", "B": "Track B: same reconstruction for all",
+              "C": "Track C: test MSE vs dense FLOPs (track-B models)"}  # fmt: skip
+    fig.suptitle(titles[track] + " — solid: structured, dashed: unstructured; mean ± std over seeds")
+    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(raw: pathlib.Path, out: pathlib.Path) -> None:
+    records = load(raw)
+    out.mkdir(parents=True, exist_ok=True)
+    if not records:
+        print(f"no raw results in {raw}")
+        return
+    for track in ("A", "B"):
+        (out / f"track_{track}.md").write_text(matrix_tables(records, track))
+        (out / f"points_{track}.md").write_text(point_tables(records, track))
+    (out / "track_C.md").write_text(cost_table(records))
+    text, summary = headline(records)
+    (out / "headline.md").write_text(text)
+    (out / "oracle.md").write_text(oracle_table(records))
+    (out / "wilcoxon.md").write_text(wilcoxon_table(records))
+    completed = collections.defaultdict(list)
+    for r in records:
+        completed[f"{r['dataset']}/w{r['width']}"].append(r["seed"])
+    summary = {"completed": {k: sorted(v) for k, v in completed.items()}, "headline": summary}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    for track in ("A", "B", "C"):
+        figure(records, track, out / f"track_{track}.png")
+    print(f"report from {len(records)} runs written to {out}")
+
+
+if __name__ == "__main__":
+    report(pathlib.Path(sys.argv[1]), pathlib.Path(sys.argv[2]))

@@ -1,0 +1,74 @@
+"""The benchmark's statistics (exact Wilcoxon signed-rank test) and, marked slow, its `--quick` run."""
+
+import itertools
+import json
+import math
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "benchmarks"))
+
+from experiments_report import wilcoxon_signed_rank  # noqa: E402
+
+
+def _ranks(d):
+    m = np.abs(d)
+    return np.asarray([np.mean([1 + k for k, v in enumerate(np.sort(m)) if v == x]) for x in m])
+
+
+def _enumerated_p(d):
+    """Two-sided p by enumerating all 2^n sign patterns of the ranks (the definition, independent of the DP)."""
+    d = np.asarray(d, float)
+    d = d[d != 0]
+    ranks = _ranks(d)
+    observed = ranks[d > 0].sum()
+    totals = np.asarray(
+        [sum(r for r, s in zip(ranks, signs) if s) for signs in itertools.product([0, 1], repeat=d.size)]
+    )
+    return min(1.0, 2 * min(np.mean(totals <= observed + 1e-9), np.mean(totals >= observed - 1e-9)))
+
+
+def test_known_values():
+    assert wilcoxon_signed_rank([1, 2, 3, 4, 5])[1] == pytest.approx(2 / 32)
+    assert wilcoxon_signed_rank([-1, -2, -3, -4, -5, -6])[1] == pytest.approx(2 / 64)
+    w, p, n = wilcoxon_signed_rank([0.0, 0.0])
+    assert (p, n) == (1.0, 0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_matches_enumeration_with_ties_and_zeros(seed):
+    generator = np.random.default_rng(seed)
+    d = np.round(generator.standard_normal(10), 1)  # rounding creates ties
+    d[0] = 0.0
+    w, p, n = wilcoxon_signed_rank(d)
+    assert n == np.count_nonzero(d)
+    assert w == pytest.approx(_ranks(d[d != 0])[d[d != 0] > 0].sum())
+    assert p == pytest.approx(_enumerated_p(d), abs=1e-12)
+    assert wilcoxon_signed_rank(-d)[1] == pytest.approx(p)
+
+
+def test_large_n_agrees_with_the_normal_approximation():
+    generator = np.random.default_rng(0)
+    d = generator.standard_normal(60) + 0.15
+    w, p, n = wilcoxon_signed_rank(d)
+    mean, var = n * (n + 1) / 4, n * (n + 1) * (2 * n + 1) / 24
+    z = (w - mean) / math.sqrt(var)
+    normal_p = math.erfc(abs(z) / math.sqrt(2))
+    assert 0.01 < p < 0.9 and p == pytest.approx(normal_p, abs=0.01)
+
+
+@pytest.mark.slow
+def test_quick_run_writes_raw_json_and_tables(tmp_path):
+    import experiments
+
+    experiments.main(["--quick", "--out", str(tmp_path), "--max-steps", "500"])
+    raw = sorted((tmp_path / "raw-quick").glob("*.json"))
+    assert [p.name for p in raw] == ["abalone_w64_s0.json", "abalone_w64_s1.json"]
+    record = json.loads(raw[0].read_text())
+    ok = [p for p in record["points"] if "error" not in p]
+    assert ok and all(p["B"]["realised_size"] <= p["target_size"] for p in ok if p["method"] != "exact lump")
+    for name in ("track_A.md", "track_B.md", "track_C.md", "headline.md", "wilcoxon.md", "track_B.png"):
+        assert (tmp_path / "quick" / name).exists()
