@@ -584,7 +584,8 @@ def main(argv=None):
         runs.append({"finished": finished, "wall_s": wall, "computed": done, "jobs": len(todo), "argv": sys.argv[1:]})
         log.write_text(json.dumps(runs, indent=1))
         print(f"{done} runs computed in {wall:.0f} s")
-    report(raw, out / ("quick" if args.quick else "."))
+    docs = None if args.quick or args.out != str(ROOT) else pathlib.Path(__file__).parents[1] / "docs" / "benchmarks.md"
+    report(raw, out / ("quick" if args.quick else "."), docs)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 
 Outputs (in OUT): `track_A.md`, `track_B.md`, `track_C.md` (per data set: method × size, mean ± std over seeds),
 `points_A.md` / `points_B.md` (every point: seeds, test MSE, realised size, knob, wall time), `headline.md`,
-`oracle.md`, `wilcoxon.md`, `summary.json`, and `track_A.png`, `track_B.png`, `track_C.png`.
+`oracle.md`, `wilcoxon.md`, `fixed.md`, `summary.json`, and `track_A.png`, `track_B.png`, `track_C.png`.
 """
 
 import collections
@@ -68,14 +68,33 @@ def load(raw: pathlib.Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(raw.glob("*.json"))]
 
 
-def points(records, track: str):
-    """(dataset, width) → method → target fraction → list of (seed, row, point)."""
+def points(records, track: str, *, oversize: bool = False):
+    """(dataset, width) → method → target fraction → list of (seed, row, point, record).
+
+    Points larger than their target (only a method without a knob, exact lumping, has them) are left out unless
+    `oversize`; `fixed_points` lists them."""
     table = collections.defaultdict(lambda: collections.defaultdict(lambda: collections.defaultdict(list)))
     for r in records:
         for p in r["points"]:
-            if track in p:
+            if track in p and (oversize or p[track]["realised_size"] <= p["target_size"]):
                 table[(r["dataset"], r["width"])][p["method"]][p["target_fraction"]].append((r["seed"], p[track], p, r))
     return table
+
+
+def fixed_points(records) -> str:
+    """Methods without a size knob (exact lumping): their one size and error per data set."""
+    lines = ["| data set | width | method | seeds | size % | test MSE | original test MSE |", "|" + "---|" * 7]
+    table = points(records, "A", oversize=True)
+    for (dataset, width), methods in sorted(table.items()):
+        for method, per in methods.items():
+            entries = [e for es in per.values() for e in es if e[1]["realised_size"] > e[2]["target_size"]]
+            if not entries:
+                continue
+            size = np.mean([100 * e[1]["realised_size"] / e[3]["original"]["dense_params"] for e in entries])
+            m, s = mean_std([e[3]["original"]["test_mse"] for e in entries])
+            lines.append(f"| {dataset} | {width} | {method} | {len(entries)} | {size:.1f} | {_cell(entries)} | "
+                         f"{_fmt(m)} ± {_fmt(s)} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(x: float) -> str:
@@ -306,7 +325,21 @@ def figure(records, track: str, path: pathlib.Path) -> None:
     plt.close(fig)
 
 
-def report(raw: pathlib.Path, out: pathlib.Path) -> None:
+START, END = "<!-- experiments-report: start -->", "<!-- experiments-report: end -->"
+
+
+def update_docs(path: pathlib.Path, out: pathlib.Path) -> None:
+    """Replace the generated part of the docs page (between the two markers) with the current tables."""
+    parts = ["headline.md", "track_B.md", "track_A.md", "track_C.md", "oracle.md", "wilcoxon.md", "fixed.md"]
+    body = "\n\n".join((out / p).read_text() for p in parts)
+    body = "\n".join(("#" + line) if line.startswith("#") else line for line in body.splitlines())  # one level down
+    text = path.read_text() if path.exists() else f"{START}\n{END}\n"
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    path.write_text(f"{head}{START}\n\n{body}\n\n{END}{tail}")
+
+
+def report(raw: pathlib.Path, out: pathlib.Path, docs: pathlib.Path | None = None) -> None:
     records = load(raw)
     out.mkdir(parents=True, exist_ok=True)
     if not records:
@@ -320,6 +353,7 @@ def report(raw: pathlib.Path, out: pathlib.Path) -> None:
     (out / "headline.md").write_text(text)
     (out / "oracle.md").write_text(oracle_table(records))
     (out / "wilcoxon.md").write_text(wilcoxon_table(records))
+    (out / "fixed.md").write_text("# Methods without a size knob (exact lumping, ε = 0)\n\n" + fixed_points(records))
     completed = collections.defaultdict(list)
     for r in records:
         completed[f"{r['dataset']}/w{r['width']}"].append(r["seed"])
@@ -327,6 +361,8 @@ def report(raw: pathlib.Path, out: pathlib.Path) -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     for track in ("A", "B", "C"):
         figure(records, track, out / f"track_{track}.png")
+    if docs is not None:
+        update_docs(docs, out)
     print(f"report from {len(records)} runs written to {out}")
 
 
