@@ -33,6 +33,8 @@ from ._info import Certificate as Certificate
 from ._info import CompressionInfo as CompressionInfo
 from ._lump import lump as lump
 from ._lump import lump_masked as lump_masked
+from ._sweep import Sweep as Sweep
+from ._sweep import sweep as sweep
 from ._lump_then_prune import lump_then_prune as lump_then_prune
 from ._select import lump_then_select as lump_then_select
 from ._select import merge_or_remove as merge_or_remove

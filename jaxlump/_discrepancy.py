@@ -15,10 +15,13 @@ sum differences directly only in the `128 × 128` tiles that need it, so no `n �
 """
 
 import abc
+import contextlib
+import contextvars
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._custom_types import Distances
 from ._encoding.dynamical import simulate
@@ -32,6 +35,22 @@ _TINY = 1e-30
 _ROUNDING_ULPS = 64
 _TILE = 128  # rows and columns of one tile of a pairwise matrix
 _UNROLL = 8
+
+
+# Set by `jaxlump.sweep` while it traces its `vmap` over ε (named by this axis): a tile is then computed for the
+# whole batch when any ε needs it, so the skip stays a real `lax.cond` (a batched predicate would turn it into a
+# select that computes every tile).
+_BATCH_AXIS = contextvars.ContextVar("jaxlump_batch_axis", default=None)
+
+
+@contextlib.contextmanager
+def batched_over(axis_name):
+    """Trace pairwise kernels inside `jax.vmap(..., axis_name=axis_name)` with batch-wide tile skipping."""
+    token = _BATCH_AXIS.set(axis_name)
+    try:
+        yield
+    finally:
+        _BATCH_AXIS.reset(token)
 
 
 def _rounding_floor(magnitudes: jax.Array) -> jax.Array:
@@ -59,60 +78,74 @@ def _direct_tile(rows_t: jax.Array, cols_t: jax.Array, term) -> jax.Array:
 
 
 def _fix_tiles(estimate: jax.Array, features: jax.Array, needed: jax.Array, term) -> jax.Array:
-    """Replace `estimate[i, j]` by the direct `Σ_k term(F[i, k] − F[j, k])` wherever `needed[i, j]`.
+    """The symmetric matrix `estimate`, with the direct `Σ_k term(F[i, k] − F[j, k])` wherever `needed[i, j]`.
 
-    Works tile by tile (`_TILE²`); a tile without a needed pair is skipped (`lax.cond`, which under `vmap`
-    becomes a select, so a batched call computes every tile). Working memory `O(n · d + _TILE²)` beside the matrix.
+    Works on the upper triangle of `_TILE²` tiles (the lower one is its transpose, so a fixed result is exactly
+    symmetric; without any needed pair `estimate` comes back as it is). A tile without a needed pair is skipped
+    (`lax.cond`; under `jaxlump.sweep`'s `vmap`, when no ε of the batch needs it — see `batched_over`).
+    Working memory beside the matrix: `O(n · d + _TILE²)`.
     """
     n, d = features.shape
+    # The diagonal is exactly 0; left to the estimate it would flag every diagonal tile.
+    diagonal = jnp.eye(n, dtype=bool)
+    estimate, needed = jnp.where(diagonal, 0, estimate), needed & ~diagonal
     t = min(_TILE, n)
     blocks = -(-n // t)
     size = blocks * t
     padded_t = jnp.pad(features, ((0, size - n), (0, 0))).T
-    estimate = jnp.pad(estimate, ((0, size - n), (0, size - n)))
+    padded = jnp.pad(estimate, ((0, size - n), (0, size - n)))
     needed = jnp.pad(needed, ((0, size - n), (0, size - n)))
-    flags = jnp.any(needed.reshape(blocks, t, blocks, t), axis=(1, 3)).reshape(-1)
+    upper_i, upper_j = (jnp.asarray(v, jnp.int32) for v in np.triu_indices(blocks))
+    t32, zero = jnp.int32(t), jnp.int32(0)
+    flags = jnp.any(needed.reshape(blocks, t, blocks, t), axis=(1, 3))[upper_i, upper_j]
+    if _BATCH_AXIS.get() is not None:
+        flags = jax.lax.psum(flags.astype(jnp.int32), _BATCH_AXIS.get()) > 0
 
-    def fix(index, matrix):
-        corner = (index // blocks * t, index % blocks * t)
+    def tile(k):
+        corner = (upper_i[k] * t32, upper_j[k] * t32)
+        current = jax.lax.dynamic_slice(padded, corner, (t, t))
 
-        def exact(matrix):
-            rows_t = jax.lax.dynamic_slice(padded_t, (0, corner[0]), (d, t))
-            cols_t = jax.lax.dynamic_slice(padded_t, (0, corner[1]), (d, t))
-            tile = jax.lax.dynamic_slice(matrix, corner, (t, t))
+        def exact():
+            rows_t = jax.lax.dynamic_slice(padded_t, (zero, corner[0]), (d, t))
+            cols_t = jax.lax.dynamic_slice(padded_t, (zero, corner[1]), (d, t))
             mask = jax.lax.dynamic_slice(needed, corner, (t, t))
-            tile = jnp.where(mask, _direct_tile(rows_t, cols_t, term), tile)
-            return jax.lax.dynamic_update_slice(matrix, tile, corner)
+            return jnp.where(mask, _direct_tile(rows_t, cols_t, term), current)
 
-        return jax.lax.cond(flags[index], exact, lambda m: m, matrix)
+        return jax.lax.cond(flags[k], exact, lambda: current)
 
-    return jax.lax.fori_loop(0, blocks * blocks, fix, estimate)[:n, :n]
+    def fix():
+        tiles = jax.lax.map(tile, jnp.arange(upper_i.shape[0]))
+        grid = jnp.zeros((blocks, blocks, t, t), estimate.dtype)
+        grid = grid.at[upper_j, upper_i].set(jnp.swapaxes(tiles, 1, 2)).at[upper_i, upper_j].set(tiles)
+        return grid.transpose(0, 2, 1, 3).reshape(size, size)[:n, :n]
+
+    return jax.lax.cond(jnp.any(flags), fix, lambda: estimate)
 
 
-def _squared_distances(features: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """GEMM form `‖a‖² + ‖b‖² − 2a·b` of all pairwise squared L2 distances, and `‖a‖² + ‖b‖²` (its error scale)."""
-    norms = jnp.sum(features**2, axis=1)
-    scale = norms[:, None] + norms[None, :]
-    gram = jnp.matmul(features, features.T, precision=jax.lax.Precision.HIGHEST)
-    return scale - 2 * gram, scale
+def _gemm(a: jax.Array, b: jax.Array) -> jax.Array:
+    return jnp.matmul(a, b.T, precision=jax.lax.Precision.HIGHEST)
 
 
 def _dot_error(d: int, dtype) -> float:
-    """Worst-case relative error of a length-`d` dot product (Higham's γ_d), doubled for the two norms."""
+    """Worst-case relative error of a length-`d` dot product (Higham's γ_d), doubled for safety."""
     return 2.0 * (d + 2) * float(jnp.finfo(dtype).eps)
 
 
 def pairwise_l1(features: jax.Array, threshold: jax.Array | float = jnp.inf) -> Distances:
     """`D[i, j] = Σ_k |F[i, k] − F[j, k]|` for `F` of shape `(n, d)`, exact wherever `D[i, j] ≤ threshold`.
 
-    Pairs whose GEMM-form L2 lower bound (`‖·‖₁ ≥ ‖·‖₂`, with the dot products' worst-case rounding subtracted)
-    already exceeds `threshold` keep that bound — still `> threshold`, which is all a refinement at
-    `ε · scale ≤ threshold` needs; every other pair is summed directly, tile by tile, skipping tiles without one.
-    Cost: one `n × d × n` GEMM plus `n² d` for the tiles computed exactly (all of them for `threshold = ∞`).
+    A GEMM gives a lower bound for every pair: for any signs `s`, `‖a − b‖₁ ≥ s·(a − b)`; with `s = sign(a)`,
+    `‖a − b‖₁ ≥ ‖a‖₁ − sign(a)·b` (and symmetrically), minus the product's worst-case rounding. It is tight for
+    near-duplicates (about 0.7 of the distance for unrelated random rows, where `‖·‖₂` gives `1/√d`). Pairs whose
+    bound exceeds `threshold` keep it — still `> threshold`, all a refinement at `ε · scale ≤ threshold` needs;
+    the others are summed directly, tile by tile, skipping tiles without one.
+    Cost: one `n × d × n` GEMM plus `n² d / 2` for the tiles computed exactly (all of them for `threshold = ∞`).
     Peak memory: the `n × n` result plus `O(n · d + 128²)`.
     """
-    squared, scale = _squared_distances(features)
-    lower = jnp.sqrt(jnp.maximum(squared - _dot_error(features.shape[1], features.dtype) * scale, 0.0))
+    norms = jnp.sum(jnp.abs(features), axis=1)
+    signed = norms[:, None] - _gemm(jnp.sign(features), features)
+    error = _dot_error(features.shape[1], features.dtype) * (norms[:, None] + norms[None, :])
+    lower = jnp.maximum(jnp.maximum(signed, signed.T) - error, 0.0)
     return _fix_tiles(lower, features, lower <= threshold, jnp.abs)
 
 
@@ -125,7 +158,9 @@ def pairwise_rms(samples: jax.Array) -> Distances:
     Peak memory: the `n × n` result plus `O(n · S + 128²)`.
     """
     features = samples.T
-    squared, scale = _squared_distances(features)
+    norms = jnp.sum(features**2, axis=1)
+    scale = norms[:, None] + norms[None, :]
+    squared = scale - 2 * _gemm(features, features)
     suspect = squared <= 4 * _dot_error(features.shape[1], features.dtype) * scale
     squared = _fix_tiles(jnp.maximum(squared, 0.0), features, suspect, jnp.square)
     return jnp.sqrt(squared / features.shape[1])

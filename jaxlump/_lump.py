@@ -1,6 +1,7 @@
 """`lump` and `lump_masked`: wire discrepancy → refinement → quotient → refit → certificate."""
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -8,39 +9,72 @@ from ._accounting import chain_cost
 from ._adapters import from_chain, to_chain
 from ._certificate import certify
 from ._discrepancy import AbstractDiscrepancy, Structural
-from ._errors import check_choice, check_data, check_eps
+from ._errors import RESULTS, check_bool, check_choice, check_data, check_eps, combine, finite_result, raise_if_failed
 from ._info import Certificate, CompressionInfo, live_masks, live_widths
 from ._network import DenseChain
-from ._reconstruct import DEFAULT_RIDGE, reconstruct_chain, result_status
+from ._reconstruct import DEFAULT_RIDGE, reconstruct_chain
 from ._reduction.masked import shrink
 from ._reduction.quotient import quotient
 from ._refinement import REFINEMENTS, refine
 
 
-@eqx.filter_jit
-def partition(chain: DenseChain, x, eps, discrepancy: AbstractDiscrepancy, refinement: str):
-    """Representative labels per hidden layer, swept from the input side."""
+def live_neurons(chain: DenseChain) -> list[jax.Array]:
+    """Per hidden layer, the neurons whose output reaches the network's output.
+
+    A neuron whose outgoing column is exactly zero (on the next layer's live neurons) contributes nothing, so it
+    can be removed exactly at any ε; swept from the output side, so whole dead chains go.
+    """
+    live, alive = [], jnp.ones(chain.widths[-1], bool)
+    for w in reversed(chain.weights[1:]):
+        alive = jnp.any((w != 0) & alive[:, None], axis=0)
+        live.append(alive)
+    return live[::-1]
+
+
+def partition_with_result(chain: DenseChain, x, eps, discrepancy: AbstractDiscrepancy, refinement: str, eps_max=None):
+    """Representative labels per hidden layer (`-1`: removed), swept from the input side, and the stages'
+    `RESULTS`: the discrepancy's preparation (a failed ODE solve leaves inf in the trajectories) and the distances.
+
+    `eps_max ≥ eps` (default `eps`) bounds the ε the distances must answer for: a sweep passes its largest ε,
+    so the work that does not depend on ε (the first layer's distances) is shared by the whole grid.
+    """
+    eps_max = eps if eps_max is None else eps_max
+    # ∞ marks pairs never related; ε is capped so that even ε = ∞ does not relate them.
+    eps = jnp.minimum(eps, jnp.finfo(chain.weights[0].dtype).max)
     prepared = discrepancy.prepare(chain, x)
-    labels, previous = [], jnp.arange(chain.widths[0], dtype=jnp.int32)
-    for l in range(1, chain.n_layers):
-        distances = discrepancy.layer(chain, prepared, l, previous)
-        previous = refine(refinement, distances.relative, eps, distances.importance)
+    labels, previous, distance_results = [], jnp.arange(chain.widths[0], dtype=jnp.int32), []
+    for l, live in enumerate(live_neurons(chain), start=1):
+        # A removed neuron's outgoing weights to live neurons are zero, so any block may hold it.
+        distances = discrepancy.layer_within(chain, prepared, l, jnp.maximum(previous, 0), eps_max)
+        distance_results.append(finite_result(distances.relative, RESULTS.refinement_nonfinite))
+        relative = jnp.where(live[:, None] & live[None, :], distances.relative, jnp.inf)
+        previous = jnp.where(live, refine(refinement, relative, eps, distances.importance), -1)
         labels.append(previous)
-    return tuple(labels)
+    return tuple(labels), combine(finite_result(prepared, RESULTS.ode_solve_failed), *distance_results)
 
 
 @eqx.filter_jit
-def lump_chain(original: DenseChain, x, eps, discrepancy, refinement: str, refit: bool, ridge, certify_ode: bool):
-    """The fixed-shape core on canonical chains: compiled once per network shape, ε traced."""
-    partitions = partition(original, x, eps, discrepancy, refinement)
+def partition(chain: DenseChain, x, eps, discrepancy: AbstractDiscrepancy, refinement: str, eps_max=None):
+    """The labels of `partition_with_result`."""
+    return partition_with_result(chain, x, eps, discrepancy, refinement, eps_max)[0]
+
+
+def lump_chain_unjitted(
+    original: DenseChain, x, eps, discrepancy, refinement: str, refit: bool, ridge, certify_ode: bool, eps_max=None
+):
+    """The fixed-shape core on canonical chains, ε traced (`eps_max`: see `partition_with_result`)."""
+    partitions, partition_result = partition_with_result(original, x, eps, discrepancy, refinement, eps_max)
     reduced = quotient(original, partitions, original.widths[1:-1])
+    results = [partition_result, finite_result(reduced, RESULTS.nonfinite_result)]
     if refit and x is not None:
-        reduced = reconstruct_chain(original, reduced, x, partitions, ridge=ridge)
+        reduced, refit_result = reconstruct_chain(original, reduced, x, partitions, ridge=ridge)
+        results.append(refit_result)
     if x is None:
         nan = jnp.asarray(jnp.nan, original.weights[0].dtype)
         certificate = Certificate(nan, nan, nan, nan)
     else:
-        certificate = certify(original, reduced, partitions, x, simulate_ode=certify_ode)
+        certificate, certificate_result = certify(original, reduced, partitions, x, simulate_ode=certify_ode)
+        results.append(certificate_result)
     hidden = original.widths[1:-1]
     info = CompressionInfo(
         method="lump",
@@ -53,9 +87,13 @@ def lump_chain(original: DenseChain, x, eps, discrepancy, refinement: str, refit
         cost_before=chain_cost(original),
         cost_after=chain_cost(reduced, live_masks(hidden, partitions)),
         certificate=certificate,
-        result=result_status(reduced),
+        result=combine(*results),
     )
     return reduced, info
+
+
+# Compiled once per network shape. `jaxlump.sweep` traces the unjitted core itself, inside its own vmap.
+lump_chain = eqx.filter_jit(lump_chain_unjitted)
 
 
 def _prepare(model, x_calib, eps, discrepancy, refinement, ridge):
@@ -85,6 +123,7 @@ def lump(
     refit: bool = True,
     ridge: float = DEFAULT_RIDGE,
     certify_ode: bool = True,
+    throw: bool = True,
 ):
     """Compress `model` by lumping neurons whose dynamics coincide up to ε (AFDE).
 
@@ -105,6 +144,8 @@ def lump(
     - `refit`: re-solve the reduced layers by least squares (`jaxlump.reconstruct`); default `True`.
     - `ridge`: the refit's ridge, relative to the Gram diagonal, pulling towards the quotient.
     - `certify_ode`: also simulate both ODE encodings for the certificate (32 inputs, 11 times).
+    - `throw`: raise a `jaxlump.CompressionError` naming the failed stage (ODE solve, refinement, quotient,
+      least-squares refit, certificate); `False` returns the result with `info.result` set instead.
 
     **Returns:** `(smaller_model, info)`: a model of the same kind (an `eqx.nn.MLP` whose hidden widths
     become unequal comes back as a `LumpedMLP`) and a `CompressionInfo` with per-layer partitions and
@@ -133,8 +174,11 @@ def lump(
         refit=refit,
         ridge=ridge,
         certify_ode=certify_ode,
+        throw=False,
     )
-    return shrink(masked, info)
+    small, info = shrink(masked, info)
+    raise_if_failed(info.result, None, check_bool(throw, "throw"), "jaxlump.lump")
+    return small, info
 
 
 def lump_masked(
@@ -147,6 +191,7 @@ def lump_masked(
     refit: bool = True,
     ridge: float = DEFAULT_RIDGE,
     certify_ode: bool = False,
+    throw: bool = True,
 ):
     """`lump` with fixed shapes: works under `jax.jit` and `jax.vmap` (e.g. over ε).
 
@@ -167,5 +212,7 @@ def lump_masked(
     ```
     """
     chain, x, eps, ridge = _prepare(model, x_calib, eps, discrepancy, refinement, ridge)
+    refit, certify_ode = check_bool(refit, "refit"), check_bool(certify_ode, "certify_ode")
     reduced, info = lump_chain(chain, x, eps, discrepancy, refinement, refit, ridge, certify_ode)
+    reduced = raise_if_failed(info.result, reduced, check_bool(throw, "throw"), "jaxlump.lump_masked")
     return from_chain(reduced, like=model), info

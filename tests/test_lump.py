@@ -209,16 +209,14 @@ def test_vmap_over_eps_grid_matches_a_loop():
 
 @pytest.mark.parametrize(
     "kind, groups, expected",
-    [("mlp", (4, 4), eqx.nn.MLP), ("mlp", (3, 5), jaxlump.LumpedMLP), ("sequential", (3, 5), eqx.nn.Sequential)],
+    [("mlp", (4, 4), jaxlump.LumpedMLP), ("mlp", (3, 5), jaxlump.LumpedMLP), ("sequential", (3, 5), eqx.nn.Sequential)],
 )
 def test_result_type_purity_and_determinism(kind, groups, expected):
     model, _ = planted_mlp(jr.key(11), WIDTHS, groups, kind=kind)
     before = [np.array(leaf) for leaf in jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_array))]
     small, info = lump(model, X, 0.0)
     again, info_again = lump(model, X, 0.0)
-    assert type(small) is expected and hidden_widths(small) == groups
-    if expected is eqx.nn.MLP:
-        assert small.width_size == 4 and small.depth == 2
+    assert type(small) is expected and hidden_widths(small) == groups  # the type does not depend on the widths
     after = jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_array))
     assert len(after) == len(before) and all(np.array_equal(a, b) for a, b in zip(after, before))
     arrays = jax.tree_util.tree_leaves(eqx.filter((small, info), eqx.is_array))
@@ -313,3 +311,46 @@ def test_dynamical_discrepancy_recovers_planted_groups(split, groups, seed):
     small, info = lump(model, X, 0.0, discrepancy=jaxlump.Dynamical())
     assert partitions_of(info) == [set_partition(p) for p in planted]
     assert max_deviation(small, model) <= 1e-10
+
+
+def test_eps_zero_is_exact_in_a_badly_scaled_layer():
+    """The rounding floor is per pair: two small neurons that differ are not merged because a huge one sets the
+    layer's scale (with a floor relative to the layer, neurons 1 and 2 merged and the output changed by ~100 %)."""
+    w1 = np.array([[1e17, 1e17, 1e17], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.5, 0.5, 0.25]])
+    weights, biases = parameters(random_mlp(jr.key(9), (3, 4, 4, 2)))
+    model = build((3, 4, 4, 2), [w1, *weights[1:]], [np.zeros(4), *biases[1:]], "tanh", "sequential")
+    for refit in (False, True):
+        small, info = lump(model, X, 0.0, refit=refit)
+        assert hidden_widths(small) == (4, 4) and max_deviation(small, model) <= 1e-12
+    small, _ = lump(model, X, 1e-12, refit=False)  # relative to the layer, the pair is still within 1e-12
+    assert hidden_widths(small)[0] < 4
+
+
+def test_neuron_with_zero_outgoing_column_is_removed_exactly_at_any_eps():
+    weights, biases = parameters(random_mlp(jr.key(12), WIDTHS))
+    weights = [np.array(w) for w in weights]
+    weights[1][:, 2] = 0.0  # layer-1 neuron 2 feeds nothing
+    weights[2][:, 5] = 0.0  # layer-2 neuron 5 feeds nothing: its incoming weights are irrelevant
+    model = build(WIDTHS, weights, biases, "tanh", "sequential")
+    for eps in (0.0, 0.4, np.inf):
+        small, info = lump(model, X, eps, refit=False)
+        _, masked_info = jaxlump.lump_masked(model, X, eps, refit=False)
+        assert int(info.partitions[0][2]) == int(masked_info.partitions[0][2]) == -1
+        assert int(info.partitions[1][5]) == int(masked_info.partitions[1][5]) == -1
+        assert 2 not in np.asarray(masked_info.partitions[0]) and 5 not in np.asarray(masked_info.partitions[1])
+        if eps == 0.0:
+            assert hidden_widths(small) == (7, 7) and max_deviation(small, model) <= 1e-12
+        if eps == np.inf:
+            assert hidden_widths(small) == (1, 1)
+
+
+@pytest.mark.parametrize("refit", [False, True])
+def test_lumping_a_masked_result_again_keeps_no_zero_neuron(refit):
+    """The masked form's unused neurons have zero outgoing columns, so lumping it again removes them."""
+    model = random_mlp(jr.key(13), WIDTHS)
+    masked, info = jaxlump.lump_masked(model, X, 1.0, refit=refit)
+    widths = tuple(np.asarray(info.widths_after[1:-1]).tolist())
+    assert widths != WIDTHS[1:-1]
+    again, again_info = lump(masked, X, 0.0, refit=refit)
+    assert hidden_widths(again) == widths
+    assert max_deviation(again, masked) <= 1e-10

@@ -1,0 +1,81 @@
+"""Shared helpers of the perf_* benchmarks: timing, machine description, result files that never overwrite.
+
+Every script takes `--quick` (small sizes, `results/perf_<name>_quick.json`) and `--overwrite`; without the latter an
+existing result file is kept and the new one gets a time-stamped name. Plots are drawn from the JSON only.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import pathlib
+import platform
+import time
+
+import jax
+import numpy as np
+
+RESULTS = pathlib.Path(__file__).parent / "results"
+
+
+def arguments(description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run); writes *_quick.json")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing result file")
+    parser.add_argument("--repeats", type=int, default=3, help="timed repetitions per point (the minimum is kept)")
+    return parser.parse_args()
+
+
+def block(tree):
+    return jax.block_until_ready(tree)
+
+
+def timed(fn, *args, repeats: int = 3) -> dict:
+    """First call (compile + run) and the best and median of `repeats` further calls, in seconds."""
+    start = time.perf_counter()
+    block(fn(*args))
+    first = time.perf_counter() - start
+    times = []
+    for _ in range(max(1, repeats)):
+        start = time.perf_counter()
+        block(fn(*args))
+        times.append(time.perf_counter() - start)
+    return {"first_s": first, "best_s": float(np.min(times)), "median_s": float(np.median(times))}
+
+
+def machine() -> dict:
+    """What the numbers were measured on (the load average says how shared the machine was)."""
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "load_average_1_5_15": list(os.getloadavg()),
+        "jax": jax.__version__,
+        "devices": [str(d) for d in jax.devices()],
+        "x64": bool(jax.config.jax_enable_x64),
+        "date_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def output_path(name: str, quick: bool, overwrite: bool, suffix: str = ".json") -> pathlib.Path:
+    """`results/perf_<name>[_quick]<suffix>`, or a time-stamped sibling when it exists and `overwrite` is off."""
+    RESULTS.mkdir(exist_ok=True)
+    stem = f"perf_{name}{'_quick' if quick else ''}"
+    path = RESULTS / f"{stem}{suffix}"
+    if path.exists() and not overwrite:
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
+        path = RESULTS / f"{stem}.{stamp}{suffix}"
+    return path
+
+
+def write(name: str, args: argparse.Namespace, payload: dict) -> pathlib.Path:
+    payload = {"machine": machine(), "quick": bool(args.quick), **payload}
+    path = output_path(name, args.quick, args.overwrite)
+    path.write_text(json.dumps(payload, indent=1))
+    print(f"wrote {path}")
+    return path
+
+
+def figure_path(json_path: pathlib.Path) -> pathlib.Path:
+    return json_path.with_suffix(".png")

@@ -1,0 +1,312 @@
+"""ε grids in one compiled call, sharded over devices (DESIGN §4).
+
+`sweep` runs `lump_masked`'s core under `jax.vmap` over the grid, so everything that does not depend on ε
+is computed once: the discrepancy's preparation (the Dynamical trajectories), the original network's forward
+pass and first-layer Gram matrix, and the first layer's distances — whose exact values are needed only up to the
+grid's largest ε. The rest (later layers' distances, refinements, quotients, refits, certificates) is batched.
+With several devices the grid is split over a 1-D mesh with `jax.shard_map`; the model and the calibration data
+are replicated, so every device runs the same program on its slice and the results equal one device's.
+"""
+
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.tree_util as jtu
+import numpy as np
+from jax.sharding import Mesh, PartitionSpec
+
+from ._adapters import from_chain
+from ._discrepancy import AbstractDiscrepancy, Structural, batched_over
+from ._errors import RESULTS, check_bool, is_traced
+from ._info import Certificate, CompressionInfo
+from ._lump import _prepare, lump_chain_unjitted
+from ._reconstruct import DEFAULT_RIDGE
+from ._reduction.masked import shrink
+
+_AXIS = "eps"
+_ERRORS = tuple(Certificate.__dataclass_fields__)
+
+
+@eqx.filter_jit
+@eqx.debug.assert_max_traces(max_traces=None)  # counts traces (eqx.debug.get_num_traces), limits nothing
+def _sweep_core(model, chain, x, grid, discrepancy, refinement, refit, ridge, certify_ode, mesh):
+    n = grid.shape[0]
+    size = 1 if mesh is None else mesh.devices.size
+    padded = jnp.concatenate([grid, jnp.full(-n % size, grid[-1], grid.dtype)])
+    eps_max = jnp.max(grid)
+
+    def local(chain, x, eps, eps_max):
+        def one(e):
+            return lump_chain_unjitted(chain, x, e, discrepancy, refinement, refit, ridge, certify_ode, eps_max)
+
+        with batched_over(_AXIS):
+            return jax.vmap(one, axis_name=_AXIS)(eps)
+
+    if mesh is None:
+        out = local(chain, x, padded, eps_max)
+    else:
+        replicated = PartitionSpec()
+        out = jax.shard_map(
+            local,
+            mesh=mesh,
+            in_specs=(replicated, replicated, PartitionSpec(_AXIS), replicated),
+            out_specs=PartitionSpec(_AXIS),
+            check_vma=False,
+        )(chain, x, padded, eps_max)
+    reduced, infos = jtu.tree_map(lambda leaf: leaf[:n], out)
+    return eqx.filter_vmap(lambda c: from_chain(c, like=model))(reduced), infos
+
+
+class Sweep(eqx.Module):
+    """The results of `jaxlump.sweep`: one fixed-shape lumped model and info per ε, stacked.
+
+    Every array leaf of `models` and `infos` has the grid as its leading axis. Per-ε figures are exposed
+    as arrays over the grid (`widths`, `dense_params`, `flops`, `errors(...)`, `results`); `at(i)` gives one
+    slice exactly as `jaxlump.lump_masked(model, x_calib, eps_grid[i], ...)` would, and `smallest_within`,
+    `closest_to` pick one and shrink it.
+    """
+
+    eps_grid: jax.Array
+    models: object
+    infos: CompressionInfo
+
+    def __len__(self) -> int:
+        return int(self.eps_grid.shape[0])
+
+    @property
+    def widths(self) -> jax.Array:
+        """`(grid, layers + 1)`: the live widths after lumping at each ε."""
+        return self.infos.widths_after
+
+    @property
+    def dense_params(self) -> jax.Array:
+        """Dense parameters of each shrunk result."""
+        return self.infos.cost_after.dense_params
+
+    @property
+    def flops(self) -> jax.Array:
+        """Dense FLOPs per example of each shrunk result."""
+        return self.infos.cost_after.flops
+
+    @property
+    def certificate(self) -> Certificate:
+        """The stacked `Certificate`s (calibration error, ODE deviation, a-priori bound) per ε."""
+        return self.infos.certificate
+
+    @property
+    def successful(self) -> np.ndarray:
+        """Per ε, whether every stage succeeded (`info.result == RESULTS.successful`)."""
+        return np.asarray(self.infos.result._value) == np.asarray(RESULTS.successful._value)
+
+    @property
+    def results(self) -> list[str]:
+        """Per ε, the message of its `RESULTS` code (`""` for success)."""
+        messages = RESULTS._index_to_message  # noqa: SLF001 - equinox's own table of messages
+        return [messages[int(v)] for v in np.asarray(self.infos.result._value)]
+
+    def errors(self, error: str = "output_max_abs") -> np.ndarray:
+        """Per ε, one field of the certificate (`output_max_abs`, `output_rms`, `ode_max_abs`, `a_priori_bound`)."""
+        if error not in _ERRORS:
+            raise ValueError(f"`error` must be one of {list(_ERRORS)}; received {error!r}.")
+        return np.asarray(getattr(self.certificate, error))
+
+    def at(self, i: int):
+        """`(masked_model, info)` at `eps_grid[i]`, as `lump_masked` returns them (shrink with `jaxlump.shrink`)."""
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"`i` must be an integer index into the grid; received {i!r}.")
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"`i` = {i} is out of range for a grid of {len(self)} values.")
+        return jtu.tree_map(lambda leaf: leaf[i] if eqx.is_array(leaf) else leaf, (self.models, self.infos))
+
+    def _pick(self, keep: np.ndarray, key, what: str):
+        keep = keep & self.successful
+        if not keep.any():
+            raise ValueError(f"no ε of the grid {np.asarray(self.eps_grid).tolist()} gives {what}.")
+        candidates = np.flatnonzero(keep)
+        return shrink(*self.at(int(candidates[np.lexsort(key(candidates)[::-1])][0])))
+
+    def smallest_within(self, max_error: float, *, error: str = "output_max_abs"):
+        """The shrunk `(model, info)` with the fewest dense parameters whose `error` is `≤ max_error`.
+
+        Ties go to the smaller error, then the smaller ε. Only successful results are considered.
+        """
+        values, size = self.errors(error), np.asarray(self.dense_params)
+        return self._pick(
+            values <= float(max_error), lambda c: (size[c], values[c], c), f"{error} <= {max_error} successfully"
+        )
+
+    def closest_to(self, *, params: int):
+        """The shrunk `(model, info)` whose dense parameter count is closest to `params` (ties: the smaller)."""
+        size = np.asarray(self.dense_params)
+        return self._pick(
+            np.ones(len(self), bool), lambda c: (np.abs(size[c] - int(params)), size[c], c), "a successful result"
+        )
+
+    def plot(self, ax=None, *, error: str = "output_max_abs"):
+        """Size (dense parameters) against `error` on log axes, each point labelled with its ε; returns the Axes.
+
+        Results with zero error (exact ε) cannot sit on a log axis and are listed in the legend instead.
+        """
+        import matplotlib.pyplot as plt
+
+        ax = plt.subplots()[1] if ax is None else ax
+        values, size, grid = self.errors(error), np.asarray(self.dense_params), np.asarray(self.eps_grid)
+        shown = (values > 0) & self.successful
+        zero = int(np.sum((values == 0) & self.successful))
+        label = "lump (ε sweep)" + (f"; {zero} result(s) with zero error not shown" if zero else "")
+        ax.plot(size[shown], values[shown], "o-", label=label)
+        for s, v, e in zip(size[shown], values[shown], grid[shown]):
+            ax.annotate(f"ε={e:.3g}", (s, v), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("dense parameters")
+        ax.set_ylabel(error.replace("_", " ") + " (calibration)")
+        ax.legend()
+        return ax
+
+
+def _check_grid(eps_grid) -> jax.Array:
+    if is_traced(eps_grid):
+        grid = jnp.asarray(eps_grid, jnp.result_type(float))
+        if grid.ndim != 1 or grid.shape[0] == 0:
+            raise ValueError(f"`eps_grid` must be a non-empty 1-D array; received shape {grid.shape}.")
+        return eqx.error_if(grid, jnp.any(jnp.isnan(grid) | (grid < 0)), "`eps_grid` must hold numbers >= 0.")
+    try:
+        values = np.asarray(eps_grid, dtype=float)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"`eps_grid` must be a 1-D sequence of numbers >= 0; received {eps_grid!r}.") from e
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"`eps_grid` must be a non-empty 1-D sequence; received shape {values.shape}.")
+    if np.any(np.isnan(values) | (values < 0)):
+        raise ValueError(f"`eps_grid` must hold numbers >= 0 (inf allowed); received {values.tolist()}.")
+    return jnp.asarray(values, jnp.result_type(float))
+
+
+def _mesh(devices) -> Mesh | None:
+    devices = jax.devices() if devices is None else devices
+    if isinstance(devices, jax.Device):
+        devices = [devices]
+    try:
+        devices = list(devices)
+    except TypeError as e:
+        raise TypeError(f"`devices` must be a sequence of jax devices or None; received {devices!r}.") from e
+    if not devices or not all(isinstance(d, jax.Device) for d in devices):
+        raise TypeError(f"`devices` must be a non-empty sequence of jax devices (jax.devices()); received {devices!r}.")
+    if len({d.id for d in devices}) != len(devices):
+        raise ValueError(f"`devices` lists a device twice: {devices}.")
+    return None if len(devices) == 1 else Mesh(np.asarray(devices), (_AXIS,))
+
+
+def sweep(
+    model,
+    x_calib,
+    eps_grid,
+    *,
+    devices=None,
+    discrepancy: AbstractDiscrepancy = Structural(),
+    refinement: str = "representative",
+    refit: bool = True,
+    ridge: float = DEFAULT_RIDGE,
+    certify_ode: bool = False,
+) -> Sweep:
+    """Lump `model` at every ε of a grid in one compiled call, sharded over devices.
+
+    Equivalent to `[jaxlump.lump_masked(model, x_calib, e, ...) for e in eps_grid]` (identical partitions), but
+    the work independent of ε is done once and the rest is batched with `vmap`; a second grid of the same
+    length reuses the compiled program. Failures are not raised: each ε's `RESULTS` code is in `infos.result`.
+
+    **Arguments:**
+
+    - `model`, `x_calib`: as `jaxlump.lump`.
+    - `eps_grid`: a non-empty 1-D sequence of ε ≥ 0, any length (padded to a multiple of the device count).
+    - `devices`: the devices to shard the grid over (default `jax.devices()`); the model and data are replicated.
+    - `discrepancy`, `refinement`, `refit`, `ridge`, `certify_ode`: as `jaxlump.lump_masked`.
+
+    **Returns:** a `Sweep`.
+
+    **Raises:** as `jaxlump.lump_masked` for a bad model, data or option; `ValueError`/`TypeError` for an empty,
+    non-1-D, negative or NaN grid and for `devices` that are not jax devices.
+
+    ```python
+    import equinox as eqx, jax.numpy as jnp, jax.random as jr, jaxlump
+    mlp = eqx.nn.MLP(4, 2, 32, 2, activation=jnp.tanh, key=jr.key(0))
+    x = jr.normal(jr.key(1), (256, 4))
+    result = jaxlump.sweep(mlp, x, [0.0, 0.2, 0.5, 1.0])
+    masked, info = result.at(2)
+    small, small_info = result.smallest_within(0.5)
+    assert int(small_info.cost_after.dense_params) <= int(result.dense_params[0])
+    ```
+
+    Reference: Dhiman, Passarella, Tribastone, Valerio, *Neural Network Compression by Approximate
+    Differential Equivalence*, arXiv 2606.01402 (2026).
+    """
+    grid = _check_grid(eps_grid)
+    chain, x, _, ridge = _prepare(model, x_calib, 0.0, discrepancy, refinement, ridge)
+    refit, certify_ode = check_bool(refit, "refit"), check_bool(certify_ode, "certify_ode")
+    mesh = _mesh(devices)
+    models, infos = _sweep_core(model, chain, x, grid, discrepancy, refinement, refit, ridge, certify_ode, mesh)
+    return Sweep(grid, models, infos)
+
+
+def sweep_to_size(
+    model,
+    x_calib,
+    target_params: int,
+    *,
+    grid_size: int = 16,
+    rounds: int = 2,
+    devices=None,
+    throw: bool = True,
+    **lump_options,
+):
+    """The lumped `(model, info)` with the most dense parameters `≤ target_params`, from a few sweeps.
+
+    A coarse grid (0, then geometric from 10⁻³ to 10, extended ×8 while even its largest ε is too big) is
+    evaluated in one call; then `rounds` grids of the same length (no recompilation) between the bracketing ε
+    of the best result. The size is not monotone in ε for the representative refinement, so every evaluated
+    successful result counts. Used by `jaxlump.baselines.compress_to` for `lump`; `lump_options` as `sweep`.
+
+    **Raises:** `ValueError` for a non-positive target, or when no successful result is small enough (with
+    `throw=False` the best-fitting failed result is returned instead, its `info.result` saying why).
+    """
+    target = int(target_params)
+    if target <= 0:
+        raise ValueError(f"`target_params` must be a positive integer; received {target_params!r}.")
+    if int(grid_size) < 2 or int(rounds) < 0:
+        raise ValueError(f"`grid_size` must be >= 2 and `rounds` >= 0; received {grid_size!r}, {rounds!r}.")
+    throw = check_bool(throw, "throw")
+    grid = np.concatenate([[0.0], np.geomspace(1e-3, 10.0, int(grid_size) - 1)])
+    evaluated = []  # (ε, size, successful, sweep, index)
+
+    def run(grid):
+        result = sweep(model, x_calib, grid, devices=devices, **lump_options)
+        sizes, ok = np.asarray(result.dense_params), result.successful
+        evaluated.extend((float(e), int(s), bool(k), result, i) for i, (e, s, k) in enumerate(zip(grid, sizes, ok)))
+        return sizes, ok
+
+    def fitting(successful=True):
+        return [r for r in evaluated if r[1] <= target and (r[2] or not successful)]
+
+    sizes, ok = run(grid)
+    for _ in range(6):
+        if np.any(ok & (sizes <= target)):
+            break
+        grid = grid * 8.0
+        sizes, ok = run(grid)
+    for _ in range(int(rounds) if fitting() else 0):
+        best = max(fitting(), key=lambda r: (r[1], -r[0]))
+        low = max((r[0] for r in evaluated if r[0] < best[0] and r[1] > target), default=0.0)
+        if best[1] == target or math.isclose(low, best[0], rel_tol=1e-9, abs_tol=0.0):
+            break
+        run(np.linspace(low, best[0], int(grid_size)))
+    fits = fitting() or ([] if throw else fitting(successful=False))
+    if not fits:
+        smallest = min((r[1] for r in evaluated if r[2]), default=None)
+        raise ValueError(
+            f"`lump` cannot reach {target} dense parameters (the smallest successful result has {smallest}; "
+            f"ε up to {grid[-1]})."
+        )
+    best = max(fits, key=lambda r: (r[1], -r[0]))
+    return shrink(*best[3].at(best[4]))
