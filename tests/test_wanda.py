@@ -87,8 +87,8 @@ def test_sequential_and_dense_statistics_differ_as_expected():
     # The first layer sees the raw inputs either way; the second is scored on pruned vs dense activations.
     chain, x = _chain(widths=(3, 6, 5, 2), seed=6), _data()
     seq_ref, dense_ref = _np_wanda(chain, x, 0.5)[0], _np_wanda(chain, x, 0.5, sequential=False)[0]
-    _, seq = wanda(chain, x, 0.5, sequential=True)
-    _, dense = wanda(chain, x, 0.5, sequential=False)
+    _, seq = wanda(chain, x, 0.5, scope="row", sequential=True)
+    _, dense = wanda(chain, x, 0.5, scope="row", sequential=False)
     np.testing.assert_array_equal(np.asarray(seq.weight_masks[0]), np.asarray(dense.weight_masks[0]))
     assert not np.array_equal(seq_ref[1], dense_ref[1])  # the planted case really separates the two modes
     np.testing.assert_array_equal(np.asarray(seq.weight_masks[1]), seq_ref[1])
@@ -120,17 +120,30 @@ def test_invariant_to_rescaling_inputs(sequential):
     np.testing.assert_array_equal(np.asarray(base.weight_masks[0]), np.asarray(scaled.weight_masks[0]))
 
 
+def test_default_scope_is_the_layer_as_for_every_baseline():
+    """One default per concept: every jaxlump pruning baseline compares weights within a layer by default."""
+    import inspect
+
+    from jaxlump.baselines import elimination_compensation, magnitude, random, structured_prune
+
+    for function in (wanda, magnitude, random, elimination_compensation, structured_prune):
+        assert inspect.signature(function).parameters["scope"].default == "layer", function.__name__
+    chain, x = _chain(widths=(2, 8, 8, 1), seed=6), _data(width=2)
+    _, info = wanda(chain, x, 0.5)
+    assert int(jnp.sum(~info.weight_masks[1])) == 32  # int(64 · 0.5) in the layer, rows may differ
+
+
 @pytest.mark.parametrize("sparsity", [0.25, 0.5, 0.8])
 def test_exact_per_row_sparsity_and_first_layer_modes(sparsity):
     chain, x = _chain(widths=(2, 8, 8, 1), seed=6), _data(width=2)
-    _, info = wanda(chain, x, sparsity, first_layer="prune")
+    _, info = wanda(chain, x, sparsity, scope="row", first_layer="prune")
     for m in info.weight_masks[:2]:
         assert np.all(np.asarray(m.sum(axis=1)) == m.shape[1] - int(m.shape[1] * sparsity))
     assert bool(jnp.all(info.weight_masks[2]))
-    _, info = wanda(chain, x, sparsity)  # default first_layer="layer": one group of 16 weights
+    _, info = wanda(chain, x, sparsity, scope="row")  # default first_layer="layer": one group of 16 weights
     assert int(jnp.sum(~info.weight_masks[0])) == int(16 * sparsity)
     assert np.all(np.asarray(info.weight_masks[1].sum(axis=1)) == 8 - int(8 * sparsity))
-    _, info = wanda(chain, x, sparsity, first_layer="skip")
+    _, info = wanda(chain, x, sparsity, scope="row", first_layer="skip")
     assert bool(jnp.all(info.weight_masks[0])) and int(jnp.sum(~info.weight_masks[1])) == 8 * int(8 * sparsity)
 
 

@@ -145,7 +145,7 @@ def elimination_compensation(
     x_calib: Calibration,
     sparsity: float,
     *,
-    scope: str = "global",
+    scope: str = "layer",
     compensate: bool = True,
     prune_output: bool = False,
     nonlinear: bool = False,
@@ -165,7 +165,8 @@ def elimination_compensation(
     - `model`: an `eqx.nn.MLP`, `eqx.nn.Sequential`, `jaxlump.LumpedMLP` or `flax.nnx` model.
     - `x_calib`: calibration inputs, shape `(N, in)`; required.
     - `sparsity`: the fraction `s ∈ [0, 1)` of prunable weights to zero.
-    - `scope`: `"global"` (default; `I` is in output units², comparable across layers) or `"layer"`.
+    - `scope`: `"layer"` (default, the same for every jaxlump pruning baseline: each prunable layer to `s`)
+      or `"global"` (one ranking; `I` is in output units², comparable across layers).
     - `compensate`: `True` (default) scores with and applies the bias shifts; `False` is the
       elimination-only ablation, score `I⁰ = W² S2/N` and no bias change. Layers built without a
       bias are always scored and pruned this way.

@@ -12,7 +12,7 @@ def magnitude(
     x_calib: Calibration | None,
     sparsity: float,
     *,
-    scope: str = "global",
+    scope: str = "layer",
     prune_output: bool = False,
     throw: bool = True,
 ) -> tuple[Any, CompressionInfo]:
@@ -26,9 +26,9 @@ def magnitude(
     - `model`: an `eqx.nn.MLP`, `eqx.nn.Sequential`, `jaxlump.LumpedMLP` or `flax.nnx` model.
     - `x_calib`: not needed (may be `None`); when given it is validated as `(batch, in)` data.
     - `sparsity`: the fraction `s ∈ [0, 1)` of prunable weights to zero.
-    - `scope`: `"global"` (default: one ranking over all prunable layers, which may thin small
-      layers much more than large ones), `"layer"` (each prunable layer to `s`) or `"row"` (every
-      output neuron keeps the same number of inputs).
+    - `scope`: `"layer"` (default, the same for every jaxlump pruning baseline: each prunable layer
+      to `s`), `"global"` (one ranking over all prunable layers, which may thin small layers much
+      more than large ones) or `"row"` (every output neuron keeps the same number of inputs).
     - `prune_output`: whether the output layer is prunable. Default `False`, the same for every
       jaxlump baseline: all hidden layers (the first one included) are pruned, the head is not,
       as in Wanda and the LLM pruning literature.

@@ -28,14 +28,14 @@ def wanda(
     x_calib: Calibration,
     sparsity: float,
     *,
-    scope: str = "row",
+    scope: str = "layer",
     sequential: bool = True,
     first_layer: str = "layer",
     bias_correction: bool = False,
     prune_output: bool = False,
     throw: bool = True,
 ) -> tuple[Any, CompressionInfo]:
-    """Prune the weights with the smallest `|W_ij|·‖X_j‖₂`, per output neuron, with no weight update.
+    """Prune the weights with the smallest `|W_ij|·‖X_j‖₂` (per layer, or per output neuron), with no weight update.
 
     `X ∈ R^{N×n_in}` stacks the layer's input activations over the calibration data (the raw
     features for the first layer). In every group of `n` weights exactly `int(n·s)` lowest scores are
@@ -47,8 +47,9 @@ def wanda(
     - `model`: an `eqx.nn.MLP`, `eqx.nn.Sequential`, `jaxlump.LumpedMLP` or `flax.nnx` model.
     - `x_calib`: calibration inputs, shape `(N, in)`; required.
     - `sparsity`: the fraction `s ∈ [0, 1)` of prunable weights to zero.
-    - `scope`: `"row"` (default, Wanda's per-output group: every neuron keeps `n_in − int(n_in·s)`
-      inputs) or `"layer"` (one ranking per weight matrix, as Wanda's image-classifier code offers).
+    - `scope`: `"layer"` (default, the same for every jaxlump pruning baseline: one ranking per weight
+      matrix, as Wanda's image-classifier code offers) or `"row"` (Wanda's LLM per-output group: every
+      neuron keeps `n_in − int(n_in·s)` inputs; pass it to reproduce the paper's setting).
     - `sequential`: `True` (default, Wanda's LLM code) scores each layer on the activations of the
       already-pruned layers before it; `False` (Wanda's image-classifier code) on the dense
       network's activations, so pruning error is not propagated into the statistics.
@@ -76,7 +77,7 @@ def wanda(
 
     mlp = eqx.nn.MLP(4, 1, 8, 2, activation=jnp.tanh, key=jr.key(0))
     x = jr.normal(jr.key(1), (64, 4))
-    pruned, info = wanda(mlp, x, 0.5)
+    pruned, info = wanda(mlp, x, 0.5, scope="row")
     assert bool(jnp.all(jnp.sum(info.weight_masks[1], axis=1) == 4))   # 8 inputs per row, half kept
     ```
 
