@@ -5,8 +5,10 @@ everyone (`reconstruct_chain`, the solver behind `jaxlump.reconstruct`, lumping'
 `reconstruct=True`); **C** test MSE against measured cost (dense FLOPs, jitted forward latency at batch 1 and 1024).
 
 One command runs it all and resumes: each (data set, width, seed) writes one raw JSON file under
-`benchmarks/results/experiments/raw/` and is skipped when it exists. Tables and figures are rebuilt from the raw
-JSON by `benchmarks/experiments_report.py` (run at the end, or alone with `--report-only`).
+`benchmarks/results/experiments/raw/`; a file that exists is skipped, or completed with the methods it lacks
+(the trained network is cached, so it is the same one). `--methods` and `--seeds` give a first, smaller pass.
+Tables and figures are rebuilt from the raw JSON by `benchmarks/experiments_report.py` (run at the end, or alone
+with `--report-only`).
 
     python3 benchmarks/experiments.py                 # full run: 8 data sets × 5 seeds of 2×64, then 2×256 subset
     python3 benchmarks/experiments.py --quick         # abalone, 2 seeds, 3 sizes (writes raw-quick/, quick/)
@@ -437,19 +439,42 @@ def describe(original, small, info, data, x_calib, bounds, measure_latency: bool
     return row
 
 
-def run_one(name: str, seed: int, width: int, sizes, methods: dict[str, Method], args) -> dict:
+def trained_network(name: str, seed: int, width: int, x_train, y_train, args):
+    """The trained `eqx.nn.MLP` and its training record, cached (parameters as npz) so that a later pass adding
+    methods to an existing raw file compresses exactly the same network."""
+    path = pathlib.Path(args.cache) / f"{name}_w{width}_s{seed}_model.eqx"
+    like = eqx.nn.MLP(
+        x_train.shape[1], y_train.shape[1], width, 2, activation=jnp.tanh, dtype=jnp.float64, key=jr.key(0)
+    )
+    if path.exists() and path.with_suffix(".json").exists():
+        return eqx.tree_deserialise_leaves(path, like), json.loads(path.with_suffix(".json").read_text())
     start = time.perf_counter()
-    x_train, y_train, x_test, y_test = load(name, seed, pathlib.Path(args.cache))
     trained, training = train(x_train, y_train, width, 2, seed, max_steps=args.max_steps)
     training["wall_s"] = time.perf_counter() - start
+    path.parent.mkdir(parents=True, exist_ok=True)
+    eqx.tree_serialise_leaves(path, trained)
+    path.with_suffix(".json").write_text(json.dumps(training))
+    return trained, training
+
+
+def run_one(name: str, seed: int, width: int, sizes, methods: dict[str, Method], args, record=None) -> dict:
+    """One (data set, width, seed): train (or reuse) the network and add every method in `methods` that `record`
+    (an existing raw file's content) does not hold yet."""
+    start = time.perf_counter()
+    x_train, y_train, x_test, y_test = load(name, seed, pathlib.Path(args.cache))
+    trained, training = trained_network(name, seed, width, x_train, y_train, args)
     # Compressors run on the canonical chain of the trained eqx.nn.MLP: results of any shape come back as chains,
     # without a per-shape model rebuild (the numbers are those of the MLP it was read from).
     model = to_chain(trained)
     rows = np.random.default_rng(seed + 1000).choice(len(x_train), N_CALIB, replace=False)
     x_calib = jnp.asarray(x_train[rows])
-    check = jaxlump.check_encoding(trained, x_calib[:32])
     base = int(jaxlump.cost(model).dense_params)
     bounds = B.rank_bounds(model, x_calib)
+    if record is not None:
+        done = {p["method"] for p in record["points"]}
+        methods = {k: v for k, v in methods.items() if k not in done}
+        return _add_points(record, model, methods, sizes, base, bounds, x_calib, (x_test, y_test), seed, start)
+    check = jaxlump.check_encoding(trained, x_calib[:32])
     record = {
         "dataset": name,
         "seed": seed,
@@ -471,6 +496,12 @@ def run_one(name: str, seed: int, width: int, sizes, methods: dict[str, Method],
         "points": [],
     }
     record["original"]["latency_b1_us"], record["original"]["latency_b1024_us"] = latency(model, True)
+    return _add_points(record, model, methods, sizes, base, bounds, x_calib, (x_test, y_test), seed, start)
+
+
+def _add_points(record, model, methods, sizes, base, bounds, x_calib, test, seed, start) -> dict:
+    name, width = record["dataset"], record["width"]
+    x_test, y_test = test
     bar = tqdm(total=len(methods) * len(sizes), desc=f"{name} w{width} s{seed}", leave=False, file=sys.stdout)
     for method_name, method in methods.items():
         memo: dict = {}
@@ -522,7 +553,7 @@ def run_one(name: str, seed: int, width: int, sizes, methods: dict[str, Method],
                 bar.update(len(fractions) - 1)
                 break
     bar.close()
-    record["wall_s"] = time.perf_counter() - start
+    record["wall_s"] = record.get("wall_s", 0.0) + time.perf_counter() - start
     return record
 
 
@@ -570,9 +601,12 @@ def main(argv=None):
         done = 0
         for name, seed, width in tqdm(todo, desc="experiments", file=sys.stdout):
             path = raw / f"{name}_w{width}_s{seed}.json"
+            existing = None
             if path.exists() and not args.overwrite:
-                continue
-            record = run_one(name, seed, width, sizes, methods, args)
+                existing = json.loads(path.read_text())
+                if set(methods) <= {p["method"] for p in existing["points"]}:
+                    continue
+            record = run_one(name, seed, width, sizes, methods, args, existing)
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(record, indent=1))
             tmp.replace(path)
