@@ -393,3 +393,16 @@ def test_half_precision_is_lumped_in_float32_and_returned_in_its_dtype(dtype):
     assert type(lumped) is LumpedMLP and {a.dtype for a in _arrays(lumped)} == {jnp.dtype(dtype)}
     assert info.result == jaxlump.RESULTS.successful
     assert _outputs(lumped, x).dtype == jnp.dtype(dtype)
+
+
+def test_from_chain_refuses_a_chain_its_template_cannot_hold():
+    """A chain whose activations differ from `like`'s: rebuilding would silently compute another function."""
+    mlp = eqx.nn.MLP(3, 2, 4, 1, activation=jnp.tanh, key=jr.key(0))
+    seq = eqx.nn.Sequential(
+        [eqx.nn.Linear(3, 4, key=jr.key(0)), eqx.nn.Lambda(jnp.tanh), eqx.nn.Linear(4, 2, key=jr.key(1))]
+    )
+    for like in (mlp, seq):
+        chain = to_chain(like)
+        relu_chain = DenseChain(chain.weights, chain.biases, ("relu", "identity"), chain.use_bias)
+        with pytest.raises(ValueError, match=r"`like` \(.*\): the rebuilt model does not reproduce the chain"):
+            from_chain(relu_chain, like=like)

@@ -14,6 +14,7 @@ accumulates in float32, and LAPACK routines that have no 16-bit kernels work) an
 own dtype by `from_chain`.
 """
 
+import weakref
 from collections.abc import Callable
 
 import equinox as eqx
@@ -106,7 +107,7 @@ def param_dtype(model):
 _PROBE_ROWS = 4
 
 
-def probe_batch(width: int, dtype) -> np.ndarray:
+def probe_batch(width: int, dtype) -> jax.Array:
     """A fixed probe batch: standard-normal rows, the last scaled by 4 to reach saturated and clipped regions."""
     rows = np.random.default_rng(0).standard_normal((_PROBE_ROWS, width))
     rows[-1] *= 4.0
@@ -126,8 +127,22 @@ def _mismatch(expected: np.ndarray, got: np.ndarray, chain: DenseChain, x, dtype
     return deviation if deviation > tolerance else None
 
 
+# Equinox models are immutable: one that passed the check (or was built by `from_chain`) need not be probed again.
+# Keyed by `id`, with a weak reference to tell a live model from a new object that reuses a freed id.
+_VERIFIED: dict[int, weakref.ref] = {}
+
+
+def _remember(model) -> None:
+    if isinstance(model, eqx.Module):
+        key = id(model)
+        _VERIFIED[key] = weakref.ref(model, lambda _, key=key: _VERIFIED.pop(key, None))
+
+
 def _verify(model, kind: ModelKind, chain: DenseChain, name: str, what: str) -> None:
     """Check `model(x) ≈ chain(x)` on the probe batch; skipped while either holds traced values."""
+    known = _VERIFIED.get(id(model))
+    if known is not None and known() is model:
+        return
     if any(is_traced(a) for a in chain.weights + chain.biases) or any(
         is_traced(leaf) for leaf in jax.tree_util.tree_leaves(model)
     ):
@@ -147,6 +162,7 @@ def _verify(model, kind: ModelKind, chain: DenseChain, name: str, what: str) -> 
             f"{_PROBE_ROWS} inputs); the model is not the plain chain of dense layers and recognised activations "
             f"jaxlump reads it as (e.g. a subclass overriding __call__). Supported: {SUPPORTED}."
         )
+    _remember(model)
 
 
 def to_chain(model, name: str = "model", *, require_finite: bool = True) -> DenseChain:
