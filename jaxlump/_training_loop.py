@@ -112,7 +112,7 @@ class LumpState(eqx.Module):
     - `inner`: the wrapped optimizer's state (zero on dead neurons).
     - `info`: the composed `CompressionInfo` since wrapping: `partitions` map every original neuron to the
       index that represents it now; `knob` is the last round's ε, `certificate` the last round's (against the
-      parameters just before it), `result` the first failure met (a failed round is skipped).
+      parameters just before it; NaN without refit), `result` the first failure met (a failed round is skipped).
     - `requested`: the dense parameters the last `TargetSize` round asked for (-1 for a fixed ε or schedule).
     """
 
@@ -368,6 +368,8 @@ def wrap_optax(
             raise ValueError(f"`{name}` must be an integer >= {minimum}; received {value!r}.")
     binding, _ = bind(model)
     chain, x, _, ridge = _prepare(model, x_calib, 0.0, discrepancy, refinement, ridge)
+    if refit and x is None:
+        raise ValueError("`refit=True` re-solves the layers on `x_calib`; received x_calib=None.")
     if isinstance(eps, TargetSize):
         pass
     elif _is_schedule(eps):

@@ -292,5 +292,7 @@ def test_target_size_and_state_errors():
         tx.update(params, tx.init(params))
     with pytest.raises(TypeError, match="wrap_optax states"):
         jaxlump.shrink(model, optax.adam(1e-3).init(params))
+    with pytest.raises(ValueError, match="`refit=True` re-solves the layers on `x_calib`"):
+        jaxlump.wrap_optax(optax.adam(1e-3), model, None, 0.1, every=3, refit=True)
     with pytest.raises(ValueError, match="`steps` must be an integer >= 1"):
         jaxlump.finetune(model, X, Y, steps=0)
