@@ -6,6 +6,7 @@ import equinox as eqx
 
 from ._lump import lump
 from ._lump_then_prune import lump_then_prune
+from ._select import lump_then_select, merge_or_remove
 from .baselines import (
     elimination_compensation,
     exact_lump,
@@ -72,6 +73,8 @@ _SPARSITY = "fraction s ∈ [0, 1) of the prunable weights (hidden layers, not t
 _REGISTRY: dict[str, Compressor] = {c.name: c for c in (
     Compressor("lump", lump, "eps", "relative tolerance ε ≥ 0 of the neuron discrepancy; ε = 0 merges only exact equivalences, larger ε merges more (the size is not strictly monotone in ε)", structured=True, needs_data=False, knob_range=(0.0, 1.0), unbounded=True),  # noqa: E501
     Compressor("lump_then_prune", lump_then_prune, "target", "the non-zero budget itself (weights + biases): lump at a mild ε, prune to the budget, reconstruct", structured=False, needs_data=True, knob_range=None, size_knob="nonzeros"),  # noqa: E501
+    Compressor("lump_then_select", lump_then_select, "sparsity", "fraction s ∈ [0, 1) of each *lumped* hidden layer's neurons removed by structured OBS after lumping at `eps` (default 0.5), then reconstructed against the original", structured=True, needs_data=True),  # noqa: E501
+    Compressor("merge_or_remove", merge_or_remove, "eps", "tolerance ε ≥ 0 on each layer's relative refit error: greedy refit-aware merges or removals stop before it is exceeded; larger ε, smaller model", structured=True, needs_data=True, knob_range=(0.0, 1.0), unbounded=True),  # noqa: E501
     Compressor("exact_lump", exact_lump, None, "no knob: merges exactly equivalent neurons only (ε = 0, no refit)", structured=True, needs_data=False, knob_range=None),  # noqa: E501
     Compressor("magnitude", magnitude, "sparsity", _SPARSITY + ", smallest |W| first (biases and the output layer are kept, so magnitude(m, x, 0.5) keeps 55.7 % of the non-zeros of a 7→64→64→7 MLP)", structured=False, needs_data=False),  # noqa: E501
     Compressor("random", random, "sparsity", _SPARSITY + ", uniformly at random (pass `key=`)", structured=False, needs_data=False),  # noqa: E501
