@@ -1,4 +1,7 @@
-"""mkdocs hook: publish the benchmark figures (benchmarks/results/*.png) under `figures/` without copying them."""
+"""mkdocs hook: publish the benchmark figures (benchmarks/results/**/*.png) under `figures/`, without copying them.
+
+`benchmarks/results/experiments/track_A.png` is then `figures/experiments/track_A.png` from a page in `docs/`.
+"""
 
 import pathlib
 
@@ -8,6 +11,7 @@ RESULTS = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "resul
 
 
 def on_files(files, config):
-    for path in sorted(RESULTS.glob("*.png")):
-        files.append(File.generated(config, f"figures/{path.name}", abs_src_path=str(path)))
+    for path in sorted(RESULTS.rglob("*.png")):
+        uri = f"figures/{path.relative_to(RESULTS).as_posix()}"
+        files.append(File.generated(config, uri, abs_src_path=str(path)))
     return files
