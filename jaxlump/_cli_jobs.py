@@ -315,7 +315,7 @@ def bench(args) -> int:
 
     Lumping's "reconstruction" is its own least-squares refit; the other methods get `jaxlump.reconstruct`. A
     size a method cannot reach is recorded with the reason. Writes `bench.json`, `bench.csv` and `bench.png` to
-    `--out`. (The repository's `benchmarks/` scripts run the full, multi-seed experiments.)
+    `--out`. One network and one seed; the repository's `benchmarks/experiments.py` runs the full experiments.
     """
     model, data, x_calib = problem(args, data_name=args.data)
     original = _original(model, data, args)
