@@ -80,7 +80,7 @@ def osscar_prune(
 
     Per hidden layer, start from `obs_prune`'s kept set and repeatedly make the swap (one kept neuron out, one
     removed neuron in) that lowers `E(S) = tr(W_R [(H⁻¹)_RR]⁻¹ W_Rᵀ)` the most, while one does (module docs for the
-    closed-form swap scores). The result never has a larger layer-wise refit error than OBS's.
+    closed-form swap scores). On the same Gram matrix its layer-wise refit error is never larger than OBS's.
 
     **Arguments:** as `obs_prune`, plus `max_swaps`: the most swaps per layer (default: the layer's width).
 
