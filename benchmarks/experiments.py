@@ -447,10 +447,12 @@ def trained_network(name: str, seed: int, width: int, x_train, y_train, args):
         x_train.shape[1], y_train.shape[1], width, 2, activation=jnp.tanh, dtype=jnp.float64, key=jr.key(0)
     )
     if path.exists() and path.with_suffix(".json").exists():
-        return eqx.tree_deserialise_leaves(path, like), json.loads(path.with_suffix(".json").read_text())
+        training = json.loads(path.with_suffix(".json").read_text())
+        if training.get("max_steps", args.max_steps) == args.max_steps:  # the field's first files were all 6000
+            return eqx.tree_deserialise_leaves(path, like), training
     start = time.perf_counter()
     trained, training = train(x_train, y_train, width, 2, seed, max_steps=args.max_steps)
-    training["wall_s"] = time.perf_counter() - start
+    training["wall_s"], training["max_steps"] = time.perf_counter() - start, args.max_steps
     path.parent.mkdir(parents=True, exist_ok=True)
     eqx.tree_serialise_leaves(path, trained)
     path.with_suffix(".json").write_text(json.dumps(training))
