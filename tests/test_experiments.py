@@ -64,7 +64,7 @@ def test_large_n_agrees_with_the_normal_approximation():
 def test_quick_run_writes_raw_json_and_tables(tmp_path):
     import experiments
 
-    experiments.main(["--quick", "--out", str(tmp_path), "--max-steps", "500"])
+    experiments.main(["--quick", "--out", str(tmp_path), "--max-steps", "500", "--cache", str(tmp_path / "cache")])
     raw = sorted((tmp_path / "raw-quick").glob("*.json"))
     assert [p.name for p in raw] == ["abalone_w64_s0.json", "abalone_w64_s1.json"]
     record = json.loads(raw[0].read_text())
