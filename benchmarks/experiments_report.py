@@ -4,7 +4,7 @@
 
 Outputs (in OUT): `track_A.md`, `track_B.md`, `track_C.md` (per data set: method × size, mean ± std over seeds),
 `points_A.md` / `points_B.md` (every point: seeds, test MSE, realised size, knob, wall time), `headline.md`,
-`oracle.md`, `wilcoxon.md`, `fixed.md`, `summary.json`, and `track_A.png`, `track_B.png`, `track_C.png`.
+`oracle.md`, `wilcoxon.md`, `fixed.md`, `completed.md`, `summary.json`, and `track_A.png`, `track_B.png`, `track_C.png`.
 """
 
 import collections
@@ -325,12 +325,33 @@ def figure(records, track: str, path: pathlib.Path) -> None:
     plt.close(fig)
 
 
+def completed_table(records, runs: list[dict]) -> str:
+    """What the raw JSON holds: per data set and width, the seeds, methods and wall time; the runs' log."""
+    lines = ["# Completed runs\n", "| data set | width | seeds | methods | mean train steps | encoding max deviation "
+             "| run wall time (s, sum) |", "|" + "---|" * 7]  # fmt: skip
+    groups = collections.defaultdict(list)
+    for r in records:
+        groups[(r["dataset"], r["width"])].append(r)
+    for (dataset, width), rs in sorted(groups.items()):
+        methods = sorted({p["method"] for r in rs for p in r["points"]})
+        steps = np.mean([r["training"]["steps"] for r in rs])
+        deviation = max(r["encoding_max_deviation"] for r in rs)
+        lines.append(f"| {dataset} | {width} | {sorted(r['seed'] for r in rs)} | {len(methods)} | {steps:.0f} | "
+                     f"{deviation:.2g} | {sum(r['wall_s'] for r in rs):.0f} |")  # fmt: skip
+    if runs:
+        lines += ["", "Invocations of `benchmarks/experiments.py` (wall time of each whole invocation):", ""]
+        lines += [f"- {r['finished']}: {r['computed']} of {r['jobs']} jobs computed in {r['wall_s']:.0f} s, "
+                  f"arguments `{' '.join(r['argv']) or '(none)'}`" for r in runs]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 START, END = "<!-- experiments-report: start -->", "<!-- experiments-report: end -->"
 
 
 def update_docs(path: pathlib.Path, out: pathlib.Path) -> None:
     """Replace the generated part of the docs page (between the two markers) with the current tables."""
-    parts = ["headline.md", "track_B.md", "track_A.md", "track_C.md", "oracle.md", "wilcoxon.md", "fixed.md"]
+    parts = ["completed.md", "headline.md", "track_B.md", "track_A.md", "track_C.md", "oracle.md", "wilcoxon.md"]
+    parts.append("fixed.md")
     body = "\n\n".join((out / p).read_text() for p in parts)
     body = "\n".join(("#" + line) if line.startswith("#") else line for line in body.splitlines())  # one level down
     text = path.read_text() if path.exists() else f"{START}\n{END}\n"
@@ -353,6 +374,8 @@ def report(raw: pathlib.Path, out: pathlib.Path, docs: pathlib.Path | None = Non
     (out / "headline.md").write_text(text)
     (out / "oracle.md").write_text(oracle_table(records))
     (out / "wilcoxon.md").write_text(wilcoxon_table(records))
+    log = raw.parent / ("runs-quick.json" if raw.name == "raw-quick" else "runs.json")
+    (out / "completed.md").write_text(completed_table(records, json.loads(log.read_text()) if log.exists() else []))
     (out / "fixed.md").write_text("# Methods without a size knob (exact lumping, ε = 0)\n\n" + fixed_points(records))
     completed = collections.defaultdict(list)
     for r in records:
