@@ -34,7 +34,7 @@ def lift(compressed: DenseChain, partitions, original_widths) -> DenseChain:
     for l, (w, b) in enumerate(zip(compressed.weights, compressed.biases)):
         rows, cols = labels[l + 1], labels[l]
         counts = block_counts(cols, w.shape[1])
-        col_scale = jnp.where(cols >= 0, 1.0 / jnp.maximum(counts[jnp.maximum(cols, 0)], 1), 0.0)
+        col_scale = jnp.where(cols >= 0, 1 / jnp.maximum(counts[jnp.maximum(cols, 0)], 1).astype(w.dtype), 0)
         row_live = (rows >= 0).astype(w.dtype)
         lifted = w[jnp.maximum(rows, 0)][:, jnp.maximum(cols, 0)] * col_scale.astype(w.dtype)[None, :]
         weights.append(lifted * row_live[:, None])

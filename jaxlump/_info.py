@@ -7,7 +7,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from ._accounting import Cost
-from ._custom_types import Partition, WeightMask
+from ._custom_types import Partitions, WeightMasks
 from ._errors import RESULTS, is_traced, messages
 
 
@@ -56,8 +56,8 @@ class CompressionInfo(eqx.Module):
     method: str = eqx.field(static=True)
     structured: bool = eqx.field(static=True)
     knob: Float[Array, "*batch"]
-    partitions: tuple[Partition, ...]
-    weight_masks: tuple[WeightMask, ...] | None
+    partitions: Partitions
+    weight_masks: WeightMasks | None
     widths_before: tuple[int, ...] = eqx.field(static=True)
     widths_after: Int[Array, "*batch layers"]
     cost_before: Cost

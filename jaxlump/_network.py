@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._custom_types import Bias, Weight
+from ._custom_types import Biases, Weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,8 +285,8 @@ class DenseChain(eqx.Module):
     (a layer without one keeps a zero bias that no method may make non-zero).
     """
 
-    weights: tuple[Weight, ...]
-    biases: tuple[Bias, ...]
+    weights: Weights
+    biases: Biases
     activations: tuple[str, ...] = eqx.field(static=True)
     use_bias: tuple[bool, ...] = eqx.field(static=True)
 

@@ -171,7 +171,7 @@ def check_compatible(original: DenseChain, compressed: DenseChain, partitions, w
 def _is_identity(labels, n_original: int, n_compressed: int):
     if n_original != n_compressed:
         return jnp.asarray(False)
-    return jnp.all(labels == jnp.arange(n_original))
+    return jnp.all(labels == jnp.arange(n_original, dtype=labels.dtype))
 
 
 def reconstruct_chain(

@@ -19,12 +19,22 @@ shifting biases), and `make_info` records the result. Conventions, the same for 
 import itertools
 from collections.abc import Sequence
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
 from .._accounting import chain_cost
 from .._adapters import from_chain, to_chain
-from .._errors import RESULTS, check_bool, check_choice, check_data, check_fraction, finite_result, raise_if_failed
+from .._errors import (
+    RESULTS,
+    check_bool,
+    check_choice,
+    check_data,
+    check_fraction,
+    finite_result,
+    is_traced,
+    raise_if_failed,
+)
 from .._info import CompressionInfo, live_widths
 from .._network import DenseChain
 
@@ -41,6 +51,10 @@ def prepare(model, x_calib, sparsity, *, needs_data: bool) -> tuple[DenseChain, 
     if x_calib is None and not needs_data:
         return chain, None, sparsity
     x = check_data(x_calib, "x_calib", width=chain.widths[0])
+    if not needs_data and is_traced(x):
+        # The method never reads the data, so a traced check on it alone would be removed as dead code: tie it
+        # to the chain, which the result is built from.
+        chain = eqx.error_if(chain, ~jnp.all(jnp.isfinite(x)), "`x_calib` contains NaN or inf.")
     return chain, x.astype(chain.weights[0].dtype), sparsity
 
 
