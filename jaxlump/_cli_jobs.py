@@ -152,9 +152,17 @@ def _save_figure(fig, ax, path: pathlib.Path, title: str, base_mse: float) -> pa
 
 
 def _plot_eps_line(ax, rows: list[dict]) -> None:
+    """The lumping curve, each point labelled with its ε (one label `ε=a…b` for a run of identical points)."""
     ax.plot([r["percent"] for r in rows], [r["test_mse"] for r in rows], "o-", color="C0", label="lump (ε sweep)")
+    runs = []
     for r in rows:
-        ax.annotate(f"ε={r['eps']:g}", (r["percent"], r["test_mse"]), fontsize=7, xytext=(3, 3), **_OFFSET)
+        if runs and (runs[-1][-1]["percent"], runs[-1][-1]["test_mse"]) == (r["percent"], r["test_mse"]):
+            runs[-1].append(r)
+        else:
+            runs.append([r])
+    for run in runs:
+        text = f"ε={run[0]['eps']:g}" + (f"…{run[-1]['eps']:g}" if len(run) > 1 else "")
+        ax.annotate(text, (run[0]["percent"], run[0]["test_mse"]), fontsize=7, xytext=(3, 3), **_OFFSET)
 
 
 _OFFSET = {"textcoords": "offset points"}

@@ -130,11 +130,12 @@ def test_run_tiny(tmp_path, capsys):
 
 def test_run_plot_labels_eps_and_shows_reconstructed_baselines():
     fig, ax = _cli_jobs._figure()
-    _cli_jobs._plot_eps_line(ax, [{"eps": 0.0, "percent": 100.0, "test_mse": 1.0}, {"eps": 0.5, "percent": 50.0,
-                                                                                     "test_mse": 2.0}])  # fmt: skip
+    points = [(0.0, 100.0, 1.0), (0.3, 100.0, 1.0), (0.5, 50.0, 2.0), (0.9, 20.0, 4.0)]
+    _cli_jobs._plot_eps_line(ax, [{"eps": e, "percent": p, "test_mse": m} for e, p, m in points])
     rows = [{"method": m, "percent": 50.0, "test_mse": 3.0} for m in ("magnitude", "magnitude + reconstruction")]
     _cli_jobs._plot_matched(ax, rows)
-    assert [t.get_text() for t in ax.texts] == ["ε=0", "ε=0.5"]
+    # identical points (ε = 0 and 0.3 here) share one label
+    assert [t.get_text() for t in ax.texts] == ["ε=0…0.3", "ε=0.5", "ε=0.9"]
     assert {line.get_label() for line in ax.lines} >= {"lump (ε sweep)", "magnitude", "magnitude + reconstruction"}
 
 
