@@ -40,7 +40,7 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 _Direction = Float[Array, " n_in"]
 _ReferenceInput = Float[ArrayLike, " n_in"]
 _Times = Float[Array, " times"]
-_LayerTrajectory = Float[Array, "batch times width"]
+_LayerTrajectory = Float[Array, "batch times _width"]  # "_": widths differ between layers
 
 
 class VectorField(eqx.Module):

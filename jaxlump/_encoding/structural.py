@@ -31,7 +31,7 @@ from .._custom_types import Bias, Weight
 from .._errors import is_traced
 
 # Plain assignments (not annotations), so that linters do not parse the shape strings as Python.
-_Augmented = Float[Array, "out in_plus_1"]
+_Augmented = Float[Array, "_out _in_plus_1"]  # "_": shapes differ between layers
 _Labels = Int[Array, " n_prev"]
 _Aggregated = Float[Array, "out blocks_plus_1"]
 _System = Float[Array, "units units"]
