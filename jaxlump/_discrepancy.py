@@ -53,6 +53,16 @@ def batched_over(axis_name):
         _BATCH_AXIS.reset(token)
 
 
+def batch_any(flags: jax.Array) -> jax.Array:
+    """`flags`, OR-ed over the ε batch when traced inside `batched_over` (else unchanged).
+
+    Use it for a `lax.cond` predicate that should stay a real branch under the sweep's `vmap`: take the costly
+    branch when any ε needs it, and select per ε inside it.
+    """
+    axis = _BATCH_AXIS.get()
+    return flags if axis is None else jax.lax.psum(flags.astype(jnp.int32), axis) > 0
+
+
 def _rounding_floor(magnitudes: jax.Array) -> jax.Array:
     """Per pair, `64 ε_mach (mag_i + mag_j)`: distances at or below it are rounding (see `_ROUNDING_ULPS`)."""
     return _ROUNDING_ULPS * jnp.finfo(magnitudes.dtype).eps * (magnitudes[:, None] + magnitudes[None, :])
@@ -98,8 +108,7 @@ def _fix_tiles(estimate: jax.Array, features: jax.Array, needed: jax.Array, term
     upper_i, upper_j = (jnp.asarray(v, jnp.int32) for v in np.triu_indices(blocks))
     t32, zero = jnp.int32(t), jnp.int32(0)
     flags = jnp.any(needed.reshape(blocks, t, blocks, t), axis=(1, 3))[upper_i, upper_j]
-    if _BATCH_AXIS.get() is not None:
-        flags = jax.lax.psum(flags.astype(jnp.int32), _BATCH_AXIS.get()) > 0
+    flags = batch_any(flags)
 
     def tile(k):
         corner = (upper_i[k] * t32, upper_j[k] * t32)

@@ -193,7 +193,8 @@ def lump_masked(
     certify_ode: bool = False,
     throw: bool = True,
 ):
-    """`lump` with fixed shapes: works under `jax.jit` and `jax.vmap` (e.g. over ε).
+    """`lump` with fixed shapes: works under `jax.jit` and `eqx.filter_vmap` (plain `jax.vmap` cannot return a
+    model that holds its activation functions); for a grid of ε, `jaxlump.sweep` does it in one compiled call.
 
     Each block sits at its representative's index: the merged neuron's incoming row and bias are
     stored there, its members' outgoing columns are folded into the representative's column, and every
