@@ -70,7 +70,8 @@ class CompressionInfo(eqx.Module):
         """Dense parameters after, in % of before (non-zeros for unstructured results)."""
         after = self.cost_after.dense_params if self.structured else self.cost_after.nonzeros
         before = self.cost_before.dense_params if self.structured else self.cost_before.nonzeros
-        return 100.0 * after / before
+        dtype = jnp.result_type(float)
+        return 100 * jnp.asarray(after).astype(dtype) / jnp.asarray(before).astype(dtype)
 
     @property
     def parameter_reduction(self) -> jax.Array:

@@ -183,7 +183,7 @@ def _with_partitions(info, partitions):
         ("wrong_masks", ValueError, r"weight_masks` have shapes"),
     ],
 )
-def test_shrink_checks_every_partition_against_the_model(case, error, match):
+def test_shrink_refuses_partitions_that_do_not_fit_the_model(case, error, match):
     """Partitions that do not fit the model (today: silently a model of the wrong widths) are refused."""
     chain = _random_chain(jr.key(8))
     info = _info(chain, REPRESENTATIVE)
@@ -218,7 +218,10 @@ def test_shrink_of_unstructured_result_keeps_shapes():
     chain = _random_chain(jr.key(10))
     masks = tuple(jr.bernoulli(jr.key(11 + l), 0.5, w.shape) for l, w in enumerate(chain.weights))
     pruned = DenseChain(
-        tuple(w * m for w, m in zip(chain.weights, masks)), chain.biases, chain.activations, chain.use_bias
+        tuple(jnp.where(m, w, 0.0) for w, m in zip(chain.weights, masks)),
+        chain.biases,
+        chain.activations,
+        chain.use_bias,
     )
     identity = tuple(np.arange(n) for n in WIDTHS[1:-1])
     small, info = shrink(pruned, _info(pruned, identity, weight_masks=masks))
