@@ -236,7 +236,7 @@ def main():
     if args.quick:
         widths, timing, seeds, steps, ft, every = (64,), (100, 2), (0,), 600, 200, 50
     else:
-        widths, timing, seeds, steps, ft, every = (256,), (300, 15), (0, 1, 2), 4000, 1000, 100
+        widths, timing, seeds, steps, ft, every = (256,), (200, 30), (0, 1, 2), 4000, 1000, 100
     start = time.perf_counter()
     if args.overhead_only:
         result = json.loads(out.read_text())

@@ -463,7 +463,10 @@ def wrap_optax(
         def without(operands):
             return (*operands, state.info, state.requested)
 
-        updates, inner_state, info, requested = jax.lax.cond(due, with_round, without, (updates, inner_state))
+        if until == 0:  # no round can happen: no conditional in the compiled step
+            updates, inner_state, info, requested = without((updates, inner_state))
+        else:
+            updates, inner_state, info, requested = jax.lax.cond(due, with_round, without, (updates, inner_state))
         return updates, LumpState(step, inner_state, info, requested)
 
     return optax.GradientTransformationExtraArgs(init, update)
