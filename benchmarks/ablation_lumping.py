@@ -194,6 +194,7 @@ def table(rows) -> str:
             best = min(means, key=means.get)
             cells = [f"**{c}**" if m == best else c for c, m in zip(cells, methods_)]
             lines.append(f"| {name} | {fraction:.0%} | " + " | ".join(cells) + " |")
+    lines += ["", paired(rows, "merge_or_remove, uniform"), ""]
     lines += ["", "Layer-1 refit error as a multiple of the rank-k oracle lower bound (mean over seeds and sizes):", ""]
     lines += ["| data set | " + " | ".join(methods_) + " |", "|---|" + "---|" * len(methods_)]
     for name in sets:
@@ -204,6 +205,30 @@ def table(rows) -> str:
             cells.append(f"{np.mean(v):.2f}" if v else "–")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def paired(rows, reference: str) -> str:
+    """`reference` against every other method over all (data set, seed, size): how often it is lower, the median
+    ratio of test MSEs, and a two-sided Wilcoxon signed-rank test."""
+    from scipy.stats import wilcoxon
+
+    def key(r):
+        return r["dataset"], r["seed"], r["fraction"]
+
+    ours = {key(r): r["test_mse"] for r in rows if r["method"] == reference}
+    lines = [
+        f"Paired over data set × seed × size: `{reference}` against each method",
+        "",
+        "| method | pairs | reference lower | median MSE ratio (reference / method) | Wilcoxon p |",
+        "|---|---|---|---|---|",
+    ]
+    for m in dict.fromkeys(r["method"] for r in rows if r["method"] not in ("original", reference)):
+        theirs = {key(r): r["test_mse"] for r in rows if r["method"] == m}
+        common = sorted(set(ours) & set(theirs))
+        a, b = np.array([ours[k] for k in common]), np.array([theirs[k] for k in common])
+        p = wilcoxon(a, b).pvalue if len(common) >= 6 and np.any(a != b) else float("nan")
+        lines.append(f"| {m} | {len(common)} | {int(np.sum(a < b))} | {np.median(a / b):.3f} | {p:.2g} |")
+    return "\n".join(lines)
 
 
 def plot(rows, path):
@@ -235,8 +260,14 @@ def main():
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--datasets", nargs="*", default=list(DATASETS))
     parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--from-json", action="store_true", help="only rebuild the table and figure from the JSON")
     args = parser.parse_args()
     stem = RESULTS / ("ablation_lumping_quick" if args.quick else "ablation_lumping")
+    if args.from_json:
+        rows = json.loads(stem.with_suffix(".json").read_text())["rows"]
+        stem.with_suffix(".md").write_text(table(rows))
+        plot(rows, stem.with_suffix(".png"))
+        return print(table(rows))
     if stem.with_suffix(".json").exists() and not args.overwrite:
         raise SystemExit(f"{stem}.json exists; pass --overwrite to replace it.")
     sets, seeds = (["glycolytic"], 2) if args.quick else (args.datasets, args.seeds)
