@@ -18,8 +18,10 @@ import numpy as np
 RESULTS = pathlib.Path(__file__).parent / "results"
 
 
-def arguments(description: str) -> argparse.Namespace:
+def arguments(description: str, *, lengths: bool = False) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
+    if lengths:
+        parser.add_argument("--lengths", type=int, nargs="+", help="grid lengths to measure (default: all)")
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run); writes *_quick.json")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing result file")
     parser.add_argument("--repeats", type=int, default=3, help="timed repetitions per point (the minimum is kept)")

@@ -22,13 +22,13 @@ import jaxlump  # noqa: E402
 
 
 def main():
-    args = arguments(__doc__.splitlines()[0])
+    args = arguments(__doc__.splitlines()[0], lengths=True)
     width = 64 if args.quick else 256
-    lengths = [1, 8, 64] if args.quick else [1, 8, 64, 256]
+    lengths = args.lengths or ([1, 8, 64] if args.quick else [1, 8, 64, 256])
     mlp = eqx.nn.MLP(8, 4, width, 2, activation=jnp.tanh, key=jr.key(0))
     x = jr.normal(jr.key(1), (512, 8))
     rows = []
-    for refit in (True, False):
+    for refit in (False, True):
         single = eqx.filter_jit(lambda m, e, refit=refit: jaxlump.lump_masked(m, x, e, refit=refit, throw=False))
         one = timed(single, mlp, jnp.asarray(0.5, jnp.float32), repeats=args.repeats)
         for n in lengths:

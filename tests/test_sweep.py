@@ -176,6 +176,7 @@ _SHARDED = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a fresh process compiling two programs: 15-70 s on the shared 2-core machine
 def test_sharded_over_eight_host_devices_equals_one_device():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     done = subprocess.run(
