@@ -268,13 +268,13 @@ def test_expand_and_relocate_keep_the_function():
         (None, None, lambda step: -1.0, 5, ValueError, "`eps` must be a number >= 0"),
     ],
 )
-def test_errors_at_construction(optimizer, model, eps, every, error, match):
+def test_bad_arguments_refused_at_construction(optimizer, model, eps, every, error, match):
     optimizer = optax.adam(1e-3) if optimizer is None else optimizer
     with pytest.raises(error, match=match):
         jaxlump.wrap_optax(optimizer, _mlp() if model is None else model, X, eps, every=every)
 
 
-def test_target_size_and_state_errors():
+def test_bad_target_size_and_state_refused():
     with pytest.raises(ValueError, match="exactly one of `params` and `fraction`"):
         jaxlump.TargetSize()
     with pytest.raises(ValueError, match="`params` must be a positive"):

@@ -3,6 +3,7 @@
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import PyTree
 
 from .._accounting import chain_cost
 from .._adapters import from_chain, to_chain
@@ -34,7 +35,7 @@ def gather_live(chain: DenseChain, live: list[np.ndarray]) -> DenseChain:
     return DenseChain(weights, biases, chain.activations, chain.use_bias)
 
 
-def shrink(model, info: CompressionInfo):
+def shrink(model, info: CompressionInfo | PyTree):  # PyTree: a `wrap_optax` optimizer state
     """Remove the neurons a fixed-shape result no longer uses; outside `jax.jit`.
 
     Neuron `r` of a hidden layer is live when some original neuron maps to it in
