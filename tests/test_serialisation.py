@@ -167,25 +167,23 @@ def test_path_is_used_exactly_and_model_untouched(tmp_path, x):
     assert all(np.array_equal(a, b) for a, b in zip(before, after, strict=True))
 
 
-def _info(batched: bool = False) -> CompressionInfo:
-    scalar = (lambda v: jnp.asarray([v, 2 * v])) if batched else jnp.asarray
-    result = (
-        jax.vmap(lambda ok: RESULTS.where(ok, RESULTS.successful, RESULTS.nonfinite_result))(jnp.asarray([True, False]))
-        if batched
-        else RESULTS.ode_solve_failed
-    )
+def _info(batched: bool = False, knob: float = 0.25, result=RESULTS.ode_solve_failed) -> CompressionInfo:
+    """What compressing a 3-9-16-2 network into `_lumped()`'s 3-7-16-2 would record; `batched`: two such
+    records stacked along a leading axis, as `jax.vmap` over ε gives."""
+    if batched:
+        pair = (_info(knob=0.25, result=RESULTS.successful), _info(knob=0.5, result=RESULTS.nonfinite_result))
+        return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *pair)
     return CompressionInfo(
         method="lump",
         structured=True,
-        knob=scalar(0.25),
-        # What compressing a 3-9-16-2 network into `_lumped()`'s 3-7-16-2 would record.
+        knob=jnp.asarray(knob),
         partitions=(jnp.asarray([0, 1, 1, -1, 2, 3, 4, 5, 6]), jnp.arange(16)),
         weight_masks=(jnp.ones((7, 3), bool), jnp.ones((16, 7), bool), jnp.ones((2, 16), bool).at[0, 1].set(False)),
         widths_before=(3, 9, 16, 2),
         widths_after=jnp.asarray([3, 7, 16, 2]),
         cost_before=Cost(jnp.asarray(44), jnp.asarray(40), jnp.asarray(82)),
         cost_after=Cost(jnp.asarray(25), jnp.asarray(25), jnp.asarray(45)),
-        certificate=Certificate(scalar(0.1), scalar(0.05), jnp.asarray(jnp.nan), scalar(1.5)),
+        certificate=Certificate(jnp.asarray(knob / 2), jnp.asarray(0.05), jnp.asarray(jnp.nan), jnp.asarray(1.5)),
         result=result,
     )
 
@@ -202,7 +200,7 @@ def test_info_round_trip(tmp_path, batched):
         assert np.asarray(new).dtype == np.asarray(old).dtype
         np.testing.assert_array_equal(np.asarray(new), np.asarray(old))
     assert np.asarray(RESULTS[loaded.result]).tolist() == np.asarray(RESULTS[info.result]).tolist()
-    assert float(loaded.percent_of_original) == pytest.approx(100 * 25 / 44)
+    np.testing.assert_allclose(loaded.percent_of_original, 100 * 25 / 44)
 
 
 def test_info_without_optional_parts(tmp_path):
