@@ -155,7 +155,7 @@ def test_model_kinds():
     chain = to_chain(mlp)
     # Scale layer-1 rows so global pruning takes unequal numbers from the two layers.
     uneven = DenseChain(
-        (chain.weights[0] * jnp.arange(1, 9)[:, None] ** 2, *chain.weights[1:]),
+        (chain.weights[0] * jnp.arange(1.0, 9.0)[:, None] ** 2, *chain.weights[1:]),
         chain.biases,
         chain.activations,
         (True,) * 3,
@@ -167,7 +167,7 @@ def test_model_kinds():
     )
     new_seq, _ = structured_prune(seq, x, 0.4, score="activation")
     assert isinstance(new_seq, eqx.nn.Sequential) and new_seq.layers[0].out_features == 3
-    rescaled = eqx.tree_at(lambda m: m.layers[0].weight, mlp, mlp.layers[0].weight * jnp.arange(1, 9)[:, None] ** 2)
+    rescaled = eqx.tree_at(lambda m: m.layers[0].weight, mlp, mlp.layers[0].weight * jnp.arange(1.0, 9.0)[:, None] ** 2)
     lumped, info = structured_prune(rescaled, x, 0.5, scope="global")
     assert isinstance(lumped, LumpedMLP) and lumped.widths == tuple(info.widths_after.tolist())
 
