@@ -41,7 +41,6 @@ STRICT_PROMOTION = frozenset(
         "test_certificate",
         "test_accounting",
         "test_lump_then_prune",
-        "test_conformance",
         "test_magnitude",
         "test_random",
         "test_wanda",

@@ -113,7 +113,7 @@ def masked_compression(model, keep: float, key, *, empty_first_row: bool = False
     compressed = eqx.tree_at(
         lambda m: [layer.weight for layer in m.layers if isinstance(layer, eqx.nn.Linear)],
         model,
-        [jnp.asarray(w) * m for w, m in zip(weights, masks)],
+        [jnp.where(m, jnp.asarray(w), 0.0) for w, m in zip(weights, masks)],
     )
     widths = jnp.asarray((weights[0].shape[1], *(b.size for b in biases)))
     info = jaxlump.CompressionInfo(
