@@ -280,7 +280,7 @@ def _lump_method(discrepancy, refinement):
     return Method(True, _lump(discrepancy, refinement), search="sweep", sizes=_lump_sizes(discrepancy, refinement))
 
 
-UNSTRUCTURED = dict(prune_output=True)
+UNSTRUCTURED = dict(prune_output=True, scope="layer")  # pinned: the first pass ran with these (then) defaults
 KNOB_GRID = np.linspace(0.0, 1.0 - 1e-9, 200)
 METHODS: dict[str, Method] = {
     "lump structural": _lump_method(jaxlump.Structural(), "representative"),
