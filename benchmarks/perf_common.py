@@ -18,8 +18,10 @@ import numpy as np
 RESULTS = pathlib.Path(__file__).parent / "results"
 
 
-def arguments(description: str, *, lengths: bool = False) -> argparse.Namespace:
+def arguments(description: str, *, lengths: bool = False, targets: bool = False) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
+    if targets:
+        parser.add_argument("--targets-only", action="store_true", help="only the 4096-wide targets")
     if lengths:
         parser.add_argument("--lengths", type=int, nargs="+", help="grid lengths to measure (default: all)")
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run); writes *_quick.json")

@@ -113,9 +113,13 @@ def grid_lengths(lengths, repeats):
 
 
 def main():
-    args = arguments(__doc__.splitlines()[0])
+    args = arguments(__doc__.splitlines()[0], targets=True)
     quick, r = args.quick, args.repeats
-    width_series = [64, 128, 256] if quick else [64, 128, 256, 512, 1024, 2048]
+    if args.targets_only:
+        payload = {"network": "16-4096-...-4 tanh float32", "eps": EPS, "targets_4096": targets(r)}
+        write("scaling_targets", args, payload)
+        return
+    width_series = [64, 128, 256] if quick else [64, 128, 256, 512, 1024, 2048]  # 2048 with refit: ~70 s here
     payload = {"network": "16-n-...-n-4 tanh float32", "eps": EPS}
     payload["width"] = [measure(n, 2, 512, r if n <= 1024 else 1) for n in width_series]
     print(payload["width"])
