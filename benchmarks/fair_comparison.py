@@ -38,10 +38,11 @@ def methods(x_calib):
         ("lump + refit", True, lump(True)),
         ("structured pruning", True, pruned(structured_prune, False)),
         ("structured pruning + reconstruction", True, pruned(structured_prune, True)),
-        ("magnitude", False, pruned(magnitude, False)),
-        ("magnitude + reconstruction", False, pruned(magnitude, True)),
-        ("Wanda", False, pruned(wanda, False)),
-        ("Wanda + reconstruction", False, pruned(wanda, True)),
+        # Scopes pinned to those the committed results were measured with (the defaults are now per layer).
+        ("magnitude", False, pruned(magnitude, False, scope="global")),
+        ("magnitude + reconstruction", False, pruned(magnitude, True, scope="global")),
+        ("Wanda", False, pruned(wanda, False, scope="row")),
+        ("Wanda + reconstruction", False, pruned(wanda, True, scope="row")),
         ("lump_then_prune", False, lambda m, t: jaxlump.lump_then_prune(m, x_calib, t)),
     ]
 

@@ -8,10 +8,8 @@ from ._accounting import Cost as Cost
 from ._accounting import cost as cost
 from ._accounting import measure_latency as measure_latency
 from ._adapters.eqx_nn import LumpedMLP as LumpedMLP
-from ._network import Activation as Activation
 from ._discrepancy import Dynamical as Dynamical
 from ._discrepancy import Structural as Structural
-from ._merge_cost import RefitAware as RefitAware
 from ._encoding import (
     EncodingCheck as EncodingCheck,
 )
@@ -33,18 +31,20 @@ from ._info import Certificate as Certificate
 from ._info import CompressionInfo as CompressionInfo
 from ._lump import lump as lump
 from ._lump import lump_masked as lump_masked
-from ._sweep import Sweep as Sweep
-from ._sweep import sweep as sweep
 from ._lump_then_prune import lump_then_prune as lump_then_prune
-from ._select import lump_then_select as lump_then_select
-from ._select import merge_or_remove as merge_or_remove
+from ._merge_cost import RefitAware as RefitAware
+from ._network import Activation as Activation
 from ._reconstruct import reconstruct as reconstruct
 from ._reduction.masked import shrink as shrink
 from ._registry import Compressor as Compressor
 from ._registry import compressors as compressors
+from ._select import lump_then_select as lump_then_select
+from ._select import merge_or_remove as merge_or_remove
 from ._serialisation import load as load
 from ._serialisation import save as save
 from ._skip_mlp import SkipMLP as SkipMLP
+from ._sweep import Sweep as Sweep
+from ._sweep import sweep as sweep
 from ._train import finetune as finetune
 from ._training_loop import LumpState as LumpState
 from ._training_loop import TargetSize as TargetSize

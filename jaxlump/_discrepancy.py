@@ -26,6 +26,7 @@ import numpy as np
 from ._custom_types import Distances
 from ._encoding.dynamical import simulate
 from ._encoding.structural import aggregated_coefficients
+from ._errors import RESULTS
 from ._network import DenseChain
 
 _TINY = 1e-30
@@ -275,7 +276,9 @@ class Dynamical(AbstractDiscrepancy):
         x = x[: self.max_inputs]
         x_ref = jnp.mean(x, axis=0) if self.x_ref == "mean" else None
         trajectory = simulate(chain, x, x_ref=x_ref, times=self.times)
-        return tuple(a.reshape(-1, a.shape[-1]) for a in trajectory.activations)
+        # A failed or mismatched solve poisons the trajectories, so `lump` reports the ODE stage as failed.
+        ok = trajectory.result == RESULTS.successful
+        return tuple(jnp.where(ok, a, jnp.nan).reshape(-1, a.shape[-1]) for a in trajectory.activations)
 
     def layer(self, chain, prepared, l, prev_labels):
         samples = prepared[l - 1]
@@ -285,4 +288,4 @@ class Dynamical(AbstractDiscrepancy):
         trajectories = pairwise_rms(samples)
         trajectories = jnp.where(trajectories <= _rounding_floor(rms), 0.0, trajectories)
         weighted = trajectories * (outgoing[:, None] + outgoing[None, :]) / 2
-        return LayerDistances(_relative(weighted, scale, 0.0), rms * outgoing)
+        return LayerDistances(_relative(weighted, scale, jnp.zeros((), weighted.dtype)), rms * outgoing)

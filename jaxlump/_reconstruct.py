@@ -22,8 +22,8 @@ mode is on, otherwise in float32 (bfloat16/float16 data too) at the highest matm
 Cholesky fails — a singular system (`ridge=0` with rank-deficient data) or `κ·u ≥ 1/4` estimated
 from the factor's diagonal — a truncated eigendecomposition gives the minimum-norm solution instead
 and the result reports `RESULTS.least_squares_rank_deficient`; NaN/inf give
-`RESULTS.least_squares_nonfinite`. (Under `jax.vmap` the fallback branch is evaluated for every
-batch element, as `lax.cond` becomes a select.)
+`RESULTS.least_squares_nonfinite`. (Under `jaxlump.sweep`'s `vmap` the fallback is evaluated only when
+some ε of the batch needs it.)
 
 A layer that is left as it was — its partition the identity, its weights those of the original and
 its inputs unchanged — is kept bit for bit: its pre-activations already equal the targets, and a
@@ -39,6 +39,7 @@ import jax.scipy.linalg as jsl
 import numpy as np
 
 from ._adapters import from_chain, to_chain
+from ._discrepancy import batch_any
 from ._errors import RESULTS, check_bool, check_data, combine, finite_result, raise_if_failed
 from ._info import CompressionInfo, check_partitions, live_masks, live_widths
 from ._network import ACTIVATIONS, DenseChain
@@ -138,7 +139,12 @@ def solve_layer(inputs, targets, w0, b0, column_support, row_live, use_bias: boo
         return unarrange(_minimum_norm_solve(systems, arrange(rhs)))
 
     fine = jnp.all(usable)
-    w = jax.lax.cond(fine, cholesky_path, fallback_path, None) * rows
+    # Under a sweep's vmap a plain `lax.cond` becomes a select and every ε would pay for the fallback: branch on
+    # "any ε needs it" instead and select per ε inside that branch.
+    w = jax.lax.cond(
+        batch_any(~fine), lambda _: jnp.where(fine, cholesky_path(None), fallback_path(None)), cholesky_path, None
+    )
+    w = w * rows
     b = mu_t - w @ mu_a if use_bias else b0.astype(dtype)
     live = row_live.astype(dtype)
     w, b = w * live[:, None], b * live
