@@ -88,3 +88,11 @@ settings.register_profile(
 )
 settings.register_profile("dev", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop JAX's compiled programs after each test module: one process compiles thousands of them, and keeping
+    them all grows memory without bound (a long run crashed inside XLA's compiler)."""
+    yield
+    jax.clear_caches()

@@ -69,6 +69,8 @@ def _leaves(model):
 REGISTERED = jaxlump.compressors()
 # Compressors of other modules that do not take `throw=` yet (listed for their owners; strict: an xpass fails).
 WITHOUT_THROW = {
+    "lump_then_select",
+    "merge_or_remove",
     "obs_prune",
     "osscar_prune",
     "id_prune",

@@ -66,6 +66,7 @@ def test_standardisation_uses_training_statistics():
         make_dataset("t", (x_train, y_train), (x_test, y_test), feature_names="abc", target_names="y", standardize=1)
 
 
+@pytest.mark.user_errors
 def test_calibration_draws_distinct_training_rows():
     data, _ = _toy()
     x = data.calibration(10, jr.key(3))

@@ -87,15 +87,6 @@ def test_components_never_grows_with_eps(seed):
     assert widths[0].tolist() == list(WIDTHS[1:-1]) and widths[-1].sum() < widths[0].sum()
 
 
-def test_representative_monotonicity_is_reported():
-    """Not a guarantee of the greedy refinement: count the ε steps where some layer grows (see the report)."""
-    rows = [widths_along_grid(random_mlp(jr.key(seed), WIDTHS), "representative") for seed in range(12)]
-    per_layer = sum(int(np.sum(np.diff(w, axis=0) > 0)) for w in rows)
-    in_total = sum(int(np.sum(np.diff(w.sum(axis=1)) > 0)) for w in rows)
-    print(f"representative: {per_layer} per-layer and {in_total} total increases over {len(rows)} nets")
-    assert all(w[0].tolist() == list(WIDTHS[1:-1]) for w in rows)
-
-
 def permuted(model, perms):
     """The same network with hidden neurons reordered: new neuron i of layer l is old neuron perms[l][i]."""
     weights, biases = parameters(model)

@@ -28,7 +28,7 @@ def break_even_rank(m: int, n: int) -> int:
     return max((m * n - 1) // (m + n), 0)
 
 
-def whitened_factors(w: np.ndarray, b: np.ndarray, a: np.ndarray, r: int, damp: float):
+def whitened_factors(w: ArrayLike, b: ArrayLike, a: ArrayLike, r: int, damp: float):
     """`(V, U, b̃)` with `W̃ = U V` the best rank-`r` map on the inputs `a` (module docs); `V`: (r, n), `U`: (m, r)."""
     w, b = np.asarray(w, np.float64), np.asarray(b, np.float64)
     h = centred_gram(a, damp)

@@ -62,7 +62,7 @@ def rank_bounds(model: Any, x_calib: Float[ArrayLike, "batch in"]) -> tuple[np.n
     return tuple(bounds)
 
 
-def subset_errors(h: np.ndarray, w: np.ndarray, subsets: np.ndarray) -> np.ndarray:
+def subset_errors(h: ArrayLike, w: ArrayLike, subsets: ArrayLike) -> np.ndarray:
     """`E(S)` (module docs, undamped, pseudo-inverse) for each row of `subsets`, a `(count, k)` index array."""
     h, w = np.asarray(h, np.float64), np.asarray(w, np.float64)
     c = h @ w.T

@@ -115,8 +115,8 @@ def _sample_checked(vector_field, key, counts, lower, upper, times, args, solver
 
 def simulate_system(
     vector_field: VectorField,
-    lower: Float[ArrayLike, " state"],
-    upper: Float[ArrayLike, " state"],
+    lower: Float[ArrayLike, " state"] | Sequence[float],
+    upper: Float[ArrayLike, " state"] | Sequence[float],
     *,
     n_trajectories: int,
     save_times: Float[ArrayLike, " times"],
