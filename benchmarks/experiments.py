@@ -45,7 +45,10 @@ from jaxlump._adapters import from_chain, to_chain  # noqa: E402
 from jaxlump._network import ACTIVATIONS  # noqa: E402
 from jaxlump._reconstruct import DEFAULT_RIDGE, reconstruct_chain  # noqa: E402
 from jaxlump._reduction.masked import gather_live, live_neurons  # noqa: E402
+from jaxlump._reduction.quotient import quotient  # noqa: E402
+from jaxlump._select import compress_along, labels_after, layer_paths, steps_to_sparsity, steps_within  # noqa: E402
 from jaxlump.baselines._obs import masked_quotient  # noqa: E402
+from jaxlump.baselines._structured import structured_info  # noqa: E402
 
 ROOT = pathlib.Path(__file__).parent / "results" / "experiments"
 DATASETS = (
@@ -276,6 +279,53 @@ def _exact(m, x, knob, rec):
     return B.exact_lump(m, x)
 
 
+class _MergeOrRemove:
+    """`jaxlump.merge_or_remove`'s greedy paths, computed once per (network, calibration set) and cut per knob:
+    `one_eps` cuts every layer where its relative refit error first exceeds ε (the library's knob, so
+    `method.run(m, x, eps, True)` is `jaxlump.merge_or_remove(m, x, eps)`), otherwise every layer loses the
+    fraction `knob` of its neurons (uniform widths, like the other selectors). Without reconstruction (track A)
+    the result is the path's quotient alone (merged neurons averaged in / summed out, removed ones dropped).
+    The paths' wall time (compilation included) is recorded once per run as the points' `path_s`; a point's
+    `wall_s` is the cut, quotient and reconstruction alone."""
+
+    def __init__(self, one_eps: bool):
+        self.one_eps, self.key, self.paths, self.path_s = one_eps, None, None, None
+
+    def layer_paths(self, model, x):
+        if self.key is None or self.key[0] is not model or self.key[1] is not x:
+            start = time.perf_counter()
+            self.paths = jax.block_until_ready(layer_paths(to_chain(model), jnp.asarray(x), merge=True, damping=1e-3))
+            self.key, self.path_s = (model, x), time.perf_counter() - start
+        return self.paths
+
+    def steps(self, model, x, knob):
+        paths = self.layer_paths(model, x)
+        cut = steps_within if self.one_eps else steps_to_sparsity
+        return [cut(p, knob) for p in paths]
+
+    def sizes(self, model, x, knobs):
+        widths = to_chain(model).widths
+        hidden = lambda steps: [n - s for n, s in zip(widths[1:-1], steps)]  # noqa: E731
+        return np.asarray([_dense((widths[0], *hidden(self.steps(model, x, k)), widths[-1])) for k in knobs])
+
+    def __call__(self, model, x, knob, rec):
+        paths, steps = self.layer_paths(model, x), self.steps(model, x, knob)
+        if rec:
+            return compress_along(model, x, paths, steps, "merge_or_remove", knob, DEFAULT_RIDGE)
+        chain = to_chain(model)
+        labels = tuple(jnp.asarray(labels_after(p, s), jnp.int32) for p, s in zip(paths, steps))
+        masked = quotient(chain, labels, chain.widths[1:-1])
+        info = structured_info("merge_or_remove", knob, model, masked, chain.widths, labels)
+        return jaxlump.shrink(masked, info)
+
+
+def _merge_or_remove_method(one_eps: bool) -> Method:
+    run = _MergeOrRemove(one_eps)
+    if one_eps:
+        return Method(True, run, search="sweep", sizes=run.sizes)
+    return Method(True, run, search="width")
+
+
 def _lump_method(discrepancy, refinement):
     return Method(True, _lump(discrepancy, refinement), search="sweep", sizes=_lump_sizes(discrepancy, refinement))
 
@@ -288,6 +338,8 @@ METHODS: dict[str, Method] = {
     "lump dynamical": _lump_method(jaxlump.Dynamical(), "representative"),
     "lump dynamical components": _lump_method(jaxlump.Dynamical(), "components"),
     "exact lump": Method(True, _exact, search="fixed", reconstructable=False),
+    "merge_or_remove": _merge_or_remove_method(one_eps=True),
+    "merge_or_remove uniform": _merge_or_remove_method(one_eps=False),
     "lump_then_prune": Method(False, _lump_then_prune, search="target", tracks=("B",), only_sizes=(0.35, 0.1)),
     "OBS (ZipLM)": Method(True, _option(B.obs_prune), search="width"),
     "OBS sequential": Method(True, _option(B.obs_prune, sequential=True), search="width"),
@@ -335,7 +387,9 @@ def sweep_knobs(method: Method, model, x, targets) -> dict[int, float | None]:
             continue
         best = fitting[sizes[fitting] == sizes[fitting].max()].min()
         brackets[t] = (grid[best - 1] if best > 0 else grid[0], grid[best])
-    fine = np.concatenate([np.linspace(lo, hi, 32) for lo, hi in (b for b in brackets.values() if b)] or [grid[:1]])
+    # One fine grid length for every call (unreachable targets repeat the first knob), so a vmapped `sizes`
+    # compiles once per network shape, not once per set of reachable targets.
+    fine = np.concatenate([np.linspace(*(b or (grid[0], grid[0])), 32) for b in brackets.values()])
     knobs = np.concatenate([grid, fine])
     all_sizes = np.concatenate([sizes, method.sizes(model, x, fine)])
     chosen = {}
@@ -549,6 +603,8 @@ def _add_points(record, model, methods, sizes, base, bounds, x_calib, test, seed
                         point[track] = {**row, "wall_s": wall, "reconstructed": track == "B" and method.reconstructable}
             except Exception as e:  # noqa: BLE001 — a failing method is recorded, never hidden
                 point["error"] = f"{type(e).__name__}: {e}"[:500]
+            if getattr(method.run, "path_s", None) is not None:
+                point["path_s"] = method.run.path_s
             record["points"].append(point)
             bar.update(1)
             if method.search == "fixed":

@@ -4,7 +4,8 @@
 
 Outputs (in OUT): `track_A.md`, `track_B.md`, `track_C.md` (per data set: method × size, mean ± std over seeds),
 `points_A.md` / `points_B.md` (every point: seeds, test MSE, realised size, knob, wall time), `headline.md`,
-`oracle.md`, `wilcoxon.md`, `fixed.md`, `completed.md`, `summary.json`, and `track_A.png`, `track_B.png`, `track_C.png`.
+`criterion.md`, `oracle.md`, `wilcoxon.md`, `fixed.md`, `completed.md`, `summary.json`, and `track_A.png`,
+`track_B.png`, `track_C.png`.
 """
 
 import collections
@@ -16,9 +17,11 @@ import sys
 import numpy as np
 
 LUMPING = ("lump structural", "lump structural components", "lump dynamical", "lump dynamical components")
+DEFAULT = "merge_or_remove"  # jaxlump's default structured compressor (issue 17)
+VARIANTS = ("merge_or_remove uniform",)  # the default's own greedy path cut differently: not a competitor
 PLOTTED = (
-    "lump structural", "lump dynamical", "OBS (ZipLM)", "OSSCAR", "ID", "FLAP", "fold", "ZipIt + REPAIR",
-    "whitened low-rank", "structured wanda", "magnitude", "Wanda", "lump_then_prune",
+    "merge_or_remove", "lump structural", "lump dynamical", "OBS (ZipLM)", "OSSCAR", "ID", "FLAP", "fold",
+    "ZipIt + REPAIR", "whitened low-rank", "structured wanda", "magnitude", "Wanda", "lump_then_prune",
 )  # fmt: skip
 
 
@@ -196,10 +199,10 @@ def headline(records) -> tuple[str, dict]:
     rank among the structured methods."""
     summary = {}
     lines = ["# Headline: best method per data set at 35 % and 10 % of the parameters\n",
-             "Mean test MSE over seeds. Rank of lumping = the best lumping variant's place among all structured "
-             "methods (1 = best).\n",
-             "| data set | width | track | size | best structured | best unstructured | best lumping | "
-             "lumping rank (of structured) |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             f"Mean test MSE over seeds. Rank = place among all structured methods (1 = best) of `{DEFAULT}` "
+             "(jaxlump's default structured compressor) and of the best AFDE lumping variant.\n",
+             f"| data set | width | track | size | best structured | best unstructured | {DEFAULT} | rank | "
+             "best lumping | lumping rank |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for track in ("B", "A"):
         table = points(records, track)
         for (dataset, width), methods in sorted(table.items()):
@@ -210,17 +213,61 @@ def headline(records) -> tuple[str, dict]:
                 u = sorted((v, m) for m, v in means.items() if not kinds[m])
                 lump = sorted((v, m) for m, v in means.items() if m in LUMPING)
                 rank = 1 + [m for _, m in s].index(lump[0][1]) if lump else None
+                default = 1 + [m for _, m in s].index(DEFAULT) if DEFAULT in means else None
                 best = {"structured": s[0] if s else None, "unstructured": u[0] if u else None,
-                        "lumping": lump[0] if lump else None, "lumping_rank": rank, "n_structured": len(s)}  # fmt: skip
+                        "lumping": lump[0] if lump else None, "lumping_rank": rank, "n_structured": len(s),
+                        "default": (means[DEFAULT], DEFAULT) if default else None, "default_rank": default}  # fmt: skip
                 summary[f"{dataset}/w{width}/{track}/{fraction}"] = best
 
                 def show(x):
                     return f"{x[1]} ({_fmt(x[0])})" if x else "–"
 
                 lines.append(f"| {dataset} | {width} | {track} | {fraction:.0%} | {show(best['structured'])} | "
-                             f"{show(best['unstructured'])} | {show(best['lumping'])} | "
+                             f"{show(best['unstructured'])} | {show(best['default'])} | "
+                             f"{default if default else '–'} / {len(s)} | {show(best['lumping'])} | "
                              f"{rank if rank else '–'} / {len(s)} |")  # fmt: skip
     return "\n".join(lines) + "\n", summary
+
+
+def criterion_table(records, method: str = DEFAULT) -> tuple[str, dict]:
+    """Issue 17's test on track B: at how many size levels `method` has the lowest mean test MSE among all
+    structured methods, per data set and width; the best competitor and the MSE ratio at each level where it
+    does not; and the median ratio of its first layer's error to the rank-k oracle bound."""
+    table = points(records, "B")
+    lines = [f"# Issue 17's criterion: is `{method}` the best structured method? (track B)\n",
+             "Per data set: size levels where it has the lowest mean test MSE among all structured methods other "
+             f"than its own variants ({', '.join(VARIANTS)}: the same greedy paths cut at uniform widths) (the "
+             "target: ≥ 80 % of the levels on ≥ 6 of the 8 data sets), the levels it loses with the winner and "
+             "the ratio (its MSE / the winner's), and its first-layer error as a multiple of the rank-k oracle "
+             "bound (median over seeds and sizes; the target: ≤ 1.5×).\n",
+             "| data set | width | seeds | lowest at | share | lost to (level: winner, ratio) | oracle ratio |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    summary = {}
+    for (dataset, width), methods in sorted(table.items()):
+        if method not in methods:
+            continue
+        kinds = {m: next(iter(per.values()))[0][2]["structured"] for m, per in methods.items()}
+        structured = {m: per for m, per in methods.items() if kinds[m] and m not in VARIANTS}
+        levels = sorted(methods[method], reverse=True)
+        wins, losses = 0, []
+        for f in levels:
+            means = _means(structured, f)
+            winner = min(means, key=means.get)
+            if winner == method:
+                wins += 1
+            else:
+                losses.append(f"{f:.0%}: {winner}, {means[method] / means[winner]:.3g}")
+        ratios = [e[1]["layer_errors"][0] / e[1]["layer_bounds"][0] for es in methods[method].values() for e in es
+                  if "layer_errors" in e[1] and e[1]["layer_bounds"][0] > 0]  # fmt: skip
+        oracle = float(np.median(ratios)) if ratios else None
+        seeds = sorted({e[0] for es in methods[method].values() for e in es})
+        share = wins / len(levels)
+        summary[f"{dataset}/w{width}"] = {"wins": wins, "levels": len(levels), "share": share, "oracle": oracle}
+        lines.append(f"| {dataset} | {width} | {len(seeds)} | {wins} / {len(levels)} | {share:.0%} | "
+                     f"{'; '.join(losses) or '–'} | {_fmt(oracle) if oracle else '–'} |")  # fmt: skip
+    met = sum(v["share"] >= 0.8 for v in summary.values())
+    lines.append(f"\nData sets (× width) where the share is ≥ 80 %: {met} of {len(summary)}.\n")
+    return "\n".join(lines), summary
 
 
 def oracle_table(records) -> str:
@@ -350,8 +397,8 @@ START, END = "<!-- experiments-report: start -->", "<!-- experiments-report: end
 
 def update_docs(path: pathlib.Path, out: pathlib.Path) -> None:
     """Replace the generated part of the docs page (between the two markers) with the current tables."""
-    parts = ["completed.md", "headline.md", "track_B.md", "track_A.md", "track_C.md", "oracle.md", "wilcoxon.md"]
-    parts.append("fixed.md")
+    parts = ["completed.md", "headline.md", "criterion.md", "track_B.md", "track_A.md", "track_C.md", "oracle.md"]
+    parts += ["wilcoxon.md", "fixed.md"]
     body = "\n\n".join((out / p).read_text() for p in parts)
     body = "\n".join(("#" + line) if line.startswith("#") else line for line in body.splitlines())  # one level down
     text = path.read_text() if path.exists() else f"{START}\n{END}\n"
@@ -373,14 +420,17 @@ def report(raw: pathlib.Path, out: pathlib.Path, docs: pathlib.Path | None = Non
     text, summary = headline(records)
     (out / "headline.md").write_text(text)
     (out / "oracle.md").write_text(oracle_table(records))
-    (out / "wilcoxon.md").write_text(wilcoxon_table(records))
+    (out / "wilcoxon.md").write_text(wilcoxon_table(records, DEFAULT) + "\n" + wilcoxon_table(records))
+    criterion, criterion_summary = criterion_table(records)
+    (out / "criterion.md").write_text(criterion)
     log = raw.parent / ("runs-quick.json" if raw.name == "raw-quick" else "runs.json")
     (out / "completed.md").write_text(completed_table(records, json.loads(log.read_text()) if log.exists() else []))
     (out / "fixed.md").write_text("# Methods without a size knob (exact lumping, ε = 0)\n\n" + fixed_points(records))
     completed = collections.defaultdict(list)
     for r in records:
         completed[f"{r['dataset']}/w{r['width']}"].append(r["seed"])
-    summary = {"completed": {k: sorted(v) for k, v in completed.items()}, "headline": summary}
+    summary = {"completed": {k: sorted(v) for k, v in completed.items()}, "headline": summary,
+               "criterion": criterion_summary}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     for track in ("A", "B", "C"):
         figure(records, track, out / f"track_{track}.png")
