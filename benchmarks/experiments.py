@@ -676,8 +676,10 @@ def main(argv=None):
         runs.append({"finished": finished, "wall_s": wall, "computed": done, "jobs": len(todo), "argv": sys.argv[1:]})
         log.write_text(json.dumps(runs, indent=1))
         print(f"{done} runs computed in {wall:.0f} s")
-    docs = None if args.quick or args.out != str(ROOT) else pathlib.Path(__file__).parents[1] / "docs" / "benchmarks.md"
-    report(raw, out / ("quick" if args.quick else "."), docs)
+    committed = not args.quick and args.out == str(ROOT)  # only the committed results update the docs and README
+    repo = pathlib.Path(__file__).parents[1]
+    docs, readme = (repo / "docs" / "benchmarks.md", repo / "README.md") if committed else (None, None)
+    report(raw, out / ("quick" if args.quick else "."), docs, readme)
 
 
 if __name__ == "__main__":

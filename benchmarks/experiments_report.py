@@ -4,8 +4,8 @@
 
 Outputs (in OUT): `track_A.md`, `track_B.md`, `track_C.md` (per data set: method × size, mean ± std over seeds),
 `points_A.md` / `points_B.md` (every point: seeds, test MSE, realised size, knob, wall time), `headline.md`,
-`criterion.md`, `oracle.md`, `wilcoxon.md`, `fixed.md`, `completed.md`, `summary.json`, and `track_A.png`,
-`track_B.png`, `track_C.png`.
+`criterion.md`, `oracle.md`, `wilcoxon.md`, `fixed.md`, `completed.md`, `readme_table.md`, `summary.json`, and
+`track_A.png`, `track_B.png`, `track_C.png`.
 """
 
 import collections
@@ -392,7 +392,45 @@ def completed_table(records, runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def readme_table(summary: dict, criterion: dict, completed: dict) -> str:
+    """The README's headline: per data set (track B, 35 % and 10 %), the best structured method, the default's
+    value and rank, the best lumping's value and rank, the best unstructured method; the criterion's share."""
+
+    def show(entry):
+        return f"{entry[1]} {_fmt(entry[0])}" if entry else "–"
+
+    lines = [f"| data set (2×64, seeds) | size | best structured | `{DEFAULT}` (rank) | best AFDE lumping (rank) | "
+             "best unstructured |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for key, seeds in sorted(completed.items()):
+        dataset, width = key.split("/w")
+        for fraction in (0.35, 0.1):
+            h = summary.get(f"{dataset}/w{width}/B/{fraction}")
+            if not h or width != "64":
+                continue
+            n = h["n_structured"]
+            default = f"{_fmt(h['default'][0])} ({h['default_rank']}/{n})" if h["default"] else "–"
+            lump = f"{h['lumping'][1]} {_fmt(h['lumping'][0])} ({h['lumping_rank']}/{n})" if h["lumping"] else "–"
+            lines.append(f"| {dataset} ({len(seeds)}) | {fraction:.0%} | {show(h['structured'])} | {default} | "
+                         f"{lump} | {show(h['unstructured'])} |")  # fmt: skip
+    met = [k for k, v in criterion.items() if v["share"] >= 0.8]
+    where = ", ".join(met) or "none"
+    lines.append(f"\n`{DEFAULT}` has the lowest mean track-B test MSE among the structured methods (its own "
+                 f"variant aside) at ≥ 80 % of the size levels on {len(met)} of {len(criterion)} data sets × "
+                 f"widths ({where}); `criterion.md` has every level it loses.")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
 START, END = "<!-- experiments-report: start -->", "<!-- experiments-report: end -->"
+
+
+def replace_between(path: pathlib.Path, body: str) -> None:
+    """Replace what lies between the two markers in `path` (appending them if absent) with `body`."""
+    text = path.read_text() if path.exists() else f"{START}\n{END}\n"
+    if START not in text:
+        text += f"\n{START}\n{END}\n"
+    head, _, rest = text.partition(START)
+    _, _, tail = rest.partition(END)
+    path.write_text(f"{head}{START}\n\n{body}\n\n{END}{tail}")
 
 
 def update_docs(path: pathlib.Path, out: pathlib.Path) -> None:
@@ -401,13 +439,12 @@ def update_docs(path: pathlib.Path, out: pathlib.Path) -> None:
     parts += ["wilcoxon.md", "fixed.md"]
     body = "\n\n".join((out / p).read_text() for p in parts)
     body = "\n".join(("#" + line) if line.startswith("#") else line for line in body.splitlines())  # one level down
-    text = path.read_text() if path.exists() else f"{START}\n{END}\n"
-    head, _, rest = text.partition(START)
-    _, _, tail = rest.partition(END)
-    path.write_text(f"{head}{START}\n\n{body}\n\n{END}{tail}")
+    replace_between(path, body)
 
 
-def report(raw: pathlib.Path, out: pathlib.Path, docs: pathlib.Path | None = None) -> None:
+def report(
+    raw: pathlib.Path, out: pathlib.Path, docs: pathlib.Path | None = None, readme: pathlib.Path | None = None
+) -> None:
     records = load(raw)
     out.mkdir(parents=True, exist_ok=True)
     if not records:
@@ -434,8 +471,11 @@ def report(raw: pathlib.Path, out: pathlib.Path, docs: pathlib.Path | None = Non
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     for track in ("A", "B", "C"):
         figure(records, track, out / f"track_{track}.png")
+    (out / "readme_table.md").write_text(readme_table(summary["headline"], criterion_summary, summary["completed"]))
     if docs is not None:
         update_docs(docs, out)
+    if readme is not None:
+        replace_between(readme, (out / "readme_table.md").read_text())
     print(f"report from {len(records)} runs written to {out}")
 
 
