@@ -28,6 +28,7 @@ RMS pre-activation) costs exactly 0 — its undamped cost is 0, since `[A_S, μ]
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ._discrepancy import AbstractDiscrepancy, LayerDistances
 from ._network import ACTIVATIONS, DenseChain
@@ -96,6 +97,100 @@ def initial_state(z, a, w, activation: str, *, centre: bool, damping: float) -> 
     return state, problem
 
 
+class Fit(eqx.Module):
+    """The current least-squares refit of the next layer: `inverse` is `K = (F̃ᵀF̃)⁻¹` on the live slots (zero
+    rows and columns for dead ones), `weights` the refit `W_c = (K F̃ᵀZ̃)ᵀ`, `(m, n)` (zero columns for dead
+    slots), with `F̃ = [F; √λ C]` and `Z̃ = [Z; √λ W₀ᵀ]` the augmented features and targets."""
+
+    inverse: jax.Array
+    weights: jax.Array
+
+
+def current_fit(state: LayerState, problem: LayerProblem) -> Fit:
+    """The refit of the next layer on the current slots, from scratch (one `inv` of the damped Gram)."""
+    fa, c, alive, lam = state.features, state.members, state.alive, problem.lam
+    live = alive[:, None] & alive[None, :]
+    gram = _mm("sk,sl->kl", fa, fa) + lam * _mm("ik,il->kl", c, c)
+    k = jnp.where(live, jnp.linalg.inv(jnp.where(live, gram, jnp.eye(alive.shape[0], dtype=fa.dtype))), 0.0)
+    h = _mm("sk,sm->km", fa, problem.targets) + lam * _mm("mi,ik->km", problem.weights, c)
+    return Fit(k, _mm("kl,lm->mk", k, h))
+
+
+def removal_costs(state: LayerState, fit: Fit) -> jax.Array:
+    """Structured OBS's cost of removing each slot, `‖W_c[:, j]‖² / K_jj` (dead slots: `inf`)."""
+    kd = jnp.diag(fit.inverse)
+    wn = jnp.sum(fit.weights**2, axis=0)
+    return jnp.where(state.alive, wn / jnp.where(state.alive, kd, 1.0), jnp.inf)
+
+
+class Moments(eqx.Module):
+    """What the merge cost of a pair (i, j) needs, for a batch of pairs (leading axes): the merged slot's
+    centred activation `mu` (`N`), `g = F̃ᵀμ̃` and `u = K g` (`n`), `e = r₀ᵀμ̃` — the current residual against
+    the merged column (`m`) —, `norm2 = ‖μ̃‖²` and whether the two pre-activations coincide (`duplicate`)."""
+
+    mu: jax.Array
+    g: jax.Array
+    u: jax.Array
+    e: jax.Array
+    norm2: jax.Array
+    duplicate: jax.Array
+
+
+def _share(sizes, rows, cols):
+    """The weight α = s_i / (s_i + s_j) of slot i in the merged slot of pairs (rows[:, None], cols)."""
+    total = sizes[rows][:, None] + sizes[cols]
+    return sizes[rows][:, None] / jnp.where(total > 0, total, 1.0)
+
+
+def moments(state: LayerState, problem: LayerProblem, fit: Fit, rows, cols) -> Moments:
+    """The `Moments` of the pairs `(rows[b], cols[b, c])` from scratch: `rows` `(b,)`, `cols` `(b, c)`."""
+    fn = ACTIVATIONS[problem.activation].fn
+    fa, c, lam = state.features, state.members, problem.lam
+    ctc = _mm("ik,il->kl", c, c)
+    alpha = _share(state.sizes, rows, cols)
+    beta = 1 - alpha
+    pre = state.pre.T  # (n, N)
+    merged = fn(alpha[..., None] * pre[rows][:, None, :] + beta[..., None] * pre[cols])
+    mu = _centred(merged, problem.centre, 2)
+    c_g = alpha[..., None] * ctc[rows][:, None, :] + beta[..., None] * ctc[cols]  # Cᵀ c_ij
+    c_norm = alpha**2 * jnp.diag(ctc)[rows][:, None] + 2 * alpha * beta * ctc[rows[:, None], cols]
+    c_norm = c_norm + beta**2 * jnp.diag(ctc)[cols]
+    g = _mm("pjs,sk->pjk", mu, fa) + lam * c_g
+    w0c = _mm("mi,ik->km", problem.weights, c)  # W₀ C, slot-major
+    # e = Z̃ᵀμ̃ − W_c g: the current residual r₀ = Z̃ − F̃ W_cᵀ against the merged column.
+    e = _mm("pjs,sm->pjm", mu, problem.targets) + lam * (alpha[..., None] * w0c[rows][:, None, :])
+    e = e + lam * beta[..., None] * w0c[cols] - _mm("pjk,mk->pjm", g, fit.weights)
+    z_diff = jnp.sqrt(jnp.mean((pre[rows][:, None, :] - pre[cols]) ** 2, axis=2))
+    duplicate = z_diff <= _ROUNDING_ULPS * jnp.finfo(fa.dtype).eps * problem.z_rms
+    norm2 = jnp.sum(mu**2, axis=2) + lam * c_norm
+    return Moments(mu, g, _mm("pjk,kl->pjl", g, fit.inverse), e, norm2, duplicate)
+
+
+def pair_costs(m: Moments, fit: Fit, alive, rows, cols) -> jax.Array:
+    """Merge costs of the pairs `(rows[b], cols[b, c])` from their `Moments` and the current fit (invalid: `inf`).
+
+    `c = tr(W_R K_RR⁻¹ W_Rᵀ) − ‖W_R K_RR⁻¹ u_R + e‖² / (‖μ̃‖² − gᵀu + u_Rᵀ K_RR⁻¹ u_R)`, `R = {i, j}`."""
+    k, wt = fit.inverse, fit.weights.T
+    dtype = k.dtype
+    kd, wn = jnp.diag(k), jnp.sum(wt**2, axis=1)
+    k_ii, k_jj, k_ij = kd[rows][:, None], kd[cols], k[rows[:, None], cols]
+    u_i = jnp.take_along_axis(m.u, jnp.broadcast_to(rows[:, None, None], (*cols.shape, 1)), axis=2)[..., 0]
+    u_j = jnp.take_along_axis(m.u, cols[..., None], axis=2)[..., 0]
+    w_i, w_j = wt[rows][:, None, :], wt[cols]
+    w_ii, w_jj, w_ij = wn[rows][:, None], wn[cols], jnp.sum(w_i * w_j, axis=2)
+    det = k_ii * k_jj - k_ij**2
+    det = jnp.where(det > 0, det, 1.0)
+    both_removed = (k_jj * w_ii - 2 * k_ij * w_ij + k_ii * w_jj) / det
+    y_i, y_j = (k_jj * u_i - k_ij * u_j) / det, (k_ii * u_j - k_ij * u_i) / det
+    recovered = jnp.sum((y_i[..., None] * w_i + y_j[..., None] * w_j + m.e) ** 2, axis=2)
+    denominator = m.norm2 - jnp.sum(m.g * m.u, axis=2) + u_i * y_i + u_j * y_j
+    ok = denominator > 64 * jnp.finfo(dtype).eps * jnp.maximum(m.norm2, jnp.finfo(dtype).tiny)
+    cost = jnp.maximum(both_removed - jnp.where(ok, recovered / jnp.where(ok, denominator, 1.0), 0.0), 0.0)
+    cost = jnp.where(m.duplicate, 0.0, cost)
+    valid = alive[rows][:, None] & alive[cols] & (cols != rows[:, None])
+    return jnp.where(valid, cost, jnp.inf)
+
+
 class Costs(eqx.Module):
     """Squared next-layer refit errors added by merging slots i, j (`merge[i, j]`) or removing slot j."""
 
@@ -106,65 +201,22 @@ class Costs(eqx.Module):
 def merge_costs(state: LayerState, problem: LayerProblem, block_size: int = 256, pairs: bool = True) -> Costs:
     """All pairwise merge costs and all removal costs of the current layer (dead slots: `inf`); with
     `pairs=False` only the removal costs (merges all `inf`)."""
-    fa, c, alive, lam = state.features, state.members, state.alive, problem.lam
-    n_samples, n = fa.shape
-    dtype = fa.dtype
-    fn = ACTIVATIONS[problem.activation].fn
-    ctc = _mm("ik,il->kl", c, c)
-    gram = _mm("sk,sl->kl", fa, fa) + lam * ctc
-    gram = jnp.where(alive[:, None] & alive[None, :], gram, jnp.eye(n, dtype=dtype))
-    k = jnp.linalg.inv(gram)
-    kd = jnp.diag(k)
-    # The current refit of the next layer, W_c = (K (Aᵀ Z + λ Cᵀ W₀ᵀ))ᵀ, and W₀ C.
-    w0c = _mm("mi,ik->mk", problem.weights, c)
-    wc = _mm("kl,ml->mk", k, _mm("sl,sm->ml", fa, problem.targets) + lam * w0c) * alive
-    wn = jnp.sum(wc**2, axis=0)
-    ww = _mm("mk,ml->kl", wc, wc)
-    removal = jnp.where(alive, wn / kd, jnp.inf)
+    fit = current_fit(state, problem)
+    removal = removal_costs(state, fit)
+    n_samples, n = state.features.shape
     if not pairs:
-        return Costs(jnp.full((n, n), jnp.inf, dtype), removal)
-
-    rows = max(1, min(block_size, _BLOCK_BUDGET // max(n * n_samples, 1)))
+        return Costs(jnp.full((n, n), jnp.inf, state.features.dtype), removal)
+    width = n_samples + n + problem.targets.shape[1]
+    rows = max(1, min(block_size, _BLOCK_BUDGET // max(n * width, 1)))
     n_blocks = -(-n // rows)
     index = jnp.minimum(jnp.arange(n_blocks * rows), n - 1).reshape(n_blocks, rows)
-    pre = state.pre.T  # (n, N)
 
     def block(i):
-        b = i.shape[0]
-        alpha = state.sizes[i][:, None] / (state.sizes[i][:, None] + state.sizes[None, :])  # (b, n)
-        beta = 1 - alpha
-        merged = _centred(
-            fn(alpha[..., None] * pre[i][:, None, :] + beta[..., None] * pre[None, :, :]), problem.centre, 2
-        )
-        c_g = alpha[..., None] * ctc[i][:, None, :] + beta[..., None] * ctc[None, :, :]  # Cᵀ c_ij, (b, n, n)
-        c_norm = alpha**2 * jnp.diag(ctc)[i][:, None] + 2 * alpha * beta * ctc[i] + beta**2 * jnp.diag(ctc)[None, :]
-        g = _mm("pjs,sk->pjk", merged, fa) + lam * c_g
-        u = _mm("pjk,kl->pjl", g, k)
-        norm2 = jnp.sum(merged**2, axis=2) + lam * c_norm
-        gu = jnp.sum(g * u, axis=2)
-        u_i = u[jnp.arange(b)[:, None], jnp.arange(n)[None, :], i[:, None]]
-        u_j = jnp.diagonal(u, axis1=1, axis2=2)
-        k_ii, k_jj, k_ij = kd[i][:, None], kd[None, :], k[i]
-        det = k_ii * k_jj - k_ij**2
-        det = jnp.where(det > 0, det, 1.0)
-        w_ii, w_jj, w_ij = wn[i][:, None], wn[None, :], ww[i]
-        both_removed = (k_jj * w_ii - 2 * k_ij * w_ij + k_ii * w_jj) / det
-        y_i, y_j = (k_jj * u_i - k_ij * u_j) / det, (k_ii * u_j - k_ij * u_i) / det
-        # r_μᵀ Z = W_R K_RR⁻¹ u_R + μᵀ r₀, with μᵀ r₀ = Zᵀμ + λ W₀ c_ij − W_c g.
-        t = _mm("pjs,sm->pjm", merged, problem.targets)
-        t = t + lam * (alpha[..., None] * w0c.T[i][:, None, :] + beta[..., None] * w0c.T[None, :, :])
-        t = t - _mm("pjk,mk->pjm", g, wc)
-        r = y_i[..., None] * wc.T[i][:, None, :] + y_j[..., None] * wc.T[None, :, :] + t
-        recovered = jnp.sum(r**2, axis=2)
-        denominator = norm2 - gu + u_i * y_i + u_j * y_j
-        ok = denominator > 64 * jnp.finfo(dtype).eps * jnp.maximum(norm2, jnp.finfo(dtype).tiny)
-        cost = jnp.maximum(both_removed - jnp.where(ok, recovered / jnp.where(ok, denominator, 1.0), 0.0), 0.0)
-        z_diff = jnp.sqrt(jnp.mean((pre[i][:, None, :] - pre[None, :, :]) ** 2, axis=2))
-        duplicate = z_diff <= _ROUNDING_ULPS * jnp.finfo(dtype).eps * problem.z_rms
-        return jnp.where(duplicate, 0.0, cost)
+        cols = jnp.broadcast_to(jnp.arange(n), (i.shape[0], n))
+        return pair_costs(moments(state, problem, fit, i, cols), fit, state.alive, i, cols)
 
     merge = jax.lax.map(block, index).reshape(-1, n)[:n]
-    valid = alive[:, None] & alive[None, :] & ~jnp.eye(n, dtype=bool)
+    valid = state.alive[:, None] & state.alive[None, :] & ~jnp.eye(n, dtype=bool)
     return Costs(jnp.where(valid, (merge + merge.T) / 2, jnp.inf), removal)
 
 
@@ -256,6 +308,51 @@ class Path(eqx.Module):
     cumulative: jax.Array
 
 
+class Candidates(eqx.Module):
+    """Each slot's candidate partners `(n, k)` and the `Moments` of those pairs `(n, k, ...)`."""
+
+    partners: jax.Array
+    moments: Moments
+
+
+class Greedy(eqx.Module):
+    """The state of a greedy path between steps: the layer, its current refit, the merge candidates (`None`
+    when merges are off)."""
+
+    layer: LayerState
+    fit: Fit
+    candidates: Candidates | None
+
+
+def check_candidates(candidates) -> int | None:
+    if candidates is not None and (
+        isinstance(candidates, (bool, np.bool_)) or not isinstance(candidates, (int, np.integer)) or candidates < 1
+    ):
+        raise ValueError(f"`candidates` must be an integer >= 1 or None (all pairs); received {candidates!r}.")
+    return None if candidates is None else int(candidates)
+
+
+def start(state: LayerState, problem: LayerProblem, allow_merge: bool, candidates: int | None, block_size: int = 256):
+    """The greedy path's first state: each slot's `candidates` partners of smallest initial merge cost (`None`:
+    all `n − 1`), from one `merge_costs` call; planted duplicates cost 0, so they are always among them."""
+    fit = current_fit(state, problem)
+    if not allow_merge:
+        return Greedy(state, fit, None)
+    n = state.alive.shape[0]
+    k = n - 1 if candidates is None else min(candidates, n - 1)
+    _, partners = jax.lax.top_k(-merge_costs(state, problem, block_size).merge, k)
+    rows = jnp.arange(n)
+    return Greedy(state, fit, Candidates(partners, moments(state, problem, fit, rows, partners)))
+
+
+def candidate_costs(greedy: Greedy) -> jax.Array:
+    """The current merge costs of every candidate pair `(i, partners[i, r])`, `(n, k)` (invalid: `inf`)."""
+    partners = greedy.candidates.partners
+    return pair_costs(
+        greedy.candidates.moments, greedy.fit, greedy.layer.alive, jnp.arange(partners.shape[0]), partners
+    )
+
+
 def _kill(state: LayerState, j, labels) -> LayerState:
     dead = jnp.arange(state.alive.shape[0]) == j
     return LayerState(
@@ -268,54 +365,128 @@ def _kill(state: LayerState, j, labels) -> LayerState:
     )
 
 
-@eqx.filter_jit
-def greedy_path(state: LayerState, problem: LayerProblem, allow_merge: bool, block_size: int = 256) -> Path:
-    """Greedy backward compression of one layer to width 1: at every step the cheapest operation under the
-    current refit — merging two slots (if `allow_merge`) or removing one — costs recomputed after each step.
+def _downdate(fit: Fit, m: Moments | None, j) -> tuple[Fit, Moments | None]:
+    """Drop slot j from the fit (OBS: `K ← K − K_:j K_j: / K_jj`, `W_c ← W_c − W_c[:, j] K_j: / K_jj`) and carry
+    the pairs' `u = K g` and `e = r₀ᵀμ̃` along in `O(n + m)` each (`g_j` becomes 0)."""
+    k, wc = fit.inverse, fit.weights
+    kj, kjj, wj = k[:, j], k[j, j], wc[:, j]
+    other = (jnp.arange(k.shape[0]) != j).astype(k.dtype)
+    fit = Fit((k - jnp.outer(kj, kj) / kjj) * other[:, None] * other, (wc - jnp.outer(wj, kj) / kjj) * other)
+    if m is None:
+        return fit, None
+    uj = m.u[..., j, None] / kjj
+    return fit, eqx.tree_at(lambda t: (t.g, t.u, t.e), m, (m.g * other, (m.u - uj * kj) * other, m.e + uj * wj))
 
-    With `allow_merge=False` this is structured OBS / ZipLM greedy elimination (parallel mode). A merge keeps
-    the slot with the larger removal cost as the block's representative.
+
+def _remove(greedy: Greedy, j) -> Greedy:
+    fit, m = _downdate(greedy.fit, None if greedy.candidates is None else greedy.candidates.moments, j)
+    labels = jnp.where(greedy.layer.labels == j, -1, greedy.layer.labels).astype(jnp.int32)
+    candidates = None if m is None else Candidates(greedy.candidates.partners, m)
+    return Greedy(_kill(greedy.layer, j, labels), fit, candidates)
+
+
+def _merge(greedy: Greedy, problem: LayerProblem, keep, gone) -> Greedy:
+    """Merge slot `gone` into `keep`: both leave the fit, the merged column `ṽ` joins it (bordered inverse,
+    `s = ‖ṽ‖² − qᵀK q`, `q = F̃ᵀṽ`), the pairs' moments follow in `O(N + n + m)` each, and the pairs with the
+    merged slot are recomputed: its own candidates become its `k` cheapest partners now."""
+    state, lam = greedy.layer, problem.lam
+    n = state.alive.shape[0]
+    s_keep, s_gone = state.sizes[keep], state.sizes[gone]
+    alpha = s_keep / (s_keep + s_gone)
+    pre = alpha * state.pre[:, keep] + (1 - alpha) * state.pre[:, gone]
+    feature = _centred(ACTIVATIONS[problem.activation].fn(pre), problem.centre, 0)
+    member = alpha * state.members[:, keep] + (1 - alpha) * state.members[:, gone]
+    layer = LayerState(
+        state.features.at[:, keep].set(feature),
+        state.pre.at[:, keep].set(pre),
+        state.members.at[:, keep].set(member),
+        state.sizes.at[keep].add(s_gone),
+        state.alive,
+        state.labels,
+    )
+    layer = _kill(layer, gone, jnp.where(state.labels == gone, keep, state.labels).astype(jnp.int32))
+    fit, m = _downdate(greedy.fit, greedy.candidates.moments, gone)
+    fit, m = _downdate(fit, m, keep)
+    new = (jnp.arange(n) == keep).astype(pre.dtype)
+    cc = _mm("ik,i->k", layer.members, member)
+    q = (_mm("sk,s->k", layer.features, feature) + lam * cc) * (1 - new)
+    w = _mm("kl,l->k", fit.inverse, q)
+    s = jnp.sum(feature**2) + lam * jnp.sum(member**2) - jnp.sum(q * w)
+    w_bar = w - new
+    rho = _mm("sm,s->m", problem.targets, feature) + lam * _mm("mi,i->m", problem.weights, member)
+    rho = rho - _mm("mk,k->m", fit.weights, q)
+    fit = Fit(fit.inverse + jnp.outer(w_bar, w_bar) / s, fit.weights - jnp.outer(rho, w_bar) / s)
+    # Every pair's g gains the merged column's entry g_keep = ṽᵀμ̃; then u, e move along w̄ = K q − e_keep.
+    rows, partners = jnp.arange(n), greedy.candidates.partners
+    share = _share(layer.sizes, rows, partners)
+    g_keep = _mm("pjs,s->pj", m.mu, feature) + lam * (share * cc[:, None] + (1 - share) * cc[partners])
+    g = m.g + g_keep[..., None] * new
+    t = _mm("pjk,k->pj", g, w_bar)[..., None] / s
+    m = eqx.tree_at(lambda x: (x.g, x.u, x.e), m, (g, m.u + t * w_bar, m.e + t * rho))
+    # The pairs with the merged slot, from scratch: its row of the kernel, O(N n² + n³) once per merge.
+    fresh = jax.tree.map(lambda a: a[0], moments(layer, problem, fit, keep[None], rows[None]))
+    fresh_costs = pair_costs(jax.tree.map(lambda a: a[None], fresh), fit, layer.alive, keep[None], rows[None])[0]
+    _, top = jax.lax.top_k(-fresh_costs, partners.shape[1])
+    pointing = partners == keep
+
+    def refresh(old, new_):
+        old = jnp.where(pointing.reshape(pointing.shape + (1,) * (old.ndim - 2)), new_[:, None], old)
+        return old.at[keep].set(new_[top])
+
+    candidates = Candidates(partners.at[keep].set(top), jax.tree.map(refresh, m, fresh))
+    return Greedy(layer, fit, candidates)
+
+
+def advance(greedy: Greedy, problem: LayerProblem) -> tuple[Greedy, jax.Array, jax.Array]:
+    """One greedy step: the cheapest of merging a candidate pair and removing a slot. Returns the new state,
+    whether it merged and the squared error it added. Ties go to the lowest `(min(i, j), max(i, j))`, then the
+    lowest slot, and a merge keeps the slot with the larger removal cost as the block's representative."""
+    removal = removal_costs(greedy.layer, greedy.fit)
+    drop = jnp.argmin(removal)
+    if greedy.candidates is None:
+        return _remove(greedy, drop), jnp.asarray(False), removal[drop]
+    costs = candidate_costs(greedy)
+    n = costs.shape[0]
+    partners = greedy.candidates.partners
+    rows = jnp.broadcast_to(jnp.arange(n)[:, None], partners.shape)
+    lo, hi = jnp.minimum(rows, partners), jnp.maximum(rows, partners)
+    best = jnp.min(costs)
+    flat = jnp.argmin(jnp.where(costs == best, lo * n + hi, n * n))
+    i, j = lo.ravel()[flat], hi.ravel()[flat]
+    keep, gone = jnp.where(removal[i] >= removal[j], i, j), jnp.where(removal[i] >= removal[j], j, i)
+    do_merge = best < removal[drop]
+    greedy = jax.lax.cond(do_merge, lambda g: _merge(g, problem, keep, gone), lambda g: _remove(g, drop), greedy)
+    return greedy, do_merge, jnp.where(do_merge, best, removal[drop])
+
+
+@eqx.filter_jit
+def greedy_path(
+    state: LayerState, problem: LayerProblem, allow_merge: bool, block_size: int = 256, candidates: int | None = None
+) -> Path:
+    """Greedy backward compression of one layer to width 1: at every step the cheapest operation under the
+    current refit — merging two candidate slots (if `allow_merge`) or removing one.
+
+    With `allow_merge=False` this is structured OBS / ZipLM greedy elimination (parallel mode). Nothing is
+    recomputed from scratch between steps: the inverse Gram and the refit follow by rank-one updates, each
+    candidate pair's moments by `O(N + n + m)` updates (`_downdate`, `_merge`), so a step costs
+    `O(n k (N + n + m))` plus `O(N n² + n³)` for the merged slot's new row. `candidates=None` keeps every
+    pair (the exact greedy, memory `O(n² (N + n + m))`).
     """
-    fn = ACTIVATIONS[problem.activation].fn
     n = state.alive.shape[0]
 
     def step(t, carry):
-        state, path, total = carry
-        costs = merge_costs(state, problem, block_size, pairs=allow_merge)
-        merge = costs.merge
-        flat = jnp.argmin(merge)
-        i, j = flat // n, flat % n
-        keep, gone = (
-            jnp.where(costs.removal[i] >= costs.removal[j], i, j),
-            jnp.where(costs.removal[i] >= costs.removal[j], j, i),
-        )
-        drop = jnp.argmin(costs.removal)
-        do_merge = merge[i, j] < costs.removal[drop]
-        increase = jnp.where(do_merge, merge[i, j], costs.removal[drop])
-
-        s_keep, s_gone = state.sizes[keep], state.sizes[gone]
-        alpha = s_keep / (s_keep + s_gone)
-        pre_new = alpha * state.pre[:, keep] + (1 - alpha) * state.pre[:, gone]
-        merged_state = LayerState(
-            state.features.at[:, keep].set(_centred(fn(pre_new), problem.centre, 0)),
-            state.pre.at[:, keep].set(pre_new),
-            state.members.at[:, keep].set(alpha * state.members[:, keep] + (1 - alpha) * state.members[:, gone]),
-            state.sizes.at[keep].add(s_gone),
-            state.alive,
-            state.labels,
-        )
-        merged_state = _kill(merged_state, gone, jnp.where(state.labels == gone, keep, state.labels).astype(jnp.int32))
-        removed_state = _kill(state, drop, jnp.where(state.labels == drop, -1, state.labels).astype(jnp.int32))
-        new = jax.tree.map(lambda a, b: jnp.where(do_merge, a, b), merged_state, removed_state)
+        greedy, path, total = carry
+        greedy, merged, increase = advance(greedy, problem)
         total = total + increase
         path = Path(
-            path.labels.at[t].set(new.labels),
-            path.merged.at[t].set(do_merge),
+            path.labels.at[t].set(greedy.layer.labels),
+            path.merged.at[t].set(merged),
             path.cumulative.at[t].set(relative(total, problem)),
         )
-        return new, path, total
+        return greedy, path, total
 
     dtype = state.features.dtype
     empty = Path(jnp.zeros((n - 1, n), jnp.int32), jnp.zeros(n - 1, bool), jnp.zeros(n - 1, dtype))
-    _, path, _ = jax.lax.fori_loop(0, n - 1, step, (state, empty, jnp.zeros((), dtype)))
+    greedy = start(state, problem, allow_merge, candidates, block_size)
+    _, path, _ = jax.lax.fori_loop(0, n - 1, step, (greedy, empty, jnp.zeros((), dtype)))
     return path
