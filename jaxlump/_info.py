@@ -6,9 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
-from ._accounting import Cost
+from ._accounting import Cost, chain_cost, cost
 from ._custom_types import Partitions, WeightMasks
 from ._errors import RESULTS, is_traced, messages
+from ._network import DenseChain
 
 
 class Certificate(eqx.Module):
@@ -115,6 +116,55 @@ class CompressionInfo(eqx.Module):
             f"flops {_number(self.cost_before.flops)} → {_number(self.cost_after.flops)}, "
             f"result={_result_message(self.result)!r})"
         )
+
+
+def compression_info(
+    method: str,
+    knob,
+    before,
+    after,
+    partitions,
+    *,
+    structured: bool,
+    result: RESULTS,
+    weight_masks: WeightMasks | None = None,
+    certificate: Certificate | None = None,
+    widths_before: tuple[int, ...] | None = None,
+    widths_after=None,
+) -> CompressionInfo:
+    """The `CompressionInfo` of compressing `before` into `after` (each a `DenseChain` or any model `cost` takes).
+
+    `partitions` (one label array per hidden layer) decide the live neurons: `widths_after` counts only the
+    compressed neurons that some original neuron maps to, and so does `cost_after` for a chain `after` (a fixed-shape
+    masked chain is described as its shrunk form; a model is costed as it is). `widths_before` defaults to
+    `before.widths`. A result whose layers are not the original's (a factorised, deeper chain) passes its own
+    `widths_after`; its cost then counts every neuron of `after`.
+    """
+    widths_before = tuple(before.widths if widths_before is None else widths_before)
+    partitions = tuple(partitions)
+    if widths_after is None:
+        widths_after = live_widths(widths_before, partitions)
+        neuron_masks = live_masks(after.widths[1:-1], partitions) if isinstance(after, DenseChain) else None
+    else:
+        neuron_masks = None
+    return CompressionInfo(
+        method=method,
+        structured=structured,
+        knob=jnp.asarray(knob, dtype=jnp.result_type(float)),
+        partitions=partitions,
+        weight_masks=weight_masks,
+        widths_before=widths_before,
+        widths_after=widths_after,
+        cost_before=_cost(before),
+        cost_after=_cost(after, neuron_masks),
+        certificate=certificate,
+        result=result,
+    )
+
+
+def _cost(model, neuron_masks=None) -> Cost:
+    # A chain is costed directly (`cost` would first re-validate it as a model).
+    return chain_cost(model, neuron_masks) if isinstance(model, DenseChain) else cost(model, neuron_masks)
 
 
 def _traced(tree) -> bool:

@@ -5,12 +5,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._accounting import chain_cost
 from ._adapters import from_chain, to_chain
 from ._certificate import certify
 from ._discrepancy import AbstractDiscrepancy, Structural
 from ._errors import RESULTS, check_bool, check_choice, check_data, check_eps, combine, finite_result, raise_if_failed
-from ._info import Certificate, CompressionInfo, live_masks, live_widths
+from ._info import Certificate, compression_info
 from ._network import DenseChain
 from ._reconstruct import DEFAULT_RIDGE, reconstruct_chain
 from ._reduction.masked import shrink
@@ -75,19 +74,8 @@ def lump_chain_unjitted(
     else:
         certificate, certificate_result = certify(original, reduced, partitions, x, simulate_ode=certify_ode)
         results.append(certificate_result)
-    hidden = original.widths[1:-1]
-    info = CompressionInfo(
-        method="lump",
-        structured=True,
-        knob=eps,
-        partitions=partitions,
-        weight_masks=None,
-        widths_before=original.widths,
-        widths_after=live_widths(original.widths, partitions),
-        cost_before=chain_cost(original),
-        cost_after=chain_cost(reduced, live_masks(hidden, partitions)),
-        certificate=certificate,
-        result=combine(*results),
+    info = compression_info(
+        "lump", eps, original, reduced, partitions, structured=True, result=combine(*results), certificate=certificate
     )
     return reduced, info
 

@@ -41,7 +41,7 @@ import numpy as np
 from ._adapters import from_chain, to_chain
 from ._discrepancy import batch_any
 from ._errors import RESULTS, check_bool, check_data, combine, finite_result, raise_if_failed
-from ._info import CompressionInfo, check_partitions, live_masks, live_widths
+from ._info import CompressionInfo, check_partitions, compression_info, live_masks
 from ._network import ACTIVATIONS, DenseChain
 from ._reduction.quotient import mean_rows
 
@@ -313,22 +313,20 @@ def reconstruct(
     new_chain, result, certificate = _reconstruct_and_certify(
         original_chain, compressed_chain, x, partitions, weight_masks, jnp.asarray(ridge, x.dtype)
     )
-    cost_after = chain_cost(new_chain, neuron_masks=live_masks(new_chain.widths[1:-1], partitions))
     if info is None:
-        new_info = CompressionInfo(
-            method="reconstruct",
+        new_info = compression_info(
+            "reconstruct",
+            ridge,
+            original_chain,
+            new_chain,
+            partitions,
             structured=False,
-            knob=jnp.asarray(ridge, dtype=jnp.result_type(float)),
-            partitions=partitions,
-            weight_masks=weight_masks,
-            widths_before=original_chain.widths,
-            widths_after=live_widths(original_chain.widths, partitions),
-            cost_before=chain_cost(original_chain),
-            cost_after=cost_after,
-            certificate=certificate,
             result=result,
+            weight_masks=weight_masks,
+            certificate=certificate,
         )
     else:
+        cost_after = chain_cost(new_chain, neuron_masks=live_masks(new_chain.widths[1:-1], partitions))
         new_info = eqx.tree_at(
             lambda i: (i.cost_after, i.certificate, i.result),
             info,

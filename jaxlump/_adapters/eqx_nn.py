@@ -220,16 +220,23 @@ def _sequential_layout(seq: eqx.nn.Sequential, chain: DenseChain) -> list[str]:
     return layout
 
 
-def _build_sequential(options: dict, chain: DenseChain) -> eqx.nn.Sequential:
+def sequential_from_chain(chain: DenseChain, layout: list[str] | None = None) -> eqx.nn.Sequential:
+    """An `eqx.nn.Sequential` holding `chain`. `layout` names each entry (`"linear"` or an activation); by default
+    every `Linear` is followed by its activation (`eqx.nn.Identity` for the identity)."""
+    layout = [entry for act in chain.activations for entry in ("linear", act)] if layout is None else layout
     linears = iter(_linears_from_chain(chain))
     return eqx.nn.Sequential(
         [
             next(linears)
             if entry == "linear"
             else (eqx.nn.Identity() if entry == "identity" else eqx.nn.Lambda(ACTIVATIONS[entry].model_fn))
-            for entry in options["layout"]
+            for entry in layout
         ]
     )
+
+
+def _build_sequential(options: dict, chain: DenseChain) -> eqx.nn.Sequential:
+    return sequential_from_chain(chain, options["layout"])
 
 
 def _hidden_and_final(chain: DenseChain) -> tuple[Callable, Callable]:

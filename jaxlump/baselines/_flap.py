@@ -16,7 +16,8 @@ from .._info import CompressionInfo
 from .._network import DenseChain
 from .._reconstruct import DEFAULT_RIDGE
 from ._masks import check_flag
-from ._obs import finish, hidden_activations, masked_quotient, prepare, pruning_labels
+from ._obs import finish, hidden_activations, masked_quotient, prepare, pruning_labels, selection_status
+from ._structured import global_cut
 
 
 def flap_scores(chain: DenseChain, x) -> list[np.ndarray]:
@@ -34,18 +35,9 @@ def standardised(score: np.ndarray) -> np.ndarray:
 
 
 def global_keep(scores: list[np.ndarray], sparsity: float) -> list[np.ndarray]:
-    """Keep masks from one global cut of the per-layer standardised scores: the `int(N·s)` lowest of the `N` hidden
-    neurons go (stable order: layer by layer, then index), each layer's best neuron is protected."""
-    pooled = []
-    for s in scores:
-        z = standardised(s)
-        z[np.argmax(z)] = np.inf
-        pooled.append(z)
-    flat = np.concatenate(pooled)
-    n_remove = min(int(flat.size * sparsity), flat.size - len(scores))
-    keep = np.ones(flat.size, bool)
-    keep[np.argsort(flat, kind="stable")[:n_remove]] = False
-    return np.split(keep, np.cumsum([s.size for s in scores])[:-1])
+    """Keep masks from one global cut of the per-layer standardised scores (`global_cut`: the `int(N·s)` lowest of
+    the `N` hidden neurons go, each layer's best neuron is protected)."""
+    return global_cut([standardised(s) for s in scores], sparsity)
 
 
 def compensated(chain: DenseChain, masked: DenseChain, keeps: list[np.ndarray], means: list[np.ndarray]) -> DenseChain:
@@ -72,6 +64,7 @@ def flap_prune(
     compensate: bool = True,
     reconstruct: bool = False,
     ridge: float = DEFAULT_RIDGE,
+    throw: bool = True,
 ) -> tuple[Any, CompressionInfo]:
     """FLAP: remove the hidden neurons of lowest standardised fluctuation score under one global threshold.
 
@@ -88,11 +81,14 @@ def flap_prune(
     - `compensate`: FLAP's bias compensation (default `True`).
     - `reconstruct`: apply the shared least-squares reconstruction afterwards (default `False`, as FLAP).
     - `ridge`: the reconstruction's ridge.
+    - `throw`: raise a `jaxlump.CompressionError` naming the failed stage (default): NaN/inf scores (the activations
+      overflowed), a non-finite compensated model, a failed reconstruction; `False` reports it in `info.result`.
 
     **Returns:** `(new_model, info)`, physically smaller; kept neurons map to their new index, removed ones to −1.
 
     **Raises:** `ValueError` for a sparsity outside `[0, 1)`, missing or bad `x_calib`, or `compensate=True` when a
-    receiving layer has no bias; `TypeError` for an unsupported model.
+    receiving layer has no bias; `TypeError` for an unsupported model; `CompressionError` for a failed stage when
+    `throw=True`.
 
     ```python
     import equinox as eqx, jax.numpy as jnp, jax.random as jr
@@ -108,10 +104,12 @@ def flap_prune(
     """
     chain, x, sparsity, _, ridge = prepare(model, x_calib, sparsity, 0.0, ridge, reconstruct)
     check_flag(compensate, "compensate")
-    keeps = global_keep(flap_scores(chain, x), sparsity)
+    scores = flap_scores(chain, x)
+    keeps = global_keep(scores, sparsity)
     labels = [pruning_labels(k) for k in keeps]
     masked = None
     if compensate and not all(k.all() for k in keeps):
         means = [np.asarray(a, np.float64).mean(axis=0) for a in hidden_activations(chain, x)]
         masked = compensated(chain, masked_quotient(chain, labels), keeps, means)
-    return finish("flap_prune", sparsity, model, chain, x, labels, reconstruct=reconstruct, ridge=ridge, masked=masked)
+    options = dict(reconstruct=reconstruct, ridge=ridge, masked=masked, throw=throw)
+    return finish("flap_prune", sparsity, model, chain, x, labels, selection=selection_status(*scores), **options)

@@ -4,6 +4,11 @@ All merges use the operator lumping uses (reference §1.4): a block's incoming w
 mean, its outgoing weights their sum (`W_in' = (CCᵀ)⁻¹C W_in`, `W_out' = W_out Cᵀ`, model folding's code). They
 differ in the partition: k-means of the neurons' weight vectors (data-free), greedy pairing by activation
 correlation (data-aware), or Neuron Merging's nearest kept neuron by cosine with a norm-ratio scale.
+
+Their inputs are first divided by a power of two (exact), so squared distances, correlations and norms of large but
+finite weights or activations cannot overflow and the choices are those of the unscaled arithmetic bit for bit.
+`info.result` reports NaN/inf activations (`RESULTS.refinement_nonfinite`, ZipIt!), a merged model that overflowed
+(`RESULTS.nonfinite_result`: the sum of outgoing columns, REPAIR's rescaling) and a failed reconstruction.
 """
 
 from typing import Any
@@ -16,7 +21,25 @@ from .._info import CompressionInfo
 from .._network import ACTIVATIONS, DenseChain
 from .._reconstruct import DEFAULT_RIDGE
 from ._masks import check_flag
-from ._obs import finish, hidden_activations, kept_count, masked_quotient, prepare, pruning_labels
+from ._obs import finish, hidden_activations, kept_count, masked_quotient, prepare, pruning_labels, selection_status
+
+
+def rescaled(a: np.ndarray, axis: int | None = None) -> np.ndarray:
+    """`a` divided by the power of two that brings its largest magnitude (per slice along `axis`, or overall) into
+    `[0.5, 1)`: exact, so scale-invariant quantities (clusterings, correlations, norm ratios) are unchanged."""
+    a = np.asarray(a, np.float64)
+    _, exponent = np.frexp(np.max(np.abs(a), axis=axis, keepdims=True, initial=0.0))
+    return np.ldexp(a, -exponent)
+
+
+def merge_labels(chain: DenseChain, sparsity: float, clusters) -> list[np.ndarray]:
+    """Per hidden layer `l`, the representative labels of `clusters(l, k)` (a cluster id per neuron, `k` clusters
+    with `k = kept_count(n, sparsity)`), or the identity where the layer keeps all its neurons."""
+    labels = []
+    for l in range(1, chain.n_layers):
+        n, k = chain.widths[l], kept_count(chain.widths[l], sparsity)
+        labels.append(np.arange(n) if k == n else representative_labels(clusters(l, k)))
+    return labels
 
 
 def representative_labels(clusters: np.ndarray) -> np.ndarray:
@@ -29,7 +52,7 @@ def representative_labels(clusters: np.ndarray) -> np.ndarray:
 def kmeans(points: np.ndarray, k: int, seed: int, n_iter: int = 100) -> np.ndarray:
     """Lloyd's k-means with k-means++ seeding (NumPy); returns a cluster id per point. An emptied cluster is
     re-seeded at the point farthest from its centre."""
-    points = np.asarray(points, np.float64)
+    points = rescaled(points)
     generator = np.random.default_rng(seed)
     centres = [points[generator.integers(len(points))]]
     for _ in range(1, k):
@@ -62,7 +85,7 @@ def zipit_clusters(a: np.ndarray, k: int, alpha: float) -> np.ndarray:
     """Greedy matching by activation correlation until `k` blocks: repeatedly merge the most correlated pair of
     blocks; a merged block's correlations become `alpha · min` of its two parts' (ZipIt!'s `match_tensors_zipit`)."""
     a = np.asarray(a, np.float64)
-    a = a - a.mean(axis=0)
+    a = rescaled(a - a.mean(axis=0), axis=0)
     norms = np.linalg.norm(a, axis=0)
     sims = np.where(np.outer(norms, norms) > 0, (a.T @ a) / np.maximum(np.outer(norms, norms), 1e-300), 0.0)
     n = sims.shape[0]
@@ -106,12 +129,12 @@ def repair(original: DenseChain, merged: DenseChain, x, labels) -> DenseChain:
     )
 
 
-def _merge(method, knob, model, chain, x, labels, *, repair_on: bool, reconstruct: bool, ridge: float):
+def _merge(method, knob, model, chain, x, labels, *, repair_on: bool, reconstruct: bool, ridge: float, **results):
     masked = None
     if repair_on and not all(np.array_equal(p, np.arange(p.size)) for p in labels):
         masked = repair(chain, masked_quotient(chain, labels), x, labels)
     name = method + ("+repair" if repair_on else "")
-    return finish(name, knob, model, chain, x, labels, reconstruct=reconstruct, ridge=ridge, masked=masked)
+    return finish(name, knob, model, chain, x, labels, reconstruct=reconstruct, ridge=ridge, masked=masked, **results)
 
 
 def fold(
@@ -123,6 +146,7 @@ def fold(
     repair: bool = False,
     reconstruct: bool = False,
     ridge: float = DEFAULT_RIDGE,
+    throw: bool = True,
 ) -> tuple[Any, CompressionInfo]:
     """Model folding: k-means-cluster each hidden layer's neurons by their weights and merge every cluster.
 
@@ -139,11 +163,14 @@ def fold(
       paper).
     - `reconstruct`: apply the shared least-squares reconstruction (default `False`).
     - `ridge`: the reconstruction's ridge.
+    - `throw`: raise a `jaxlump.CompressionError` naming the failed stage (default): a merged model that overflowed,
+      a failed reconstruction (module docs); `False` reports it in `info.result` instead.
 
     **Returns:** `(new_model, info)`, physically smaller; `info.partitions` maps each original neuron to its merged
     neuron's index.
 
-    **Raises:** `ValueError` for a sparsity outside `[0, 1)`, or missing/bad `x_calib` when data are needed.
+    **Raises:** `ValueError` for a sparsity outside `[0, 1)`, or missing/bad `x_calib` when data are needed;
+    `CompressionError` for a failed stage when `throw=True`.
 
     ```python
     import equinox as eqx, jax.numpy as jnp, jax.random as jr
@@ -160,11 +187,9 @@ def fold(
         model, x_calib, sparsity, 0.0, ridge, reconstruct, required=repair, why="for repair=True"
     )
     check_flag(repair, "repair")
-    labels = []
-    for l in range(1, chain.n_layers):
-        n, k = chain.widths[l], kept_count(chain.widths[l], sparsity)
-        labels.append(np.arange(n) if k == n else representative_labels(kmeans(folding_features(chain, l), k, seed)))
-    return _merge("fold", sparsity, model, chain, x, labels, repair_on=repair, reconstruct=reconstruct, ridge=ridge)
+    labels = merge_labels(chain, sparsity, lambda l, k: kmeans(folding_features(chain, l), k, seed))
+    options = dict(repair_on=repair, reconstruct=reconstruct, ridge=ridge, throw=throw)
+    return _merge("fold", sparsity, model, chain, x, labels, **options)
 
 
 def zipit_merge(
@@ -176,14 +201,15 @@ def zipit_merge(
     repair: bool = True,
     reconstruct: bool = False,
     ridge: float = DEFAULT_RIDGE,
+    throw: bool = True,
 ) -> tuple[Any, CompressionInfo]:
     """Data-aware merging: greedy matching of each hidden layer's neurons by activation correlation (ZipIt!).
 
     The Pearson correlations of the layer's calibration activations are merged greedily, most correlated pair
     first, until `k = n − int(n·s)` blocks remain (module docs); blocks merge mean-in / sum-out, then REPAIR.
 
-    **Arguments:** as `fold`, with `x_calib` required, `alpha` ZipIt!'s decay of a merged block's correlations
-    (default 0.5) and `repair` defaulting to `True`.
+    **Arguments:** as `fold` (`throw` included; NaN/inf activations are a failure too), with `x_calib` required,
+    `alpha` ZipIt!'s decay of a merged block's correlations (default 0.5) and `repair` defaulting to `True`.
 
     **Returns:** `(new_model, info)` as `fold`.
 
@@ -206,11 +232,10 @@ def zipit_merge(
     alpha = float(alpha)
     if not 0.0 < alpha <= 1.0:
         raise ValueError(f"`alpha` must lie in (0, 1]; received {alpha!r}.")
-    labels = []
-    for l, a in enumerate(hidden_activations(chain, x), start=1):
-        n, k = chain.widths[l], kept_count(chain.widths[l], sparsity)
-        labels.append(np.arange(n) if k == n else representative_labels(zipit_clusters(a, k, alpha)))
-    return _merge("zipit", sparsity, model, chain, x, labels, repair_on=repair, reconstruct=reconstruct, ridge=ridge)
+    acts = hidden_activations(chain, x)
+    labels = merge_labels(chain, sparsity, lambda l, k: zipit_clusters(acts[l - 1], k, alpha))
+    options = dict(repair_on=repair, reconstruct=reconstruct, ridge=ridge, throw=throw)
+    return _merge("zipit", sparsity, model, chain, x, labels, selection=selection_status(*acts), **options)
 
 
 def neuron_merge(
@@ -221,6 +246,7 @@ def neuron_merge(
     threshold: float = 0.45,
     reconstruct: bool = False,
     ridge: float = DEFAULT_RIDGE,
+    throw: bool = True,
 ) -> tuple[Any, CompressionInfo]:
     """Neuron Merging: prune by the incoming ℓ2 norm, and fold each pruned neuron into its most similar kept one.
 
@@ -231,7 +257,7 @@ def neuron_merge(
 
     **Arguments:** `model`, `x_calib` (`None` unless `reconstruct`), `sparsity` as `fold`; `threshold`: the cosine
     similarity a merge needs, in `[-1, 1]` (default 0.45, chosen here; the paper tunes it per network);
-    `reconstruct`, `ridge` as `fold` (the reconstruction targets each kept neuron's own pre-activation).
+    `reconstruct`, `ridge`, `throw` as `fold` (the reconstruction targets each kept neuron's own pre-activation).
 
     **Returns:** `(new_model, info)`; `info.partitions` maps a merged neuron to the kept neuron it joined, a removed one
     to −1.
@@ -257,7 +283,7 @@ def neuron_merge(
     biases = [np.array(b, np.float64) for b in chain.biases]
     prune, merge = [], []
     for l in range(1, chain.n_layers):
-        u = np.concatenate([weights[l - 1], biases[l - 1][:, None]], axis=1)
+        u = rescaled(np.concatenate([weights[l - 1], biases[l - 1][:, None]], axis=1))
         n, k = u.shape[0], kept_count(u.shape[0], sparsity)
         norms = np.linalg.norm(u, axis=1)
         keep = np.zeros(n, bool)
@@ -282,7 +308,5 @@ def neuron_merge(
     )
     if all(p.all() for p in (np.asarray(q) >= 0 for q in prune)):
         masked = None
-    return finish(
-        "neuron_merge", sparsity, model, chain, x, prune, reconstruct=reconstruct, ridge=ridge, masked=masked,
-        info_labels=merge,
-    )  # fmt: skip
+    options = dict(reconstruct=reconstruct, ridge=ridge, masked=masked, info_labels=merge, throw=throw)
+    return finish("neuron_merge", sparsity, model, chain, x, prune, **options)

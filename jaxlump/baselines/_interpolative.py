@@ -15,7 +15,7 @@ from jaxtyping import ArrayLike, Float
 from .._info import CompressionInfo
 from .._reconstruct import DEFAULT_RIDGE
 from ._masks import check_flag
-from ._obs import finish, prepare, select_layers
+from ._obs import prune_by_selector
 
 
 def pivoted_cholesky_pivots(h: np.ndarray, k: int) -> np.ndarray:
@@ -59,6 +59,7 @@ def id_prune(
     damp: float = 0.0,
     reconstruct: bool = True,
     ridge: float = DEFAULT_RIDGE,
+    throw: bool = True,
 ) -> tuple[Any, CompressionInfo]:
     """Keep, per hidden layer, the neurons an interpolative decomposition of its activations selects.
 
@@ -77,11 +78,14 @@ def id_prune(
     - `reconstruct`: apply the shared least-squares reconstruction (default `True`: ID's update is the refit);
       `False` keeps the surviving weights unchanged.
     - `ridge`: the reconstruction's ridge (see `jaxlump.reconstruct`).
+    - `throw`: raise a `jaxlump.CompressionError` naming the failed stage (default); `False` returns the result with
+      `info.result` set instead (NaN/inf activations' Gram, a non-finite result, a failed refit).
 
     **Returns:** `(new_model, info)`, physically smaller; kept neurons map to their new index, removed ones to −1.
 
     **Raises:** `ValueError` for a sparsity outside `[0, 1)`, a negative `damp`/`ridge`, or missing, non-finite or
-    wrongly sized `x_calib`; `TypeError` for an unsupported model.
+    wrongly sized `x_calib`; `TypeError` for an unsupported model; `CompressionError` for a failed stage when
+    `throw=True`.
 
     ```python
     import equinox as eqx, jax.numpy as jnp, jax.random as jr
@@ -95,15 +99,11 @@ def id_prune(
 
     Chee, Flynn, Damle, De Sa, *Model Preserving Compression for Neural Networks*, NeurIPS 2022.
     """
-    chain, x, sparsity, damp, ridge = prepare(model, x_calib, sparsity, damp, ridge, reconstruct)
     check_flag(weighted, "weighted")
-    check_flag(sequential, "sequential")
 
     def selector(h, w, k):
         return id_select(h, w, k, weighted=weighted)
 
-    labels = select_layers(
-        chain, x, selector, sparsity, damp=damp, sequential=sequential, reconstruct=reconstruct, ridge=ridge
-    )
-    method = "id_prune" + ("_weighted" if weighted else "") + ("_sequential" if sequential else "")
-    return finish(method, sparsity, model, chain, x, labels, reconstruct=reconstruct, ridge=ridge)
+    method = "id_prune" + ("_weighted" if weighted else "")
+    options = dict(sequential=sequential, damp=damp, reconstruct=reconstruct, ridge=ridge, throw=throw)
+    return prune_by_selector(method, selector, model, x_calib, sparsity, **options)

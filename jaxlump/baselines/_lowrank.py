@@ -5,20 +5,25 @@ For a layer `z = W a + b` with centred calibration inputs `A_c` and `H = A_cᵀA
 `W̃ = U_r Σ_r V_rᵀ L⁻¹` and its loss is `Σ_{i>r} σ_i²` (Eckart–Young; it attains the oracle bound of a linear map).
 The bias keeps the means: `b̃ = b + (W − W̃) ā`. The layer becomes two: `V_rᵀL⁻¹` (no bias, identity activation),
 then `U_rΣ_r` with `b̃` and the original activation — `r(m + n) + m` parameters instead of `mn + m`.
+
+Checked, per layer in order (`info.result`; `throw=True` raises): a Gram matrix with NaN or inf (the activations
+overflowed) leaves the layer dense and reports `RESULTS.least_squares_nonfinite`; a singular one (`damp=0` with fewer
+independent calibration inputs than the layer's width: Cholesky fails) is whitened by the square root
+`Q₊Λ₊^{1/2}` of its positive eigenpairs instead — the minimum-norm optimum — and reports
+`RESULTS.least_squares_rank_deficient`; a factorised model with NaN or inf reports `RESULTS.nonfinite_result`.
 """
 
 from typing import Any
 
-import equinox as eqx
 import jax.numpy as jnp
-import jax.random as jr
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
-from .._accounting import chain_cost
-from .._errors import RESULTS, check_fraction
-from .._info import CompressionInfo
-from .._network import ACTIVATIONS, DenseChain
+from .._adapters.eqx_nn import sequential_from_chain
+from .._errors import RESULTS, check_bool, check_fraction, combine, raise_if_failed
+from .._info import CompressionInfo, compression_info
+from .._network import DenseChain
+from .._reconstruct import result_status
 from ._obs import DEFAULT_DAMP, centred_gram, check_damp
 from ._structured import chain_and_data
 
@@ -29,32 +34,30 @@ def break_even_rank(m: int, n: int) -> int:
 
 
 def whitened_factors(w: ArrayLike, b: ArrayLike, a: ArrayLike, r: int, damp: float):
-    """`(V, U, b̃)` with `W̃ = U V` the best rank-`r` map on the inputs `a` (module docs); `V`: (r, n), `U`: (m, r)."""
+    """`((V, U, b̃), result)` with `W̃ = U V` the best rank-`r` map on the inputs `a` (module docs); `V`: (r, n),
+    `U`: (m, r). `result` is `RESULTS.least_squares_rank_deficient` when the Gram matrix is singular (then `V` is
+    `V_rᵀ Λ₊^{-1/2} Q₊ᵀ`, the minimum-norm choice); when it holds NaN or inf, `(None, least_squares_nonfinite)`."""
     w, b = np.asarray(w, np.float64), np.asarray(b, np.float64)
     h = centred_gram(a, damp)
-    lower = np.linalg.cholesky(h)
-    u, s, vt = np.linalg.svd(w @ lower, full_matrices=False)
-    v = np.linalg.solve(lower.T, vt[:r].T).T  # V_rᵀ L⁻¹
+    if not np.all(np.isfinite(h)):
+        return None, RESULTS.least_squares_nonfinite
+    try:
+        lower = np.linalg.cholesky(h)
+        u, s, vt = np.linalg.svd(w @ lower, full_matrices=False)
+        v = np.linalg.solve(lower.T, vt[:r].T).T  # V_rᵀ L⁻¹
+        result = RESULTS.successful
+    except np.linalg.LinAlgError:
+        values, vectors = np.linalg.eigh(h)
+        positive = values > h.shape[0] * np.finfo(np.float64).eps * max(values.max(), 0.0)
+        root = vectors[:, positive] * np.sqrt(values[positive])  # H = root rootᵀ on its range
+        u, s, vt = np.linalg.svd(w @ root, full_matrices=False)
+        pad = max(r - s.size, 0)  # the range may hold fewer than r directions: the rest of the factors are zero
+        u, s = np.pad(u, ((0, 0), (0, pad))), np.pad(s, (0, pad))
+        v = np.pad((vt[:r] / np.sqrt(values[positive])) @ vectors[:, positive].T, ((0, pad), (0, 0)))
+        result = RESULTS.least_squares_rank_deficient
     left = u[:, :r] * s[:r]
     bias = b + (w - left @ v) @ np.asarray(a, np.float64).mean(axis=0)
-    return v, left, bias
-
-
-def _linear(w, b, has_bias: bool) -> eqx.nn.Linear:
-    shape = eqx.filter_eval_shape(
-        eqx.nn.Linear, w.shape[1], w.shape[0], use_bias=has_bias, dtype=w.dtype, key=jr.key(0)
-    )
-    if has_bias:
-        return eqx.tree_at(lambda m: (m.weight, m.bias), shape, (w, b))
-    return eqx.tree_at(lambda m: m.weight, shape, w)
-
-
-def _sequential(chain: DenseChain) -> eqx.nn.Sequential:
-    layers = []
-    for w, b, act, has_bias in zip(chain.weights, chain.biases, chain.activations, chain.use_bias, strict=True):
-        layers.append(_linear(w, b, has_bias))
-        layers.append(eqx.nn.Identity() if act == "identity" else eqx.nn.Lambda(ACTIVATIONS[act].fn))
-    return eqx.nn.Sequential(layers)
+    return (v, left, bias), result
 
 
 def lowrank(
@@ -63,6 +66,7 @@ def lowrank(
     sparsity: float,
     *,
     damp: float = DEFAULT_DAMP,
+    throw: bool = True,
 ) -> tuple[Any, CompressionInfo]:
     """Replace every layer by its activation-whitened best low-rank factorisation (SVD-LLM).
 
@@ -77,6 +81,8 @@ def lowrank(
     - `x_calib`: calibration inputs `(batch, n_0)`.
     - `sparsity`: in `[0, 1)`: how far below the break-even rank each layer goes.
     - `damp`: Gram damping relative to its mean diagonal (default 0.01).
+    - `throw`: raise a `jaxlump.CompressionError` naming the failed stage (default); `False` returns the result with
+      `info.result` set instead (module docs: NaN/inf or singular Gram matrices, a non-finite result).
 
     **Returns:** `(new_model, info)`: an `eqx.nn.Sequential` (a `DenseChain` for a `DenseChain`; `model` itself
     when nothing is factorised) and a
@@ -84,7 +90,8 @@ def lowrank(
     `partitions` are the original hidden layers' (every neuron is kept: the bottlenecks are new layers),
     `widths_after` the new chain's widths.
 
-    **Raises:** `ValueError` for a sparsity outside `[0, 1)`, a negative `damp`, or missing/bad `x_calib`.
+    **Raises:** `ValueError` for a sparsity outside `[0, 1)`, a negative `damp`, or missing/bad `x_calib`;
+    `CompressionError` for a failed stage when `throw=True`.
 
     The shared least-squares reconstruction does not apply (the depth changes); the factorisation is already the
     least-squares optimum of each layer's rank-`r` map.
@@ -102,38 +109,36 @@ def lowrank(
     Compression*, ICLR 2025.
     """
     sparsity = check_fraction(sparsity, "sparsity")
-    damp = check_damp(damp)
+    damp, throw = check_damp(damp), check_bool(throw, "throw")
     chain, x = chain_and_data(model, x_calib, required=True, why="by lowrank")
     _, acts = chain.forward(x)
-    weights, biases, activations, use_bias = [], [], [], []
+    weights, biases, activations, use_bias, results = [], [], [], [], []
     for l, (w, b, act, has_bias) in enumerate(
         zip(chain.weights, chain.biases, chain.activations, chain.use_bias, strict=True)
     ):
         r_star = break_even_rank(*w.shape)
-        if sparsity == 0 or r_star == 0:
+        r = max(1, int((1 - sparsity) * r_star))
+        factors, result = (
+            (None, RESULTS.successful) if sparsity == 0 or r_star == 0 else whitened_factors(w, b, acts[l], r, damp)
+        )
+        results.append(result)
+        if factors is None:  # kept dense
             weights.append(w), biases.append(b), activations.append(act), use_bias.append(has_bias)
             continue
-        r = max(1, int((1 - sparsity) * r_star))
-        v, left, bias = whitened_factors(w, b, acts[l], r, damp)
+        v, left, bias = factors
         dtype = w.dtype
         weights += [jnp.asarray(v, dtype), jnp.asarray(left, dtype)]
         biases += [jnp.zeros(r, dtype), jnp.asarray(bias if has_bias else np.zeros_like(bias), dtype)]
         activations += ["identity", act]
         use_bias += [False, has_bias]
     new_chain = DenseChain(tuple(weights), tuple(biases), tuple(activations), tuple(use_bias))
-    info = CompressionInfo(
-        method="lowrank",
-        structured=True,
-        knob=jnp.asarray(sparsity, dtype=jnp.result_type(float)),
-        partitions=tuple(jnp.arange(n) for n in chain.widths[1:-1]),
-        weight_masks=None,
-        widths_before=chain.widths,
+    partitions = [jnp.arange(n) for n in chain.widths[1:-1]]
+    result = combine(*results, result_status(new_chain))
+    info = compression_info(
+        "lowrank", sparsity, chain, new_chain, partitions, structured=True, result=result,
         widths_after=jnp.asarray(new_chain.widths),
-        cost_before=chain_cost(chain),
-        cost_after=chain_cost(new_chain),
-        certificate=None,
-        result=RESULTS.successful,
-    )
+    )  # fmt: skip
+    raise_if_failed(info.result, None, throw, "jaxlump.baselines.lowrank")
     if new_chain.n_layers == chain.n_layers:  # nothing factorised: the model itself
         return model, info
-    return (new_chain if isinstance(model, DenseChain) else _sequential(new_chain)), info
+    return (new_chain if isinstance(model, DenseChain) else sequential_from_chain(new_chain)), info

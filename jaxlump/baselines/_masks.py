@@ -23,7 +23,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._accounting import chain_cost
 from .._adapters import from_chain, to_chain
 from .._errors import (
     RESULTS,
@@ -35,7 +34,7 @@ from .._errors import (
     is_traced,
     raise_if_failed,
 )
-from .._info import CompressionInfo, live_widths
+from .._info import CompressionInfo, compression_info
 from .._network import DenseChain
 
 SCOPES = ("global", "layer", "row")
@@ -132,18 +131,9 @@ def make_info(
     is computed from `new_chain` (`RESULTS.nonfinite_result` when the method's arithmetic overflowed)."""
     partitions = tuple(jnp.arange(n) for n in chain.widths[1:-1])
     masks = tuple(jnp.ones(w.shape, bool) if k is None else k for w, k in zip(chain.weights, keep_masks, strict=True))
-    return CompressionInfo(
-        method=method,
-        structured=False,
-        knob=jnp.asarray(sparsity, dtype=jnp.result_type(float)),
-        partitions=partitions,
-        weight_masks=masks,
-        widths_before=chain.widths,
-        widths_after=live_widths(chain.widths, partitions),
-        cost_before=chain_cost(chain),
-        cost_after=chain_cost(new_chain),
-        certificate=None,
-        result=finite_result(new_chain, RESULTS.nonfinite_result),
+    result = finite_result(new_chain, RESULTS.nonfinite_result)
+    return compression_info(
+        method, sparsity, chain, new_chain, partitions, structured=False, result=result, weight_masks=masks
     )
 
 

@@ -11,6 +11,12 @@ keeping the set `S` and refitting the next layer by least squares gives (referen
 so every selector below only chooses `S`; the weights always come from the one shared reconstruction
 (`jaxlump._reconstruct.reconstruct_chain`), which solves exactly this least-squares problem layer by layer through
 the compressed network.
+
+Failures are checked, not assumed (`info.result`, raised with `throw=True`), in pipeline order: the selection
+(`RESULTS.refinement_nonfinite` when the Gram matrices or scores that choose the neurons are NaN or inf — the
+activations overflowed on the calibration data, so the choice means nothing), the merge or prune itself
+(`RESULTS.nonfinite_result`), then the reconstruction (`RESULTS.least_squares_rank_deficient`,
+`RESULTS.least_squares_nonfinite`).
 """
 
 from collections.abc import Callable
@@ -21,10 +27,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
-from .._accounting import chain_cost
 from .._adapters import from_chain
-from .._errors import RESULTS, check_fraction
-from .._info import CompressionInfo, live_masks, live_widths
+from .._errors import RESULTS, check_bool, check_fraction, combine, finite_result, raise_if_failed
+from .._info import CompressionInfo, compression_info
 from .._network import DenseChain
 from .._reconstruct import DEFAULT_RIDGE, reconstruct_chain, result_status
 from .._reduction.masked import shrink
@@ -119,17 +124,21 @@ def masked_quotient(chain: DenseChain, labels) -> DenseChain:
 def masked_reconstruct(original: DenseChain, masked: DenseChain, x, labels, ridge: float):
     """The shared least-squares reconstruction of a fixed-shape result, compiled once per network shape.
 
-    Returns `(chain, result)`: the solver's `RESULTS` when it reports one, else the finiteness check's.
+    Returns `(chain, result)`: the solver's `RESULTS`, then the finiteness check of the result.
     """
     partitions = tuple(jnp.asarray(p) for p in labels)
-    out = _reconstruct(original, masked, x, partitions, ridge=jnp.asarray(ridge, original.weights[0].dtype))
-    chain, result = out if isinstance(out, tuple) else (out, None)
-    finite = result_status(chain)
-    return chain, finite if result is None else RESULTS.where(result == RESULTS.successful, finite, result)
+    chain, result = _reconstruct(original, masked, x, partitions, ridge=jnp.asarray(ridge, original.weights[0].dtype))
+    return chain, combine(result, result_status(chain))
 
 
 def hidden_activations(chain: DenseChain, x) -> list[np.ndarray]:
     return [np.asarray(a) for a in _hidden(chain, x)]
+
+
+def selection_status(*arrays) -> RESULTS:
+    """`RESULTS.refinement_nonfinite` when the arrays that choose the neurons (Gram matrices, scores, activations)
+    hold NaN or inf, else `successful`."""
+    return finite_result(arrays, RESULTS.refinement_nonfinite)
 
 
 def select_layers(
@@ -142,14 +151,16 @@ def select_layers(
     sequential: bool,
     reconstruct: bool,
     ridge: float,
-) -> list[np.ndarray]:
-    """Per hidden layer, a keep mask from `selector(H, W_next, k)` with `k = kept_count(n, sparsity)`.
+) -> tuple[list[np.ndarray], RESULTS]:
+    """Per hidden layer, pruning labels from the keep mask `selector(H, W_next, k)` with `k = kept_count(n, s)`,
+    and the selection's `RESULTS`.
 
     `sequential=False` (parallel): `H` from the original network's activations. `sequential=True`: layer `l`'s `H`
     comes from the network with layers `< l` already pruned (and, with `reconstruct`, refit against the original),
-    as in ZipLM's and SparseGPT's sequential mode.
+    as in ZipLM's and SparseGPT's sequential mode. A layer whose `H` is not finite keeps its first `k` neurons and
+    the result is `RESULTS.refinement_nonfinite`.
     """
-    labels = identity_labels(chain)
+    labels, results = identity_labels(chain), []
     acts = hidden_activations(chain, x)
     for l in range(1, chain.n_layers):
         if sequential and l > 1:
@@ -159,11 +170,13 @@ def select_layers(
             acts = hidden_activations(student, x)
         n = chain.widths[l]
         k = kept_count(n, sparsity)
-        keep = (
-            np.ones(n, bool) if k == n else selector(centred_gram(acts[l - 1], damp), np.asarray(chain.weights[l]), k)
-        )
+        if k == n:
+            continue
+        h = centred_gram(acts[l - 1], damp)
+        results.append(selection_status(h))
+        keep = selector(h, np.asarray(chain.weights[l]), k) if np.all(np.isfinite(h)) else np.arange(n) < k
         labels[l - 1] = pruning_labels(keep)
-    return labels
+    return labels, combine(*results)
 
 
 def finish(
@@ -178,38 +191,34 @@ def finish(
     ridge: float,
     masked: DenseChain | None = None,
     info_labels=None,
+    selection: RESULTS = RESULTS.successful,
+    throw: bool = False,
 ):
     """Reconstruct (optionally) and shrink a fixed-shape result into a physically smaller model and its info.
 
     `labels`: per hidden layer, every original neuron's representative (its own index when kept, −1 when removed,
     the block representative when merged) — the reconstruction's targets. `masked`: the fixed-shape chain (default:
     the mean-in / sum-out quotient under `labels`). `info_labels`: the partitions recorded in `info` (default
-    `labels`). Keeping every neuron returns the model's parameters unchanged.
+    `labels`). Keeping every neuron returns the model's parameters unchanged. `info.result` combines `selection`
+    (the stage that chose `labels`), the finiteness of `masked` and the reconstruction's; with `throw` a failure
+    raises a `CompressionError` naming its stage.
     """
+    throw = check_bool(throw, "throw")
     labels = [np.asarray(p, int) for p in labels]
     unchanged = all(np.array_equal(p, np.arange(p.size)) for p in labels) and masked is None
-    result = None
+    results = [selection]
     if unchanged:
         masked = chain
     else:
         masked = masked_quotient(chain, labels) if masked is None else masked
+        results.append(result_status(masked))
         if reconstruct:
-            masked, result = masked_reconstruct(chain, masked, x, labels, ridge)
+            masked, refit = masked_reconstruct(chain, masked, x, labels, ridge)
+            results.append(refit)
     partitions = tuple(jnp.asarray(p) for p in (labels if info_labels is None else info_labels))
-    hidden = chain.widths[1:-1]
-    info = CompressionInfo(
-        method=method + ("+reconstruct" if reconstruct and not unchanged else ""),
-        structured=True,
-        knob=jnp.asarray(float(knob), dtype=jnp.result_type(float)),
-        partitions=partitions,
-        weight_masks=None,
-        widths_before=chain.widths,
-        widths_after=live_widths(chain.widths, partitions),
-        cost_before=chain_cost(chain),
-        cost_after=chain_cost(masked, live_masks(hidden, partitions)),
-        certificate=None,
-        result=result_status(masked) if result is None else result,
-    )
+    method += "+reconstruct" if reconstruct and not unchanged else ""
+    info = compression_info(method, float(knob), chain, masked, partitions, structured=True, result=combine(*results))
+    raise_if_failed(info.result, None, throw, f"jaxlump.baselines ({method})")
     if unchanged:  # immutable pytrees: the model itself is the unchanged result
         return model, info
     return shrink(from_chain(masked, like=model), info)
@@ -223,6 +232,18 @@ def prepare(model, x_calib, sparsity, damp, ridge, reconstruct, *, required: boo
     return chain, x, sparsity, check_damp(damp), check_ridge(ridge)
 
 
+def prune_by_selector(method: str, selector, model, x_calib, sparsity, *, sequential, damp, reconstruct, ridge, throw):
+    """A selection baseline once its own options are checked: `prepare`, `select_layers`, `finish`."""
+    chain, x, sparsity, damp, ridge = prepare(model, x_calib, sparsity, damp, ridge, reconstruct)
+    check_flag(sequential, "sequential")
+    labels, selection = select_layers(
+        chain, x, selector, sparsity, damp=damp, sequential=sequential, reconstruct=reconstruct, ridge=ridge
+    )
+    method += "_sequential" if sequential else ""
+    options = dict(reconstruct=reconstruct, ridge=ridge, selection=selection, throw=throw)
+    return finish(method, sparsity, model, chain, x, labels, **options)
+
+
 def obs_prune(
     model: Any,
     x_calib: Float[ArrayLike, "batch in"],
@@ -232,6 +253,7 @@ def obs_prune(
     damp: float = DEFAULT_DAMP,
     reconstruct: bool = True,
     ridge: float = DEFAULT_RIDGE,
+    throw: bool = True,
 ) -> tuple[Any, CompressionInfo]:
     """Structured OBS: remove hidden neurons one at a time by the smallest refit-aware error (ZipLM).
 
@@ -250,12 +272,15 @@ def obs_prune(
     - `reconstruct`: refit every layer with the shared least-squares reconstruction (default `True`: OBS's update
       *is* this refit); `False` keeps the surviving weights unchanged (selection alone).
     - `ridge`: the reconstruction's ridge (see `jaxlump.reconstruct`).
+    - `throw`: raise a `jaxlump.CompressionError` naming the failed stage (default); `False` returns the result with
+      `info.result` set instead (module docs: NaN/inf Gram matrices, a non-finite result, a failed refit).
 
     **Returns:** `(new_model, info)`, physically smaller; `info.partitions` maps kept neurons to their new index and
     removed ones to −1, `info.knob` is `sparsity`.
 
     **Raises:** `ValueError` for a sparsity outside `[0, 1)`, a negative `damp`/`ridge`, or missing, non-finite or
-    wrongly sized `x_calib`; `TypeError` for an unsupported model.
+    wrongly sized `x_calib`; `TypeError` for an unsupported model; `CompressionError` for a failed stage when
+    `throw=True`.
 
     ```python
     import equinox as eqx, jax.numpy as jnp, jax.random as jr
@@ -270,10 +295,5 @@ def obs_prune(
     Kurtic, Frantar, Alistarh, *ZipLM: Inference-Aware Structured Pruning of Language Models*, NeurIPS 2023;
     Frantar & Alistarh, *Optimal Brain Compression*, NeurIPS 2022.
     """
-    chain, x, sparsity, damp, ridge = prepare(model, x_calib, sparsity, damp, ridge, reconstruct)
-    check_flag(sequential, "sequential")
-    labels = select_layers(
-        chain, x, obs_select, sparsity, damp=damp, sequential=sequential, reconstruct=reconstruct, ridge=ridge
-    )
-    method = "obs_prune" + ("_sequential" if sequential else "")
-    return finish(method, sparsity, model, chain, x, labels, reconstruct=reconstruct, ridge=ridge)
+    options = dict(sequential=sequential, damp=damp, reconstruct=reconstruct, ridge=ridge, throw=throw)
+    return prune_by_selector("obs_prune", obs_select, model, x_calib, sparsity, **options)

@@ -16,8 +16,7 @@ from jaxtyping import ArrayLike, Float
 
 from .._info import CompressionInfo
 from .._reconstruct import DEFAULT_RIDGE
-from ._masks import check_flag
-from ._obs import DEFAULT_DAMP, finish, obs_select, prepare, select_layers
+from ._obs import DEFAULT_DAMP, obs_select, prune_by_selector
 
 
 def swap_gains(h: np.ndarray, w: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -75,6 +74,7 @@ def osscar_prune(
     damp: float = DEFAULT_DAMP,
     reconstruct: bool = True,
     ridge: float = DEFAULT_RIDGE,
+    throw: bool = True,
 ) -> tuple[Any, CompressionInfo]:
     """Structured pruning by OBS followed by OSSCAR-style swap local search on the refit error.
 
@@ -82,7 +82,8 @@ def osscar_prune(
     removed neuron in) that lowers `E(S) = tr(W_R [(H⁻¹)_RR]⁻¹ W_Rᵀ)` the most, while one does (module docs for the
     closed-form swap scores). On the same Gram matrix its layer-wise refit error is never larger than OBS's.
 
-    **Arguments:** as `obs_prune`, plus `max_swaps`: the most swaps per layer (default: the layer's width).
+    **Arguments:** as `obs_prune` (`throw` included), plus `max_swaps`: the most swaps per layer (default: the
+    layer's width).
 
     **Returns:** `(new_model, info)`, physically smaller; partitions as `obs_prune`'s.
 
@@ -101,16 +102,11 @@ def osscar_prune(
     Meng, Ibrahim, Behdin, Hazimeh, Ponomareva, Mazumder, *OSSCAR: One-Shot Structured Pruning in Vision and
     Language Models with Combinatorial Optimization*, ICML 2024 (the swap phase from the paper's description).
     """
-    chain, x, sparsity, damp, ridge = prepare(model, x_calib, sparsity, damp, ridge, reconstruct)
-    check_flag(sequential, "sequential")
     if max_swaps is not None and (not isinstance(max_swaps, int) or max_swaps < 0):
         raise ValueError(f"`max_swaps` must be None or an integer >= 0; received {max_swaps!r}.")
 
     def selector(h, w, k):
         return local_search(h, w, obs_select(h, w, k), h.shape[0] if max_swaps is None else max_swaps)
 
-    labels = select_layers(
-        chain, x, selector, sparsity, damp=damp, sequential=sequential, reconstruct=reconstruct, ridge=ridge
-    )
-    method = "osscar_prune" + ("_sequential" if sequential else "")
-    return finish(method, sparsity, model, chain, x, labels, reconstruct=reconstruct, ridge=ridge)
+    options = dict(sequential=sequential, damp=damp, reconstruct=reconstruct, ridge=ridge, throw=throw)
+    return prune_by_selector("osscar_prune", selector, model, x_calib, sparsity, **options)

@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
-from .._accounting import cost
 from .._adapters import from_chain, to_chain
 from .._errors import (
     RESULTS,
@@ -23,7 +22,7 @@ from .._errors import (
     raise_if_failed,
     require_concrete,
 )
-from .._info import CompressionInfo, live_widths
+from .._info import CompressionInfo, compression_info
 from .._network import DenseChain
 
 SCORES = ("norm", "activation", "rate", "wanda")
@@ -74,20 +73,9 @@ def structured_info(method: str, knob, model, new_model, widths_before, partitio
     """The `CompressionInfo` of a structured (physically smaller) result; `partitions` as NumPy int arrays. Its
     result is computed from `new_model` (`RESULTS.nonfinite_result` when the method's arithmetic overflowed)."""
     partitions = tuple(jnp.asarray(p, dtype=int) for p in partitions)
-    # Labels never exceed the original widths, so those size the live masks.
-    widths_after = live_widths(tuple(widths_before), partitions)
-    return CompressionInfo(
-        method=method,
-        structured=True,
-        knob=jnp.asarray(float(knob), dtype=jnp.result_type(float)),
-        partitions=partitions,
-        weight_masks=None,
-        widths_before=tuple(widths_before),
-        widths_after=widths_after,
-        cost_before=cost(model),
-        cost_after=cost(new_model),
-        certificate=None,
-        result=finite_result(eqx.filter(new_model, eqx.is_inexact_array), RESULTS.nonfinite_result),
+    result = finite_result(eqx.filter(new_model, eqx.is_inexact_array), RESULTS.nonfinite_result)
+    return compression_info(
+        method, float(knob), model, new_model, partitions, structured=True, result=result, widths_before=widths_before
     )
 
 
@@ -124,20 +112,26 @@ def _removed_global(scores: list[np.ndarray], sparsity: float) -> list[np.ndarra
     Each layer's best neuron is protected, so no layer is emptied; the count removed is then
     `min(int(N·s), N − #layers)` with `N` the total number of hidden neurons.
     """
+    normalised = [s / s.mean() if s.mean() > 0 else np.zeros_like(s) for s in scores]
+    return [np.flatnonzero(~keep) for keep in global_cut(normalised, sparsity)]
+
+
+def global_cut(scores: list[np.ndarray], sparsity: float) -> list[np.ndarray]:
+    """Keep masks from one ranking of every hidden neuron's (already comparable) score: the `int(N·s)` lowest of
+    the `N` go (stable order: layer by layer, then index), each layer's best neuron is protected, so no layer
+    empties and at most `N − #layers` go."""
     if not scores:
         return []
-    normalised = []
+    protected = []
     for s in scores:
-        mean = s.mean()
-        s = s / mean if mean > 0 else np.zeros_like(s)
+        s = np.array(s, np.float64)
         s[np.argmax(s)] = np.inf
-        normalised.append(s)
-    flat = np.concatenate(normalised)
+        protected.append(s)
+    flat = np.concatenate(protected)
     n_remove = min(int(flat.size * sparsity), flat.size - len(scores))
-    removed = np.zeros(flat.size, bool)
-    removed[np.argsort(flat, kind="stable")[:n_remove]] = True
-    bounds = np.cumsum([s.size for s in scores])[:-1]
-    return [np.flatnonzero(r) for r in np.split(removed, bounds)]
+    keep = np.ones(flat.size, bool)
+    keep[np.argsort(flat, kind="stable")[:n_remove]] = False
+    return np.split(keep, np.cumsum([s.size for s in scores])[:-1])
 
 
 def structured_prune(
