@@ -71,14 +71,6 @@ REGISTERED = jaxlump.compressors()
 WITHOUT_THROW = {
     "lump_then_select",
     "merge_or_remove",
-    "obs_prune",
-    "osscar_prune",
-    "id_prune",
-    "flap_prune",
-    "fold",
-    "zipit_merge",
-    "neuron_merge",
-    "lowrank",
 }
 
 
