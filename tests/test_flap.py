@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from _networks import build, numpy_outputs, parameters, random_mlp
 
+import jaxlump
 from jaxlump import baselines as B
 
 
@@ -62,3 +63,24 @@ def test_bias_compensation_is_lossless_for_constant_neurons():
     small, info = B.flap_prune(model, x, 3 / 8)
     assert np.flatnonzero(np.asarray(info.partitions[0]) < 0).tolist() == [0, 1, 2]
     np.testing.assert_allclose(numpy_outputs(small, x), numpy_outputs(model, x), atol=1e-12)
+
+
+def test_overflowing_scores_fail_the_selection():
+    """Activations ~1e200 (finite): their variances overflow, so the global cut means nothing."""
+    weights, biases = parameters(random_mlp(jr.key(0), (3, 6, 6, 2), "relu"))
+    model = build((3, 6, 6, 2), [1e200 * weights[0], *weights[1:]], biases, "relu", "sequential")
+    x = jr.normal(jr.key(1), (32, 3))
+    _, info = B.flap_prune(model, x, 0.5, throw=False)
+    assert info.result == jaxlump.RESULTS.refinement_nonfinite
+    with pytest.raises(jaxlump.CompressionError, match="flap_prune"):
+        B.flap_prune(model, x, 0.5)
+
+
+def test_a_singular_reconstruction_is_reported_or_raised():
+    model, x = random_mlp(jr.key(0), (3, 6, 6, 2), "tanh"), jr.normal(jr.key(1), (2, 3))
+    with pytest.raises(jaxlump.CompressionError, match="least-squares refit"):
+        B.flap_prune(model, x, 0.5, reconstruct=True, ridge=0.0)
+    _, info = B.flap_prune(model, x, 0.5, reconstruct=True, ridge=0.0, throw=False)
+    assert info.result == jaxlump.RESULTS.least_squares_rank_deficient
+    _, info = B.flap_prune(model, x, 0.5)  # FLAP's own bias compensation needs no solve
+    assert info.result == jaxlump.RESULTS.successful

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from _networks import build, numpy_outputs, parameters, random_mlp, set_partition
 
+import jaxlump
 from jaxlump import baselines as B
 from jaxlump.baselines._folding import kmeans, zipit_clusters
 
@@ -121,3 +122,44 @@ def test_bad_alpha_is_refused(bad):
 def test_repair_needs_data():
     with pytest.raises(ValueError, match="x_calib"):
         B.fold(random_mlp(jr.key(0), (3, 6, 2)), None, 0.5, repair=True)
+
+
+def _pairs(outgoing: float):
+    """(3, 4, 2) ReLU: neurons 1 and 3 are copies of 0 and 2 at half the scale (incoming row and bias), and every
+    outgoing weight is `outgoing`, so merging either pair adds two outgoing columns."""
+    generator = np.random.default_rng(0)
+    w_in, b_in = generator.standard_normal((2, 3)), 0.3 * generator.standard_normal(2)
+    weights = [np.stack([w_in[0], w_in[0] / 2, w_in[1], w_in[1] / 2]), np.full((2, 4), outgoing)]
+    biases = [np.array([b_in[0], b_in[0] / 2, b_in[1], b_in[1] / 2]), np.zeros(2)]
+    return build((3, 4, 2), weights, biases, "relu", "sequential")
+
+
+@pytest.mark.parametrize("merge", [B.fold, B.neuron_merge])
+def test_a_merge_that_overflows_is_reported_or_raised(merge):
+    """Outgoing weights of 1.5e308 are finite; a merged column adds two of them (or one and a half) and is not."""
+    x = jr.normal(jr.key(1), (16, 3))
+    small, info = merge(_pairs(1.5e308), x, 0.5, throw=False)
+    assert info.result == jaxlump.RESULTS.nonfinite_result
+    assert not np.all(np.isfinite(small.layers[-1].weight))  # the returned model is what was checked
+    with pytest.raises(jaxlump.CompressionError, match="compression"):
+        merge(_pairs(1.5e308), x, 0.5)
+    _, info = merge(_pairs(1.0), x, 0.5)  # the same merge of ordinary weights succeeds
+    assert info.result == jaxlump.RESULTS.successful and info.widths_after.tolist() == [3, 2, 2]
+
+
+def test_zipit_on_activations_that_overflow_fails_the_selection():
+    """Hidden activations of inf (finite weights of 1e200 in two layers): the correlations mean nothing."""
+    weights, biases = parameters(random_mlp(jr.key(0), (3, 6, 6, 2), "relu"))
+    model = build((3, 6, 6, 2), [1e200 * weights[0], 1e200 * weights[1], weights[2]], biases, "relu", "sequential")
+    x = jr.normal(jr.key(1), (32, 3))
+    _, info = B.zipit_merge(model, x, 0.5, repair=False, throw=False)
+    assert info.result == jaxlump.RESULTS.refinement_nonfinite
+    with pytest.raises(jaxlump.CompressionError, match="zipit"):
+        B.zipit_merge(model, x, 0.5, repair=False)
+
+
+def test_the_exact_rescaling_keeps_large_weights_clustered_as_small_ones():
+    """k-means of weights ~1e200 (whose squared distances overflow) gives the clustering of the same weights ~1."""
+    generator = np.random.default_rng(3)
+    points = generator.standard_normal((12, 4))
+    np.testing.assert_array_equal(kmeans(2.0**700 * points, 3, seed=0), kmeans(points, 3, seed=0))

@@ -5,8 +5,9 @@ import jax.random as jr
 import jax.scipy.linalg as jsl
 import numpy as np
 import pytest
-from _networks import parameters, random_mlp
+from _networks import build, parameters, random_mlp
 
+import jaxlump
 from jaxlump import baselines as B
 from jaxlump.baselines._interpolative import pivoted_cholesky_pivots
 
@@ -64,3 +65,27 @@ def test_id_prune_refit_is_the_interpolative_decomposition():
     order = np.argsort(s_idx)  # the small model stores kept neurons in index order
     assert kept.tolist() == sorted(s_idx.tolist())
     np.testing.assert_allclose(parameters(small)[0][1], w_ref[:, order], rtol=1e-7, atol=1e-9)
+
+
+def test_a_singular_refit_is_reported_or_raised():
+    """Two examples and `ridge=0`: the refit of the kept neurons is rank-deficient (rank 1)."""
+    model, x = random_mlp(jr.key(0), (3, 6, 6, 2), "tanh"), jr.normal(jr.key(1), (2, 3))
+    with pytest.raises(jaxlump.CompressionError, match="least-squares refit"):
+        B.id_prune(model, x, 0.5, ridge=0.0)
+    _, info = B.id_prune(model, x, 0.5, ridge=0.0, throw=False)
+    assert info.result == jaxlump.RESULTS.least_squares_rank_deficient
+    _, info = B.id_prune(model, jr.normal(jr.key(1), (64, 3)), 0.5, ridge=0.0)
+    assert info.result == jaxlump.RESULTS.successful
+
+
+def test_an_overflowing_gram_fails_the_selection():
+    """Activations ~1e200 (finite): their Gram overflows, so the pivots mean nothing although the pruned model is
+    finite."""
+    weights, biases = parameters(random_mlp(jr.key(0), (3, 6, 6, 2), "relu"))
+    model = build((3, 6, 6, 2), [1e200 * weights[0], *weights[1:]], biases, "relu", "sequential")
+    x = jr.normal(jr.key(1), (32, 3))
+    small, info = B.id_prune(model, x, 0.5, reconstruct=False, throw=False)
+    assert info.result == jaxlump.RESULTS.refinement_nonfinite
+    assert all(np.all(np.isfinite(w)) for w in parameters(small)[0])
+    with pytest.raises(jaxlump.CompressionError, match="id_prune"):
+        B.id_prune(model, x, 0.5, reconstruct=False)

@@ -2,7 +2,8 @@
 
 import jax.random as jr
 import numpy as np
-from _networks import parameters, random_mlp
+import pytest
+from _networks import build, parameters, random_mlp
 
 import jaxlump
 from jaxlump import baselines as B
@@ -43,3 +44,33 @@ def test_break_even_rank():
     for m, n in ((16, 16), (2, 16), (64, 7)):
         r = break_even_rank(m, n)
         assert r * (m + n) < m * n <= (r + 1) * (m + n)
+
+
+def test_a_singular_gram_is_whitened_on_its_range_and_reported():
+    """`damp=0` and two examples: the Gram of the centred inputs has rank 1, Cholesky fails. The minimum-norm
+    factorisation on the Gram's range still reproduces the first layer's pre-activations on those examples exactly
+    (a rank-1 map suffices on rank-1 data), and the result says the solve was rank-deficient."""
+    model, x = random_mlp(jr.key(0), (3, 6, 6, 2), "tanh"), jr.normal(jr.key(1), (2, 3))
+    with pytest.raises(jaxlump.CompressionError, match="least-squares refit"):
+        B.lowrank(model, x, 0.5, damp=0.0)
+    small, info = B.lowrank(model, x, 0.5, damp=0.0, throw=False)
+    assert info.result == jaxlump.RESULTS.least_squares_rank_deficient
+    weights, biases = parameters(model)
+    new_w, new_b = parameters(small)  # [V (1, 3), U (6, 1), ...]
+    xs = np.asarray(x)
+    z_small = (xs @ new_w[0].T + new_b[0]) @ new_w[1].T + new_b[1]
+    np.testing.assert_allclose(z_small, xs @ weights[0].T + biases[0], rtol=1e-10, atol=1e-12)
+    _, info = B.lowrank(model, jr.normal(jr.key(1), (64, 3)), 0.5, damp=0.0)  # enough data: Cholesky succeeds
+    assert info.result == jaxlump.RESULTS.successful
+
+
+def test_an_overflowing_gram_keeps_the_layer_dense_and_is_reported():
+    weights, biases = parameters(random_mlp(jr.key(0), (3, 6, 6, 2), "relu"))
+    model = build((3, 6, 6, 2), [1e200 * weights[0], *weights[1:]], biases, "relu", "sequential")
+    x = jr.normal(jr.key(1), (32, 3))
+    small, info = B.lowrank(model, x, 0.5, throw=False)
+    assert info.result == jaxlump.RESULTS.least_squares_nonfinite
+    # the first layer (finite inputs) is factorised; the two whose inputs overflow stay dense
+    assert info.widths_after.tolist() == [3, 1, 6, 6, 2]
+    with pytest.raises(jaxlump.CompressionError, match="lowrank"):
+        B.lowrank(model, x, 0.5)

@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from _networks import parameters, random_mlp, rng
+from _networks import build, parameters, random_mlp, rng
 
+import jaxlump
 from jaxlump import baselines as B
 from jaxlump.baselines._obs import centred_gram, obs_removal_order
 from jaxlump.baselines._osscar import local_search, refit_error, swap_gains
@@ -218,3 +219,38 @@ def test_bad_damp_and_missing_data_are_refused():
         B.obs_prune(MODEL, None, 0.5)
     with pytest.raises(ValueError, match="max_swaps"):
         B.osscar_prune(MODEL, X, 0.5, max_swaps=-1)
+
+
+# --- failures are checked: info.result, or a CompressionError with throw=True -------------------------------------
+
+
+def overflowing(widths=(3, 6, 6, 2)):
+    """Finite weights and data whose hidden activations (~1e200) have Gram matrices that overflow to inf."""
+    weights, biases = parameters(random_mlp(jr.key(0), widths, "relu"))
+    weights[0] = weights[0] * 1e200
+    return build(widths, weights, biases, "relu", "sequential")
+
+
+@pytest.mark.parametrize("prune", [B.obs_prune, B.osscar_prune])
+def test_a_singular_refit_is_reported_or_raised(prune):
+    """Two examples and `ridge=0`: the kept neurons' least squares are singular (rank 1), a success would be false."""
+    model, x = random_mlp(jr.key(0), (3, 6, 6, 2), "tanh"), jr.normal(jr.key(1), (2, 3))
+    with pytest.raises(jaxlump.CompressionError, match="least-squares refit"):
+        prune(model, x, 0.5, ridge=0.0)
+    small, info = prune(model, x, 0.5, ridge=0.0, throw=False)
+    assert info.result == jaxlump.RESULTS.least_squares_rank_deficient
+    assert info.widths_after.tolist() == [3, 3, 3, 2]
+    _, info = prune(model, jr.normal(jr.key(1), (64, 3)), 0.5, ridge=0.0)  # enough data: the same call succeeds
+    assert info.result == jaxlump.RESULTS.successful
+
+
+@pytest.mark.parametrize("prune", [B.obs_prune, B.osscar_prune])
+def test_an_overflowing_gram_fails_the_selection_even_when_the_result_is_finite(prune):
+    model, x = overflowing(), jr.normal(jr.key(1), (32, 3))
+    small, info = prune(model, x, 0.5, reconstruct=False, throw=False)
+    assert info.result == jaxlump.RESULTS.refinement_nonfinite
+    assert all(np.all(np.isfinite(w)) for w in parameters(small)[0])  # only the choice of neurons is meaningless
+    with pytest.raises(jaxlump.CompressionError, match="obs_prune|osscar_prune"):
+        prune(model, x, 0.5)
+    _, info = prune(model, x, 0.0, throw=False)  # nothing is selected at s = 0: nothing fails
+    assert info.result == jaxlump.RESULTS.successful

@@ -23,14 +23,16 @@ from ._structured import global_cut
 def flap_scores(chain: DenseChain, x) -> list[np.ndarray]:
     """Per hidden layer, `Var_n(a_j) · ‖W^{l+1}[:, j]‖²` (population variance over the calibration samples)."""
     acts = hidden_activations(chain, x)
-    return [
-        np.var(np.asarray(a, np.float64), axis=0) * np.sum(np.asarray(chain.weights[l], np.float64) ** 2, axis=0)
-        for l, a in enumerate(acts, start=1)
-    ]
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported by `flap_prune`'s finiteness check
+        return [
+            np.var(np.asarray(a, np.float64), axis=0) * np.sum(np.asarray(chain.weights[l], np.float64) ** 2, axis=0)
+            for l, a in enumerate(acts, start=1)
+        ]
 
 
 def standardised(score: np.ndarray) -> np.ndarray:
-    std = score.std()
+    with np.errstate(invalid="ignore"):  # inf scores (reported by `flap_prune`) have no standard deviation
+        std = score.std()
     return (score - score.mean()) / std if std > 0 else np.zeros_like(score)
 
 

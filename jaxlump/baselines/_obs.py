@@ -70,10 +70,11 @@ def check_ridge(ridge) -> float:
 def centred_gram(a, damp: float = DEFAULT_DAMP) -> np.ndarray:
     """`A_cᵀA_c + damp · mean(diag) · I` in float64 (`A_c`: the columns of `a` minus their means)."""
     a = np.asarray(a, np.float64)
-    a = a - a.mean(axis=0)
-    h = a.T @ a
-    scale = float(np.mean(np.diag(h))) if h.size else 0.0
-    return h + damp * (scale if scale > 0 else 1.0) * np.eye(h.shape[0])
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported by the callers' finiteness checks
+        a = a - a.mean(axis=0)
+        h = a.T @ a
+        scale = float(np.mean(np.diag(h))) if h.size else 0.0
+        return h + damp * (scale if scale > 0 else 1.0) * np.eye(h.shape[0])
 
 
 def obs_removal_order(h: np.ndarray, w: np.ndarray, n_remove: int) -> np.ndarray:
