@@ -124,71 +124,68 @@ def removal_costs(state: LayerState, fit: Fit) -> jax.Array:
 
 
 class Moments(eqx.Module):
-    """What the merge cost of a pair (i, j) needs, for a batch of pairs (leading axes): the merged slot's
-    centred activation `mu` (`N`), `g = F̃ᵀμ̃` and `u = K g` (`n`), `e = r₀ᵀμ̃` — the current residual against
-    the merged column (`m`) —, `norm2 = ‖μ̃‖²` and whether the two pre-activations coincide (`duplicate`)."""
+    """What the merge cost of a pair (i, j) needs, for a flat list of pairs (leading axis): the merged slot's
+    centred activation `mu` (`N`), `u = K g` with `g = F̃ᵀμ̃` (`n`), `gu = gᵀu`, `e = r₀ᵀμ̃` — the current
+    residual against the merged column (`m`) —, `norm2 = ‖μ̃‖²` and whether the two pre-activations coincide."""
 
     mu: jax.Array
-    g: jax.Array
     u: jax.Array
+    gu: jax.Array
     e: jax.Array
     norm2: jax.Array
     duplicate: jax.Array
 
 
 def _share(sizes, rows, cols):
-    """The weight α = s_i / (s_i + s_j) of slot i in the merged slot of pairs (rows[:, None], cols)."""
-    total = sizes[rows][:, None] + sizes[cols]
-    return sizes[rows][:, None] / jnp.where(total > 0, total, 1.0)
+    """The weight α = s_i / (s_i + s_j) of slot i in the merged slot of the pairs (rows, cols)."""
+    total = sizes[rows] + sizes[cols]
+    return sizes[rows] / jnp.where(total > 0, total, 1.0)
 
 
 def moments(state: LayerState, problem: LayerProblem, fit: Fit, rows, cols) -> Moments:
-    """The `Moments` of the pairs `(rows[b], cols[b, c])` from scratch: `rows` `(b,)`, `cols` `(b, c)`."""
+    """The `Moments` of the pairs `(rows[p], cols[p])` from scratch, `O(N (n + m) + n²)` each."""
     fn = ACTIVATIONS[problem.activation].fn
     fa, c, lam = state.features, state.members, problem.lam
     ctc = _mm("ik,il->kl", c, c)
     alpha = _share(state.sizes, rows, cols)
     beta = 1 - alpha
     pre = state.pre.T  # (n, N)
-    merged = fn(alpha[..., None] * pre[rows][:, None, :] + beta[..., None] * pre[cols])
-    mu = _centred(merged, problem.centre, 2)
-    c_g = alpha[..., None] * ctc[rows][:, None, :] + beta[..., None] * ctc[cols]  # Cᵀ c_ij
-    c_norm = alpha**2 * jnp.diag(ctc)[rows][:, None] + 2 * alpha * beta * ctc[rows[:, None], cols]
-    c_norm = c_norm + beta**2 * jnp.diag(ctc)[cols]
-    g = _mm("pjs,sk->pjk", mu, fa) + lam * c_g
+    mu = _centred(fn(alpha[:, None] * pre[rows] + beta[:, None] * pre[cols]), problem.centre, 1)
+    c_norm = alpha**2 * jnp.diag(ctc)[rows] + 2 * alpha * beta * ctc[rows, cols] + beta**2 * jnp.diag(ctc)[cols]
+    g = _mm("ps,sk->pk", mu, fa) + lam * (alpha[:, None] * ctc[rows] + beta[:, None] * ctc[cols])  # + λ Cᵀc_ij
+    u = _mm("pk,kl->pl", g, fit.inverse)
     w0c = _mm("mi,ik->km", problem.weights, c)  # W₀ C, slot-major
     # e = Z̃ᵀμ̃ − W_c g: the current residual r₀ = Z̃ − F̃ W_cᵀ against the merged column.
-    e = _mm("pjs,sm->pjm", mu, problem.targets) + lam * (alpha[..., None] * w0c[rows][:, None, :])
-    e = e + lam * beta[..., None] * w0c[cols] - _mm("pjk,mk->pjm", g, fit.weights)
-    z_diff = jnp.sqrt(jnp.mean((pre[rows][:, None, :] - pre[cols]) ** 2, axis=2))
+    e = _mm("ps,sm->pm", mu, problem.targets) + lam * (alpha[:, None] * w0c[rows] + beta[:, None] * w0c[cols])
+    e = e - _mm("pk,mk->pm", g, fit.weights)
+    z_diff = jnp.sqrt(jnp.mean((pre[rows] - pre[cols]) ** 2, axis=1))
     duplicate = z_diff <= _ROUNDING_ULPS * jnp.finfo(fa.dtype).eps * problem.z_rms
-    norm2 = jnp.sum(mu**2, axis=2) + lam * c_norm
-    return Moments(mu, g, _mm("pjk,kl->pjl", g, fit.inverse), e, norm2, duplicate)
+    norm2 = jnp.sum(mu**2, axis=1) + lam * c_norm
+    return Moments(mu, u, jnp.sum(g * u, axis=1), e, norm2, duplicate)
 
 
 def pair_costs(m: Moments, fit: Fit, alive, rows, cols) -> jax.Array:
-    """Merge costs of the pairs `(rows[b], cols[b, c])` from their `Moments` and the current fit (invalid: `inf`).
+    """Merge costs of the pairs `(rows[p], cols[p])` from their `Moments` and the current fit (invalid: `inf`).
 
     `c = tr(W_R K_RR⁻¹ W_Rᵀ) − ‖W_R K_RR⁻¹ u_R + e‖² / (‖μ̃‖² − gᵀu + u_Rᵀ K_RR⁻¹ u_R)`, `R = {i, j}`."""
     k, wt = fit.inverse, fit.weights.T
     dtype = k.dtype
     kd, wn = jnp.diag(k), jnp.sum(wt**2, axis=1)
-    k_ii, k_jj, k_ij = kd[rows][:, None], kd[cols], k[rows[:, None], cols]
-    u_i = jnp.take_along_axis(m.u, jnp.broadcast_to(rows[:, None, None], (*cols.shape, 1)), axis=2)[..., 0]
-    u_j = jnp.take_along_axis(m.u, cols[..., None], axis=2)[..., 0]
-    w_i, w_j = wt[rows][:, None, :], wt[cols]
-    w_ii, w_jj, w_ij = wn[rows][:, None], wn[cols], jnp.sum(w_i * w_j, axis=2)
+    k_ii, k_jj, k_ij = kd[rows], kd[cols], k[rows, cols]
+    u_i = jnp.take_along_axis(m.u, rows[:, None], axis=1)[:, 0]
+    u_j = jnp.take_along_axis(m.u, cols[:, None], axis=1)[:, 0]
+    w_i, w_j = wt[rows], wt[cols]
+    w_ij = jnp.sum(w_i * w_j, axis=1)
     det = k_ii * k_jj - k_ij**2
     det = jnp.where(det > 0, det, 1.0)
-    both_removed = (k_jj * w_ii - 2 * k_ij * w_ij + k_ii * w_jj) / det
+    both_removed = (k_jj * wn[rows] - 2 * k_ij * w_ij + k_ii * wn[cols]) / det
     y_i, y_j = (k_jj * u_i - k_ij * u_j) / det, (k_ii * u_j - k_ij * u_i) / det
-    recovered = jnp.sum((y_i[..., None] * w_i + y_j[..., None] * w_j + m.e) ** 2, axis=2)
-    denominator = m.norm2 - jnp.sum(m.g * m.u, axis=2) + u_i * y_i + u_j * y_j
+    recovered = jnp.sum((y_i[:, None] * w_i + y_j[:, None] * w_j + m.e) ** 2, axis=1)
+    denominator = m.norm2 - m.gu + u_i * y_i + u_j * y_j
     ok = denominator > 64 * jnp.finfo(dtype).eps * jnp.maximum(m.norm2, jnp.finfo(dtype).tiny)
     cost = jnp.maximum(both_removed - jnp.where(ok, recovered / jnp.where(ok, denominator, 1.0), 0.0), 0.0)
     cost = jnp.where(m.duplicate, 0.0, cost)
-    valid = alive[rows][:, None] & alive[cols] & (cols != rows[:, None])
-    return jnp.where(valid, cost, jnp.inf)
+    return jnp.where(alive[rows] & alive[cols] & (cols != rows), cost, jnp.inf)
 
 
 class Costs(eqx.Module):
@@ -212,8 +209,8 @@ def merge_costs(state: LayerState, problem: LayerProblem, block_size: int = 256,
     index = jnp.minimum(jnp.arange(n_blocks * rows), n - 1).reshape(n_blocks, rows)
 
     def block(i):
-        cols = jnp.broadcast_to(jnp.arange(n), (i.shape[0], n))
-        return pair_costs(moments(state, problem, fit, i, cols), fit, state.alive, i, cols)
+        rows, cols = jnp.repeat(i, n), jnp.tile(jnp.arange(n), i.shape[0])
+        return pair_costs(moments(state, problem, fit, rows, cols), fit, state.alive, rows, cols).reshape(-1, n)
 
     merge = jax.lax.map(block, index).reshape(-1, n)[:n]
     valid = state.alive[:, None] & state.alive[None, :] & ~jnp.eye(n, dtype=bool)
@@ -309,10 +306,15 @@ class Path(eqx.Module):
 
 
 class Candidates(eqx.Module):
-    """Each slot's candidate partners `(n, k)` and the `Moments` of those pairs `(n, k, ...)`."""
+    """Each slot's candidate partners `(n, k)` and the `Moments` of those pairs, flat: pair `i k + r` is
+    `(i, partners[i, r])`."""
 
     partners: jax.Array
     moments: Moments
+
+    def pairs(self):
+        n, k = self.partners.shape
+        return jnp.repeat(jnp.arange(n), k), self.partners.ravel()
 
 
 class Greedy(eqx.Module):
@@ -341,16 +343,15 @@ def start(state: LayerState, problem: LayerProblem, allow_merge: bool, candidate
     n = state.alive.shape[0]
     k = n - 1 if candidates is None else min(candidates, n - 1)
     _, partners = jax.lax.top_k(-merge_costs(state, problem, block_size).merge, k)
-    rows = jnp.arange(n)
-    return Greedy(state, fit, Candidates(partners, moments(state, problem, fit, rows, partners)))
+    rows, cols = jnp.repeat(jnp.arange(n), k), partners.ravel()
+    return Greedy(state, fit, Candidates(partners, moments(state, problem, fit, rows, cols)))
 
 
 def candidate_costs(greedy: Greedy) -> jax.Array:
     """The current merge costs of every candidate pair `(i, partners[i, r])`, `(n, k)` (invalid: `inf`)."""
-    partners = greedy.candidates.partners
-    return pair_costs(
-        greedy.candidates.moments, greedy.fit, greedy.layer.alive, jnp.arange(partners.shape[0]), partners
-    )
+    rows, cols = greedy.candidates.pairs()
+    costs = pair_costs(greedy.candidates.moments, greedy.fit, greedy.layer.alive, rows, cols)
+    return costs.reshape(greedy.candidates.partners.shape)
 
 
 def _kill(state: LayerState, j, labels) -> LayerState:
@@ -367,15 +368,18 @@ def _kill(state: LayerState, j, labels) -> LayerState:
 
 def _downdate(fit: Fit, m: Moments | None, j) -> tuple[Fit, Moments | None]:
     """Drop slot j from the fit (OBS: `K ← K − K_:j K_j: / K_jj`, `W_c ← W_c − W_c[:, j] K_j: / K_jj`) and carry
-    the pairs' `u = K g` and `e = r₀ᵀμ̃` along in `O(n + m)` each (`g_j` becomes 0)."""
+    the pairs' moments along in `O(n + m)` each: `u ← u − K_:j u_j / K_jj`, `e ← e + W_c[:, j] u_j / K_jj`,
+    `gᵀu ← gᵀu − u_j² / K_jj`."""
     k, wc = fit.inverse, fit.weights
     kj, kjj, wj = k[:, j], k[j, j], wc[:, j]
     other = (jnp.arange(k.shape[0]) != j).astype(k.dtype)
     fit = Fit((k - jnp.outer(kj, kj) / kjj) * other[:, None] * other, (wc - jnp.outer(wj, kj) / kjj) * other)
     if m is None:
         return fit, None
-    uj = m.u[..., j, None] / kjj
-    return fit, eqx.tree_at(lambda t: (t.g, t.u, t.e), m, (m.g * other, (m.u - uj * kj) * other, m.e + uj * wj))
+    uj = m.u[:, j]
+    step = uj[:, None] / kjj
+    updated = ((m.u - step * kj) * other, m.gu - uj * step[:, 0], m.e + step * wj)
+    return fit, eqx.tree_at(lambda t: (t.u, t.gu, t.e), m, updated)
 
 
 def _remove(greedy: Greedy, j) -> Greedy:
@@ -390,7 +394,7 @@ def _merge(greedy: Greedy, problem: LayerProblem, keep, gone) -> Greedy:
     `s = ‖ṽ‖² − qᵀK q`, `q = F̃ᵀṽ`), the pairs' moments follow in `O(N + n + m)` each, and the pairs with the
     merged slot are recomputed: its own candidates become its `k` cheapest partners now."""
     state, lam = greedy.layer, problem.lam
-    n = state.alive.shape[0]
+    n, k = greedy.candidates.partners.shape
     s_keep, s_gone = state.sizes[keep], state.sizes[gone]
     alpha = s_keep / (s_keep + s_gone)
     pre = alpha * state.pre[:, keep] + (1 - alpha) * state.pre[:, gone]
@@ -416,24 +420,25 @@ def _merge(greedy: Greedy, problem: LayerProblem, keep, gone) -> Greedy:
     rho = _mm("sm,s->m", problem.targets, feature) + lam * _mm("mi,i->m", problem.weights, member)
     rho = rho - _mm("mk,k->m", fit.weights, q)
     fit = Fit(fit.inverse + jnp.outer(w_bar, w_bar) / s, fit.weights - jnp.outer(rho, w_bar) / s)
-    # Every pair's g gains the merged column's entry g_keep = ṽᵀμ̃; then u, e move along w̄ = K q − e_keep.
-    rows, partners = jnp.arange(n), greedy.candidates.partners
-    share = _share(layer.sizes, rows, partners)
-    g_keep = _mm("pjs,s->pj", m.mu, feature) + lam * (share * cc[:, None] + (1 - share) * cc[partners])
-    g = m.g + g_keep[..., None] * new
-    t = _mm("pjk,k->pj", g, w_bar)[..., None] / s
-    m = eqx.tree_at(lambda x: (x.g, x.u, x.e), m, (g, m.u + t * w_bar, m.e + t * rho))
-    # The pairs with the merged slot, from scratch: its row of the kernel, O(N n² + n³) once per merge.
-    fresh = jax.tree.map(lambda a: a[0], moments(layer, problem, fit, keep[None], rows[None]))
-    fresh_costs = pair_costs(jax.tree.map(lambda a: a[None], fresh), fit, layer.alive, keep[None], rows[None])[0]
-    _, top = jax.lax.top_k(-fresh_costs, partners.shape[1])
-    pointing = partners == keep
+    # Every pair's g gains the merged column's entry g_keep = ṽᵀμ̃; u, e move along w̄ = K q − e_keep by
+    # t = w̄ᵀg = qᵀu − g_keep, and gᵀu grows by t² / s.
+    rows, cols = greedy.candidates.pairs()
+    share = _share(layer.sizes, rows, cols)
+    g_keep = _mm("ps,s->p", m.mu, feature) + lam * (share * cc[rows] + (1 - share) * cc[cols])
+    t = _mm("pk,k->p", m.u, q) - g_keep
+    step = (t / s)[:, None]
+    m = eqx.tree_at(lambda x: (x.u, x.gu, x.e), m, (m.u + step * w_bar, m.gu + t * step[:, 0], m.e + step * rho))
+    # The pairs with the merged slot, from scratch: its row of the kernel, O(N n (n + m) + n³) once per merge.
+    everyone = jnp.arange(n)
+    fresh = moments(layer, problem, fit, jnp.full(n, keep), everyone)
+    _, top = jax.lax.top_k(-pair_costs(fresh, fit, layer.alive, jnp.full(n, keep), everyone), k)
+    pointing = cols == keep
 
-    def refresh(old, new_):
-        old = jnp.where(pointing.reshape(pointing.shape + (1,) * (old.ndim - 2)), new_[:, None], old)
-        return old.at[keep].set(new_[top])
+    def refresh(old, new):
+        old = jnp.where(pointing.reshape(pointing.shape + (1,) * (old.ndim - 1)), new[rows], old)
+        return jax.lax.dynamic_update_slice_in_dim(old, new[top], keep * k, axis=0)
 
-    candidates = Candidates(partners.at[keep].set(top), jax.tree.map(refresh, m, fresh))
+    candidates = Candidates(greedy.candidates.partners.at[keep].set(top), jax.tree.map(refresh, m, fresh))
     return Greedy(layer, fit, candidates)
 
 
