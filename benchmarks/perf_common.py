@@ -83,3 +83,15 @@ def write(name: str, args: argparse.Namespace, payload: dict) -> pathlib.Path:
 
 def figure_path(json_path: pathlib.Path) -> pathlib.Path:
     return json_path.with_suffix(".png")
+
+
+def save_log_log(fig, ax, path: pathlib.Path, xlabel: str, ylabel: str, *, xbase: int = 10) -> None:
+    """Finish a log-log plot (labels, a small legend) and save it at 120 dpi."""
+    ax.set_xscale("log", base=xbase)
+    ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")

@@ -22,7 +22,7 @@ import numpy as np  # noqa: E402
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from perf_common import arguments, figure_path, timed, write  # noqa: E402
+from perf_common import arguments, figure_path, save_log_log, timed, write  # noqa: E402
 
 import jaxlump  # noqa: E402
 
@@ -102,14 +102,7 @@ def plot(rows, path):
     ax.plot(widths, [r["speedup"] for r in rows], "o-", label="compiled (compile excluded)")
     ax.plot(widths, [r["speedup_with_compile"] for r in rows], "s--", label="first call (compile included)")
     ax.axhline(100, color="grey", lw=0.8, ls=":")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
-    ax.set_xlabel("hidden width n")
-    ax.set_ylabel("NumPy time / jaxlump time")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"wrote {path}")
+    save_log_log(fig, ax, path, "hidden width n", "NumPy time / jaxlump time", xbase=2)
 
 
 if __name__ == "__main__":

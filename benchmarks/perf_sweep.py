@@ -16,7 +16,7 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from perf_common import arguments, figure_path, timed, write  # noqa: E402
+from perf_common import arguments, figure_path, save_log_log, timed, write  # noqa: E402
 
 import jaxlump  # noqa: E402
 
@@ -59,14 +59,7 @@ def plot(rows, path):
         ax.plot(grids, [r["sweep"]["best_s"] for r in part], "o" + style, label=f"sweep (refit={refit})")
         ax.plot(grids, [r["loop"]["best_s"] for r in part], "s" + style, label=f"loop of single calls (refit={refit})")
         ax.axhline(part[0]["one_eps"]["best_s"], ls=style, color="grey", lw=0.8)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("grid length (ε values)")
-    ax.set_ylabel("wall time (s), grey: one ε")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    print(f"wrote {path}")
+    save_log_log(fig, ax, path, "grid length (ε values)", "wall time (s), grey: one ε")
 
 
 if __name__ == "__main__":
