@@ -624,7 +624,7 @@ def jobs(args) -> list[tuple[str, int, int]]:
     order += [(d, s, 64) for s in range(3, args.seeds) for d in datasets]
     if not args.no_wide:
         order += [(d, s, 256) for s in range(args.seeds) for d in datasets if d in WIDE_SUBSET]
-    return order
+    return [job for job in order if args.only_seeds is None or job[1] in args.only_seeds]
 
 
 QUICK_SKIP = ("lump dynamical components", "lump structural components", "EC", "OBS sequential", "ID weighted")
@@ -635,6 +635,7 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="abalone, 2 seeds, 3 sizes (writes raw-quick/)")
     parser.add_argument("--report-only", action="store_true", help="rebuild tables and figures from the raw JSON")
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--only-seeds", type=int, nargs="*", help="of those, only these (e.g. a second process)")
     parser.add_argument("--datasets", nargs="*", choices=DATASETS)
     parser.add_argument("--methods", nargs="*", choices=tuple(METHODS))
     parser.add_argument("--no-wide", action="store_true", help="skip the 2×256 networks")
