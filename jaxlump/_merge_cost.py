@@ -382,19 +382,45 @@ def _downdate(fit: Fit, m: Moments | None, j) -> tuple[Fit, Moments | None]:
     return fit, eqx.tree_at(lambda t: (t.u, t.gu, t.e), m, updated)
 
 
-def _remove(greedy: Greedy, j) -> Greedy:
+def _refresh(greedy: Greedy, problem: LayerProblem, slot) -> Greedy:
+    """Recompute the pairs of `slot` with every slot from scratch (its row of the kernel, `O(N n (n + m) + n³)`):
+    its candidates become its `k` cheapest partners now, and every other slot's entry for it is renewed."""
+    layer, fit = greedy.layer, greedy.fit
+    n, k = greedy.candidates.partners.shape
+    rows, cols = greedy.candidates.pairs()
+    everyone, this = jnp.arange(n), jnp.full(n, slot)
+    fresh = moments(layer, problem, fit, this, everyone)
+    _, top = jax.lax.top_k(-pair_costs(fresh, fit, layer.alive, this, everyone), k)
+    pointing = cols == slot
+
+    def renew(old, new):
+        old = jnp.where(pointing.reshape(pointing.shape + (1,) * (old.ndim - 1)), new[rows], old)
+        return jax.lax.dynamic_update_slice_in_dim(old, new[top], slot * k, axis=0)
+
+    candidates = Candidates(
+        greedy.candidates.partners.at[slot].set(top), jax.tree.map(renew, greedy.candidates.moments, fresh)
+    )
+    return Greedy(layer, fit, candidates)
+
+
+def _remove(greedy: Greedy, problem: LayerProblem, j) -> Greedy:
+    """Remove slot j; then the live slot that lost the most candidates to removals gets its list renewed."""
     fit, m = _downdate(greedy.fit, None if greedy.candidates is None else greedy.candidates.moments, j)
     labels = jnp.where(greedy.layer.labels == j, -1, greedy.layer.labels).astype(jnp.int32)
-    candidates = None if m is None else Candidates(greedy.candidates.partners, m)
-    return Greedy(_kill(greedy.layer, j, labels), fit, candidates)
+    layer = _kill(greedy.layer, j, labels)
+    if m is None:
+        return Greedy(layer, fit, None)
+    partners = greedy.candidates.partners
+    lost = jnp.sum(~layer.alive[partners] | (partners == jnp.arange(partners.shape[0])[:, None]), axis=1)
+    return _refresh(Greedy(layer, fit, Candidates(partners, m)), problem, jnp.argmax(jnp.where(layer.alive, lost, -1)))
 
 
 def _merge(greedy: Greedy, problem: LayerProblem, keep, gone) -> Greedy:
     """Merge slot `gone` into `keep`: both leave the fit, the merged column `ṽ` joins it (bordered inverse,
     `s = ‖ṽ‖² − qᵀK q`, `q = F̃ᵀṽ`), the pairs' moments follow in `O(N + n + m)` each, and the pairs with the
-    merged slot are recomputed: its own candidates become its `k` cheapest partners now."""
+    merged slot are recomputed (`_refresh`)."""
     state, lam = greedy.layer, problem.lam
-    n, k = greedy.candidates.partners.shape
+    n = state.alive.shape[0]
     s_keep, s_gone = state.sizes[keep], state.sizes[gone]
     alpha = s_keep / (s_keep + s_gone)
     pre = alpha * state.pre[:, keep] + (1 - alpha) * state.pre[:, gone]
@@ -428,18 +454,7 @@ def _merge(greedy: Greedy, problem: LayerProblem, keep, gone) -> Greedy:
     t = _mm("pk,k->p", m.u, q) - g_keep
     step = (t / s)[:, None]
     m = eqx.tree_at(lambda x: (x.u, x.gu, x.e), m, (m.u + step * w_bar, m.gu + t * step[:, 0], m.e + step * rho))
-    # The pairs with the merged slot, from scratch: its row of the kernel, O(N n (n + m) + n³) once per merge.
-    everyone = jnp.arange(n)
-    fresh = moments(layer, problem, fit, jnp.full(n, keep), everyone)
-    _, top = jax.lax.top_k(-pair_costs(fresh, fit, layer.alive, jnp.full(n, keep), everyone), k)
-    pointing = cols == keep
-
-    def refresh(old, new):
-        old = jnp.where(pointing.reshape(pointing.shape + (1,) * (old.ndim - 1)), new[rows], old)
-        return jax.lax.dynamic_update_slice_in_dim(old, new[top], keep * k, axis=0)
-
-    candidates = Candidates(greedy.candidates.partners.at[keep].set(top), jax.tree.map(refresh, m, fresh))
-    return Greedy(layer, fit, candidates)
+    return _refresh(Greedy(layer, fit, Candidates(greedy.candidates.partners, m)), problem, keep)
 
 
 def advance(greedy: Greedy, problem: LayerProblem) -> tuple[Greedy, jax.Array, jax.Array]:
@@ -449,7 +464,7 @@ def advance(greedy: Greedy, problem: LayerProblem) -> tuple[Greedy, jax.Array, j
     removal = removal_costs(greedy.layer, greedy.fit)
     drop = jnp.argmin(removal)
     if greedy.candidates is None:
-        return _remove(greedy, drop), jnp.asarray(False), removal[drop]
+        return _remove(greedy, problem, drop), jnp.asarray(False), removal[drop]
     costs = candidate_costs(greedy)
     n = costs.shape[0]
     partners = greedy.candidates.partners
@@ -460,11 +475,12 @@ def advance(greedy: Greedy, problem: LayerProblem) -> tuple[Greedy, jax.Array, j
     i, j = lo.ravel()[flat], hi.ravel()[flat]
     keep, gone = jnp.where(removal[i] >= removal[j], i, j), jnp.where(removal[i] >= removal[j], j, i)
     do_merge = best < removal[drop]
-    greedy = jax.lax.cond(do_merge, lambda g: _merge(g, problem, keep, gone), lambda g: _remove(g, drop), greedy)
+    greedy = jax.lax.cond(
+        do_merge, lambda g: _merge(g, problem, keep, gone), lambda g: _remove(g, problem, drop), greedy
+    )
     return greedy, do_merge, jnp.where(do_merge, best, removal[drop])
 
 
-@eqx.filter_jit
 def greedy_path(
     state: LayerState, problem: LayerProblem, allow_merge: bool, block_size: int = 256, candidates: int | None = None
 ) -> Path:
@@ -473,10 +489,17 @@ def greedy_path(
 
     With `allow_merge=False` this is structured OBS / ZipLM greedy elimination (parallel mode). Nothing is
     recomputed from scratch between steps: the inverse Gram and the refit follow by rank-one updates, each
-    candidate pair's moments by `O(N + n + m)` updates (`_downdate`, `_merge`), so a step costs
-    `O(n k (N + n + m))` plus `O(N n² + n³)` for the merged slot's new row. `candidates=None` keeps every
-    pair (the exact greedy, memory `O(n² (N + n + m))`).
+    candidate pair's moments by `O(n + m)` updates (`_downdate`, `_merge`; `O(N)` more after a merge), and
+    after a merge the merged slot's row of the kernel is computed anew (`O(N n (n + m) + n³)`).
+    `candidates=None` (or `≥ n − 1`) keeps every pair: the exact greedy, memory `O(n² (N + n + m))`.
     """
+    n = state.alive.shape[0]
+    k = n - 1 if candidates is None else min(check_candidates(candidates), n - 1)
+    return _greedy_path(state, problem, allow_merge, block_size, max(k, 1) if allow_merge else 1)
+
+
+@eqx.filter_jit
+def _greedy_path(state: LayerState, problem: LayerProblem, allow_merge: bool, block_size: int, k: int) -> Path:
     n = state.alive.shape[0]
 
     def step(t, carry):
@@ -492,6 +515,6 @@ def greedy_path(
 
     dtype = state.features.dtype
     empty = Path(jnp.zeros((n - 1, n), jnp.int32), jnp.zeros(n - 1, bool), jnp.zeros(n - 1, dtype))
-    greedy = start(state, problem, allow_merge, candidates, block_size)
+    greedy = start(state, problem, allow_merge, k, block_size)
     _, path, _ = jax.lax.fori_loop(0, n - 1, step, (greedy, empty, jnp.zeros((), dtype)))
     return path

@@ -2,7 +2,8 @@
 
 Both cut greedy paths (`jaxlump._merge_cost.greedy_path`): per hidden layer, the sequence of cheapest
 operations under the next layer's least-squares refit — remove a neuron (structured OBS, ZipLM's rule) or,
-when allowed, merge two (mean-in / sum-out) — with the costs recomputed after every step. The result is then
+when allowed, merge two (mean-in / sum-out) among each neuron's candidate partners — with the costs kept
+exact after every step (`jaxlump._merge_cost`'s rank-one updates). The result is then
 built as a quotient (removed neurons dropped, merged ones averaged in / summed out) and reconstructed against
 the original by the shared least-squares refit (`jaxlump.reconstruct`), which also computes the certificate.
 """
@@ -14,17 +15,20 @@ import numpy as np
 
 from ._adapters import from_chain, to_chain
 from ._discrepancy import AbstractDiscrepancy, Structural
-from ._errors import check_data, check_eps, check_fraction
+from ._errors import RESULTS, check_bool, check_data, check_eps, check_fraction, combine, finite_result, raise_if_failed
 from ._lump import lump
-from ._merge_cost import Path, check_damping, greedy_path, initial_state, layer_inputs
+from ._merge_cost import Path, check_candidates, check_damping, greedy_path, initial_state, layer_inputs
 from ._reconstruct import DEFAULT_RIDGE, reconstruct
 from ._reduction.masked import shrink
 from ._reduction.quotient import quotient
 from .baselines._structured import structured_info
 
+DEFAULT_CANDIDATES = 16
 
-def layer_paths(chain, x, *, merge: bool, damping: float) -> tuple[Path, ...]:
-    """One greedy path per hidden layer, on the network's own activations on `x` (parallel mode)."""
+
+def layer_paths(chain, x, *, merge: bool, damping: float, candidates: int | None = DEFAULT_CANDIDATES):
+    """One greedy path per hidden layer, on the network's own activations on `x` (parallel mode); merges are
+    considered between each slot and its `candidates` most promising partners (`None`: all pairs)."""
     zs, acts = layer_inputs(chain, x)
     paths = []
     for l in range(1, chain.n_layers):
@@ -36,8 +40,13 @@ def layer_paths(chain, x, *, merge: bool, damping: float) -> tuple[Path, ...]:
             centre=chain.use_bias[l],
             damping=damping,
         )
-        paths.append(greedy_path(state, problem, merge))
+        paths.append(greedy_path(state, problem, merge, candidates=candidates))
     return tuple(paths)
+
+
+def paths_result(paths) -> RESULTS:
+    """`RESULTS.refinement_nonfinite` when a path's costs are NaN or inf (an overflow), else `successful`."""
+    return finite_result([p.cumulative for p in paths], RESULTS.refinement_nonfinite)
 
 
 def steps_within(path: Path, eps) -> int:
@@ -56,21 +65,24 @@ def labels_after(path: Path, steps: int) -> np.ndarray:
     return np.arange(n) if steps == 0 else np.asarray(path.labels[steps - 1])
 
 
-def finish(model, x, partitions, method: str, knob, ridge: float):
+def finish(model, x, partitions, method: str, knob, ridge: float, result=RESULTS.successful, throw: bool = True):
     """The quotient of `model` under `partitions` (representative labels over its own neurons, `-1`: removed),
-    reconstructed against `model` in fixed shape (one compilation per network shape), then shrunk."""
+    reconstructed against `model` in fixed shape (one compilation per network shape), then shrunk. `result`:
+    the earlier stages' outcome; `info.result` is the first failure, raised with `throw`."""
     chain = to_chain(model)
     labels = tuple(jnp.asarray(p, jnp.int32) for p in partitions)
     masked = from_chain(quotient(chain, labels, chain.widths[1:-1]), like=model)
     info = structured_info(method, knob, model, masked, chain.widths, labels)
-    refit, info = reconstruct(model, masked, x, info, ridge=ridge)
+    info = dataclasses.replace(info, result=combine(result, info.result))
+    refit, info = reconstruct(model, masked, x, info, ridge=ridge, throw=False)
     small, info = shrink(refit, dataclasses.replace(info, method=method))
-    return small, info
+    return raise_if_failed(info.result, small, throw, f"jaxlump.{method}"), info
 
 
-def compress_along(model, x, paths, steps, method: str, knob, ridge: float):
+def compress_along(model, x, paths, steps, method: str, knob, ridge: float, throw: bool = True):
     """Cut every layer's path after `steps[l]` operations, then `finish`."""
-    return finish(model, x, [labels_after(p, s) for p, s in zip(paths, steps)], method, knob, ridge)
+    partitions = [labels_after(p, s) for p, s in zip(paths, steps)]
+    return finish(model, x, partitions, method, knob, ridge, paths_result(paths), throw)
 
 
 def representatives(labels: np.ndarray) -> np.ndarray:
@@ -82,18 +94,29 @@ def representatives(labels: np.ndarray) -> np.ndarray:
     return np.asarray([first[b] if b >= 0 else -1 for b in labels.tolist()])
 
 
-def _prepare(model, x_calib, damping):
+def _prepare(model, x_calib, damping, candidates, throw):
     chain = to_chain(model)
     x = check_data(x_calib, "x_calib", width=chain.widths[0]).astype(chain.weights[0].dtype)
-    return chain, x, check_damping(damping)
+    return chain, x, check_damping(damping), check_candidates(candidates), check_bool(throw, "throw")
 
 
-def merge_or_remove(model, x_calib, eps, *, merge: bool = True, damping: float = 1e-3, ridge: float = DEFAULT_RIDGE):
+def merge_or_remove(
+    model,
+    x_calib,
+    eps,
+    *,
+    merge: bool = True,
+    candidates: int | None = DEFAULT_CANDIDATES,
+    damping: float = 1e-3,
+    ridge: float = DEFAULT_RIDGE,
+    throw: bool = True,
+):
     """Compress by greedy refit-aware merging or removal of neurons, while the refit error stays within ε.
 
     Per hidden layer l, repeatedly apply the operation — merge two neurons (mean-in / sum-out) or remove one —
-    whose refit-aware cost is smallest under the current state (costs recomputed after every step,
-    `jaxlump.RefitAware`'s closed form), and stop before the first step that would make the next layer's
+    whose refit-aware cost is smallest under the current state (`jaxlump.RefitAware`'s closed form, kept exact
+    after every step by rank-one updates of the inverse Gram and the refit), and stop before the first step
+    that would make the next layer's
     least-squares refit error exceed ε: `sqrt(E_l / N) ≤ ε · scale_l`, with `scale_l = mean_j rms(a_j)
     ‖W^{l+1}_{:,j}‖₂` (a typical neuron's RMS contribution to the next layer). One ε for every layer, so
     widths go where they cost least. Then the shared least-squares reconstruction against the original.
@@ -106,21 +129,32 @@ def merge_or_remove(model, x_calib, eps, *, merge: bool = True, damping: float =
     - `x_calib`: calibration inputs `(batch, n_in)` (required).
     - `eps`: the tolerance ε ≥ 0 on each layer's relative refit error.
     - `merge`: allow merges (default) — `False` gives pure structured OBS.
+    - `candidates`: merges are considered between each neuron and its `candidates` partners of smallest
+      initial merge cost (a merged neuron's list is refreshed: its cheapest partners at that step); default 16.
+      `None` considers all pairs (the exact greedy; memory `O(n² (N + n + m))`). Exact duplicates cost 0, so
+      they are always candidates.
     - `damping`: the Gram damping λ relative to its mean diagonal (ZipLM's; default `1e-3`).
     - `ridge`: the final reconstruction's ridge (see `jaxlump.reconstruct`).
+    - `throw`: raise a `jaxlump.CompressionError` naming the failed stage (non-finite merge costs, the
+      least-squares refit); `False` returns the result with `info.result` set instead.
 
     **Returns:** `(smaller_model, info)`; `info.partitions` maps each original neuron to its compressed neuron
     (`-1`: removed, shared: merged), `info.certificate` is the reconstruction's measured certificate.
 
-    **Raises:** `ValueError` for ε < 0 or NaN, `damping ≤ 0`, missing or malformed `x_calib`.
+    **Raises:** `ValueError` for ε < 0 or NaN, `damping ≤ 0`, `candidates` not an integer ≥ 1 or None,
+    missing or malformed `x_calib`; `CompressionError` for a failed stage when `throw=True`.
 
-    Cost: `O(N n⁴)` per layer of width n (n greedy steps of the `O(N n³)` cost kernel).
+    Cost per layer of width n (N calibration inputs, m next-layer neurons, k candidates): one all-pairs kernel
+    `O(N n² (n + m))`, then per step `O(n k (N + n + m))` for the candidates' updates plus, after a merge,
+    `O(N n (n + m) + n³)` for the merged neuron's pairs — `O(n² (k (N + n + m) + N (n + m) + n²))` in all.
 
     ```python
     import equinox as eqx, jax.numpy as jnp, jax.random as jr, jaxlump
     mlp = eqx.nn.MLP(3, 2, 12, 2, activation=jnp.tanh, key=jr.key(0))
     x = jr.normal(jr.key(1), (256, 3))
     small, info = jaxlump.merge_or_remove(mlp, x, 0.3)
+    exact, exact_info = jaxlump.merge_or_remove(mlp, x, 0.3, candidates=None)
+    assert info.widths_after.tolist()[1:-1] == exact_info.widths_after.tolist()[1:-1]  # 11 < 16: all pairs
     same, same_info = jaxlump.merge_or_remove(mlp, x, 0.0)
     assert same_info.widths_after.tolist() == [3, 12, 12, 2]
     ```
@@ -128,10 +162,11 @@ def merge_or_remove(model, x_calib, eps, *, merge: bool = True, damping: float =
     Reference: Kurtic, Frantar, Alistarh, *ZipLM*, NeurIPS 2023 (the removal step); Dhiman et al., arXiv
     2606.01402 (2026) (the merge operator and ε).
     """
-    chain, x, damping = _prepare(model, x_calib, damping)
+    chain, x, damping, candidates, throw = _prepare(model, x_calib, damping, candidates, throw)
     eps = float(check_eps(eps))
-    paths = layer_paths(chain, x, merge=bool(merge), damping=damping)
-    return compress_along(model, x, paths, [steps_within(p, eps) for p in paths], "merge_or_remove", eps, ridge)
+    paths = layer_paths(chain, x, merge=bool(merge), damping=damping, candidates=candidates)
+    steps = [steps_within(p, eps) for p in paths]
+    return compress_along(model, x, paths, steps, "merge_or_remove", eps, ridge, throw)
 
 
 def compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
@@ -148,8 +183,10 @@ def lump_then_select(
     eps: float = 0.5,
     discrepancy: AbstractDiscrepancy = Structural(),
     merge: bool = False,
+    candidates: int | None = DEFAULT_CANDIDATES,
     damping: float = 1e-3,
     ridge: float = DEFAULT_RIDGE,
+    throw: bool = True,
 ):
     """Lump mildly (merging near-equivalent neurons), then select with structured OBS, then reconstruct.
 
@@ -170,12 +207,17 @@ def lump_then_select(
     - `sparsity`: fraction in `[0, 1)` of each lumped hidden layer's neurons removed (at least one stays).
     - `eps`, `discrepancy`: the lumping's (default ε = 0.5, `Structural()`).
     - `merge`: let the selection also merge (greedy merge-or-remove instead of structured OBS).
+    - `candidates`: with `merge=True`, the merge candidates per neuron (see `jaxlump.merge_or_remove`).
     - `damping`: the selection's Gram damping; `ridge`: the reconstruction's ridge.
+    - `throw`: raise a `jaxlump.CompressionError` naming the failed stage (the lumping, the selection's costs,
+      the least-squares refit); `False` returns the result with `info.result` set instead.
 
     **Returns:** `(smaller_model, info)` with `info.partitions` mapping every original neuron to its final neuron
-    (`-1`: removed), `info.knob` the sparsity.
+    (`-1`: removed), `info.knob` the sparsity. If the lumping itself failed (`throw=False`), the lumped model and
+    its info (with `info.result` set) instead: there is nothing sound to select on.
 
-    **Raises:** `ValueError` for a sparsity outside `[0, 1)`, ε < 0, `damping ≤ 0` or bad `x_calib`.
+    **Raises:** `ValueError` for a sparsity outside `[0, 1)`, ε < 0, `damping ≤ 0`, bad `candidates` or bad
+    `x_calib`; `CompressionError` for a failed stage when `throw=True`.
 
     ```python
     import equinox as eqx, jax.numpy as jnp, jax.random as jr, jaxlump
@@ -186,13 +228,17 @@ def lump_then_select(
     ```
     """
     sparsity = check_fraction(sparsity, "sparsity")
-    chain, x, damping = _prepare(model, x_calib, damping)
-    lumped, lump_info = lump(model, x, eps, discrepancy=discrepancy, ridge=ridge, certify_ode=False)
-    paths = layer_paths(to_chain(lumped), x, merge=bool(merge), damping=damping)
-    return select_lumped(model, x, lump_info, paths, sparsity, ridge)
+    chain, x, damping, candidates, throw = _prepare(model, x_calib, damping, candidates, throw)
+    lumped, lump_info = lump(model, x, eps, discrepancy=discrepancy, ridge=ridge, certify_ode=False, throw=False)
+    if not bool(lump_info.result == RESULTS.successful):  # nothing to select on: report the lumping's failure
+        knob = jnp.asarray(sparsity, jnp.result_type(float))
+        info = dataclasses.replace(lump_info, method="lump_then_select", knob=knob)
+        return raise_if_failed(info.result, lumped, throw, "jaxlump.lump_then_select"), info
+    paths = layer_paths(to_chain(lumped), x, merge=bool(merge), damping=damping, candidates=candidates)
+    return select_lumped(model, x, lump_info, paths, sparsity, ridge, throw)
 
 
-def select_lumped(model, x, lump_info, paths, sparsity: float, ridge: float):
+def select_lumped(model, x, lump_info, paths, sparsity: float, ridge: float, throw: bool = True):
     """Steps 2–3 of `lump_then_select`, given the lumping's info and the lumped network's greedy paths.
 
     The composed partition (original → lumped → selected) is applied to the *original* network (merged blocks
@@ -200,4 +246,5 @@ def select_lumped(model, x, lump_info, paths, sparsity: float, ridge: float):
     """
     selection = [labels_after(p, steps_to_sparsity(p, sparsity)) for p in paths]
     partitions = [representatives(compose(s, np.asarray(p))) for s, p in zip(selection, lump_info.partitions)]
-    return finish(model, x, partitions, "lump_then_select", sparsity, ridge)
+    result = combine(lump_info.result, paths_result(paths))
+    return finish(model, x, partitions, "lump_then_select", sparsity, ridge, result, throw)
