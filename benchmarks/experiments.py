@@ -294,9 +294,9 @@ class _MergeOrRemove:
     def layer_paths(self, model, x):
         if self.key is None or self.key[0] is not model or self.key[1] is not x:
             start = time.perf_counter()
-            chain, x = to_chain(model), jnp.asarray(x)
+            chain, data = to_chain(model), jnp.asarray(x)
             # Every merge partner considered (the exact greedy; the library's default at width ≤ 64).
-            self.paths = jax.block_until_ready(layer_paths(chain, x, merge=True, damping=1e-3, candidates=None))
+            self.paths = jax.block_until_ready(layer_paths(chain, data, merge=True, damping=1e-3, candidates=None))
             self.key, self.path_s = (model, x), time.perf_counter() - start
         return self.paths
 
