@@ -6,6 +6,9 @@ strict dtype promotion, hypothesis CI profile.
   jaxlump imports lazily are imported here too, or they would escape the hook).
 - Tests of what a *user* sees for bad input (test names containing `bad`, `refuse`, `reject` or `invalid`, or marked
   `user_errors`) run with that checker off: a user does not run it, and jaxlump's own messages are what they test.
+- Tests marked `background(argv, **popen_options)` (the notebooks, the docs build) need only the outcome of one
+  subprocess: those subprocesses start when collection ends, one at a time on a worker thread, so they run on the
+  second core while this process runs the other tests; the test (fixture `background`) waits for its own.
 - Strict dtype promotion (`jax.numpy_dtype_promotion("strict")`: no implicit int → float or float32 → float64
   promotion) for the test modules in `STRICT_PROMOTION`, whose code paths are clean; `JAXLUMP_STRICT_PROMOTION=all`
   turns it on for every test, to find what remains.
@@ -15,6 +18,9 @@ import importlib
 import os
 import pkgutil
 import re
+import signal
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 
@@ -57,6 +63,70 @@ _USER_ERRORS = re.compile(r"bad|refuse|reject|invalid")
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "user_errors: bad-input tests, run without the jaxtyping run-time checker")
+    config.addinivalue_line(
+        "markers", "background(argv, timeout, **popen_options): the test reads one subprocess's result (see above)"
+    )
+
+
+class _Background:
+    """Subprocesses run one at a time on a worker thread, one per test (`start(item)` returns its future)."""
+
+    def __init__(self):
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._futures, self._running = {}, set()
+
+    def start(self, item):
+        if item.nodeid not in self._futures:
+            marker = item.get_closest_marker("background")
+            self._futures[item.nodeid] = self._pool.submit(self._run, *marker.args, **marker.kwargs)
+        return self._futures[item.nodeid]
+
+    def _run(self, argv, timeout, **options):
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "start_new_session": True}
+        with subprocess.Popen(argv, **pipes, **options) as process:
+            self._running.add(process)
+            try:
+                stdout, stderr = process.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                _kill_group(process)
+                raise
+            finally:
+                self._running.discard(process)
+        return subprocess.CompletedProcess(argv, process.returncode, stdout, stderr)
+
+    def close(self):
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        for process in list(self._running):
+            _kill_group(process)
+
+
+def _kill_group(process):
+    """Kill a subprocess and its children (a notebook's kernel): each runs in its own process group."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+_BACKGROUND = _Background()
+
+
+def pytest_collection_finish(session):
+    if session.config.option.collectonly:
+        return
+    for item in session.items:
+        if item.get_closest_marker("background") is not None:
+            _BACKGROUND.start(item)
+
+
+def pytest_sessionfinish(session):
+    _BACKGROUND.close()
+
+
+@pytest.fixture
+def background(request) -> subprocess.CompletedProcess:
+    """The finished subprocess of this test's `background` marker."""
+    return _BACKGROUND.start(request.node).result()
 
 
 @pytest.fixture(autouse=True)

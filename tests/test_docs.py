@@ -6,8 +6,9 @@ import inspect
 import os
 import pathlib
 import re
-import subprocess
+import shutil
 import sys
+import tempfile
 
 import pytest
 import yaml
@@ -19,6 +20,7 @@ import jaxlump.datasets
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 PAGES_WITH_CODE = ["index.md", "choosing_eps.md"]
+SITE = pathlib.Path(tempfile.gettempdir()) / f"jaxlump-docs-site-{os.getpid()}"
 
 
 def _nav_pages(nav) -> list[str]:
@@ -35,17 +37,18 @@ def _config() -> dict:
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="mkdocs is not installed (pip install .[docs])")
-def test_strict_build_passes(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert (tmp_path / "site" / "api" / "index.html").exists()
+@pytest.mark.background(
+    [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(SITE)],
+    300,
+    cwd=ROOT,
+    env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
+)  # built in a subprocess on the second core while the other tests run (tests/conftest.py)
+def test_strict_build_passes(background):
+    try:
+        assert background.returncode == 0, background.stdout + background.stderr
+        assert (SITE / "api" / "index.html").exists()
+    finally:
+        shutil.rmtree(SITE, ignore_errors=True)
 
 
 def test_every_page_is_in_the_nav_and_every_nav_entry_exists():

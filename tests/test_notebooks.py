@@ -1,11 +1,11 @@
 """The notebooks: each opens with its Colab badge and a guarded install cell, and runs top to bottom in small mode
-(`JAXLUMP_SMALL=1`), executed by nbmake as CI runs them (`JAXLUMP_SMALL=1 pytest --nbmake notebooks`)."""
+(`JAXLUMP_SMALL=1`), executed by nbmake as CI runs them (`JAXLUMP_SMALL=1 pytest --nbmake notebooks`), each in a
+subprocess that runs on the second core while the other tests run (the `background` marker, tests/conftest.py)."""
 
 import importlib.util
 import json
 import os
 import pathlib
-import subprocess
 import sys
 
 import pytest
@@ -37,15 +37,12 @@ def test_badge_install_cell_and_committed_outputs(path):
     assert not any(o["output_type"] == "error" for c in code for o in c["outputs"])
 
 
+def _run_in_small_mode(path):
+    argv = [sys.executable, "-m", "pytest", "--nbmake", "--nbmake-timeout=900", "-q", "-o", "addopts=", str(path)]
+    return pytest.mark.background(argv, 1200, cwd=ROOT, env={**os.environ, "JAXLUMP_SMALL": "1"})
+
+
 @pytest.mark.skipif(importlib.util.find_spec("nbmake") is None, reason="nbmake is not installed (pip install .[dev])")
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_runs_in_small_mode(path):
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "--nbmake", "--nbmake-timeout=900", "-q", "-o", "addopts=", str(path)],
-        cwd=ROOT,
-        env={**os.environ, "JAXLUMP_SMALL": "1"},
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
-    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+@pytest.mark.parametrize("path", [pytest.param(p, marks=_run_in_small_mode(p), id=p.stem) for p in NOTEBOOKS])
+def test_notebook_runs_in_small_mode(path, background):
+    assert background.returncode == 0, background.stdout[-6000:] + background.stderr[-2000:]
