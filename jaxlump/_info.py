@@ -142,11 +142,11 @@ def compression_info(
     """
     widths_before = tuple(before.widths if widths_before is None else widths_before)
     partitions = tuple(partitions)
+    neuron_masks = None
     if widths_after is None:
         widths_after = live_widths(widths_before, partitions)
-        neuron_masks = live_masks(after.widths[1:-1], partitions) if isinstance(after, DenseChain) else None
-    else:
-        neuron_masks = None
+        if isinstance(after, DenseChain):
+            neuron_masks = live_masks(after.widths[1:-1], partitions)
     return CompressionInfo(
         method=method,
         structured=structured,

@@ -106,6 +106,7 @@ def flap_prune(
     """
     chain, x, sparsity, _, ridge = prepare(model, x_calib, sparsity, 0.0, ridge, reconstruct)
     check_flag(compensate, "compensate")
+    check_flag(throw, "throw")
     scores = flap_scores(chain, x)
     keeps = global_keep(scores, sparsity)
     labels = [pruning_labels(k) for k in keeps]

@@ -187,6 +187,7 @@ def fold(
         model, x_calib, sparsity, 0.0, ridge, reconstruct, required=repair, why="for repair=True"
     )
     check_flag(repair, "repair")
+    check_flag(throw, "throw")
     labels = merge_labels(chain, sparsity, lambda l, k: kmeans(folding_features(chain, l), k, seed))
     options = dict(repair_on=repair, reconstruct=reconstruct, ridge=ridge, throw=throw)
     return _merge("fold", sparsity, model, chain, x, labels, **options)
@@ -229,6 +230,7 @@ def zipit_merge(
     """
     chain, x, sparsity, _, ridge = prepare(model, x_calib, sparsity, 0.0, ridge, reconstruct)
     check_flag(repair, "repair")
+    check_flag(throw, "throw")
     alpha = float(alpha)
     if not 0.0 < alpha <= 1.0:
         raise ValueError(f"`alpha` must lie in (0, 1]; received {alpha!r}.")
@@ -276,6 +278,7 @@ def neuron_merge(
     Kim, Kim, Park, Jeon, *Neuron Merging: Compensating for Pruned Neurons*, NeurIPS 2020.
     """
     chain, x, sparsity, _, ridge = prepare(model, x_calib, sparsity, 0.0, ridge, reconstruct, required=False)
+    check_flag(throw, "throw")
     threshold = float(threshold)
     if not -1.0 <= threshold <= 1.0:
         raise ValueError(f"`threshold` must lie in [-1, 1]; received {threshold!r}.")

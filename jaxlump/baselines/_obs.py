@@ -237,6 +237,7 @@ def prune_by_selector(method: str, selector, model, x_calib, sparsity, *, sequen
     """A selection baseline once its own options are checked: `prepare`, `select_layers`, `finish`."""
     chain, x, sparsity, damp, ridge = prepare(model, x_calib, sparsity, damp, ridge, reconstruct)
     check_flag(sequential, "sequential")
+    check_flag(throw, "throw")
     labels, selection = select_layers(
         chain, x, selector, sparsity, damp=damp, sequential=sequential, reconstruct=reconstruct, ridge=ridge
     )
