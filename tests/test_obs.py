@@ -254,3 +254,15 @@ def test_an_overflowing_gram_fails_the_selection_even_when_the_result_is_finite(
         prune(model, x, 0.5)
     _, info = prune(model, x, 0.0, throw=False)  # nothing is selected at s = 0: nothing fails
     assert info.result == jaxlump.RESULTS.successful
+
+
+@pytest.mark.parametrize("prune", [B.obs_prune, B.osscar_prune])
+def test_a_singular_gram_is_reported_or_raised(prune):
+    """`damp=0` and two examples: `H` has rank 1 and OBS's `H⁻¹` does not exist (NumPy's LU reports it)."""
+    model, x = random_mlp(jr.key(0), (3, 6, 6, 2), "tanh"), jr.normal(jr.key(1), (2, 3))
+    with pytest.raises(jaxlump.CompressionError, match="singular"):
+        prune(model, x, 0.5, damp=0.0)
+    _, info = prune(model, x, 0.5, damp=0.0, throw=False)
+    assert info.result == jaxlump.RESULTS.least_squares_rank_deficient
+    _, info = prune(model, x, 0.5)  # the default damping makes the same selection well-posed
+    assert info.result == jaxlump.RESULTS.successful

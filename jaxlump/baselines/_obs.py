@@ -14,7 +14,8 @@ the compressed network.
 
 Failures are checked, not assumed (`info.result`, raised with `throw=True`), in pipeline order: the selection
 (`RESULTS.refinement_nonfinite` when the Gram matrices or scores that choose the neurons are NaN or inf — the
-activations overflowed on the calibration data, so the choice means nothing), the merge or prune itself
+activations overflowed on the calibration data, so the choice means nothing; `RESULTS.least_squares_rank_deficient`
+when OBS's `H⁻¹` does not exist, `damp=0` on rank-deficient activations), the merge or prune itself
 (`RESULTS.nonfinite_result`), then the reconstruction (`RESULTS.least_squares_rank_deficient`,
 `RESULTS.least_squares_nonfinite`).
 """
@@ -77,15 +78,33 @@ def centred_gram(a, damp: float = DEFAULT_DAMP) -> np.ndarray:
         return h + damp * (scale if scale > 0 else 1.0) * np.eye(h.shape[0])
 
 
+def positive_definite(h: np.ndarray) -> bool:
+    """Whether `h` is numerically positive definite: Cholesky of `D^{-1/2} h D^{-1/2}` (`D = diag h`) succeeds and the
+    condition number it bounds from below, `(max L_ii / min L_ii)²`, times the unit round-off stays below 1/4 (the
+    criterion of `jaxlump.reconstruct`)."""
+    scale = np.sqrt(np.diag(h))
+    if not np.all(scale > 0):
+        return False
+    try:
+        pivots = np.diag(np.linalg.cholesky(h / np.outer(scale, scale)))
+    except np.linalg.LinAlgError:
+        return False
+    return bool(pivots.min() > 0 and (pivots.max() / pivots.min()) ** 2 * np.finfo(np.float64).eps < 0.25)
+
+
 def obs_removal_order(h: np.ndarray, w: np.ndarray, n_remove: int) -> np.ndarray:
     """ZipLM's greedy backward elimination: the indices removed, in order (DarwinLM `FastOBCStruct.step`).
 
     Each step removes `j* = argmin_j ‖W[:, j]‖² / (H⁻¹)_jj` over the survivors, then applies the OBS compensation
     `W ← W − W[:, j*] (H⁻¹)_{j*,:} / (H⁻¹)_{j*j*}` and the rank-1 downdate
     `H⁻¹ ← H⁻¹ − (H⁻¹)_{:,j*}(H⁻¹)_{j*,:} / (H⁻¹)_{j*j*}` (the inverse Gram of the survivors, padded with zeros);
-    after every step `W` is the damped least-squares refit on the survivors. Ties go to the lower index.
+    after every step `W` is the damped least-squares refit on the survivors. Ties go to the lower index. Raises
+    `np.linalg.LinAlgError` when `h` is not numerically positive definite (`H⁻¹` does not exist).
     """
-    hinv = np.linalg.inv(np.asarray(h, np.float64))
+    h = np.asarray(h, np.float64)
+    if not positive_definite(h):
+        raise np.linalg.LinAlgError("the Gram matrix H is singular or too ill-conditioned for OBS's inverse")
+    hinv = np.linalg.inv(h)
     w = np.array(w, np.float64)
     alive = np.ones(h.shape[0], bool)
     order = []
@@ -159,7 +178,9 @@ def select_layers(
     `sequential=False` (parallel): `H` from the original network's activations. `sequential=True`: layer `l`'s `H`
     comes from the network with layers `< l` already pruned (and, with `reconstruct`, refit against the original),
     as in ZipLM's and SparseGPT's sequential mode. A layer whose `H` is not finite keeps its first `k` neurons and
-    the result is `RESULTS.refinement_nonfinite`.
+    the result is `RESULTS.refinement_nonfinite`; one whose `H` the selector finds singular (`damp=0` on
+    rank-deficient activations: it raises `LinAlgError`) is selected on `H` damped by `DEFAULT_DAMP` instead and
+    the result is `RESULTS.least_squares_rank_deficient`.
     """
     labels, results = identity_labels(chain), []
     acts = hidden_activations(chain, x)
@@ -173,9 +194,16 @@ def select_layers(
         k = kept_count(n, sparsity)
         if k == n:
             continue
-        h = centred_gram(acts[l - 1], damp)
+        h, w = centred_gram(acts[l - 1], damp), np.asarray(chain.weights[l])
         results.append(selection_status(h))
-        keep = selector(h, np.asarray(chain.weights[l]), k) if np.all(np.isfinite(h)) else np.arange(n) < k
+        if not np.all(np.isfinite(h)):
+            keep = np.arange(n) < k
+        else:
+            try:
+                keep = selector(h, w, k)
+            except np.linalg.LinAlgError:
+                keep = selector(centred_gram(acts[l - 1], DEFAULT_DAMP), w, k)
+                results.append(RESULTS.least_squares_rank_deficient)
         labels[l - 1] = pruning_labels(keep)
     return labels, combine(*results)
 
@@ -275,7 +303,8 @@ def obs_prune(
       *is* this refit); `False` keeps the surviving weights unchanged (selection alone).
     - `ridge`: the reconstruction's ridge (see `jaxlump.reconstruct`).
     - `throw`: raise a `jaxlump.CompressionError` naming the failed stage (default); `False` returns the result with
-      `info.result` set instead (module docs: NaN/inf Gram matrices, a non-finite result, a failed refit).
+      `info.result` set instead (module docs: NaN/inf or singular Gram matrices, a non-finite result, a
+      failed refit).
 
     **Returns:** `(new_model, info)`, physically smaller; `info.partitions` maps kept neurons to their new index and
     removed ones to −1, `info.knob` is `sparsity`.
