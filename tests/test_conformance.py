@@ -1,6 +1,7 @@
 """One conformance suite over every compressor: call shape, purity (eqx and mutable NNX models), determinism,
 type stability, the info, and a bad-input matrix whose test ids name the class of bad input."""
 
+import functools
 import inspect
 
 import equinox as eqx
@@ -19,13 +20,14 @@ X = jr.normal(jr.key(1), (96, 3)) + 0.5
 
 
 def _nnx_model():
+    """The NNX twin of `MODEL`'s shapes and dtype (float64), so it reuses the programs the eqx cases compiled."""
     rngs = nnx.Rngs(0)
     return nnx.Sequential(
-        nnx.Linear(3, 12, rngs=rngs),
+        nnx.Linear(3, 12, param_dtype=jnp.float64, rngs=rngs),
         jax.nn.relu,
-        nnx.Linear(12, 12, rngs=rngs),
+        nnx.Linear(12, 12, param_dtype=jnp.float64, rngs=rngs),
         jax.nn.relu,
-        nnx.Linear(12, 2, rngs=rngs),
+        nnx.Linear(12, 2, param_dtype=jnp.float64, rngs=rngs),
     )
 
 
@@ -56,6 +58,13 @@ KNOB_NAMES = {"exact_lump": "knob", "lump_then_prune": "target", "linearity_merg
 def _compress(name, model, x, strong=False):
     compress, mild, strong_knob, _, _ = COMPRESSORS[name]
     return compress(model, x, strong_knob if strong else mild)
+
+
+@functools.cache
+def _jitted(name):
+    """`_compress(name, MODEL, x)` under `eqx.filter_jit`: one function per compressor, so the jit test and the
+    traced-data refusal share one compiled program."""
+    return eqx.filter_jit(lambda x: _compress(name, MODEL, x))
 
 
 def _leaves(model):
@@ -156,7 +165,7 @@ def test_purity_determinism_type_stability_and_info(name, kind):
 @pytest.mark.parametrize("name", [n for n, entry in COMPRESSORS.items() if entry[4]])
 def test_jittable_compressors_give_the_eager_result_under_jit(name):
     eager, eager_info = _compress(name, MODEL, X)
-    jitted, jitted_info = eqx.filter_jit(lambda x: _compress(name, MODEL, x))(X)
+    jitted, jitted_info = _jitted(name)(X)
     for a, b in zip(_leaves(eager), _leaves(jitted), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
     assert np.asarray(jitted_info.widths_after).tolist() == np.asarray(eager_info.widths_after).tolist()
@@ -171,12 +180,10 @@ def _traced(name):
     jittable = COMPRESSORS[name][4]
     if jittable:
         with pytest.raises(Exception, match="x_calib"):
-            jax.block_until_ready(
-                eqx.filter_jit(lambda x: _compress(name, MODEL, x)[1].cost_after)(X.at[0, 0].set(jnp.nan))
-            )
+            jax.block_until_ready(_jitted(name)(X.at[0, 0].set(jnp.nan)))
     else:
         with pytest.raises(TypeError, match="needs concrete values but `(x_calib|model)` is traced"):
-            eqx.filter_jit(lambda x: _compress(name, MODEL, x)[1].cost_after)(X)
+            _jitted(name)(X)
 
 
 def _negative_knob(name):
