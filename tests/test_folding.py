@@ -158,8 +158,11 @@ def test_zipit_on_activations_that_overflow_fails_the_selection():
         B.zipit_merge(model, x, 0.5, repair=False)
 
 
-def test_the_exact_rescaling_keeps_large_weights_clustered_as_small_ones():
-    """k-means of weights ~1e200 (whose squared distances overflow) gives the clustering of the same weights ~1."""
+def test_the_exact_rescaling_keeps_large_values_clustered_as_small_ones():
+    """k-means of points ~1e210 and ZipIt! of activations ~1e210 (whose squares overflow) choose as on the same
+    values ~1."""
     generator = np.random.default_rng(3)
     points = generator.standard_normal((12, 4))
     np.testing.assert_array_equal(kmeans(2.0**700 * points, 3, seed=0), kmeans(points, 3, seed=0))
+    a = generator.standard_normal((20, 6))
+    np.testing.assert_array_equal(zipit_clusters(2.0**700 * a, 3, alpha=0.5), zipit_clusters(a, 3, alpha=0.5))

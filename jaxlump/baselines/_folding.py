@@ -84,8 +84,8 @@ def folding_features(chain: DenseChain, l: int) -> np.ndarray:
 def zipit_clusters(a: np.ndarray, k: int, alpha: float) -> np.ndarray:
     """Greedy matching by activation correlation until `k` blocks: repeatedly merge the most correlated pair of
     blocks; a merged block's correlations become `alpha · min` of its two parts' (ZipIt!'s `match_tensors_zipit`)."""
-    a = np.asarray(a, np.float64)
-    a = rescaled(a - a.mean(axis=0), axis=0)
+    a = rescaled(a, axis=0)
+    a = a - a.mean(axis=0)
     norms = np.linalg.norm(a, axis=0)
     sims = np.where(np.outer(norms, norms) > 0, (a.T @ a) / np.maximum(np.outer(norms, norms), 1e-300), 0.0)
     n = sims.shape[0]
@@ -129,12 +129,12 @@ def repair(original: DenseChain, merged: DenseChain, x, labels) -> DenseChain:
     )
 
 
-def _merge(method, knob, model, chain, x, labels, *, repair_on: bool, reconstruct: bool, ridge: float, **results):
+def _merge(method, knob, model, chain, x, labels, *, repair_on: bool, reconstruct: bool, ridge: float, **checks):
     masked = None
     if repair_on and not all(np.array_equal(p, np.arange(p.size)) for p in labels):
         masked = repair(chain, masked_quotient(chain, labels), x, labels)
     name = method + ("+repair" if repair_on else "")
-    return finish(name, knob, model, chain, x, labels, reconstruct=reconstruct, ridge=ridge, masked=masked, **results)
+    return finish(name, knob, model, chain, x, labels, reconstruct=reconstruct, ridge=ridge, masked=masked, **checks)
 
 
 def fold(
