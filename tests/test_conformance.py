@@ -77,10 +77,7 @@ def _leaves(model):
 
 REGISTERED = jaxlump.compressors()
 # Compressors of other modules that do not take `throw=` yet (listed for their owners; strict: an xpass fails).
-WITHOUT_THROW = {
-    "lump_then_select",
-    "merge_or_remove",
-}
+WITHOUT_THROW: set[str] = set()
 
 
 def _signature_cases():

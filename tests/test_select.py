@@ -1,5 +1,7 @@
 """merge_or_remove and lump_then_select: exactness at ε = 0, agreement with structured OBS, purity, bad input."""
 
+import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -16,15 +18,17 @@ def _x(key, n=128, width=3):
     return jr.normal(jr.key(key), (n, width))
 
 
-def test_eps_zero_merges_exactly_the_planted_duplicates():
+@pytest.mark.parametrize("candidates", [None, 1])
+def test_eps_zero_merges_exactly_the_planted_duplicates(candidates):
+    """Also with one candidate per neuron: duplicates cost exactly 0, so they are always each other's first."""
     model, planted = planted_mlp(jr.key(0), (3, 8, 8, 2), (4, 3))
     x = _x(1)
-    small, info = jaxlump.merge_or_remove(model, x, 0.0)
+    small, info = jaxlump.merge_or_remove(model, x, 0.0, candidates=candidates)
     for found, truth in zip(info.partitions, planted):
         assert set_partition(found) == set_partition(truth)
         assert np.all(np.asarray(found) >= 0)  # nothing removed: removals cost something
     np.testing.assert_allclose(outputs(small, x), outputs(model, x), atol=1e-10)
-    assert float(info.certificate.output_max_abs) <= 1e-10
+    assert float(info.certificate.output_max_abs) <= 1e-10 and info.result == jaxlump.RESULTS.successful
 
 
 def test_widths_shrink_as_eps_grows_and_the_certificate_is_measured():
@@ -92,3 +96,33 @@ def test_bad_input_is_refused():
         jaxlump.merge_or_remove(model, None, 0.1)
     with pytest.raises(ValueError, match="x_calib"):
         jaxlump.merge_or_remove(model, jnp.ones((4, 5)), 0.1)
+    for bad in (0, 2.0, True, "8"):
+        with pytest.raises(ValueError, match="candidates"):
+            jaxlump.merge_or_remove(model, x, 0.1, candidates=bad)
+        with pytest.raises(ValueError, match="candidates"):
+            jaxlump.lump_then_select(model, x, 0.5, merge=True, candidates=bad)
+    with pytest.raises(TypeError, match="throw"):
+        jaxlump.merge_or_remove(model, x, 0.1, throw="no")
+
+
+@pytest.mark.parametrize(
+    "name, activation, stage, result",
+    [
+        ("merge_or_remove", jax.nn.relu, "discrepancy/refinement", "refinement_nonfinite"),  # the path's costs
+        ("lump_then_select", jax.nn.relu, "least-squares refit", "least_squares_nonfinite"),  # the lumping's
+        pytest.param(  # tanh saturates, so the path is fine and the refit overflows
+            "merge_or_remove", jnp.tanh, "least-squares refit", "least_squares_nonfinite", marks=pytest.mark.slow
+        ),
+    ],
+)
+def test_a_failed_stage_is_reported_and_raised_with_throw(name, activation, stage, result):
+    """Finite but huge float32 data overflow a stage: `throw=True` raises naming it, `throw=False` returns the
+    result with `info.result` set (never a silent success)."""
+    compress = getattr(jaxlump, name)
+    with jax.enable_x64(False):
+        model = eqx.nn.MLP(3, 2, 8, 1, activation=activation, key=jr.key(12))
+        x = jnp.asarray(_x(13), jnp.float32) * 1e20
+        with pytest.raises(jaxlump.CompressionError, match=f"jaxlump.{name}: Stage '{stage}'"):
+            compress(model, x, 0.5)
+        _, info = compress(model, x, 0.5, throw=False)
+        assert info.result == getattr(jaxlump.RESULTS, result)
