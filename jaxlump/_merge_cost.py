@@ -435,8 +435,9 @@ def _merge(greedy: Greedy, problem: LayerProblem, keep, gone) -> Greedy:
         state.labels,
     )
     layer = _kill(layer, gone, jnp.where(state.labels == gone, keep, state.labels).astype(jnp.int32))
-    fit, m = _downdate(greedy.fit, greedy.candidates.moments, gone)
-    fit, m = _downdate(fit, m, keep)
+    fit0 = greedy.fit
+    fit1, _ = _downdate(fit0, None, gone)
+    fit, _ = _downdate(fit1, None, keep)
     new = (jnp.arange(n) == keep).astype(pre.dtype)
     cc = _mm("ik,i->k", layer.members, member)
     q = (_mm("sk,s->k", layer.features, feature) + lam * cc) * (1 - new)
@@ -446,14 +447,26 @@ def _merge(greedy: Greedy, problem: LayerProblem, keep, gone) -> Greedy:
     rho = _mm("sm,s->m", problem.targets, feature) + lam * _mm("mi,i->m", problem.weights, member)
     rho = rho - _mm("mk,k->m", fit.weights, q)
     fit = Fit(fit.inverse + jnp.outer(w_bar, w_bar) / s, fit.weights - jnp.outer(rho, w_bar) / s)
-    # Every pair's g gains the merged column's entry g_keep = ṽᵀμ̃; u, e move along w̄ = K q − e_keep by
-    # t = w̄ᵀg = qᵀu − g_keep, and gᵀu grows by t² / s.
+    # The pairs' moments in one pass: `_downdate` of `gone`, then of `keep`, then the merged column joins —
+    # g gains its entry g_keep = ṽᵀμ̃, u and e move along w̄ = K q − e_keep by t = w̄ᵀg = qᵀu − g_keep, and
+    # gᵀu grows by t² / s. Only per-pair scalars are sequential.
+    m = greedy.candidates.moments
     rows, cols = greedy.candidates.pairs()
     share = _share(layer.sizes, rows, cols)
+    kappa1, kappa2 = fit0.inverse[:, gone], fit1.inverse[:, keep]
+    u_gone, u_keep = m.u[:, gone], m.u[:, keep]
+    sigma1 = u_gone / fit0.inverse[gone, gone]
+    u1_keep = u_keep - sigma1 * fit0.inverse[keep, gone]
+    sigma2 = u1_keep / fit1.inverse[keep, keep]
     g_keep = _mm("ps,s->p", m.mu, feature) + lam * (share * cc[rows] + (1 - share) * cc[cols])
-    t = _mm("pk,k->p", m.u, q) - g_keep
-    step = (t / s)[:, None]
-    m = eqx.tree_at(lambda x: (x.u, x.gu, x.e), m, (m.u + step * w_bar, m.gu + t * step[:, 0], m.e + step * rho))
+    t = _mm("pk,k->p", m.u, q) - sigma1 * jnp.sum(q * kappa1) - sigma2 * jnp.sum(q * kappa2) - g_keep
+    tau = t / s
+    other = 1 - new - (jnp.arange(n) == gone).astype(pre.dtype)
+    sigma1, sigma2, tau_ = sigma1[:, None], sigma2[:, None], tau[:, None]
+    u = (m.u - sigma1 * kappa1 - sigma2 * kappa2) * other + tau_ * w_bar
+    e = m.e + sigma1 * fit0.weights[:, gone] + sigma2 * fit1.weights[:, keep] + tau_ * rho
+    gu = m.gu - sigma1[:, 0] * u_gone - sigma2[:, 0] * u1_keep + t * tau
+    m = eqx.tree_at(lambda x: (x.u, x.gu, x.e), m, (u, gu, e))
     return _refresh(Greedy(layer, fit, Candidates(greedy.candidates.partners, m)), problem, keep)
 
 
