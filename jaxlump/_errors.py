@@ -48,6 +48,16 @@ class RESULTS(eqx.Enumeration):
         "Stage 'discrepancy/refinement': some neuron distances are NaN or inf, so the partition is not meaningful "
         "(an overflow in the discrepancy). Rescale the model or the data."
     )
+    selection_nonfinite = (
+        "Stage 'selection': the Gram matrices, scores or activations that choose the neurons are NaN or inf (the "
+        "activations overflowed on the calibration data), so the choice of neurons is not meaningful. Rescale the "
+        "model or the calibration data."
+    )
+    selection_singular = (
+        "Stage 'selection': a layer's damped Gram matrix H is singular (`damp=0` on rank-deficient activations), so "
+        "OBS's H⁻¹ does not exist and that layer was selected on the default-damped Gram instead. Pass `damp` > 0 "
+        "or more calibration data, or `throw=False` to accept that selection."
+    )
     certificate_ode_failed = (
         "Stage 'certificate': the ODE simulation of the certificate failed, so `certificate.ode_max_abs` is not "
         "meaningful; pass `certify_ode=False`, or check the encoding with `jaxlump.check_encoding`."

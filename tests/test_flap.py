@@ -71,7 +71,7 @@ def test_overflowing_scores_fail_the_selection():
     model = build((3, 6, 6, 2), [1e200 * weights[0], *weights[1:]], biases, "relu", "sequential")
     x = jr.normal(jr.key(1), (32, 3))
     _, info = B.flap_prune(model, x, 0.5, throw=False)
-    assert info.result == jaxlump.RESULTS.refinement_nonfinite
+    assert info.result == jaxlump.RESULTS.selection_nonfinite
     with pytest.raises(jaxlump.CompressionError, match="flap_prune"):
         B.flap_prune(model, x, 0.5)
 

@@ -153,7 +153,7 @@ def test_zipit_on_activations_that_overflow_fails_the_selection():
     model = build((3, 6, 6, 2), [1e200 * weights[0], 1e200 * weights[1], weights[2]], biases, "relu", "sequential")
     x = jr.normal(jr.key(1), (32, 3))
     _, info = B.zipit_merge(model, x, 0.5, repair=False, throw=False)
-    assert info.result == jaxlump.RESULTS.refinement_nonfinite
+    assert info.result == jaxlump.RESULTS.selection_nonfinite
     with pytest.raises(jaxlump.CompressionError, match="zipit"):
         B.zipit_merge(model, x, 0.5, repair=False)
 

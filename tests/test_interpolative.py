@@ -85,7 +85,7 @@ def test_an_overflowing_gram_fails_the_selection():
     model = build((3, 6, 6, 2), [1e200 * weights[0], *weights[1:]], biases, "relu", "sequential")
     x = jr.normal(jr.key(1), (32, 3))
     small, info = B.id_prune(model, x, 0.5, reconstruct=False, throw=False)
-    assert info.result == jaxlump.RESULTS.refinement_nonfinite
+    assert info.result == jaxlump.RESULTS.selection_nonfinite
     assert all(np.all(np.isfinite(w)) for w in parameters(small)[0])
     with pytest.raises(jaxlump.CompressionError, match="id_prune"):
         B.id_prune(model, x, 0.5, reconstruct=False)

@@ -7,7 +7,7 @@ correlation (data-aware), or Neuron Merging's nearest kept neuron by cosine with
 
 Their inputs are first divided by a power of two (exact), so squared distances, correlations and norms of large but
 finite weights or activations cannot overflow and the choices are those of the unscaled arithmetic bit for bit.
-`info.result` reports NaN/inf activations (`RESULTS.refinement_nonfinite`, ZipIt!), a merged model that overflowed
+`info.result` reports NaN/inf activations (`RESULTS.selection_nonfinite`, ZipIt!), a merged model that overflowed
 (`RESULTS.nonfinite_result`: the sum of outgoing columns, REPAIR's rescaling) and a failed reconstruction.
 """
 

@@ -13,8 +13,8 @@ so every selector below only chooses `S`; the weights always come from the one s
 the compressed network.
 
 Failures are checked, not assumed (`info.result`, raised with `throw=True`), in pipeline order: the selection
-(`RESULTS.refinement_nonfinite` when the Gram matrices or scores that choose the neurons are NaN or inf — the
-activations overflowed on the calibration data, so the choice means nothing; `RESULTS.least_squares_rank_deficient`
+(`RESULTS.selection_nonfinite` when the Gram matrices or scores that choose the neurons are NaN or inf — the
+activations overflowed on the calibration data, so the choice means nothing; `RESULTS.selection_singular`
 when OBS's `H⁻¹` does not exist, `damp=0` on rank-deficient activations), the merge or prune itself
 (`RESULTS.nonfinite_result`), then the reconstruction (`RESULTS.least_squares_rank_deficient`,
 `RESULTS.least_squares_nonfinite`).
@@ -156,9 +156,9 @@ def hidden_activations(chain: DenseChain, x) -> list[np.ndarray]:
 
 
 def selection_status(*arrays) -> RESULTS:
-    """`RESULTS.refinement_nonfinite` when the arrays that choose the neurons (Gram matrices, scores, activations)
+    """`RESULTS.selection_nonfinite` when the arrays that choose the neurons (Gram matrices, scores, activations)
     hold NaN or inf, else `successful`."""
-    return finite_result(arrays, RESULTS.refinement_nonfinite)
+    return finite_result(arrays, RESULTS.selection_nonfinite)
 
 
 def select_layers(
@@ -178,9 +178,9 @@ def select_layers(
     `sequential=False` (parallel): `H` from the original network's activations. `sequential=True`: layer `l`'s `H`
     comes from the network with layers `< l` already pruned (and, with `reconstruct`, refit against the original),
     as in ZipLM's and SparseGPT's sequential mode. A layer whose `H` is not finite keeps its first `k` neurons and
-    the result is `RESULTS.refinement_nonfinite`; one whose `H` the selector finds singular (`damp=0` on
+    the result is `RESULTS.selection_nonfinite`; one whose `H` the selector finds singular (`damp=0` on
     rank-deficient activations: it raises `LinAlgError`) is selected on `H` damped by `DEFAULT_DAMP` instead and
-    the result is `RESULTS.least_squares_rank_deficient`.
+    the result is `RESULTS.selection_singular`.
     """
     labels, results = identity_labels(chain), []
     acts = hidden_activations(chain, x)
@@ -203,7 +203,7 @@ def select_layers(
                 keep = selector(h, w, k)
             except np.linalg.LinAlgError:
                 keep = selector(centred_gram(acts[l - 1], DEFAULT_DAMP), w, k)
-                results.append(RESULTS.least_squares_rank_deficient)
+                results.append(RESULTS.selection_singular)
         labels[l - 1] = pruning_labels(keep)
     return labels, combine(*results)
 
