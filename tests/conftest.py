@@ -6,6 +6,8 @@ strict dtype promotion, hypothesis CI profile.
   jaxlump imports lazily are imported here too, or they would escape the hook).
 - Tests of what a *user* sees for bad input (test names containing `bad`, `refuse`, `reject` or `invalid`, or marked
   `user_errors`) run with that checker off: a user does not run it, and jaxlump's own messages are what they test.
+- Compiled programs are released after every test module (memory stays bounded; a long run once crashed inside XLA's
+  compiler) and kept in a disk cache for the run, which is removed at exit.
 - Tests marked `background(argv, **popen_options)` (the notebooks, the docs build) need only the outcome of one
   subprocess: those subprocesses start when collection ends, one at a time on a worker thread, so they run on the
   second core while this process runs the other tests; the test (fixture `background`) waits for its own.
@@ -14,17 +16,27 @@ strict dtype promotion, hypothesis CI profile.
   turns it on for every test, to find what remains.
 """
 
+import atexit
 import importlib
 import os
 import pkgutil
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
 import jax
 
 jax.config.update("jax_enable_x64", True)
+# A compilation cache on disk for this run only: `_release_compiled_programs` drops the in-memory programs after each
+# module, and a later module that compiles the same program reads it back instead of compiling it again.
+_COMPILATION_CACHE = tempfile.mkdtemp(prefix="jaxlump-tests-xla-")
+atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
+jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 import jaxtyping  # noqa: E402
 import pytest  # noqa: E402
@@ -163,6 +175,8 @@ settings.load_profile("ci" if os.environ.get("CI") else "dev")
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
     """Drop JAX's compiled programs after each test module: one process compiles thousands of them, and keeping
-    them all grows memory without bound (a long run crashed inside XLA's compiler)."""
+    them all grows memory without bound (a long run crashed inside XLA's compiler). Measured on six baseline modules
+    (2 cores): clearing raised CPU time from 69 s to 92 s (1,619 compiles instead of 1,021) and halved peak memory
+    (1.05 GB instead of 1.94 GB); with the disk cache above, clearing costs 71 s (617 programs read back)."""
     yield
     jax.clear_caches()
