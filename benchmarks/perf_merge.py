@@ -91,8 +91,8 @@ def old_path(state, problem):
             state.alive,
             state.labels,
         )
-        merged_state = _kill(merged_state, gone, jnp.where(state.labels == gone, keep, state.labels))
-        removed = _kill(state, drop, jnp.where(state.labels == drop, -1, state.labels))
+        merged_state = _kill(merged_state, gone, jnp.where(state.labels == gone, keep, state.labels).astype(jnp.int32))
+        removed = _kill(state, drop, jnp.where(state.labels == drop, -1, state.labels).astype(jnp.int32))
         state = jax.tree.map(lambda a, b: jnp.where(do_merge, a, b), merged_state, removed)
         total = total + jnp.where(do_merge, costs.merge[i, j], costs.removal[drop])
         return state, merged.at[t].set(do_merge), cumulative.at[t].set(relative(total, problem)), total

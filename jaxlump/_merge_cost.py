@@ -11,11 +11,20 @@ remaining columns `S` and `μ`:
 with `R = {i, j}`, `K = (AᵀA)⁻¹`, `g = Aᵀμ`, `u = K g`: structured OBS's error for removing both neurons
 (§1.2) minus what adding the merged neuron back recovers (one forward-stepwise step). Removing neuron j alone
 costs OBS's `‖W_:,j‖² / K_jj`. `merge_costs` evaluates both for all pairs from Gram matrices, a block of rows
-at a time (the `b × n × N` merged activations never exceed `2²²` elements), in `O(N n³)` per layer.
+at a time (a block's `b · n · (N + n + m)` pair moments never exceed `2²²` elements), in `O(N n² (n + m))`.
 
 The same kernel serves a layer that is already partly compressed (`greedy_path`): columns are then blocks
 (a merged block's activation is `σ` of its members' mean pre-activation), `W` is the current refit, and the
-residual `r₀` of the current fit enters the merge cost through `μᵀ r₀` (exact, not an approximation).
+residual `r₀` of the current fit enters the merge cost through `e = μᵀ r₀` (exact, not an approximation).
+
+The greedy path never recomputes the kernel. Each slot keeps `k` candidate partners (its `k` cheapest initial
+merges; exact duplicates cost 0, so they are always among them) with their pair moments `(μ, u = K g, gᵀu, e,
+‖μ‖²)`. A removal is a rank-one downdate of `K` and of the refit, and moves every pair's moments in
+`O(n + m)`; a merge is two downdates and one bordered update (the merged column joins), `O(N + n + m)` per
+pair. After a merge the merged slot's pairs are recomputed against every slot (its row of the kernel,
+`O(N n (n + m) + n³)`) and its candidates become its `k` cheapest partners; after a removal the slot that lost
+the most candidates is renewed the same way. With `k ≥ n − 1` this is the exact greedy (every pair, every
+step); the tests check it step for step against brute-force least squares.
 
 Damping: `K = (AᵀA + λI)⁻¹`, `λ = damping · mean(diag AᵀA)`. The formulas are then the exact least-squares
 errors in the augmented geometry `Ã = [A; √λ I]`, `Z̃ = Ã Wᵀ`, where a block's augmented column is
@@ -236,7 +245,8 @@ class RefitAware(AbstractDiscrepancy):
     Each cost assumes every other neuron stays (the "parallel" mode of structured OBS, on the original
     network's activations), so many individually cheap merges can add up: on trained networks the useful ε
     are much smaller than the structural ones (see `docs/method.md`, "What the default does and why").
-    `jaxlump.merge_or_remove` recomputes the costs after every merge instead. Time `O(N n³)` per layer.
+    `jaxlump.merge_or_remove` keeps the costs exact after every merge instead. Time `O(N n² (n + m))` per
+    layer (m: the next layer's width).
 
     **Arguments:**
 
