@@ -45,8 +45,8 @@ def layer_paths(chain, x, *, merge: bool, damping: float, candidates: int | None
 
 
 def paths_result(paths) -> RESULTS:
-    """`RESULTS.refinement_nonfinite` when a path's costs are NaN or inf (an overflow), else `successful`."""
-    return finite_result([p.cumulative for p in paths], RESULTS.refinement_nonfinite)
+    """`RESULTS.selection_nonfinite` when a path's costs are NaN or inf (an overflow), else `successful`."""
+    return finite_result([p.cumulative for p in paths], RESULTS.selection_nonfinite)
 
 
 def steps_within(path: Path, eps) -> int:
@@ -135,7 +135,7 @@ def merge_or_remove(
       they are always candidates.
     - `damping`: the Gram damping λ relative to its mean diagonal (ZipLM's; default `1e-3`).
     - `ridge`: the final reconstruction's ridge (see `jaxlump.reconstruct`).
-    - `throw`: raise a `jaxlump.CompressionError` naming the failed stage (non-finite merge costs, the
+    - `throw`: raise a `jaxlump.CompressionError` naming the failed stage (the selection's non-finite merge costs, the
       least-squares refit); `False` returns the result with `info.result` set instead.
 
     **Returns:** `(smaller_model, info)`; `info.partitions` maps each original neuron to its compressed neuron

@@ -108,7 +108,7 @@ def test_bad_input_is_refused():
 @pytest.mark.parametrize(
     "name, activation, stage, result",
     [
-        ("merge_or_remove", jax.nn.relu, "discrepancy/refinement", "refinement_nonfinite"),  # the path's costs
+        ("merge_or_remove", jax.nn.relu, "selection", "selection_nonfinite"),  # the path's costs overflow
         ("lump_then_select", jax.nn.relu, "least-squares refit", "least_squares_nonfinite"),  # the lumping's
         pytest.param(  # tanh saturates, so the path is fine and the refit overflows
             "merge_or_remove", jnp.tanh, "least-squares refit", "least_squares_nonfinite", marks=pytest.mark.slow
