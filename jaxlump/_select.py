@@ -135,8 +135,8 @@ def merge_or_remove(
       they are always candidates.
     - `damping`: the Gram damping λ relative to its mean diagonal (ZipLM's; default `1e-3`).
     - `ridge`: the final reconstruction's ridge (see `jaxlump.reconstruct`).
-    - `throw`: raise a `jaxlump.CompressionError` naming the failed stage (the selection's non-finite merge costs, the
-      least-squares refit); `False` returns the result with `info.result` set instead.
+    - `throw`: raise a `jaxlump.CompressionError` naming the failed stage (the selection: non-finite merge
+      costs; the least-squares refit); `False` returns the result with `info.result` set instead.
 
     **Returns:** `(smaller_model, info)`; `info.partitions` maps each original neuron to its compressed neuron
     (`-1`: removed, shared: merged), `info.certificate` is the reconstruction's measured certificate.
