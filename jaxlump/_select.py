@@ -169,6 +169,46 @@ def merge_or_remove(
     return compress_along(model, x, paths, steps, "merge_or_remove", eps, ridge, throw)
 
 
+def merge_or_remove_to_size(
+    model,
+    x_calib,
+    max_params: int,
+    *,
+    merge: bool = True,
+    candidates: int | None = DEFAULT_CANDIDATES,
+    damping: float = 1e-3,
+    ridge: float = DEFAULT_RIDGE,
+    throw: bool = True,
+):
+    """`merge_or_remove` at the smallest ε whose result has the most dense parameters within `max_params`.
+
+    The greedy paths are computed once; a layer's width is a step function of ε that changes only where ε
+    crosses one of its path's running-maximum errors, so every reachable size is found by evaluating those
+    breakpoints (no bisection, one reconstruction). `merge_or_remove(model, x_calib, info.knob, ...)` with the
+    same options gives the same result. `jaxlump.baselines.compress_to(model, "merge_or_remove", target, x)`
+    uses it for counts and fractions. Raises `ValueError` when even the smallest result exceeds `max_params`.
+    """
+    chain, x, damping, candidates, throw = _prepare(model, x_calib, damping, candidates, throw)
+    paths = layer_paths(chain, x, merge=bool(merge), damping=damping, candidates=candidates)
+    widths = chain.widths
+
+    def size(eps: float) -> int:
+        hidden = [n - steps_within(p, eps) for n, p in zip(widths[1:-1], paths)]
+        return sum((a + 1) * b for a, b in zip((widths[0], *hidden), (*hidden, widths[-1])))
+
+    breakpoints = np.unique(np.concatenate([[0.0], *(np.maximum.accumulate(np.asarray(p.cumulative)) for p in paths)]))
+    breakpoints = breakpoints[np.isfinite(breakpoints)]
+    fitting = [(size(e), -e) for e in breakpoints.tolist() if size(e) <= max_params]
+    if not fitting:
+        raise ValueError(
+            f"`max_params` (the size target): merge_or_remove cannot go below {size(float(breakpoints[-1]))} dense parameters "
+            f"(one neuron per hidden layer); received {max_params}."
+        )
+    eps = -max(fitting)[1]
+    steps = [steps_within(p, eps) for p in paths]
+    return compress_along(model, x, paths, steps, "merge_or_remove", eps, ridge, throw)
+
+
 def compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
     """Labels of the original neurons after `inner` (original → intermediate) then `outer` (intermediate → final)."""
     inner, outer = np.asarray(inner), np.asarray(outer)

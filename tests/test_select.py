@@ -126,3 +126,25 @@ def test_a_failed_stage_is_reported_and_raised_with_throw(name, activation, stag
             compress(model, x, 0.5)
         _, info = compress(model, x, 0.5, throw=False)
         assert info.result == getattr(jaxlump.RESULTS, result)
+
+
+def test_a_size_target_is_cut_from_one_path_and_equals_the_chosen_eps():
+    """`compress_to(..., "merge_or_remove", ...)` cuts the greedy paths at the target (no bisection): the result is
+    within the target, no breakpoint ε gives a larger result within it, and `merge_or_remove` at the recorded ε
+    gives the same network."""
+    model = random_mlp(jr.key(4), (3, 10, 10, 2), kind="mlp")
+    x = _x(5)
+    full = int(jaxlump.cost(model).dense_params)
+    small, info = jaxlump.baselines.compress_to(model, "merge_or_remove", 0.5, x)
+    size = int(info.cost_after.dense_params)
+    assert size <= 0.5 * full and info.target.realised_size == size
+    again, again_info = jaxlump.merge_or_remove(model, x, float(info.knob))
+    assert again_info.widths_after.tolist() == info.widths_after.tolist()
+    np.testing.assert_allclose(outputs(again, x), outputs(small, x), atol=1e-12)
+    larger = [
+        int(i.cost_after.dense_params)
+        for i in (jaxlump.merge_or_remove(model, x, e)[1] for e in np.linspace(0.0, float(info.knob), 6)[:-1])
+    ]
+    assert all(s > 0.5 * full or s <= size for s in larger)  # no smaller ε fits the target with more parameters
+    with pytest.raises(ValueError, match="max_params"):
+        jaxlump.baselines.compress_to(model, "merge_or_remove", 9, x)  # widths (3, 1, 1, 2) have 10

@@ -129,7 +129,8 @@ def compress_to(
     The method's knob (ε, sparsity, τ ...; see `jaxlump.compressors()`) is bisected in its range, assuming the
     size decreases as the knob moves (ε's range grows by doubling until the target is met); the result kept is the
     largest size within the target among those evaluated. For `lump` with a count or a fraction, a coarse ε grid
-    and two refinements run as `jaxlump.sweep` calls (one compiled program, `sweep_to_size`) instead; pass
+    and two refinements run as `jaxlump.sweep` calls (one compiled program, `sweep_to_size`) instead; for
+    `merge_or_remove` the greedy paths are computed once and cut at the target (`merge_or_remove_to_size`); pass
     `knob_range` or `grow_upper` to bisect instead. (Its certificate then has no ODE figure unless
     `certify_ode=True` is passed.) Methods whose knob is the size itself
     (`lump_then_prune`, `linearity_to_size`) are called with the target directly and their result is checked.
@@ -222,10 +223,15 @@ def compress_to(
         budget = limit(structured)[0]
         knob = budget if compressor.size_knob == "nonzeros" else budget / limit(structured)[1]
         return finish(function(model, x_calib, knob, **options), knob)
-    if _is_lump(compressor) and kind != "widths" and knob_range is None and grow_upper is None:
+    if _is(compressor, "lump") and kind != "widths" and knob_range is None and grow_upper is None:
         from .._sweep import sweep_to_size  # a few compiled ε grids instead of one compilation per bisection step
 
         result = sweep_to_size(model, x_calib, limit(True)[0], **options)
+        return finish(result, result[1].knob)
+    if _is(compressor, "merge_or_remove") and kind != "widths" and knob_range is None and grow_upper is None:
+        from .._select import merge_or_remove_to_size  # one greedy path per layer, cut at the target
+
+        result = merge_or_remove_to_size(model, x_calib, limit(True)[0], **options)
         return finish(result, result[1].knob)
     if compressor is not None and compressor.knob_range is None and knob_range is None:
         return finish(function(model, x_calib, None, **options), None)
@@ -274,10 +280,12 @@ def compress_to(
     return finish(best[2], best[1])
 
 
-def _is_lump(compressor) -> bool:
+def _is(compressor, name: str) -> bool:
+    """Whether `compressor` is jaxlump's own `lump` or `merge_or_remove` (searched by their own fast paths)."""
     from .._lump import lump
+    from .._select import merge_or_remove
 
-    return compressor is not None and compressor.function is lump
+    return compressor is not None and compressor.function is {"lump": lump, "merge_or_remove": merge_or_remove}[name]
 
 
 def _structured_names() -> dict[str, bool]:
