@@ -201,8 +201,8 @@ def merge_or_remove_to_size(
     fitting = [(size(e), -e) for e in breakpoints.tolist() if size(e) <= max_params]
     if not fitting:
         raise ValueError(
-            f"`max_params` (the size target): merge_or_remove cannot go below {size(float(breakpoints[-1]))} dense parameters "
-            f"(one neuron per hidden layer); received {max_params}."
+            f"`max_params` (the size target): merge_or_remove cannot go below {size(float(breakpoints[-1]))} "
+            f"dense parameters (one neuron per hidden layer); received {max_params}."
         )
     eps = -max(fitting)[1]
     steps = [steps_within(p, eps) for p in paths]
