@@ -27,6 +27,7 @@ DATA = ("glycolytic", "polymerization", "reaction_network", "rlc_network", "abal
 SIMULATED = DATA[:4]
 ACTIVATIONS = ("tanh", "sigmoid", "relu", "leaky_relu", "softplus", "silu", "identity")
 DEFAULT_EPS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+BENCH_DEFAULT = ("merge_or_remove", "lump", "obs_prune", "structured_prune", "magnitude", "wanda")
 SUBCOMMANDS = ("run", "compress", "sweep", "bench")
 
 
@@ -136,7 +137,12 @@ def parser() -> argparse.ArgumentParser:
     names = tuple(jobs.compressors())
     compress = sub.add_parser("compress", help="one method to one target", description=jobs.compress.__doc__)
     _common(compress)
-    compress.add_argument("--method", choices=names, default="lump", help="the compressor (default lump)")
+    compress.add_argument(
+        "--method",
+        choices=names,
+        default="merge_or_remove",
+        help="the compressor (default merge_or_remove, jaxlump's default structured compressor)",
+    )
     compress.add_argument(
         "--target",
         type=parse_target,
@@ -148,7 +154,7 @@ def parser() -> argparse.ArgumentParser:
         "--reconstruct",
         action="store_true",
         help="re-solve the compressed model's weights by least squares against the original on the calibration set "
-        "(jaxlump.reconstruct; lump refits by default, this applies to the other methods)",
+        "(jaxlump.reconstruct; lump refits by default and merge_or_remove always, this applies to the others)",
     )
 
     sweep = sub.add_parser("sweep", help="size and error over an ε grid", description=jobs.sweep.__doc__)
@@ -167,8 +173,8 @@ def parser() -> argparse.ArgumentParser:
         "--methods",
         choices=names,
         nargs="+",
-        default=["lump", "structured_prune", "magnitude", "wanda"],
-        help="the methods compared (default lump structured_prune magnitude wanda)",
+        default=list(BENCH_DEFAULT),
+        help=f"the methods compared (default {' '.join(BENCH_DEFAULT)})",
     )
     _fractions(bench, (0.6, 0.35, 0.15), "the sizes compared")
     return top

@@ -182,14 +182,19 @@ def _compress(model, name: str, target, x_calib, *, reconstruct: bool, seed: int
     if own:
         options["reconstruct"] = reconstruct
     small, info = compress_to(model, name, target, x_calib, **options)
-    if reconstruct and name != "lump" and not own:
+    if reconstruct and name not in ("lump", *ALWAYS_REFIT) and not own:
         small, info = solve(model, small, x_calib, info)
     return small, info
+
+
+ALWAYS_REFIT = ("merge_or_remove", "lump_then_select")  # their result is always the reconstructed one
 
 
 def _label(name: str, reconstruct: bool) -> str:
     if name == "lump":
         return "lump + refit" if reconstruct else "lump (quotient)"
+    if name in ALWAYS_REFIT:
+        return f"{name} (refit)"
     return f"{name} + reconstruction" if reconstruct else name
 
 
@@ -220,8 +225,9 @@ def _plot_matched(ax, rows: list[dict]) -> None:
 def run(args) -> int:
     """The main job: train on the glycolytic oscillator, sweep ε with certificates, compare at matched sizes.
 
-    Compares lumping (with its least-squares refit) against global magnitude pruning with and without the same
-    reconstruction and structured neuron pruning with reconstruction, at each of `--fractions`. Writes
+    Compares jaxlump's default structured compressor (`merge_or_remove`) and lumping (with its least-squares
+    refit) against global magnitude pruning with and without the same reconstruction and structured neuron
+    pruning with reconstruction, at each of `--fractions`. Writes
     `results.json`, `results.csv` and `size_vs_error.png` (ε labelled on the lumping curve) to `--out`.
     """
     import jaxlump
@@ -240,7 +246,8 @@ def run(args) -> int:
             | {"ode_max_abs": float(cert.ode_max_abs), "bound": float(cert.a_priori_bound)}
         )
     print(_table(sweep_rows, ("eps", "widths", "params", "percent", "test_mse", "calib_rms", "ode_max_abs", "bound")))
-    runs = [("lump", True), ("magnitude", False), ("magnitude", True), ("structured_prune", True)]
+    runs = [("merge_or_remove", True), ("lump", True), ("magnitude", False), ("magnitude", True)]
+    runs.append(("structured_prune", True))
     matched = _matched(model, data, x_calib, runs, args.fractions, args.seed, progress)
     print("\nAt matched sizes (dense parameters for structured methods, non-zeros for magnitude pruning):")
     print(_table(matched, ("requested", "method", "knob", "widths", "params", "nonzeros", "percent", "test_mse")))
@@ -321,13 +328,14 @@ def sweep(args) -> int:
 def bench(args) -> int:
     """Compare methods (`--methods`) at matched sizes (`--fractions`), each with and without reconstruction.
 
-    Lumping's "reconstruction" is its own least-squares refit; the other methods get `jaxlump.reconstruct`. A
+    Lumping's "reconstruction" is its own least-squares refit; `merge_or_remove` and `lump_then_select` always
+    refit (one row each); the other methods get `jaxlump.reconstruct`. A
     size a method cannot reach is recorded with the reason. Writes `bench.json`, `bench.csv` and `bench.png` to
     `--out`. One network and one seed; the repository's `benchmarks/experiments.py` runs the full experiments.
     """
     model, data, x_calib = problem(args, data_name=args.data)
     original = _original(model, data, args)
-    runs = [(name, recon) for name in args.methods for recon in (False, True)]
+    runs = [(name, recon) for name in args.methods for recon in ((True,) if name in ALWAYS_REFIT else (False, True))]
     rows = _matched(model, data, x_calib, runs, args.fractions, args.seed, not args.no_progress)
     print(_table(rows, ("requested", "method", "knob", "widths", "params", "nonzeros", "percent", "test_mse")))
     for row in rows:

@@ -120,10 +120,16 @@ def test_run_tiny(tmp_path, capsys):
     results = json.loads((out / "results.json").read_text())
     assert [r["eps"] for r in results["sweep"]] == [0.0, 0.8]
     methods = {r["method"] for r in results["matched"]}
-    assert methods == {"lump + refit", "magnitude", "magnitude + reconstruction", "structured_prune + reconstruction"}
+    assert methods == {
+        "merge_or_remove (refit)",
+        "lump + refit",
+        "magnitude",
+        "magnitude + reconstruction",
+        "structured_prune + reconstruction",
+    }
     for row in results["matched"]:
         assert "error" in row or row["percent"] <= 50.0
-    assert len(_read_csv(out / "results.csv")) == 2 + 4
+    assert len(_read_csv(out / "results.csv")) == 2 + 5
     assert (out / "size_vs_error.png").stat().st_size > 0
     assert "test_mse" in capsys.readouterr().out
 
@@ -150,6 +156,15 @@ def test_compress_tiny_saves_a_loadable_model(tmp_path):
     loaded = jaxlump.load(out / "model.npz")
     assert int(jaxlump.cost(loaded).nonzeros) == result["nonzeros"]
     assert (out / "predictions.png").exists() and len(_read_csv(out / "compress.csv")) == 1
+
+
+def test_compress_defaults_to_merge_or_remove(tmp_path):
+    out = tmp_path / "default"
+    assert _cli.main(["compress", "--data", "abalone", *TINY, "--target", "0.5", "--out", str(out)]) == 0
+    payload = json.loads((out / "compress.json").read_text())
+    assert payload["result"]["method"] == "merge_or_remove (refit)"
+    assert payload["result"]["params"] <= 0.5 * payload["original"]["params"]
+    assert int(jaxlump.cost(jaxlump.load(out / "model.npz")).dense_params) == payload["result"]["params"]
 
 
 def test_compress_to_widths(tmp_path):
