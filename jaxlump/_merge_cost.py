@@ -308,11 +308,12 @@ class Path(eqx.Module):
 
     `labels[t]`: each original neuron's slot after step t (`-1`: removed); `merged[t]`: whether step t merged
     (else removed); `cumulative[t]`: the next layer's refit error after step t, relative (`sqrt(E/N)/scale`).
+    JAX arrays inside `greedy_path`; `jaxlump._select.layer_paths` returns them as NumPy arrays (float64).
     """
 
-    labels: jax.Array
-    merged: jax.Array
-    cumulative: jax.Array
+    labels: jax.Array | np.ndarray
+    merged: jax.Array | np.ndarray
+    cumulative: jax.Array | np.ndarray
 
 
 class Candidates(eqx.Module):

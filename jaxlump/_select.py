@@ -10,6 +10,8 @@ the original by the shared least-squares refit (`jaxlump.reconstruct`), which al
 
 import dataclasses
 
+import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -28,19 +30,26 @@ DEFAULT_CANDIDATES = 16
 
 def layer_paths(chain, x, *, merge: bool, damping: float, candidates: int | None = DEFAULT_CANDIDATES):
     """One greedy path per hidden layer, on the network's own activations on `x` (parallel mode); merges are
-    considered between each slot and its `candidates` most promising partners (`None`: all pairs)."""
-    zs, acts = layer_inputs(chain, x)
-    paths = []
-    for l in range(1, chain.n_layers):
-        state, problem = initial_state(
-            zs[l - 1],
-            acts[l - 1],
-            chain.weights[l],
-            chain.activations[l - 1],
-            centre=chain.use_bias[l],
-            damping=damping,
-        )
-        paths.append(greedy_path(state, problem, merge, candidates=candidates))
+    considered between each slot and its `candidates` most promising partners (`None`: all pairs).
+
+    The paths are computed in float64 whatever the model's dtype (the result is only labels and errors): the
+    rank-one downdates lose a float32 fit once near-duplicate neurons have merged (a trained float32 network gave
+    NaN costs), as lumping computes low-precision models in float32."""
+    with jax.enable_x64(True):
+        chain64 = jax.tree.map(lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, chain)
+        zs, acts = layer_inputs(chain64, jnp.asarray(x, jnp.float64))
+        paths = []
+        for l in range(1, chain.n_layers):
+            state, problem = initial_state(
+                zs[l - 1],
+                acts[l - 1],
+                chain64.weights[l],
+                chain.activations[l - 1],
+                centre=chain.use_bias[l],
+                damping=damping,
+            )
+            path = greedy_path(state, problem, merge, candidates=candidates)
+            paths.append(Path(*(np.asarray(a) for a in (path.labels, path.merged, path.cumulative))))
     return tuple(paths)
 
 

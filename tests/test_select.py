@@ -106,22 +106,31 @@ def test_bad_input_is_refused():
 
 
 @pytest.mark.parametrize(
-    "name, activation, stage, result",
+    "name, activation, stage, result, scale, x64",
     [
-        ("merge_or_remove", jax.nn.relu, "selection", "selection_nonfinite"),  # the path's costs overflow
-        ("lump_then_select", jax.nn.relu, "least-squares refit", "least_squares_nonfinite"),  # the lumping's
+        # the path (computed in float64) overflows only on float64 data this large
+        ("merge_or_remove", jax.nn.relu, "selection", "selection_nonfinite", 1e160, True),
+        ("merge_or_remove", jax.nn.relu, "least-squares refit", "least_squares_nonfinite", 1e20, False),  # float32
+        ("lump_then_select", jax.nn.relu, "least-squares refit", "least_squares_nonfinite", 1e20, False),
         pytest.param(  # tanh saturates, so the path is fine and the refit overflows
-            "merge_or_remove", jnp.tanh, "least-squares refit", "least_squares_nonfinite", marks=pytest.mark.slow
+            "merge_or_remove",
+            jnp.tanh,
+            "least-squares refit",
+            "least_squares_nonfinite",
+            1e20,
+            False,
+            marks=pytest.mark.slow,
         ),
     ],
 )
-def test_a_failed_stage_is_reported_and_raised_with_throw(name, activation, stage, result):
-    """Finite but huge float32 data overflow a stage: `throw=True` raises naming it, `throw=False` returns the
-    result with `info.result` set (never a silent success)."""
+def test_a_failed_stage_is_reported_and_raised_with_throw(name, activation, stage, result, scale, x64):
+    """Finite but huge data overflow a stage: `throw=True` raises naming it, `throw=False` returns the result with
+    `info.result` set (never a silent success)."""
     compress = getattr(jaxlump, name)
-    with jax.enable_x64(False):
-        model = eqx.nn.MLP(3, 2, 8, 1, activation=activation, key=jr.key(12))
-        x = jnp.asarray(_x(13), jnp.float32) * 1e20
+    with jax.enable_x64(x64):
+        dtype = jnp.float64 if x64 else jnp.float32
+        model = eqx.nn.MLP(3, 2, 8, 1, activation=activation, dtype=dtype, key=jr.key(12))
+        x = jnp.asarray(_x(13), dtype) * scale
         with pytest.raises(jaxlump.CompressionError, match=f"jaxlump.{name}: Stage '{stage}'"):
             compress(model, x, 0.5)
         _, info = compress(model, x, 0.5, throw=False)
@@ -148,3 +157,17 @@ def test_a_size_target_is_cut_from_one_path_and_equals_the_chosen_eps():
     assert all(s > 0.5 * full or s <= size for s in larger)  # no smaller ε fits the target with more parameters
     with pytest.raises(ValueError, match="max_params"):
         jaxlump.baselines.compress_to(model, "merge_or_remove", 9, x)  # widths (3, 1, 1, 2) have 10
+
+
+def test_float32_models_get_float64_paths_and_stay_float32():
+    """The greedy path's rank-one updates run in float64 even with x64 off (a trained float32 network gave NaN
+    costs in float32 — notebook 04); the compressed model keeps the model's dtype."""
+    with jax.enable_x64(False):
+        model = random_mlp(jr.key(6), (3, 8, 8, 2), kind="mlp")
+        model = jax.tree.map(lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, model)
+        x = jr.normal(jr.key(7), (64, 3), jnp.float32)
+        paths = layer_paths(to_chain(model), x, merge=True, damping=1e-3)
+        assert all(p.cumulative.dtype == np.float64 and np.all(np.isfinite(p.cumulative)) for p in paths)
+        small, info = jaxlump.merge_or_remove(model, x, 0.5)
+        assert info.result == jaxlump.RESULTS.successful
+        assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(eqx.filter(small, eqx.is_inexact_array)))
