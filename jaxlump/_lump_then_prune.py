@@ -6,7 +6,8 @@ from collections.abc import Callable, Mapping, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from ._adapters import to_chain
+from ._accounting import cost
+from ._adapters import from_chain, to_chain
 from ._errors import check_bool, check_data, check_eps, check_positive_int, raise_if_failed, require_concrete
 from ._lump import lump
 from ._reconstruct import DEFAULT_RIDGE, reconstruct
@@ -96,6 +97,8 @@ def lump_then_prune(
             widths_before=lump_info.widths_before,
         )
         candidate, info = reconstruct(model, pruned, x, combined, ridge=ridge, throw=False)
+        candidate = keep_pruned_zeros(candidate, pruned)
+        info = dataclasses.replace(info, cost_after=cost(candidate))
         error = float(jnp.mean((to_chain(candidate, require_finite=False)(x) - reference) ** 2))
         error = error if np.isfinite(error) else np.inf  # a failed candidate is kept only if none succeeds
         if best is None or error < best_error:
@@ -108,3 +111,13 @@ def lump_then_prune(
         )
     candidate, info = best
     return raise_if_failed(info.result, candidate, throw, "jaxlump.lump_then_prune"), info
+
+
+def keep_pruned_zeros(refit, pruned):
+    """`refit` with every weight and bias that `pruned` has at exactly zero set back to zero: the refit re-solves
+    every bias (and keeps only the weight masks), so without this a pruned bias would come back and the result
+    would exceed its non-zero budget."""
+    a, b = to_chain(refit), to_chain(pruned)
+    weights = tuple(jnp.where(p == 0, 0, w) for w, p in zip(a.weights, b.weights))
+    biases = tuple(jnp.where(p == 0, 0, v) for v, p in zip(a.biases, b.biases))
+    return from_chain(dataclasses.replace(a, weights=weights, biases=biases), like=refit)
