@@ -159,3 +159,10 @@ def parameters(model) -> tuple[list[np.ndarray], list[np.ndarray]]:
 
 def hidden_widths(model) -> tuple[int, ...]:
     return to_chain(model).widths[1:-1]
+
+
+def overflowing(widths=(3, 6, 6, 2)):
+    """Finite weights and data whose hidden activations (~1e200) have Gram matrices that overflow to inf."""
+    weights, biases = parameters(random_mlp(jr.key(0), widths, "relu"))
+    weights[0] = weights[0] * 1e200
+    return build(widths, weights, biases, "relu", "sequential")

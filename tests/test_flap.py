@@ -3,7 +3,7 @@
 import jax.random as jr
 import numpy as np
 import pytest
-from _networks import build, numpy_outputs, parameters, random_mlp
+from _networks import build, numpy_outputs, overflowing, parameters, random_mlp
 
 import jaxlump
 from jaxlump import baselines as B
@@ -67,8 +67,7 @@ def test_bias_compensation_is_lossless_for_constant_neurons():
 
 def test_overflowing_scores_fail_the_selection():
     """Activations ~1e200 (finite): their variances overflow, so the global cut means nothing."""
-    weights, biases = parameters(random_mlp(jr.key(0), (3, 6, 6, 2), "relu"))
-    model = build((3, 6, 6, 2), [1e200 * weights[0], *weights[1:]], biases, "relu", "sequential")
+    model = overflowing()
     x = jr.normal(jr.key(1), (32, 3))
     _, info = B.flap_prune(model, x, 0.5, throw=False)
     assert info.result == jaxlump.RESULTS.selection_nonfinite

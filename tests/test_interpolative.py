@@ -5,7 +5,7 @@ import jax.random as jr
 import jax.scipy.linalg as jsl
 import numpy as np
 import pytest
-from _networks import build, parameters, random_mlp
+from _networks import overflowing, parameters, random_mlp
 
 import jaxlump
 from jaxlump import baselines as B
@@ -81,8 +81,7 @@ def test_a_singular_refit_is_reported_or_raised():
 def test_an_overflowing_gram_fails_the_selection():
     """Activations ~1e200 (finite): their Gram overflows, so the pivots mean nothing although the pruned model is
     finite."""
-    weights, biases = parameters(random_mlp(jr.key(0), (3, 6, 6, 2), "relu"))
-    model = build((3, 6, 6, 2), [1e200 * weights[0], *weights[1:]], biases, "relu", "sequential")
+    model = overflowing()
     x = jr.normal(jr.key(1), (32, 3))
     small, info = B.id_prune(model, x, 0.5, reconstruct=False, throw=False)
     assert info.result == jaxlump.RESULTS.selection_nonfinite

@@ -3,7 +3,7 @@
 import jax.random as jr
 import numpy as np
 import pytest
-from _networks import build, parameters, random_mlp
+from _networks import overflowing, parameters, random_mlp
 
 import jaxlump
 from jaxlump import baselines as B
@@ -65,8 +65,7 @@ def test_a_singular_gram_is_whitened_on_its_range_and_reported():
 
 
 def test_an_overflowing_gram_keeps_the_layer_dense_and_is_reported():
-    weights, biases = parameters(random_mlp(jr.key(0), (3, 6, 6, 2), "relu"))
-    model = build((3, 6, 6, 2), [1e200 * weights[0], *weights[1:]], biases, "relu", "sequential")
+    model = overflowing()
     x = jr.normal(jr.key(1), (32, 3))
     small, info = B.lowrank(model, x, 0.5, throw=False)
     assert info.result == jaxlump.RESULTS.least_squares_nonfinite

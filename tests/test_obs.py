@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from _networks import build, parameters, random_mlp, rng
+from _networks import overflowing, parameters, random_mlp, rng
 
 import jaxlump
 from jaxlump import baselines as B
@@ -222,13 +222,6 @@ def test_bad_damp_and_missing_data_are_refused():
 
 
 # --- failures are checked: info.result, or a CompressionError with throw=True -------------------------------------
-
-
-def overflowing(widths=(3, 6, 6, 2)):
-    """Finite weights and data whose hidden activations (~1e200) have Gram matrices that overflow to inf."""
-    weights, biases = parameters(random_mlp(jr.key(0), widths, "relu"))
-    weights[0] = weights[0] * 1e200
-    return build(widths, weights, biases, "relu", "sequential")
 
 
 @pytest.mark.parametrize("prune", [B.obs_prune, B.osscar_prune])
