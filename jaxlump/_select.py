@@ -203,14 +203,16 @@ def merge_or_remove_to_size(
 
     def size(eps: float) -> int:
         hidden = [n - steps_within(p, eps) for n, p in zip(widths[1:-1], paths)]
-        return sum((a + 1) * b for a, b in zip((widths[0], *hidden), (*hidden, widths[-1])))
+        layers = zip((widths[0], *hidden), (*hidden, widths[-1]), chain.use_bias)
+        return sum(a * b + (b if bias else 0) for a, b, bias in layers)
 
     breakpoints = np.unique(np.concatenate([[0.0], *(np.maximum.accumulate(np.asarray(p.cumulative)) for p in paths)]))
     breakpoints = breakpoints[np.isfinite(breakpoints)]
-    fitting = [(size(e), -e) for e in breakpoints.tolist() if size(e) <= max_params]
+    sizes = [(size(e), -e) for e in breakpoints.tolist()]
+    fitting = [entry for entry in sizes if entry[0] <= max_params]
     if not fitting:
         raise ValueError(
-            f"`max_params` (the size target): merge_or_remove cannot go below {size(float(breakpoints[-1]))} "
+            f"`max_params` (the size target): merge_or_remove cannot go below {sizes[-1][0]} "
             f"dense parameters (one neuron per hidden layer); received {max_params}."
         )
     eps = -max(fitting)[1]
