@@ -8,9 +8,13 @@ strict dtype promotion, hypothesis CI profile.
   `user_errors`) run with that checker off: a user does not run it, and jaxlump's own messages are what they test.
 - Compiled programs are released after every test module (memory stays bounded; a long run once crashed inside XLA's
   compiler) and kept in a disk cache for the run, which is removed at exit.
+- The default run is spread over the cores by pytest-xdist (`-n auto --dist loadfile` in pyproject.toml: a test
+  module stays in one worker, so its fixtures and compiled programs are shared); `-n 0` runs in this process.
 - Tests marked `background(argv, **popen_options)` (the notebooks, the docs build) need only the outcome of one
-  subprocess: those subprocesses start when collection ends, one at a time on a worker thread, so they run on the
-  second core while this process runs the other tests; the test (fixture `background`) waits for its own.
+  subprocess. Under pytest-xdist their modules are moved to the front, so they are handed out first, and each
+  test runs its subprocess. In one process (`-n 0`) the subprocesses start when collection ends, one at a time on
+  a worker thread, so they run on the second core while this process runs the other tests; the test (fixture
+  `background`) waits for its own.
 - Strict dtype promotion (`jax.numpy_dtype_promotion("strict")`: no implicit int → float or float32 → float64
   promotion) for the test modules in `STRICT_PROMOTION`, whose code paths are clean; `JAXLUMP_STRICT_PROMOTION=all`
   turns it on for every test, to find what remains.
@@ -123,8 +127,22 @@ def _kill_group(process):
 _BACKGROUND = _Background()
 
 
+def _is_xdist_worker(config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist, modules with `background` tests first (stable otherwise), so the longest units of work
+    are handed out first instead of last. (In one process they stay in place: their subprocesses run meanwhile.)"""
+    if not _is_xdist_worker(config):
+        return
+    heavy = {item.module.__name__ for item in items if item.get_closest_marker("background") is not None}
+    items.sort(key=lambda item: item.module.__name__ not in heavy)
+
+
 def pytest_collection_finish(session):
-    if session.config.option.collectonly:
+    # Under pytest-xdist every worker collects every test; its test starts the subprocess when it runs instead.
+    if session.config.option.collectonly or _is_xdist_worker(session.config):
         return
     for item in session.items:
         if item.get_closest_marker("background") is not None:
