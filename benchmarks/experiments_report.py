@@ -4,8 +4,9 @@
 
 Outputs (in OUT): `track_A.md`, `track_B.md`, `track_C.md` (per data set: method × size, mean ± std over seeds),
 `points_A.md` / `points_B.md` (every point: seeds, test MSE, realised size, knob, wall time), `headline.md`,
-`criterion.md`, `oracle.md`, `wilcoxon.md`, `fixed.md`, `completed.md`, `readme_table.md`, `summary.json`, and
-`track_A.png`, `track_B.png`, `track_C.png`.
+`findings.md`, `criterion.md`, `oracle.md`, `wilcoxon.md`, `fixed.md`, `completed.md`, `readme_table.md`,
+`summary.json`, and `track_A.png`, `track_B.png`, `track_C.png`. Methods are compared at a size level only over
+the same seeds (`_means`).
 """
 
 import collections
@@ -192,7 +193,11 @@ def _latency(values) -> str:
 
 
 def _means(per_method, fraction):
-    return {m: mean_std([e[1]["test_mse"] for e in p[fraction]])[0] for m, p in per_method.items() if fraction in p}
+    """Mean test MSE per method at `fraction`, over the seeds of the method with the most; a method that lacks
+    one of those seeds is left out (means over different seeds are not comparable)."""
+    seeds = {m: {e[0] for e in p[fraction]} for m, p in per_method.items() if fraction in p}
+    full = set().union(*seeds.values())
+    return {m: mean_std([e[1]["test_mse"] for e in per_method[m][fraction]])[0] for m in seeds if seeds[m] == full}
 
 
 def headline(records) -> tuple[str, dict]:
@@ -259,16 +264,17 @@ def criterion_table(records, method: str = DEFAULT) -> tuple[str, dict]:
             wins += winner == method
             ties += winner != method and ratio <= 1 + TIE
             if winner != method:
-                losses.append(f"{f:.0%}: {winner}, {ratio:.3f}")
+                losses.append((f, winner, ratio))
         ratios = [e[1]["layer_errors"][0] / e[1]["layer_bounds"][0] for es in methods[method].values() for e in es
                   if "layer_errors" in e[1] and e[1]["layer_bounds"][0] > 0]  # fmt: skip
         oracle = float(np.median(ratios)) if ratios else None
         seeds = sorted({e[0] for es in methods[method].values() for e in es})
         share = wins / len(levels)
         summary[f"{dataset}/w{width}"] = {"wins": wins, "ties": ties, "levels": len(levels), "share": share,
-                                          "oracle": oracle}  # fmt: skip
+                                          "oracle": oracle, "losses": losses}  # fmt: skip
+        lost = "; ".join(f"{f:.0%}: {winner}, {ratio:.3f}" for f, winner, ratio in losses)
         lines.append(f"| {dataset} | {width} | {len(seeds)} | {wins} / {len(levels)} | {share:.0%} | {ties} | "
-                     f"{'; '.join(losses) or '–'} | {_fmt(oracle) if oracle else '–'} |")  # fmt: skip
+                     f"{lost or '–'} | {_fmt(oracle) if oracle else '–'} |")  # fmt: skip
     met = sum(v["share"] >= 0.8 for v in summary.values())
     lines.append(f"\nData sets (× width) where the share is ≥ 80 %: {met} of {len(summary)}.\n")
     return "\n".join(lines), summary
@@ -309,19 +315,107 @@ def wilcoxon_table(records, reference: str = "lump structural") -> str:
         for (dataset, width), methods in sorted(table.items()):
             if reference not in methods:
                 continue
-            ref = {(e[0], f): e[1]["test_mse"] for f, es in methods[reference].items() for e in es}
-            for method, per in methods.items():
-                if method == reference:
+            for method in methods:
+                if method == reference or (pair := paired(methods, reference, method)) is None:
                     continue
-                other = {(e[0], f): e[1]["test_mse"] for f, es in per.items() for e in es}
-                keys = sorted(set(ref) & set(other))
-                if not keys:
-                    continue
-                d = np.asarray([math.log(ref[k]) - math.log(other[k]) for k in keys])
-                _, p, _ = wilcoxon_signed_rank(d)
-                lines.append(f"| {track} | {dataset} | {width} | {method} | {len(keys)} | {int((d < 0).sum())} | "
-                             f"{math.exp(np.median(d)):.3g} | {p:.2g} |")  # fmt: skip
+                pairs, wins, ratio, p = pair
+                lines.append(f"| {track} | {dataset} | {width} | {method} | {pairs} | {wins} | {ratio:.3g} | "
+                             f"{p:.2g} |")  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def paired(methods, reference: str, other: str):
+    """`(pairs, reference wins, median MSE ratio, exact Wilcoxon p)` over the (seed, size) pairs both methods have
+    (d = log MSE_reference − log MSE_other), or None when they share none."""
+    ref = {(e[0], f): e[1]["test_mse"] for f, es in methods[reference].items() for e in es}
+    them = {(e[0], f): e[1]["test_mse"] for f, es in methods[other].items() for e in es}
+    keys = sorted(set(ref) & set(them))
+    if not keys:
+        return None
+    d = np.asarray([math.log(ref[k]) - math.log(them[k]) for k in keys])
+    return len(keys), int((d < 0).sum()), math.exp(np.median(d)), wilcoxon_signed_rank(d)[1]
+
+
+RIVALS = ("OBS (ZipLM)", "OSSCAR")  # the strongest selection baselines, compared pair by pair with the default
+
+
+def _span(values, fmt="{}") -> str:
+    low, high = min(values), max(values)
+    return fmt.format(low) if low == high else f"{fmt.format(low)}–{fmt.format(high)}"
+
+
+def findings(records, headline_summary: dict, criterion: dict) -> str:
+    """The benchmark's claims as bullets, every number computed here from the raw JSON (per network width)."""
+    lines = []
+    for width in sorted({r["width"] for r in records}):
+        groups = {k: v for k, v in criterion.items() if k.endswith(f"/w{width}")}
+        if not groups:
+            continue
+        names = [k.split("/w")[0] for k in groups]
+        seeds = sorted({len({r["seed"] for r in records if r["dataset"] == n and r["width"] == width}) for n in names})
+        n_structured = {h["n_structured"] for k, h in headline_summary.items() if f"/w{width}/B/" in k}
+        levels = sum(v["levels"] for v in groups.values())
+        wins = sum(v["wins"] for v in groups.values())
+        ties = sum(v["ties"] for v in groups.values())
+        strict = [n for n, v in zip(names, groups.values()) if v["share"] >= 0.8]
+        tied = [n for n, v in zip(names, groups.values()) if (v["wins"] + v["ties"]) / v["levels"] >= 0.8]
+        lines.append(f"**2×{width} networks: {len(names)} data sets × {_span(seeds)} seeds, "
+                     f"{_span(n_structured)} structured methods (track B unless stated).**\n")  # fmt: skip
+        lines.append(f"- `{DEFAULT}` has the lowest mean test MSE among the structured methods at {wins} of the "
+                     f"{levels} (data set, size) levels and is within {TIE * 100:.0f} % of the best at {ties} more. "
+                     f"Issue 17's criterion (lowest at ≥ 80 % of the levels on ≥ 6 of 8 data sets) holds on "
+                     f"{len(strict)} of {len(names)} ({', '.join(strict) or 'none'}), on {len(tied)} of "
+                     f"{len(names)} when {TIE * 100:.0f} % ties count.")  # fmt: skip
+        clear = [(n, *loss) for n, v in zip(names, groups.values()) for loss in v["losses"] if loss[2] > 1 + TIE]
+        if clear:
+            shown = "; ".join(f"{n} {f:.0%} ({w}, {r:.2f}×)" for n, f, w, r in clear)
+            lines.append(f"- Where it loses by more than {TIE * 100:.0f} % (data set, size: the winner, its MSE ÷ the "
+                         f"winner's): {shown}.")  # fmt: skip
+        table = points(records, "B")
+        for rival in RIVALS:
+            pairs = [paired(table[(n, width)], DEFAULT, rival) for n in names if rival in table[(n, width)]]
+            pairs = [x for x in pairs if x is not None]
+            if pairs:
+                lines.append(f"- Against {rival}, paired over seeds × sizes: lower test MSE in "
+                             f"{_span([x[1] for x in pairs])} of {_span([x[0] for x in pairs])} runs per data set "
+                             f"(exact Wilcoxon p ≤ {max(x[3] for x in pairs):.2g} on each).")  # fmt: skip
+        ranks = [h["lumping_rank"] for k, h in headline_summary.items() if k.endswith(f"/w{width}/B/0.1")]
+        if ranks := [r for r in ranks if r]:
+            lines.append(f"- AFDE lumping (`lump`, its best variant) at 10 %: rank {_span(ranks)} of "
+                         f"{_span(n_structured)} structured methods.")  # fmt: skip
+        oracle = [v["oracle"] for v in groups.values() if v["oracle"]]
+        if oracle:
+            lines.append(f"- `{DEFAULT}`'s first hidden layer leaves {_span(oracle, '{:.3g}')}× the rank-k lower "
+                         "bound on its refit error (median per data set; issue 17's target: ≤ 1.5×).")  # fmt: skip
+        structured_ahead, exceptions = 0, []
+        for n in names:
+            for fraction in (0.35, 0.1):
+                h = headline_summary.get(f"{n}/w{width}/B/{fraction}")
+                if h and h["structured"] and h["unstructured"]:
+                    ahead = h["structured"][0] < h["unstructured"][0]
+                    structured_ahead += ahead
+                    if not ahead:
+                        exceptions.append(f"{n} {fraction:.0%} ({h['unstructured'][1]} {_fmt(h['unstructured'][0])}"
+                                          f" vs {h['structured'][1]} {_fmt(h['structured'][0])})")  # fmt: skip
+        lines.append(f"- The best unstructured method (matched non-zeros) is behind the best structured one in "
+                     f"{structured_ahead} of {2 * len(names)} (data set, 35 % / 10 %) cases"
+                     + (f"; not in: {'; '.join(exceptions)}." if exceptions else "."))  # fmt: skip
+        table_a = points(records, "A")
+        beats, cases = 0, 0
+        for n in names:
+            for fraction in (0.35, 0.1):
+                means = _means(table_a[(n, width)], fraction)
+                lump = [means[m] for m in LUMPING if m in means]
+                weak = [means[m] for m in ("magnitude", "Wanda") if m in means]
+                if lump and weak:
+                    cases += 1
+                    beats += min(lump) < min(weak)
+        if cases:
+            lines.append(f"- Track A (no reconstruction, the paper's protocol): the best lumping has a lower test MSE "
+                         f"than both magnitude and Wanda pruning in {beats} of {cases} (data set, 35 % / 10 %) "
+                         "cases.")  # fmt: skip
+        lines.append("")
+    return "\n".join(lines)
 
 
 # -------------------------------------------------------------------------------------------------------- figures
@@ -396,31 +490,26 @@ def completed_table(records, runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def readme_table(summary: dict, criterion: dict, completed: dict) -> str:
-    """The README's headline: per data set (track B, 35 % and 10 %), the best structured method, the default's
-    value and rank, the best lumping's value and rank, the best unstructured method; the criterion's share."""
+def readme_table(summary: dict, completed: dict) -> str:
+    """The README's headline: per data set and width (track B, 35 % and 10 %), the best structured method, the
+    default's value and rank, the best lumping's value and rank, the best unstructured method."""
 
     def show(entry):
         return f"{entry[1]} {_fmt(entry[0])}" if entry else "–"
 
-    lines = [f"| data set (2×64, seeds) | size | best structured | `{DEFAULT}` (rank) | best AFDE lumping (rank) | "
+    lines = [f"| data set (width, seeds) | size | best structured | `{DEFAULT}` (rank) | best AFDE lumping (rank) | "
              "best unstructured |", "|---|---|---|---|---|---|"]  # fmt: skip
-    for key, seeds in sorted(completed.items()):
+    for key, seeds in sorted(completed.items(), key=lambda kv: (int(kv[0].split("/w")[1]), kv[0])):
         dataset, width = key.split("/w")
         for fraction in (0.35, 0.1):
             h = summary.get(f"{dataset}/w{width}/B/{fraction}")
-            if not h or width != "64":
+            if not h:
                 continue
             n = h["n_structured"]
             default = f"{_fmt(h['default'][0])} ({h['default_rank']}/{n})" if h["default"] else "–"
             lump = f"{h['lumping'][1]} {_fmt(h['lumping'][0])} ({h['lumping_rank']}/{n})" if h["lumping"] else "–"
-            lines.append(f"| {dataset} ({len(seeds)}) | {fraction:.0%} | {show(h['structured'])} | {default} | "
-                         f"{lump} | {show(h['unstructured'])} |")  # fmt: skip
-    met = [k for k, v in criterion.items() if v["share"] >= 0.8]
-    where = ", ".join(met) or "none"
-    lines.append(f"\n`{DEFAULT}` has the lowest mean track-B test MSE among the structured methods (its own "
-                 f"variant aside) at ≥ 80 % of the size levels on {len(met)} of {len(criterion)} data sets × "
-                 f"widths ({where}); `criterion.md` has every level it loses.")  # fmt: skip
+            lines.append(f"| {dataset} (2×{width}, {len(seeds)}) | {fraction:.0%} | {show(h['structured'])} | "
+                         f"{default} | {lump} | {show(h['unstructured'])} |")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -439,15 +528,15 @@ def replace_between(path: pathlib.Path, body: str) -> None:
 
 def update_docs(path: pathlib.Path, out: pathlib.Path) -> None:
     """Replace the generated part of the docs page (between the two markers) with the current tables."""
-    parts = ["completed.md", "headline.md", "criterion.md", "track_B.md", "track_A.md", "track_C.md", "oracle.md"]
-    parts += ["wilcoxon.md", "fixed.md"]
+    parts = ["completed.md", "findings.md", "headline.md", "criterion.md", "track_B.md", "track_A.md", "track_C.md"]
+    parts += ["oracle.md", "wilcoxon.md", "fixed.md"]
     body = "\n\n".join((out / p).read_text() for p in parts)
     body = "\n".join(("#" + line) if line.startswith("#") else line for line in body.splitlines())  # one level down
     replace_between(path, body)
 
 
 def report(
-    raw: pathlib.Path, out: pathlib.Path, docs: pathlib.Path | None = None, readme: pathlib.Path | None = None
+    raw: pathlib.Path, out: pathlib.Path, docs: pathlib.Path | None = None, readme_path: pathlib.Path | None = None
 ) -> None:
     records = load(raw)
     out.mkdir(parents=True, exist_ok=True)
@@ -475,11 +564,13 @@ def report(
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     for track in ("A", "B", "C"):
         figure(records, track, out / f"track_{track}.png")
-    (out / "readme_table.md").write_text(readme_table(summary["headline"], criterion_summary, summary["completed"]))
+    claims = findings(records, summary["headline"], criterion_summary)
+    (out / "findings.md").write_text("# What the numbers show\n\n" + claims)
+    (out / "readme_table.md").write_text(readme_table(summary["headline"], summary["completed"]) + "\n" + claims)
     if docs is not None:
         update_docs(docs, out)
-    if readme is not None:
-        replace_between(readme, (out / "readme_table.md").read_text())
+    if readme_path is not None:
+        replace_between(readme_path, (out / "readme_table.md").read_text())
     print(f"report from {len(records)} runs written to {out}")
 
 

@@ -72,3 +72,37 @@ def test_quick_run_writes_raw_json_and_tables(tmp_path):
     assert ok and all(p["B"]["realised_size"] <= p["target_size"] for p in ok if p["method"] != "exact lump")
     for name in ("track_A.md", "track_B.md", "track_C.md", "headline.md", "wilcoxon.md", "track_B.png"):
         assert (tmp_path / "quick" / name).exists()
+
+
+def _record(seed, mse):
+    """A raw record of one (data set, seed): `mse[method][fraction]` is its test MSE on both tracks."""
+    structured = {"merge_or_remove": True, "OBS (ZipLM)": True, "lump structural": True, "magnitude": False}
+    points = [
+        {"method": m, "structured": structured[m], "target_fraction": f, "target_size": 100,
+         "A": {"realised_size": 100, "test_mse": v}, "B": {"realised_size": 100, "test_mse": v}}
+        for m, per in mse.items() for f, v in per.items()
+    ]  # fmt: skip
+    return {"dataset": "toy", "width": 64, "seed": seed, "original": {"test_mse": 0.1}, "points": points}
+
+
+def test_findings_count_wins_and_compare_methods_over_the_same_seeds_only():
+    import experiments_report as report
+
+    records = [
+        _record(0, {"merge_or_remove": {0.35: 1.0, 0.1: 2.0}, "OBS (ZipLM)": {0.35: 1.5, 0.1: 1.0},
+                    "lump structural": {0.35: 3.0, 0.1: 3.0}, "magnitude": {0.35: 4.0, 0.1: 5.0}}),
+        _record(1, {"merge_or_remove": {0.35: 1.0, 0.1: 2.0}, "OBS (ZipLM)": {0.35: 1.5, 0.1: 1.0},
+                    "lump structural": {0.35: 3.0}, "magnitude": {0.35: 4.0, 0.1: 5.0}}),
+    ]  # fmt: skip
+    # lump structural lacks seed 1 at 10 %: it must not be ranked there (its seed-0 mean would look comparable)
+    means = report._means(report.points(records, "B")[("toy", 64)], 0.1)
+    assert set(means) == {"merge_or_remove", "OBS (ZipLM)", "magnitude"}
+    _, headline = report.headline(records)
+    _, criterion = report.criterion_table(records)
+    assert criterion["toy/w64"]["wins"] == 1 and criterion["toy/w64"]["levels"] == 2
+    assert criterion["toy/w64"]["losses"] == [(0.1, "OBS (ZipLM)", 2.0)]
+    text = report.findings(records, headline, criterion)
+    assert "at 1 of the 2 (data set, size) levels" in text
+    assert "toy 10% (OBS (ZipLM), 2.00×)" in text
+    assert "lower test MSE in 2 of 4 runs" in text  # OBS: merge_or_remove wins both 35 % pairs, loses both 10 %
+    assert "behind the best structured one in 2 of 2" in text
