@@ -483,6 +483,9 @@ def completed_table(records, runs: list[dict]) -> str:
         deviation = max(r["encoding_max_deviation"] for r in rs)
         lines.append(f"| {dataset} | {width} | {sorted(r['seed'] for r in rs)} | {len(methods)} | {steps:.0f} | "
                      f"{deviation:.2g} | {sum(r['wall_s'] for r in rs):.0f} |")  # fmt: skip
+    total = sum(r["wall_s"] for r in records)
+    lines.append(f"\nAll {len(records)} runs: {total:.0f} s of summed run wall time ({total / 3600:.1f} h; runs in "
+                 "parallel processes overlap, so this is process time, not elapsed time).")  # fmt: skip
     if runs:
         lines += ["", "Invocations of `benchmarks/experiments.py` (wall time of each whole invocation):", ""]
         lines += [f"- {r['finished']}: {r['computed']} of {r['jobs']} jobs computed in {r['wall_s']:.0f} s, "
