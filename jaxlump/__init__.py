@@ -27,6 +27,7 @@ from ._encoding import (
 )
 from ._errors import RESULTS as RESULTS
 from ._errors import CompressionError as CompressionError
+from ._errors import UnreachableTargetError as UnreachableTargetError
 from ._info import Certificate as Certificate
 from ._info import CompressionInfo as CompressionInfo
 from ._lump import lump as lump

@@ -72,6 +72,25 @@ class CompressionError(RuntimeError):
     """Raised (with `throw=True`) when a stage of a compression failed; the message names the stage."""
 
 
+class UnreachableTargetError(ValueError):
+    """Raised when a size target lies beyond what a method's knob can reach (`compress_to`, `sweep_to_size`,
+    `lump_then_prune`); the message gives the smallest size reached. A `ValueError`, so code that catches that
+    keeps working; catch this one to try another method or a larger target.
+
+    ```python
+    import equinox as eqx, jax.random as jr, jaxlump
+    from jaxlump.baselines import compress_to
+    mlp = eqx.nn.MLP(3, 2, 16, 2, key=jr.key(0))
+    try:
+        compress_to(mlp, "magnitude", 1)  # magnitude keeps the biases and the output layer's weights
+    except jaxlump.UnreachableTargetError as error:
+        assert "cannot reach" in str(error)
+    else:
+        raise AssertionError("a target of one non-zero was reached")
+    ```
+    """
+
+
 def messages(result: RESULTS) -> list[str]:
     """The message of every element of a concrete (possibly stacked) result, flattened; `""` for success."""
     return [RESULTS._index_to_message[int(i)] for i in np.ravel(np.asarray(result._value))]

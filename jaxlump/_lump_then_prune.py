@@ -8,7 +8,15 @@ import numpy as np
 
 from ._accounting import cost
 from ._adapters import from_chain, to_chain
-from ._errors import check_bool, check_data, check_eps, check_positive_int, raise_if_failed, require_concrete
+from ._errors import (
+    UnreachableTargetError,
+    check_bool,
+    check_data,
+    check_eps,
+    check_positive_int,
+    raise_if_failed,
+    require_concrete,
+)
 from ._lump import lump
 from ._reconstruct import DEFAULT_RIDGE, reconstruct
 from .baselines._magnitude import magnitude
@@ -31,7 +39,8 @@ def lump_then_prune(
     """Lumping and sparsity composed: lump at ε, prune to `target` non-zeros, reconstruct.
 
     For every ε in `eps_grid` whose lumped network is still larger than `target`, the lumped network
-    (with its refit) is pruned by `prune` to at most `target` non-zeros (`compress_to`), then the
+    (with its refit) is pruned by `prune` to at most `target` non-zeros (`compress_to`; an ε whose lumped
+    network `prune` cannot bring that low is skipped, e.g. magnitude keeps the output layer), then the
     masked least-squares reconstruction is solved against the *original* network. The ε kept is the one
     with the smallest mean squared output deviation from the original **on the calibration data** —
     never on test data.
@@ -52,7 +61,8 @@ def lump_then_prune(
     **Returns:** `(new_model, info)`: a masked model with the lumped widths; `info.knob` is the chosen ε,
     `info.partitions` the lumping's, `info.weight_masks` the pruning's, `info.structured` is `False`.
 
-    **Raises:** `ValueError` when no ε in the grid leaves room to reach `target`, or for bad input (a `target`
+    **Raises:** `jaxlump.UnreachableTargetError` (a `ValueError`) when no ε in the grid reaches `target` (the
+    message gives each ε's reason), `ValueError` for bad input (a `target`
     that is not a positive int, an empty or negative `eps_grid`, data of the wrong width or not finite);
     `TypeError` for a `prune` that is not callable or under `jax.jit` (the choice of ε needs concrete values).
 
@@ -84,12 +94,17 @@ def lump_then_prune(
     chain = to_chain(model)
     x = check_data(x_calib, "x_calib", width=chain.widths[0])
     reference = chain(x)
-    best, best_error = None, jnp.inf
+    best, best_error, skipped = None, jnp.inf, []
     for eps in eps_grid:
         lumped, lump_info = lump(model, x, eps, ridge=ridge, certify_ode=False, throw=throw)
         if realised_size(lump_info) <= target:
+            skipped.append(f"ε = {eps}: the lumped network alone has {realised_size(lump_info)} non-zeros")
             continue
-        pruned, prune_info = compress_to(lumped, prune, target, x, **dict(prune_options or {}))
+        try:
+            pruned, prune_info = compress_to(lumped, prune, target, x, **dict(prune_options or {}))
+        except UnreachableTargetError as error:  # e.g. magnitude keeps the output layer: a wider lump cannot get there
+            skipped.append(f"ε = {eps}: {error}")
+            continue
         combined = dataclasses.replace(
             prune_info,
             partitions=lump_info.partitions,
@@ -105,9 +120,11 @@ def lump_then_prune(
             best_error = error
             best = candidate, dataclasses.replace(info, method="lump_then_prune", knob=jnp.asarray(eps))
     if best is None:
-        raise ValueError(
-            f"`target` = {target} is not reachable: every ε in `eps_grid` {eps_grid} already lumps the "
-            "model to at most that size; use a smaller ε grid or `jaxlump.lump` alone."
+        raise UnreachableTargetError(
+            f"`target` = {target} non-zeros is not reachable from any ε in `eps_grid` {eps_grid} ("
+            + "; ".join(skipped)
+            + "). Use `jaxlump.lump` alone when the lumped network is already small enough, larger ε when the "
+            "pruning cannot reach the target."
         )
     candidate, info = best
     return raise_if_failed(info.result, candidate, throw, "jaxlump.lump_then_prune"), info

@@ -17,7 +17,17 @@ import numpy as np
 
 from ._adapters import from_chain, to_chain
 from ._discrepancy import AbstractDiscrepancy, Structural
-from ._errors import RESULTS, check_bool, check_data, check_eps, check_fraction, combine, finite_result, raise_if_failed
+from ._errors import (
+    RESULTS,
+    UnreachableTargetError,
+    check_bool,
+    check_data,
+    check_eps,
+    check_fraction,
+    combine,
+    finite_result,
+    raise_if_failed,
+)
 from ._lump import lump
 from ._merge_cost import Path, check_candidates, check_damping, greedy_path, initial_state, layer_inputs
 from ._reconstruct import DEFAULT_RIDGE, reconstruct
@@ -195,7 +205,8 @@ def merge_or_remove_to_size(
     crosses one of its path's running-maximum errors, so every reachable size is found by evaluating those
     breakpoints (no bisection, one reconstruction). `merge_or_remove(model, x_calib, info.knob, ...)` with the
     same options gives the same result. `jaxlump.baselines.compress_to(model, "merge_or_remove", target, x)`
-    uses it for counts and fractions. Raises `ValueError` when even the smallest result exceeds `max_params`.
+    uses it for counts and fractions. Raises `jaxlump.UnreachableTargetError` (a `ValueError`) when even the
+    smallest result exceeds `max_params`.
     """
     chain, x, damping, candidates, throw = _prepare(model, x_calib, damping, candidates, throw)
     paths = layer_paths(chain, x, merge=bool(merge), damping=damping, candidates=candidates)
@@ -211,7 +222,7 @@ def merge_or_remove_to_size(
     sizes = [(size(e), -e) for e in breakpoints.tolist()]
     fitting = [entry for entry in sizes if entry[0] <= max_params]
     if not fitting:
-        raise ValueError(
+        raise UnreachableTargetError(
             f"`max_params` (the size target): merge_or_remove cannot go below {sizes[-1][0]} "
             f"dense parameters (one neuron per hidden layer); received {max_params}."
         )

@@ -19,7 +19,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from ._adapters import from_chain
 from ._discrepancy import AbstractDiscrepancy, Structural, batched_over
-from ._errors import RESULTS, check_bool, is_traced
+from ._errors import RESULTS, UnreachableTargetError, check_bool, is_traced
 from ._info import Certificate, CompressionInfo
 from ._lump import _prepare, lump_chain_unjitted
 from ._reconstruct import DEFAULT_RIDGE
@@ -268,8 +268,9 @@ def sweep_to_size(
     of the best result. The size is not monotone in ε for the representative refinement, so every evaluated
     successful result counts. Used by `jaxlump.baselines.compress_to` for `lump`; `lump_options` as `sweep`.
 
-    **Raises:** `ValueError` for a non-positive target, or when no successful result is small enough (with
-    `throw=False` the best-fitting failed result is returned instead, its `info.result` saying why).
+    **Raises:** `ValueError` for a non-positive target; `jaxlump.UnreachableTargetError` (a `ValueError`) when no
+    successful result is small enough (with `throw=False` the best-fitting failed result is returned instead, its
+    `info.result` saying why).
     """
     target = int(target_params)
     if target <= 0:
@@ -304,7 +305,7 @@ def sweep_to_size(
     fits = fitting() or ([] if throw else fitting(successful=False))
     if not fits:
         smallest = min((r[1] for r in evaluated if r[2]), default=None)
-        raise ValueError(
+        raise UnreachableTargetError(
             f"`lump` cannot reach {target} dense parameters (the smallest successful result has {smallest}; "
             f"ε up to {grid[-1]})."
         )

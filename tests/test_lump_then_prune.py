@@ -62,6 +62,20 @@ def test_chosen_eps_is_the_best_pipeline_built_from_public_parts(setting):
     np.testing.assert_allclose(_outputs(model, x), outputs[best], rtol=0, atol=1e-12)
 
 
+def test_an_eps_whose_pruning_cannot_reach_the_target_is_skipped(setting):
+    """Magnitude keeps the output layer's weights and the biases: from the 16-wide lumps (ε = 0, 0.5) no sparsity
+    reaches 40 non-zeros, from ε = 1's (6, 3) lump it does. The unreachable ε are skipped, not fatal."""
+    mlp, x = setting
+    for eps in (0.0, 0.5):
+        lumped, _ = jaxlump.lump(mlp, x, eps, certify_ode=False)
+        with pytest.raises(jaxlump.UnreachableTargetError):
+            compress_to(lumped, magnitude, 40, x)
+    model, info = jaxlump.lump_then_prune(mlp, x, 40, eps_grid=(0.0, 0.5, 1.0))
+    assert float(info.knob) == 1.0 and int(jaxlump.cost(model).nonzeros) <= 40
+    with pytest.raises(jaxlump.UnreachableTargetError, match=r"ε = 0.0: `magnitude` cannot reach.*ε = 0.5: `magn"):
+        jaxlump.lump_then_prune(mlp, x, 40, eps_grid=(0.0, 0.5))
+
+
 @pytest.mark.parametrize(
     "options, error, match",
     [

@@ -7,6 +7,7 @@ import numpy as np
 
 from .._accounting import cost
 from .._adapters import to_chain
+from .._errors import UnreachableTargetError
 from .._info import CompressionInfo
 
 
@@ -150,8 +151,9 @@ def compress_to(
     **Returns:** `(new_model, info)`: `info` is a `TargetInfo`, a `CompressionInfo` whose extra field `target`
     (a `Target`) holds the requested and the realised size and widths and the knob chosen.
 
-    **Raises:** `ValueError` for an unknown name, a malformed target, a widths target for an unstructured method,
-    or a target no knob value in range reaches; `TypeError` for a `method` or `target` of the wrong type.
+    **Raises:** `jaxlump.UnreachableTargetError` (a `ValueError`) for a target no knob value in range reaches;
+    `ValueError` for an unknown name, a malformed target or a widths target for an unstructured method;
+    `TypeError` for a `method` or `target` of the wrong type.
 
     ```python
     import equinox as eqx, jax.random as jr, jaxlump
@@ -198,7 +200,7 @@ def compress_to(
     def finish(result, knob):
         new_model, info = result
         if not feasible(info):
-            raise ValueError(
+            raise UnreachableTargetError(
                 f"`{name}` cannot reach the target {target!r}: it reached {realised_size(info)} "
                 f"{_unit(info.structured)}, widths {tuple(int(w) for w in info.widths_after)}."
             )
@@ -262,7 +264,7 @@ def compress_to(
     if not evaluate(low):
         while not evaluate(high):
             if not grow or high > 1e6:
-                raise ValueError(
+                raise UnreachableTargetError(
                     f"`{name}` cannot reach the target {target!r} with its knob in "
                     f"{(low, high) if not grow else (low, 'unbounded')}: the smallest result has "
                     f"{realised_size(last)} {_unit(last.structured)}, widths "
