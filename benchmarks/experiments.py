@@ -7,6 +7,7 @@ everyone (`reconstruct_chain`, the solver behind `jaxlump.reconstruct`, lumping'
 One command runs it all and resumes: each (data set, width, seed) writes one raw JSON file under
 `benchmarks/results/experiments/raw/`; a file that exists is skipped, or completed with the methods it lacks
 (the trained network is cached, so it is the same one). `--methods` and `--seeds` give a first, smaller pass.
+Processes started alike share the work: each job is claimed (a `.running` file beside its raw file) by one.
 Tables and figures are rebuilt from the raw JSON by `benchmarks/experiments_report.py` (run at the end, or alone
 with `--report-only`).
 
@@ -22,6 +23,7 @@ initialisation, the validation split, the training mini-batches and the calibrat
 import argparse
 import dataclasses
 import json
+import os
 import pathlib
 import sys
 import time
@@ -617,6 +619,24 @@ def _add_points(record, model, methods, sizes, base, bounds, x_calib, test, seed
     return record
 
 
+def claim(path: pathlib.Path) -> bool:
+    """Mark the job of raw file `path` as this process's (`path.running` holds its PID), so that several processes
+    started alike share the jobs; a mark whose process has died is taken over."""
+    mark = path.with_suffix(".running")
+    for _ in range(2):
+        try:
+            with open(mark, "x") as f:
+                f.write(str(os.getpid()))
+            return True
+        except FileExistsError:
+            try:
+                os.kill(int(mark.read_text() or 0), 0)
+                return False  # its process is alive
+            except (ProcessLookupError, ValueError, FileNotFoundError):
+                mark.unlink(missing_ok=True)
+    return False
+
+
 def jobs(args) -> list[tuple[str, int, int]]:
     """The run order: every data set × seeds 0–2 of the 2×64 networks first, then the other seeds, then 2×256."""
     if args.quick:
@@ -662,16 +682,21 @@ def main(argv=None):
         done = 0
         for name, seed, width in tqdm(todo, desc="experiments", file=sys.stdout):
             path = raw / f"{name}_w{width}_s{seed}.json"
-            existing = None
-            if path.exists() and not args.overwrite:
-                existing = json.loads(path.read_text())
-                if set(methods) <= {p["method"] for p in existing["points"]}:
-                    continue
-            record = run_one(name, seed, width, sizes, methods, args, existing)
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(record, indent=1))
-            tmp.replace(path)
-            done += 1
+            if not claim(path):
+                continue  # another process is computing it
+            try:
+                existing = None
+                if path.exists() and not args.overwrite:
+                    existing = json.loads(path.read_text())
+                    if set(methods) <= {p["method"] for p in existing["points"]}:
+                        continue
+                record = run_one(name, seed, width, sizes, methods, args, existing)
+                tmp = path.with_suffix(".tmp")
+                tmp.write_text(json.dumps(record, indent=1))
+                tmp.replace(path)
+                done += 1
+            finally:
+                path.with_suffix(".running").unlink(missing_ok=True)
         wall = time.perf_counter() - start
         log = out / ("runs-quick.json" if args.quick else "runs.json")
         runs = json.loads(log.read_text()) if log.exists() else []
