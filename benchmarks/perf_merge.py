@@ -35,21 +35,17 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 from perf_common import machine  # noqa: E402
 
+from jaxlump._greedy import _greedy_path, _kill, advance, candidate_costs, start  # noqa: E402
 from jaxlump._merge_cost import (  # noqa: E402
     ACTIVATIONS,
     LayerState,
     _centred,
-    _greedy_path,
-    _kill,
-    advance,
-    candidate_costs,
     current_fit,
     initial_state,
     merge_costs,
     moments,
     pair_costs,
     relative,
-    start,
 )
 
 RESULT = pathlib.Path(__file__).parent / "results" / "perf_merge.json"

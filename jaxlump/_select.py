@@ -1,9 +1,9 @@
 """Structured compressors built on refit-aware costs: `merge_or_remove` and `lump_then_select`.
 
-Both cut greedy paths (`jaxlump._merge_cost.greedy_path`): per hidden layer, the sequence of cheapest
+Both cut greedy paths (`jaxlump._greedy.greedy_path`): per hidden layer, the sequence of cheapest
 operations under the next layer's least-squares refit — remove a neuron (structured OBS, ZipLM's rule) or,
 when allowed, merge two (mean-in / sum-out) among each neuron's candidate partners — with the costs kept
-exact after every step (`jaxlump._merge_cost`'s rank-one updates). The result is then
+exact after every step (`jaxlump._greedy`'s rank-one updates). The result is then
 built as a quotient (removed neurons dropped, merged ones averaged in / summed out) and reconstructed against
 the original by the shared least-squares refit (`jaxlump.reconstruct`), which also computes the certificate.
 """
@@ -28,8 +28,9 @@ from ._errors import (
     finite_result,
     raise_if_failed,
 )
+from ._greedy import Path, check_candidates, greedy_path
 from ._lump import lump
-from ._merge_cost import Path, check_candidates, check_damping, greedy_path, initial_state, layer_inputs
+from ._merge_cost import check_damping, initial_state, layer_inputs
 from ._reconstruct import DEFAULT_RIDGE, reconstruct
 from ._reduction.masked import shrink
 from ._reduction.quotient import quotient

@@ -9,17 +9,8 @@ from _networks import outputs, planted_mlp, random_mlp, set_partition
 
 import jaxlump
 from jaxlump._adapters import to_chain
-from jaxlump._merge_cost import (
-    LayerState,
-    _kill,
-    advance,
-    candidate_costs,
-    current_fit,
-    greedy_path,
-    initial_state,
-    merge_costs,
-    start,
-)
+from jaxlump._greedy import _kill, advance, candidate_costs, greedy_path, start
+from jaxlump._merge_cost import LayerState, current_fit, initial_state, merge_costs
 from jaxlump._network import DenseChain
 from jaxlump._reduction.quotient import quotient
 
