@@ -23,6 +23,7 @@ from .baselines._magnitude import magnitude
 from .baselines._targets import compress_to, realised_size
 
 DEFAULT_EPS_GRID = (0.0, 0.3, 0.5, 0.7)
+MAX_EXTRA_EPS = 8  # ε the default grid may add (doubling, then bisecting) while the pruning cannot reach the target
 
 
 def lump_then_prune(
@@ -30,7 +31,7 @@ def lump_then_prune(
     x_calib,
     target: int,
     *,
-    eps_grid: Sequence[float] = DEFAULT_EPS_GRID,
+    eps_grid: Sequence[float] | None = None,
     prune: Callable = magnitude,
     prune_options: Mapping | None = None,
     ridge: float = DEFAULT_RIDGE,
@@ -50,7 +51,10 @@ def lump_then_prune(
     - `model`: the model to compress.
     - `x_calib`: calibration inputs `(batch, n_in)` (required: refit, pruning statistics, the choice of ε).
     - `target`: the non-zero budget (weights + biases), a positive int.
-    - `eps_grid`: the ε values tried, a non-empty sequence of numbers ≥ 0 (default `(0, 0.3, 0.5, 0.7)`).
+    - `eps_grid`: the ε values tried, a non-empty sequence of numbers ≥ 0. Default (`None`): `(0, 0.3, 0.5,
+      0.7)` and, while none reached the target because the pruning cannot get that low from its lump (a strong
+      target needs a strong lump first), up to 8 more: doubling the largest such ε, or bisecting between it and
+      the smallest larger ε whose lump is already within the target.
     - `prune`: an unstructured compressor with the call shape `(model, x_calib, sparsity, **options)`
       (default `jaxlump.baselines.magnitude`).
     - `prune_options`: keyword options for `prune` (e.g. `{"key": jax.random.key(0)}` for `random`).
@@ -87,41 +91,61 @@ def lump_then_prune(
         )
     if prune_options is not None and not isinstance(prune_options, Mapping):
         raise TypeError(f"`prune_options` must be a dict of keyword options or None; received {prune_options!r}.")
+    extend = eps_grid is None
+    eps_grid = DEFAULT_EPS_GRID if eps_grid is None else eps_grid
     if isinstance(eps_grid, (str, bytes)) or not isinstance(eps_grid, Sequence) or len(eps_grid) == 0:
         raise ValueError(f"`eps_grid` must be a non-empty sequence of numbers >= 0; received {eps_grid!r}.")
-    eps_grid = tuple(float(check_eps(eps, f"eps_grid[{i}]")) for i, eps in enumerate(eps_grid))
+    eps_grid = [float(check_eps(eps, f"eps_grid[{i}]")) for i, eps in enumerate(eps_grid)]
     throw = check_bool(throw, "throw")
     chain = to_chain(model)
     x = check_data(x_calib, "x_calib", width=chain.widths[0])
     reference = chain(x)
-    best, best_error, skipped = None, jnp.inf, []
-    for eps in eps_grid:
+
+    def attempt(eps):
+        """`((model, info), calibration MSE)` at ε, or `(None, why not, whether the lump alone fits)`."""
         lumped, lump_info = lump(model, x, eps, ridge=ridge, certify_ode=False, throw=throw)
         if realised_size(lump_info) <= target:
-            skipped.append(f"ε = {eps}: the lumped network alone has {realised_size(lump_info)} non-zeros")
-            continue
+            return None, f"ε = {eps}: the lumped network alone has {realised_size(lump_info)} non-zeros", True
         try:
             pruned, prune_info = compress_to(lumped, prune, target, x, **dict(prune_options or {}))
         except UnreachableTargetError as error:  # e.g. magnitude keeps the output layer: a wider lump cannot get there
-            skipped.append(f"ε = {eps}: {error}")
-            continue
+            return None, f"ε = {eps}: {error}", False
         combined = dataclasses.replace(
             prune_info,
             partitions=lump_info.partitions,
             cost_before=lump_info.cost_before,
             widths_before=lump_info.widths_before,
         )
-        candidate, info = reconstruct(model, pruned, x, combined, ridge=ridge, throw=False)
-        candidate = keep_pruned_zeros(candidate, pruned)
-        info = dataclasses.replace(info, cost_after=cost(candidate))
-        error = float(jnp.mean((to_chain(candidate, require_finite=False)(x) - reference) ** 2))
-        error = error if np.isfinite(error) else np.inf  # a failed candidate is kept only if none succeeds
-        if best is None or error < best_error:
-            best_error = error
-            best = candidate, dataclasses.replace(info, method="lump_then_prune", knob=jnp.asarray(eps))
+        refit, info = reconstruct(model, pruned, x, combined, ridge=ridge, throw=False)
+        refit = keep_pruned_zeros(refit, pruned)
+        info = dataclasses.replace(info, cost_after=cost(refit), method="lump_then_prune", knob=jnp.asarray(eps))
+        error = float(jnp.mean((to_chain(refit, require_finite=False)(x) - reference) ** 2))
+        return (refit, info), error if np.isfinite(error) else np.inf, False  # a failed one wins only if none succeeds
+
+    best, best_error, skipped, tried = None, np.inf, [], []
+    unreachable, fitting = [], []  # the ε tried whose lump the pruning cannot bring low enough / that fit alone
+
+    def consider(eps):
+        nonlocal best, best_error
+        tried.append(eps)
+        result, error, fits = attempt(eps)
+        if result is None:
+            skipped.append(error)
+            (fitting if fits else unreachable).append(eps)
+        elif best is None or error < best_error:
+            best, best_error = result, error
+
+    for eps in eps_grid:
+        consider(eps)
+    for _ in range(MAX_EXTRA_EPS if extend and unreachable else 0):
+        if best is not None:
+            break
+        low = max(unreachable)  # between the strongest lump the pruning cannot use and the weakest that fits alone
+        high = min((e for e in fitting if e > low), default=None)
+        consider(2 * low if high is None else (low + high) / 2)
     if best is None:
         raise UnreachableTargetError(
-            f"`target` = {target} non-zeros is not reachable from any ε in `eps_grid` {eps_grid} ("
+            f"`target` = {target} non-zeros is not reachable from any ε tried {tuple(tried)} ("
             + "; ".join(skipped)
             + "). Use `jaxlump.lump` alone when the lumped network is already small enough, larger ε when the "
             "pruning cannot reach the target."

@@ -73,7 +73,20 @@ def test_an_eps_whose_pruning_cannot_reach_the_target_is_skipped(setting):
     model, info = jaxlump.lump_then_prune(mlp, x, 40, eps_grid=(0.0, 0.5, 1.0))
     assert float(info.knob) == 1.0 and int(jaxlump.cost(model).nonzeros) <= 40
     with pytest.raises(jaxlump.UnreachableTargetError, match=r"ε = 0.0: `magnitude` cannot reach.*ε = 0.5: `magn"):
-        jaxlump.lump_then_prune(mlp, x, 40, eps_grid=(0.0, 0.5))
+        jaxlump.lump_then_prune(mlp, x, 40, eps_grid=(0.0, 0.5))  # a grid given is not extended
+
+
+def test_the_default_grid_searches_on_until_the_pruning_can_reach_the_target(setting):
+    """No ε of the default grid can be pruned to 40 non-zeros, and ε = 1.4 lumps below 40 by itself: the search
+    goes on between 0.7 and 1.4 and uses the budget."""
+    mlp, x = setting
+    lumped, _ = jaxlump.lump(mlp, x, DEFAULT_EPS_GRID[-1], certify_ode=False)
+    with pytest.raises(jaxlump.UnreachableTargetError):
+        compress_to(lumped, magnitude, 40, x)
+    assert int(jaxlump.cost(jaxlump.lump(mlp, x, 1.4, certify_ode=False)[0]).nonzeros) <= 40
+    model, info = jaxlump.lump_then_prune(mlp, x, 40)
+    assert DEFAULT_EPS_GRID[-1] < float(info.knob) < 1.4
+    assert 15 < int(jaxlump.cost(model).nonzeros) <= 40
 
 
 @pytest.mark.parametrize(
