@@ -5,13 +5,15 @@ everyone (`reconstruct_chain`, the solver behind `jaxlump.reconstruct`, lumping'
 `reconstruct=True`); **C** test MSE against measured cost (dense FLOPs, jitted forward latency at batch 1 and 1024).
 
 One command runs it all and resumes: each (data set, width, seed) writes one raw JSON file under
-`benchmarks/results/experiments/raw/`; a file that exists is skipped, or completed with the methods it lacks
-(the trained network is cached, so it is the same one). `--methods` and `--seeds` give a first, smaller pass.
-Processes started alike share the work: each job is claimed (a `.running` file beside its raw file) by one.
+`benchmarks/results/experiments/raw/`, saved after every method; a file that exists is skipped, or completed with
+the methods it lacks (the trained network is cached, so it is the same one). `--methods` and `--seeds` give a
+first, smaller pass. `--processes N` (default 2) shares the jobs between N processes, a data set and width at a
+time (claimed with a `.running` file), so each network shape is compiled once; `runs.json` records each run's
+elapsed wall time.
 Tables and figures are rebuilt from the raw JSON by `benchmarks/experiments_report.py` (run at the end, or alone
 with `--report-only`).
 
-    python3 benchmarks/experiments.py                 # full run: 8 data sets × 5 seeds of 2×64, then 2×256 subset
+    python3 benchmarks/experiments.py                 # full run: 2×256 subset (3 seeds), 8 data sets × 5 seeds of 2×64
     python3 benchmarks/experiments.py --quick         # abalone, 2 seeds, 3 sizes (writes raw-quick/, quick/)
     python3 benchmarks/experiments.py --report-only   # tables/figures from whatever raw JSON exists
 
@@ -22,9 +24,11 @@ initialisation, the validation split, the training mini-batches and the calibrat
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import pathlib
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -60,6 +64,7 @@ DATASETS = (
 SIZES = (0.9, 0.75, 0.6, 0.45, 0.35, 0.25, 0.15, 0.1, 0.05)
 QUICK_SIZES = (0.6, 0.35, 0.1)
 WIDE_SUBSET = ("glycolytic", "abalone", "protein")
+WIDE_SEEDS = 3
 N_CALIB = 512
 
 
@@ -148,7 +153,8 @@ class Method:
     - `search`: `"width"` (uniform per-layer neuron count: the knob is the fraction removed per layer, set
       analytically), `"knob"` (bisection of the knob in `knob_range`), `"sweep"` (`sizes(model, x, knobs)` gives
       the sizes of a whole knob grid at once — one compiled, vmapped call for lumping, the selection rule alone
-      for FLAP and low-rank; a first grid `grid`, then 32 points inside each target's bracket), `"target"` (`run`
+      for FLAP and low-rank; a first grid `grid`, then 32 points inside each target's bracket; then
+      `prepare(model, x, knobs)`, when given, with every chosen knob, before the points are run), `"target"` (`run`
       receives the target size itself), `"fixed"` (one point, no knob).
     - `tracks`: which of A (no reconstruction) / B (reconstruction) the method takes part in; a method that cannot be
       reconstructed (`reconstructable=False`) gives its one result to both.
@@ -162,6 +168,7 @@ class Method:
     tracks: tuple[str, ...] = ("A", "B")
     reconstructable: bool = True
     sizes: Callable | None = None
+    prepare: Callable | None = None
     grid: np.ndarray | None = None
     only_sizes: tuple[float, ...] | None = None
 
@@ -208,24 +215,34 @@ def _after(fn, **kw):
     return run
 
 
-def _lump(discrepancy, refinement):
-    return lambda m, x, eps, rec: jaxlump.lump(
-        m, x, eps, discrepancy=discrepancy, refinement=refinement, refit=rec, certify_ode=False
-    )
+class _LumpSweeps:
+    """Lumping through `jaxlump.sweep` (one compiled, vmapped call per ε grid): the sizes of a knob grid come from a
+    sweep without refit whose results are kept, so a track-A point is that grid's own result, shrunk; `prepare`
+    runs one sweep with the refit over every chosen ε (track B). A knob outside the stored sweeps is computed by
+    `jaxlump.lump`. Both give the same partitions as `jaxlump.lump` (`sweep`'s contract) with `certify_ode=False`."""
 
+    def __init__(self, discrepancy, refinement):
+        self.options = dict(discrepancy=discrepancy, refinement=refinement)
+        self.key, self.stored = None, {}  # (refit, ε) → (Sweep, index)
 
-def _lump_sizes(discrepancy, refinement):
-    """Dense sizes of `lump_masked` over a whole ε grid in one compiled, vmapped call."""
+    def _sweep(self, model, x, knobs, refit: bool):
+        if self.key is None or self.key[0] is not model or self.key[1] is not x:
+            self.key, self.stored = (model, x), {}
+        result = jaxlump.sweep(model, x, np.asarray(knobs, float), refit=refit, **self.options)
+        self.stored.update({(refit, float(e)): (result, i) for i, e in enumerate(knobs)})
+        return result
 
-    @eqx.filter_jit
-    def sizes(model, x, eps):
-        def one(e):
-            _, info = jaxlump.lump_masked(model, x, e, discrepancy=discrepancy, refinement=refinement, refit=False)
-            return info.cost_after.dense_params
+    def sizes(self, model, x, knobs):
+        return np.asarray(self._sweep(model, x, knobs, False).dense_params)
 
-        return jax.vmap(one)(eps)
+    def prepare(self, model, x, knobs):
+        self._sweep(model, x, knobs, True)
 
-    return lambda m, x, eps: np.asarray(sizes(m, x, jnp.asarray(eps)))
+    def __call__(self, model, x, eps, rec):
+        if self.key is not None and self.key[0] is model and self.key[1] is x and (rec, float(eps)) in self.stored:
+            result, i = self.stored[(rec, float(eps))]
+            return jaxlump.shrink(*result.at(i))
+        return jaxlump.lump(model, x, eps, refit=rec, certify_ode=False, **self.options)
 
 
 def _dense(widths) -> int:
@@ -281,26 +298,38 @@ def _exact(m, x, knob, rec):
     return B.exact_lump(m, x)
 
 
-class _MergeOrRemove:
-    """`jaxlump.merge_or_remove`'s greedy paths, computed once per (network, calibration set) and cut per knob:
-    `one_eps` cuts every layer where its relative refit error first exceeds ε (the library's knob, so
-    `method.run(m, x, eps, True)` is `jaxlump.merge_or_remove(m, x, eps)`), otherwise every layer loses the
-    fraction `knob` of its neurons (uniform widths, like the other selectors). Without reconstruction (track A)
-    the result is the path's quotient alone (merged neurons averaged in / summed out, removed ones dropped).
-    The paths' wall time (compilation included) is recorded once per run as the points' `path_s`; a point's
-    `wall_s` is the cut, quotient and reconstruction alone."""
+class _GreedyPaths:
+    """`jaxlump.merge_or_remove`'s greedy paths of the last (network, calibration set), shared by both
+    merge_or_remove methods. Every merge partner is considered (the exact greedy; the library's default at width
+    ≤ 64). `seconds` is the paths' wall time, compilation included."""
 
-    def __init__(self, one_eps: bool):
-        self.one_eps, self.key, self.paths, self.path_s = one_eps, None, None, None
+    def __init__(self):
+        self.key, self.paths, self.seconds = None, None, None
 
-    def layer_paths(self, model, x):
+    def __call__(self, model, x):
         if self.key is None or self.key[0] is not model or self.key[1] is not x:
             start = time.perf_counter()
             chain, data = to_chain(model), jnp.asarray(x)
-            # Every merge partner considered (the exact greedy; the library's default at width ≤ 64).
             self.paths = jax.block_until_ready(layer_paths(chain, data, merge=True, damping=1e-3, candidates=None))
-            self.key, self.path_s = (model, x), time.perf_counter() - start
+            self.key, self.seconds = (model, x), time.perf_counter() - start
         return self.paths
+
+
+class _MergeOrRemove:
+    """`jaxlump.merge_or_remove`'s greedy paths (`_GreedyPaths`, computed once per network and calibration set) cut
+    per knob: `one_eps` cuts every layer where its relative refit error first exceeds ε (the library's knob, so
+    `method.run(m, x, eps, True)` is `jaxlump.merge_or_remove(m, x, eps)`), otherwise every layer loses the
+    fraction `knob` of its neurons (uniform widths, like the other selectors). Without reconstruction (track A)
+    the result is the path's quotient alone (merged neurons averaged in / summed out, removed ones dropped).
+    The paths' wall time is recorded with every point as `path_s`; a point's `wall_s` is the cut, quotient and
+    reconstruction alone."""
+
+    def __init__(self, one_eps: bool, paths: _GreedyPaths):
+        self.one_eps, self.layer_paths = one_eps, paths
+
+    @property
+    def path_s(self):
+        return self.layer_paths.seconds
 
     def steps(self, model, x, knob):
         paths = self.layer_paths(model, x)
@@ -323,15 +352,19 @@ class _MergeOrRemove:
         return jaxlump.shrink(masked, info)
 
 
+_PATHS = _GreedyPaths()
+
+
 def _merge_or_remove_method(one_eps: bool) -> Method:
-    run = _MergeOrRemove(one_eps)
+    run = _MergeOrRemove(one_eps, _PATHS)
     if one_eps:
         return Method(True, run, search="sweep", sizes=run.sizes)
     return Method(True, run, search="width")
 
 
 def _lump_method(discrepancy, refinement):
-    return Method(True, _lump(discrepancy, refinement), search="sweep", sizes=_lump_sizes(discrepancy, refinement))
+    run = _LumpSweeps(discrepancy, refinement)
+    return Method(True, run, search="sweep", sizes=run.sizes, prepare=run.prepare)
 
 
 UNSTRUCTURED = dict(prune_output=True, scope="layer")  # pinned: the first pass ran with these (then) defaults
@@ -405,6 +438,11 @@ def sweep_knobs(method: Method, model, x, targets) -> dict[int, float | None]:
         largest = all_sizes[fitting].max()
         chosen[t] = float(knobs[fitting[all_sizes[fitting] == largest]].min())
     return chosen
+
+
+def padded(knobs: list[float], like) -> list[float]:
+    """`knobs` (not empty) repeated at the end to the length of `like` (one grid length: one compilation)."""
+    return knobs + knobs[-1:] * (len(like) - len(knobs))
 
 
 def uniform_size(widths: tuple[int, ...], k: int) -> int:
@@ -517,9 +555,10 @@ def trained_network(name: str, seed: int, width: int, x_train, y_train, args):
     return trained, training
 
 
-def run_one(name: str, seed: int, width: int, sizes, methods: dict[str, Method], args, record=None) -> dict:
+def run_one(name: str, seed: int, width: int, sizes, methods: dict[str, Method], args, save, record=None) -> dict:
     """One (data set, width, seed): train (or reuse) the network and add every method in `methods` that `record`
-    (an existing raw file's content) does not hold yet."""
+    (an existing raw file's content) does not hold yet; `save(record)` is called after each method, so an
+    interrupted job resumes at the method it was computing."""
     start = time.perf_counter()
     x_train, y_train, x_test, y_test = load(name, seed, pathlib.Path(args.cache))
     trained, training = trained_network(name, seed, width, x_train, y_train, args)
@@ -533,7 +572,7 @@ def run_one(name: str, seed: int, width: int, sizes, methods: dict[str, Method],
     if record is not None:
         done = {p["method"] for p in record["points"]}
         methods = {k: v for k, v in methods.items() if k not in done}
-        return _add_points(record, model, methods, sizes, base, bounds, x_calib, (x_test, y_test), seed, start)
+        return _add_points(record, model, methods, sizes, base, bounds, x_calib, (x_test, y_test), seed, start, save)
     check = jaxlump.check_encoding(trained, x_calib[:32])
     record = {
         "dataset": name,
@@ -556,18 +595,19 @@ def run_one(name: str, seed: int, width: int, sizes, methods: dict[str, Method],
         "points": [],
     }
     record["original"]["latency_b1_us"], record["original"]["latency_b1024_us"] = latency(model, True)
-    return _add_points(record, model, methods, sizes, base, bounds, x_calib, (x_test, y_test), seed, start)
+    return _add_points(record, model, methods, sizes, base, bounds, x_calib, (x_test, y_test), seed, start, save)
 
 
-def _add_points(record, model, methods, sizes, base, bounds, x_calib, test, seed, start) -> dict:
+def _add_points(record, model, methods, sizes, base, bounds, x_calib, test, seed, start, save) -> dict:
     name, width = record["dataset"], record["width"]
+    before = record.get("wall_s", 0.0)
     x_test, y_test = test
     bar = tqdm(total=len(methods) * len(sizes), desc=f"{name} w{width} s{seed}", leave=False, file=sys.stdout)
     for method_name, method in methods.items():
         memo: dict = {}
         fractions = [f for f in sizes if method.only_sizes is None or f in method.only_sizes]
         bar.update(len(sizes) - len(fractions))
-        sweep, sweep_s = {}, 0.0
+        sweep, sweep_s, prepare_s = {}, 0.0, 0.0
         for fraction in fractions:
             bar.set_postfix_str(f"{method_name} {fraction:.0%}")
             target = int(fraction * base)
@@ -578,6 +618,11 @@ def _add_points(record, model, methods, sizes, base, bounds, x_calib, test, seed
                 if method.search == "sweep" and not sweep:
                     sweep = sweep_knobs(method, model, x_calib, [int(f * base) for f in fractions])
                     sweep_s = (time.perf_counter() - t0) / len(fractions)
+                    chosen = [k for k in sweep.values() if k is not None]
+                    if method.prepare is not None and chosen:
+                        t1 = time.perf_counter()
+                        method.prepare(model, x_calib, padded(chosen, fractions))
+                        prepare_s = (time.perf_counter() - t1) / len(fractions)
                     t0 = time.perf_counter() - sweep_s
                 if method.search == "target":
                     knob, result, seconds = float(target), None, 0.0
@@ -598,7 +643,7 @@ def _add_points(record, model, methods, sizes, base, bounds, x_calib, test, seed
                         if method.search == "target" or (track == "B" and method.reconstructable):
                             t1 = time.perf_counter()
                             small, info = method.run(model, x_calib, knob, track == "B")
-                            wall = time.perf_counter() - t1
+                            wall = time.perf_counter() - t1 + (prepare_s if track == "B" else 0.0)
                         else:
                             (small, info), wall = result, seconds
                         if method.search == "target":
@@ -614,9 +659,17 @@ def _add_points(record, model, methods, sizes, base, bounds, x_calib, test, seed
             if method.search == "fixed":
                 bar.update(len(fractions) - 1)
                 break
+        record["wall_s"] = before + time.perf_counter() - start
+        save(record)
     bar.close()
-    record["wall_s"] = record.get("wall_s", 0.0) + time.perf_counter() - start
     return record
+
+
+def write_json(path: pathlib.Path, record: dict) -> None:
+    """Replace `path` atomically (a reader or an interrupted run never sees half a file)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)
 
 
 def claim(path: pathlib.Path) -> bool:
@@ -637,35 +690,67 @@ def claim(path: pathlib.Path) -> bool:
     return False
 
 
-def jobs(args) -> list[tuple[str, int, int]]:
-    """The run order: every data set × seeds 0–2 of the 2×64 networks first, then the other seeds, then 2×256."""
+def job_groups(args) -> list[list[tuple[str, int, int]]]:
+    """The jobs `(data set, seed, width)`, grouped by network shape (data set and width): a process takes a whole
+    group, so each shape's programs are compiled by one process and reused across its seeds. The 2×256 groups
+    (`WIDE_SUBSET`, `WIDE_SEEDS` seeds) come first: the longest jobs first balances the processes best."""
     if args.quick:
-        return [("abalone", s, 64) for s in range(2)]
+        return [[("abalone", s, 64) for s in range(2)]]
     datasets = args.datasets or DATASETS
-    order = [(d, s, 64) for s in range(min(3, args.seeds)) for d in datasets]
-    order += [(d, s, 64) for s in range(3, args.seeds) for d in datasets]
-    if not args.no_wide:
-        order += [(d, s, 256) for s in range(args.seeds) for d in datasets if d in WIDE_SUBSET]
-    return [job for job in order if args.only_seeds is None or job[1] in args.only_seeds]
+    widths = ((256, min(args.seeds, WIDE_SEEDS)),) if not args.no_wide else ()
+    groups = [[(d, s, w) for s in range(seeds)] for w, seeds in widths for d in datasets if d in WIDE_SUBSET]
+    groups += [[(d, s, 64) for s in range(args.seeds)] for d in datasets]
+    groups = [[job for job in g if args.only_seeds is None or job[1] in args.only_seeds] for g in groups]
+    return [g for g in groups if g]
 
 
 QUICK_SKIP = ("lump dynamical components", "lump structural components", "EC", "OBS sequential", "ID weighted")
 
 
+def run_groups(groups, raw: pathlib.Path, methods, sizes, args) -> None:
+    """Compute every job of every group this process claims (a group claimed by a live process is skipped)."""
+    bar = tqdm(total=sum(map(len, groups)), desc="experiments", file=sys.stdout)
+    for group in groups:
+        name, _, width = group[0]
+        if not claim(raw / f"{name}_w{width}"):
+            bar.update(len(group))  # another process is computing it
+            continue
+        try:
+            for name, seed, width in group:
+                path = raw / f"{name}_w{width}_s{seed}.json"
+                existing = None
+                if path.exists() and not args.overwrite:
+                    existing = json.loads(path.read_text())
+                if existing is None or not set(methods) <= {p["method"] for p in existing["points"]}:
+                    run_one(name, seed, width, sizes, methods, args, functools.partial(write_json, path), existing)
+                bar.update(1)
+        finally:
+            (raw / f"{name}_w{width}.running").unlink(missing_ok=True)
+    bar.close()
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="abalone, 2 seeds, 3 sizes (writes raw-quick/)")
     parser.add_argument("--report-only", action="store_true", help="rebuild tables and figures from the raw JSON")
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--only-seeds", type=int, nargs="*", help="of those, only these (e.g. a second process)")
+    parser.add_argument("--only-seeds", type=int, nargs="*", help="of those, only these")
     parser.add_argument("--datasets", nargs="*", choices=DATASETS)
     parser.add_argument("--methods", nargs="*", choices=tuple(METHODS))
     parser.add_argument("--no-wide", action="store_true", help="skip the 2×256 networks")
     parser.add_argument("--max-steps", type=int, default=6000)
-    parser.add_argument("--cache", default="/tmp/jaxlump_experiments_cache", help="data set cache (npz)")
+    parser.add_argument("--cache", default="/tmp/jaxlump_experiments_cache", help="data sets and trained networks")
     parser.add_argument("--overwrite", action="store_true", help="recompute raw files that exist")
     parser.add_argument("--out", default=str(ROOT))
+    parser.add_argument(
+        "--processes", type=int, help="processes sharing the jobs, a data set and width each (default 2, --quick 1)"
+    )
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # started by --processes
     args = parser.parse_args(argv)
+    processes = args.processes or (1 if args.quick else 2)
+    if processes < 1:
+        parser.error(f"--processes must be >= 1; received {processes}")
     out = pathlib.Path(args.out)
     raw = out / ("raw-quick" if args.quick else "raw")
     sys.path.insert(0, str(pathlib.Path(__file__).parent))
@@ -677,33 +762,33 @@ def main(argv=None):
         if args.quick:
             methods = {k: v for k, v in methods.items() if k not in QUICK_SKIP}
         sizes = QUICK_SIZES if args.quick else SIZES
-        start = time.perf_counter()
-        todo = jobs(args)
-        done = 0
-        for name, seed, width in tqdm(todo, desc="experiments", file=sys.stdout):
-            path = raw / f"{name}_w{width}_s{seed}.json"
-            if not claim(path):
-                continue  # another process is computing it
-            try:
-                existing = None
-                if path.exists() and not args.overwrite:
-                    existing = json.loads(path.read_text())
-                    if set(methods) <= {p["method"] for p in existing["points"]}:
-                        continue
-                record = run_one(name, seed, width, sizes, methods, args, existing)
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(record, indent=1))
-                tmp.replace(path)
-                done += 1
-            finally:
-                path.with_suffix(".running").unlink(missing_ok=True)
-        wall = time.perf_counter() - start
+        groups = job_groups(args)
+        if args.worker:
+            return run_groups(groups, raw, methods, sizes, args)
+        started, start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.time()
+        workers = []
+        for k in range(1, processes):
+            log = open(raw / f"worker-{k}.log", "w")  # noqa: SIM115 — open while the worker runs
+            workers.append(
+                (subprocess.Popen([sys.executable, __file__, *argv, "--worker"], stdout=log, stderr=log), log)
+            )
+        run_groups(groups, raw, methods, sizes, args)
+        for worker, log in workers:
+            if worker.wait() != 0:
+                print(f"a worker process failed (exit {worker.returncode}); its output is in {log.name}")
+            log.close()
+        paths = [raw / f"{n}_w{w}_s{s}.json" for g in groups for n, s, w in g]
+        computed = sum(p.exists() and p.stat().st_mtime >= start for p in paths)
+        wall = time.time() - start
         log = out / ("runs-quick.json" if args.quick else "runs.json")
         runs = json.loads(log.read_text()) if log.exists() else []
         finished = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        runs.append({"finished": finished, "wall_s": wall, "computed": done, "jobs": len(todo), "argv": sys.argv[1:]})
+        runs.append(
+            {"started": started, "finished": finished, "wall_s": wall, "processes": processes, "computed": computed,
+             "jobs": len(paths), "argv": argv}
+        )  # fmt: skip
         log.write_text(json.dumps(runs, indent=1))
-        print(f"{done} runs computed in {wall:.0f} s")
+        print(f"{computed} runs computed in {wall:.0f} s by {processes} process(es)")
     committed = not args.quick and args.out == str(ROOT)  # only the committed results update the docs and README
     repo = pathlib.Path(__file__).parents[1]
     docs, readme = (repo / "docs" / "benchmarks.md", repo / "README.md") if committed else (None, None)

@@ -488,9 +488,17 @@ def completed_table(records, runs: list[dict]) -> str:
                  "parallel processes overlap, so this is process time, not elapsed time).")  # fmt: skip
     if runs:
         lines += ["", "Invocations of `benchmarks/experiments.py` (wall time of each whole invocation):", ""]
-        lines += [f"- {r['finished']}: {r['computed']} of {r['jobs']} jobs computed in {r['wall_s']:.0f} s, "
-                  f"arguments `{' '.join(r['argv']) or '(none)'}`" for r in runs]  # fmt: skip
+        lines += [f"- {_invocation(r)}, arguments `{' '.join(r['argv']) or '(none)'}`" for r in runs]
     return "\n".join(lines) + "\n"
+
+
+def _invocation(run: dict) -> str:
+    """One line of the runs' log: when, how much, how long (elapsed, with how many processes when recorded)."""
+    if "processes" not in run:  # the first invocations recorded one process's wall time only
+        return f"{run['finished']}: {run['computed']} of {run['jobs']} jobs computed in {run['wall_s']:.0f} s"
+    hours = run["wall_s"] / 3600
+    return (f"{run['started']} to {run['finished']}: {run['computed']} of {run['jobs']} jobs computed in "
+            f"{run['wall_s']:.0f} s elapsed ({hours:.2f} h) by {run['processes']} processes")  # fmt: skip
 
 
 def readme_table(summary: dict, completed: dict) -> str:

@@ -72,6 +72,24 @@ def test_quick_run_writes_raw_json_and_tables(tmp_path):
     assert ok and all(p["B"]["realised_size"] <= p["target_size"] for p in ok if p["method"] != "exact lump")
     for name in ("track_A.md", "track_B.md", "track_C.md", "headline.md", "findings.md", "wilcoxon.md", "track_B.png"):
         assert (tmp_path / "quick" / name).exists()
+    (run,) = json.loads((tmp_path / "runs-quick.json").read_text())
+    assert run["processes"] == 1 and run["computed"] == run["jobs"] == 2 and run["wall_s"] > 0
+    assert not list((tmp_path / "raw-quick").glob("*.running"))  # the group's claim is released
+
+
+def test_job_groups_put_each_network_shape_in_one_group_longest_first():
+    import argparse
+
+    import experiments
+
+    args = argparse.Namespace(quick=False, datasets=None, seeds=5, no_wide=False, only_seeds=None)
+    groups = experiments.job_groups(args)
+    shapes = [{(name, width) for name, _, width in g} for g in groups]
+    assert all(len(s) == 1 for s in shapes) and len({next(iter(s)) for s in shapes}) == len(groups)
+    assert [g[0][2] for g in groups] == [256] * 3 + [64] * 8  # the wide (longest) jobs first
+    assert sum(map(len, groups)) == 3 * experiments.WIDE_SEEDS + 8 * 5
+    args.no_wide, args.only_seeds = True, [4]
+    assert experiments.job_groups(args) == [[(d, 4, 64)] for d in experiments.DATASETS]
 
 
 def _record(seed, mse):
