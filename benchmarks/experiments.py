@@ -28,6 +28,7 @@ import functools
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import time
@@ -593,6 +594,7 @@ def run_one(name: str, seed: int, width: int, sizes, methods: dict[str, Method],
             "test_mse": mse(model, x_test, y_test),
         },
         "points": [],
+        "run": args.run_id,
     }
     record["original"]["latency_b1_us"], record["original"]["latency_b1024_us"] = latency(model, True)
     return _add_points(record, model, methods, sizes, base, bounds, x_calib, (x_test, y_test), seed, start, save)
@@ -707,6 +709,18 @@ def job_groups(args) -> list[list[tuple[str, int, int]]]:
 QUICK_SKIP = ("lump dynamical components", "lump structural components", "EC", "OBS sequential", "ID weighted")
 
 
+def pending(path: pathlib.Path, methods, args) -> tuple[bool, dict | None]:
+    """Whether the job of raw file `path` still has work, and the record to complete (`None`: compute afresh).
+    Under `--overwrite` a file written by another run than `args.run_id` is recomputed; otherwise a file that exists
+    is completed with the methods it lacks."""
+    if not path.exists():
+        return True, None
+    existing = json.loads(path.read_text())
+    if args.overwrite and existing.get("run") != args.run_id:
+        return True, None
+    return not set(methods) <= {p["method"] for p in existing["points"]}, existing
+
+
 def run_groups(groups, raw: pathlib.Path, methods, sizes, args) -> None:
     """Compute every job of every group this process claims (a group claimed by a live process is skipped)."""
     bar = tqdm(total=sum(map(len, groups)), desc="experiments", file=sys.stdout)
@@ -718,15 +732,26 @@ def run_groups(groups, raw: pathlib.Path, methods, sizes, args) -> None:
         try:
             for name, seed, width in group:
                 path = raw / f"{name}_w{width}_s{seed}.json"
-                existing = None
-                if path.exists() and not args.overwrite:
-                    existing = json.loads(path.read_text())
-                if existing is None or not set(methods) <= {p["method"] for p in existing["points"]}:
+                todo, existing = pending(path, methods, args)
+                if todo:
                     run_one(name, seed, width, sizes, methods, args, functools.partial(write_json, path), existing)
                 bar.update(1)
         finally:
             (raw / f"{name}_w{width}.running").unlink(missing_ok=True)
     bar.close()
+
+
+def run_id(runs: list[dict], argv: list[str], overwrite: bool, now: str) -> str:
+    """The run an invocation belongs to: under `--overwrite`, the latest run if it is unfinished and was started with
+    the same arguments (re-running the command continues it), otherwise a new run named by its start time."""
+    last = runs[-1] if runs else {}
+    if overwrite and last.get("run") and not last.get("complete", True) and last.get("argv") == argv:
+        return last["run"]
+    return now
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C: claims are released, the run's log is written
 
 
 def main(argv=None):
@@ -747,6 +772,7 @@ def main(argv=None):
         "--processes", type=int, help="processes sharing the jobs, a data set and width each (default 2, --quick 1)"
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # started by --processes
+    parser.add_argument("--run-id", help=argparse.SUPPRESS)  # the coordinator's run, for its workers
     args = parser.parse_args(argv)
     processes = args.processes or (1 if args.quick else 2)
     if processes < 1:
@@ -763,32 +789,44 @@ def main(argv=None):
             methods = {k: v for k, v in methods.items() if k not in QUICK_SKIP}
         sizes = QUICK_SIZES if args.quick else SIZES
         groups = job_groups(args)
+        signal.signal(signal.SIGTERM, _interrupt)
         if args.worker:
             return run_groups(groups, raw, methods, sizes, args)
-        started, start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.time()
-        workers = []
-        for k in range(1, processes):
-            log = open(raw / f"worker-{k}.log", "w")  # noqa: SIM115 — open while the worker runs
-            workers.append(
-                (subprocess.Popen([sys.executable, __file__, *argv, "--worker"], stdout=log, stderr=log), log)
-            )
-        run_groups(groups, raw, methods, sizes, args)
-        for worker, log in workers:
-            if worker.wait() != 0:
-                print(f"a worker process failed (exit {worker.returncode}); its output is in {log.name}")
-            log.close()
-        paths = [raw / f"{n}_w{w}_s{s}.json" for g in groups for n, s, w in g]
-        computed = sum(p.exists() and p.stat().st_mtime >= start for p in paths)
-        wall = time.time() - start
         log = out / ("runs-quick.json" if args.quick else "runs.json")
         runs = json.loads(log.read_text()) if log.exists() else []
+        started, start = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), time.time()
+        args.run_id = run_id(runs, argv, args.overwrite, started)
+        workers = []
+        try:
+            for k in range(1, processes):
+                worker_log = open(raw / f"worker-{k}.log", "w")  # noqa: SIM115 — open while the worker runs
+                command = [sys.executable, __file__, *argv, "--worker", "--run-id", args.run_id]
+                workers.append((subprocess.Popen(command, stdout=worker_log, stderr=worker_log), worker_log))
+            run_groups(groups, raw, methods, sizes, args)
+            interrupted = False
+        except KeyboardInterrupt:
+            interrupted = True
+            for worker, _ in workers:
+                worker.terminate()
+        for worker, worker_log in workers:
+            if worker.wait() != 0 and not interrupted:
+                print(f"a worker process failed (exit {worker.returncode}); its output is in {worker_log.name}")
+            worker_log.close()
+        paths = [raw / f"{n}_w{w}_s{s}.json" for g in groups for n, s, w in g]
+        computed = sum(p.exists() and p.stat().st_mtime >= start for p in paths)
+        complete = not any(pending(p, methods, args)[0] for p in paths)
+        wall = time.time() - start
         finished = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         runs.append(
-            {"started": started, "finished": finished, "wall_s": wall, "processes": processes, "computed": computed,
-             "jobs": len(paths), "argv": argv}
+            {"run": args.run_id, "started": started, "finished": finished, "wall_s": wall, "processes": processes,
+             "computed": computed, "jobs": len(paths), "complete": complete, "argv": argv}
         )  # fmt: skip
         log.write_text(json.dumps(runs, indent=1))
         print(f"{computed} runs computed in {wall:.0f} s by {processes} process(es)")
+        if not complete:
+            print("the run is not complete: the same command continues it")
+        if interrupted:
+            sys.exit(130)
     committed = not args.quick and args.out == str(ROOT)  # only the committed results update the docs and README
     repo = pathlib.Path(__file__).parents[1]
     docs, readme = (repo / "docs" / "benchmarks.md", repo / "README.md") if committed else (None, None)

@@ -143,11 +143,20 @@ _TRACK_TEXT = {
 }
 
 
+def point_seconds(point: dict, row: dict) -> float:
+    """Seconds to a point: the knob search (which ran the point's unreconstructed result, or its share of a sweep)
+    plus, when the track re-ran the method with the reconstruction, that run."""
+    return point.get("search_s", 0.0) + (row["wall_s"] if row.get("reconstructed") else 0.0)
+
+
 def point_tables(records, track: str) -> str:
     table = points(records, track)
     lines = [f"# Track {track}: every point\n", "Realised size in % of the original (dense parameters for "
-             "structured, non-zeros for unstructured), the knob (ε, sparsity …), the method's wall time.\n",
-             "| data set | width | method | target | seeds | test MSE | size % (min–max) | knob (min–max) | wall s |",
+             "structured, non-zeros for unstructured), the knob (ε, sparsity …), and the time to the point (s): the "
+             "knob search (the point's share of a sweep) and the runs, the reconstruction included on track B "
+             "(merge_or_remove's greedy paths, computed once per network for both variants, count where they were "
+             "computed; every point also records them as `path_s`).\n",
+             "| data set | width | method | target | seeds | test MSE | size % (min–max) | knob (min–max) | time s |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for (dataset, width), methods in sorted(table.items()):
         for method, per in methods.items():
@@ -157,7 +166,7 @@ def point_tables(records, track: str) -> str:
                 size = [100 * e[1]["realised_size"] / b for e, b in zip(entries, base)]
                 knobs = [e[2].get("knob") for e in entries if e[2].get("knob") is not None]
                 knob = f"{min(knobs):.4g}–{max(knobs):.4g}" if knobs else "–"
-                wall = np.mean([e[1]["wall_s"] for e in entries])
+                wall = np.mean([point_seconds(e[2], e[1]) for e in entries])
                 lines.append(
                     f"| {dataset} | {width} | {method} | {f:.0%} | {len(entries)} | {_cell(entries)} | "
                     f"{np.mean(size):.1f} ({min(size):.1f}–{max(size):.1f}) | {knob} | {wall:.3g} |"
@@ -489,6 +498,15 @@ def completed_table(records, runs: list[dict]) -> str:
     if runs:
         lines += ["", "Invocations of `benchmarks/experiments.py` (wall time of each whole invocation):", ""]
         lines += [f"- {_invocation(r)}, arguments `{' '.join(r['argv']) or '(none)'}`" for r in runs]
+        totals = collections.defaultdict(list)
+        for r in runs:
+            if "run" in r:
+                totals[r["run"]].append(r)
+        for run, parts in totals.items():
+            elapsed = sum(r["wall_s"] for r in parts)
+            state = "complete" if parts[-1]["complete"] else "not complete yet"
+            lines.append(f"\n**Run {run}**: {len(parts)} invocation(s), {elapsed:.0f} s elapsed in all "
+                         f"({elapsed / 3600:.2f} h), {state}.")  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -498,7 +516,8 @@ def _invocation(run: dict) -> str:
         return f"{run['finished']}: {run['computed']} of {run['jobs']} jobs computed in {run['wall_s']:.0f} s"
     hours = run["wall_s"] / 3600
     return (f"{run['started']} to {run['finished']}: {run['computed']} of {run['jobs']} jobs computed in "
-            f"{run['wall_s']:.0f} s elapsed ({hours:.2f} h) by {run['processes']} processes")  # fmt: skip
+            f"{run['wall_s']:.0f} s elapsed ({hours:.2f} h) by {run['processes']} processes"
+            + ("" if run.get("complete", True) else ", stopped before the end"))  # fmt: skip
 
 
 def readme_table(summary: dict, completed: dict) -> str:

@@ -124,3 +124,15 @@ def test_findings_count_wins_and_compare_methods_over_the_same_seeds_only():
     assert "toy 10% (OBS (ZipLM), 2.00×)" in text
     assert "lower test MSE in 2 of 4 runs" in text  # OBS: merge_or_remove wins both 35 % pairs, loses both 10 %
     assert "behind the best structured one in 2 of 2" in text
+
+
+def test_an_overwrite_run_is_continued_by_the_same_command_only_while_unfinished():
+    import experiments
+
+    argv = ["--overwrite", "--processes", "2"]
+    stopped = {"run": "2026-01-01T00:00:00Z", "complete": False, "argv": argv}
+    assert experiments.run_id([stopped], argv, True, "now") == stopped["run"]
+    assert experiments.run_id([stopped], argv + ["--seeds", "3"], True, "now") == "now"  # another run's arguments
+    assert experiments.run_id([stopped], argv, False, "now") == "now"  # without --overwrite nothing is recomputed
+    assert experiments.run_id([{**stopped, "complete": True}], argv, True, "now") == "now"
+    assert experiments.run_id([], argv, True, "now") == "now"

@@ -55,10 +55,11 @@ def kmeans(points: np.ndarray, k: int, seed: int, n_iter: int = 100) -> np.ndarr
     points = rescaled(points)
     generator = np.random.default_rng(seed)
     centres = [points[generator.integers(len(points))]]
+    d2 = ((points - centres[0]) ** 2).sum(-1)  # each point's squared distance to its nearest centre so far
     for _ in range(1, k):
-        d2 = np.min(((points[:, None, :] - np.asarray(centres)[None]) ** 2).sum(-1), axis=1)
         total = d2.sum()
         centres.append(points[generator.choice(len(points), p=d2 / total)] if total > 0 else points[len(centres)])
+        d2 = np.minimum(d2, ((points - centres[-1]) ** 2).sum(-1))
     centres = np.asarray(centres)
     labels = np.full(len(points), -1)
     for _ in range(n_iter):
