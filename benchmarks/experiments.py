@@ -48,6 +48,7 @@ from tqdm.auto import tqdm  # noqa: E402
 import jaxlump  # noqa: E402
 from jaxlump import baselines as B  # noqa: E402
 from jaxlump import datasets as D  # noqa: E402
+from jaxlump._accounting import widths_dense_params  # noqa: E402
 from jaxlump._adapters import from_chain, to_chain  # noqa: E402
 from jaxlump._network import ACTIVATIONS  # noqa: E402
 from jaxlump._reconstruct import DEFAULT_RIDGE, reconstruct_chain  # noqa: E402
@@ -246,10 +247,6 @@ class _LumpSweeps:
         return jaxlump.lump(model, x, eps, refit=rec, certify_ode=False, **self.options)
 
 
-def _dense(widths) -> int:
-    return sum((a + 1) * b for a, b in zip(widths[:-1], widths[1:]))
-
-
 def _flap_sizes(model, x, knobs):
     """FLAP's sizes from its global cut alone (no model is built): the cut depends only on the scores."""
     from jaxlump.baselines._flap import flap_scores, global_keep
@@ -257,7 +254,9 @@ def _flap_sizes(model, x, knobs):
     chain = to_chain(model)
     scores = flap_scores(chain, x)
     n_in, n_out = chain.widths[0], chain.widths[-1]
-    return np.asarray([_dense((n_in, *(int(k.sum()) for k in global_keep(scores, s)), n_out)) for s in knobs])
+    return np.asarray(
+        [widths_dense_params((n_in, *(int(k.sum()) for k in global_keep(scores, s)), n_out)) for s in knobs]
+    )
 
 
 def _lowrank_sizes(model, x, knobs):
@@ -340,7 +339,9 @@ class _MergeOrRemove:
     def sizes(self, model, x, knobs):
         widths = to_chain(model).widths
         hidden = lambda steps: [n - s for n, s in zip(widths[1:-1], steps)]  # noqa: E731
-        return np.asarray([_dense((widths[0], *hidden(self.steps(model, x, k)), widths[-1])) for k in knobs])
+        return np.asarray(
+            [widths_dense_params((widths[0], *hidden(self.steps(model, x, k)), widths[-1])) for k in knobs]
+        )
 
     def __call__(self, model, x, knob, rec):
         paths, steps = self.layer_paths(model, x), self.steps(model, x, knob)
@@ -448,7 +449,7 @@ def padded(knobs: list[float], like) -> list[float]:
 
 def uniform_size(widths: tuple[int, ...], k: int) -> int:
     """Dense parameters of the chain `widths` with every hidden layer at width `k` (biases everywhere)."""
-    return _dense((widths[0], *([k] * (len(widths) - 2)), widths[-1]))
+    return widths_dense_params((widths[0], *([k] * (len(widths) - 2)), widths[-1]))
 
 
 def search(method: Method, model, x, target: int, widths, memo: dict) -> tuple[float | None, tuple | None, float]:

@@ -34,6 +34,13 @@ class Cost(eqx.Module):
         return f"Cost(dense_params={self.dense_params}, nonzeros={self.nonzeros}, flops={self.flops})"
 
 
+def widths_dense_params(widths, use_bias=None) -> int:
+    """Dense parameters of a chain with layer widths `widths` (`use_bias[l]`: whether layer `l` has a bias; default
+    all), without building it: what `chain_cost(...).dense_params` gives for those widths."""
+    use_bias = (True,) * (len(widths) - 1) if use_bias is None else use_bias
+    return sum(a * b + (b if bias else 0) for a, b, bias in zip(widths[:-1], widths[1:], use_bias))
+
+
 def chain_cost(chain: DenseChain, neuron_masks=None) -> Cost:
     """`Cost` of a canonical chain; `neuron_masks[l]` marks the live neurons of hidden layer `l+1`."""
     arrays = [*chain.weights, *chain.biases, *(neuron_masks or ())]

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._accounting import widths_dense_params
 from ._adapters import from_chain, to_chain
 from ._discrepancy import AbstractDiscrepancy, Structural
 from ._errors import (
@@ -215,8 +216,7 @@ def merge_or_remove_to_size(
 
     def size(eps: float) -> int:
         hidden = [n - steps_within(p, eps) for n, p in zip(widths[1:-1], paths)]
-        layers = zip((widths[0], *hidden), (*hidden, widths[-1]), chain.use_bias)
-        return sum(a * b + (b if bias else 0) for a, b, bias in layers)
+        return widths_dense_params((widths[0], *hidden, widths[-1]), chain.use_bias)
 
     breakpoints = np.unique(np.concatenate([[0.0], *(np.maximum.accumulate(np.asarray(p.cumulative)) for p in paths)]))
     breakpoints = breakpoints[np.isfinite(breakpoints)]

@@ -6,7 +6,7 @@ import jax.random as jr
 import pytest
 
 import jaxlump
-from jaxlump._accounting import chain_cost
+from jaxlump._accounting import chain_cost, widths_dense_params
 from jaxlump._adapters import to_chain
 
 
@@ -25,6 +25,12 @@ def test_neuron_masks_count_the_shrunk_model():
     c = chain_cost(chain, masks)
     assert int(c.dense_params) == (3 * 3 + 3) + (3 * 4 + 4) + (4 * 2 + 2)
     assert int(c.flops) == 2 * (3 * 3 + 3 * 4 + 4 * 2) + 3 + 4 + 2
+
+
+def test_dense_params_from_widths_alone_equal_the_built_chains():
+    chain = to_chain(eqx.nn.MLP(3, 2, 4, 1, use_final_bias=False, key=jr.key(0)))
+    assert widths_dense_params(chain.widths, chain.use_bias) == int(chain_cost(chain).dense_params) == 3 * 4 + 4 + 8
+    assert widths_dense_params((3, 5, 4, 2)) == (3 * 5 + 5) + (5 * 4 + 4) + (4 * 2 + 2)  # biases everywhere
 
 
 def test_latency_is_measured_and_bad_batch_refused():
