@@ -5,11 +5,11 @@ everyone (`reconstruct_chain`, the solver behind `jaxlump.reconstruct`, lumping'
 `reconstruct=True`); **C** test MSE against measured cost (dense FLOPs, jitted forward latency at batch 1 and 1024).
 
 One command runs it all and resumes: each (data set, width, seed) writes one raw JSON file under
-`benchmarks/results/experiments/raw/`, saved after every method; a file that exists is skipped, or completed with
-the methods it lacks (the trained network is cached, so it is the same one). `--methods` and `--seeds` give a
-first, smaller pass. `--processes N` (default 2) shares the jobs between N processes, a data set and width at a
-time (claimed with a `.running` file), so each network shape is compiled once; `runs.json` records each run's
-elapsed wall time.
+`benchmarks/results/experiments/raw/` when the job is complete (its unfinished record is saved after every method
+in a git-ignored `.partial` file); a file that exists is skipped, or completed with the methods it lacks (the
+trained network is cached, so it is the same one). `--methods` and `--seeds` give a first, smaller pass.
+`--processes N` (default 2) shares the jobs between N processes, a data set and width at a time (claimed with a
+`.running` file), so each network shape is compiled once; `runs.json` records each run's elapsed wall time.
 Tables and figures are rebuilt from the raw JSON by `benchmarks/experiments_report.py` (run at the end, or alone
 with `--report-only`).
 
@@ -711,15 +711,26 @@ QUICK_SKIP = ("lump dynamical components", "lump structural components", "EC", "
 
 
 def pending(path: pathlib.Path, methods, args) -> tuple[bool, dict | None]:
-    """Whether the job of raw file `path` still has work, and the record to complete (`None`: compute afresh).
-    Under `--overwrite` a file written by another run than `args.run_id` is recomputed; otherwise a file that exists
-    is completed with the methods it lacks."""
-    if not path.exists():
-        return True, None
-    existing = json.loads(path.read_text())
-    if args.overwrite and existing.get("run") != args.run_id:
-        return True, None
-    return not set(methods) <= {p["method"] for p in existing["points"]}, existing
+    """Whether the job of raw file `path` still has work, and the record to complete (`None`: compute afresh): its
+    unfinished record (`path.partial`) if there is one, else the raw file. Under `--overwrite` a record written by
+    another run than `args.run_id` is recomputed; otherwise it is completed with the methods it lacks."""
+    for candidate in (path.with_suffix(".partial"), path):
+        if candidate.exists():
+            record = json.loads(candidate.read_text())
+            if args.overwrite and record.get("run") != args.run_id:
+                continue
+            return not set(methods) <= {p["method"] for p in record["points"]}, record
+    return True, None
+
+
+def save(path: pathlib.Path, methods, record: dict) -> None:
+    """Write a job's record: to the raw file `path` once it holds every method in `methods`, to `path.partial`
+    (git-ignored) until then, so that a raw file is only ever replaced by a complete job."""
+    if set(methods) <= {p["method"] for p in record["points"]}:
+        write_json(path, record)
+        path.with_suffix(".partial").unlink(missing_ok=True)
+    else:
+        write_json(path.with_suffix(".partial"), record)
 
 
 def run_groups(groups, raw: pathlib.Path, methods, sizes, args) -> None:
@@ -735,7 +746,7 @@ def run_groups(groups, raw: pathlib.Path, methods, sizes, args) -> None:
                 path = raw / f"{name}_w{width}_s{seed}.json"
                 todo, existing = pending(path, methods, args)
                 if todo:
-                    run_one(name, seed, width, sizes, methods, args, functools.partial(write_json, path), existing)
+                    run_one(name, seed, width, sizes, methods, args, functools.partial(save, path, methods), existing)
                 bar.update(1)
         finally:
             (raw / f"{name}_w{width}.running").unlink(missing_ok=True)

@@ -136,3 +136,22 @@ def test_an_overwrite_run_is_continued_by_the_same_command_only_while_unfinished
     assert experiments.run_id([stopped], argv, False, "now") == "now"  # without --overwrite nothing is recomputed
     assert experiments.run_id([{**stopped, "complete": True}], argv, True, "now") == "now"
     assert experiments.run_id([], argv, True, "now") == "now"
+
+
+def test_a_raw_file_is_replaced_only_by_a_complete_job(tmp_path):
+    import argparse
+
+    import experiments
+
+    path = tmp_path / "toy_w64_s0.json"
+    old = {"run": "old", "points": [{"method": "ID"}, {"method": "FLAP"}]}
+    path.write_text(json.dumps(old))
+    args = argparse.Namespace(overwrite=True, run_id="new")
+    assert experiments.pending(path, ["ID", "FLAP"], args) == (True, None)  # another run's file is recomputed
+    half = {"run": "new", "points": [{"method": "ID"}]}
+    experiments.save(path, ["ID", "FLAP"], half)
+    assert json.loads(path.read_text()) == old  # the committed file is untouched until the job is complete
+    assert experiments.pending(path, ["ID", "FLAP"], args) == (True, half)  # the continuation completes it
+    experiments.save(path, ["ID", "FLAP"], {**half, "points": old["points"]})
+    assert json.loads(path.read_text())["run"] == "new" and not path.with_suffix(".partial").exists()
+    assert experiments.pending(path, ["ID", "FLAP"], args)[0] is False
