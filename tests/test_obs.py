@@ -119,6 +119,20 @@ def test_sequential_selection_uses_the_pruned_network():
     assert np.array_equal(np.asarray(info.partitions[1]) >= 0, keep2)
 
 
+def test_sequential_mode_reports_a_failed_intermediate_refit():
+    """With 8 examples and no ridge, the refit inside the sequential loop (layer 3 still reads all 12 neurons of
+    layer 2) is rank-deficient, while the final one (3 neurons left in each layer) is not: only the first fails."""
+    model = random_mlp(jr.key(2), (3, 12, 12, 2), "tanh")
+    x = jr.normal(jr.key(3), (8, 3))
+    options = dict(sparsity=0.75, reconstruct=True, ridge=0.0, throw=False)
+    _, parallel = B.obs_prune(model, x, **options)
+    assert parallel.result == jaxlump.RESULTS.successful
+    _, sequential = B.obs_prune(model, x, sequential=True, **options)
+    assert sequential.result == jaxlump.RESULTS.least_squares_rank_deficient
+    with pytest.raises(jaxlump.CompressionError, match="least-squares refit"):
+        B.obs_prune(model, x, sequential=True, sparsity=0.75, ridge=0.0)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_swap_gains_match_brute_force(seed):
     h, w = _problem(seed, n=7)

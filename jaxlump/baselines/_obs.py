@@ -180,7 +180,8 @@ def select_layers(
     as in ZipLM's and SparseGPT's sequential mode. A layer whose `H` is not finite keeps its first `k` neurons and
     the result is `RESULTS.selection_nonfinite`; one whose `H` the selector finds singular (`damp=0` on
     rank-deficient activations: it raises `LinAlgError`) is selected on `H` damped by `DEFAULT_DAMP` instead and
-    the result is `RESULTS.selection_singular`.
+    the result is `RESULTS.selection_singular`. A failed intermediate refit of the sequential mode (a rank-deficient
+    or non-finite solve) is reported too: the later layers were selected on its activations.
     """
     labels, results = identity_labels(chain), []
     acts = hidden_activations(chain, x)
@@ -188,7 +189,8 @@ def select_layers(
         if sequential and l > 1:
             student = masked_quotient(chain, labels)
             if reconstruct:
-                student, _ = masked_reconstruct(chain, student, x, labels, ridge)
+                student, refit = masked_reconstruct(chain, student, x, labels, ridge)
+                results.append(refit)  # a failed refit here would skew every later layer's selection
             acts = hidden_activations(student, x)
         n = chain.widths[l]
         k = kept_count(n, sparsity)
