@@ -15,10 +15,6 @@ strict dtype promotion, hypothesis CI profile.
   test runs its subprocess. In one process (`-n 0`) the subprocesses start when collection ends, one at a time on
   a worker thread, so they run on the second core while this process runs the other tests; the test (fixture
   `background`) waits for its own.
-- XLA compiles the tests' programs without LLVM's optimisations (`_FAST_COMPILE`; the subprocesses inherit it):
-  the tests' networks are tiny, so compiling is what costs. It changes no result (LLVM's passes keep IEEE
-  semantics; XLA's own HLO passes still run). Measured on test_sweep + test_select (2 cores, one process, beside
-  a benchmark): 215 s CPU → 157 s, all passing. Flags already in `XLA_FLAGS` are put after them, so they win.
 - Strict dtype promotion (`jax.numpy_dtype_promotion("strict")`: no implicit int → float or float32 → float64
   promotion) for the test modules in `STRICT_PROMOTION`, whose code paths are clean; `JAXLUMP_STRICT_PROMOTION=all`
   turns it on for every test, to find what remains.
@@ -35,10 +31,7 @@ import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 
-_FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-os.environ["XLA_FLAGS"] = f"{_FAST_COMPILE} {os.environ.get('XLA_FLAGS', '')}".strip()
-
-import jax  # noqa: E402
+import jax
 
 jax.config.update("jax_enable_x64", True)
 # A compilation cache on disk for this run only: `_release_compiled_programs` drops the in-memory programs after each
