@@ -103,7 +103,7 @@ def mse(model, x, y) -> float:
 def _train_chunk(params, static, state, x, y, key, optimiser, steps: int, batch: int):
     def step(carry, k):
         p, s = carry
-        idx = jr.choice(k, x.shape[0], (batch,), replace=False)
+        idx = jr.randint(k, (batch,), 0, x.shape[0])  # with replacement: `choice(replace=False)` sorts all rows
         loss, grads = eqx.filter_value_and_grad(
             lambda q: jnp.mean((jax.vmap(eqx.combine(q, static))(x[idx]) - y[idx]) ** 2)
         )(p)
@@ -120,9 +120,10 @@ def _val_loss(params, static, x, y):
 
 
 def train(x, y, width: int, depth: int, seed: int, *, max_steps: int, chunk: int = 250, patience: int = 6):
-    """Adam (lr 3e-3, batch 256) with early stopping on a 10 % validation split of the training set: every `chunk`
-    steps the validation MSE is measured; training stops after `patience` checks without improvement and the best
-    parameters are returned. Compiled once per network shape (module-level jitted chunk)."""
+    """Adam (lr 3e-3, mini-batches of 256 rows drawn with replacement) with early stopping on a 10 % validation
+    split of the training set: every `chunk` steps the validation MSE is measured; training stops after `patience`
+    checks without improvement and the best parameters are returned. Compiled once per network shape (module-level
+    jitted chunk)."""
     init_key, train_key = jr.split(jr.key(seed))
     order = np.random.default_rng(seed).permutation(len(x))
     n_val = max(1, len(x) // 10)
@@ -238,7 +239,7 @@ class _LumpSweeps:
         return np.asarray(self._sweep(model, x, knobs, False).dense_params)
 
     def prepare(self, model, x, knobs):
-        self._sweep(model, x, knobs, True)
+        jax.block_until_ready(self._sweep(model, x, knobs, True))
 
     def __call__(self, model, x, eps, rec):
         if self.key is not None and self.key[0] is model and self.key[1] is x and (rec, float(eps)) in self.stored:
@@ -300,8 +301,9 @@ def _exact(m, x, knob, rec):
 
 class _GreedyPaths:
     """`jaxlump.merge_or_remove`'s greedy paths of the last (network, calibration set), shared by both
-    merge_or_remove methods. Every merge partner is considered (the exact greedy; the library's default at width
-    ≤ 64). `seconds` is the paths' wall time, compilation included."""
+    merge_or_remove methods, with the library's defaults (`DEFAULT_CANDIDATES` merge partners per neuron), so the
+    one-ε method is exactly what `jaxlump.merge_or_remove(m, x, eps)` returns. `seconds` is the paths' wall time,
+    compilation included."""
 
     def __init__(self):
         self.key, self.paths, self.seconds = None, None, None
@@ -310,7 +312,7 @@ class _GreedyPaths:
         if self.key is None or self.key[0] is not model or self.key[1] is not x:
             start = time.perf_counter()
             chain, data = to_chain(model), jnp.asarray(x)
-            self.paths = jax.block_until_ready(layer_paths(chain, data, merge=True, damping=1e-3, candidates=None))
+            self.paths = jax.block_until_ready(layer_paths(chain, data, merge=True, damping=1e-3))
             self.key, self.seconds = (model, x), time.perf_counter() - start
         return self.paths
 
@@ -452,6 +454,14 @@ def uniform_size(widths: tuple[int, ...], k: int) -> int:
     return widths_dense_params((widths[0], *([k] * (len(widths) - 2)), widths[-1]))
 
 
+def timed_run(method: Method, model, x, knob, reconstruct: bool) -> tuple[tuple, float]:
+    """`(method.run(...), wall seconds)`, the result computed to the end (JAX dispatches asynchronously: without
+    blocking, the time would show up in whatever reads the result first)."""
+    start = time.perf_counter()
+    result = jax.block_until_ready(method.run(model, x, knob, reconstruct))
+    return result, time.perf_counter() - start
+
+
 def search(method: Method, model, x, target: int, widths, memo: dict) -> tuple[float | None, tuple | None, float]:
     """The knob whose result (without reconstruction) has the largest size ≤ `target`: `(knob, (model, info),
     wall seconds of that one call)`, or `(None, None, 0)` when no knob reaches the target. `memo` (knob →
@@ -460,9 +470,7 @@ def search(method: Method, model, x, target: int, widths, memo: dict) -> tuple[f
 
     def evaluate(knob):
         if knob not in memo:
-            t0 = time.perf_counter()
-            result = method.run(model, x, knob, False)
-            memo[knob] = (result, time.perf_counter() - t0)
+            memo[knob] = timed_run(method, model, x, knob, False)
         return size(memo[knob][0][1])
 
     def answer(knob):
@@ -632,9 +640,7 @@ def _add_points(record, model, methods, sizes, base, bounds, x_calib, test, seed
                 elif method.search == "sweep":
                     knob, result, seconds = sweep[target], None, 0.0
                     if knob is not None:
-                        t1 = time.perf_counter()
-                        result = method.run(model, x_calib, knob, False)
-                        seconds = time.perf_counter() - t1
+                        result, seconds = timed_run(method, model, x_calib, knob, False)
                 else:
                     knob, result, seconds = search(method, model, x_calib, target, model.widths, memo)
                 point["search_s"], point["evaluations"] = time.perf_counter() - t0, len(memo) - evaluated
@@ -644,9 +650,8 @@ def _add_points(record, model, methods, sizes, base, bounds, x_calib, test, seed
                     point["knob"] = knob
                     for track in method.tracks:
                         if method.search == "target" or (track == "B" and method.reconstructable):
-                            t1 = time.perf_counter()
-                            small, info = method.run(model, x_calib, knob, track == "B")
-                            wall = time.perf_counter() - t1 + (prepare_s if track == "B" else 0.0)
+                            (small, info), wall = timed_run(method, model, x_calib, knob, track == "B")
+                            wall += prepare_s if track == "B" else 0.0
                         else:
                             (small, info), wall = result, seconds
                         if method.search == "target":
