@@ -626,15 +626,16 @@ def _add_points(record, model, methods, sizes, base, bounds, x_calib, test, seed
             point["target_size"] = target
             try:
                 t0, evaluated = time.perf_counter(), len(memo)
-                if method.search == "sweep" and not sweep:
-                    sweep = sweep_knobs(method, model, x_calib, [int(f * base) for f in fractions])
-                    sweep_s = (time.perf_counter() - t0) / len(fractions)
-                    chosen = [k for k in sweep.values() if k is not None]
-                    if method.prepare is not None and chosen:
-                        t1 = time.perf_counter()
-                        method.prepare(model, x_calib, padded(chosen, fractions))
-                        prepare_s = (time.perf_counter() - t1) / len(fractions)
-                    t0 = time.perf_counter() - sweep_s
+                if method.search == "sweep":
+                    if not sweep:
+                        sweep = sweep_knobs(method, model, x_calib, [int(f * base) for f in fractions])
+                        sweep_s = (time.perf_counter() - t0) / len(fractions)
+                        chosen = [k for k in sweep.values() if k is not None]
+                        if method.prepare is not None and chosen:
+                            t1 = time.perf_counter()
+                            method.prepare(model, x_calib, padded(chosen, fractions))
+                            prepare_s = (time.perf_counter() - t1) / len(fractions)
+                    t0 = time.perf_counter() - sweep_s  # every point carries an equal share of the sweep
                 if method.search == "target":
                     knob, result, seconds = float(target), None, 0.0
                 elif method.search == "sweep":

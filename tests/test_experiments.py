@@ -155,3 +155,36 @@ def test_a_raw_file_is_replaced_only_by_a_complete_job(tmp_path):
     experiments.save(path, ["ID", "FLAP"], {**half, "points": old["points"]})
     assert json.loads(path.read_text())["run"] == "new" and not path.with_suffix(".partial").exists()
     assert experiments.pending(path, ["ID", "FLAP"], args)[0] is False
+
+
+def test_every_point_of_a_sweep_method_carries_its_share_of_the_sweep():
+    import dataclasses
+    import time
+
+    import equinox as eqx
+    import experiments
+    import jax.numpy as jnp
+    import jax.random as jr
+
+    import jaxlump
+    from jaxlump._adapters import to_chain
+    from jaxlump.baselines import rank_bounds
+
+    pause = 1.5
+
+    def slow_sizes(model, x, knobs):  # each of the sweep's two grids takes at least `pause`
+        time.sleep(pause)
+        return experiments._flap_sizes(model, x, knobs)
+
+    method = dataclasses.replace(experiments.METHODS["FLAP"], sizes=slow_sizes)
+    model = to_chain(eqx.nn.MLP(3, 1, 8, 2, activation=jnp.tanh, dtype=jnp.float64, key=jr.key(0)))
+    x = jr.normal(jr.key(1), (64, 3), jnp.float64)
+    test = (np.zeros((16, 3)), np.zeros((16, 1)))
+    base = int(jaxlump.cost(model).dense_params)
+    record = {"dataset": "toy", "width": 8, "points": []}
+    sizes = (0.9, 0.6, 0.35)
+    bounds, start = rank_bounds(model, x), time.perf_counter()
+    experiments._add_points(record, model, {"FLAP": method}, sizes, base, bounds, x, test, 1, start, lambda r: None)
+    assert [p.get("error") for p in record["points"]] == [None] * len(sizes)
+    shares = [p["search_s"] for p in record["points"]]
+    assert min(shares) >= 2 * pause / len(sizes)  # not only the first point (the sweep's total was cut to 1/n)
