@@ -25,6 +25,7 @@ initialisation, the validation split, the training mini-batches and the calibrat
 import argparse
 import dataclasses
 import functools
+import gc
 import json
 import os
 import pathlib
@@ -756,6 +757,11 @@ def run_groups(groups, raw: pathlib.Path, methods, sizes, args) -> None:
                 bar.update(1)
         finally:
             (raw / f"{name}_w{width}.running").unlink(missing_ok=True)
+            # The group's programs are of its shape only. Freeing them keeps the process's memory mappings (each
+            # compiled program holds some) below the kernel's limit: a process that kept ~2 groups' programs hit
+            # vm.max_map_count (65530) and XLA aborted ("LLVM compilation error: Cannot allocate memory").
+            jax.clear_caches()
+            gc.collect()
     bar.close()
 
 
