@@ -767,11 +767,22 @@ def run_groups(groups, raw: pathlib.Path, methods, sizes, args) -> None:
 
 def run_id(runs: list[dict], argv: list[str], overwrite: bool, now: str) -> str:
     """The run an invocation belongs to: under `--overwrite`, the latest run if it is unfinished and was started with
-    the same arguments (re-running the command continues it), otherwise a new run named by its start time."""
+    the same arguments but for `--processes` (re-running the command continues it; how many processes share the
+    jobs does not change their results), otherwise a new run named by its start time."""
     last = runs[-1] if runs else {}
-    if overwrite and last.get("run") and not last.get("complete", True) and last.get("argv") == argv:
+    same = _without_processes(last.get("argv", [])) == _without_processes(argv)
+    if overwrite and last.get("run") and not last.get("complete", True) and same:
         return last["run"]
     return now
+
+
+def _without_processes(argv: list[str]) -> list[str]:
+    kept, skip = [], False
+    for a in argv:
+        if not skip and a != "--processes" and not a.startswith("--processes="):
+            kept.append(a)
+        skip = a == "--processes"
+    return kept
 
 
 def _interrupt(signum, frame):

@@ -136,6 +136,10 @@ def test_an_overwrite_run_is_continued_by_the_same_command_only_while_unfinished
     assert experiments.run_id([stopped], argv, False, "now") == "now"  # without --overwrite nothing is recomputed
     assert experiments.run_id([{**stopped, "complete": True}], argv, True, "now") == "now"
     assert experiments.run_id([], argv, True, "now") == "now"
+    # how many processes share the jobs does not change their results: the run goes on
+    assert experiments.run_id([stopped], ["--overwrite", "--processes=1"], True, "now") == stopped["run"]
+    assert experiments.run_id([stopped], ["--processes", "1", "--overwrite"], True, "now") == stopped["run"]
+    assert experiments.run_id([stopped], ["--processes", "1"], True, "now") == "now"  # not the same arguments
 
 
 def test_a_raw_file_is_replaced_only_by_a_complete_job(tmp_path):
