@@ -497,7 +497,8 @@ def completed_table(records, runs: list[dict]) -> str:
                  "parallel processes overlap, so this is process time, not elapsed time).")  # fmt: skip
     if runs:
         lines += ["", "Invocations of `benchmarks/experiments.py` (wall time of each whole invocation):", ""]
-        lines += [f"- {_invocation(r)}, arguments `{' '.join(r['argv']) or '(none)'}`" for r in runs]
+        lines += [f"- {_invocation(r)}, arguments `{' '.join(r['argv']) or '(none)'}`"
+              + (f"; {r['note']}" if "note" in r else "") for r in runs]  # fmt: skip
         totals = collections.defaultdict(list)
         for r in runs:
             if "run" in r:
