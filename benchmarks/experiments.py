@@ -767,30 +767,27 @@ def run_groups(groups, raw: pathlib.Path, methods, sizes, args) -> None:
 
 def run_id(runs: list[dict], argv: list[str], overwrite: bool, now: str) -> str:
     """The run an invocation belongs to: under `--overwrite`, the latest run if it is unfinished and was started with
-    the same arguments but for `--processes` (re-running the command continues it; how many processes share the
-    jobs does not change their results), otherwise a new run named by its start time."""
+    the same parsed arguments but for `--processes` (re-running the command continues it; how many processes share
+    the jobs does not change their results), otherwise a new run named by its start time."""
     last = runs[-1] if runs else {}
-    same = _without_processes(last.get("argv", [])) == _without_processes(argv)
-    if overwrite and last.get("run") and not last.get("complete", True) and same:
+    unfinished = overwrite and last.get("run") and not last.get("complete", True) and "argv" in last
+    if unfinished and _run_arguments(last["argv"]) == _run_arguments(argv):
         return last["run"]
     return now
 
 
-def _without_processes(argv: list[str]) -> list[str]:
-    kept, skip = [], False
-    for a in argv:
-        if not skip and a != "--processes" and not a.startswith("--processes="):
-            kept.append(a)
-        skip = a == "--processes"
-    return kept
+def _run_arguments(argv: list[str]) -> dict:
+    """The parsed arguments that decide a run's results (all but `--processes`)."""
+    arguments = vars(_parser().parse_args(argv))
+    del arguments["processes"]
+    return arguments
 
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt  # SIGTERM unwinds like Ctrl-C: claims are released, the run's log is written
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="abalone, 2 seeds, 3 sizes (writes raw-quick/)")
     parser.add_argument("--report-only", action="store_true", help="rebuild tables and figures from the raw JSON")
@@ -808,6 +805,12 @@ def main(argv=None):
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # started by --processes
     parser.add_argument("--run-id", help=argparse.SUPPRESS)  # the coordinator's run, for its workers
+    return parser
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = _parser()
     args = parser.parse_args(argv)
     processes = args.processes or (1 if args.quick else 2)
     if processes < 1:
