@@ -12,7 +12,7 @@ import optax
 from tqdm.auto import tqdm
 
 from ._adapters import to_chain
-from ._errors import check_data
+from ._errors import CompressionError, check_bool, check_data, check_finite, check_positive_int, is_traced
 from ._training_loop import bind, masked_update, structure_masks
 
 
@@ -92,6 +92,7 @@ def finetune(
     batch_size: int = 256,
     loss: Callable = mse,
     progress: bool = False,
+    throw: bool = True,
 ):
     """Train a compressed model further while keeping its structure (mean-squared error by default).
 
@@ -100,21 +101,32 @@ def finetune(
     `weight_masks`; their gradients, updates and optimizer state are zero, so momentum cannot revive them. A
     physically smaller model (from `jaxlump.lump` or `shrink`) needs no `info`.
 
+    Training is checked afterwards: a loss that is NaN or inf at any step, or parameters that end NaN or inf
+    (a learning rate that diverges, a model or targets so large that the loss overflows, float16 arithmetic, a
+    `loss` that returns NaN), raise a `jaxlump.CompressionError` naming the first step whose loss was not finite
+    and the likely cause; with `throw=False` the trained model and the losses are returned as they are.
+
     **Arguments:**
 
-    - `model`: the model (any kind `jaxlump.lump` supports); `x`, `y`: training inputs and targets.
+    - `model`: the model (any kind `jaxlump.lump` supports); `x`: training inputs `(batch, n_in)`, finite.
+    - `y`: training targets, finite: with the default `loss`, exactly the shape of the model's outputs on `x`
+      (`(batch, n_out)`; no broadcasting); with another `loss`, an array with one entry per example.
     - `steps`: number of mini-batch steps (≥ 1).
     - `optimizer`: an optax transformation; default `optax.adam(1e-3)`.
     - `info`: the `CompressionInfo` of a fixed-shape result, or a `jaxlump.wrap_optax` optimizer state, or `None`.
-    - `key`: PRNG key (or int seed) for the mini-batches; default `0`.
-    - `batch_size`: examples per step (at most the data size).
+      It must describe `model`: every parameter it marks removed must be zero in `model`.
+    - `key`: a JAX PRNG key or a non-negative int seed for the mini-batches; default `0`.
+    - `batch_size`: examples per step, a positive int (a larger one uses all the data at every step).
     - `loss`: `loss(model, x_batch, y_batch) -> scalar`; default the mean squared error.
-    - `progress`: show a progress bar.
+    - `progress`: show a progress bar (`True`/`False`).
+    - `throw`: raise when training produced a non-finite loss or parameters (default); `False` returns them.
 
     **Returns:** `(model, losses)`: the fine-tuned model (same kind and shapes) and the loss at every step.
 
-    **Raises:** `ValueError`/`TypeError` for `steps < 1`, a non-optax optimizer, an unsupported model, or an `info`
-    that does not fit the model.
+    **Raises:** `ValueError`/`TypeError` for `steps < 1`, a non-optax optimizer, an unsupported model, `x` or `y`
+    that are not finite or of the wrong shape, a bad `batch_size`, `key`, `loss` or `progress`, or an `info` that
+    does not describe the model; `jaxlump.CompressionError` (with `throw=True`) when the loss or the trained
+    parameters are NaN or inf.
 
     ```python
     import equinox as eqx, jax, jax.numpy as jnp, jax.random as jr, jaxlump
@@ -132,13 +144,18 @@ def finetune(
     optimizer = optax.adam(1e-3) if optimizer is None else optimizer
     if not isinstance(optimizer, optax.GradientTransformation):
         raise TypeError(f"`optimizer` must be an optax.GradientTransformation; received {type(optimizer).__name__}.")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    progress = check_bool(progress, "progress")
+    throw = check_bool(throw, "throw")
+    if not callable(loss):
+        raise TypeError(f"`loss` must be a function `loss(model, x_batch, y_batch) -> scalar`; received {loss!r}.")
     binding, params = bind(model)
     x = check_data(x, "x", width=to_chain(model).widths[0])
-    y = jnp.asarray(y)
-    if y.shape[0] != x.shape[0]:
-        raise ValueError(f"`y` has {y.shape[0]} examples but `x` has {x.shape[0]}.")
+    y = _check_targets(model, x, y, default_loss=loss is mse)
     masks = None if info is None else binding.params(structure_masks(model, info))
-    key = jr.key(0) if key is None else (jr.key(key) if isinstance(key, (int, np.integer)) else key)
+    if masks is not None:
+        _check_removed_are_zero(params, masks)
+    key = _check_key(key)
     params, losses = _fit(
         params,
         binding.rebuild,
@@ -152,7 +169,97 @@ def finetune(
         loss=loss,
         progress=progress,
     )
+    if throw:
+        _raise_if_not_finite(params, losses)
     return binding.rebuild(params), losses
+
+
+def _check_targets(model, x, y, *, default_loss: bool):
+    """`y` as an array: finite, one entry per example, and with the default loss exactly the model's output shape."""
+    if y is None:
+        raise ValueError("`y` (the training targets) is required; received None.")
+    try:
+        y = jnp.asarray(y)
+    except TypeError as e:
+        raise TypeError(f"`y` must be an array of training targets; received {type(y).__name__}.") from e
+    if y.dtype == bool or not (jnp.issubdtype(y.dtype, jnp.floating) or jnp.issubdtype(y.dtype, jnp.integer)):
+        raise TypeError(f"`y` must hold real numbers; received dtype {y.dtype}.")
+    if y.ndim == 0 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"`y` must have one target per example of `x` ({x.shape[0]}); received shape {y.shape}.")
+    if default_loss:
+        out = jax.eval_shape(jax.vmap(model), x).shape
+        if y.shape != out:
+            raise ValueError(
+                f"`y` must have the shape of the model's outputs on `x`, {out}, for the default mean squared error "
+                f"(no broadcasting); received shape {y.shape}."
+            )
+    return check_finite(y, "y") if jnp.issubdtype(y.dtype, jnp.floating) else y
+
+
+def _check_key(key):
+    """A JAX PRNG key (typed, or a raw `uint32[2]`) from `key`, or from a non-negative int seed; default seed 0."""
+    if key is None:
+        return jr.key(0)
+    if isinstance(key, (int, np.integer)) and not isinstance(key, (bool, np.bool_)):
+        if key < 0:
+            raise ValueError(f"`key` as an int seed must be >= 0; received {key!r}.")
+        return jr.key(int(key))
+    if isinstance(key, jax.Array) and not is_traced(key):
+        typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+        if (typed and key.shape == ()) or (not typed and key.dtype == jnp.uint32 and key.shape == (2,)):
+            return key
+    raise TypeError(
+        f"`key` must be a JAX PRNG key (`jax.random.key(seed)`), a non-negative int seed or None; received {key!r}."
+    )
+
+
+def _check_removed_are_zero(params, masks) -> None:
+    """Refuse an `info` that does not describe `params`: what it marks removed must already be zero (finetune keeps
+    those parameters as they are, so a non-zero one would stay and `shrink` would then drop it)."""
+    count, largest = 0, 0.0
+    for p, m in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(masks)):
+        stray = np.abs(np.asarray(p, dtype=np.float64)[np.asarray(m) == 0])
+        stray = stray[stray != 0]
+        count, largest = count + stray.size, max(largest, float(stray.max(initial=0.0)))
+    if count:
+        raise ValueError(
+            f"`info` marks parameters of `model` removed (dead neurons or pruned weights) but {count} of them are "
+            f"non-zero in `model` (largest magnitude {largest:.3g}): `info` describes another model. Pass the "
+            "fixed-shape model the compressor returned with this `info` (not the original), or `info=None`."
+        )
+
+
+def _raise_if_not_finite(params, losses) -> None:
+    """Raise a `CompressionError` naming the first step whose loss is NaN or inf, or the non-finite parameters."""
+    losses = np.asarray(losses)
+    bad = np.flatnonzero(~np.isfinite(losses))
+    leaves = [np.asarray(p) for p in jax.tree_util.tree_leaves(params) if eqx.is_inexact_array(p)]
+    params_finite = all(np.all(np.isfinite(p)) for p in leaves)
+    if not bad.size and params_finite:
+        return
+    if bad.size and bad[0] == 0:
+        what = (
+            f"the loss was {losses[0]} at the first step, before any update: the model's outputs or the loss "
+            "overflow on the data (weights or targets too large for the precision), or `loss` returns NaN"
+        )
+    elif bad.size:
+        what = (
+            f"the loss first became non-finite ({losses[bad[0]]}) at step {bad[0] + 1} of {losses.size}, after "
+            f"finite losses (last {losses[bad[0] - 1]:.3g}): training diverged (a learning rate too large or not a "
+            "finite number, or arithmetic that overflowed the precision)"
+        )
+    else:
+        what = "the losses stayed finite but the trained parameters hold NaN or inf (the last update diverged)"
+    low = sorted({str(p.dtype) for p in leaves if jnp.finfo(p.dtype).bits < 32})
+    hint = (
+        f" The model is in {', '.join(low)}: optimizers such as Adam underflow or overflow in low precision "
+        "(Adam's eps=1e-8 is 0 in float16); train in float32."
+        if low
+        else ""
+    )
+    raise CompressionError(
+        f"jaxlump.finetune: {what}.{hint} (Pass `throw=False` to receive the model and the losses as they are.)"
+    )
 
 
 def glycolytic_problem(
