@@ -1,6 +1,7 @@
 """`lump_then_prune`: lump at a mild ε, prune the lumped network to a non-zero budget, reconstruct."""
 
 import dataclasses
+import re
 from collections.abc import Callable, Mapping, Sequence
 
 import jax.numpy as jnp
@@ -54,7 +55,9 @@ def lump_then_prune(
     - `eps_grid`: the ε values tried, a non-empty sequence of numbers ≥ 0. Default (`None`): `(0, 0.3, 0.5,
       0.7)` and, while none reached the target because the pruning cannot get that low from its lump (a strong
       target needs a strong lump first), up to 8 more: doubling the largest such ε, or bisecting between it and
-      the smallest larger ε whose lump is already within the target.
+      the smallest larger ε whose lump is already within the target; the doubling stops once an ε lumps every
+      hidden layer to one neuron. At most 12 ε are tried, and an ε whose lump equals an earlier one's is not pruned
+      and reconstructed again (those compile anew for every lumped shape: almost all of the time).
     - `prune`: an unstructured compressor with the call shape `(model, x_calib, sparsity, **options)`
       (default `jaxlump.baselines.magnitude`).
     - `prune_options`: keyword options for `prune` (e.g. `{"key": jax.random.key(0)}` for `random`).
@@ -66,7 +69,7 @@ def lump_then_prune(
     `info.partitions` the lumping's, `info.weight_masks` the pruning's, `info.structured` is `False`.
 
     **Raises:** `jaxlump.UnreachableTargetError` (a `ValueError`) when no ε in the grid reaches `target` (the
-    message gives each ε's reason), `ValueError` for bad input (a `target`
+    message gives the smallest size the pruning reached and each ε's reason), `ValueError` for bad input (a `target`
     that is not a positive int, an empty or negative `eps_grid`, data of the wrong width or not finite);
     `TypeError` for a `prune` that is not callable or under `jax.jit` (the choice of ε needs concrete values).
 
@@ -101,36 +104,56 @@ def lump_then_prune(
     x = check_data(x_calib, "x_calib", width=chain.widths[0])
     reference = chain(x)
 
-    def attempt(eps):
-        """`((model, info), calibration MSE)` at ε, or `(None, why not, whether the lump alone fits)`."""
-        lumped, lump_info = lump(model, x, eps, ridge=ridge, certify_ode=False, throw=throw)
-        if realised_size(lump_info) <= target:
-            return None, f"ε = {eps}: the lumped network alone has {realised_size(lump_info)} non-zeros", True
-        try:
-            pruned, prune_info = compress_to(lumped, prune, target, x, **dict(prune_options or {}))
-        except UnreachableTargetError as error:  # e.g. magnitude keeps the output layer: a wider lump cannot get there
-            return None, f"ε = {eps}: {error}", False
-        combined = dataclasses.replace(
-            prune_info,
-            partitions=lump_info.partitions,
-            cost_before=lump_info.cost_before,
-            widths_before=lump_info.widths_before,
-        )
-        refit, info = reconstruct(model, pruned, x, combined, ridge=ridge, throw=False)
-        refit = keep_pruned_zeros(refit, pruned)
-        info = dataclasses.replace(info, cost_after=cost(refit), method="lump_then_prune", knob=jnp.asarray(eps))
-        error = float(jnp.mean((to_chain(refit, require_finite=False)(x) - reference) ** 2))
-        return (refit, info), error if np.isfinite(error) else np.inf, False  # a failed one wins only if none succeeds
+    outcomes = {}  # the lump's partitions → the first ε that gave them and what came of it (each lump once)
 
-    best, best_error, skipped, tried = None, np.inf, [], []
+    def attempt(eps):
+        """`(first ε, (model, info), calibration MSE, whether the lump alone fits, size reached, whether every hidden
+        layer is lumped to one neuron)` for the lump at ε; without a model `(first ε, None, why not, ...)`. An ε
+        whose lump equals an earlier one's (`first ε`) reuses that outcome: no second pruning and reconstruction,
+        which compile anew for every lumped shape and are the bulk of the work."""
+        lumped, lump_info = lump(model, x, eps, ridge=ridge, certify_ode=False, throw=throw)
+        key = tuple((np.shape(p), np.asarray(p).tobytes()) for p in lump_info.partitions)
+        if key in outcomes:
+            return outcomes[key]
+        lumped_size = realised_size(lump_info)
+        if lumped_size <= target:
+            outcome = eps, None, f"ε = {eps}: the lumped network alone has {lumped_size} non-zeros", True, lumped_size
+        else:
+            try:
+                pruned, prune_info = compress_to(lumped, prune, target, x, **dict(prune_options or {}))
+            except UnreachableTargetError as error:  # e.g. magnitude keeps the output layer: a wider lump cannot
+                reached = re.search(r"(?:reached|smallest result has) (\d+) ", str(error))  # get there
+                outcome = eps, None, f"ε = {eps}: {error}", False, int(reached[1]) if reached else lumped_size
+            else:
+                combined = dataclasses.replace(
+                    prune_info,
+                    partitions=lump_info.partitions,
+                    cost_before=lump_info.cost_before,
+                    widths_before=lump_info.widths_before,
+                )
+                refit, info = reconstruct(model, pruned, x, combined, ridge=ridge, throw=False)
+                refit = keep_pruned_zeros(refit, pruned)
+                info = dataclasses.replace(
+                    info, cost_after=cost(refit), method="lump_then_prune", knob=jnp.asarray(eps)
+                )
+                error = float(jnp.mean((to_chain(refit, require_finite=False)(x) - reference) ** 2))
+                error = error if np.isfinite(error) else np.inf  # a failed one wins only if none succeeds
+                outcome = eps, (refit, info), error, False, int(info.cost_after.nonzeros)
+        outcomes[key] = (*outcome, all(int(w) == 1 for w in np.asarray(lump_info.widths_after)[1:-1]))
+        return outcomes[key]
+
+    best, best_error, skipped, tried, sizes = None, np.inf, [], [], {}
     unreachable, fitting = [], []  # the ε tried whose lump the pruning cannot bring low enough / that fit alone
+    exhausted = False  # an ε lumped every hidden layer to one neuron: a larger ε cannot lump further
 
     def consider(eps):
-        nonlocal best, best_error
+        nonlocal best, best_error, exhausted
         tried.append(eps)
-        result, error, fits = attempt(eps)
+        first, result, error, fits, size, fully_lumped = attempt(eps)
+        sizes[eps] = size
+        exhausted = exhausted or fully_lumped
         if result is None:
-            skipped.append(error)
+            skipped.append(error if first == eps else f"ε = {eps}: the same lump as ε = {first}")
             (fitting if fits else unreachable).append(eps)
         elif best is None or error < best_error:
             best, best_error = result, error
@@ -142,10 +165,19 @@ def lump_then_prune(
             break
         low = max(unreachable)  # between the strongest lump the pruning cannot use and the weakest that fits alone
         high = min((e for e in fitting if e > low), default=None)
+        if high is None and exhausted:
+            break
         consider(2 * low if high is None else (low + high) / 2)
     if best is None:
+        pruned = {e: sizes[e] for e in unreachable}
+        smallest = min(pruned, key=pruned.get, default=None)
+        alone = min(fitting, key=sizes.get, default=None)
+        reached = (
+            "" if smallest is None else f": the smallest size reached is {pruned[smallest]} non-zeros (ε = {smallest})"
+        )
+        reached += "" if alone is None else f"; lumping alone reaches {sizes[alone]} non-zeros at ε = {alone}"
         raise UnreachableTargetError(
-            f"`target` = {target} non-zeros is not reachable from any ε tried {tuple(tried)} ("
+            f"`target` = {target} non-zeros is not reachable by pruning a lump of any ε tried {tuple(tried)}{reached} ("
             + "; ".join(skipped)
             + "). Use `jaxlump.lump` alone when the lumped network is already small enough, larger ε when the "
             "pruning cannot reach the target."

@@ -1,6 +1,9 @@
 """lump_then_prune: budget, masks, the choice of ε against the pipeline built from public parts, errors."""
 
 import dataclasses
+import re
+import subprocess
+import sys
 
 import equinox as eqx
 import jax
@@ -10,7 +13,8 @@ import numpy as np
 import pytest
 
 import jaxlump
-from jaxlump._lump_then_prune import DEFAULT_EPS_GRID
+from jaxlump import _lump_then_prune
+from jaxlump._lump_then_prune import DEFAULT_EPS_GRID, MAX_EXTRA_EPS
 from jaxlump.baselines import compress_to, magnitude, realised_size
 
 TARGET = 150
@@ -129,3 +133,58 @@ def test_pruned_biases_stay_pruned_so_the_budget_holds(setting):
     zero_bias = eqx.tree_at(lambda m: [layer.bias for layer in m.layers], mlp, replace_fn=jnp.zeros_like)
     small, info = jaxlump.lump_then_prune(zero_bias, x, TARGET, eps_grid=(0.0, 0.5))
     assert int(jaxlump.cost(small).nonzeros) == int(info.cost_after.nonzeros) <= TARGET
+
+
+def test_an_unreachable_target_stops_once_fully_lumped_and_names_the_smallest_size(setting, monkeypatch):
+    """Magnitude keeps the biases and the output layer, so no lump can be pruned to 1 non-zero. The default grid's
+    search stops once an ε lumps every hidden layer to one neuron (a larger ε cannot lump further) instead of
+    doubling ε eight times, and the error gives the smallest size reached."""
+    mlp, x = setting
+    calls = []
+    monkeypatch.setattr(_lump_then_prune, "lump", lambda *a, **k: calls.append(a[2]) or jaxlump.lump(*a, **k))
+    with pytest.raises(jaxlump.UnreachableTargetError, match=r"the smallest size reached is (\d+) non-zeros") as error:
+        jaxlump.lump_then_prune(mlp, x, 1)
+    fully_lumped = jaxlump.lump(mlp, x, calls[-1], certify_ode=False)[1]
+    assert tuple(int(w) for w in fully_lumped.widths_after) == (3, 1, 1, 2)
+    assert len(calls) < len(DEFAULT_EPS_GRID) + MAX_EXTRA_EPS
+    smallest = int(re.search(r"smallest size reached is (\d+)", str(error.value))[1])
+    assert 1 < smallest <= int(fully_lumped.cost_after.nonzeros)
+
+
+def test_an_eps_with_the_same_lump_is_pruned_and_reconstructed_once(setting, monkeypatch):
+    """ε = 0 and 1e-9 lump alike: the second reuses the first's outcome (pruning and reconstruction compile anew
+    for every lumped shape, the bulk of the work), and the result is the one without the duplicate."""
+    mlp, x = setting
+    calls = []
+    reconstruct = _lump_then_prune.reconstruct
+    monkeypatch.setattr(_lump_then_prune, "reconstruct", lambda *a, **k: calls.append(1) or reconstruct(*a, **k))
+    model, info = jaxlump.lump_then_prune(mlp, x, TARGET, eps_grid=(0.0, 1e-9, 0.5))
+    assert len(calls) == 2
+    expected, expected_info = jaxlump.lump_then_prune(mlp, x, TARGET, eps_grid=(0.0, 0.5))
+    assert float(info.knob) == float(expected_info.knob)
+    np.testing.assert_array_equal(_outputs(model, x), _outputs(expected, x))
+
+
+_FUZZ_CASES = """
+import equinox as eqx, jax.numpy as jnp, jax.random as jr, jaxlump
+from jaxlump.baselines import compress_to
+mlp = eqx.nn.MLP(3, 2, 8, 2, key=jr.key(0))
+x = jr.normal(jr.key(1), (64, 3))
+for x_calib, target in ((x, None), (x[:1], 61), (jnp.concatenate([x[:1], x[:1]]), 61)):
+    if target is None:
+        _, info = compress_to(mlp, "lump_then_prune", 0.5, x_calib)
+    else:
+        _, info = jaxlump.lump_then_prune(mlp, x_calib, target)
+    assert int(info.cost_after.nonzeros) <= 61, info.cost_after
+    print("done", x_calib.shape[0], flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_the_bad_input_runs_that_hung_finish():
+    """The bad-input run of 2026-12-06 saw no result within 150 s from these three calls (a 3-8-8-2 MLP to half
+    its non-zeros; one calibration row; two identical rows). They run in a subprocess with a time limit, so a
+    regression fails instead of hanging the test run; almost all of their time is compilation."""
+    done = subprocess.run([sys.executable, "-c", _FUZZ_CASES], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["done", "64", "done", "1", "done", "2"]
