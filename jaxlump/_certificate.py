@@ -17,6 +17,7 @@ import numpy as np
 from ._encoding.dynamical import simulate
 from ._errors import RESULTS, combine
 from ._info import Certificate
+from ._linalg import spectral_norm
 from ._network import ACTIVATIONS, DenseChain
 from ._reduction.quotient import block_counts
 
@@ -49,7 +50,7 @@ def a_priori_bound(original: DenseChain, lifted: DenseChain, original_activation
         delta = jnp.sqrt(jnp.sum((wt - w) ** 2) + jnp.sum((bt - b) ** 2))
         input_norm = jnp.sqrt(jnp.sum(original_activations[l] ** 2, axis=1) + 1.0)
         previous = ACTIVATIONS[original.activations[l - 1]].lipschitz if l > 0 else 0.0
-        error = delta * input_norm + jnp.linalg.norm(wt, 2) * previous * error
+        error = delta * input_norm + spectral_norm(wt) * previous * error
     return ACTIVATIONS[original.activations[-1]].lipschitz * error
 
 

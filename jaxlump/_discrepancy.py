@@ -25,7 +25,7 @@ import numpy as np
 
 from ._custom_types import Distances
 from ._encoding.dynamical import simulate
-from ._encoding.structural import aggregated_coefficients
+from ._encoding.structural import block_sums
 from ._errors import RESULTS
 from ._network import DenseChain
 
@@ -237,7 +237,7 @@ class Structural(AbstractDiscrepancy):
 
     def layer_within(self, chain, prepared, l, prev_labels, eps_max):
         w, b = chain.weights[l - 1], chain.biases[l - 1]
-        coefficients = aggregated_coefficients(w, b, prev_labels, w.shape[1])
+        coefficients = block_sums(w, b, prev_labels, w.shape[1])
         magnitudes = jnp.sum(jnp.abs(w), axis=1) + jnp.abs(b)
         scale = jnp.mean(magnitudes)
         floor = _rounding_floor(magnitudes)

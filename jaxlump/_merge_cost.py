@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from ._discrepancy import AbstractDiscrepancy, LayerDistances
+from ._linalg import inv
 from ._network import ACTIVATIONS, DenseChain
 
 _BLOCK_BUDGET = 2**22  # elements of one block's (rows, n, N) merged-activation tensor
@@ -112,7 +113,7 @@ def current_fit(state: LayerState, problem: LayerProblem) -> Fit:
     fa, c, alive, lam = state.features, state.members, state.alive, problem.lam
     live = alive[:, None] & alive[None, :]
     gram = _mm("sk,sl->kl", fa, fa) + lam * _mm("ik,il->kl", c, c)
-    k = jnp.where(live, jnp.linalg.inv(jnp.where(live, gram, jnp.eye(alive.shape[0], dtype=fa.dtype))), 0.0)
+    k = jnp.where(live, inv(jnp.where(live, gram, jnp.eye(alive.shape[0], dtype=fa.dtype))), 0.0)
     h = _mm("sk,sm->km", fa, problem.targets) + lam * _mm("mi,ik->km", problem.weights, c)
     return Fit(k, _mm("kl,lm->mk", k, h))
 

@@ -35,13 +35,13 @@ import dataclasses
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
 import numpy as np
 
 from ._adapters import from_chain, to_chain
 from ._discrepancy import batch_any
 from ._errors import RESULTS, check_bool, check_data, combine, finite_result, raise_if_failed
 from ._info import CompressionInfo, check_partitions, compression_info, live_masks
+from ._linalg import cho_solve, cholesky, eigh
 from ._network import ACTIVATIONS, DenseChain
 from ._reduction.quotient import mean_rows
 
@@ -69,13 +69,13 @@ def _equilibrated_cholesky(systems, support):
     negligible = jnp.any((support > 0) & (diagonal <= systems.shape[-1] * eps * largest), axis=-1)
     scale = jnp.sqrt(diagonal)
     scale = jnp.where(scale > 0, scale, 1)
-    factor = jnp.linalg.cholesky(systems / (scale[:, :, None] * scale[:, None, :]))
+    factor = cholesky(systems / (scale[:, :, None] * scale[:, None, :]))
     pivots = jnp.diagonal(factor, axis1=-2, axis2=-1)
     condition = (jnp.max(pivots, axis=-1) / jnp.min(pivots, axis=-1)) ** 2
     usable = jnp.all(jnp.isfinite(factor), axis=(-2, -1)) & (condition * eps < _MAX_CONDITION_TIMES_EPS) & ~negligible
 
     def solve(rhs):  # rhs (batch, n, k)
-        scaled = jax.vmap(lambda f, r: jsl.cho_solve((f, True), r))(factor, rhs / scale[:, :, None])
+        scaled = cho_solve(factor, rhs / scale[:, :, None])
         return scaled / scale[:, :, None]
 
     return solve, usable
@@ -83,7 +83,7 @@ def _equilibrated_cholesky(systems, support):
 
 def _minimum_norm_solve(systems, rhs):
     """Batched truncated-eigendecomposition solve of symmetric positive semi-definite systems, rhs `(batch, n, k)`."""
-    values, vectors = jnp.linalg.eigh(systems)
+    values, vectors = eigh(systems)
     cutoff = systems.shape[-1] * jnp.finfo(systems.dtype).eps * jnp.max(values, axis=-1, keepdims=True)
     inverse = jnp.where(values > cutoff, 1 / jnp.where(values > cutoff, values, 1), 0)
     projected = jnp.einsum("bji,bjk->bik", vectors, rhs) * inverse[:, :, None]

@@ -127,8 +127,15 @@ def aggregated_coefficients(weight: Weight, bias: Bias, prev_labels: _Labels, n_
 
     From Cardelli et al., forward differential equivalence, as used by Dhiman et al. (2026).
     """
-    labels = _check_labels(prev_labels, n_prev_blocks, weight.shape[1])
-    one_hot = jax.nn.one_hot(labels, n_prev_blocks, dtype=weight.dtype)
+    return block_sums(weight, bias, _check_labels(prev_labels, n_prev_blocks, weight.shape[1]), n_prev_blocks)
+
+
+def block_sums(weight: Weight, bias: Bias, prev_labels: _Labels, n_prev_blocks: int) -> _Aggregated:
+    """`aggregated_coefficients` without its checks of `prev_labels`, for labels that jaxlump computed itself.
+
+    A traced check (`eqx.error_if`) puts a host callback into the compiled program, and JAX keeps no program with a
+    host callback in its persistent compilation cache; the lumping pipeline calls this once per layer."""
+    one_hot = jax.nn.one_hot(prev_labels, n_prev_blocks, dtype=weight.dtype)
     summed = jnp.matmul(weight, one_hot, precision=jax.lax.Precision.HIGHEST)
     return jnp.concatenate([summed, bias[:, None].astype(summed.dtype)], axis=1)
 
