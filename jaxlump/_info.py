@@ -28,11 +28,18 @@ class Certificate(eqx.Module):
     a_priori_bound: Float[Array, "*batch"]
 
     def describe(self) -> str:
-        """The certificate in words (numbers for concrete certificates)."""
-        measured = f"measured max |f̃ − f| = {_number(self.output_max_abs)} (RMS {_number(self.output_rms)})"
+        """The certificate in words (numbers for concrete certificates); a figure that is NaN throughout was not
+        computed (data-free, or skipped by the method) and is said to be, never printed as a number."""
+        if _not_computed(self.output_max_abs):
+            measured = "measured error not computed (no calibration data)"
+        else:
+            measured = f"measured max |f̃ − f| = {_number(self.output_max_abs)} (RMS {_number(self.output_rms)})"
+            measured += " on the calibration data"
         ode = _number(self.ode_max_abs)
-        ode = "ODE simulation not run" if ode == "nan" else f"simulated ODE max deviation {ode}"
-        return f"{measured} on the calibration data; {ode}; a-priori ‖f̃ − f‖₂ ≤ {_number(self.a_priori_bound)}"
+        ode = "ODE simulation not run" if _not_computed(self.ode_max_abs) else f"simulated ODE max deviation {ode}"
+        bound = _number(self.a_priori_bound)
+        bound = "a-priori bound not computed" if _not_computed(self.a_priori_bound) else f"a-priori ‖f̃ − f‖₂ ≤ {bound}"
+        return f"{measured}; {ode}; {bound}"
 
     def __repr__(self):
         return f"Certificate({self.describe()})"
@@ -93,7 +100,7 @@ class CompressionInfo(eqx.Module):
         percent = _number(self.percent_of_original, "{:.1f}")
         size_name = "dense parameters" if self.structured else "non-zeros"
         lines = [
-            f"{head}, knob = {_number(self.knob)}",
+            f"{head}, knob = {'not set' if _not_computed(self.knob) else _number(self.knob)}",
             f"  result:       {_result_message(self.result)}",
             f"  widths:       {_widths(self.widths_before)} → {_widths(self.widths_after)}",
             f"  dense params: {_number(before.dense_params)} → {_number(after.dense_params)}",
@@ -169,6 +176,11 @@ def _cost(model, neuron_masks=None) -> Cost:
 
 def _traced(tree) -> bool:
     return any(is_traced(leaf) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def _not_computed(value) -> bool:
+    """Whether a concrete figure is NaN throughout: jaxlump's mark for "not computed"."""
+    return not is_traced(value) and bool(np.all(np.isnan(np.asarray(value, dtype=float))))
 
 
 def _number(value, fmt: str = "{:.3g}") -> str:

@@ -22,7 +22,7 @@ from jaxtyping import Array, Int
 from ._accounting import chain_cost
 from ._adapters import to_chain
 from ._discrepancy import AbstractDiscrepancy, Structural
-from ._errors import RESULTS, check_eps, is_traced
+from ._errors import RESULTS, check_bool, check_eps, finite_result, is_traced
 from ._info import Certificate, CompressionInfo, live_masks, live_widths
 from ._lump import _prepare, lump_chain, partition
 from ._network import DenseChain
@@ -30,6 +30,10 @@ from ._reconstruct import DEFAULT_RIDGE
 
 # Relative tolerances a `TargetSize` round chooses from (0: exact duplicates only; 4: about everything merges).
 DEFAULT_GRID = (0.0, *np.geomspace(1e-3, 4.0, 23).round(6).tolist())
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
 def _is_schedule(value) -> bool:
@@ -59,13 +63,16 @@ class TargetSize(eqx.Module):
 
     **Arguments** (give exactly one of `params` and `fraction`):
 
-    - `params`: the requested number of dense parameters, a positive integer or a schedule `step -> params`.
+    - `params`: the requested number of dense parameters, a positive integer or a schedule `step -> params`
+      (a target at or above the model's size keeps every neuron).
     - `fraction`: the requested size as a fraction in (0, 1] of the original's dense parameters, or a schedule
       `step -> fraction` (e.g. `optax.linear_schedule(1.0, 0.25, 1000)`, to shrink gradually).
     - `grid`: the relative tolerances ε to choose from, ascending.
 
-    **Raises:** `ValueError`/`TypeError` for a missing or doubled size, a non-positive count, a fraction outside
-    (0, 1], a schedule that does not return a scalar, or a grid that is empty, unsorted, negative or not finite.
+    **Raises:** `ValueError`/`TypeError` for a missing or doubled size, a count that is not a positive integer, a
+    fraction outside (0, 1], a schedule that does not return a scalar, or a grid that is empty, unsorted, negative
+    or not finite. A schedule's values are checked in each round, inside `jax.jit` (`eqx.error_if`): a count below
+    1 or a fraction outside (0, 1] (NaN included) raises there.
 
     ```python
     import jaxlump, optax
@@ -88,6 +95,8 @@ class TargetSize(eqx.Module):
         size = _evaluate(value, name) if _is_schedule(value) else value
         if isinstance(size, bool) or not np.issubdtype(np.asarray(size).dtype, np.number):
             raise TypeError(f"`{name}` must be a number or a schedule; received {value!r}.")
+        if name == "params" and not _is_schedule(value) and not _is_integer(size):
+            raise TypeError(f"`params` must be a positive integer number of parameters; received {size!r}.")
         if name == "params" and not size >= 1:
             raise ValueError(f"`params` must be a positive number of parameters; received {size!r}.")
         if name == "fraction" and not 0 < size <= 1:
@@ -99,10 +108,23 @@ class TargetSize(eqx.Module):
             raise ValueError(f"`grid` must be ascending; received {self.grid!r}.")
 
     def requested(self, step, original: int) -> jax.Array:
-        """The number of dense parameters requested at `step` (`original`: the unlumped model's)."""
+        """The number of dense parameters requested at `step` (`original`: the unlumped model's), at most
+        `original` (a larger target keeps every neuron). A schedule's value is checked here, where it is traced:
+        a count below 1 or a fraction outside (0, 1] (NaN included) raises, as it would at construction."""
         value = self.params if self.fraction is None else self.fraction
-        value = jnp.asarray(value(step) if _is_schedule(value) else value, jnp.result_type(float))
-        return (value if self.fraction is None else jnp.floor(value * original)).astype(jnp.int32)
+        if _is_schedule(value):
+            value = jnp.asarray(value(step), jnp.result_type(float))
+            if self.fraction is None:
+                bad, accepted = ~(value >= 1), "a number of parameters >= 1"
+            else:
+                bad, accepted = ~((value > 0) & (value <= 1)), "a fraction in (0, 1]"
+            value = eqx.error_if(
+                value, bad, f"`TargetSize`'s schedule returned a value that is not {accepted} (NaN, or out of range)."
+            )
+        value = jnp.asarray(value, jnp.result_type(float))
+        size = value if self.fraction is None else jnp.floor(value * original)
+        # Clipped before the cast: a count above int32's range (or the model's size) must not wrap around.
+        return jnp.minimum(size, original).astype(jnp.int32)
 
 
 class LumpState(eqx.Module):
@@ -111,8 +133,10 @@ class LumpState(eqx.Module):
     - `count`: updates done so far.
     - `inner`: the wrapped optimizer's state (zero on dead neurons).
     - `info`: the composed `CompressionInfo` since wrapping: `partitions` map every original neuron to the
-      index that represents it now; `knob` is the last round's ε, `certificate` the last round's (against the
-      parameters just before it; NaN without refit), `result` the first failure met (a failed round is skipped).
+      index that represents it now; `knob` is the last round's ε (NaN before the first round), `certificate` the
+      last round's measured error on `x_calib` against the parameters just before that round (its a-priori
+      bound and ODE deviation are not computed, NaN; without `x_calib` nothing is, and `info.summary()` says
+      so), `result` the first failure met (a failed round is skipped).
     - `requested`: the dense parameters the last `TargetSize` round asked for (-1 for a fixed ε or schedule).
     """
 
@@ -277,7 +301,7 @@ def _initial_info(chain: DenseChain) -> CompressionInfo:
     return CompressionInfo(
         method="lump",
         structured=True,
-        knob=jnp.asarray(0.0, chain.weights[0].dtype),
+        knob=nan,  # no round yet
         partitions=partitions,
         weight_masks=None,
         widths_before=widths,
@@ -287,6 +311,16 @@ def _initial_info(chain: DenseChain) -> CompressionInfo:
         certificate=Certificate(nan, nan, nan, nan),
         result=RESULTS.successful,
     )
+
+
+def _measured_certificate(before: DenseChain, after: DenseChain, x) -> tuple[Certificate, RESULTS]:
+    """The measured error of `after` against `before` on the data `x` (max and RMS), with
+    `RESULTS.nonfinite_result` when it is NaN or inf; the a-priori bound and the ODE deviation are not computed
+    (NaN, which `Certificate.describe` reports as such)."""
+    deviation = after(x) - before(x)
+    nan = jnp.asarray(jnp.nan, deviation.dtype)
+    measured = Certificate(jnp.max(jnp.abs(deviation)), jnp.sqrt(jnp.mean(deviation**2)), nan, nan)
+    return measured, finite_result((measured.output_max_abs, measured.output_rms), RESULTS.nonfinite_result)
 
 
 def _like(new, old):
@@ -366,6 +400,7 @@ def wrap_optax(
             raise TypeError(f"`{name}` must be an integer; received {value!r}.")
         if value is not None and value < minimum:
             raise ValueError(f"`{name}` must be an integer >= {minimum}; received {value!r}.")
+    refit = check_bool(refit, "refit")
     binding, _ = bind(model)
     chain, x, _, ridge = _prepare(model, x_calib, 0.0, discrepancy, refinement, ridge)
     if refit and x is None:
@@ -420,12 +455,16 @@ def wrap_optax(
             value = check_eps(jnp.asarray(eps(count), expanded.weights[0].dtype))
         else:
             value = eps
-        # Without refit (and a data-free discrepancy) no data is passed: the certificate is skipped (NaN), as it
-        # would cost more than the round.
+        # Without refit (and a data-free discrepancy) no data is passed to the lumping: its full certificate (the
+        # a-priori bound's spectral norms) would cost more than the round. The measured error on `x_calib` is
+        # computed here instead (two forward passes); the rest of the certificate is left as not computed (NaN).
         data = x if refit or discrepancy.needs_data else None
         reduced, round_info = lump_chain(expanded, data, value, discrepancy, refinement, refit, ridge, False)
         partitions = tuple(compose(p_new, p_old) for p_new, p_old in zip(round_info.partitions, previous))
         relocated = relocate(reduced, round_info.partitions, previous)
+        certificate, measured = round_info.certificate, RESULTS.successful
+        if data is None and x is not None:
+            certificate, measured = _measured_certificate(expanded, relocated, x)
         composed = CompressionInfo(
             method=info.method,
             structured=True,
@@ -436,10 +475,15 @@ def wrap_optax(
             widths_after=live_widths(chain.widths, partitions),
             cost_before=info.cost_before,
             cost_after=chain_cost(relocated, live_masks(chain.widths[1:-1], partitions)),
-            certificate=round_info.certificate,
+            certificate=certificate,
             result=RESULTS.where(info.result == RESULTS.successful, round_info.result, info.result),
         )
-        ok = round_info.result == RESULTS.successful
+        ok = (round_info.result == RESULTS.successful) & (measured == RESULTS.successful)
+        composed = eqx.tree_at(
+            lambda i: i.result,
+            composed,
+            RESULTS.where(composed.result == RESULTS.successful, measured, composed.result),
+        )
         new_params = binding.params(relocated)
         chosen = jtu.tree_map(lambda a, b: jnp.where(ok, a, b), (new_params, composed.partitions), (params, previous))
         composed = eqx.tree_at(lambda i: i.partitions, composed, chosen[1])

@@ -18,6 +18,7 @@ import jaxlump
 from jaxlump._adapters import to_chain
 from jaxlump._training_loop import bind, expand, relocate
 
+SLOW = pytest.mark.slow
 X = jr.normal(jr.key(1), (64, 3), jnp.float32)
 Y = jnp.sin(X[:, :2]) + 0.1 * X[:, 2:3]
 
@@ -296,3 +297,56 @@ def test_bad_target_size_and_state_refused():
         jaxlump.wrap_optax(optax.adam(1e-3), model, None, 0.1, every=3, refit=True)
     with pytest.raises(ValueError, match="`steps` must be an integer >= 1"):
         jaxlump.finetune(model, X, Y, steps=0)
+
+
+def test_bad_refit_flag_and_target_counts_refused():
+    model = _mlp()
+    with pytest.raises(TypeError, match="`refit` must be True or False; received 'yes'"):
+        jaxlump.wrap_optax(optax.adam(1e-3), model, X, 0.1, every=3, refit="yes")
+    for params in (float("inf"), 2.5):
+        with pytest.raises(TypeError, match="`params` must be a positive integer"):
+            jaxlump.TargetSize(params=params)
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        pytest.param({"params": lambda step: jnp.where(step > 0, -5.0, 100.0)}, id="params-to-minus-5"),
+        pytest.param({"fraction": lambda step: jnp.where(step > 0, -1.0, 1.0)}, id="fraction-to-minus-1", marks=SLOW),
+        pytest.param({"fraction": lambda step: jnp.where(step > 0, jnp.nan, 1.0)}, id="fraction-to-nan", marks=SLOW),
+    ],
+)
+def test_bad_target_schedules_refused_at_the_round(target):
+    # A schedule is traced inside the round, so its values are checked there (eqx.error_if), not at construction.
+    model = _mlp()
+    tx = jaxlump.wrap_optax(optax.sgd(1e-2), model, X, jaxlump.TargetSize(**target), every=1)
+    with pytest.raises(Exception, match="`TargetSize`'s schedule returned a value that is not"):
+        _train(model, tx, 1)
+
+
+def test_target_above_the_model_size_keeps_every_neuron():
+    model = _mlp()
+    full = int(jaxlump.cost(model).dense_params)
+    _, state, sizes = _train(
+        model, jaxlump.wrap_optax(optax.sgd(1e-2), model, X, jaxlump.TargetSize(params=2**40), every=1), 1
+    )
+    assert sizes == [(full, full)]  # requested is clipped to the model's size (no int32 wrap-around)
+    assert tuple(int(w) for w in np.asarray(state.info.widths_after)) == (3, 12, 12, 2)
+
+
+def test_shrunk_info_of_a_loop_reports_the_rounds_knob_and_what_was_certified():
+    model = _mlp()
+    masked, state, _ = _train(model, jaxlump.wrap_optax(optax.adam(1e-2), model, X, 0.8, every=5), 5)
+    small, info = jaxlump.shrink(masked, state)
+    assert float(info.knob) == pytest.approx(0.8)
+    # The round's measured error, against the parameters just before it, on x_calib.
+    assert np.isfinite(float(info.certificate.output_max_abs)) and float(info.certificate.output_max_abs) > 0
+    summary = info.summary()
+    assert "knob = 0.8" in summary and "a-priori bound not computed" in summary and "nan" not in summary
+    # Data-free: nothing measured, and the summary says so instead of printing NaN beside "successful".
+    masked, state, _ = _train(model, jaxlump.wrap_optax(optax.adam(1e-2), model, None, 0.8, every=5), 5)
+    summary = jaxlump.shrink(masked, state)[1].summary()
+    assert "measured error not computed" in summary and "nan" not in summary
+    # Before any round the knob is not set (not a fake 0).
+    tx = jaxlump.wrap_optax(optax.adam(1e-2), model, X, 0.8, every=50)
+    assert "knob = not set" in tx.init(eqx.filter(model, eqx.is_array)).info.summary()
