@@ -28,17 +28,24 @@ import numpy as np
 
 from ._accounting import Cost
 from ._adapters import KINDS, apply_model, kind_of, param_dtype, probe_batch, to_chain
-from ._errors import RESULTS, is_traced
+from ._errors import RESULTS, check_bool, is_traced
+from ._file_header import (
+    FORMAT,
+    HEADER_FIELDS,
+    INFO_FIELDS,
+    MODEL_FIELDS,
+    OPTION_FIELDS,
+    SKIP_KIND,
+    VERSION,
+    check_fields,
+    is_int,
+)
 from ._info import Certificate, CompressionInfo
-from ._network import ACTIVATIONS, DenseChain
+from ._network import DenseChain
 from ._skip_mlp import SkipMLP
 
-FORMAT = "jaxlump-model"
-VERSION = 2
 _HEADER = "__jaxlump__"
 _PROBE_KEY = "check.probe_output"
-_SKIP_KIND = "jaxlump.SkipMLP"
-_KIND_NAMES = tuple(kind.name for kind in KINDS) + (_SKIP_KIND,)
 _CORRUPT = (ValueError, EOFError, OSError, KeyError, zipfile.BadZipFile, zlib.error)
 
 
@@ -63,7 +70,7 @@ def _parts(model) -> tuple[str, DenseChain, dict, tuple]:
     """Kind name, chain (in the model's own dtype), kind options and skip matrices of `model`."""
     if isinstance(model, SkipMLP):
         chain = model.dense_chain()
-        return _SKIP_KIND, chain, {"skip_sources": [list(s) for s in model.skip_sources]}, model.skips
+        return SKIP_KIND, chain, {"skip_sources": [list(s) for s in model.skip_sources]}, model.skips
     kind = kind_of(model)
     chain = to_chain(model)
     dtype = param_dtype(model) or chain.weights[0].dtype
@@ -89,7 +96,7 @@ def _model_arrays(chain: DenseChain, skips) -> dict[str, np.ndarray]:
 
 def _expected_model_arrays(record: dict) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     widths, dtype = record["widths"], _stored_dtype(jnp.dtype(record["dtype"]))
-    sources = record["options"].get("skip_sources") if record["kind"] == _SKIP_KIND else None
+    sources = record["options"].get("skip_sources") if record["kind"] == SKIP_KIND else None
     expected = {}
     for l, has_bias in enumerate(record["use_bias"]):
         expected[f"layers[{l}].weight"] = ((widths[l + 1], widths[l]), dtype)
@@ -189,11 +196,9 @@ def _info_record(info: CompressionInfo) -> tuple[dict[str, np.ndarray], dict]:
 
 
 def _load_info(arrays: dict, record, path: str) -> CompressionInfo:
-    try:
-        template = _info_template(record)
-        stored = sorted(record["arrays"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"`path` {path}: the stored CompressionInfo record is malformed ({e!r}).") from e
+    check_fields(record, INFO_FIELDS, "info", path, prefix="the stored CompressionInfo record is malformed: ")
+    template = _info_template(record)
+    stored = sorted(record["arrays"])
     keys = _info_keys(template)
     if sorted(keys) != stored:
         raise ValueError(f"`path` {path}: the stored CompressionInfo lists arrays {stored}; expected {keys}.")
@@ -237,55 +242,21 @@ def _read(path: str) -> tuple[dict[str, np.ndarray], dict]:
         raise ValueError(f"{not_ours} (its structure record is not valid JSON: {e}).") from e
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise ValueError(f"{not_ours} (format {record.get('format') if isinstance(record, dict) else None!r}).")
-    if record.get("version") != VERSION:
+    if not is_int(record.get("version")) or record["version"] != VERSION:
         raise ValueError(
-            f"`path` {path} has jaxlump format version {record.get('version')!r}; this version of jaxlump reads "
-            f"version {VERSION}. Load it with the jaxlump version that wrote it."
+            f"`path` {path}: structure field header.version must be the integer {VERSION}; found "
+            f"{record.get('version', 'nothing')!r} (format version {record.get('version')!r}; this version of "
+            f"jaxlump reads version {VERSION}: load the file with the jaxlump version that wrote it)."
         )
-    return arrays, record
+    return arrays, check_fields(record, HEADER_FIELDS, "header", path)
 
 
 def _check_model_record(record, path: str) -> dict:
-    def bad(field: str, expected: str, found) -> ValueError:
-        return ValueError(f"`path` {path}: structure field model.{field} must be {expected}; found {found!r}.")
-
-    if not isinstance(record, dict):
-        raise bad("", "a JSON object", record)
-    if record.get("kind") not in _KIND_NAMES:
-        raise bad("kind", f"one of {list(_KIND_NAMES)}", record.get("kind"))
-    widths = record.get("widths")
-    hidden_may_vanish = record["kind"] == _SKIP_KIND  # linearity merging can remove a whole hidden layer
-    if (
-        not isinstance(widths, list)
-        or len(widths) < 2
-        or not all(type(w) is int and (w >= 1 or (hidden_may_vanish and 0 < i < len(widths) - 1 and w == 0))
-                   for i, w in enumerate(widths))
-    ):  # fmt: skip
-        raise bad("widths", "a list of at least two positive integers", widths)
-    n_layers = len(widths) - 1
-    activations = record.get("activations")
-    if (
-        not isinstance(activations, list)
-        or len(activations) != n_layers
-        or not all(a in ACTIVATIONS for a in activations)
-    ):
-        raise bad(
-            "activations",
-            f"a list of {n_layers} names from {list(ACTIVATIONS)} (declare a custom one with jaxlump.Activation "
-            "before loading)",
-            activations,
-        )
-    use_bias = record.get("use_bias")
-    if not isinstance(use_bias, list) or len(use_bias) != n_layers or not all(type(u) is bool for u in use_bias):
-        raise bad("use_bias", f"a list of {n_layers} booleans", use_bias)
-    try:
-        floating = isinstance(record.get("dtype"), str) and jnp.issubdtype(jnp.dtype(record["dtype"]), jnp.floating)
-    except TypeError:
-        floating = False
-    if not floating:
-        raise bad("dtype", "a floating dtype name such as 'float32'", record.get("dtype"))
-    if not isinstance(record.get("options"), dict):
-        raise bad("options", "a JSON object", record.get("options"))
+    """The model part of the structure record, checked against `MODEL_FIELDS` and its kind's `OPTION_FIELDS`."""
+    check_fields(record, MODEL_FIELDS, "model", path)
+    options = OPTION_FIELDS.get(record["kind"])
+    if options is not None:
+        check_fields(record["options"], options, "model.options", path, context=record)
     return record
 
 
@@ -366,7 +337,7 @@ def save(path: str | os.PathLike, model, info: CompressionInfo | None = None) ->
 def _build(structure: dict, chain: DenseChain, arrays: dict, path: str):
     kind, options = structure["kind"], structure["options"]
     try:
-        if kind == _SKIP_KIND:
+        if kind == SKIP_KIND:
             sources = tuple(tuple(s) for s in options["skip_sources"])
             skips = tuple(
                 _restored(arrays[f"skips[{l}]"], structure["dtype"]) if s else None for l, s in enumerate(sources)
@@ -418,6 +389,7 @@ def load(path: str | os.PathLike, *, with_info: bool = False):
     ```
     """
     path = os.fspath(path)
+    with_info = check_bool(with_info, "with_info")
     arrays, record = _read(path)
     structure = _check_model_record(record.get("model"), path)
     probe_output = arrays.pop(_PROBE_KEY, None)

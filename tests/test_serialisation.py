@@ -271,7 +271,10 @@ def test_format_version_and_structure_checked(tmp_path):
 
 def test_inconsistent_kind_options_refused(tmp_path):
     save(tmp_path / "model.npz", _lumped())
-    _with_record(tmp_path / "model.npz", lambda r: r["model"].update(kind="eqx.nn.MLP"))
+    _with_record(
+        tmp_path / "model.npz",
+        lambda r: r["model"].update(kind="eqx.nn.MLP", options={"scan": False, "width_size": 7}),
+    )
     with pytest.raises(ValueError, match="structure of the eqx.nn.MLP cannot be rebuilt.*equal hidden widths"):
         load(tmp_path / "model.npz")
     seq = eqx.nn.Sequential([eqx.nn.Linear(3, 4, key=jr.key(0)), eqx.nn.Lambda(jnp.tanh)])
@@ -421,3 +424,65 @@ def test_activations_round_trip_as_the_same_function(tmp_path):
     declare(0.5)  # the name now means another function: the file must not load as if nothing changed
     with pytest.raises(ValueError, match="computes another function than the saved one.*declared differently"):
         load(tmp_path / "capped.npz")
+
+
+# --- bad-input run of 2026-12-06: every field of the structure record is checked against one schema --------------
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda r: r.update(version=2.0), r"format version 2\.0; this version of jaxlump reads version 2"),
+        (lambda r: r.update(comment="hand-edited"), r"field header must be a JSON object with the fields .*'comment'"),
+        (lambda r: r.update(info=[]), r"field header\.info must be a JSON object or null; found \[\]"),
+        (lambda r: r["model"]["options"].clear(), r"model\.options\.scan must be true or false; found nothing \(the"),
+        (
+            lambda r: r["model"]["options"].update(scan="yes"),
+            r"model\.options\.scan must be true or false; found 'yes'",
+        ),
+        (lambda r: r["model"]["options"].update(width_size=-3), r"model\.options\.width_size must be a non-negative"),
+        (
+            lambda r: r["model"]["options"].update(depth=1),
+            r"field model\.options must be .*unknown field\(s\) \['depth'",
+        ),
+        (lambda r: r["model"].pop("use_bias"), r"model\.use_bias must be a list of 2 booleans; found nothing"),
+        (lambda r: r["model"].update(use_bias=[1, 1]), r"model\.use_bias must be a list of 2 booleans; found \[1, 1\]"),
+        (lambda r: r["model"].update(widths=[3, True, 2]), r"model\.widths must be a list of at least two positive"),
+        (lambda r: r["model"].update(activations=[["tanh"], "identity"]), r"model\.activations must be a list of 2"),
+    ],
+)
+def test_bad_structure_record_refused(tmp_path, edit, match):
+    """Each refusal names the file, the field, what was found and what is accepted (the run found `options: {}` and
+    `scan: 'yes'` accepted, the first by luck of the rebuild, the second read as True)."""
+    save(tmp_path / "mlp.npz", eqx.nn.MLP(3, 2, 4, 1, activation=jnp.tanh, key=jr.key(0)))
+    _with_record(tmp_path / "mlp.npz", edit)
+    with pytest.raises(ValueError, match=r"`path` .*mlp\.npz: .*" + match):
+        load(tmp_path / "mlp.npz")
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda r: r.update(method=12), r"info\.method must be a string; found 12"),
+        (lambda r: r.update(structured="yes"), r"info\.structured must be true or false; found 'yes'"),
+        (lambda r: r.update(n_partitions=True), r"info\.n_partitions must be a non-negative integer; found True"),
+        (lambda r: r.update(n_weight_masks=-1), r"info\.n_weight_masks must be a non-negative integer or null"),
+        (lambda r: r.update(result_messages=[0]), r"info\.result_messages must be a result message"),
+        (lambda r: r["arrays"].update({"info.knob": [[], 5]}), r"info\.arrays must be a JSON object mapping each"),
+        (
+            lambda r: r.update(extra=1),
+            r"field info must be a JSON object with the fields .*unknown field\(s\) \['extra'",
+        ),
+    ],
+)
+def test_bad_info_record_refused(tmp_path, edit, match):
+    save(tmp_path / "model.npz", _lumped(), _info())
+    _with_record(tmp_path / "model.npz", lambda r: edit(r["info"]))
+    with pytest.raises(ValueError, match=r"model\.npz: the stored CompressionInfo record is malformed: .*" + match):
+        load(tmp_path / "model.npz", with_info=True)
+
+
+@pytest.mark.parametrize("with_info", ["no", 0, None])
+def test_bad_with_info_refused(tmp_path, with_info):
+    with pytest.raises(TypeError, match=rf"`with_info` must be True or False; received {with_info!r}"):
+        load(tmp_path / "absent.npz", with_info=with_info)  # refused before the file is read
