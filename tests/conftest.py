@@ -34,11 +34,18 @@ from concurrent.futures import ThreadPoolExecutor
 import jax
 
 jax.config.update("jax_enable_x64", True)
-# A compilation cache on disk for this run only: `_release_compiled_programs` drops the in-memory programs after each
-# module, and a later module that compiles the same program reads it back instead of compiling it again.
-_COMPILATION_CACHE = tempfile.mkdtemp(prefix="jaxlump-tests-xla-")
-atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
-jax.config.update("jax_compilation_cache_dir", _COMPILATION_CACHE)
+# One compilation cache on disk for the whole run, shared through the environment by every process of it: the
+# pytest-xdist workers and the subprocesses the tests start (notebooks, the CLI, fresh-process checks) compile a
+# program once between them. `_release_compiled_programs` drops the in-memory programs after each module, and a later
+# module that compiles the same program reads it back too. The process that creates the folder removes it at exit.
+# (A program holding a host callback — an `eqx.error_if` inside `jit` — is never cached: keep such checks at the
+# public boundary.)
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxlump-tests-xla-")
+    atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 

@@ -114,6 +114,7 @@ def _read_csv(path):
         return list(csv.DictReader(handle))
 
 
+@pytest.mark.integration
 def test_run_tiny(tmp_path, capsys):
     out = tmp_path / "run"
     assert _cli.main(["run", *TINY_SIMULATED, "--eps", "0", "0.8", "--fractions", "0.5", "--out", str(out)]) == 0
@@ -145,6 +146,7 @@ def test_run_plot_labels_eps_and_shows_reconstructed_baselines():
     assert {line.get_label() for line in ax.lines} >= {"lump (ε sweep)", "magnitude", "magnitude + reconstruction"}
 
 
+@pytest.mark.integration
 def test_compress_tiny_saves_a_loadable_model(tmp_path):
     out = tmp_path / "compress"
     argv = ["compress", "--data", "abalone", *TINY, "--method", "magnitude", "--target", "0.5", "--reconstruct"]
@@ -158,6 +160,7 @@ def test_compress_tiny_saves_a_loadable_model(tmp_path):
     assert (out / "predictions.png").exists() and len(_read_csv(out / "compress.csv")) == 1
 
 
+@pytest.mark.integration
 def test_compress_defaults_to_merge_or_remove(tmp_path):
     out = tmp_path / "default"
     assert _cli.main(["compress", "--data", "abalone", *TINY, "--target", "0.5", "--out", str(out)]) == 0
@@ -167,6 +170,7 @@ def test_compress_defaults_to_merge_or_remove(tmp_path):
     assert int(jaxlump.cost(jaxlump.load(out / "model.npz")).dense_params) == payload["result"]["params"]
 
 
+@pytest.mark.integration
 def test_compress_to_widths(tmp_path):
     out = tmp_path / "widths"
     argv = ["compress", "--data", "abalone", *TINY, "--method", "structured_prune", "--target", "3,3"]
@@ -175,6 +179,7 @@ def test_compress_to_widths(tmp_path):
     assert result["widths"][1:-1] == [3, 3] and result["requested"] == [3, 3]
 
 
+@pytest.mark.integration
 def test_sweep_tiny(tmp_path):
     out = tmp_path / "sweep"
     argv = ["sweep", "--data", "abalone", *TINY, "--eps", "0", "0.5", "2", "--max-error", "1e9"]
@@ -186,6 +191,7 @@ def test_sweep_tiny(tmp_path):
     assert len(_read_csv(out / "sweep.csv")) == 3 and (out / "sweep.png").exists()
 
 
+@pytest.mark.integration
 def test_bench_tiny(tmp_path):
     out = tmp_path / "bench"
     argv = ["bench", "--data", "abalone", *TINY, "--methods", "magnitude", "structured_prune", "--fractions", "0.5"]

@@ -36,6 +36,7 @@ def _config() -> dict:
     return yaml.safe_load((ROOT / "mkdocs.yml").read_text())
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(importlib.util.find_spec("mkdocs") is None, reason="mkdocs is not installed (pip install .[docs])")
 @pytest.mark.background(
     [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(SITE)],
@@ -70,6 +71,7 @@ def test_every_public_name_is_in_the_api_reference():
     assert documented - public == set(), "docs/api.md names something that is not public"
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("page", PAGES_WITH_CODE)
 def test_page_code_runs(page, capsys):
     blocks = re.findall(r"```python\n(.*?)```", (DOCS / page).read_text(), re.DOTALL)

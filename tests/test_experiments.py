@@ -61,6 +61,7 @@ def test_large_n_agrees_with_the_normal_approximation():
     assert 0.01 < p < 0.9 and p == pytest.approx(normal_p, abs=0.01)
 
 
+@pytest.mark.integration
 def test_quick_run_writes_raw_json_and_tables(tmp_path):
     import experiments
 

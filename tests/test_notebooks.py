@@ -42,6 +42,7 @@ def _run_in_small_mode(path):
     return pytest.mark.background(argv, 1200, cwd=ROOT, env={**os.environ, "JAXLUMP_SMALL": "1"})
 
 
+@pytest.mark.integration
 @pytest.mark.skipif(importlib.util.find_spec("nbmake") is None, reason="nbmake is not installed (pip install .[dev])")
 @pytest.mark.parametrize("path", [pytest.param(p, marks=_run_in_small_mode(p), id=p.stem) for p in NOTEBOOKS])
 def test_notebook_runs_in_small_mode(path, background):
