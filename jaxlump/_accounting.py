@@ -67,9 +67,12 @@ def cost(model, neuron_masks=None) -> Cost:
     **Arguments:**
 
     - `model`: any supported model (`eqx.nn.MLP`, `eqx.nn.Sequential`, `LumpedMLP`, NNX, `SkipMLP`).
-    - `neuron_masks`: optional live-neuron masks per hidden layer (for fixed-shape masked results).
+    - `neuron_masks`: optional live-neuron masks per hidden layer (for fixed-shape masked results): one boolean
+      (or 0/1) vector per hidden layer, of that layer's width. Not for a `SkipMLP`, which has no masked form.
 
     **Returns:** a `Cost`.
+
+    **Raises:** `TypeError`/`ValueError` for `neuron_masks` that do not fit the model, or given with a `SkipMLP`.
 
     ```python
     import equinox as eqx, jax.random as jr, jaxlump
@@ -80,8 +83,37 @@ def cost(model, neuron_masks=None) -> Cost:
     """
     own_cost = getattr(model, "cost", None)
     if callable(own_cost) and not isinstance(model, DenseChain):
+        if neuron_masks is not None:
+            raise ValueError(
+                f"`neuron_masks` does not apply to a {type(model).__name__}: it has no masked form (its neurons are "
+                "removed physically), so its cost is that of its stored layers; pass `neuron_masks=None`."
+            )
         return own_cost()
-    return chain_cost(to_chain(model), neuron_masks)
+    chain = to_chain(model)
+    return chain_cost(chain, None if neuron_masks is None else _check_neuron_masks(neuron_masks, chain.widths))
+
+
+def _check_neuron_masks(masks, widths) -> tuple:
+    """One 1-D boolean or 0/1 mask per hidden layer, of that layer's width (traced masks: shapes only)."""
+    hidden = tuple(widths[1:-1])
+    if isinstance(masks, (str, bytes)) or not isinstance(masks, (tuple, list)) or len(masks) != len(hidden):
+        length = f" of length {len(masks)}" if hasattr(masks, "__len__") else ""
+        raise TypeError(
+            f"`neuron_masks` must be a sequence of {len(hidden)} live-neuron masks, one per hidden layer of widths "
+            f"{hidden}; received {type(masks).__name__}{length}."
+        )
+    for l, (mask, n) in enumerate(zip(masks, hidden), start=1):
+        shape = np.shape(mask)
+        if shape != (n,):
+            raise ValueError(f"`neuron_masks[{l - 1}]` must have shape ({n},) (hidden layer {l}); received {shape}.")
+        if not isinstance(mask, jax.core.Tracer):
+            values = np.asarray(mask)
+            if values.dtype != bool and not (values.dtype.kind in "iuf" and np.all((values == 0) | (values == 1))):
+                raise ValueError(
+                    f"`neuron_masks[{l - 1}]` must hold booleans or 0/1; received dtype {values.dtype} with values "
+                    f"{np.unique(values)[:5].tolist()}."
+                )
+    return tuple(masks)
 
 
 def measure_latency(model, batch_size: int = 1, *, repeats: int = 50, warmup: int = 5, key=None) -> float:

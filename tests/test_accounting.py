@@ -56,3 +56,21 @@ def test_measure_latency_refuses_bad_counts(options, error, match):
     model = eqx.nn.MLP(3, 2, 4, 1, key=jr.key(0))
     with pytest.raises(error, match=match):
         jaxlump.measure_latency(model, **options)
+
+
+def test_neuron_masks_refused_for_a_skip_mlp_and_when_they_do_not_fit():
+    """A SkipMLP costs its stored layers; masks given with one were ignored without a word."""
+    skip = jaxlump.SkipMLP(
+        (jnp.ones((2, 3)), jnp.ones((1, 2))), (jnp.zeros(2), jnp.zeros(1)), ("relu", "identity"), (True, True)
+    )
+    with pytest.raises(ValueError, match="`neuron_masks` does not apply to a SkipMLP"):
+        jaxlump.cost(skip, neuron_masks=[jnp.ones(2, bool)])
+    model = eqx.nn.MLP(3, 2, 5, 2, key=jr.key(1))
+    with pytest.raises(TypeError, match=r"`neuron_masks` must be a sequence of 2 live-neuron masks.*length 1"):
+        jaxlump.cost(model, neuron_masks=[jnp.ones(5, bool)])
+    with pytest.raises(ValueError, match=r"`neuron_masks\[1\]` must have shape \(5,\) \(hidden layer 2\); received"):
+        jaxlump.cost(model, neuron_masks=[jnp.ones(5, bool), jnp.ones(4, bool)])
+    with pytest.raises(ValueError, match=r"`neuron_masks\[0\]` must hold booleans or 0/1"):
+        jaxlump.cost(model, neuron_masks=[jnp.full(5, 0.5), jnp.ones(5, bool)])
+    masks = [jnp.asarray([1, 0, 1, 0, 1]), jnp.asarray([True] * 4 + [False])]  # 0/1 accepted, as booleans
+    assert int(jaxlump.cost(model, neuron_masks=masks).dense_params) == (3 * 3 + 3) + (3 * 4 + 4) + (4 * 2 + 2)

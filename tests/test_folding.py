@@ -166,3 +166,21 @@ def test_the_exact_rescaling_keeps_large_values_clustered_as_small_ones():
     np.testing.assert_array_equal(kmeans(2.0**700 * points, 3, seed=0), kmeans(points, 3, seed=0))
     a = generator.standard_normal((20, 6))
     np.testing.assert_array_equal(zipit_clusters(2.0**700 * a, 3, alpha=0.5), zipit_clusters(a, 3, alpha=0.5))
+
+
+@pytest.mark.parametrize(
+    ("threshold", "error", "match"),
+    [
+        (-1, ValueError, r"`threshold` must lie in \[0, 1\].*received -1\.0"),
+        (-0.2, ValueError, r"`threshold` must lie in \[0, 1\]"),
+        (1.5, ValueError, r"`threshold` must lie in \[0, 1\]"),
+        (float("nan"), ValueError, r"`threshold` must lie in \[0, 1\]"),
+        (True, TypeError, r"`threshold` must be a real number in \[0, 1\]; received True"),
+        ("0.5", TypeError, r"`threshold` must be a real number"),
+    ],
+)
+def test_neuron_merge_refuses_bad_threshold(threshold, error, match):
+    """A negative cosine threshold merged every removed neuron, even one pointing opposite to its match, whose
+    compensation then has the wrong sign (the bad-input run accepted `threshold=-1`)."""
+    with pytest.raises(error, match=match):
+        B.neuron_merge(random_mlp(jr.key(0), (3, 6, 2), "relu"), None, 0.5, threshold=threshold)

@@ -76,3 +76,11 @@ def test_enumeration_width_is_limited():
     model = random_mlp(jr.key(0), (3, 17, 2))
     with pytest.raises(ValueError, match="16"):
         B.best_subset(model, jr.normal(jr.key(1), (20, 3)), 1, 8)
+
+
+@pytest.mark.parametrize(("layer", "k"), [(True, 2), (1.0, 2), (1, True), (1, 2.0)])
+def test_best_subset_refuses_bad_layer_or_k(layer, k):
+    """A bool is an int in Python: `layer=True` meant layer 1 without a word."""
+    model = random_mlp(jr.key(0), (3, 6, 2))
+    with pytest.raises(TypeError, match=r"`(layer|k)` must be an integer; received (True|1\.0|2\.0)"):
+        B.best_subset(model, jr.normal(jr.key(1), (20, 3)), layer, k)

@@ -259,13 +259,14 @@ def neuron_merge(
     otherwise it is simply removed. Data-free (Kim et al.'s `decompose.py`, the ℓ2 criterion).
 
     **Arguments:** `model`, `x_calib` (`None` unless `reconstruct`), `sparsity` as `fold`; `threshold`: the cosine
-    similarity a merge needs, in `[-1, 1]` (default 0.45, chosen here; the paper tunes it per network);
+    similarity a merge needs, in `[0, 1]` (default 0.45, chosen here; the paper tunes it per network);
     `reconstruct`, `ridge`, `throw` as `fold` (the reconstruction targets each kept neuron's own pre-activation).
 
     **Returns:** `(new_model, info)`; `info.partitions` maps a merged neuron to the kept neuron it joined, a removed one
     to −1.
 
-    **Raises:** `ValueError` for a sparsity outside `[0, 1)` or a threshold outside `[-1, 1]`.
+    **Raises:** `ValueError` for a sparsity outside `[0, 1)` or a threshold outside `[0, 1]`; `TypeError` for a
+    threshold that is not a real number.
 
     ```python
     import equinox as eqx, jax, jax.random as jr
@@ -280,9 +281,14 @@ def neuron_merge(
     """
     chain, x, sparsity, _, ridge = prepare(model, x_calib, sparsity, 0.0, ridge, reconstruct, required=False)
     check_flag(throw, "throw")
+    if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, (int, float, np.integer, np.floating)):
+        raise TypeError(f"`threshold` must be a real number in [0, 1]; received {threshold!r}.")
     threshold = float(threshold)
-    if not -1.0 <= threshold <= 1.0:
-        raise ValueError(f"`threshold` must lie in [-1, 1]; received {threshold!r}.")
+    if not 0.0 <= threshold <= 1.0:  # a negative cosine merges opposed neurons: the compensation has the wrong sign
+        raise ValueError(
+            f"`threshold` must lie in [0, 1] (the cosine similarity a merge needs; below 0 a neuron would be merged "
+            f"into one pointing the opposite way, whose compensation has the wrong sign); received {threshold!r}."
+        )
     weights = [np.array(w, np.float64) for w in chain.weights]
     biases = [np.array(b, np.float64) for b in chain.biases]
     prune, merge = [], []

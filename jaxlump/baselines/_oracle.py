@@ -85,7 +85,8 @@ def best_subset(model: Any, x_calib: Float[ArrayLike, "batch in"], layer: int, k
     **Returns:** `(keep_mask, error)`: the minimiser of `E(S)` (ties: the first subset in lexicographic order) and its
     error, comparable with `rank_bounds(...)[layer − 1][k]`.
 
-    **Raises:** `ValueError` for a layer or `k` out of range or a layer wider than 16.
+    **Raises:** `TypeError` for a `layer` or `k` that is not an integer (`True` too); `ValueError` for a layer or `k`
+    out of range or a layer wider than 16.
 
     ```python
     import equinox as eqx, jax.numpy as jnp, jax.random as jr
@@ -97,6 +98,9 @@ def best_subset(model: Any, x_calib: Float[ArrayLike, "batch in"], layer: int, k
     assert keep.sum() == 3 and error >= rank_bounds(mlp, x)[0][3] - 1e-9
     ```
     """
+    for name, value in (("layer", layer), ("k", k)):  # a bool is an int in Python: `layer=True` would mean 1
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"`{name}` must be an integer; received {value!r} of type {type(value).__name__}.")
     chain, grams = _grams(model, x_calib)
     if not 1 <= layer < chain.n_layers:
         raise ValueError(f"`layer` must be a hidden layer in 1..{chain.n_layers - 1}; received {layer!r}.")
