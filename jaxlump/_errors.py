@@ -30,6 +30,11 @@ class RESULTS(eqx.Enumeration):
         "The ODE solve of the dynamical encoding failed; try looser `rtol`/`atol` "
         "or more `max_steps`, or the structural discrepancy."
     )
+    model_nonfinite = (
+        "Stage 'input model': the model's own forward pass overflows (NaN or inf) on the calibration data, although "
+        "its weights and the data are finite, so nothing computed from its activations is meaningful. Rescale the "
+        "model's weights or the calibration data, or use float64."
+    )
     nonfinite_result = (
         "Stage 'compression': the compressed model contains NaN or inf although the model and data were finite "
         "(the method's own arithmetic overflowed: a quotient, merge or bias compensation). Rescale the model or the "
@@ -61,6 +66,15 @@ class RESULTS(eqx.Enumeration):
     certificate_ode_failed = (
         "Stage 'certificate': the ODE simulation of the certificate failed, so `certificate.ode_max_abs` is not "
         "meaningful; pass `certify_ode=False`, or check the encoding with `jaxlump.check_encoding`."
+    )
+    output_nonfinite = (
+        "Stage 'compressed model': the compressed model's weights are finite but its outputs on the calibration data "
+        "are NaN or inf (its forward pass overflows). Rescale the model or the calibration data, or use float64."
+    )
+    certificate_nonfinite = (
+        "Stage 'certificate': the certificate's measured error or a-priori bound is NaN or inf (an overflow while "
+        "measuring: the activations are too large for the working precision), so it certifies nothing. Rescale the "
+        "model or the calibration data, use float64, or pass `throw=False` to accept the model uncertified."
     )
     ode_endpoint_mismatch = (
         "Stage 'ODE solve': the simulated encoding did not reach the network's forward pass at t = 1 (the "

@@ -7,9 +7,10 @@ import numpy as np
 from jaxtyping import Array, Float, Int
 
 from ._accounting import Cost, chain_cost, cost
+from ._adapters import to_chain
 from ._custom_types import Partitions, WeightMasks
-from ._errors import RESULTS, is_traced, messages
-from ._network import DenseChain
+from ._errors import RESULTS, combine, is_traced, messages
+from ._network import DenseChain, numpy_activation
 
 
 class Certificate(eqx.Module):
@@ -75,11 +76,14 @@ class CompressionInfo(eqx.Module):
 
     @property
     def percent_of_original(self) -> jax.Array:
-        """Dense parameters after, in % of before (non-zeros for unstructured results)."""
+        """Dense parameters after, in % of before (non-zeros for unstructured results); an original with no
+        non-zeros (all-zero weights) counts as 100 % when the result has none either, else as `inf`."""
         after = self.cost_after.dense_params if self.structured else self.cost_after.nonzeros
         before = self.cost_before.dense_params if self.structured else self.cost_before.nonzeros
         dtype = jnp.result_type(float)
-        return 100 * jnp.asarray(after).astype(dtype) / jnp.asarray(before).astype(dtype)
+        after, before = jnp.asarray(after).astype(dtype), jnp.asarray(before).astype(dtype)
+        empty = jnp.where(after > 0, jnp.inf, 100.0).astype(dtype)
+        return jnp.where(before > 0, 100 * after / jnp.where(before > 0, before, 1), empty)
 
     @property
     def parameter_reduction(self) -> jax.Array:
@@ -134,6 +138,7 @@ def compression_info(
     *,
     structured: bool,
     result: RESULTS,
+    x,
     weight_masks: WeightMasks | None = None,
     certificate: Certificate | None = None,
     widths_before: tuple[int, ...] | None = None,
@@ -146,6 +151,10 @@ def compression_info(
     masked chain is described as its shrunk form; a model is costed as it is). `widths_before` defaults to
     `before.widths`. A result whose layers are not the original's (a factorised, deeper chain) passes its own
     `widths_after`; its cost then counts every neuron of `after`.
+
+    `x` is the calibration data the compressor was given (`None` for a data-free call): `info.result` is `result`
+    combined with the finiteness checks of `checked_result` (the model's own forward pass on `x`, the compressed
+    model's parameters, its outputs on `x`, the certificate), so no compressor reports success on non-finite values.
     """
     widths_before = tuple(before.widths if widths_before is None else widths_before)
     partitions = tuple(partitions)
@@ -165,13 +174,85 @@ def compression_info(
         cost_before=_cost(before),
         cost_after=_cost(after, neuron_masks),
         certificate=certificate,
-        result=result,
+        result=checked_result(result, before, after, x, certificate),
     )
 
 
+def checked_result(result: RESULTS, before, after, x, certificate: Certificate | None = None) -> RESULTS:
+    """`result` (the method's own stages) combined, in pipeline order, with the checks every compressor's result
+    must pass; the one place they are made (`compression_info` applies them, and so does every info built without
+    it).
+
+    1. `RESULTS.model_nonfinite` when the given model `before`'s own forward pass on the calibration data `x`
+       is not finite (its weights and `x` were checked at the boundary, so its arithmetic overflowed);
+    2. `result`;
+    3. `RESULTS.nonfinite_result` when the compressed model `after` holds NaN or inf;
+    4. `RESULTS.output_nonfinite` when `after`'s activations on `x` are not finite;
+    5. `RESULTS.certificate_nonfinite` when the `certificate`'s measured errors or a-priori bound are not finite
+       (or its ODE deviation is infinite; NaN there means "not simulated").
+
+    With `x=None` (data-free) only check 3 is made. `before`, `after`: `DenseChain`s, `SkipMLP`s or models. Concrete
+    values are checked on the host in NumPy (eager JAX would compile every operation anew for each network shape);
+    traced ones (inside `jax.jit`/`jax.vmap`) in the caller's own trace, so a jitted compressor compiles no more.
+    """
+    params = [a for a in jax.tree_util.tree_leaves(after) if eqx.is_inexact_array(a)]
+    checks = [(_all_finite(params), RESULTS.nonfinite_result)]
+    if x is None:
+        return combine(result, _status(*checks[0]))
+    model_check = _status(_forward_finite(_network(before), x), RESULTS.model_nonfinite)
+    checks.append((_forward_finite(_network(after), x), RESULTS.output_nonfinite))
+    if certificate is not None:
+        measured = [certificate.output_max_abs, certificate.output_rms, certificate.a_priori_bound]
+        ode = certificate.ode_max_abs
+        xp = jnp if _traced(ode) else np
+        checks.append((_all_finite(measured) & ~xp.any(xp.isinf(ode)), RESULTS.certificate_nonfinite))
+    return combine(model_check, result, *(_status(ok, failure) for ok, failure in checks))
+
+
+def _status(ok, failure: RESULTS) -> RESULTS:
+    if _traced(ok):
+        return RESULTS.where(ok, RESULTS.successful, failure)
+    return RESULTS.successful if bool(ok) else failure
+
+
+def _all_finite(arrays):
+    """Whether every array is finite: a NumPy bool for concrete arrays, a traced one otherwise."""
+    if _traced(arrays):
+        return jnp.all(jnp.stack([jnp.all(jnp.isfinite(a)) for a in arrays])) if arrays else jnp.asarray(True)
+    return np.bool_(all(np.all(np.isfinite(np.asarray(a))) for a in arrays))
+
+
+def _network(model):
+    """`model` as layers with `weights`, `biases`, `activations` (and a `SkipMLP`'s skips), without re-checking."""
+    if isinstance(model, DenseChain) or hasattr(model, "skip_sources"):
+        return model
+    return to_chain(model, require_finite=False)
+
+
+def _forward_finite(network, x):
+    """Whether every activation of `network` (a `DenseChain` or `SkipMLP`) on the batch `x` is finite."""
+    if _traced((network, x)):
+        return _all_finite(network.forward(x)[1][1:])
+    skips = getattr(network, "skips", (None,) * len(network.weights))
+    sources = getattr(network, "skip_sources", ((),) * len(network.weights))
+    acts = [np.asarray(x)]
+    with np.errstate(all="ignore"):  # overflow is what is being checked
+        for w, b, act, s, source in zip(network.weights, network.biases, network.activations, skips, sources):
+            z = acts[-1] @ np.asarray(w).T + np.asarray(b)
+            if s is not None:
+                z = z + np.concatenate([acts[k] for k in source], axis=-1) @ np.asarray(s).T
+            acts.append(numpy_activation(act, z))
+    return _all_finite(acts[1:])
+
+
 def _cost(model, neuron_masks=None) -> Cost:
-    # A chain is costed directly (`cost` would first re-validate it as a model).
-    return chain_cost(model, neuron_masks) if isinstance(model, DenseChain) else cost(model, neuron_masks)
+    # A chain is costed directly (`cost` would first re-validate it as a model), a model without refusing its
+    # NaN/inf: a result that overflowed is reported in `info.result`, not refused as if it were the input.
+    if isinstance(model, DenseChain):
+        return chain_cost(model, neuron_masks)
+    if callable(getattr(model, "cost", None)):  # a SkipMLP costs itself
+        return cost(model, neuron_masks)
+    return chain_cost(to_chain(model, require_finite=False), neuron_masks)
 
 
 def _traced(tree) -> bool:

@@ -21,7 +21,8 @@ def live_neurons(chain: DenseChain) -> list[jax.Array]:
     """Per hidden layer, the neurons whose output reaches the network's output.
 
     A neuron whose outgoing column is exactly zero (on the next layer's live neurons) contributes nothing, so it
-    can be removed exactly at any ε; swept from the output side, so whole dead chains go.
+    can be removed exactly at any ε; swept from the output side, so whole dead chains go (but for one block per
+    layer: see `partition_with_result`).
     """
     live, alive = [], jnp.ones(chain.widths[-1], bool)
     for w in reversed(chain.weights[1:]):
@@ -48,6 +49,9 @@ def partition_with_result(chain: DenseChain, x, eps, discrepancy: AbstractDiscre
         distance_results.append(finite_result(distances.relative, RESULTS.refinement_nonfinite))
         relative = jnp.where(live[:, None] & live[None, :], distances.relative, jnp.inf)
         previous = jnp.where(live, refine(refinement, relative, eps, distances.importance), -1)
+        # A layer none of whose neurons reaches the output (all-zero weights) is kept as one block, neuron 0 its
+        # representative, rather than emptied: it contributes nothing either way, and no layer has zero width.
+        previous = jnp.where(jnp.any(live), previous, 0)
         labels.append(previous)
     return tuple(labels), combine(finite_result(prepared, RESULTS.ode_solve_failed), *distance_results)
 
@@ -75,8 +79,9 @@ def lump_chain_unjitted(
         certificate, certificate_result = certify(original, reduced, partitions, x, simulate_ode=certify_ode)
         results.append(certificate_result)
     info = compression_info(
-        "lump", eps, original, reduced, partitions, structured=True, result=combine(*results), certificate=certificate
-    )
+        "lump", eps, original, reduced, partitions, structured=True, result=combine(*results), x=x,
+        certificate=certificate,
+    )  # fmt: skip
     return reduced, info
 
 

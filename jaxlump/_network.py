@@ -201,6 +201,50 @@ _BUILTINS = (
 _BUILTINS += (_leaky_relu(_DEFAULT_LEAKY_SLOPE),)
 
 
+def _numpy_sigmoid(z):
+    return 0.5 * (np.tanh(0.5 * z) + 1)  # = 1 / (1 + e^{-z}) without overflow in e^{-z}
+
+
+_NUMPY_FUNCTIONS = {
+    "identity": _identity,
+    "tanh": np.tanh,
+    "sigmoid": _numpy_sigmoid,
+    "relu": lambda z: np.maximum(z, 0),
+    "softplus": lambda z: np.logaddexp(z, 0),
+    "silu": lambda z: z * _numpy_sigmoid(z),
+}
+
+
+def numpy_activation(name: str, z: np.ndarray) -> np.ndarray:
+    """`σ(z)` for the activation `name` on a concrete NumPy array, on the host: the built-ins in NumPy (eager JAX
+    would compile each primitive anew for every shape), a user declaration through its own `fn`."""
+    if name in _NUMPY_FUNCTIONS:
+        return _NUMPY_FUNCTIONS[name](z)
+    match = _LEAKY_NAME.match(name)
+    if name == "leaky_relu" or match:
+        slope = _DEFAULT_LEAKY_SLOPE if match is None else float(match.group(1))
+        return np.where(z >= 0, z, slope * z)
+    return np.asarray(ACTIVATIONS[name].fn(jnp.asarray(z)))
+
+
+# The parameter dtypes every algorithm accepts (half precision is computed in float32, see `jaxlump._adapters`).
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+class ParameterDtypeError(TypeError):
+    """A weight or bias that is not a real floating-point array (complex, integer, boolean)."""
+
+
+def check_parameter_dtype(array, what: str) -> None:
+    """Refuse a parameter array whose dtype is not one of `FLOAT_DTYPES`, naming `what` (`"layer 0 weight"`)."""
+    dtype = getattr(array, "dtype", None)
+    if dtype is not None and np.dtype(dtype).name not in FLOAT_DTYPES:
+        raise ParameterDtypeError(
+            f"{what} has dtype {np.dtype(dtype).name}; jaxlump accepts real floating-point parameters only: "
+            f"{', '.join(FLOAT_DTYPES)}."
+        )
+
+
 # Equinox's default `final_activation` of `eqx.nn.MLP` (a private identity function), when present.
 _EQX_IDENTITY = getattr(getattr(eqx.nn, "_mlp", None), "_identity", None)
 _ALIASES = {jax.lax.tanh: "tanh", jax.lax.logistic: "sigmoid"}
@@ -300,6 +344,8 @@ class DenseChain(eqx.Module):
         for l, (w, b, act) in enumerate(zip(self.weights, self.biases, self.activations)):
             if act not in ACTIVATIONS:
                 raise ValueError(f"layer {l}: activation {act!r} not in {list(ACTIVATIONS)}.")
+            check_parameter_dtype(w, f"layer {l} weight")
+            check_parameter_dtype(b, f"layer {l} bias")
             if w.ndim != 2 or b.shape != (w.shape[0],):
                 raise ValueError(f"layer {l}: weight {w.shape} and bias {b.shape} do not match (out, in) / (out,).")
             if l > 0 and w.shape[1] != self.weights[l - 1].shape[0]:

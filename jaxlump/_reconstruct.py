@@ -40,7 +40,7 @@ import numpy as np
 from ._adapters import from_chain, to_chain
 from ._discrepancy import batch_any
 from ._errors import RESULTS, check_bool, check_data, combine, finite_result, raise_if_failed
-from ._info import CompressionInfo, check_partitions, compression_info, live_masks
+from ._info import CompressionInfo, check_partitions, checked_result, compression_info, live_masks
 from ._linalg import cho_solve, cholesky, eigh
 from ._network import ACTIVATIONS, DenseChain
 from ._reduction.quotient import mean_rows
@@ -322,6 +322,7 @@ def reconstruct(
             partitions,
             structured=False,
             result=result,
+            x=x,
             weight_masks=weight_masks,
             certificate=certificate,
         )
@@ -333,7 +334,8 @@ def reconstruct(
             (cost_after, certificate, combine(info.result, result)),
             is_leaf=lambda node: node is None,
         )
-        new_info = dataclasses.replace(new_info, method=f"{info.method}+reconstruct")
+        checked = checked_result(new_info.result, original_chain, new_chain, x, certificate)
+        new_info = dataclasses.replace(new_info, method=f"{info.method}+reconstruct", result=checked)
     new_chain = raise_if_failed(new_info.result, new_chain, throw, "jaxlump.reconstruct")
     return from_chain(new_chain, like=compressed), new_info
 

@@ -93,7 +93,7 @@ def finish(model, x, partitions, method: str, knob, ridge: float, result=RESULTS
     chain = to_chain(model)
     labels = tuple(jnp.asarray(p, jnp.int32) for p in partitions)
     masked = from_chain(quotient(chain, labels, chain.widths[1:-1]), like=model)
-    info = structured_info(method, knob, model, masked, chain.widths, labels)
+    info = structured_info(method, knob, model, masked, chain.widths, labels, x)
     info = dataclasses.replace(info, result=combine(result, info.result))
     refit, info = reconstruct(model, masked, x, info, ridge=ridge, throw=False)
     small, info = shrink(refit, dataclasses.replace(info, method=method))
@@ -115,7 +115,8 @@ def representatives(labels: np.ndarray) -> np.ndarray:
     return np.asarray([first[b] if b >= 0 else -1 for b in labels.tolist()])
 
 
-def _prepare(model, x_calib, damping, candidates, throw):
+def _prepare(model, x_calib, merge, damping, candidates, throw):
+    check_bool(merge, "merge")
     chain = to_chain(model)
     x = check_data(x_calib, "x_calib", width=chain.widths[0]).astype(chain.weights[0].dtype)
     return chain, x, check_damping(damping), check_candidates(candidates), check_bool(throw, "throw")
@@ -183,7 +184,7 @@ def merge_or_remove(
     Reference: Kurtic, Frantar, Alistarh, *ZipLM*, NeurIPS 2023 (the removal step); Dhiman et al., arXiv
     2606.01402 (2026) (the merge operator and ε).
     """
-    chain, x, damping, candidates, throw = _prepare(model, x_calib, damping, candidates, throw)
+    chain, x, damping, candidates, throw = _prepare(model, x_calib, merge, damping, candidates, throw)
     eps = float(check_eps(eps))
     paths = layer_paths(chain, x, merge=bool(merge), damping=damping, candidates=candidates)
     steps = [steps_within(p, eps) for p in paths]
@@ -210,7 +211,7 @@ def merge_or_remove_to_size(
     uses it for counts and fractions. Raises `jaxlump.UnreachableTargetError` (a `ValueError`) when even the
     smallest result exceeds `max_params`.
     """
-    chain, x, damping, candidates, throw = _prepare(model, x_calib, damping, candidates, throw)
+    chain, x, damping, candidates, throw = _prepare(model, x_calib, merge, damping, candidates, throw)
     paths = layer_paths(chain, x, merge=bool(merge), damping=damping, candidates=candidates)
     widths = chain.widths
 
@@ -291,7 +292,7 @@ def lump_then_select(
     ```
     """
     sparsity = check_fraction(sparsity, "sparsity")
-    chain, x, damping, candidates, throw = _prepare(model, x_calib, damping, candidates, throw)
+    chain, x, damping, candidates, throw = _prepare(model, x_calib, merge, damping, candidates, throw)
     lumped, lump_info = lump(model, x, eps, discrepancy=discrepancy, ridge=ridge, certify_ode=False, throw=False)
     if not bool(lump_info.result == RESULTS.successful):  # nothing to select on: report the lumping's failure
         knob = jnp.asarray(sparsity, jnp.result_type(float))

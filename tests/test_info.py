@@ -1,11 +1,14 @@
 """Readable results: CompressionInfo.summary() and repr show numbers, the certificate in words, the result message."""
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import pytest
 
 import jaxlump
+from jaxlump._adapters import to_chain
+from jaxlump._info import checked_result
 from jaxlump.baselines import magnitude
 
 MODEL = eqx.nn.MLP(3, 2, 8, 2, activation=jnp.tanh, key=jr.key(0))
@@ -69,3 +72,42 @@ def test_traced_infos_degrade_gracefully():
     step(jnp.asarray(0.3))
     assert "values are traced" in seen["summary"] and "widths before 3-8-8-2" in seen["summary"]
     assert seen["repr"] == "CompressionInfo(method='lump', widths_before=(3, 8, 8, 2), traced)"
+
+
+# --- the checks every info makes (`checked_result`) -------------------------------------------------------------
+
+CHAIN = to_chain(eqx.nn.MLP(3, 2, 8, 2, activation=jax.nn.relu, key=jr.key(0)))
+# Finite weights (every layer scaled by 1e120) whose forward pass overflows (outputs ~1e360).
+HUGE = eqx.tree_at(lambda c: c.weights, CHAIN, tuple(w * 1e120 for w in CHAIN.weights))
+WITH_NAN = eqx.tree_at(lambda c: c.weights[1], CHAIN, CHAIN.weights[1].at[0, 0].set(jnp.nan))
+
+
+def _certificate(bound):
+    zero = jnp.zeros(())
+    return jaxlump.Certificate(zero, zero, jnp.asarray(jnp.nan), jnp.asarray(bound))
+
+
+CHECKS = {  # name: (before, after, x, certificate, expected)
+    "successful": (CHAIN, CHAIN, X, _certificate(0.0), "successful"),
+    "model_overflows": (HUGE, CHAIN, X, None, "model_nonfinite"),
+    "result_holds_nan": (CHAIN, WITH_NAN, X, None, "nonfinite_result"),
+    "outputs_overflow": (CHAIN, HUGE, X, None, "output_nonfinite"),
+    "certificate_overflows": (CHAIN, CHAIN, X, _certificate(jnp.inf), "certificate_nonfinite"),
+    "data_free_checks_weights_only": (HUGE, HUGE, None, None, "successful"),
+    "data_free_result_holds_nan": (CHAIN, WITH_NAN, None, None, "nonfinite_result"),
+}
+
+
+@pytest.mark.parametrize("jit", [False, True], ids=["concrete", "traced"])
+@pytest.mark.parametrize("case", CHECKS)
+def test_checked_result_names_the_first_failed_check(case, jit):
+    before, after, x, certificate, expected = CHECKS[case]
+    check = lambda b, a, x, c: checked_result(jaxlump.RESULTS.successful, b, a, x, c)  # noqa: E731
+    result = (eqx.filter_jit(check) if jit else check)(before, after, x, certificate)
+    assert result == getattr(jaxlump.RESULTS, expected)
+
+
+def test_checked_result_puts_the_model_first_and_keeps_the_methods_own_result():
+    method_failed = jaxlump.RESULTS.least_squares_rank_deficient
+    assert checked_result(method_failed, CHAIN, CHAIN, X) == method_failed
+    assert checked_result(method_failed, HUGE, CHAIN, X) == jaxlump.RESULTS.model_nonfinite

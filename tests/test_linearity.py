@@ -270,8 +270,9 @@ def test_bad_fixed_size_knobs(target, step, match):
 
 
 def test_finite_input_that_overflows_is_reported_not_called_successful():
-    """Huge but finite float32 weights: the skip product W^{l+1}[:, L] W^l[L] overflows. The result code says so
-    (it was hard-coded `successful`), and `throw=True` raises naming the stage."""
+    """Huge but finite float32 weights: the skip product W^{l+1}[:, L] W^l[L] overflows, and so does the model's own
+    forward pass. The result code names the first failure, the input model (it was hard-coded `successful`), and
+    `throw=True` raises naming that stage."""
     w, b, x = _planted_net()
     big = DenseChain(
         tuple(jnp.asarray(m * 1e30, jnp.float32) for m in w),
@@ -283,9 +284,9 @@ def test_finite_input_that_overflows_is_reported_not_called_successful():
     x = jnp.asarray(x, jnp.float32)
     with np.errstate(over="ignore"):
         _, info = linearity_merge(big, x, 1.0, layer_threshold=0, throw=False)
-    assert info.result == jaxlump.RESULTS.nonfinite_result
+    assert info.result == jaxlump.RESULTS.model_nonfinite
     with (
-        pytest.raises(jaxlump.CompressionError, match="linearity_merge: Stage 'compression'"),
+        pytest.raises(jaxlump.CompressionError, match="linearity_merge: Stage 'input model'"),
         np.errstate(over="ignore"),
     ):
         linearity_merge(big, x, 1.0, layer_threshold=0)

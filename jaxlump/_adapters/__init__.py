@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._errors import check_finite, is_traced
-from .._network import DenseChain
+from .._network import DenseChain, ParameterDtypeError
 from .base import ModelKind
 from .eqx_nn import EQX_KINDS, LumpedMLP
 
@@ -166,10 +166,14 @@ def _verify(model, kind: ModelKind, chain: DenseChain, name: str, what: str) -> 
 
 
 def to_chain(model, name: str = "model", *, require_finite: bool = True) -> DenseChain:
-    """Canonical form of `model`: refuses unsupported modules and (unless told not to) NaN/inf parameters,
+    """Canonical form of `model`: refuses unsupported modules, parameters that are not real floating-point
+    (complex, integer, boolean; `TypeError` naming `name`) and (unless told not to) NaN/inf parameters,
     converts half-precision parameters to float32, and verifies the chain against `model(x)` on a probe."""
     kind = kind_of(model, name)
-    chain = kind.to_chain(model)
+    try:
+        chain = kind.to_chain(model)
+    except ParameterDtypeError as error:  # raised by `DenseChain`: name the argument
+        raise TypeError(f"`{name}` ({kind.name}): {error}") from None
     if require_finite:
         weights = tuple(check_finite(w, f"{name} layer {l} weight") for l, w in enumerate(chain.weights))
         biases = tuple(check_finite(b, f"{name} layer {l} bias") for l, b in enumerate(chain.biases))

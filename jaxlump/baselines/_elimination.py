@@ -224,4 +224,4 @@ def elimination_compensation(
     ]
     new_chain = apply_masks(chain, keep, updates)
     method = "elimination_compensation_nonlinear" if nonlinear else "elimination_compensation"
-    return finish(method, model, chain, new_chain, keep, sparsity, throw)
+    return finish(method, model, chain, new_chain, keep, sparsity, x, throw)

@@ -201,7 +201,7 @@ def linearity_merge(
     chain, x = chain_and_data(model, x_calib, required=True, why="to measure activation rates")
     _check_relu(chain)
     new_model, partitions = _merge(chain, _rates_of(chain, x), tau, layer_threshold, chained)
-    return finish_structured("linearity_merge", tau, model, new_model, chain.widths, partitions, throw)
+    return finish_structured("linearity_merge", tau, model, new_model, chain.widths, partitions, x, throw)
 
 
 def _size(network: SkipMLP, count_first_layer: bool) -> int:
@@ -289,4 +289,4 @@ def linearity_to_size(
             f"{_size(new_model, count_first_layer) / (budget / target_fraction):.3g} at tau = 0.",
             stacklevel=2,
         )
-    return finish_structured("linearity_to_size", tau, model, new_model, chain.widths, partitions, throw)
+    return finish_structured("linearity_to_size", tau, model, new_model, chain.widths, partitions, x, throw)

@@ -135,7 +135,7 @@ def lowrank(
     partitions = [jnp.arange(n) for n in chain.widths[1:-1]]
     result = combine(*results, result_status(new_chain))
     info = compression_info(
-        "lowrank", sparsity, chain, new_chain, partitions, structured=True, result=result,
+        "lowrank", sparsity, chain, new_chain, partitions, structured=True, result=result, x=x,
         widths_after=jnp.asarray(new_chain.widths),
     )  # fmt: skip
     raise_if_failed(info.result, None, throw, "jaxlump.baselines.lowrank")

@@ -56,9 +56,9 @@ def magnitude(
     Language Models* (ICLR 2024) for the per-row group.
     """
     throw = check_flag(throw, "throw")
-    chain, _, sparsity = prepare(model, x_calib, sparsity, needs_data=False)
+    chain, x, sparsity = prepare(model, x_calib, sparsity, needs_data=False)
     prunable = prunable_layers(chain, prune_output)
     scores = [abs(w) if p else None for w, p in zip(chain.weights, prunable, strict=True)]
     keep = select_lowest(scores, sparsity, scope)
     new_chain = apply_masks(chain, keep)
-    return finish("magnitude", model, chain, new_chain, keep, sparsity, throw)
+    return finish("magnitude", model, chain, new_chain, keep, sparsity, x, throw)

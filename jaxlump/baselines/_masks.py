@@ -125,20 +125,27 @@ def apply_masks(
 
 
 def make_info(
-    method: str, chain: DenseChain, new_chain: DenseChain, keep_masks: Sequence[jax.Array | None], sparsity: float
+    method: str,
+    chain: DenseChain,
+    new_chain: DenseChain,
+    keep_masks: Sequence[jax.Array | None],
+    sparsity: float,
+    x: jax.Array | None,
 ) -> CompressionInfo:
     """The `CompressionInfo` of a same-shape unstructured result (identity partitions, all neurons live); its result
-    is computed from `new_chain` (`RESULTS.nonfinite_result` when the method's arithmetic overflowed)."""
+    is computed from `new_chain` (`RESULTS.nonfinite_result` when the method's arithmetic overflowed) and, on the
+    calibration data `x` (`None`: data-free), the forward passes of both chains (see `compression_info`)."""
     partitions = tuple(jnp.arange(n) for n in chain.widths[1:-1])
     masks = tuple(jnp.ones(w.shape, bool) if k is None else k for w, k in zip(chain.weights, keep_masks, strict=True))
     result = finite_result(new_chain, RESULTS.nonfinite_result)
     return compression_info(
-        method, sparsity, chain, new_chain, partitions, structured=False, result=result, weight_masks=masks
+        method, sparsity, chain, new_chain, partitions, structured=False, result=result, x=x, weight_masks=masks
     )
 
 
-def finish(method: str, model, chain: DenseChain, new_chain: DenseChain, keep_masks, sparsity: float, throw: bool):
-    """`(new_model, info)` of an unstructured baseline; with `throw`, raise if its output is not finite."""
-    info = make_info(method, chain, new_chain, keep_masks, sparsity)
+def finish(method: str, model, chain: DenseChain, new_chain: DenseChain, keep_masks, sparsity: float, x, throw: bool):
+    """`(new_model, info)` of an unstructured baseline; with `throw`, raise if a check of `make_info` failed (the
+    model's or the result's forward pass on the calibration data `x` not finite, or the result's weights)."""
+    info = make_info(method, chain, new_chain, keep_masks, sparsity, x)
     new_chain = raise_if_failed(info.result, new_chain, throw, f"jaxlump.baselines.{method}")
     return from_chain(new_chain, like=model), info

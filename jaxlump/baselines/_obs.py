@@ -248,7 +248,9 @@ def finish(
             results.append(refit)
     partitions = tuple(jnp.asarray(p) for p in (labels if info_labels is None else info_labels))
     method += "+reconstruct" if reconstruct and not unchanged else ""
-    info = compression_info(method, float(knob), chain, masked, partitions, structured=True, result=combine(*results))
+    info = compression_info(
+        method, float(knob), chain, masked, partitions, structured=True, result=combine(*results), x=x
+    )
     raise_if_failed(info.result, None, throw, f"jaxlump.baselines ({method})")
     if unchanged:  # immutable pytrees: the model itself is the unchanged result
         return model, info

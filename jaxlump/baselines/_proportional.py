@@ -119,7 +119,7 @@ def proportional_lump(
     tol, throw = float(check_eps(tol, "tol")), check_bool(throw, "throw")
     if not tol < math.sqrt(2):
         raise ValueError(f"`tol` must lie in [0, √2) (a positive cosine between rows); received {tol!r}.")
-    chain, _ = chain_and_data(model, x_calib, required=False)
+    chain, x = chain_and_data(model, x_calib, required=False)
     for l, act in enumerate(chain.activations[:-1], start=1):
         if act not in POSITIVELY_HOMOGENEOUS:
             raise TypeError(
@@ -136,4 +136,4 @@ def proportional_lump(
         partitions.append(block)
     weights, biases = tuple(map(jnp.asarray, weights)), tuple(map(jnp.asarray, biases))
     new_model = from_chain(DenseChain(weights, biases, chain.activations, chain.use_bias), like=model)
-    return finish_structured("proportional_lump", tol, model, new_model, chain.widths, partitions, throw)
+    return finish_structured("proportional_lump", tol, model, new_model, chain.widths, partitions, x, throw)

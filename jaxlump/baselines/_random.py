@@ -68,10 +68,10 @@ def random(
     neural networks* (arXiv 2602.20467, 2026), and of most pruning studies.
     """
     key, throw = _check_key(key), check_flag(throw, "throw")
-    chain, _, sparsity = prepare(model, x_calib, sparsity, needs_data=False)
+    chain, x, sparsity = prepare(model, x_calib, sparsity, needs_data=False)
     prunable = prunable_layers(chain, prune_output)
     keys = jr.split(key, chain.n_layers)
     scores = [jr.uniform(k, w.shape) if p else None for k, w, p in zip(keys, chain.weights, prunable, strict=True)]
     keep = select_lowest(scores, sparsity, scope)
     new_chain = apply_masks(chain, keep)
-    return finish("random", model, chain, new_chain, keep, sparsity, throw)
+    return finish("random", model, chain, new_chain, keep, sparsity, x, throw)

@@ -69,19 +69,28 @@ def keep_partition(keep: np.ndarray) -> np.ndarray:
 SURGERY = "it removes neurons chosen from the values, so the result's shapes depend on them."
 
 
-def structured_info(method: str, knob, model, new_model, widths_before, partitions) -> CompressionInfo:
+def structured_info(method: str, knob, model, new_model, widths_before, partitions, x) -> CompressionInfo:
     """The `CompressionInfo` of a structured (physically smaller) result; `partitions` as NumPy int arrays. Its
-    result is computed from `new_model` (`RESULTS.nonfinite_result` when the method's arithmetic overflowed)."""
+    result is computed from `new_model` (`RESULTS.nonfinite_result` when the method's arithmetic overflowed) and,
+    on the calibration data `x` (`None`: data-free), the forward passes of both models (see `compression_info`)."""
     partitions = tuple(jnp.asarray(p, dtype=int) for p in partitions)
     result = finite_result(eqx.filter(new_model, eqx.is_inexact_array), RESULTS.nonfinite_result)
     return compression_info(
-        method, float(knob), model, new_model, partitions, structured=True, result=result, widths_before=widths_before
+        method,
+        float(knob),
+        model,
+        new_model,
+        partitions,
+        structured=True,
+        result=result,
+        x=x,
+        widths_before=widths_before,
     )
 
 
-def finish_structured(method: str, knob, model, new_model, widths_before, partitions, throw: bool):
-    """`(new_model, info)` of a structured baseline; with `throw`, raise if its output is not finite."""
-    info = structured_info(method, knob, model, new_model, widths_before, partitions)
+def finish_structured(method: str, knob, model, new_model, widths_before, partitions, x, throw: bool):
+    """`(new_model, info)` of a structured baseline; with `throw`, raise if a check of `structured_info` failed."""
+    info = structured_info(method, knob, model, new_model, widths_before, partitions, x)
     return raise_if_failed(info.result, new_model, throw, f"jaxlump.baselines.{method}"), info
 
 
@@ -227,4 +236,4 @@ def structured_prune(
         biases.append(jnp.asarray(b[keeps[j + 1]]))
     new_model = from_chain(DenseChain(tuple(weights), tuple(biases), chain.activations, chain.use_bias), like=model)
     partitions = [keep_partition(k) for k in keeps[1:-1]]
-    return finish_structured("structured_prune", sparsity, model, new_model, chain.widths, partitions, throw)
+    return finish_structured("structured_prune", sparsity, model, new_model, chain.widths, partitions, x, throw)

@@ -7,7 +7,7 @@ import numpy as np
 
 from .._accounting import cost
 from .._adapters import to_chain
-from .._errors import UnreachableTargetError
+from .._errors import UnreachableTargetError, check_bool
 from .._info import CompressionInfo
 
 
@@ -51,9 +51,12 @@ class Target(eqx.Module):
         else:
             asked = f"≤ {self.requested} {self.unit}"
         knob = "" if self.knob is None else f", knob {self.knob:.4g}"
-        share = self.realised_size / self.original_size
+        if self.original_size:
+            share = f"{self.realised_size / self.original_size:.1%}"
+        else:  # an all-zero original has no non-zeros: nothing of nothing is all of it
+            share = "100.0%" if self.realised_size == 0 else "inf %"
         return (
-            f"requested {asked}; realised {self.realised_size} {self.unit} ({share:.1%}), "
+            f"requested {asked}; realised {self.realised_size} {self.unit} ({share}), "
             f"widths {'-'.join(map(str, self.realised_widths))}{knob}"
         )
 
@@ -181,6 +184,8 @@ def compress_to(
         )
     if max_iter < 1:
         raise ValueError(f"`max_iter` must be a positive integer; received {max_iter!r}.")
+    if grow_upper is not None:
+        check_bool(grow_upper, "grow_upper")
 
     before = cost(model)
     originals = {True: int(before.dense_params), False: int(before.nonzeros)}

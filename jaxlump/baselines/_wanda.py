@@ -107,4 +107,4 @@ def wanda(
         if sequential:
             inputs = apply_masks(_single_layer(chain, l), [keep], [update])(inputs)
     new_chain = apply_masks(chain, keep_masks, bias_updates)
-    return finish("wanda", model, chain, new_chain, keep_masks, sparsity, throw)
+    return finish("wanda", model, chain, new_chain, keep_masks, sparsity, x, throw)
