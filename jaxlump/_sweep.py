@@ -133,12 +133,22 @@ class Sweep(eqx.Module):
         Ties go to the smaller error, then the smaller ε. Only successful results are considered.
         """
         values, size = self.errors(error), np.asarray(self.dense_params)
+        if np.all(np.isnan(values)):
+            raise ValueError(
+                f"`{error}` was not computed for this sweep (NaN at every ε: a data-free sweep, x_calib=None, measures "
+                "nothing; the ODE deviation needs certify_ode=True), so no result can be chosen by it. Sweep with "
+                "calibration data, or choose by size with `closest_to(params=...)`."
+            )
         return self._pick(
             values <= float(max_error), lambda c: (size[c], values[c], c), f"{error} <= {max_error} successfully"
         )
 
     def closest_to(self, *, params: int):
         """The shrunk `(model, info)` whose dense parameter count is closest to `params` (ties: the smaller)."""
+        if isinstance(params, (bool, np.bool_)) or not isinstance(params, (int, np.integer)):
+            raise TypeError(f"`params` must be a positive integer number of dense parameters; received {params!r}.")
+        if params < 1:
+            raise ValueError(f"`params` must be a positive integer number of dense parameters; received {params!r}.")
         size = np.asarray(self.dense_params)
         return self._pick(
             np.ones(len(self), bool), lambda c: (np.abs(size[c] - int(params)), size[c], c), "a successful result"
@@ -168,6 +178,14 @@ class Sweep(eqx.Module):
 
 
 def _check_grid(eps_grid) -> jax.Array:
+    dtype = getattr(eps_grid, "dtype", None)
+    if dtype is None and not is_traced(eps_grid):
+        try:
+            dtype = np.asarray(eps_grid).dtype
+        except (TypeError, ValueError):
+            dtype = None
+    if dtype is not None and (np.dtype(dtype) == np.bool_ or np.issubdtype(dtype, np.complexfloating)):
+        raise TypeError(f"`eps_grid` must hold real numbers >= 0; received dtype {np.dtype(dtype).name}: {eps_grid!r}.")
     if is_traced(eps_grid):
         grid = jnp.asarray(eps_grid, jnp.result_type(float))
         if grid.ndim != 1 or grid.shape[0] == 0:
@@ -220,19 +238,20 @@ def sweep(
     **Arguments:**
 
     - `model`, `x_calib`: as `jaxlump.lump`.
-    - `eps_grid`: a non-empty 1-D sequence of ε ≥ 0, any length (padded to a multiple of the device count).
+    - `eps_grid`: a non-empty 1-D sequence of real ε ≥ 0, any length (padded to a multiple of the device count).
     - `devices`: the devices to shard the grid over (default `jax.devices()`); the model and data are replicated.
     - `discrepancy`, `refinement`, `refit`, `ridge`, `certify_ode`: as `jaxlump.lump_masked`.
 
-    **Returns:** a `Sweep`.
+    **Returns:** a `Sweep`. Without calibration data (`x_calib=None`) the measured errors and the a-priori bound
+    are not computed (NaN, shown as "not computed" by `summary()`), and `smallest_within` refuses to choose by them.
 
     **Raises:** as `jaxlump.lump_masked` for a bad model, data or option; `ValueError`/`TypeError` for an empty,
-    non-1-D, negative or NaN grid and for `devices` that are not jax devices.
+    non-1-D, negative, NaN, boolean or complex grid and for `devices` that are not jax devices.
 
     ```python
     import equinox as eqx, jax.numpy as jnp, jax.random as jr, jaxlump
-    mlp = eqx.nn.MLP(4, 2, 32, 2, activation=jnp.tanh, key=jr.key(0))
-    x = jr.normal(jr.key(1), (256, 4))
+    mlp = eqx.nn.MLP(3, 2, 16, 2, activation=jnp.tanh, key=jr.key(0))
+    x = jr.normal(jr.key(1), (256, 3))
     result = jaxlump.sweep(mlp, x, [0.0, 0.2, 0.5, 1.0])
     masked, info = result.at(2)
     small, small_info = result.smallest_within(0.5)

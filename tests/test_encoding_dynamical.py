@@ -282,3 +282,10 @@ def test_dynamical_lumping_inherits_the_unfrozen_encoding():
     lumped, info = jaxlump.lump(seq, x, 0.2, discrepancy=jaxlump.Dynamical(), refit=False)
     assert tuple(info.widths_after.tolist()) == (1, 2, 1)
     np.testing.assert_allclose(jax.vmap(lumped)(x), jax.vmap(seq)(x), atol=1e-6)
+
+
+def test_simulate_refuses_a_bad_traced_tolerance():
+    chain = random_chain(jr.key(23), (3, 4, 1), "tanh")
+    run = jax.jit(lambda rtol: simulate(chain, np.ones((2, 3)), rtol=rtol).activations[-1])
+    with pytest.raises(Exception, match="`rtol` must be a finite number > 0"):
+        jax.block_until_ready(run(-1.0))

@@ -229,3 +229,31 @@ def test_shrink_of_unstructured_result_keeps_shapes():
     assert all(np.array_equal(a, b) for a, b in zip(info.weight_masks, masks))
     assert [p.tolist() for p in info.partitions] == [p.tolist() for p in identity]
     assert info.widths_after.tolist() == list(WIDTHS) and not info.structured
+
+
+def test_shrink_refuses_an_info_whose_dead_neurons_carry_weight():
+    # The info of a masked result, paired with the original (unmasked) model or with another model of the same
+    # architecture: neurons the info marks dead carry weight there, so shrinking would silently change the outputs.
+    chain = _random_chain(jr.key(12))
+    info = _info(chain, REPRESENTATIVE)
+    masked = quotient(chain, info.partitions, chain.widths[1:-1])
+    shrink(masked, info)  # its own model is accepted
+    for model in (chain, _random_chain(jr.key(13))):
+        with pytest.raises(ValueError, match="non-zero parameters on neurons `info` marks dead"):
+            shrink(model, info)
+
+
+def test_shrink_refuses_nonfinite_weights_under_a_successful_info():
+    chain = _random_chain(jr.key(14))
+    info = _info(chain, REPRESENTATIVE)
+    masked = quotient(chain, info.partitions, chain.widths[1:-1])
+    for layer, where, live in ((0, "weights", 0), (1, "biases", 1)):  # on live neurons (representatives)
+        values = list(getattr(masked, where))
+        values[layer] = values[layer].at[live].set(jnp.nan)
+        broken = dataclasses.replace(masked, **{where: tuple(values)})
+        with pytest.raises(ValueError, match="NaN or inf weights or biases although `info.result` reports success"):
+            shrink(broken, info)
+    # A failed compression (the failure recorded in info.result) is shrunk as it is.
+    failed = dataclasses.replace(info, result=RESULTS.nonfinite_result)
+    small, small_info = shrink(broken, failed)
+    assert small_info.result == RESULTS.nonfinite_result

@@ -119,8 +119,10 @@ def test_plot_has_log_axes_and_eps_labels(default_sweep):
 @pytest.mark.parametrize(
     "grid, error, match",
     [([], ValueError, "eps_grid"), ([[0.1, 0.2]], ValueError, "eps_grid"), ([0.1, -1.0], ValueError, "eps_grid"),
-     ([0.1, float("nan")], ValueError, "eps_grid"), ("abc", TypeError, "eps_grid")],
-    ids=["empty", "2-d", "negative", "nan", "string"],
+     ([0.1, float("nan")], ValueError, "eps_grid"), ("abc", TypeError, "eps_grid"),
+     ([True, False], TypeError, "eps_grid` must hold real numbers"),
+     (np.array([0.1, 0.2 + 1j]), TypeError, "eps_grid` must hold real numbers")],
+    ids=["empty", "2-d", "negative", "nan", "string", "bool", "complex"],
 )  # fmt: skip
 def test_bad_grid_is_refused(grid, error, match):
     with pytest.raises(error, match=match):
@@ -191,12 +193,35 @@ def test_sharded_over_eight_host_devices_equals_one_device():
     assert len({tuple(map(tuple, p)) for p in zip(*out["one"]["partitions"])}) >= 3
 
 
-def test_labels_are_representatives_and_data_free_sweeps_work(default_sweep):
+@pytest.fixture(scope="module")
+def data_free_sweep():
+    return jaxlump.sweep(random_mlp(jr.key(0), WIDTHS), None, GRID[:3])
+
+
+def test_labels_are_representatives_and_data_free_sweeps_work(default_sweep, data_free_sweep):
     _, result = default_sweep
     for labels in result.infos.partitions:
         for row in np.asarray(labels):
             assert np.all(row[row] == row)  # every label is a representative of itself
-    data_free = jaxlump.sweep(random_mlp(jr.key(0), WIDTHS), None, GRID[:3])
+    data_free = data_free_sweep
     assert np.all(np.isnan(data_free.errors())) and data_free.successful.all()
     for got, want in zip(data_free.infos.partitions, result.infos.partitions):
         np.testing.assert_array_equal(got, want[:3])  # the structural partition does not need data
+
+
+def test_data_free_sweep_refuses_to_choose_by_an_error_it_did_not_measure(data_free_sweep):
+    with pytest.raises(ValueError, match="`output_max_abs` was not computed for this sweep"):
+        data_free_sweep.smallest_within(1.0)
+    _, info = data_free_sweep.at(1)
+    summary = info.summary()
+    assert "measured error not computed" in summary and "a-priori bound not computed" in summary
+    assert "nan" not in summary
+    small, _ = data_free_sweep.closest_to(params=10**6)  # by size it can still choose
+    assert jaxlump.cost(small).dense_params > 0
+
+
+@pytest.mark.parametrize("params", [0, -5, True, 2.5], ids=["zero", "negative", "bool", "float"])
+def test_closest_to_refuses_a_bad_size(default_sweep, params):
+    _, result = default_sweep
+    with pytest.raises((TypeError, ValueError), match="`params` must be a positive integer"):
+        result.closest_to(params=params)

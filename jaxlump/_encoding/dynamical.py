@@ -164,7 +164,14 @@ def _check_tolerance(value, name: str, default: float, dtype) -> jax.Array:
             raise TypeError(f"`{name}` must be a positive number; received {value!r}.") from e
         if not (np.isfinite(number) and number > 0):
             raise ValueError(f"`{name}` must be a finite number > 0; received {value!r}.")
-    return jnp.asarray(value, dtype)
+        return jnp.asarray(value, dtype)
+    # Traced (inside jax.jit): checked where it runs; the returned value must be used for the check to stay.
+    value = jnp.asarray(value, dtype)
+    return eqx.error_if(
+        value,
+        ~(jnp.isfinite(value) & (value > 0)),
+        f"`{name}` must be a finite number > 0 (received a traced value that is not: negative, zero, NaN or inf).",
+    )
 
 
 def _check_x_ref(x_ref, width: int, dtype) -> jax.Array:

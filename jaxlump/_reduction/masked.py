@@ -7,7 +7,7 @@ from jaxtyping import PyTree
 
 from .._accounting import chain_cost
 from .._adapters import from_chain, to_chain
-from .._errors import require_concrete
+from .._errors import RESULTS, require_concrete
 from .._info import CompressionInfo, check_partitions, live_widths
 from .._network import DenseChain
 
@@ -52,8 +52,9 @@ def shrink(model, info: CompressionInfo | PyTree):  # PyTree: a `wrap_optax` opt
 
     **Raises:** `TypeError` when called on traced values (inside `jax.jit`); `ValueError` when `info`
     does not fit `model` (depth, input/output widths, every partition's length, dtype and label range,
-    the weight masks' shapes), for a stacked info, or when a `wrap_optax` state marks neurons dead
-    that carry non-zero weights.
+    the weight masks' shapes), for a stacked info, when neurons that `info` (or a `wrap_optax` state)
+    marks dead carry non-zero weights (the info of another model, e.g. of the original unmasked one), or when the
+    model holds NaN/inf although `info.result` reports success.
 
     ```python
     import equinox as eqx, jax.random as jr, jaxlump
@@ -63,9 +64,10 @@ def shrink(model, info: CompressionInfo | PyTree):  # PyTree: a `wrap_optax` opt
     assert int(jaxlump.cost(small).dense_params) == int(small_info.cost_after.dense_params)
     ```
     """
-    if not isinstance(info, CompressionInfo):  # the state of a `jaxlump.wrap_optax` optimizer
-        from .._training_loop import info_from_state
+    from .._training_loop import dead_weights, info_from_state
 
+    from_state = not isinstance(info, CompressionInfo)
+    if from_state:  # the state of a `jaxlump.wrap_optax` optimizer (its dead neurons are checked there)
         info = info_from_state(info, model)
     if not isinstance(info, CompressionInfo):
         raise TypeError(f"`info` must be a jaxlump.CompressionInfo; received {type(info).__name__}.")
@@ -95,6 +97,22 @@ def shrink(model, info: CompressionInfo | PyTree):  # PyTree: a `wrap_optax` opt
             raise ValueError(
                 f"`info.weight_masks` have shapes {shapes}; `model`'s weights have {[w.shape for w in chain.weights]}."
             )
+    if not from_state:
+        bad = dead_weights(model, info)
+        if bad:
+            where = "; ".join(f"layer {l}: {n} non-zero, max |w| = {m:.3g}" for l, n, m in bad)
+            raise ValueError(
+                f"`model` has non-zero parameters on neurons `info` marks dead ({where}), so `info` does not describe "
+                "this fixed-shape model: pass the model that came with it (e.g. lump_masked's first output, not the "
+                "original model or another one); shrinking would drop those weights and change its outputs."
+            )
+    successful = bool(np.all(np.asarray(info.result == RESULTS.successful)))
+    if successful and not all(np.all(np.isfinite(np.asarray(a))) for a in (*chain.weights, *chain.biases)):
+        raise ValueError(
+            "`model` holds NaN or inf weights or biases although `info.result` reports success: `info` does not "
+            "describe this model, or its weights were changed since (e.g. a diverged training). A failed compression "
+            "is shrunk as it is, with `info.result` saying why."
+        )
     hidden = [compact(p) for p in info.partitions]
     live = [np.arange(widths[0])] + [live_neurons(p) for p in info.partitions] + [np.arange(widths[-1])]
     small = gather_live(chain, live)
