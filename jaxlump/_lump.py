@@ -149,10 +149,12 @@ def lump(
 
     ```python
     import equinox as eqx, jax.numpy as jnp, jax.random as jr, jaxlump
-    mlp = eqx.nn.MLP(4, 2, 32, 2, activation=jnp.tanh, key=jr.key(0))
-    x = jr.normal(jr.key(1), (512, 4))
+    mlp = eqx.nn.MLP(3, 2, 16, 2, activation=jnp.tanh, key=jr.key(0))
+    x = jr.normal(jr.key(1), (256, 3))
     small, info = jaxlump.lump(mlp, x, 0.5)
     print(info.widths_after, float(info.certificate.output_max_abs))
+    assert info.widths_after.tolist()[1] < 16  # neurons were merged
+    assert float(info.certificate.output_max_abs) <= float(info.certificate.a_priori_bound)
     ```
 
     Reference: Dhiman, Passarella, Tribastone, Valerio, *Neural Network Compression by Approximate
@@ -198,11 +200,12 @@ def lump_masked(
 
     ```python
     import equinox as eqx, jax, jax.numpy as jnp, jax.random as jr, jaxlump
-    mlp = eqx.nn.MLP(4, 2, 32, 2, activation=jnp.tanh, key=jr.key(0))
-    x = jr.normal(jr.key(1), (256, 4))
+    mlp = eqx.nn.MLP(3, 2, 16, 2, activation=jnp.tanh, key=jr.key(0))
+    x = jr.normal(jr.key(1), (256, 3))
     step = eqx.filter_jit(lambda m, e: jaxlump.lump_masked(m, x, e))
     masked, info = step(mlp, jnp.asarray(0.3))
-    small, _ = jaxlump.shrink(masked, info)
+    small, small_info = jaxlump.shrink(masked, info)
+    assert small_info.widths_after.tolist() == info.widths_after.tolist()  # the live neurons, now physically
     ```
     """
     chain, x, eps, ridge = _prepare(model, x_calib, eps, discrepancy, refinement, ridge)

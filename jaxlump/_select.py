@@ -172,13 +172,13 @@ def merge_or_remove(
 
     ```python
     import equinox as eqx, jax.numpy as jnp, jax.random as jr, jaxlump
-    mlp = eqx.nn.MLP(3, 2, 12, 2, activation=jnp.tanh, key=jr.key(0))
+    mlp = eqx.nn.MLP(3, 2, 16, 2, activation=jnp.tanh, key=jr.key(0))
     x = jr.normal(jr.key(1), (256, 3))
     small, info = jaxlump.merge_or_remove(mlp, x, 0.3)
     exact, exact_info = jaxlump.merge_or_remove(mlp, x, 0.3, candidates=None)
-    assert info.widths_after.tolist()[1:-1] == exact_info.widths_after.tolist()[1:-1]  # 11 < 16: all pairs
+    assert info.widths_after.tolist()[1:-1] == exact_info.widths_after.tolist()[1:-1]  # 15 < 16: all pairs
     same, same_info = jaxlump.merge_or_remove(mlp, x, 0.0)
-    assert same_info.widths_after.tolist() == [3, 12, 12, 2]
+    assert same_info.widths_after.tolist() == [3, 16, 16, 2]
     ```
 
     Reference: Kurtic, Frantar, Alistarh, *ZipLM*, NeurIPS 2023 (the removal step); Dhiman et al., arXiv
