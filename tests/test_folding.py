@@ -136,8 +136,9 @@ def _pairs(outgoing: float):
 
 @pytest.mark.parametrize("merge", [B.fold, B.neuron_merge])
 def test_a_merge_that_overflows_is_reported_or_raised(merge):
-    """Outgoing weights of 1.5e308 are finite; a merged column adds two of them (or one and a half) and is not."""
-    x = jr.normal(jr.key(1), (16, 3))
+    """Outgoing weights of 1.5e308 are finite; a merged column adds two of them (or one and a half) and is not. The
+    inputs are small, so the original's outputs (about 1.5e308 · 1.01) are finite: only the merge overflows."""
+    x = 1e-3 * jr.normal(jr.key(1), (16, 3))
     small, info = merge(_pairs(1.5e308), x, 0.5, throw=False)
     assert info.result == jaxlump.RESULTS.nonfinite_result
     assert not np.all(np.isfinite(small.layers[-1].weight))  # the returned model is what was checked
@@ -148,13 +149,14 @@ def test_a_merge_that_overflows_is_reported_or_raised(merge):
 
 
 def test_zipit_on_activations_that_overflow_fails_the_selection():
-    """Hidden activations of inf (finite weights of 1e200 in two layers): the correlations mean nothing."""
+    """Hidden activations of inf (finite weights of 1e200 in two layers): the correlations mean nothing, and the
+    first failure reported is the cause, the model's own forward pass."""
     weights, biases = parameters(random_mlp(jr.key(0), (3, 6, 6, 2), "relu"))
     model = build((3, 6, 6, 2), [1e200 * weights[0], 1e200 * weights[1], weights[2]], biases, "relu", "sequential")
     x = jr.normal(jr.key(1), (32, 3))
     _, info = B.zipit_merge(model, x, 0.5, repair=False, throw=False)
-    assert info.result == jaxlump.RESULTS.selection_nonfinite
-    with pytest.raises(jaxlump.CompressionError, match="zipit"):
+    assert info.result == jaxlump.RESULTS.model_nonfinite
+    with pytest.raises(jaxlump.CompressionError, match="zipit.*Stage 'input model'"):
         B.zipit_merge(model, x, 0.5, repair=False)
 
 

@@ -78,6 +78,13 @@ def test_an_overflowing_certificate_is_reported(name):
     assert jaxlump.RESULTS[info.result].startswith("Stage 'certificate'")
 
 
+@pytest.mark.slow
+def test_a_sweep_reports_an_overflowing_model_at_every_eps():
+    """`jaxlump.sweep` lumps inside its own vmap: the checks are traced there, one result per ε."""
+    result = jaxlump.sweep(OVERFLOWING, X, [0.0, 0.5])
+    assert not result.successful.any() and all(m.startswith("Stage 'input model'") for m in result.results)
+
+
 def test_the_checks_are_traced_inside_jit():
     """Inside `jax.jit` the checks are part of the trace (lumping's are always: its core is jitted)."""
     result = eqx.filter_jit(lambda model: B.magnitude(model, X, 0.3, throw=False)[1].result)
