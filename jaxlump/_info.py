@@ -59,7 +59,8 @@ class CompressionInfo(eqx.Module):
     - `widths_before`, `widths_after`: `(n_0, ..., n_L)`; `widths_after` counts live neurons.
     - `cost_before`, `cost_after`: `Cost` (dense parameters, non-zeros, FLOPs) of both models.
     - `certificate`: a `Certificate` (lumping computes one; other methods may leave `None`).
-    - `result`: `RESULTS.successful` or the numerical failure met.
+    - `result`: `RESULTS.successful` or the first numerical failure met; besides the method's own stages, every
+      info checks that the given model's forward pass, the result and the certificate are finite (`checked_result`).
     """
 
     method: str = eqx.field(static=True)

@@ -137,8 +137,9 @@ def lump(
     - `refit`: re-solve the reduced layers by least squares (`jaxlump.reconstruct`); default `True`.
     - `ridge`: the refit's ridge, relative to the Gram diagonal, pulling towards the quotient.
     - `certify_ode`: also simulate both ODE encodings for the certificate (32 inputs, 11 times).
-    - `throw`: raise a `jaxlump.CompressionError` naming the failed stage (ODE solve, refinement, quotient,
-      least-squares refit, certificate); `False` returns the result with `info.result` set instead.
+    - `throw`: raise a `jaxlump.CompressionError` naming the failed stage (the model's own forward pass on
+      `x_calib`, ODE solve, refinement, quotient, least-squares refit, the result's outputs, certificate); `False`
+      returns the result with `info.result` set instead.
 
     **Returns:** `(smaller_model, info)`: a model of the same kind (an `eqx.nn.MLP` whose hidden widths
     become unequal comes back as a `LumpedMLP`) and a `CompressionInfo` with per-layer partitions and
