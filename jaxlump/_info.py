@@ -1,5 +1,7 @@
 """The info record every compressor returns beside the new model."""
 
+import weakref
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -193,14 +195,15 @@ def checked_result(result: RESULTS, before, after, x, certificate: Certificate |
        (or its ODE deviation is infinite; NaN there means "not simulated").
 
     With `x=None` (data-free) only check 3 is made. `before`, `after`: `DenseChain`s, `SkipMLP`s or models. Concrete
-    values are checked on the host in NumPy (eager JAX would compile every operation anew for each network shape);
-    traced ones (inside `jax.jit`/`jax.vmap`) in the caller's own trace, so a jitted compressor compiles no more.
+    forward passes run on the host in NumPy when small (eager JAX would compile every operation anew for each network
+    shape), as one jitted pass when large, and the given model's is remembered for the same arrays and data; traced
+    ones (inside `jax.jit`/`jax.vmap`) are part of the caller's own trace, so a jitted compressor compiles no more.
     """
     params = [a for a in jax.tree_util.tree_leaves(after) if eqx.is_inexact_array(a)]
     checks = [(_all_finite(params), RESULTS.nonfinite_result)]
     if x is None:
         return combine(result, _status(*checks[0]))
-    model_check = _status(_forward_finite(_network(before), x), RESULTS.model_nonfinite)
+    model_check = _status(_model_finite(_network(before), x), RESULTS.model_nonfinite)
     checks.append((_forward_finite(_network(after), x), RESULTS.output_nonfinite))
     if certificate is not None:
         measured = [certificate.output_max_abs, certificate.output_rms, certificate.a_priori_bound]
@@ -230,10 +233,18 @@ def _network(model):
     return to_chain(model, require_finite=False)
 
 
+# Below this many multiply-adds per pass (a few ms), a concrete forward pass runs in NumPy on the host: compiling
+# it would cost more. Above, one jitted pass (XLA's threaded GEMM, ~5x NumPy's on 2 cores), compiled once per shape.
+_HOST_MAX_MACS = 2**24
+
+
 def _forward_finite(network, x):
     """Whether every activation of `network` (a `DenseChain` or `SkipMLP`) on the batch `x` is finite."""
     if _traced((network, x)):
-        return _all_finite(network.forward(x)[1][1:])
+        return _activations_finite(network, x)
+    skips = [s for s in getattr(network, "skips", ()) if s is not None]
+    if np.shape(x)[0] * sum(np.size(a) for a in (*network.weights, *skips)) > _HOST_MAX_MACS:
+        return np.bool_(_jitted_activations_finite(network, x))
     skips = getattr(network, "skips", (None,) * len(network.weights))
     sources = getattr(network, "skip_sources", ((),) * len(network.weights))
     acts = [np.asarray(x)]
@@ -244,6 +255,36 @@ def _forward_finite(network, x):
                 z = z + np.concatenate([acts[k] for k in source], axis=-1) @ np.asarray(s).T
             acts.append(numpy_activation(act, z))
     return _all_finite(acts[1:])
+
+
+# `_forward_finite` of a given model on a calibration set, by the identity of their (immutable) JAX arrays:
+# `compress_to`'s search and a sweep over a knob call a compressor many times on one model and one data set.
+_MODEL_FINITE: dict[tuple, tuple[tuple[weakref.ref, ...], bool]] = {}
+
+
+def _model_finite(network, x):
+    arrays = (*network.weights, *network.biases, x)
+    if not isinstance(network, DenseChain) or not all(isinstance(a, jax.Array) for a in arrays) or _traced(arrays):
+        return _forward_finite(network, x)
+    key = (network.activations, *map(id, arrays))
+    known = _MODEL_FINITE.get(key)
+    if known is not None and all(ref() is a for ref, a in zip(known[0], arrays)):
+        return known[1]
+    finite = bool(_forward_finite(network, x))
+    if len(_MODEL_FINITE) >= 64:  # forget the entries whose arrays are gone
+        for stale in [k for k, (refs, _) in _MODEL_FINITE.items() if any(ref() is None for ref in refs)]:
+            del _MODEL_FINITE[stale]
+        while len(_MODEL_FINITE) >= 64:  # and the oldest of the live ones
+            del _MODEL_FINITE[next(iter(_MODEL_FINITE))]
+    _MODEL_FINITE[key] = (tuple(weakref.ref(a) for a in arrays), finite)
+    return finite
+
+
+def _activations_finite(network, x):
+    return _all_finite(network.forward(x)[1][1:])
+
+
+_jitted_activations_finite = eqx.filter_jit(_activations_finite)
 
 
 def _cost(model, neuron_masks=None) -> Cost:

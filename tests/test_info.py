@@ -7,6 +7,7 @@ import jax.random as jr
 import pytest
 
 import jaxlump
+import jaxlump._info
 from jaxlump._adapters import to_chain
 from jaxlump._info import checked_result
 from jaxlump.baselines import magnitude
@@ -98,13 +99,22 @@ CHECKS = {  # name: (before, after, x, certificate, expected)
 }
 
 
-@pytest.mark.parametrize("jit", [False, True], ids=["concrete", "traced"])
+@pytest.mark.parametrize("how", ["host", "jitted", "traced"])
 @pytest.mark.parametrize("case", CHECKS)
-def test_checked_result_names_the_first_failed_check(case, jit):
+def test_checked_result_names_the_first_failed_check(case, how, monkeypatch):
+    """Concrete passes run on the host when small, jitted when large (forced here); traced ones in the trace."""
+    if how == "jitted":
+        monkeypatch.setattr(jaxlump._info, "_HOST_MAX_MACS", 0)
     before, after, x, certificate, expected = CHECKS[case]
     check = lambda b, a, x, c: checked_result(jaxlump.RESULTS.successful, b, a, x, c)  # noqa: E731
-    result = (eqx.filter_jit(check) if jit else check)(before, after, x, certificate)
+    result = (eqx.filter_jit(check) if how == "traced" else check)(before, after, x, certificate)
     assert result == getattr(jaxlump.RESULTS, expected)
+
+
+def test_the_given_models_check_is_remembered_per_model_and_data():
+    scaled = eqx.tree_at(lambda c: c.weights, CHAIN, tuple(w * 1e80 for w in CHAIN.weights))  # ~1e240 on X
+    for data, expected in [(X, "successful"), (X * 1e100, "model_nonfinite"), (X, "successful")]:
+        assert checked_result(jaxlump.RESULTS.successful, scaled, CHAIN, data) == getattr(jaxlump.RESULTS, expected)
 
 
 def test_checked_result_puts_the_model_first_and_keeps_the_methods_own_result():
