@@ -529,16 +529,19 @@ def _find_state(tree) -> LumpState:
     )
 
 
-def dead_weights(model, info: CompressionInfo) -> list[tuple[int, int, float]]:
-    """`(layer, count, max |w|)` for each layer where neurons that `info` marks dead carry non-zero parameters."""
+def dead_weights(model, info: CompressionInfo) -> str:
+    """Where neurons that `info` marks dead carry finite non-zero parameters (`"layer l: count non-zero, max |w| =
+    …"`, joined by `; `), or `""`. NaN/inf are not counted: a failed solve leaves them everywhere, the dead
+    neurons' weights included, and they say nothing about which model `info` came from."""
     chain = to_chain(model, require_finite=False)
     masks = neuron_masks(chain, tuple(np.asarray(p) for p in info.partitions))
     found = []
     for l, (w, b, mw, mb) in enumerate(zip(chain.weights, chain.biases, masks.weights, masks.biases)):
         dead = np.concatenate([np.asarray(w)[np.asarray(mw) == 0], np.asarray(b)[np.asarray(mb) == 0]])
-        if np.any(dead != 0):
-            found.append((l, int(np.sum(dead != 0)), float(np.max(np.abs(dead)))))
-    return found
+        carried = dead[np.isfinite(dead) & (dead != 0)]
+        if carried.size:
+            found.append(f"layer {l}: {carried.size} non-zero, max |w| = {np.max(np.abs(carried)):.3g}")
+    return "; ".join(found)
 
 
 def info_from_state(state, model) -> CompressionInfo:
@@ -547,9 +550,8 @@ def info_from_state(state, model) -> CompressionInfo:
     info = _find_state(state).info
     if any(is_traced(p) for p in info.partitions):
         raise ValueError("`shrink` changes shapes and must be called outside jax.jit on concrete values.")
-    bad = dead_weights(model, info)
-    if bad:
-        where = "; ".join(f"layer {l}: {n} non-zero, max |w| = {m:.3g}" for l, n, m in bad)
+    where = dead_weights(model, info)
+    if where:
         raise ValueError(
             f"`model` has non-zero parameters on neurons the optimizer state marks dead ({where}); shrinking would "
             "drop them. Were these parameters updated outside the wrapped optimizer, or paired with another state?"

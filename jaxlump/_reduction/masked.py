@@ -98,9 +98,8 @@ def shrink(model, info: CompressionInfo | PyTree):  # PyTree: a `wrap_optax` opt
                 f"`info.weight_masks` have shapes {shapes}; `model`'s weights have {[w.shape for w in chain.weights]}."
             )
     if not from_state:
-        bad = dead_weights(model, info)
-        if bad:
-            where = "; ".join(f"layer {l}: {n} non-zero, max |w| = {m:.3g}" for l, n, m in bad)
+        where = dead_weights(model, info)
+        if where:
             raise ValueError(
                 f"`model` has non-zero parameters on neurons `info` marks dead ({where}), so `info` does not describe "
                 "this fixed-shape model: pass the model that came with it (e.g. lump_masked's first output, not the "
