@@ -88,7 +88,8 @@ class CompressionError(RuntimeError):
 
 class UnreachableTargetError(ValueError):
     """Raised when a size target lies beyond what a method's knob can reach (`compress_to`, `sweep_to_size`,
-    `lump_then_prune`); the message gives the smallest size reached. A `ValueError`, so code that catches that
+    `lump_then_prune`); the message gives the smallest size reached, and so does `smallest` (in the target's unit:
+    dense parameters or non-zeros; `None` when nothing was reached). A `ValueError`, so code that catches that
     keeps working; catch this one to try another method or a larger target.
 
     ```python
@@ -98,11 +99,15 @@ class UnreachableTargetError(ValueError):
     try:
         compress_to(mlp, "magnitude", 1)  # magnitude keeps the biases and the output layer's weights
     except jaxlump.UnreachableTargetError as error:
-        assert "cannot reach" in str(error)
+        assert "cannot reach" in str(error) and error.smallest > 1
     else:
         raise AssertionError("a target of one non-zero was reached")
     ```
     """
+
+    def __init__(self, message: str, smallest: int | None):
+        super().__init__(message)
+        self.smallest = smallest
 
 
 def messages(result: RESULTS) -> list[str]:

@@ -1,7 +1,6 @@
 """`lump_then_prune`: lump at a mild ε, prune the lumped network to a non-zero budget, reconstruct."""
 
 import dataclasses
-import re
 from collections.abc import Callable, Mapping, Sequence
 
 import jax.numpy as jnp
@@ -122,8 +121,8 @@ def lump_then_prune(
             try:
                 pruned, prune_info = compress_to(lumped, prune, target, x, **dict(prune_options or {}))
             except UnreachableTargetError as error:  # e.g. magnitude keeps the output layer: a wider lump cannot
-                reached = re.search(r"(?:reached|smallest result has) (\d+) ", str(error))  # get there
-                outcome = eps, None, f"ε = {eps}: {error}", False, int(reached[1]) if reached else lumped_size
+                reached = lumped_size if error.smallest is None else error.smallest  # get there
+                outcome = eps, None, f"ε = {eps}: {error}", False, reached
             else:
                 combined = dataclasses.replace(
                     prune_info,
@@ -180,7 +179,8 @@ def lump_then_prune(
             f"`target` = {target} non-zeros is not reachable by pruning a lump of any ε tried {tuple(tried)}{reached} ("
             + "; ".join(skipped)
             + "). Use `jaxlump.lump` alone when the lumped network is already small enough, larger ε when the "
-            "pruning cannot reach the target."
+            "pruning cannot reach the target.",
+            None if smallest is None else pruned[smallest],
         )
     candidate, info = best
     return raise_if_failed(info.result, candidate, throw, "jaxlump.lump_then_prune"), info

@@ -226,7 +226,8 @@ def merge_or_remove_to_size(
     if not fitting:
         raise UnreachableTargetError(
             f"`max_params` (the size target): merge_or_remove cannot go below {sizes[-1][0]} "
-            f"dense parameters (one neuron per hidden layer); received {max_params}."
+            f"dense parameters (one neuron per hidden layer); received {max_params}.",
+            sizes[-1][0],
         )
     eps = -max(fitting)[1]
     steps = [steps_within(p, eps) for p in paths]

@@ -326,7 +326,8 @@ def sweep_to_size(
         smallest = min((r[1] for r in evaluated if r[2]), default=None)
         raise UnreachableTargetError(
             f"`lump` cannot reach {target} dense parameters (the smallest successful result has {smallest}; "
-            f"ε up to {grid[-1]})."
+            f"ε up to {grid[-1]}).",
+            smallest,
         )
     best = max(fits, key=lambda r: (r[1], -r[0]))
     return shrink(*best[3].at(best[4]))

@@ -149,6 +149,7 @@ def test_an_unreachable_target_stops_once_fully_lumped_and_names_the_smallest_si
     assert len(calls) < len(DEFAULT_EPS_GRID) + MAX_EXTRA_EPS
     smallest = int(re.search(r"smallest size reached is (\d+)", str(error.value))[1])
     assert 1 < smallest <= int(fully_lumped.cost_after.nonzeros)
+    assert error.value.smallest == smallest
 
 
 def test_an_eps_with_the_same_lump_is_pruned_and_reconstructed_once(setting, monkeypatch):

@@ -207,7 +207,8 @@ def compress_to(
         if not feasible(info):
             raise UnreachableTargetError(
                 f"`{name}` cannot reach the target {target!r}: it reached {realised_size(info)} "
-                f"{_unit(info.structured)}, widths {tuple(int(w) for w in info.widths_after)}."
+                f"{_unit(info.structured)}, widths {tuple(int(w) for w in info.widths_after)}.",
+                realised_size(info),
             )
         requested_size, original = limit(info.structured)
         record = Target(
@@ -273,7 +274,8 @@ def compress_to(
                     f"`{name}` cannot reach the target {target!r} with its knob in "
                     f"{(low, high) if not grow else (low, 'unbounded')}: the smallest result has "
                     f"{realised_size(last)} {_unit(last.structured)}, widths "
-                    f"{tuple(int(w) for w in last.widths_after)}."
+                    f"{tuple(int(w) for w in last.widths_after)}.",
+                    realised_size(last),
                 )
             low, high = high, 2 * high
         for _ in range(max_iter):
