@@ -42,6 +42,7 @@ def test_the_public_api_has_examples():
         assert required in documented
 
 
+@pytest.mark.integration  # the documentation's examples run with the docs pages' code, in the second test step
 @pytest.mark.parametrize("code", EXAMPLES)
 def test_docstring_example_runs(code):
     exec(compile(code, "<docstring example>", "exec"), {})
