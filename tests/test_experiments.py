@@ -1,5 +1,6 @@
 """The benchmark's statistics (exact Wilcoxon signed-rank test), its generated claims, and its `--quick` run (in the
-default run, as issue 16 asks: 2 min 54 s on the 2-core machine beside three benchmark processes)."""
+integration step that CI runs after the default one; 2 min 54 s on the 2-core machine beside three benchmark
+processes)."""
 
 import itertools
 import json
