@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from jaxlump import Activation
-from jaxlump._network import ACTIVATIONS, DenseChain
+from jaxlump._network import ACTIVATIONS, DenseChain, numpy_activation
 
 GRID = np.linspace(-12.0, 12.0, 2001)
 GRID = GRID[np.abs(GRID) > 1e-6]  # derivatives of kinked activations jump at 0
@@ -21,6 +21,15 @@ def test_derivative_is_the_derivative_of_the_function(name):
     z = jnp.asarray(GRID)
     automatic = jax.vmap(jax.grad(lambda s: activation.fn(s)))(z)
     np.testing.assert_allclose(np.asarray(activation.derivative(z)), np.asarray(automatic), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_the_host_activation_equals_the_jax_one(name):
+    """`numpy_activation` (the finiteness check's host forward pass) computes what `ACTIVATIONS` computes, and stays
+    finite where σ is (sigmoid and softplus far out, where a naive exp overflows)."""
+    z = np.concatenate([GRID, [-800.0, 800.0]])
+    want = np.asarray(ACTIVATIONS[name].fn(jnp.asarray(z)))
+    np.testing.assert_allclose(numpy_activation(name, z), want, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("name", BUILT_IN)
