@@ -9,7 +9,6 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from ._adapters import to_chain
 from ._errors import CompressionError, check_bool, check_data, check_finite, check_positive_int, is_traced
@@ -48,6 +47,12 @@ def _fit(params, rebuild, optimiser, x, y, *, key, steps: int, batch_size: int, 
     n_chunks = -(-steps // chunk)
     lengths = [chunk] * (steps // chunk) + ([steps % chunk] if steps % chunk else [])
     losses = []
+    if progress:
+        # Imported only when asked for: tqdm.auto, imported in a Jupyter kernel without ipywidgets, warns (with the
+        # path of its own file), so a module-level import printed that warning in every notebook importing jaxlump.
+        from tqdm.auto import tqdm
+    else:
+        from tqdm.std import tqdm
     bar = tqdm(total=n_chunks, desc="training", disable=not progress, leave=False)
     for chunk_key, length in zip(jr.split(key, n_chunks), lengths):
         (params, state), chunk_losses = run_chunk(params, state, chunk_key, length)
