@@ -24,6 +24,7 @@ import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
+import provenance  # noqa: E402 — the sibling module
 
 import jaxlump  # noqa: E402
 from jaxlump import datasets  # noqa: E402
@@ -278,11 +279,13 @@ def main():
             RESULTS.mkdir(exist_ok=True)
             meta = dict(steps=args.steps, seeds=seeds, datasets=sets, width=64, depth=2, n_calib=512,
                         mild_eps=MILD_EPS, wall_seconds=time.time() - start)  # fmt: skip
-            stem.with_suffix(".json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=1))
+            record = dict(meta=meta, rows=rows, provenance=provenance.stamp())
+            stem.with_suffix(".json").write_text(json.dumps(record, indent=1))
     stem.with_suffix(".md").write_text(table(rows))
     plot(rows, stem.with_suffix(".png"))
     print(table(rows))
 
 
 if __name__ == "__main__":
-    main()
+    with provenance.recording():
+        main()

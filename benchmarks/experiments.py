@@ -59,6 +59,10 @@ from jaxlump._select import compress_along, labels_after, layer_paths, steps_to_
 from jaxlump.baselines._obs import masked_quotient  # noqa: E402
 from jaxlump.baselines._structured import structured_info  # noqa: E402
 
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import provenance  # noqa: E402 — the sibling module
+from perf_common import latency_us  # noqa: E402
+
 ROOT = pathlib.Path(__file__).parent / "results" / "experiments"
 DATASETS = (
     "glycolytic", "abalone", "polymerization", "household_power",
@@ -521,7 +525,7 @@ def latency(model, measure: bool) -> tuple[float | None, float | None]:
     chain = to_chain(model)
     shape = (chain.widths, chain.activations)
     if shape not in _LATENCY:
-        _LATENCY[shape] = tuple(1e6 * jaxlump.measure_latency(chain, b, repeats=20, warmup=3) for b in (1, 1024))
+        _LATENCY[shape] = tuple(latency_us(chain, b, repeats=20, warmup=3) for b in (1, 1024))
     return _LATENCY[shape]
 
 
@@ -581,6 +585,7 @@ def run_one(name: str, seed: int, width: int, sizes, methods: dict[str, Method],
     base = int(jaxlump.cost(model).dense_params)
     bounds = B.rank_bounds(model, x_calib)
     if record is not None:
+        record.setdefault("provenance", provenance.UNRECORDED)  # its points were computed by unrecorded code
         done = {p["method"] for p in record["points"]}
         methods = {k: v for k, v in methods.items() if k not in done}
         return _add_points(record, model, methods, sizes, base, bounds, x_calib, (x_test, y_test), seed, start, save)
@@ -732,7 +737,9 @@ def pending(path: pathlib.Path, methods, args) -> tuple[bool, dict | None]:
 
 def save(path: pathlib.Path, methods, record: dict) -> None:
     """Write a job's record: to the raw file `path` once it holds every method in `methods`, to `path.partial`
-    (git-ignored) until then, so that a raw file is only ever replaced by a complete job."""
+    (git-ignored) until then, so that a raw file is only ever replaced by a complete job. The record carries the
+    provenance of the code that computed its points (`benchmarks/provenance.py`)."""
+    record["provenance"] = provenance.stamp(record.get("provenance"))
     if set(methods) <= {p["method"] for p in record["points"]}:
         write_json(path, record)
         path.with_suffix(".partial").unlink(missing_ok=True)
@@ -753,7 +760,10 @@ def run_groups(groups, raw: pathlib.Path, methods, sizes, args) -> None:
                 path = raw / f"{name}_w{width}_s{seed}.json"
                 todo, existing = pending(path, methods, args)
                 if todo:
-                    run_one(name, seed, width, sizes, methods, args, functools.partial(save, path, methods), existing)
+                    with provenance.recording():
+                        run_one(
+                            name, seed, width, sizes, methods, args, functools.partial(save, path, methods), existing
+                        )
                 bar.update(1)
         finally:
             (raw / f"{name}_w{width}.running").unlink(missing_ok=True)

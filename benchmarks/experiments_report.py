@@ -16,6 +16,7 @@ import pathlib
 import sys
 
 import numpy as np
+import provenance
 
 LUMPING = ("lump structural", "lump structural components", "lump dynamical", "lump dynamical components")
 DEFAULT = "merge_or_remove"  # jaxlump's default structured compressor (issue 17)
@@ -569,11 +570,21 @@ def update_docs(path: pathlib.Path, out: pathlib.Path) -> None:
 def report(
     raw: pathlib.Path, out: pathlib.Path, docs: pathlib.Path | None = None, readme_path: pathlib.Path | None = None
 ) -> None:
+    """Every table and figure from the raw files in `raw`, to `out`; `summary.json` carries the provenance of the raw
+    files' code and of this report's."""
     records = load(raw)
     out.mkdir(parents=True, exist_ok=True)
     if not records:
         print(f"no raw results in {raw}")
         return
+    with provenance.recording():
+        summary = write_report(records, raw, out, docs, readme_path)
+    summary["provenance"] = provenance.stamp(provenance.combined([r.get("provenance") for r in records]))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(f"report from {len(records)} runs written to {out}")
+
+
+def write_report(records, raw, out, docs, readme_path) -> dict:
     for track in ("A", "B"):
         (out / f"track_{track}.md").write_text(matrix_tables(records, track))
         (out / f"points_{track}.md").write_text(point_tables(records, track))
@@ -592,7 +603,6 @@ def report(
         completed[f"{r['dataset']}/w{r['width']}"].append(r["seed"])
     summary = {"completed": {k: sorted(v) for k, v in completed.items()}, "headline": summary,
                "criterion": criterion_summary}  # fmt: skip
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
     for track in ("A", "B", "C"):
         figure(records, track, out / f"track_{track}.png")
     claims = findings(records, summary["headline"], criterion_summary)
@@ -602,7 +612,7 @@ def report(
         update_docs(docs, out)
     if readme_path is not None:
         replace_between(readme_path, (out / "readme_table.md").read_text())
-    print(f"report from {len(records)} runs written to {out}")
+    return summary
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Issue 10's table: every method at ~60 %, 35 %, 15 % of the parameters on the trained glycolytic default,
 with and without the shared least-squares reconstruction, plus dense FLOPs and measured latency.
 
-Writes benchmarks/results/fair_comparison.json (raw) and benchmarks/results/fair_comparison.md (the table).
-Run: python3 benchmarks/fair_comparison.py [--steps 4000] [--seed 0]
+Writes fair_comparison.json (raw, with the provenance of the code that ran) and fair_comparison.md (the table) to
+`--out` (default benchmarks/results); an existing file there is kept and the new one gets a time-stamped name unless
+`--overwrite` is given.
+Run: python3 benchmarks/fair_comparison.py [--steps 4000] [--seed 0] [--out DIR] [--overwrite]
 """
 
 import argparse
@@ -12,6 +14,9 @@ import pathlib
 import jax
 
 jax.config.update("jax_enable_x64", True)
+
+import provenance  # noqa: E402 — the sibling module
+from perf_common import fresh_path, latency_us  # noqa: E402
 
 import jaxlump  # noqa: E402
 from jaxlump._train import glycolytic_problem, mse  # noqa: E402
@@ -51,7 +56,22 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=pathlib.Path, default=RESULTS, help="folder of the two result files")
+    parser.add_argument("--overwrite", action="store_true", help="replace result files that exist in --out")
     args = parser.parse_args()
+    with provenance.recording():
+        rows = measure(args)
+    raw = fresh_path(args.out, "fair_comparison.json", args.overwrite)
+    raw.write_text(
+        json.dumps({"seed": args.seed, "steps": args.steps, "rows": rows, "provenance": provenance.stamp()}, indent=2)
+    )
+    table = fresh_path(args.out, "fair_comparison.md", args.overwrite)
+    table.write_text(markdown(rows))
+    print(table.read_text(), f"wrote {raw} and {table}", sep="\n")
+
+
+def measure(args) -> list[dict]:
+    """One row per method and size (the original first)."""
     model, data, x_calib = glycolytic_problem(seed=args.seed, steps=args.steps)
     base = int(jaxlump.cost(model).dense_params)
     rows = [
@@ -62,8 +82,8 @@ def main():
             "size": base,
             "test_mse": float(mse(model, data.x_test, data.y_test)),
             "flops": int(jaxlump.cost(model).flops),
-            "latency_b1_us": 1e6 * jaxlump.measure_latency(model, 1),
-            "latency_b1024_us": 1e6 * jaxlump.measure_latency(model, 1024),
+            "latency_b1_us": latency_us(model, 1),
+            "latency_b1024_us": latency_us(model, 1024),
         }
     ]
     for fraction in (0.6, 0.35, 0.15):
@@ -79,15 +99,15 @@ def main():
                     "widths": [int(w) for w in info.widths_after],
                     "test_mse": float(mse(small, data.x_test, data.y_test)),
                     "flops": int(info.cost_after.flops),
-                    "latency_b1_us": 1e6 * jaxlump.measure_latency(small, 1),
-                    "latency_b1024_us": 1e6 * jaxlump.measure_latency(small, 1024),
+                    "latency_b1_us": latency_us(small, 1),
+                    "latency_b1024_us": latency_us(small, 1024),
                 }
             )
             print(rows[-1], flush=True)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "fair_comparison.json").write_text(
-        json.dumps({"seed": args.seed, "steps": args.steps, "rows": rows}, indent=2)
-    )
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
     lines = [
         "| target | method | kind | size (params or non-zeros) | test MSE | dense FLOPs | latency b=1 (µs) "
         "| latency b=1024 (µs) |",
@@ -99,8 +119,7 @@ def main():
             f"| {r['fraction']:.0%} | {r['method']} | {kind} | {r['size']} | {r['test_mse']:.3e} | "
             f"{r['flops']} | {r['latency_b1_us']:.1f} | {r['latency_b1024_us']:.1f} |"
         )
-    (RESULTS / "fair_comparison.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import time
 
 import jax
 import numpy as np
+import provenance
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 
@@ -35,15 +36,21 @@ def block(tree):
 
 
 def timed(fn, *args, repeats: int = 3) -> dict:
-    """First call (compile + run) and the best and median of `repeats` further calls, in seconds."""
-    start = time.perf_counter()
-    block(fn(*args))
-    first = time.perf_counter() - start
-    times = []
-    for _ in range(max(1, repeats)):
+    """First call (compile + run) and the best and median of `repeats` further calls, in seconds, timed with the
+    profiler paused; while `provenance` records, one more untimed call after emptying JAX's caches records the code
+    (tracing included)."""
+    with provenance.paused():
         start = time.perf_counter()
         block(fn(*args))
-        times.append(time.perf_counter() - start)
+        first = time.perf_counter() - start
+        times = []
+        for _ in range(max(1, repeats)):
+            start = time.perf_counter()
+            block(fn(*args))
+            times.append(time.perf_counter() - start)
+    if provenance.is_recording():
+        jax.clear_caches()
+        block(fn(*args))
     return {"first_s": first, "best_s": float(np.min(times)), "median_s": float(np.median(times))}
 
 
@@ -62,19 +69,32 @@ def machine() -> dict:
     }
 
 
-def output_path(name: str, quick: bool, overwrite: bool, suffix: str = ".json") -> pathlib.Path:
-    """`results/perf_<name>[_quick]<suffix>`, or a time-stamped sibling when it exists and `overwrite` is off."""
-    RESULTS.mkdir(exist_ok=True)
-    stem = f"perf_{name}{'_quick' if quick else ''}"
-    path = RESULTS / f"{stem}{suffix}"
+def latency_us(model, batch: int, **options) -> float:
+    """`jaxlump.measure_latency` in µs, timed with the profiler paused (one untimed pass first records its code)."""
+    import jaxlump
+
+    jaxlump.measure_latency(model, batch, repeats=1, warmup=0)
+    with provenance.paused():
+        return 1e6 * jaxlump.measure_latency(model, batch, **options)
+
+
+def fresh_path(directory: pathlib.Path, name: str, overwrite: bool) -> pathlib.Path:
+    """`directory/name`, or a time-stamped sibling (`stem.<UTC time>.suffix`) when it exists and `overwrite` is off."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / name
     if path.exists() and not overwrite:
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%S")
-        path = RESULTS / f"{stem}.{stamp}{suffix}"
+        path = directory / f"{path.stem}.{stamp}{path.suffix}"
     return path
 
 
+def output_path(name: str, quick: bool, overwrite: bool, suffix: str = ".json") -> pathlib.Path:
+    """`results/perf_<name>[_quick]<suffix>`, or a time-stamped sibling when it exists and `overwrite` is off."""
+    return fresh_path(RESULTS, f"perf_{name}{'_quick' if quick else ''}{suffix}", overwrite)
+
+
 def write(name: str, args: argparse.Namespace, payload: dict) -> pathlib.Path:
-    payload = {"machine": machine(), "quick": bool(args.quick), **payload}
+    payload = {"machine": machine(), "quick": bool(args.quick), **payload, "provenance": provenance.stamp()}
     path = output_path(name, args.quick, args.overwrite)
     path.write_text(json.dumps(payload, indent=1))
     print(f"wrote {path}")

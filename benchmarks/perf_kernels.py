@@ -20,6 +20,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import provenance  # noqa: E402 — the sibling module
 from perf_common import arguments, figure_path, timed, write  # noqa: E402
 
 from jaxlump._discrepancy import pairwise_l1, pairwise_rms  # noqa: E402
@@ -73,4 +74,5 @@ def plot(rows, path):
 
 
 if __name__ == "__main__":
-    main()
+    with provenance.recording():
+        main()

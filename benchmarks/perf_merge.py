@@ -33,6 +33,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
+import provenance  # noqa: E402 — the sibling module
 from perf_common import machine  # noqa: E402
 
 from jaxlump._greedy import _greedy_path, _kill, advance, candidate_costs, start  # noqa: E402
@@ -100,12 +101,15 @@ def old_path(state, problem):
 
 
 def timed_path(fn, *args):
+    """`(output, compile seconds, run seconds)`; the compile (tracing) is recorded by the profiler, the run is not."""
     start_ = time.perf_counter()
     compiled = fn.lower(*args).compile()
     compile_s = time.perf_counter() - start_
-    start_ = time.perf_counter()
-    out = jax.block_until_ready(compiled(*args))
-    return out, compile_s, time.perf_counter() - start_
+    with provenance.paused():
+        start_ = time.perf_counter()
+        out = jax.block_until_ready(compiled(*args))
+        run_s = time.perf_counter() - start_
+    return out, compile_s, run_s
 
 
 @eqx.filter_jit
@@ -243,10 +247,13 @@ def main():
     section["wall_seconds"] = time.time() - start_
     results = json.loads(RESULT.read_text()) if RESULT.exists() else {}  # the other part may have finished since
     results[args.part] = section
+    others = [s.get("provenance") for part, s in results.items() if part not in (args.part, "provenance")]
+    results["provenance"] = provenance.stamp(provenance.combined(others) if others else None)
     RESULT.parent.mkdir(exist_ok=True)
     RESULT.write_text(json.dumps(results, indent=1))
     print(json.dumps(section.get("summary", section["rows"]), indent=1))
 
 
 if __name__ == "__main__":
-    main()
+    with provenance.recording():
+        main()

@@ -21,6 +21,7 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import provenance  # noqa: E402 — the sibling module
 from perf_common import arguments, block, figure_path, timed, write  # noqa: E402
 
 import jaxlump  # noqa: E402
@@ -166,4 +167,5 @@ def plot(payload, path):
 
 
 if __name__ == "__main__":
-    main()
+    with provenance.recording():
+        main()

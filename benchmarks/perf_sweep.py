@@ -16,6 +16,7 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import provenance  # noqa: E402 — the sibling module
 from perf_common import arguments, figure_path, save_log_log, timed, write  # noqa: E402
 
 import jaxlump  # noqa: E402
@@ -63,4 +64,5 @@ def plot(rows, path):
 
 
 if __name__ == "__main__":
-    main()
+    with provenance.recording():
+        main()

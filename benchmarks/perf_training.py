@@ -33,6 +33,7 @@ import jax.numpy as jnp  # noqa: E402
 import jax.random as jr  # noqa: E402
 import numpy as np  # noqa: E402
 import optax  # noqa: E402
+import provenance  # noqa: E402 — the sibling module
 
 import jaxlump  # noqa: E402
 from jaxlump._train import mse  # noqa: E402
@@ -87,12 +88,13 @@ def overhead(width: int, steps: int, repeats: int, batch: int, n_calib: int, eps
         jax.block_until_ready(run(params, state, jr.key(2), steps))
         compile_s[name] = time.perf_counter() - start
         runs[name] = (run, state)
-    for r in range(repeats):  # round-robin: every configuration sees the same machine load
-        for name, (run, state) in runs.items():
-            start, start_cpu = time.perf_counter(), time.process_time()
-            jax.block_until_ready(run(params, state, jr.key(3 + r), steps))
-            times[name].append((time.perf_counter() - start) / steps)
-            cpu[name].append((time.process_time() - start_cpu) / steps)
+    with provenance.paused():  # the compiles above recorded the code that the timed runs execute
+        for r in range(repeats):  # round-robin: every configuration sees the same machine load
+            for name, (run, state) in runs.items():
+                start, start_cpu = time.perf_counter(), time.process_time()
+                jax.block_until_ready(run(params, state, jr.key(3 + r), steps))
+                times[name].append((time.perf_counter() - start) / steps)
+                cpu[name].append((time.process_time() - start_cpu) / steps)
     # Under load from other jobs the minimum over repeats is the least-disturbed time; the median is kept beside it.
     # The process's CPU time per step (all its threads) is kept too: it counts less of the other jobs' load.
     plain = {stat: fn(times["plain"]) for stat, fn in (("min", min), ("median", statistics.median))}
@@ -254,6 +256,7 @@ def main():
             "platform": platform.platform(), "cpus": os.cpu_count(), "jax": jax.__version__,
             "backend": jax.default_backend(), "note": "shared machine, other jobs running (see each block's load)",
         }  # fmt: skip
+        result["provenance"] = provenance.stamp(result.get("provenance", provenance.UNRECORDED))
         out.write_text(json.dumps(result, indent=1))
         plot(result, RESULTS / f"{stem}.png")
         print(f"rewrote the overhead block of {out} ({result['overhead_seconds']:.0f} s)")
@@ -288,10 +291,12 @@ def main():
     ]
     result["total_seconds"] = time.perf_counter() - start
     RESULTS.mkdir(exist_ok=True)
+    result["provenance"] = provenance.stamp()
     out.write_text(json.dumps(result, indent=1))
     plot(result, RESULTS / f"{stem}.png")
     print(f"wrote {out} ({result['total_seconds']:.0f} s)")
 
 
 if __name__ == "__main__":
-    main()
+    with provenance.recording():
+        main()
