@@ -65,13 +65,12 @@ _DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 
 @functools.cache
-def _units(path: pathlib.Path) -> tuple[dict[str, bytes], list[tuple[int, int, str]], tuple[str, ...]]:
-    """`(tokens by unit name, [(first line, last line, unit name)], class units)` of one Python file.
+def _units(source: str) -> tuple[dict[str, bytes], list[tuple[int, int, str]], tuple[str, ...]]:
+    """`(tokens by unit name, [(first line, last line, unit name)], class units)` of one Python file's source.
 
     Units: `f` and `C.m` (functions and methods, nested classes as `C.D.m`), `C` (a class body's other statements
     with its header), `<module>` (the module's other statements).
     """
-    source = path.read_text()
     lines = source.splitlines(keepends=True)
     tokens: dict[str, bytes] = {}
     spans: list[tuple[int, int, str]] = []
@@ -101,10 +100,10 @@ def _units(path: pathlib.Path) -> tuple[dict[str, bytes], list[tuple[int, int, s
     return tokens, spans, tuple(classes)
 
 
-def _unit_of(path: pathlib.Path, first_line: int) -> str:
+def _unit_of(source: str, first_line: int) -> str:
     """The unit whose code object starts at `first_line`: the innermost function, class body or the module."""
     inner = MODULE
-    for start, end, name in _units(path)[1]:
+    for start, end, name in _units(source)[1]:
         if start <= first_line <= end and (inner == MODULE or name.startswith(inner + ".")):
             inner = name
     return inner
@@ -122,13 +121,30 @@ def _relative(filename: str) -> str | None:
     return path.as_posix() if path.parts[0] in PRODUCING and path.suffix == ".py" else None
 
 
-def unit_hash(relative_path: str, unit: str) -> str | None:
-    """The current hash of one unit (`None` if its file or the unit no longer exists)."""
+def unit_hash(relative_path: str, unit: str, *, as_run: bool = False) -> str | None:
+    """The hash of one unit in the file now, or (`as_run`) as it was when `recording()` began; `None` if the file or
+    the unit does not exist."""
     path = REPO / relative_path
-    if not path.is_file():
-        return None
-    tokens = _units(path)[0].get(unit)
+    source = _LOADED.get(path) if as_run else None
+    if source is None:
+        if not path.is_file():
+            return None
+        source = path.read_text()
+    tokens = _units(source)[0].get(unit)
     return None if tokens is None else _digest(tokens)
+
+
+_LOADED: dict[pathlib.Path, str] = {}  # the source of each repository module as imported, read when recording began
+
+
+def _remember_loaded_sources() -> None:
+    """Keep the source of every imported repository module, so that an edit while a long benchmark runs is not
+    mistaken for the code that ran (modules imported later are read when the result is stamped)."""
+    for module in list(sys.modules.values()):
+        filename = getattr(module, "__file__", None)
+        if filename and _relative(filename):
+            path = pathlib.Path(filename).resolve()
+            _LOADED.setdefault(path, path.read_text())
 
 
 def sources(profiler: cProfile.Profile = _PROFILER) -> dict[str, dict[str, str]]:
@@ -139,10 +155,15 @@ def sources(profiler: cProfile.Profile = _PROFILER) -> dict[str, dict[str, str]]
     for filename, first_line, _name in profiler.stats:
         relative = _relative(filename)
         if relative is not None:
-            ran.setdefault(relative, set()).add(_unit_of(REPO / relative, first_line))
+            ran.setdefault(relative, set()).add(_unit_of(_as_run(relative), first_line))
     for relative, units in ran.items():  # module constants and class fields act without a call of their own
-        units.update((MODULE, *_units(REPO / relative)[2]))
-    return {f: {u: unit_hash(f, u) for u in sorted(ran[f])} for f in sorted(ran)}
+        units.update((MODULE, *_units(_as_run(relative))[2]))
+    return {f: {u: unit_hash(f, u, as_run=True) for u in sorted(ran[f])} for f in sorted(ran)}
+
+
+def _as_run(relative: str) -> str:
+    path = REPO / relative
+    return _LOADED.get(path) or path.read_text()
 
 
 def merge(recorded: dict[str, dict[str, str]], new: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
@@ -168,6 +189,7 @@ def recording():
     """Profile the code that runs inside (every call, C-level; nesting is allowed and records once)."""
     already = _PROFILER_ACTIVE[0]
     if not already:
+        _remember_loaded_sources()
         _PROFILER.enable()
         _PROFILER_ACTIVE[0] = True
     try:

@@ -5,6 +5,8 @@ method, class body or module statement that ran while it was computed has change
 only results files that exist and pass that check.
 """
 
+import cProfile
+import importlib
 import json
 import pathlib
 import re
@@ -41,23 +43,21 @@ class Box:
 '''
 
 
-def _units(tmp_path, source):
-    path = tmp_path / f"m{len(list(tmp_path.iterdir()))}.py"
-    path.write_text(source)
-    return path, provenance._units(path)
+def _units(source):
+    return provenance._units(source)
 
 
-def test_units_are_functions_methods_class_bodies_and_module(tmp_path):
-    path, (tokens, spans, classes) = _units(tmp_path, SOURCE)
+def test_units_are_functions_methods_class_bodies_and_module():
+    tokens, spans, classes = _units(SOURCE)
     assert set(tokens) == {"<module>", "double", "decorated", "Box", "Box.area"}
     assert classes == ("Box",)
     lines = SOURCE.splitlines()
     line = {text.strip(): i + 1 for i, text in enumerate(lines)}
-    assert provenance._unit_of(path, line["return lambda: self.size**2"]) == "Box.area"  # a lambda: its method
-    assert provenance._unit_of(path, line["@staticmethod"]) == "decorated"  # code objects start at the decorator
-    assert provenance._unit_of(path, line["return [y for y in x]"]) == "decorated"  # a comprehension
-    assert provenance._unit_of(path, line["class Box:"]) == "Box"
-    assert provenance._unit_of(path, 1) == "<module>"
+    assert provenance._unit_of(SOURCE, line["return lambda: self.size**2"]) == "Box.area"  # a lambda: its method
+    assert provenance._unit_of(SOURCE, line["@staticmethod"]) == "decorated"  # code objects start at the decorator
+    assert provenance._unit_of(SOURCE, line["return [y for y in x]"]) == "decorated"  # a comprehension
+    assert provenance._unit_of(SOURCE, line["class Box:"]) == "Box"
+    assert provenance._unit_of(SOURCE, 1) == "<module>"
 
 
 @pytest.mark.parametrize(
@@ -74,41 +74,41 @@ def test_units_are_functions_methods_class_bodies_and_module(tmp_path):
         (('"""A module."""', '"""A module, described."""'), {"<module>"}),
     ],
 )
-def test_a_unit_changes_exactly_when_its_tokens_do(tmp_path, edit, changed):
-    _, (before, _, _) = _units(tmp_path, SOURCE)
-    _, (after, _, _) = _units(tmp_path, SOURCE.replace(*edit))
+def test_a_unit_changes_exactly_when_its_tokens_do(edit, changed):
+    before, after = _units(SOURCE)[0], _units(SOURCE.replace(*edit))[0]
     assert {u for u in before if before[u] != after.get(u)} == changed
 
 
-def test_recording_hashes_the_code_that_ran_and_stale_names_what_changed(tmp_path, monkeypatch):
+def test_recording_hashes_the_code_as_it_ran_and_stale_names_what_changed(tmp_path, monkeypatch):
     monkeypatch.setattr(provenance, "REPO", tmp_path)
-    package = tmp_path / "jaxlump"
-    package.mkdir()
-    (package / "probe.py").write_text(SOURCE)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, "jaxlump.probe", raising=False)
-    namespace = {}
-    exec(compile(SOURCE, str(package / "probe.py"), "exec"), namespace)  # the module's code, at its own path
-    import cProfile
-
+    monkeypatch.setattr(provenance, "_LOADED", {})
+    folder = tmp_path / "benchmarks"
+    folder.mkdir()
+    path = folder / "probe_module.py"
+    path.write_text(SOURCE)
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delitem(sys.modules, "probe_module", raising=False)
+    probe = importlib.import_module("probe_module")
+    monkeypatch.setitem(sys.modules, "probe_module", probe)  # removed again after the test
+    provenance._remember_loaded_sources()
     profiler = cProfile.Profile()
     profiler.enable()
-    namespace["double"](1.0)
-    namespace["Box"]().area()
+    probe.double(1.0)
+    probe.Box().area()
     profiler.disable()
+    path.write_text(SOURCE.replace("SCALE * x", "SCALE - x"))  # edited while the benchmark was still running
     ran = provenance.sources(profiler)
-    assert set(ran) == {"jaxlump/probe.py"}
     # `decorated` never ran; the module statements and class bodies of a file whose code ran are always recorded.
-    assert set(ran["jaxlump/probe.py"]) == {"<module>", "Box", "Box.area", "double"}
+    assert ran.keys() == {"benchmarks/probe_module.py"}
+    assert ran["benchmarks/probe_module.py"].keys() == {"<module>", "Box", "Box.area", "double"}
     block = {"sources": ran}
+    assert provenance.stale(block) == ["benchmarks/probe_module.py::double"]  # recorded as it ran, not as edited
+    path.write_text(SOURCE)
     assert provenance.stale(block) == []
-    (package / "probe.py").write_text(SOURCE.replace("return lambda: self.size**2", "return lambda: self.size"))
-    provenance._units.cache_clear()
-    assert provenance.stale(block) == ["jaxlump/probe.py::Box.area"]
-    (package / "probe.py").write_text(SOURCE.replace("def double", "def twice"))
-    provenance._units.cache_clear()
-    assert provenance.stale(block) == ["jaxlump/probe.py::double"]  # a unit that is gone is stale too
-    provenance._units.cache_clear()
+    path.write_text(SOURCE.replace("def double", "def twice"))
+    assert provenance.stale(block) == ["benchmarks/probe_module.py::double"]  # a unit that is gone is stale too
+    path.unlink()
+    assert len(provenance.stale(block)) == 4  # so is every unit of a file that is gone
 
 
 def test_a_result_completed_by_two_runs_keeps_the_first_hash_and_unrecorded_stays_stale():
