@@ -30,7 +30,7 @@ import sys
 import textwrap
 import tokenize
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+REPO = pathlib.Path(__file__).resolve().parents[1]  # this module's own code is not recorded: it changes no number
 RESULTS = REPO / "benchmarks" / "results"
 PRODUCING = ("jaxlump", "benchmarks")  # the folders whose code can produce a result
 MODULE = "<module>"
@@ -118,7 +118,8 @@ def _relative(filename: str) -> str | None:
         path = pathlib.Path(filename).resolve().relative_to(REPO)
     except ValueError:
         return None
-    return path.as_posix() if path.parts[0] in PRODUCING and path.suffix == ".py" else None
+    producing = path.parts[0] in PRODUCING and path.suffix == ".py" and path.name != pathlib.Path(__file__).name
+    return path.as_posix() if producing else None
 
 
 def unit_hash(relative_path: str, unit: str, *, as_run: bool = False) -> str | None:
@@ -223,7 +224,7 @@ def paused():
 
 
 def _git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.rstrip("\n")
 
 
 def _version(name: str) -> str | None:
