@@ -15,6 +15,7 @@ import jax.random as jr
 import numpy as np
 from tqdm.auto import tqdm
 
+from ._plotting import eps_labels, keep_readable
 from ._registry import compressors as compressors
 
 SIMULATED = ("glycolytic", "polymerization", "reaction_network", "rlc_network")
@@ -143,29 +144,21 @@ def _figure():
 
 
 def _save_figure(fig, ax, path: pathlib.Path, title: str, base_mse: float) -> pathlib.Path:
+    """The original's line, axes and legend; then, with the layout final, only the ε labels that stay readable."""
     ax.axhline(base_mse, color="grey", ls="--", label="original")
     ax.set(xlabel="% of the original size (dense params / non-zeros)", ylabel="test MSE", yscale="log", title=title)
     ax.legend(fontsize=8)
     fig.tight_layout()
+    keep_readable(ax, list(ax.texts))  # the ε labels of `_plot_eps_line`, in the order to try them
     fig.savefig(path, dpi=120)
     return path
 
 
 def _plot_eps_line(ax, rows: list[dict]) -> None:
-    """The lumping curve, each point labelled with its ε (one label `ε=a…b` for a run of identical points)."""
-    ax.plot([r["percent"] for r in rows], [r["test_mse"] for r in rows], "o-", color="C0", label="lump (ε sweep)")
-    runs = []
-    for r in rows:
-        if runs and (runs[-1][-1]["percent"], runs[-1][-1]["test_mse"]) == (r["percent"], r["test_mse"]):
-            runs[-1].append(r)
-        else:
-            runs.append([r])
-    for run in runs:
-        text = f"ε={run[0]['eps']:g}" + (f"…{run[-1]['eps']:g}" if len(run) > 1 else "")
-        ax.annotate(text, (run[0]["percent"], run[0]["test_mse"]), fontsize=7, xytext=(3, 3), **_OFFSET)
-
-
-_OFFSET = {"textcoords": "offset points"}
+    """The lumping curve and its ε labels (one `ε=a…b` per run of identical points), thinned by `_save_figure`."""
+    percent, mse = [r["percent"] for r in rows], [r["test_mse"] for r in rows]
+    ax.plot(percent, mse, "o-", color="C0", label="lump (ε sweep)")
+    eps_labels(ax, percent, mse, [r["eps"] for r in rows], fontsize=7.0)
 
 
 def _compress(model, name: str, target, x_calib, *, reconstruct: bool, seed: int):
@@ -190,6 +183,11 @@ def _compress(model, name: str, target, x_calib, *, reconstruct: bool, seed: int
 ALWAYS_REFIT = ("merge_or_remove", "lump_then_select")  # their result is always the reconstructed one
 
 
+def _reconstructed(name: str, reconstruct: bool) -> bool:
+    """Whether the result of `_compress(name, reconstruct=reconstruct)` is least-squares reconstructed (refitted)."""
+    return reconstruct or name in ALWAYS_REFIT
+
+
 def _label(name: str, reconstruct: bool) -> str:
     if name == "lump":
         return "lump + refit" if reconstruct else "lump (quotient)"
@@ -199,25 +197,30 @@ def _label(name: str, reconstruct: bool) -> str:
 
 
 def _matched(model, data, x_calib, runs, fractions, seed: int, progress: bool) -> list[dict]:
-    """Every `(method name, reconstruct)` of `runs` at every fraction; a failure is recorded, not hidden."""
+    """Every `(method name, reconstruct)` of `runs` at every fraction; a failure is recorded, not hidden.
+
+    Each row says whether its result is reconstructed (`"reconstructed"`), which the plot draws filled.
+    """
     jobs = [(f, name, recon) for f in fractions for name, recon in runs]
     rows = []
     for fraction, name, recon in tqdm(jobs, desc="matched sizes", disable=not progress, leave=False):
-        label = _label(name, recon)
+        label, flag = _label(name, recon), {"reconstructed": _reconstructed(name, recon)}
         try:
             small, info = _compress(model, name, fraction, x_calib, reconstruct=recon, seed=seed)
         except ValueError as error:
-            rows.append({"method": label, "requested": fraction, "error": str(error)})
+            rows.append({"method": label} | flag | {"requested": fraction, "error": str(error)})
             continue
-        rows.append(describe(label, model, small, info, data, x_calib) | {"requested": fraction})
+        rows.append(describe(label, model, small, info, data, x_calib) | flag | {"requested": fraction})
     return rows
 
 
 def _plot_matched(ax, rows: list[dict]) -> None:
+    """One curve per method label: filled squares and dashes when its rows are reconstructed, hollow and dotted not."""
     labels = list(dict.fromkeys(r["method"] for r in rows if "error" not in r))
     for i, label in enumerate(labels):
-        points = sorted((r["percent"], r["test_mse"]) for r in rows if r["method"] == label and "error" not in r)
-        filled = "+" in label  # reconstructed / refitted results are filled, the others hollow
+        drawn = [r for r in rows if r["method"] == label and "error" not in r]
+        filled = all(r["reconstructed"] for r in drawn)  # one label is one (method, reconstruct) pair
+        points = sorted((r["percent"], r["test_mse"]) for r in drawn)
         ax.plot(*zip(*points), "s--" if filled else "s:", color=f"C{1 + i}", mfc=None if filled else "none",
                 label=label, alpha=0.9)  # fmt: skip
 

@@ -155,11 +155,16 @@ class Sweep(eqx.Module):
         )
 
     def plot(self, ax=None, *, error: str = "output_max_abs"):
-        """Size (dense parameters) against `error` on log axes, each point labelled with its ε; returns the Axes.
+        """Size (dense parameters) against `error` on log axes, with a readable subset of the ε labelled.
 
-        Results with zero error (exact ε) cannot sit on a log axis and are listed in the legend instead.
+        Consecutive ε with the same point share one label (`ε=a…b`); both ends of the curve are always labelled,
+        the other points only where their label overlaps none already placed (at most 12 labels in all, spread
+        along the curve). Results with zero error (exact ε) cannot sit on a log axis and are counted in the legend
+        instead. Returns the Axes.
         """
         import matplotlib.pyplot as plt
+
+        from ._plotting import eps_labels, keep_readable
 
         ax = plt.subplots()[1] if ax is None else ax
         values, size, grid = self.errors(error), np.asarray(self.dense_params), np.asarray(self.eps_grid)
@@ -167,13 +172,12 @@ class Sweep(eqx.Module):
         zero = int(np.sum((values == 0) & self.successful))
         label = "lump (ε sweep)" + (f"; {zero} result(s) with zero error not shown" if zero else "")
         ax.plot(size[shown], values[shown], "o-", label=label)
-        for s, v, e in zip(size[shown], values[shown], grid[shown]):
-            ax.annotate(f"ε={e:.3g}", (s, v), textcoords="offset points", xytext=(4, 4), fontsize=8)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("dense parameters")
         ax.set_ylabel(error.replace("_", " ") + " (calibration)")
         ax.legend()
+        keep_readable(ax, eps_labels(ax, size[shown], values[shown], grid[shown]))
         return ax
 
 

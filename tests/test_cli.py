@@ -135,15 +135,55 @@ def test_run_tiny(tmp_path, capsys):
     assert "test_mse" in capsys.readouterr().out
 
 
-def test_run_plot_labels_eps_and_shows_reconstructed_baselines():
+def test_run_plot_labels_eps_and_shows_reconstructed_baselines(tmp_path):
     fig, ax = _cli_jobs._figure()
     points = [(0.0, 100.0, 1.0), (0.3, 100.0, 1.0), (0.5, 50.0, 2.0), (0.9, 20.0, 4.0)]
     _cli_jobs._plot_eps_line(ax, [{"eps": e, "percent": p, "test_mse": m} for e, p, m in points])
-    rows = [{"method": m, "percent": 50.0, "test_mse": 3.0} for m in ("magnitude", "magnitude + reconstruction")]
+    rows = [
+        {"method": m, "reconstructed": r, "percent": 50.0, "test_mse": 3.0}
+        for m, r in (("magnitude", False), ("magnitude + reconstruction", True))
+    ]
     _cli_jobs._plot_matched(ax, rows)
+    _cli_jobs._save_figure(fig, ax, tmp_path / "plot.png", "title", 1.0)
     # identical points (ε = 0 and 0.3 here) share one label
-    assert [t.get_text() for t in ax.texts] == ["ε=0…0.3", "ε=0.5", "ε=0.9"]
+    assert sorted(t.get_text() for t in ax.texts) == ["ε=0.5", "ε=0.9", "ε=0…0.3"]
     assert {line.get_label() for line in ax.lines} >= {"lump (ε sweep)", "magnitude", "magnitude + reconstruction"}
+
+
+def test_matched_plot_fills_what_the_rows_say_is_reconstructed():
+    """The fill comes from each row's `reconstructed`, not from its label: `merge_or_remove (refit)` (always
+    refitted, no '+' in its label) was drawn hollow and dotted, the docs' sign of "not reconstructed"."""
+    runs = [("merge_or_remove", True, True), ("lump", True, True), ("lump", False, False),
+            ("magnitude", False, False), ("magnitude", True, True), ("lump_then_select", False, True)]  # fmt: skip
+    rows = [
+        {"method": _cli_jobs._label(name, recon), "reconstructed": flag, "percent": p, "test_mse": 1.0 + i}
+        for i, (name, recon, flag) in enumerate(runs)
+        for p in (35.0, 60.0)
+    ]
+    _, ax = _cli_jobs._figure()
+    _cli_jobs._plot_matched(ax, rows)
+    for name, recon, flag in runs:
+        (line,) = [line for line in ax.lines if line.get_label() == _cli_jobs._label(name, recon)]
+        drawn = (line.get_markerfacecolor() != "none", line.get_linestyle())
+        assert drawn == ((True, "--") if flag else (False, ":")), (name, recon)
+    # the job's rows carry the flag: always-refitting methods are reconstructed whatever `reconstruct` says
+    assert [_cli_jobs._reconstructed(name, recon) for name, recon, _ in runs] == [flag for *_, flag in runs]
+
+
+def test_main_job_eps_labels_do_not_overlap(tmp_path):
+    """The main job's ε = 0…0.5 sit at 93–100 % of the size with nearly equal MSE: their labels piled into a smear.
+    Only labels that overlap no other are kept, both ends of the curve always."""
+    eps = [0.0, 0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6, 0.7, 0.8, 0.9, 1.0]
+    percent = [100.0, 100.0, 99.1, 97.2, 95.0, 93.0, 89.0, 84.6, 51.6, 18.7, 10.5, 6.3]
+    mse = [7.84e-3, 7.84e-3, 7.8e-3, 7.7e-3, 7.5e-3, 7.31e-3, 8.0e-3, 8.66e-3, 2.27e-2, 6.59e-2, 0.304, 0.445]
+    fig, ax = _cli_jobs._figure()
+    _cli_jobs._plot_eps_line(ax, [{"eps": e, "percent": p, "test_mse": m} for e, p, m in zip(eps, percent, mse)])
+    _cli_jobs._save_figure(fig, ax, tmp_path / "plot.png", "title", 7.84e-3)
+    texts = [t.get_text() for t in ax.texts]
+    assert "ε=0…0.3" in texts and "ε=1" in texts and 3 <= len(texts) < len(eps) - 1, texts
+    renderer = fig.canvas.get_renderer()  # at the figure's dpi (a text caches the renderer of the last savefig)
+    boxes = [text.get_window_extent(renderer) for text in ax.texts]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[:i]), texts
 
 
 @pytest.mark.integration
