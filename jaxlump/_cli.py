@@ -7,7 +7,8 @@ Subcommands (`jaxlump SUBCOMMAND --help` explains each option):
   least-squares reconstruction;
 - `compress`: one method (any name from `jaxlump.compressors()`) to one target, optionally reconstructed, and the
   compressed model saved with `jaxlump.save`;
-- `sweep`: size and error over an ε grid, and the smallest model within an error budget;
+- `sweep`: size and error over an ε grid, and the smallest model within an error budget (`--max-error`, bounding
+  the certificate field `--error` as `Sweep.smallest_within` does);
 - `bench`: every chosen method at every chosen size, with and without reconstruction.
 
 Every option is checked before any data is generated or any network trained. Results go to the output folder as
@@ -15,12 +16,15 @@ JSON (raw), CSV (the table) and PNG (the plot).
 """
 
 import argparse
+import inspect
 import pathlib
 import sys
 
 import jax
 
 from . import _cli_jobs as jobs
+from ._info import Certificate
+from ._sweep import Sweep
 
 DATA = ("glycolytic", "polymerization", "reaction_network", "rlc_network", "abalone", "protein", "metro_traffic",
         "household_power")  # fmt: skip
@@ -29,6 +33,9 @@ ACTIVATIONS = ("tanh", "sigmoid", "relu", "leaky_relu", "softplus", "silu", "ide
 DEFAULT_EPS = (0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 BENCH_DEFAULT = ("merge_or_remove", "lump", "obs_prune", "structured_prune", "magnitude", "wanda")
 SUBCOMMANDS = ("run", "compress", "sweep", "bench")
+# `--error` is `Sweep.smallest_within`'s `error`: the same choices (the certificate's fields), the same default
+ERRORS = tuple(Certificate.__dataclass_fields__)
+DEFAULT_ERROR = inspect.signature(Sweep.smallest_within).parameters["error"].default
 
 
 def _number(kind, name: str, *, low=None, high=None, low_open=False):
@@ -164,7 +171,15 @@ def parser() -> argparse.ArgumentParser:
         "--max-error",
         type=_number(float, "--max-error", low=0),
         default=None,
-        help="report the smallest model whose calibration RMS deviation from the original is at most this",
+        help="report the smallest model whose --error is at most this (Sweep.smallest_within(max_error, error=...))",
+    )
+    sweep.add_argument(
+        "--error",
+        choices=ERRORS,
+        default=DEFAULT_ERROR,
+        help="the error --max-error bounds, a field of the certificate as in Sweep.smallest_within: output_max_abs "
+        "(default: the largest absolute deviation from the original's outputs on the calibration set), output_rms "
+        "(their RMS), a_priori_bound or ode_max_abs (sweeps with the ODE certificate)",
     )
 
     bench = sub.add_parser("bench", help="methods at matched sizes", description=jobs.bench.__doc__)

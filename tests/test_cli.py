@@ -1,10 +1,15 @@
 """The `jaxlump` command: every subcommand on a tiny problem, every invalid option refused before any training."""
 
 import csv
+import inspect
 import json
+import types
 
+import jax.random as jr
 import matplotlib
+import numpy as np
 import pytest
+from _networks import random_mlp
 
 import jaxlump
 from jaxlump import _cli, _cli_jobs
@@ -47,6 +52,7 @@ def _refused(capsys, argv, *fragments):
         (["--fractions", "1.2"], ["--fractions"]),
         (["--n-calib", "5000"], ["--n-calib", "5000", "3200"]),
         (["sweep", "--max-error", "-1"], ["--max-error"]),
+        (["sweep", "--max-error", "0.05", "--error", "rms"], ["--error", "'rms'", "output_max_abs", "output_rms"]),
         (["sweep", "--data", "mnist"], ["--data", "mnist", "abalone"]),
         (["compress"], ["--target"]),
         (["compress", "--target", "0"], ["--target", "'0'"]),
@@ -229,6 +235,41 @@ def test_sweep_tiny(tmp_path):
     # a budget every ε meets: the smallest model of the grid is chosen
     assert payload["chosen"]["params"] == min(r["params"] for r in payload["sweep"])
     assert len(_read_csv(out / "sweep.csv")) == 3 and (out / "sweep.png").exists()
+
+
+@pytest.mark.integration
+def test_sweep_budget_chooses_what_the_api_chooses(monkeypatch, tmp_path, capsys):
+    """`jaxlump sweep --max-error b [--error e]` reports the model `Sweep.smallest_within(b, error=e)` returns, with
+    the same default `e` (the command once bounded the calibration RMS where the API bounds the largest |error|)."""
+    model = random_mlp(jr.key(0), (3, 12, 12, 2))  # the network and data of tests/test_sweep.py
+    x = np.asarray(jr.normal(jr.key(200), (48, 3)))
+    data = types.SimpleNamespace(x_test=x[:8], y_test=np.zeros((8, 2)))
+    monkeypatch.setattr(_cli_jobs, "problem", lambda args, data_name: (model, data, x))
+    grid = ["0", "0.05", "0.2", "0.4", "0.7", "1", "1.5", "3"]
+    api = jaxlump.sweep(model, x, [float(e) for e in grid])
+    size, rms, largest = np.asarray(api.dense_params), api.errors("output_rms"), api.errors("output_max_abs")
+    assert api.successful.all()
+    # a budget that the two errors read differently: the RMS admits a smaller model than the largest |error|
+    budget = next(b for b in np.unique(rms) if size[rms <= b].min() < size[largest <= b].min())
+    for option, error in [([], "output_max_abs"), (["--error", "output_rms"], "output_rms")]:
+        out = tmp_path / error
+        argv = ["sweep", "--no-progress", "--eps", *grid, "--max-error", repr(float(budget)), *option]
+        assert _cli.main([*argv, "--out", str(out)]) == 0
+        payload = json.loads((out / "sweep.json").read_text())
+        _, info = api.smallest_within(budget, error=error)
+        chosen = payload["chosen"]
+        assert (chosen["params"], chosen["eps"]) == (int(info.cost_after.dense_params), float(info.knob)), error
+        assert payload["budget"] == {"error": error, "max_error": float(budget)}
+        assert chosen[error] <= budget and f"Smallest within {error} <= " in capsys.readouterr().out
+        assert [r[error] for r in payload["sweep"]] == api.errors(error).tolist()
+    assert size[largest <= budget].min() > size.min()  # the budget binds
+
+
+def test_sweep_error_option_is_the_apis():
+    options = {a.dest: a for a in _cli.parser()._subparsers._group_actions[0].choices["sweep"]._actions}
+    signature = inspect.signature(jaxlump.Sweep.smallest_within).parameters
+    assert options["error"].default == signature["error"].default == "output_max_abs"
+    assert set(options["error"].choices) == set(jaxlump.Certificate.__dataclass_fields__)
 
 
 @pytest.mark.integration
