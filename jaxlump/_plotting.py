@@ -56,9 +56,10 @@ def keep_readable(ax, annotations, *, max_labels: int = MAX_LABELS) -> list:
     """Place each annotation where it overlaps no label kept before it nor the legend, inside the axes; remove the
     ones that fit nowhere (and all after `max_labels`). Returns the kept ones.
 
-    The first two (the curve's ends, from `eps_labels`) are always kept: where no place is free they take the first
-    place free of other labels, else the first inside the axes. Overlap is measured on the drawn text in display
-    space, so call this after the axes' limits and the figure's layout are final (before `savefig`).
+    The first two (the curve's ends, from `eps_labels`) are always kept, in the first place free of other labels and
+    inside the axes (else free of labels, else the first place); they may cover the legend, which moves away from
+    text when it is placed "best" (matplotlib's default). Overlap is measured on the drawn text in display space,
+    so call this after the axes' limits and the figure's layout are final (before `savefig`).
     """
     if not annotations:
         return []
@@ -75,9 +76,10 @@ def keep_readable(ax, annotations, *, max_labels: int = MAX_LABELS) -> list:
             inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
             options.append(((offset, align), box, not any(box.overlaps(b) for b in boxes),
                             not any(box.overlaps(b) for b in obstacles), inside))  # fmt: skip
-        good = [o for o in options if o[2] and o[3] and o[4]]
-        if i < 2:
-            good = good or [o for o in options if o[2] and o[4]] or [o for o in options if o[2]] or options
+        if i < 2:  # an end: free of labels and inside if it can be; a legend placed "best" moves away at draw
+            good = [o for o in options if o[2] and o[4]] or [o for o in options if o[2]] or options
+        else:
+            good = [o for o in options if o[2] and o[3] and o[4]]
         if good and (i < 2 or len(kept) < max_labels):
             (offset, align), box = good[0][:2]
             annotation.xyann = offset

@@ -170,7 +170,7 @@ class Sweep(eqx.Module):
         values, size, grid = self.errors(error), np.asarray(self.dense_params), np.asarray(self.eps_grid)
         shown = (values > 0) & self.successful
         zero = int(np.sum((values == 0) & self.successful))
-        label = "lump (ε sweep)" + (f"; {zero} result(s) with zero error not shown" if zero else "")
+        label = "lump (ε sweep)" + (f"\n{zero} ε with zero error not shown" if zero else "")
         ax.plot(size[shown], values[shown], "o-", label=label)
         ax.set_xscale("log")
         ax.set_yscale("log")

@@ -136,6 +136,7 @@ def test_run_tiny(tmp_path, capsys):
     }
     for row in results["matched"]:
         assert "error" in row or row["percent"] <= 50.0
+        assert row["reconstructed"] == (row["method"] != "magnitude"), row["method"]
     assert len(_read_csv(out / "results.csv")) == 2 + 5
     assert (out / "size_vs_error.png").stat().st_size > 0
     assert "test_mse" in capsys.readouterr().out
@@ -146,7 +147,7 @@ def test_run_plot_labels_eps_and_shows_reconstructed_baselines(tmp_path):
     points = [(0.0, 100.0, 1.0), (0.3, 100.0, 1.0), (0.5, 50.0, 2.0), (0.9, 20.0, 4.0)]
     _cli_jobs._plot_eps_line(ax, [{"eps": e, "percent": p, "test_mse": m} for e, p, m in points])
     rows = [
-        {"method": m, "reconstructed": r, "percent": 50.0, "test_mse": 3.0}
+        {"method": m, "compressor": "magnitude", "reconstructed": r, "percent": 50.0, "test_mse": 3.0}
         for m, r in (("magnitude", False), ("magnitude + reconstruction", True))
     ]
     _cli_jobs._plot_matched(ax, rows)
@@ -162,7 +163,13 @@ def test_matched_plot_fills_what_the_rows_say_is_reconstructed():
     runs = [("merge_or_remove", True, True), ("lump", True, True), ("lump", False, False),
             ("magnitude", False, False), ("magnitude", True, True), ("lump_then_select", False, True)]  # fmt: skip
     rows = [
-        {"method": _cli_jobs._label(name, recon), "reconstructed": flag, "percent": p, "test_mse": 1.0 + i}
+        {
+            "method": _cli_jobs._label(name, recon),
+            "compressor": name,
+            "reconstructed": flag,
+            "percent": p,
+            "test_mse": 1.0 + i,
+        }
         for i, (name, recon, flag) in enumerate(runs)
         for p in (35.0, 60.0)
     ]
@@ -174,6 +181,39 @@ def test_matched_plot_fills_what_the_rows_say_is_reconstructed():
         assert drawn == ((True, "--") if flag else (False, ":")), (name, recon)
     # the job's rows carry the flag: always-refitting methods are reconstructed whatever `reconstruct` says
     assert [_cli_jobs._reconstructed(name, recon) for name, recon, _ in runs] == [flag for *_, flag in runs]
+
+
+def test_bench_plot_draws_the_rows_and_their_deviation_from_the_original(tmp_path):
+    """Left: each curve is its rows' test MSE; right: their calibration RMS deviation from the original, which
+    separates reconstructed results that a noisy data set's test MSE puts all on the original's line (abalone: all
+    within 4 % of 0.400, deviations 0.005-0.16, measured at 813be88). One colour per compressor, never the
+    original's grey nor the ε sweep's C0 (the eleven curves of the default bench cycled through C1...C11: C7 was
+    the original's grey and C11 repeated C1)."""
+    names = ["merge_or_remove", "lump", "obs_prune", "structured_prune", "magnitude", "wanda", "fold", "zipit", "flap"]
+    runs = [(n, r) for n in names for r in ((True,) if n == "merge_or_remove" else (False, True))]
+    rows = [
+        {"method": _cli_jobs._label(n, r), "compressor": n, "reconstructed": _cli_jobs._reconstructed(n, r),
+         "percent": p, "test_mse": 0.4 + 0.01 * i + p / 1e3, "calib_rms": 0.1 * (i + 1) + p / 1e4}
+        for i, (n, r) in enumerate(runs)
+        for p in (15.0, 35.0, 60.0)
+    ]  # fmt: skip
+    rows.append({"method": "flap", "compressor": "flap", "reconstructed": False, "requested": 0.1, "error": "x"})
+    _cli_jobs._plot_bench(rows, {"test_mse": 0.4}, tmp_path / "bench.png", "title")
+    fig = matplotlib.pyplot.gcf()
+    left, right = fig.axes
+    colours = {}
+    for ax, y in ((left, "test_mse"), (right, "calib_rms")):
+        for line in ax.lines:
+            if line.get_label() == "original":
+                continue
+            drawn = [r for r in rows if r["method"] == line.get_label() and "error" not in r]
+            assert line.get_xdata().tolist() == [r["percent"] for r in drawn]
+            assert line.get_ydata().tolist() == [r[y] for r in drawn]
+            colours.setdefault(drawn[0]["compressor"], set()).add((line.get_color(), line.get_marker()))
+    assert len({line.get_label() for line in right.lines}) == len({r["method"] for r in rows}) == 17
+    assert all(len(c) == 1 for c in colours.values()) and len(set.union(*colours.values())) == len(names)
+    assert not {c for c, _ in set.union(*colours.values())} & {"C0", "C7", "grey"}
+    assert (tmp_path / "bench.png").stat().st_size > 0
 
 
 def test_main_job_eps_labels_do_not_overlap(tmp_path):
@@ -285,3 +325,7 @@ def test_bench_tiny(tmp_path):
         "structured_prune + reconstruction",
     ]
     assert all(r["percent"] <= 50.0 for r in rows) and (out / "bench.png").exists()
+    # the reconstruction is applied: each reconstructed result is closer to the original than the plain one
+    plain, refit = rows[0::2], rows[1::2]
+    assert [r["reconstructed"] for r in rows] == [False, True] * 2
+    assert all(b["calib_rms"] < a["calib_rms"] and a["compressor"] == b["compressor"] for a, b in zip(plain, refit))
