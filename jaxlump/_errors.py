@@ -255,6 +255,25 @@ def check_fraction(value, name: str, *, upper_inclusive: bool = False) -> float:
     return value
 
 
+def is_per_layer(value) -> bool:
+    """Whether a knob is given per hidden layer: a tuple, a list or an array of at least one dimension."""
+    return isinstance(value, (tuple, list)) or (isinstance(value, (np.ndarray, jax.Array)) and value.ndim >= 1)
+
+
+def check_layer_fractions(value, name: str, n_hidden: int) -> float | tuple[float, ...]:
+    """A fraction in [0, 1) for every hidden layer (returned as a float), or one per hidden layer (a tuple, list or
+    1-D array of `n_hidden` fractions, returned as a tuple of floats): the per-layer knob of the structured methods,
+    with which `compress_to` sets each layer's width."""
+    if not is_per_layer(value):
+        return check_fraction(value, name)
+    if len(value) != n_hidden:
+        raise ValueError(
+            f"`{name}` as one fraction per hidden layer must hold {n_hidden} numbers (the model has {n_hidden} hidden "
+            f"layers); received {value!r}. Pass one number for every layer, or {n_hidden} numbers in [0, 1)."
+        )
+    return tuple(check_fraction(v, f"{name}[{i}]") for i, v in enumerate(list(value)))
+
+
 def check_bool(value, name: str) -> bool:
     """A flag: only `True`/`False` (NumPy booleans too); `'no'`, `0`, `None` are refused."""
     if not isinstance(value, (bool, np.bool_)):

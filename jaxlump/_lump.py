@@ -37,6 +37,7 @@ def partition_with_result(chain: DenseChain, x, eps, discrepancy: AbstractDiscre
 
     `eps_max ≥ eps` (default `eps`) bounds the ε the distances must answer for: a sweep passes its largest ε,
     so the work that does not depend on ε (the first layer's distances) is shared by the whole grid.
+    `eps` (and `eps_max`) may also hold one ε per hidden layer (shape `(L − 1,)`; `compress_to`'s widths targets).
     """
     eps_max = eps if eps_max is None else eps_max
     # ∞ marks pairs never related; ε is capped so that even ε = ∞ does not relate them.
@@ -44,11 +45,12 @@ def partition_with_result(chain: DenseChain, x, eps, discrepancy: AbstractDiscre
     prepared = discrepancy.prepare(chain, x)
     labels, previous, distance_results = [], jnp.arange(chain.widths[0], dtype=jnp.int32), []
     for l, live in enumerate(live_neurons(chain), start=1):
+        eps_l, eps_max_l = (e[l - 1] if jnp.ndim(e) else e for e in (eps, eps_max))
         # A removed neuron's outgoing weights to live neurons are zero, so any block may hold it.
-        distances = discrepancy.layer_within(chain, prepared, l, jnp.maximum(previous, 0), eps_max)
+        distances = discrepancy.layer_within(chain, prepared, l, jnp.maximum(previous, 0), eps_max_l)
         distance_results.append(finite_result(distances.relative, RESULTS.refinement_nonfinite))
         relative = jnp.where(live[:, None] & live[None, :], distances.relative, jnp.inf)
-        previous = jnp.where(live, refine(refinement, relative, eps, distances.importance), -1)
+        previous = jnp.where(live, refine(refinement, relative, eps_l, distances.importance), -1)
         # A layer none of whose neurons reaches the output (all-zero weights) is kept as one block, neuron 0 its
         # representative, rather than emptied: it contributes nothing either way, and no layer has zero width.
         previous = jnp.where(jnp.any(live), previous, 0)
@@ -63,9 +65,19 @@ def partition(chain: DenseChain, x, eps, discrepancy: AbstractDiscrepancy, refin
 
 
 def lump_chain_unjitted(
-    original: DenseChain, x, eps, discrepancy, refinement: str, refit: bool, ridge, certify_ode: bool, eps_max=None
+    original: DenseChain,
+    x,
+    eps,
+    discrepancy,
+    refinement: str,
+    refit: bool,
+    ridge,
+    certify_ode: bool,
+    eps_max=None,
+    knob=None,
 ):
-    """The fixed-shape core on canonical chains, ε traced (`eps_max`: see `partition_with_result`)."""
+    """The fixed-shape core on canonical chains, ε traced (`eps_max`: see `partition_with_result`; `knob`: the
+    `info.knob` recorded, default `eps`, which must then be one ε for every layer)."""
     partitions, partition_result = partition_with_result(original, x, eps, discrepancy, refinement, eps_max)
     reduced = quotient(original, partitions, original.widths[1:-1])
     results = [partition_result, finite_result(reduced, RESULTS.nonfinite_result)]
@@ -78,8 +90,9 @@ def lump_chain_unjitted(
     else:
         certificate, certificate_result = certify(original, reduced, partitions, x, simulate_ode=certify_ode)
         results.append(certificate_result)
+    knob = eps if knob is None else knob
     info = compression_info(
-        "lump", eps, original, reduced, partitions, structured=True, result=combine(*results), x=x,
+        "lump", knob, original, reduced, partitions, structured=True, result=combine(*results), x=x,
         certificate=certificate,
     )  # fmt: skip
     return reduced, info
@@ -214,3 +227,51 @@ def lump_masked(
     reduced, info = lump_chain(chain, x, eps, discrepancy, refinement, refit, ridge, certify_ode)
     reduced = raise_if_failed(info.result, reduced, check_bool(throw, "throw"), "jaxlump.lump_masked")
     return from_chain(reduced, like=model), info
+
+
+def lump_per_layer(
+    model,
+    x_calib,
+    layer_eps,
+    *,
+    discrepancy: AbstractDiscrepancy = Structural(),
+    refinement: str = "representative",
+    refit: bool = True,
+    ridge: float = DEFAULT_RIDGE,
+    certify_ode: bool = True,
+    throw: bool = True,
+):
+    """`lump` with one ε per hidden layer (`layer_eps`, each ≥ 0), options as `lump`: how
+    `jaxlump.baselines.compress_to` reaches a widths target. Layer l's partition depends on ε_1 … ε_l only (the
+    layers are refined from the input side). `info.knob` is NaN: no one ε produced the result."""
+    chain, x, _, ridge = _prepare(model, x_calib, 0.0, discrepancy, refinement, ridge)
+    eps = _layer_eps(layer_eps, chain)
+    refit, certify_ode = check_bool(refit, "refit"), check_bool(certify_ode, "certify_ode")
+    nan = jnp.full((), jnp.nan, eps.dtype)
+    reduced, info = lump_chain(chain, x, eps, discrepancy, refinement, refit, ridge, certify_ode, None, nan)
+    small, info = shrink(from_chain(reduced, like=model), info)
+    raise_if_failed(info.result, None, check_bool(throw, "throw"), "jaxlump.lump")
+    return small, info
+
+
+def widths_at_layer_eps(
+    model, x_calib, *, discrepancy: AbstractDiscrepancy = Structural(), refinement: str = "representative", **_
+):
+    """A function from one ε per hidden layer to the hidden widths `lump_per_layer` gives there, from the partitions
+    alone (one compilation, no refit): the search of `compress_to`'s widths targets. Other options are ignored."""
+    chain, x, _, _ = _prepare(model, x_calib, 0.0, discrepancy, refinement, 0.0)
+
+    def widths(layer_eps) -> tuple[int, ...]:
+        labels = partition(chain, x, _layer_eps(layer_eps, chain), discrepancy, refinement)
+        return tuple(int(np.unique(p[p >= 0]).size) for p in map(np.asarray, labels))
+
+    return widths
+
+
+def _layer_eps(layer_eps, chain: DenseChain) -> jax.Array:
+    if np.ndim(layer_eps) != 1 or len(layer_eps) != chain.n_layers - 1:
+        raise ValueError(
+            f"`layer_eps` must hold one ε per hidden layer ({chain.n_layers - 1}); received {layer_eps!r}."
+        )
+    eps = [check_eps(e, f"layer_eps[{i}]") for i, e in enumerate(layer_eps)]
+    return jnp.stack(eps).astype(chain.weights[0].dtype)

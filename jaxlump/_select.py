@@ -9,6 +9,7 @@ the original by the shared least-squares refit (`jaxlump.reconstruct`), which al
 """
 
 import dataclasses
+from collections.abc import Sequence
 
 import equinox as eqx
 import jax
@@ -24,7 +25,6 @@ from ._errors import (
     check_bool,
     check_data,
     check_eps,
-    check_fraction,
     combine,
     finite_result,
     raise_if_failed,
@@ -35,7 +35,7 @@ from ._merge_cost import check_damping, initial_state, layer_inputs
 from ._reconstruct import DEFAULT_RIDGE, reconstruct
 from ._reduction.masked import shrink
 from ._reduction.quotient import quotient
-from .baselines._structured import structured_info
+from .baselines._structured import check_sparsity, fraction_for, knob_number, layer_knob, structured_info
 
 DEFAULT_CANDIDATES = 16
 
@@ -234,6 +234,29 @@ def merge_or_remove_to_size(
     return compress_along(model, x, paths, steps, "merge_or_remove", eps, ridge, throw)
 
 
+def merge_or_remove_to_widths(
+    model,
+    x_calib,
+    hidden: tuple[int, ...],
+    *,
+    merge: bool = True,
+    candidates: int | None = DEFAULT_CANDIDATES,
+    damping: float = 1e-3,
+    ridge: float = DEFAULT_RIDGE,
+    throw: bool = True,
+):
+    """`merge_or_remove` with each hidden layer's greedy path cut where it reaches the width `hidden[l]` (each path
+    removes or merges one neuron per step, so every width from 1 to the original is reached exactly); options as
+    `merge_or_remove`. `jaxlump.baselines.compress_to` uses it for widths targets. Returns `(model, info)` and the
+    per-layer ε: each layer's relative refit error at its cut (the ε that layer alone would need), `info.knob`
+    being NaN (no one ε cuts every layer there)."""
+    chain, x, damping, candidates, throw = _prepare(model, x_calib, merge, damping, candidates, throw)
+    paths = layer_paths(chain, x, merge=bool(merge), damping=damping, candidates=candidates)
+    steps = [max(0, min(n - w, n - 1)) for n, w in zip(chain.widths[1:-1], hidden)]
+    errors = tuple(float(np.max(p.cumulative[:s])) if s else 0.0 for p, s in zip(paths, steps))
+    return compress_along(model, x, paths, steps, "merge_or_remove", np.nan, ridge, throw), errors
+
+
 def compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
     """Labels of the original neurons after `inner` (original → intermediate) then `outer` (intermediate → final)."""
     inner, outer = np.asarray(inner), np.asarray(outer)
@@ -243,7 +266,7 @@ def compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
 def lump_then_select(
     model,
     x_calib,
-    sparsity: float,
+    sparsity: float | Sequence[float],
     *,
     eps: float = 0.5,
     discrepancy: AbstractDiscrepancy = Structural(),
@@ -269,7 +292,8 @@ def lump_then_select(
     **Arguments:**
 
     - `model`: the model to compress (not modified); `x_calib`: calibration inputs `(batch, n_in)` (required).
-    - `sparsity`: fraction in `[0, 1)` of each lumped hidden layer's neurons removed (at least one stays).
+    - `sparsity`: fraction in `[0, 1)` of each lumped hidden layer's neurons removed (at least one stays), or one
+      such fraction per hidden layer.
     - `eps`, `discrepancy`: the lumping's (default ε = 0.5, `Structural()`).
     - `merge`: let the selection also merge (greedy merge-or-remove instead of structured OBS).
     - `candidates`: with `merge=True`, the merge candidates per neuron (see `jaxlump.merge_or_remove`).
@@ -278,8 +302,9 @@ def lump_then_select(
       the least-squares refit); `False` returns the result with `info.result` set instead.
 
     **Returns:** `(smaller_model, info)` with `info.partitions` mapping every original neuron to its final neuron
-    (`-1`: removed), `info.knob` the sparsity. If the lumping itself failed (`throw=False`), the lumped model and
-    its info (with `info.result` set) instead: there is nothing sound to select on.
+    (`-1`: removed), `info.knob` the sparsity (NaN when given per layer). If the lumping itself failed
+    (`throw=False`), the lumped model and its info (with `info.result` set) instead: there is nothing sound to select
+    on.
 
     **Raises:** `ValueError` for a sparsity outside `[0, 1)`, ε < 0, `damping ≤ 0`, bad `candidates` or bad
     `x_calib`; `CompressionError` for a failed stage when `throw=True`.
@@ -292,24 +317,53 @@ def lump_then_select(
     assert max(info.widths_after.tolist()[1:-1]) <= 8
     ```
     """
-    sparsity = check_fraction(sparsity, "sparsity")
+    sparsity = check_sparsity(sparsity, model)
     chain, x, damping, candidates, throw = _prepare(model, x_calib, merge, damping, candidates, throw)
     lumped, lump_info = lump(model, x, eps, discrepancy=discrepancy, ridge=ridge, certify_ode=False, throw=False)
     if not bool(lump_info.result == RESULTS.successful):  # nothing to select on: report the lumping's failure
-        knob = jnp.asarray(sparsity, jnp.result_type(float))
+        knob = jnp.asarray(knob_number(sparsity), jnp.result_type(float))
         info = dataclasses.replace(lump_info, method="lump_then_select", knob=knob)
         return raise_if_failed(info.result, lumped, throw, "jaxlump.lump_then_select"), info
     paths = layer_paths(to_chain(lumped), x, merge=bool(merge), damping=damping, candidates=candidates)
     return select_lumped(model, x, lump_info, paths, sparsity, ridge, throw)
 
 
-def select_lumped(model, x, lump_info, paths, sparsity: float, ridge: float, throw: bool = True):
+def lump_then_select_to_widths(
+    model,
+    x_calib,
+    hidden: tuple[int, ...],
+    *,
+    eps: float = 0.5,
+    discrepancy: AbstractDiscrepancy = Structural(),
+    merge: bool = False,
+    candidates: int | None = DEFAULT_CANDIDATES,
+    damping: float = 1e-3,
+    ridge: float = DEFAULT_RIDGE,
+    throw: bool = True,
+):
+    """`lump_then_select` with each lumped layer's selection path cut where it reaches the width `hidden[l]` (one
+    lumping, one path per layer); options as `lump_then_select`. A layer the lumping already left narrower than its
+    target keeps its lumped width (pass a smaller `eps` to lump less). Returns `(model, info)` and the per-layer
+    sparsities: `lump_then_select(model, x_calib, sparsities, ...)` gives the same result."""
+    chain, x, damping, candidates, throw = _prepare(model, x_calib, merge, damping, candidates, throw)
+    lumped, lump_info = lump(model, x, eps, discrepancy=discrepancy, ridge=ridge, certify_ode=False, throw=False)
+    lumped_widths = [int(w) for w in lump_info.widths_after[1:-1]]
+    sparsities = tuple(fraction_for(m, min(w, m)) for m, w in zip(lumped_widths, hidden))
+    if not bool(lump_info.result == RESULTS.successful):  # nothing to select on: report the lumping's failure
+        knob = jnp.asarray(jnp.nan, jnp.result_type(float))
+        info = dataclasses.replace(lump_info, method="lump_then_select", knob=knob)
+        return (raise_if_failed(info.result, lumped, throw, "jaxlump.lump_then_select"), info), sparsities
+    paths = layer_paths(to_chain(lumped), x, merge=bool(merge), damping=damping, candidates=candidates)
+    return select_lumped(model, x, lump_info, paths, sparsities, ridge, throw), sparsities
+
+
+def select_lumped(model, x, lump_info, paths, sparsity, ridge: float, throw: bool = True):
     """Steps 2–3 of `lump_then_select`, given the lumping's info and the lumped network's greedy paths.
 
     The composed partition (original → lumped → selected) is applied to the *original* network (merged blocks
     averaged in / summed out, removed neurons dropped) and reconstructed against it.
     """
-    selection = [labels_after(p, steps_to_sparsity(p, sparsity)) for p in paths]
+    selection = [labels_after(p, steps_to_sparsity(p, layer_knob(sparsity, i))) for i, p in enumerate(paths)]
     partitions = [representatives(compose(s, np.asarray(p))) for s, p in zip(selection, lump_info.partitions)]
     result = combine(lump_info.result, paths_result(paths))
     return finish(model, x, partitions, "lump_then_select", sparsity, ridge, result, throw)

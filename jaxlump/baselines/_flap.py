@@ -6,6 +6,7 @@ threshold, so layers get different widths. Compensation: no refit, only the bias
 `b^{l+1} ← b^{l+1} + W^{l+1}[:, R] ā_R` (FLAP's `output_bias = (mean_inp * ~mask) @ W.T`).
 """
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax.numpy as jnp
@@ -17,7 +18,7 @@ from .._network import DenseChain
 from .._reconstruct import DEFAULT_RIDGE
 from ._masks import check_flag
 from ._obs import finish, hidden_activations, masked_quotient, prepare, pruning_labels, selection_status
-from ._structured import global_cut
+from ._structured import Fractions, global_cut, layer_knob
 
 
 def flap_scores(chain: DenseChain, x) -> list[np.ndarray]:
@@ -36,10 +37,18 @@ def standardised(score: np.ndarray) -> np.ndarray:
     return (score - score.mean()) / std if std > 0 else np.zeros_like(score)
 
 
-def global_keep(scores: list[np.ndarray], sparsity: float) -> list[np.ndarray]:
+def global_keep(scores: list[np.ndarray], sparsity: Fractions) -> list[np.ndarray]:
     """Keep masks from one global cut of the per-layer standardised scores (`global_cut`: the `int(N·s)` lowest of
-    the `N` hidden neurons go, each layer's best neuron is protected)."""
-    return global_cut([standardised(s) for s in scores], sparsity)
+    the `N` hidden neurons go, each layer's best neuron is protected); with one sparsity per layer, the `int(n_l·s_l)`
+    lowest of each layer go instead (a stable sort, as `structured_prune`'s `scope="layer"`)."""
+    if not isinstance(sparsity, tuple):
+        return global_cut([standardised(s) for s in scores], sparsity)
+    keeps = []
+    for i, s in enumerate(scores):
+        keep = np.ones(s.size, bool)
+        keep[np.argsort(s, kind="stable")[: int(s.size * layer_knob(sparsity, i))]] = False
+        keeps.append(keep)
+    return keeps
 
 
 def compensated(chain: DenseChain, masked: DenseChain, keeps: list[np.ndarray], means: list[np.ndarray]) -> DenseChain:
@@ -61,7 +70,7 @@ def compensated(chain: DenseChain, masked: DenseChain, keeps: list[np.ndarray], 
 def flap_prune(
     model: Any,
     x_calib: Float[ArrayLike, "batch in"],
-    sparsity: float,
+    sparsity: float | Sequence[float],
     *,
     compensate: bool = True,
     reconstruct: bool = False,
@@ -79,7 +88,8 @@ def flap_prune(
     - `model`: an `eqx.nn.MLP`, `eqx.nn.Sequential`, `LumpedMLP` or NNX chain; not modified.
     - `x_calib`: calibration inputs `(batch, n_0)`.
     - `sparsity`: the fraction of *all* hidden neurons removed, in `[0, 1)`; the per-layer widths follow from the
-      global threshold (`info.widths_after`).
+      global threshold (`info.widths_after`). Or one fraction per hidden layer: the widths are then set per layer
+      and each layer's lowest scores go (FLAP's uniform structure; `compress_to` uses it for widths targets).
     - `compensate`: FLAP's bias compensation (default `True`).
     - `reconstruct`: apply the shared least-squares reconstruction afterwards (default `False`, as FLAP).
     - `ridge`: the reconstruction's ridge.

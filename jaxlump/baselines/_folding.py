@@ -11,6 +11,7 @@ finite weights or activations cannot overflow and the choices are those of the u
 (`RESULTS.nonfinite_result`: the sum of outgoing columns, REPAIR's rescaling) and a failed reconstruction.
 """
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax.numpy as jnp
@@ -22,6 +23,7 @@ from .._network import ACTIVATIONS, DenseChain
 from .._reconstruct import DEFAULT_RIDGE
 from ._masks import check_flag
 from ._obs import finish, hidden_activations, kept_count, masked_quotient, prepare, pruning_labels, selection_status
+from ._structured import Fractions, layer_knob
 
 
 def rescaled(a: np.ndarray, axis: int | None = None) -> np.ndarray:
@@ -32,12 +34,13 @@ def rescaled(a: np.ndarray, axis: int | None = None) -> np.ndarray:
     return np.ldexp(a, -exponent)
 
 
-def merge_labels(chain: DenseChain, sparsity: float, clusters) -> list[np.ndarray]:
+def merge_labels(chain: DenseChain, sparsity: Fractions, clusters) -> list[np.ndarray]:
     """Per hidden layer `l`, the representative labels of `clusters(l, k)` (a cluster id per neuron, `k` clusters
-    with `k = kept_count(n, sparsity)`), or the identity where the layer keeps all its neurons."""
+    with `k = kept_count(n, s_l)`, `s_l` the layer's sparsity), or the identity where the layer keeps all its
+    neurons."""
     labels = []
     for l in range(1, chain.n_layers):
-        n, k = chain.widths[l], kept_count(chain.widths[l], sparsity)
+        n, k = chain.widths[l], kept_count(chain.widths[l], layer_knob(sparsity, l - 1))
         labels.append(np.arange(n) if k == n else representative_labels(clusters(l, k)))
     return labels
 
@@ -141,7 +144,7 @@ def _merge(method, knob, model, chain, x, labels, *, repair_on: bool, reconstruc
 def fold(
     model: Any,
     x_calib: Float[ArrayLike, "batch in"] | None,
-    sparsity: float,
+    sparsity: float | Sequence[float],
     *,
     seed: int = 0,
     repair: bool = False,
@@ -158,7 +161,7 @@ def fold(
 
     - `model`: an `eqx.nn.MLP`, `eqx.nn.Sequential`, `LumpedMLP` or NNX chain; not modified.
     - `x_calib`: calibration inputs `(batch, n_0)`; may be `None` unless `repair` or `reconstruct`.
-    - `sparsity`: the fraction of each hidden layer's neurons merged away, in `[0, 1)`.
+    - `sparsity`: the fraction of each hidden layer's neurons merged away, in `[0, 1)`, or one per hidden layer.
     - `seed`: the k-means seed.
     - `repair`: REPAIR's moment correction on the incoming side (needs data; default `False`, as the data-free
       paper).
@@ -197,7 +200,7 @@ def fold(
 def zipit_merge(
     model: Any,
     x_calib: Float[ArrayLike, "batch in"],
-    sparsity: float,
+    sparsity: float | Sequence[float],
     *,
     alpha: float = 0.5,
     repair: bool = True,
@@ -244,7 +247,7 @@ def zipit_merge(
 def neuron_merge(
     model: Any,
     x_calib: Float[ArrayLike, "batch in"] | None,
-    sparsity: float,
+    sparsity: float | Sequence[float],
     *,
     threshold: float = 0.45,
     reconstruct: bool = False,
@@ -294,7 +297,7 @@ def neuron_merge(
     prune, merge = [], []
     for l in range(1, chain.n_layers):
         u = rescaled(np.concatenate([weights[l - 1], biases[l - 1][:, None]], axis=1))
-        n, k = u.shape[0], kept_count(u.shape[0], sparsity)
+        n, k = u.shape[0], kept_count(u.shape[0], layer_knob(sparsity, l - 1))
         norms = np.linalg.norm(u, axis=1)
         keep = np.zeros(n, bool)
         keep[np.argsort(-norms, kind="stable")[:k]] = True

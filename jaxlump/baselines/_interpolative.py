@@ -7,6 +7,7 @@ refit (reference §2.3). The pivots are computed here as a pivoted Cholesky fact
 norm² `d_j`, and downdate `d ← d − l²` with `l` the new Cholesky column.
 """
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -52,7 +53,7 @@ def id_select(h: np.ndarray, w: np.ndarray, k: int, *, weighted: bool = False) -
 def id_prune(
     model: Any,
     x_calib: Float[ArrayLike, "batch in"],
-    sparsity: float,
+    sparsity: float | Sequence[float],
     *,
     weighted: bool = False,
     sequential: bool = False,
@@ -71,7 +72,8 @@ def id_prune(
 
     - `model`: an `eqx.nn.MLP`, `eqx.nn.Sequential`, `LumpedMLP` or NNX chain; not modified.
     - `x_calib`: calibration inputs `(batch, n_0)`.
-    - `sparsity`: the fraction of each hidden layer's neurons removed, in `[0, 1)` (as `structured_prune`).
+    - `sparsity`: the fraction of each hidden layer's neurons removed, in `[0, 1)`, or one per hidden layer (as
+      `structured_prune`).
     - `weighted`: weight the columns by the outgoing norms (default `False`, the paper's).
     - `sequential`: pivot each layer on the already-compressed network's activations (default `False`).
     - `damp`: Gram damping relative to its mean diagonal (default 0: plain CPQR).

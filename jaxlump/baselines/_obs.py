@@ -20,7 +20,7 @@ when OBS's `H⁻¹` does not exist, `damp=0` on rank-deficient activations), the
 `RESULTS.least_squares_nonfinite`).
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import equinox as eqx
@@ -29,14 +29,14 @@ import numpy as np
 from jaxtyping import ArrayLike, Float
 
 from .._adapters import from_chain
-from .._errors import RESULTS, check_bool, check_fraction, combine, finite_result, raise_if_failed
+from .._errors import RESULTS, check_bool, combine, finite_result, raise_if_failed
 from .._info import CompressionInfo, compression_info
 from .._network import DenseChain
 from .._reconstruct import DEFAULT_RIDGE, reconstruct_chain, result_status
 from .._reduction.masked import shrink
 from .._reduction.quotient import quotient
 from ._masks import check_flag
-from ._structured import chain_and_data
+from ._structured import Fractions, chain_and_data, check_sparsity, knob_number, layer_knob
 
 DEFAULT_DAMP = 0.01
 
@@ -165,7 +165,7 @@ def select_layers(
     chain: DenseChain,
     x,
     selector: Callable[[np.ndarray, np.ndarray, int], np.ndarray],
-    sparsity: float,
+    sparsity: Fractions,
     *,
     damp: float,
     sequential: bool,
@@ -193,7 +193,7 @@ def select_layers(
                 results.append(refit)  # a failed refit here would skew every later layer's selection
             acts = hidden_activations(student, x)
         n = chain.widths[l]
-        k = kept_count(n, sparsity)
+        k = kept_count(n, layer_knob(sparsity, l - 1))
         if k == n:
             continue
         h, w = centred_gram(acts[l - 1], damp), np.asarray(chain.weights[l])
@@ -212,7 +212,7 @@ def select_layers(
 
 def finish(
     method: str,
-    knob: float,
+    knob: Fractions,
     model,
     chain: DenseChain,
     x,
@@ -249,7 +249,7 @@ def finish(
     partitions = tuple(jnp.asarray(p) for p in (labels if info_labels is None else info_labels))
     method += "+reconstruct" if reconstruct and not unchanged else ""
     info = compression_info(
-        method, float(knob), chain, masked, partitions, structured=True, result=combine(*results), x=x
+        method, knob_number(knob), chain, masked, partitions, structured=True, result=combine(*results), x=x
     )
     raise_if_failed(info.result, None, throw, f"jaxlump.baselines ({method})")
     if unchanged:  # immutable pytrees: the model itself is the unchanged result
@@ -259,7 +259,7 @@ def finish(
 
 def prepare(model, x_calib, sparsity, damp, ridge, reconstruct, *, required: bool = True, why: str = ""):
     """Validate the shared arguments; returns `(chain, x, sparsity, damp, ridge)`."""
-    sparsity = check_fraction(sparsity, "sparsity")
+    sparsity = check_sparsity(sparsity, model)
     check_flag(reconstruct, "reconstruct")
     chain, x = chain_and_data(model, x_calib, required=required or reconstruct, why=why or "by this method")
     return chain, x, sparsity, check_damp(damp), check_ridge(ridge)
@@ -281,7 +281,7 @@ def prune_by_selector(method: str, selector, model, x_calib, sparsity, *, sequen
 def obs_prune(
     model: Any,
     x_calib: Float[ArrayLike, "batch in"],
-    sparsity: float,
+    sparsity: float | Sequence[float],
     *,
     sequential: bool = False,
     damp: float = DEFAULT_DAMP,
@@ -299,7 +299,8 @@ def obs_prune(
 
     - `model`: an `eqx.nn.MLP`, `eqx.nn.Sequential`, `LumpedMLP` or NNX chain; not modified.
     - `x_calib`: calibration inputs `(batch, n_0)`.
-    - `sparsity`: the fraction of each hidden layer's neurons removed, in `[0, 1)` (as `structured_prune`).
+    - `sparsity`: the fraction of each hidden layer's neurons removed, in `[0, 1)`, or one per hidden layer (as
+      `structured_prune`).
     - `sequential`: compute each layer's `H` through the already-compressed network (ZipLM's sequential mode);
       default `False` (every layer from the original network's activations).
     - `damp`: the Gram damping relative to its mean diagonal (default 0.01, ZipLM's).
@@ -311,7 +312,7 @@ def obs_prune(
       failed refit).
 
     **Returns:** `(new_model, info)`, physically smaller; `info.partitions` maps kept neurons to their new index and
-    removed ones to −1, `info.knob` is `sparsity`.
+    removed ones to −1, `info.knob` is `sparsity` (NaN when given per layer).
 
     **Raises:** `ValueError` for a sparsity outside `[0, 1)`, a negative `damp`/`ridge`, or missing, non-finite or
     wrongly sized `x_calib`; `TypeError` for an unsupported model; `CompressionError` for a failed stage when

@@ -9,6 +9,7 @@ With `C = H Wᵀ` (n × m) the refit error of a kept set `S` is `E(S) = tr(W H W
 so every swap of a sweep is scored in `O(|R| k (k + m))`; the best one is taken while it lowers `E`.
 """
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -67,7 +68,7 @@ def local_search(h: np.ndarray, w: np.ndarray, keep: np.ndarray, max_swaps: int,
 def osscar_prune(
     model: Any,
     x_calib: Float[ArrayLike, "batch in"],
-    sparsity: float,
+    sparsity: float | Sequence[float],
     *,
     max_swaps: int | None = None,
     sequential: bool = False,

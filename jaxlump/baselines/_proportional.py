@@ -4,6 +4,7 @@ Exact for positively homogeneous activations (ReLU, leaky ReLU, identity): `σ(�
 """
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -12,10 +13,10 @@ import numpy as np
 from jaxtyping import ArrayLike, Float
 
 from .._adapters import from_chain
-from .._errors import check_bool, check_eps, require_concrete
+from .._errors import check_bool, check_eps, is_per_layer, require_concrete
 from .._info import CompressionInfo
 from .._network import DenseChain
-from ._structured import SURGERY, chain_and_data, finish_structured
+from ._structured import SURGERY, chain_and_data, finish_structured, layer_knob
 
 POSITIVELY_HOMOGENEOUS = ("relu", "leaky_relu", "identity")
 _MAX_BLOCK_ENTRIES = 2**22  # entries of one (rows, n, d) block of pairwise differences
@@ -69,7 +70,11 @@ def _lump_layer(incoming: np.ndarray, outgoing: np.ndarray, tol: float):
 
 
 def proportional_lump(
-    model: Any, x_calib: Float[ArrayLike, "batch in"] | None, tol: float = 0.0, *, throw: bool = True
+    model: Any,
+    x_calib: Float[ArrayLike, "batch in"] | None,
+    tol: float | Sequence[float] = 0.0,
+    *,
+    throw: bool = True,
 ) -> tuple[Any, CompressionInfo]:
     """Lump hidden neurons whose incoming weights and bias are positively proportional (exact for ReLU).
 
@@ -88,13 +93,14 @@ def proportional_lump(
     - `model`: an `eqx.nn.MLP`, `eqx.nn.Sequential`, `LumpedMLP` or NNX chain whose hidden activations are ReLU,
       leaky ReLU or identity; not modified.
     - `x_calib`: accepted for the common call shape and validated when given; the criterion is data-free.
-    - `tol`: the distance threshold, in `[0, √2)` (default 0: exactly proportional rows only).
+    - `tol`: the distance threshold, in `[0, √2)` (default 0: exactly proportional rows only), or one per hidden
+      layer (a tuple: `jaxlump.baselines.compress_to` sets each layer's width with it).
     - `throw`: raise a `jaxlump.CompressionError` if the result is not finite (default); `False` reports it in
       `info.result` instead.
 
     **Returns:** `(new_model, info)`: the same kind of model (an `eqx.nn.MLP` with unequal hidden widths becomes a
     `LumpedMLP`) and a `CompressionInfo` whose partitions give each original neuron's block (merged neurons share
-    an index), `knob = tol`.
+    an index), `knob = tol` (NaN when given per layer).
 
     **Raises:** `TypeError` for other hidden activations or an unsupported model; `ValueError` for `tol` outside
     `[0, √2)` and for empty, non-finite or wrongly sized `x_calib`.
@@ -116,10 +122,18 @@ def proportional_lump(
     networks reduction via lumping*, AIxIA 2023 (arXiv 2209.07475); DESIGN §3 "Exactness".
     """
     require_concrete("jaxlump.baselines.proportional_lump", SURGERY, model=model, x_calib=x_calib, tol=tol)
-    tol, throw = float(check_eps(tol, "tol")), check_bool(throw, "throw")
-    if not tol < math.sqrt(2):
+    throw = check_bool(throw, "throw")
+    per_layer = is_per_layer(tol)
+    tols = [float(check_eps(t, f"tol[{i}]" if per_layer else "tol")) for i, t in enumerate(tol if per_layer else [tol])]
+    if not max(tols, default=0.0) < math.sqrt(2):
         raise ValueError(f"`tol` must lie in [0, √2) (a positive cosine between rows); received {tol!r}.")
     chain, x = chain_and_data(model, x_calib, required=False)
+    if per_layer and len(tols) != chain.n_layers - 1:
+        raise ValueError(
+            f"`tol` as one threshold per hidden layer must hold {chain.n_layers - 1} numbers (the model has "
+            f"{chain.n_layers - 1} hidden layers); received {tol!r}."
+        )
+    tol = tuple(tols) if per_layer else tols[0]
     for l, act in enumerate(chain.activations[:-1], start=1):
         if act not in POSITIVELY_HOMOGENEOUS:
             raise TypeError(
@@ -131,7 +145,7 @@ def proportional_lump(
     partitions = []
     for l in range(1, chain.n_layers):
         incoming = np.concatenate([weights[l - 1], biases[l - 1][:, None]], axis=1)
-        rows, weights[l], block = _lump_layer(incoming, weights[l], tol)
+        rows, weights[l], block = _lump_layer(incoming, weights[l], layer_knob(tol, l - 1))
         weights[l - 1], biases[l - 1] = rows[:, :-1], rows[:, -1]
         partitions.append(block)
     weights, biases = tuple(map(jnp.asarray, weights)), tuple(map(jnp.asarray, biases))

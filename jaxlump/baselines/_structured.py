@@ -3,6 +3,7 @@
 Also holds the helpers every structured baseline shares (partitions, the `CompressionInfo` record).
 """
 
+from collections.abc import Sequence
 from typing import Any
 
 import equinox as eqx
@@ -18,7 +19,9 @@ from .._errors import (
     check_choice,
     check_data,
     check_fraction,
+    check_layer_fractions,
     finite_result,
+    is_per_layer,
     raise_if_failed,
     require_concrete,
 )
@@ -68,6 +71,35 @@ def keep_partition(keep: np.ndarray) -> np.ndarray:
 
 SURGERY = "it removes neurons chosen from the values, so the result's shapes depend on them."
 
+Fractions = float | tuple[float, ...]  # a knob for every hidden layer, or one per hidden layer
+
+
+def layer_knob(knob: Fractions, i: int) -> float:
+    """The knob of hidden layer `i` (0-based): `knob` itself, or its `i`-th entry when given per layer."""
+    return knob[i] if isinstance(knob, tuple) else knob
+
+
+def check_sparsity(sparsity, model, name: str = "sparsity") -> Fractions:
+    """A fraction in [0, 1), or one per hidden layer of `model` (`check_layer_fractions`; only then is `model`
+    read, for its number of hidden layers)."""
+    if is_per_layer(sparsity):
+        return check_layer_fractions(sparsity, name, len(to_chain(model).widths) - 2)
+    return check_fraction(sparsity, name)
+
+
+def fraction_for(n: int, width: int) -> float:
+    """The smallest sparsity `s` with `n − int(n·s) = width` (`1 ≤ width ≤ n`): how a layer of `n` neurons is cut
+    to `width` by every per-layer count here (`(n − width)/n` may round just below, hence the nudge)."""
+    s = (n - width) / n
+    while n - int(n * s) > width:
+        s = float(np.nextafter(s, 1.0))
+    return s
+
+
+def knob_number(knob: Fractions) -> float:
+    """`info.knob` of a result: the knob, or NaN ("not set") when it was given per layer (no one value made it)."""
+    return float("nan") if isinstance(knob, tuple) else float(knob)
+
 
 def structured_info(method: str, knob, model, new_model, widths_before, partitions, x) -> CompressionInfo:
     """The `CompressionInfo` of a structured (physically smaller) result; `partitions` as NumPy int arrays. Its
@@ -77,7 +109,7 @@ def structured_info(method: str, knob, model, new_model, widths_before, partitio
     result = finite_result(eqx.filter(new_model, eqx.is_inexact_array), RESULTS.nonfinite_result)
     return compression_info(
         method,
-        float(knob),
+        knob_number(knob),
         model,
         new_model,
         partitions,
@@ -110,9 +142,9 @@ def _neuron_scores(chain: DenseChain, stats, score: str) -> list[np.ndarray]:
     return scores
 
 
-def _removed_per_layer(scores: list[np.ndarray], sparsity: float) -> list[np.ndarray]:
+def _removed_per_layer(scores: list[np.ndarray], sparsity: Fractions) -> list[np.ndarray]:
     """Indices of the `int(n·s)` lowest-scoring neurons of each layer (stable sort; at least one neuron stays)."""
-    return [np.argsort(s, kind="stable")[: int(s.size * sparsity)] for s in scores]
+    return [np.argsort(s, kind="stable")[: int(s.size * layer_knob(sparsity, i))] for i, s in enumerate(scores)]
 
 
 def _removed_global(scores: list[np.ndarray], sparsity: float) -> list[np.ndarray]:
@@ -146,7 +178,7 @@ def global_cut(scores: list[np.ndarray], sparsity: float) -> list[np.ndarray]:
 def structured_prune(
     model: Any,
     x_calib: Float[ArrayLike, "batch in"] | None,
-    sparsity: float,
+    sparsity: float | Sequence[float],
     *,
     score: str = "norm",
     scope: str = "layer",
@@ -174,12 +206,14 @@ def structured_prune(
     mean score (so layers of different fan-in or activation scale compete fairly), removing `int(N·s)` of the
     `N` hidden neurons; each layer's top neuron is never removed, so no layer is emptied, which caps the count at
     `N − (L − 1)` — `info.widths_after` gives the realised widths. Input and output neurons are never removed.
+    A tuple of fractions, one per hidden layer, removes `int(n_l·s_l)` of layer l's neurons (`scope="layer"` only):
+    the per-layer widths `jaxlump.baselines.compress_to` reaches with it.
 
     **Arguments:**
 
     - `model`: an `eqx.nn.MLP`, `eqx.nn.Sequential`, `LumpedMLP` or NNX chain; it is not modified.
     - `x_calib`: calibration inputs `(batch, n_0)`; may be `None` only for `score="norm"` without `compensate`.
-    - `sparsity`: fraction of hidden neurons to remove, in `[0, 1)`.
+    - `sparsity`: fraction of hidden neurons to remove, in `[0, 1)`, or one such fraction per hidden layer.
     - `score`: `"norm"`, `"activation"`, `"rate"` or `"wanda"`.
     - `scope`: `"layer"` or `"global"`.
     - `compensate`: add removed neurons' mean contribution to the next layer's bias.
@@ -187,7 +221,7 @@ def structured_prune(
       `info.result` instead.
 
     **Returns:** `(new_model, info)`: a model whose type depends only on `model`'s (an `eqx.nn.MLP` comes back as
-    a `LumpedMLP`), and a `CompressionInfo` with `structured=True`, `knob=sparsity` and,
+    a `LumpedMLP`), and a `CompressionInfo` with `structured=True`, `knob=sparsity` (NaN when given per layer) and,
     per hidden layer, each original neuron's new index (`-1`: removed).
 
     **Raises:** `ValueError` for a sparsity outside `[0, 1)`, an unknown `score`/`scope`, missing, empty, non-finite
@@ -202,13 +236,20 @@ def structured_prune(
     x = jr.normal(jr.key(1), (64, 3))
     small, info = structured_prune(mlp, x, 0.5, score="wanda", compensate=True)
     assert small.width_size == (4, 4) and info.widths_after.tolist() == [3, 4, 4, 2]
+    _, info = structured_prune(mlp, x, (0.25, 0.5))  # one fraction per hidden layer
+    assert info.widths_after.tolist() == [3, 6, 4, 2]
     ```
     """
     require_concrete("jaxlump.baselines.structured_prune", SURGERY, model=model, x_calib=x_calib)
-    sparsity = check_fraction(sparsity, "sparsity")
+    sparsity = check_sparsity(sparsity, model)
     compensate, throw = check_bool(compensate, "compensate"), check_bool(throw, "throw")
     check_choice(score, "score", SCORES)
     check_choice(scope, "scope", SCOPES)
+    if scope == "global" and isinstance(sparsity, tuple):
+        raise ValueError(
+            f"`sparsity` as one fraction per hidden layer {sparsity} needs scope='layer': scope='global' ranks every "
+            "hidden neuron together, so the layers' widths follow from one fraction."
+        )
     needs_data = score != "norm" or compensate
     why = f"for score={score!r}" if score != "norm" else "for compensate=True"
     chain, x = chain_and_data(model, x_calib, required=needs_data, why=why)
