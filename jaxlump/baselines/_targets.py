@@ -5,10 +5,11 @@ import numbers
 import equinox as eqx
 import numpy as np
 
-from .._accounting import cost
+from .._accounting import cost, widths_dense_params
 from .._adapters import to_chain
 from .._errors import UnreachableTargetError, check_bool
 from .._info import CompressionInfo
+from ._structured import fraction_for
 
 
 def realised_size(info: CompressionInfo) -> int:
@@ -30,7 +31,8 @@ class Target(eqx.Module):
     - `requested_size`: the largest allowed size in `unit` (`None` for a widths target).
     - `original_size`, `realised_size`: the original's and the result's size in `unit`.
     - `realised_widths`: the result's widths `(n_0, ..., n_L)` (live neurons).
-    - `knob`: the knob value chosen (`None` for methods without a searched knob).
+    - `knob`: the knob value chosen (`None` for methods without a searched knob); for a widths target, one value
+      per hidden layer (a tuple: the per-layer sparsities, tolerances or ε that set each layer's width).
     """
 
     kind: str = eqx.field(static=True)
@@ -40,7 +42,7 @@ class Target(eqx.Module):
     original_size: int = eqx.field(static=True)
     realised_size: int = eqx.field(static=True)
     realised_widths: tuple[int, ...] = eqx.field(static=True)
-    knob: float | None = eqx.field(static=True)
+    knob: float | tuple[float, ...] | None = eqx.field(static=True)
 
     def describe(self) -> str:
         """The request and the result in words."""
@@ -50,7 +52,10 @@ class Target(eqx.Module):
             asked = f"{self.requested:.1%} of {self.original_size} {self.unit} (≤ {self.requested_size})"
         else:
             asked = f"≤ {self.requested} {self.unit}"
-        knob = "" if self.knob is None else f", knob {self.knob:.4g}"
+        if isinstance(self.knob, tuple):
+            knob = f", knob per layer ({', '.join(f'{k:.4g}' for k in self.knob)})"
+        else:
+            knob = "" if self.knob is None else f", knob {self.knob:.4g}"
         if self.original_size:
             share = f"{self.realised_size / self.original_size:.1%}"
         else:  # an all-zero original has no non-zeros: nothing of nothing is all of it
@@ -126,9 +131,18 @@ def compress_to(
     - an `int`: a number of parameters — dense parameters for structured methods, non-zeros for unstructured ones;
     - a `float` in `(0, 1]`: a fraction of the original size in the same unit, so `0.35` means 35 % of the
       dense parameters for `lump` or `structured_prune` and 35 % of the non-zeros for `magnitude` or `wanda`;
-    - a `tuple` of hidden widths (or full widths `(n_0, ..., n_L)`), structured methods only: the knob is chosen
-      so that every hidden layer has at most the requested width, as large as possible; `info.target`
-      records the widths realised (one knob cannot always set each layer's width independently).
+    - a `tuple` of hidden widths (or full widths `(n_0, ..., n_L)`), structured methods only: every hidden layer
+      gets at most its requested width and as close to it as the method allows, by one knob value per layer
+      (`info.target.knob` holds them; `info.knob` is NaN). Methods with a per-layer knob (`Compressor.per_layer`:
+      the neuron sparsity of the pruning, merging and selection baselines, `proportional_lump`'s tolerance) set
+      each layer's value in turn, input side first — a sparsity exactly (`n − int(n·s)` neurons stay), a tolerance
+      by bisection; `lump` bisects one ε per layer on the partitions alone (`info.target.knob[0]` is the ε plain
+      `lump` would need for the first layer), then lumps and refits once; `merge_or_remove` and
+      `lump_then_select` cut each layer's greedy path at its width (exact; `lump_then_select` keeps a layer its
+      lumping already left narrower). Methods that cannot set per-layer widths (`Compressor.no_widths`:
+      `exact_lump`, `lowrank`, `linearity_merge`, `linearity_to_size`) and unstructured ones are refused with
+      the reason before any computation; an unregistered function, or `scope="global"`, is searched with its one
+      knob and refused when a layer ends more than one neuron below its target.
 
     The method's knob (ε, sparsity, τ ...; see `jaxlump.compressors()`) is bisected in its range, assuming the
     size decreases as the knob moves (ε's range grows by doubling until the target is met); the result kept is the
@@ -147,15 +161,17 @@ def compress_to(
       knob lies in `knob_range` (then searched in `[0, 1)` by default).
     - `target`: the size target, as above.
     - `x_calib`: calibration data passed to the method (required by methods that need data).
-    - `knob_range`, `grow_upper`: override the registered search interval and whether its upper end may grow.
+    - `knob_range`, `grow_upper`: override the registered search interval and whether its upper end may grow
+      (for a widths target, each layer's; `merge_or_remove` cuts its paths without a knob).
     - `max_iter`: the bisection's budget.
     - `**options`: passed to the method (e.g. `refit=False` for `lump`, `key=` for `random`).
 
     **Returns:** `(new_model, info)`: `info` is a `TargetInfo`, a `CompressionInfo` whose extra field `target`
     (a `Target`) holds the requested and the realised size and widths and the knob chosen.
 
-    **Raises:** `jaxlump.UnreachableTargetError` (a `ValueError`) for a target no knob value in range reaches;
-    `ValueError` for an unknown name, a malformed target or a widths target for an unstructured method;
+    **Raises:** `jaxlump.UnreachableTargetError` (a `ValueError`) for a target no knob value in range reaches, or
+    widths one knob for every layer cannot reach within one neuron; `ValueError` for an unknown name, a malformed
+    target or a widths target for a method that cannot set per-layer widths (the message says why);
     `TypeError` for a `method` or `target` of the wrong type.
 
     ```python
@@ -167,6 +183,8 @@ def compress_to(
     assert int(info.cost_after.nonzeros) <= 200 and info.target.unit == "non-zeros"
     small, info = compress_to(mlp, "structured_prune", (8, 8), x)
     assert info.target.realised_widths == (3, 8, 8, 2)
+    small, info = compress_to(mlp, "obs_prune", (12, 6), x)  # one sparsity per layer
+    assert info.target.realised_widths == (3, 12, 6, 2) and len(info.target.knob) == 2
     ```
     """
     from .._registry import get_compressor  # the registry imports every compressor, this module included
@@ -174,13 +192,15 @@ def compress_to(
     compressor = get_compressor(method)
     function = method if compressor is None else compressor.function
     name = _name(method if compressor is None else compressor)
-    widths = tuple(int(w) for w in to_chain(model).widths)
+    chain = to_chain(model)
+    widths = tuple(int(w) for w in chain.widths)
     kind, value = _parse_target(target, widths)
-    if compressor is not None and kind == "widths" and not compressor.structured:
+    reason = widths_refusal(compressor) if kind == "widths" else None
+    if reason is not None:
         raise ValueError(
-            f"`{name}` is unstructured (it keeps every width and zeroes weights), so it cannot reach the widths "
-            f"target {target!r}; use a parameter count or a fraction, or a structured method "
-            f"({', '.join(n for n, c in _structured_names().items() if c)})."
+            f"`target`: received the widths {target!r}, but `{name}` cannot reach per-layer widths: {reason}. Use a "
+            f"parameter count or a fraction instead, or a method that sets each layer's width "
+            f"({', '.join(widths_methods())})."
         )
     if max_iter < 1:
         raise ValueError(f"`max_iter` must be a positive integer; received {max_iter!r}.")
@@ -204,10 +224,19 @@ def compress_to(
 
     def finish(result, knob):
         new_model, info = result
+        realised = tuple(int(w) for w in info.widths_after)
         if not feasible(info):
             raise UnreachableTargetError(
                 f"`{name}` cannot reach the target {target!r}: it reached {realised_size(info)} "
-                f"{_unit(info.structured)}, widths {tuple(int(w) for w in info.widths_after)}.",
+                f"{_unit(info.structured)}, widths {realised}.",
+                realised_size(info),
+            )
+        if kind == "widths" and not isinstance(knob, tuple) and any(w < v - 1 for w, v in zip(realised[1:-1], value)):
+            raise UnreachableTargetError(
+                f"`target`: `{name}` cannot reach the widths {target!r} within one neuron per layer with one knob "
+                f"for every layer: the closest result within them has widths {realised}. One knob sets every "
+                f"layer's width together; use a method with per-layer knobs ({', '.join(widths_methods())}), or a "
+                "parameter count or a fraction instead.",
                 realised_size(info),
             )
         requested_size, original = limit(info.structured)
@@ -219,14 +248,18 @@ def compress_to(
             original_size=original,
             realised_size=realised_size(info),
             realised_widths=tuple(int(w) for w in info.widths_after),
-            knob=None if knob is None else float(knob),
+            knob=None if knob is None else tuple(map(float, knob)) if isinstance(knob, tuple) else float(knob),
         )
         fields = {f: getattr(info, f) for f in info.__dataclass_fields__ if f != "target"}
         return new_model, TargetInfo(**fields, target=record)
 
+    per_layer_options = options.get("scope") != "global"  # one global ranking sets every layer's width together
+    if kind == "widths" and compressor is not None and per_layer_options:
+        if compressor.per_layer or _is(compressor, "lump") or _is(compressor, "merge_or_remove"):
+            search = dict(knob_range=knob_range, grow_upper=grow_upper, max_iter=max_iter)
+            result, knobs = _reach_widths(model, x_calib, compressor, name, target, value, chain, search, options)
+            return finish(result, knobs)
     if compressor is not None and compressor.size_knob is not None:
-        if kind == "widths":
-            raise ValueError(f"`{name}` takes a size budget, not widths; received the widths target {target!r}.")
         structured = compressor.structured
         budget = limit(structured)[0]
         knob = budget if compressor.size_knob == "nonzeros" else budget / limit(structured)[1]
@@ -264,8 +297,10 @@ def compress_to(
             best = (realised_size(result[1]), knob, result)
         return ok
 
-    def exact(size) -> bool:
-        return kind == "count" and size == value
+    def exact(best) -> bool:
+        if kind == "widths":
+            return tuple(int(w) for w in np.asarray(best[2][1].widths_after)[1:-1]) == value
+        return kind == "count" and best[0] == value
 
     if not evaluate(low):
         while not evaluate(high):
@@ -284,20 +319,138 @@ def compress_to(
                 high = middle
             else:
                 low = middle
-            if exact(best[0]) or np.isclose(low, high, rtol=1e-6, atol=1e-12):
+            if exact(best) or np.isclose(low, high, rtol=1e-6, atol=1e-12):
                 break
     return finish(best[2], best[1])
 
 
 def _is(compressor, name: str) -> bool:
-    """Whether `compressor` is jaxlump's own `lump` or `merge_or_remove` (searched by their own fast paths)."""
+    """Whether `compressor` is jaxlump's own `lump`, `merge_or_remove` or `lump_then_select` (searched by their own
+    fast paths)."""
     from .._lump import lump
-    from .._select import merge_or_remove
+    from .._select import lump_then_select, merge_or_remove
 
-    return compressor is not None and compressor.function is {"lump": lump, "merge_or_remove": merge_or_remove}[name]
+    own = {"lump": lump, "merge_or_remove": merge_or_remove, "lump_then_select": lump_then_select}
+    return compressor is not None and compressor.function is own[name]
 
 
 def _structured_names() -> dict[str, bool]:
     from .._registry import compressors
 
     return {n: c.structured for n, c in compressors().items()}
+
+
+def widths_refusal(compressor) -> str | None:
+    """Why a registered `compressor` cannot reach per-layer widths (`None`: it can, or it is not registered); the
+    `jaxlump compress --target` command refuses with the same reason before training."""
+    if compressor is None:
+        return None
+    if not compressor.structured:
+        return f"{compressor.name} is unstructured: it keeps every width and zeroes weights"
+    return compressor.no_widths
+
+
+def widths_methods() -> list[str]:
+    """The registered methods that set each hidden layer's width (by per-layer knobs or by cutting per layer)."""
+    from .._registry import compressors
+
+    return [n for n, c in compressors().items() if c.per_layer or _is(c, "lump") or _is(c, "merge_or_remove")]
+
+
+def _reach_widths(model, x_calib, compressor, name: str, target, hidden, chain, search: dict, options: dict):
+    """`(result, knobs)`: `compressor` at one knob value per hidden layer, chosen so that each layer's width is the
+    largest reachable one within `hidden` (lump: ε per layer searched on the partitions alone; merge_or_remove:
+    each greedy path cut at its width; the others: their per-layer knob searched layer by layer)."""
+    from .._lump import lump_per_layer, widths_at_layer_eps
+    from .._select import lump_then_select_to_widths, merge_or_remove_to_widths
+
+    if _is(compressor, "merge_or_remove"):
+        return merge_or_remove_to_widths(model, x_calib, hidden, **options)
+    if _is(compressor, "lump_then_select") and search["knob_range"] is None and search["grow_upper"] is None:
+        return lump_then_select_to_widths(model, x_calib, hidden, **options)
+    low, high = search["knob_range"] if search["knob_range"] is not None else compressor.knob_range
+    low, high = float(low), float(high)
+    if not low < high:
+        raise ValueError(f"`knob_range` must be (low, high) with low < high; received {search['knob_range']!r}.")
+    grow = bool(search["grow_upper"]) if search["grow_upper"] is not None else compressor.unbounded
+    guess = None
+    if _is(compressor, "lump"):
+        widths_at = widths_at_layer_eps(model, x_calib, **options)
+
+        def run(knobs):
+            return lump_per_layer(model, x_calib, knobs, **options)
+    else:
+        latest = {}  # the latest result only: the search usually ends on the one it keeps
+
+        def run(knobs):
+            if knobs not in latest:
+                latest.clear()
+                latest[knobs] = compressor.function(model, x_calib, knobs, **options)
+            return latest[knobs]
+
+        def widths_at(knobs):
+            return tuple(int(w) for w in np.asarray(run(knobs)[1].widths_after)[1:-1])
+
+        if compressor.knob == "sparsity":  # n − int(n·s) neurons stay: exact for every layer the method counts so
+            guess = tuple(fraction_for(n, w) for n, w in zip(chain.widths[1:-1], hidden))
+
+    def unreachable(layer: int, widths_there: tuple[int, ...]):
+        size = widths_dense_params((chain.widths[0], *widths_there, chain.widths[-1]), chain.use_bias)
+        raise UnreachableTargetError(
+            f"`{name}` cannot reach the target {target!r}: hidden layer {layer + 1} keeps {widths_there[layer]} "
+            f"neurons at every {compressor.knob or 'knob'} in {(low, high) if not grow else (low, 'unbounded')} "
+            f"(widths {widths_there} at the end of the range).",
+            size,
+        )
+
+    knobs = _search_layers(
+        widths_at, hidden, low, high, grow=grow, forward=compressor.larger_knob_smaller_model,
+        max_iter=search["max_iter"], guess=guess, unreachable=unreachable,
+    )  # fmt: skip
+    return run(knobs), knobs
+
+
+def _search_layers(widths_at, hidden, low, high, *, grow, forward, max_iter, guess, unreachable) -> tuple[float, ...]:
+    """One knob value per hidden layer, input side first: layer l's is the one in `[low, high]` whose width
+    `widths_at(knobs)[l]` is the largest within `hidden[l]` (bisection, stopping early at the width itself), with
+    the earlier layers' values fixed (layer l's width depends on the values of layers ≤ l only). `guess`: values to
+    try first (kept for each layer where they give the target width exactly)."""
+    mirror = low + high  # a knob for which larger means a larger model is searched as `mirror - t`
+
+    def knobs(positions) -> tuple[float, ...]:
+        return tuple(p if forward else mirror - p for p in positions)
+
+    def layer(positions: list[float], l: int) -> float:
+        """The position of layer l's knob (larger: smaller layer), the others fixed at `positions`."""
+        best = None  # (width, position) of the widest layer l within its target so far
+
+        def fits(t: float) -> bool:
+            nonlocal best
+            width = widths_at(knobs([*positions[:l], t, *positions[l + 1 :]]))[l]
+            if width <= hidden[l] and (best is None or width > best[0]):
+                best = (width, t)
+            return width <= hidden[l]
+
+        if guess is not None and fits(positions[l]) and best[0] == hidden[l]:
+            return positions[l]
+        lower, upper = low, high
+        if fits(lower):
+            return best[1]
+        while not fits(upper):
+            if not grow or upper > 1e6:
+                unreachable(l, widths_at(knobs([*positions[:l], upper, *positions[l + 1 :]])))
+            lower, upper = upper, 2 * upper
+        for _ in range(max_iter):
+            if best[0] == hidden[l] or np.isclose(lower, upper, rtol=1e-6, atol=1e-12):
+                break
+            middle = (lower + upper) / 2
+            if fits(middle):
+                upper = middle
+            else:
+                lower = middle
+        return best[1]
+
+    positions = [low] * len(hidden) if guess is None else list(knobs(guess))  # knobs() is its own inverse
+    for l in range(len(hidden)):
+        positions[l] = layer(positions, l)
+    return knobs(positions)
