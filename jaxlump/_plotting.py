@@ -3,8 +3,8 @@
 A sweep has many ε and neighbouring ε often give the same or nearly the same point, so labelling every point
 piles the labels into a smear. Here consecutive identical points share one label (`ε=a…b`), the curve's two ends
 are always labelled, and the others are tried evenly spread along the curve (the middle first, then the quarters,
-...) and kept only where their text, beside its point on one of four sides, overlaps no label kept so far nor the
-legend and stays inside the axes (measured in display space), up to `MAX_LABELS`.
+...) and kept only where their text, beside its point on one of four sides, overlaps no label kept so far, no
+marker and not the legend, and stays inside the axes (measured in display space), up to `MAX_LABELS`.
 """
 
 import collections
@@ -52,34 +52,66 @@ def eps_labels(ax, x, y, eps, *, fontsize: float = 8.0) -> list:
     return annotations
 
 
-def keep_readable(ax, annotations, *, max_labels: int = MAX_LABELS) -> list:
-    """Place each annotation where it overlaps no label kept before it nor the legend, inside the axes; remove the
-    ones that fit nowhere (and all after `max_labels`). Returns the kept ones.
+def _markers(ax) -> tuple[np.ndarray, np.ndarray]:
+    """The display positions `(n, 2)` and half-sizes `(n,)` in pixels of every marker drawn on `ax`."""
+    points, radii = [np.zeros((0, 2))], [np.zeros(0)]
+    for line in ax.lines:
+        if line.get_marker() in (None, "None", "none", "", " "):
+            continue
+        xy = np.column_stack([np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)])
+        xy = line.get_transform().transform(xy) if len(xy) else xy
+        points.append(xy)
+        radii.append(np.full(len(xy), line.get_markersize() * ax.figure.dpi / 72.0 / 2.0))
+    return np.concatenate(points), np.concatenate(radii)
 
-    The first two (the curve's ends, from `eps_labels`) are always kept, in the first place free of other labels and
-    inside the axes (else free of labels, else the first place); they may cover the legend, which moves away from
-    text when it is placed "best" (matplotlib's default). Overlap is measured on the drawn text in display space,
-    so call this after the axes' limits and the figure's layout are final (before `savefig`).
+
+def keep_readable(ax, annotations, *, max_labels: int = MAX_LABELS) -> list:
+    """Place each annotation where it overlaps no label kept before it, no marker and not the legend, inside the
+    axes; remove the ones that fit nowhere (and all after `max_labels`). Returns the kept ones.
+
+    The first two (the curve's ends, from `eps_labels`) are always kept, in the first place free of labels and
+    markers inside the axes (else free of labels inside, else free of labels, else the first place); they may cover
+    the legend, which moves away from text when it is placed "best" (matplotlib's default). Overlap is measured on
+    the drawn text in display space, so call this after the axes' limits and the figure's layout are final (before
+    `savefig`).
     """
     if not annotations:
         return []
     ax.figure.draw_without_rendering()
     frame, legend = ax.get_window_extent(), ax.get_legend()
     obstacles = [] if legend is None else [legend.get_window_extent()]
+    points, radii = _markers(ax)
+
+    def on_marker(box, own) -> bool:  # a marker other than the label's own point's under the label
+        x, y = points[:, 0], points[:, 1]
+        under = (x + radii >= box.x0) & (x - radii <= box.x1) & (y + radii >= box.y0) & (y - radii <= box.y1)
+        return bool(np.any(under & (np.hypot(x - own[0], y - own[1]) > 0.5)))
+
     kept, boxes = [], []
     for i, annotation in enumerate(annotations):
-        options = []  # (place, box, free of labels, free of the legend, inside the axes)
+        own = ax.transData.transform(annotation.xy)
+        options = []  # (place, box, free of labels, free of markers, free of the legend, inside the axes)
         for offset, align in _PLACES:
             annotation.xyann = offset
             annotation.set_horizontalalignment(align)
             box = annotation.get_window_extent().padded(_PAD)
             inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
-            options.append(((offset, align), box, not any(box.overlaps(b) for b in boxes),
-                            not any(box.overlaps(b) for b in obstacles), inside))  # fmt: skip
-        if i < 2:  # an end: free of labels and inside if it can be; a legend placed "best" moves away at draw
-            good = [o for o in options if o[2] and o[4]] or [o for o in options if o[2]] or options
+            free = not any(box.overlaps(b) for b in boxes)
+            options.append(
+                (
+                    (offset, align),
+                    box,
+                    free,
+                    not on_marker(box, own),
+                    not any(box.overlaps(b) for b in obstacles),
+                    inside,
+                )
+            )
+        if i < 2:  # an end: a legend placed "best" moves away from it at draw
+            good = [o for o in options if o[2] and o[3] and o[5]] or [o for o in options if o[2] and o[5]]
+            good = good or [o for o in options if o[2]] or options
         else:
-            good = [o for o in options if o[2] and o[3] and o[4]]
+            good = [o for o in options if all(o[2:])]
         if good and (i < 2 or len(kept) < max_labels):
             (offset, align), box = good[0][:2]
             annotation.xyann = offset
