@@ -158,9 +158,9 @@ class Sweep(eqx.Module):
         """Size (dense parameters) against `error` on log axes, with a readable subset of the ε labelled.
 
         Consecutive ε with the same point share one label (`ε=a…b`); both ends of the curve are always labelled,
-        the other points only where their label overlaps none already placed (at most 12 labels in all, spread
-        along the curve). Results with zero error (exact ε) cannot sit on a log axis and are counted in the legend
-        instead. Returns the Axes.
+        the other points only where their label overlaps no label already placed nor a point (at most 12 labels,
+        spread along the curve). Results with zero error (exact ε) cannot sit on a log axis and are counted in the
+        legend instead. Returns the Axes.
         """
         import matplotlib.pyplot as plt
 
