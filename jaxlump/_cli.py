@@ -206,12 +206,13 @@ def _check(p: argparse.ArgumentParser, args) -> None:
         if accepted is not None and args.activation not in accepted:
             p.error(f"--method {name} needs hidden activations in {accepted}; received --activation {args.activation}")
     if args.command == "compress" and isinstance(args.target, tuple):
-        compressor = registry[args.method]
-        if not compressor.structured or compressor.size_knob is not None:
+        from .baselines._targets import widths_methods, widths_refusal
+
+        reason = widths_refusal(registry[args.method])
+        if reason is not None:
             p.error(
-                f"--target as widths needs a structured method searched by its knob; {args.method} "
-                f"{'is unstructured' if not compressor.structured else 'takes a size budget'}: give a count or a "
-                "fraction instead"
+                f"--target as widths: --method {args.method} cannot reach per-layer widths: {reason}. Give a "
+                f"count or a fraction instead, or a method that sets each layer's width ({', '.join(widths_methods())})"
             )
         if len(args.target) != args.depth or max(args.target) > args.width:
             p.error(

@@ -87,6 +87,8 @@ def describe(label: str, original, small, info, data, x_calib) -> dict:
     if target is not None:
         record["requested"] = list(target.requested) if target.kind == "widths" else target.requested
         record["requested_size"] = target.requested_size
+        if isinstance(target.knob, tuple):  # a widths target: one knob per hidden layer (`info.knob` is NaN)
+            record["knob"] = list(target.knob)
     return record
 
 

@@ -61,6 +61,7 @@ def _refused(capsys, argv, *fragments):
         (["compress", "--method", "magnitud", "--target", "0.5"], ["--method", "magnitud", "magnitude"]),
         (["compress", "--method", "magnitude", "--target", "4,4"], ["widths", "magnitude is unstructured"]),
         (["compress", "--method", "lump_then_prune", "--target", "4,4"], ["widths", "lump_then_prune"]),
+        (["compress", "--method", "lowrank", "--target", "4,4"], ["as widths", "lowrank", "bottleneck"]),
         (["compress", "--target", "4,4,4"], ["--depth (2)"]),
         (["compress", "--width", "8", "--target", "9,4"], ["--width (8)"]),
         (["compress", "--method", "linearity_merge", "--target", "0.5"], ["linearity_merge", "relu", "tanh"]),
@@ -263,6 +264,18 @@ def test_compress_to_widths(tmp_path):
     assert _cli.main([*argv, "--out", str(out)]) == 0
     result = json.loads((out / "compress.json").read_text())["result"]
     assert result["widths"][1:-1] == [3, 3] and result["requested"] == [3, 3]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("method", ["lump", "merge_or_remove"])
+def test_compress_to_unequal_widths_meets_each_layer(tmp_path, method):
+    # docs/cli.md's `--method lump --target 16,16`, at the tiny width: each layer within one neuron of its target
+    out = tmp_path / method
+    argv = ["compress", "--data", "abalone", *TINY, "--method", method, "--target", "6,2"]
+    assert _cli.main([*argv, "--out", str(out)]) == 0
+    result = json.loads((out / "compress.json").read_text())["result"]
+    assert result["requested"] == [6, 2] and 5 <= result["widths"][1] <= 6 and 1 <= result["widths"][2] <= 2
+    assert len(result["knob"]) == 2  # one knob per hidden layer
 
 
 @pytest.mark.integration
