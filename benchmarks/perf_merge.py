@@ -246,7 +246,9 @@ def main():
         section = dict(machine=machine(), seeds=args.seeds, steps=args.steps, rows=rows, summary=summary(rows))
     section["wall_seconds"] = time.time() - start_
     results = json.loads(RESULT.read_text()) if RESULT.exists() else {}  # the other part may have finished since
+    section["provenance"] = provenance.stamp()
     results[args.part] = section
+    # The file's provenance covers both parts: a part computed by other (or unrecorded) code keeps it stale.
     others = [s.get("provenance") for part, s in results.items() if part not in (args.part, "provenance")]
     results["provenance"] = provenance.stamp(provenance.combined(others) if others else None)
     RESULT.parent.mkdir(exist_ok=True)
