@@ -122,7 +122,8 @@ def test_a_result_completed_by_two_runs_keeps_the_first_hash_and_unrecorded_stay
 
 def _quoted_results() -> set[pathlib.Path]:
     """Every results file README.md and docs/*.md name (globs and brace lists expanded; a folder stands for the
-    results under it). Not quotes: the bare `benchmarks/results/` (a pointer to all) and a command's `--out`."""
+    results under it). Not quotes: the bare `benchmarks/results/` (a pointer to all), scripts kept there (`run.sh`)
+    and a command's `--out`."""
     quoted = set()
     for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
         for name in re.findall(r"(?<!--out )benchmarks/results/[\w./{},*-]*", page.read_text()):
@@ -132,7 +133,7 @@ def _quoted_results() -> set[pathlib.Path]:
             for variant in variants:
                 matches = sorted(REPO.glob(variant)) if "*" in variant else [REPO / variant]
                 assert matches and all(m.exists() for m in matches), f"{page.name} names {variant}, which is missing"
-                quoted.update(m for m in matches if m != provenance.RESULTS)
+                quoted.update(m for m in matches if m != provenance.RESULTS and m.suffix not in (".sh", ".py"))
     return quoted
 
 
