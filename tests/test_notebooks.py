@@ -1,11 +1,14 @@
 """The notebooks: each opens with its Colab badge and a guarded install cell, and runs top to bottom in small mode
 (`JAXLUMP_SMALL=1`), executed by nbmake as CI runs them (`JAXLUMP_SMALL=1 pytest --nbmake notebooks`), each in a
-subprocess that runs on the second core while the other tests run (the `background` marker, tests/conftest.py)."""
+subprocess that runs on the second core while the other tests run (the `background` marker, tests/conftest.py).
+Their committed outputs are the full mode's (`JAXLUMP_SMALL` unset) and show nothing of the machine they ran on."""
 
 import importlib.util
 import json
 import os
 import pathlib
+import re
+import subprocess
 import sys
 
 import pytest
@@ -35,6 +38,42 @@ def test_badge_install_cell_and_committed_outputs(path):
     counts = [c["execution_count"] for c in code]
     assert counts == list(range(1, len(code) + 1))
     assert not any(o["output_type"] == "error" for c in code for o in c["outputs"])
+
+
+# What a reader sees is the full mode's run, free of the machine it ran on: no absolute path (a warning's
+# `/usr/.../site-packages/...:21:` line, a temporary folder) and no small-mode output (`JAXLUMP_SMALL=1` is the
+# test run's toy size; commit the outputs of `jupyter nbconvert --to notebook --execute --inplace` without it).
+_MACHINE_SPECIFIC = re.compile(
+    r"(?<![\w.])/(usr|home|tmp|work|root|opt|var|private|Users)/|site-packages|\b[A-Z]:\\|small mode"
+)
+
+
+def _output_texts(path):
+    for cell in json.loads(path.read_text())["cells"]:
+        for output in cell.get("outputs", []):
+            if output["output_type"] == "stream":
+                yield "".join(output["text"])
+            elif output["output_type"] == "error":
+                yield "\n".join(output["traceback"])
+            else:
+                yield from ("".join(v) for k, v in output.get("data", {}).items() if k.startswith("text/"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_outputs_are_full_mode_and_name_no_local_path(path):
+    texts = list(_output_texts(path))
+    found = sorted({m.group(0) for text in texts for m in _MACHINE_SPECIFIC.finditer(text)})
+    assert not found, f"{path.name}'s committed outputs show {found}: re-execute it in full mode (JAXLUMP_SMALL unset)"
+    assert any("| full mode" in text for text in texts), f"{path.name}'s outputs do not say they ran in full mode"
+
+
+@pytest.mark.integration  # a fresh interpreter importing jax: 2-5 s on 2 busy cores
+def test_importing_jaxlump_imports_no_notebook_progress_bar():
+    # tqdm.auto, imported in a Jupyter kernel without ipywidgets, warns with the path of its own file
+    # ("/.../site-packages/tqdm/auto.py:21: TqdmWarning: IProgress not found"): every notebook printed that line.
+    code = "import sys, jaxlump; print(sorted(m for m in sys.modules if m.startswith('tqdm.auto')))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def _run_in_small_mode(path):
