@@ -3,7 +3,7 @@
 A sweep has many ε and neighbouring ε often give the same or nearly the same point, so labelling every point
 piles the labels into a smear. Here consecutive identical points share one label (`ε=a…b`), the curve's two ends
 are always labelled, and the others are tried evenly spread along the curve (the middle first, then the quarters,
-...) and kept only where their text, beside its point on one of four sides, overlaps no label kept so far, no
+...) and kept only where their text, beside its point on one of six sides, overlaps no label kept so far, no
 marker and not the legend, and stays inside the axes (measured in display space), up to `MAX_LABELS`.
 """
 
@@ -14,7 +14,8 @@ import numpy as np
 MAX_LABELS = 12
 _PAD = 2.0  # pixels kept free around each label
 # Where a label may sit beside its point (offset in points, horizontal alignment), tried in this order.
-_PLACES = (((4, 4), "left"), ((-4, 4), "right"), ((4, -12), "left"), ((-4, -12), "right"))
+_PLACES = (((4, 4), "left"), ((-4, 4), "right"), ((7, -3), "left"), ((-7, -3), "right"), ((4, -12), "left"),
+           ((-4, -12), "right"))  # fmt: skip
 
 
 def _spread(n: int) -> list[int]:
