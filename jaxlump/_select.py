@@ -30,7 +30,7 @@ from ._errors import (
     raise_if_failed,
 )
 from ._greedy import Path, check_candidates, greedy_path
-from ._lump import lump
+from ._lump import lump, widths_at_layer_eps
 from ._merge_cost import check_damping, initial_state, layer_inputs
 from ._reconstruct import DEFAULT_RIDGE, reconstruct
 from ._reduction.masked import shrink
@@ -333,7 +333,7 @@ def lump_then_select_to_widths(
     x_calib,
     hidden: tuple[int, ...],
     *,
-    eps: float = 0.5,
+    eps: float | None = None,
     discrepancy: AbstractDiscrepancy = Structural(),
     merge: bool = False,
     candidates: int | None = DEFAULT_CANDIDATES,
@@ -342,19 +342,43 @@ def lump_then_select_to_widths(
     throw: bool = True,
 ):
     """`lump_then_select` with each lumped layer's selection path cut where it reaches the width `hidden[l]` (one
-    lumping, one path per layer); options as `lump_then_select`. A layer the lumping already left narrower than its
-    target keeps its lumped width (pass a smaller `eps` to lump less). Returns `(model, info)` and the per-layer
-    sparsities: `lump_then_select(model, x_calib, sparsities, ...)` gives the same result."""
+    lumping, one path per layer); options as `lump_then_select`. With `eps` unset, the lumping's ε is its default
+    0.5 lowered (bisected on the partitions alone) until no lumped layer is narrower than its target, so every layer
+    is met exactly; a given `eps` that leaves a layer more than one neuron below its target is refused
+    (`UnreachableTargetError`). Returns `(model, info)`, the per-layer sparsities and the ε used:
+    `lump_then_select(model, x_calib, sparsities, eps=eps, ...)` gives the same result."""
     chain, x, damping, candidates, throw = _prepare(model, x_calib, merge, damping, candidates, throw)
-    lumped, lump_info = lump(model, x, eps, discrepancy=discrepancy, ridge=ridge, certify_ode=False, throw=False)
-    lumped_widths = [int(w) for w in lump_info.widths_after[1:-1]]
+    lower, eps = eps is None, 0.5 if eps is None else eps
+
+    def lumping(eps):
+        lumped, info = lump(model, x, eps, discrepancy=discrepancy, ridge=ridge, certify_ode=False, throw=False)
+        return lumped, info, [int(w) for w in info.widths_after[1:-1]]
+
+    lumped, lump_info, lumped_widths = lumping(eps)
+    if lower and any(m < w for m, w in zip(lumped_widths, hidden)):
+        widths_at = widths_at_layer_eps(model, x, discrepancy=discrepancy)
+        low, high = 0.0, eps  # ε = 0 merges exact equivalences only: as wide as lumping leaves any layer
+        for _ in range(30):
+            middle = (low + high) / 2
+            wide = all(m >= w for m, w in zip(widths_at((middle,) * len(hidden)), hidden))
+            low, high = (middle, high) if wide else (low, middle)
+        eps = low
+        lumped, lump_info, lumped_widths = lumping(eps)
+    for l, (m, w) in enumerate(zip(lumped_widths, hidden)):
+        if m < w - 1:
+            raise UnreachableTargetError(
+                f"`target`: lump_then_select lumps at eps={eps:g} first, which leaves hidden layer {l + 1} with {m} "
+                f"neurons, below its target width {w}; pass a smaller `eps`, or none (the lumping's ε is then lowered "
+                "until every layer is at least as wide as its target).",
+                widths_dense_params((chain.widths[0], *lumped_widths, chain.widths[-1]), chain.use_bias),
+            )
     sparsities = tuple(fraction_for(m, min(w, m)) for m, w in zip(lumped_widths, hidden))
     if not bool(lump_info.result == RESULTS.successful):  # nothing to select on: report the lumping's failure
         knob = jnp.asarray(jnp.nan, jnp.result_type(float))
         info = dataclasses.replace(lump_info, method="lump_then_select", knob=knob)
-        return (raise_if_failed(info.result, lumped, throw, "jaxlump.lump_then_select"), info), sparsities
+        return (raise_if_failed(info.result, lumped, throw, "jaxlump.lump_then_select"), info), sparsities, eps
     paths = layer_paths(to_chain(lumped), x, merge=bool(merge), damping=damping, candidates=candidates)
-    return select_lumped(model, x, lump_info, paths, sparsities, ridge, throw), sparsities
+    return select_lumped(model, x, lump_info, paths, sparsities, ridge, throw), sparsities, float(eps)
 
 
 def select_lumped(model, x, lump_info, paths, sparsity, ridge: float, throw: bool = True):

@@ -228,6 +228,28 @@ def test_widths_target_is_met_within_one_unit_in_every_layer(mlp, x, name):
         assert int(at_first.widths_after[1]) == hidden[0]
 
 
+@pytest.mark.slow
+def test_lump_then_select_widths_lower_its_lumping_eps_or_refuse(mlp, x):
+    # at its default ε = 0.5 the lumping leaves layer 1 with 14 of 16 neurons: (16, 8) needs a milder lumping
+    small, info = compress_to(mlp, "lump_then_select", (16, 8), x)
+    assert info.target.realised_widths == (3, 16, 8, 2)
+    ((name, eps),) = info.target.options
+    assert name == "eps" and eps < 0.5
+    again, _ = jaxlump.lump_then_select(mlp, x, info.target.knob, eps=eps)  # the record reproduces the result
+    np.testing.assert_array_equal(jax.vmap(small)(x), jax.vmap(again)(x))
+    with pytest.raises(jaxlump.UnreachableTargetError, match=r"`target`.*eps=0.5.*layer 1 with 14"):
+        compress_to(mlp, "lump_then_select", (16, 8), x, eps=0.5)  # a given ε is the user's: refused, not lowered
+
+
+@pytest.mark.slow
+def test_widths_beyond_a_methods_reach_are_refused_with_the_layer(x):
+    # proportional lumping merges only rows with a positive cosine (tol < √2): the second layer keeps at least 3
+    relu = eqx.nn.MLP(3, 2, 16, 2, activation=jax.nn.relu, key=jr.key(0))
+    with pytest.raises(jaxlump.UnreachableTargetError, match=r"`target`.*\(2, 2\).*hidden layer 2 keeps 3") as error:
+        compress_to(relu, "proportional_lump", (2, 2), x)
+    assert error.value.smallest > 0
+
+
 @pytest.mark.parametrize("name", WIDTHS_REFUSED)
 def test_widths_target_is_refused_with_the_reason(mlp, x, name):
     with pytest.raises(ValueError, match=r"`target`.*\(12, 6\).*" + name) as error:

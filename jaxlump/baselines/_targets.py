@@ -33,6 +33,8 @@ class Target(eqx.Module):
     - `realised_widths`: the result's widths `(n_0, ..., n_L)` (live neurons).
     - `knob`: the knob value chosen (`None` for methods without a searched knob); for a widths target, one value
       per hidden layer (a tuple: the per-layer sparsities, tolerances or ε that set each layer's width).
+    - `options`: options `compress_to` chose besides the knob, as `(name, value)` pairs (`lump_then_select`'s
+      lumping ε for a widths target); pass them with the knob to reproduce the result.
     """
 
     kind: str = eqx.field(static=True)
@@ -43,6 +45,7 @@ class Target(eqx.Module):
     realised_size: int = eqx.field(static=True)
     realised_widths: tuple[int, ...] = eqx.field(static=True)
     knob: float | tuple[float, ...] | None = eqx.field(static=True)
+    options: tuple[tuple[str, float], ...] = eqx.field(static=True, default=())
 
     def describe(self) -> str:
         """The request and the result in words."""
@@ -56,6 +59,7 @@ class Target(eqx.Module):
             knob = f", knob per layer ({', '.join(f'{k:.4g}' for k in self.knob)})"
         else:
             knob = "" if self.knob is None else f", knob {self.knob:.4g}"
+        knob += "".join(f", {k} {v:.4g}" for k, v in self.options)
         if self.original_size:
             share = f"{self.realised_size / self.original_size:.1%}"
         else:  # an all-zero original has no non-zeros: nothing of nothing is all of it
@@ -138,8 +142,9 @@ def compress_to(
       each layer's value in turn, input side first — a sparsity exactly (`n − int(n·s)` neurons stay), a tolerance
       by bisection; `lump` bisects one ε per layer on the partitions alone (`info.target.knob[0]` is the ε plain
       `lump` would need for the first layer), then lumps and refits once; `merge_or_remove` and
-      `lump_then_select` cut each layer's greedy path at its width (exact; `lump_then_select` keeps a layer its
-      lumping already left narrower). Methods that cannot set per-layer widths (`Compressor.no_widths`:
+      `lump_then_select` cut each layer's greedy path at its width (exact; without an `eps` option,
+      `lump_then_select`'s lumping ε is lowered from 0.5 until no lumped layer is narrower than its target, and
+      recorded in `info.target.options`). Methods that cannot set per-layer widths (`Compressor.no_widths`:
       `exact_lump`, `lowrank`, `linearity_merge`, `linearity_to_size`) and unstructured ones are refused with
       the reason before any computation; an unregistered function, or `scope="global"`, is searched with its one
       knob and refused when a layer ends more than one neuron below its target.
@@ -222,7 +227,7 @@ def compress_to(
             return all(int(w) <= v for w, v in zip(np.asarray(info.widths_after)[1:-1], value))
         return realised_size(info) <= limit(info.structured)[0]
 
-    def finish(result, knob):
+    def finish(result, knob, chosen: tuple = ()):
         new_model, info = result
         realised = tuple(int(w) for w in info.widths_after)
         if not feasible(info):
@@ -249,6 +254,7 @@ def compress_to(
             realised_size=realised_size(info),
             realised_widths=tuple(int(w) for w in info.widths_after),
             knob=None if knob is None else tuple(map(float, knob)) if isinstance(knob, tuple) else float(knob),
+            options=chosen,
         )
         fields = {f: getattr(info, f) for f in info.__dataclass_fields__ if f != "target"}
         return new_model, TargetInfo(**fields, target=record)
@@ -257,8 +263,7 @@ def compress_to(
     if kind == "widths" and compressor is not None and per_layer_options:
         if compressor.per_layer or _is(compressor, "lump") or _is(compressor, "merge_or_remove"):
             search = dict(knob_range=knob_range, grow_upper=grow_upper, max_iter=max_iter)
-            result, knobs = _reach_widths(model, x_calib, compressor, name, target, value, chain, search, options)
-            return finish(result, knobs)
+            return finish(*_reach_widths(model, x_calib, compressor, name, target, value, chain, search, options))
     if compressor is not None and compressor.size_knob is not None:
         structured = compressor.structured
         budget = limit(structured)[0]
@@ -358,16 +363,18 @@ def widths_methods() -> list[str]:
 
 
 def _reach_widths(model, x_calib, compressor, name: str, target, hidden, chain, search: dict, options: dict):
-    """`(result, knobs)`: `compressor` at one knob value per hidden layer, chosen so that each layer's width is the
-    largest reachable one within `hidden` (lump: ε per layer searched on the partitions alone; merge_or_remove:
-    each greedy path cut at its width; the others: their per-layer knob searched layer by layer)."""
+    """`(result, knobs, options)`: `compressor` at one knob value per hidden layer, chosen so that each layer's width
+    is the largest reachable one within `hidden` (lump: ε per layer searched on the partitions alone;
+    merge_or_remove, lump_then_select: each greedy path cut at its width; the others: their per-layer knob searched
+    layer by layer), and the options chosen besides (`Target.options`)."""
     from .._lump import lump_per_layer, widths_at_layer_eps
     from .._select import lump_then_select_to_widths, merge_or_remove_to_widths
 
     if _is(compressor, "merge_or_remove"):
-        return merge_or_remove_to_widths(model, x_calib, hidden, **options)
+        return (*merge_or_remove_to_widths(model, x_calib, hidden, **options), ())
     if _is(compressor, "lump_then_select") and search["knob_range"] is None and search["grow_upper"] is None:
-        return lump_then_select_to_widths(model, x_calib, hidden, **options)
+        result, sparsities, eps = lump_then_select_to_widths(model, x_calib, hidden, **options)
+        return result, sparsities, (("eps", eps),)
     low, high = search["knob_range"] if search["knob_range"] is not None else compressor.knob_range
     low, high = float(low), float(high)
     if not low < high:
@@ -397,9 +404,10 @@ def _reach_widths(model, x_calib, compressor, name: str, target, hidden, chain, 
     def unreachable(layer: int, widths_there: tuple[int, ...]):
         size = widths_dense_params((chain.widths[0], *widths_there, chain.widths[-1]), chain.use_bias)
         raise UnreachableTargetError(
-            f"`{name}` cannot reach the target {target!r}: hidden layer {layer + 1} keeps {widths_there[layer]} "
-            f"neurons at every {compressor.knob or 'knob'} in {(low, high) if not grow else (low, 'unbounded')} "
-            f"(widths {widths_there} at the end of the range).",
+            f"`target`: `{name}` cannot reach the widths {target!r}: hidden layer {layer + 1} keeps "
+            f"{widths_there[layer]} neurons at every {compressor.knob or 'knob'} in "
+            f"{(low, high) if not grow else (low, 'unbounded')} (widths {widths_there} at the end of the range). Give "
+            f"that layer a width of at least {widths_there[layer]}, or use a method that can remove any neuron.",
             size,
         )
 
@@ -407,7 +415,7 @@ def _reach_widths(model, x_calib, compressor, name: str, target, hidden, chain, 
         widths_at, hidden, low, high, grow=grow, forward=compressor.larger_knob_smaller_model,
         max_iter=search["max_iter"], guess=guess, unreachable=unreachable,
     )  # fmt: skip
-    return run(knobs), knobs
+    return run(knobs), knobs, ()
 
 
 def _search_layers(widths_at, hidden, low, high, *, grow, forward, max_iter, guess, unreachable) -> tuple[float, ...]:
