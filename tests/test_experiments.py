@@ -77,6 +77,13 @@ def test_quick_run_writes_raw_json_and_tables(tmp_path):
     (run,) = json.loads((tmp_path / "runs-quick.json").read_text())
     assert run["processes"] == 1 and run["computed"] == run["jobs"] == 2 and run["wall_s"] > 0
     assert not list((tmp_path / "raw-quick").glob("*.running"))  # the group's claim is released
+    import provenance
+
+    summary = json.loads((tmp_path / "quick" / "summary.json").read_text())
+    for block in (record["provenance"], summary["provenance"]):  # the code that computed them, up to date
+        assert {"benchmarks/experiments.py", "jaxlump/_greedy.py"} <= set(block["sources"])
+        assert provenance.stale(block) == []
+    assert "write_report" in summary["provenance"]["sources"]["benchmarks/experiments_report.py"]
 
 
 def test_job_groups_put_each_network_shape_in_one_group_longest_first():
