@@ -16,7 +16,7 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 import provenance  # noqa: E402 — the sibling module
-from perf_common import fresh_path, latency_us  # noqa: E402
+from perf_common import fresh_path, latency_us, machine  # noqa: E402
 
 import jaxlump  # noqa: E402
 from jaxlump._train import glycolytic_problem, mse  # noqa: E402
@@ -59,12 +59,12 @@ def main():
     parser.add_argument("--out", type=pathlib.Path, default=RESULTS, help="folder of the two result files")
     parser.add_argument("--overwrite", action="store_true", help="replace result files that exist in --out")
     args = parser.parse_args()
+    load_before = machine()["load_average_1_5_15"]  # the latencies are only as quiet as the machine was
     with provenance.recording():
         rows = measure(args)
+    record = {"seed": args.seed, "steps": args.steps, "machine": machine(), "load_before": load_before, "rows": rows}
     raw = fresh_path(args.out, "fair_comparison.json", args.overwrite)
-    raw.write_text(
-        json.dumps({"seed": args.seed, "steps": args.steps, "rows": rows, "provenance": provenance.stamp()}, indent=2)
-    )
+    raw.write_text(json.dumps(record | {"provenance": provenance.stamp()}, indent=2))
     table = fresh_path(args.out, "fair_comparison.md", args.overwrite)
     table.write_text(markdown(rows))
     print(table.read_text(), f"wrote {raw} and {table}", sep="\n")
