@@ -240,14 +240,8 @@ UNRECORDED = {"unrecorded": "part of this result was computed before its code wa
 def stamp(recorded: dict | None = None) -> dict:
     """The provenance block of the results written now: merged with `recorded`'s sources when completing a result
     that an earlier run began (`UNRECORDED` if that run recorded none: the result then stays stale)."""
-    active = _PROFILER_ACTIVE[0]
-    if active:
-        _PROFILER.disable()
-    try:
+    with paused():
         ran = sources()
-    finally:
-        if active:
-            _PROFILER.enable()
     if recorded is not None:
         ran = merge(recorded.get("sources", {}), ran)
     changed = _git("status", "--porcelain", "--", *PRODUCING).splitlines()
