@@ -171,3 +171,14 @@ def test_readme_and_docs_quote_only_results_regenerated_since_their_code_last_ch
         "README.md or docs/ quote results older than their code; regenerate them with the command in each file's "
         f"provenance, or stop quoting them:\n{report}"
     )
+
+
+def test_stamp_inside_a_recording_records_the_commit_and_keeps_recording():
+    with provenance.recording():
+        with provenance.paused():
+            assert not provenance.is_recording()
+        block = provenance.stamp()
+        assert provenance.is_recording()
+    assert not provenance.is_recording()
+    assert re.fullmatch(r"[0-9a-f]{40}", block["commit"])
+    assert block["command"] and "jax" in block["versions"] and isinstance(block["sources"], dict)
