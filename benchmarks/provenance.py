@@ -7,9 +7,10 @@ that ran. A unit is a top-level function or a method (with everything nested in 
 class body or of a module (constants, fields, decorators). Hashes are of the unit's tokens without comments or line
 breaks inside brackets, so reformatting a comment does not make a result stale, and any other edit does.
 
-`stale(block)` recomputes the hashes on the current tree and names the units that changed or disappeared; the test
-run (`tests/test_provenance.py`) requires every committed results file to have none. Timing benchmarks pause the
-profiler while they time (`paused()`) and record the code in one extra, untimed call.
+`stale(block)` recomputes the hashes on the current tree and names the units that changed or disappeared. The test
+run (`tests/test_provenance.py`) requires every committed results file to record its commit, and every one that
+README.md or docs/ quote to have no stale unit. Timing benchmarks pause the profiler while they time (`paused()`)
+and record the code in one extra, untimed call.
 
 Run as a script to list the stale results files: `python3 benchmarks/provenance.py`.
 """
