@@ -1,7 +1,7 @@
 """jaxlump: compress trained JAX networks by lumping neurons (AFDE), plus the baselines it competes with.
 
-The public surface, in pipeline order: models and adapters, the ODE encodings, discrepancies, lumping,
-fixed-shape lumping and sweeps, reconstruction, accounting, serialisation.
+The public surface, in pipeline order: models and adapters, sites (the units compressed in any model), the ODE
+encodings, discrepancies, lumping, fixed-shape lumping and sweeps, reconstruction, accounting, serialisation.
 """
 
 from ._accounting import Cost as Cost
@@ -44,6 +44,15 @@ from ._select import merge_or_remove as merge_or_remove
 from ._serialisation import load as load
 from ._serialisation import save as save
 from ._skip_mlp import SkipMLP as SkipMLP
+from ._sites.compress import SitesInfo as SitesInfo
+from ._sites.layers import Family as Family
+from ._sites.layers import LayerType as LayerType
+from ._sites.layers import register_family as register_family
+from ._sites.layers import register_layer_type as register_layer_type
+from ._sites.site import LeftOut as LeftOut
+from ._sites.site import Site as Site
+from ._sites.site import Sites as Sites
+from ._sites.site import sites as sites
 from ._sweep import Sweep as Sweep
 from ._sweep import sweep as sweep
 from ._train import finetune as finetune

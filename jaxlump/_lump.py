@@ -15,6 +15,7 @@ from ._reconstruct import DEFAULT_RIDGE, reconstruct_chain
 from ._reduction.masked import shrink
 from ._reduction.quotient import quotient
 from ._refinement import REFINEMENTS, refine
+from ._sites.compress import over_sites
 
 
 def live_neurons(chain: DenseChain) -> list[jax.Array]:
@@ -119,6 +120,7 @@ def _prepare(model, x_calib, eps, discrepancy, refinement, ridge):
     return chain, x, check_eps(eps), jnp.asarray(ridge, chain.weights[0].dtype)
 
 
+@over_sites
 def lump(
     model,
     x_calib,

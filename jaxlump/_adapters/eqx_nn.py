@@ -86,7 +86,7 @@ def _linear_params(layer: eqx.nn.Linear) -> tuple[jax.Array, jax.Array, bool]:
     return layer.weight, bias, layer.use_bias
 
 
-def _make_linear(weight: jax.Array, bias: jax.Array, use_bias: bool) -> eqx.nn.Linear:
+def make_linear(weight: jax.Array, bias: jax.Array, use_bias: bool) -> eqx.nn.Linear:
     # Built abstractly (no random initialisation to compute), then given the real parameters.
     layer = eqx.filter_eval_shape(
         eqx.nn.Linear, weight.shape[1], weight.shape[0], use_bias=use_bias, dtype=weight.dtype, key=jr.key(0)
@@ -103,7 +103,7 @@ def _chain_from_linears(layers, activations) -> DenseChain:
 
 
 def _linears_from_chain(chain: DenseChain) -> list[eqx.nn.Linear]:
-    return [_make_linear(w, b, u) for w, b, u in zip(chain.weights, chain.biases, chain.use_bias)]
+    return [make_linear(w, b, u) for w, b, u in zip(chain.weights, chain.biases, chain.use_bias)]
 
 
 def _mlp_layers(mlp: eqx.nn.MLP) -> list[eqx.nn.Linear]:

@@ -79,7 +79,7 @@ def nnx_to_chain(model: nnx.Sequential | nnx.Linear) -> DenseChain:
     return DenseChain(tuple(weights), tuple(biases), tuple(activations), tuple(layer.use_bias for layer in linears))
 
 
-def _new_linear(template: nnx.Linear | None, weight: jax.Array, bias: jax.Array, use_bias: bool) -> nnx.Linear:
+def new_linear(template: nnx.Linear | None, weight: jax.Array, bias: jax.Array, use_bias: bool) -> nnx.Linear:
     accepted = inspect.signature(nnx.Linear).parameters
     settings = {
         name: getattr(template, name) for name in _COPIED_SETTINGS if name in accepted and hasattr(template, name)
@@ -130,7 +130,7 @@ def chain_to_nnx(chain: DenseChain, like: nnx.Sequential | nnx.Linear) -> nnx.Se
             f"{len(linears)} flax.nnx.Linear layers with activations {tuple(activations)}."
         )
     new_linears = [
-        _new_linear(template, w, b, u)
+        new_linear(template, w, b, u)
         for template, w, b, u in zip(linears, chain.weights, chain.biases, chain.use_bias, strict=True)
     ]
     if isinstance(like, nnx.Linear):
@@ -155,7 +155,7 @@ def nnx_describe(model: nnx.Sequential | nnx.Linear, chain: DenseChain | None = 
 
 def nnx_build(options: dict, chain: DenseChain) -> nnx.Sequential | nnx.Linear:
     """An NNX model of the stored layout holding `chain` (inverse of `nnx_describe`)."""
-    linears = [_new_linear(None, w, b, u) for w, b, u in zip(chain.weights, chain.biases, chain.use_bias, strict=True)]
+    linears = [new_linear(None, w, b, u) for w, b, u in zip(chain.weights, chain.biases, chain.use_bias, strict=True)]
     layout = options["layout"]
     if layout is None:
         if len(linears) != 1:

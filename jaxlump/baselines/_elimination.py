@@ -23,6 +23,7 @@ from .._custom_types import Calibration
 from .._errors import check_choice
 from .._info import CompressionInfo
 from .._network import ACTIVATIONS, DenseChain
+from .._sites.compress import over_sites
 from ._masks import apply_masks, check_flag, finish, prepare, prunable_layers, select_lowest
 
 # Elements per vectorised chunk (per-sample Jacobians, per-weight non-linear solves): bounds memory.
@@ -140,6 +141,7 @@ def nonlinear_scores(chain: DenseChain, x: jax.Array, l: int, delta0: jax.Array,
     return deviation.reshape(shape), delta.reshape(shape)
 
 
+@over_sites
 def elimination_compensation(
     model: Any,
     x_calib: Calibration,

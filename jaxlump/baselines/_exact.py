@@ -5,8 +5,10 @@ import dataclasses
 import numpy as np
 
 from .._lump import lump
+from .._sites.compress import over_sites
 
 
+@over_sites
 def exact_lump(model, x_calib, knob=None, *, throw: bool = True):
     """Merge only exactly equivalent neurons: `lump` at ε = 0 with the pure quotient (no refit).
 

@@ -15,6 +15,7 @@ from jaxtyping import ArrayLike, Float
 
 from .._info import CompressionInfo
 from .._reconstruct import DEFAULT_RIDGE
+from .._sites.compress import over_sites
 from ._masks import check_flag
 from ._obs import prune_by_selector
 
@@ -50,6 +51,7 @@ def id_select(h: np.ndarray, w: np.ndarray, k: int, *, weighted: bool = False) -
     return keep
 
 
+@over_sites
 def id_prune(
     model: Any,
     x_calib: Float[ArrayLike, "batch in"],

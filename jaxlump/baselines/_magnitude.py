@@ -4,9 +4,11 @@ from typing import Any
 
 from .._custom_types import Calibration
 from .._info import CompressionInfo
+from .._sites.compress import over_sites
 from ._masks import apply_masks, check_flag, finish, prepare, prunable_layers, select_lowest
 
 
+@over_sites
 def magnitude(
     model: Any,
     x_calib: Calibration | None,

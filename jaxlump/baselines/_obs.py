@@ -35,6 +35,7 @@ from .._network import DenseChain
 from .._reconstruct import DEFAULT_RIDGE, reconstruct_chain, result_status
 from .._reduction.masked import shrink
 from .._reduction.quotient import quotient
+from .._sites.compress import over_sites
 from ._masks import check_flag
 from ._structured import Fractions, chain_and_data, check_sparsity, knob_number, layer_knob
 
@@ -278,6 +279,7 @@ def prune_by_selector(method: str, selector, model, x_calib, sparsity, *, sequen
     return finish(method, sparsity, model, chain, x, labels, **options)
 
 
+@over_sites
 def obs_prune(
     model: Any,
     x_calib: Float[ArrayLike, "batch in"],

@@ -17,6 +17,7 @@ from jaxtyping import ArrayLike, Float
 
 from .._info import CompressionInfo
 from .._reconstruct import DEFAULT_RIDGE
+from .._sites.compress import over_sites
 from ._obs import DEFAULT_DAMP, obs_select, prune_by_selector
 
 
@@ -65,6 +66,7 @@ def local_search(h: np.ndarray, w: np.ndarray, keep: np.ndarray, max_swaps: int,
     return keep
 
 
+@over_sites
 def osscar_prune(
     model: Any,
     x_calib: Float[ArrayLike, "batch in"],

@@ -8,6 +8,7 @@ from jaxtyping import PRNGKeyArray
 
 from .._custom_types import Calibration
 from .._info import CompressionInfo
+from .._sites.compress import over_sites
 from ._masks import apply_masks, check_flag, finish, prepare, prunable_layers, select_lowest
 
 
@@ -21,6 +22,7 @@ def _check_key(key) -> jax.Array:
     )
 
 
+@over_sites
 def random(
     model: Any,
     x_calib: Calibration | None,

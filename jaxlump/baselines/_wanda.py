@@ -9,6 +9,7 @@ from .._custom_types import Calibration
 from .._errors import check_choice
 from .._info import CompressionInfo
 from .._network import DenseChain
+from .._sites.compress import over_sites
 from ._masks import apply_masks, check_flag, finish, prepare, prunable_layers, select_lowest
 
 FIRST_LAYER_MODES = ("layer", "prune", "skip")
@@ -23,6 +24,7 @@ def wanda_scores(weight: jax.Array, inputs: jax.Array) -> jax.Array:
     return jnp.abs(weight) * jnp.sqrt(jnp.sum(inputs**2, axis=0))[None, :]
 
 
+@over_sites
 def wanda(
     model: Any,
     x_calib: Calibration,

@@ -1,0 +1,248 @@
+"""Compressing a model site by site: every compressor, on every segment of sites, with the one call shape.
+
+A model that is itself a chain (`eqx.nn.MLP`, a `Sequential` of `Linear` layers and activations, a `DenseChain`)
+is one segment whose input is the calibration batch: the compressor runs on it exactly as it always has. Any other
+Equinox or NNX module is compressed segment by segment: the segment's input rows are captured on `x_calib`
+(from the model compressed so far, or from the original with `independent=True`), the compressor runs on the
+segment's `DenseChain` — so it is refitted against the dense segment's own outputs on those rows — and the
+segment's layers are rebuilt smaller in the model.
+"""
+
+import dataclasses
+import functools
+import inspect
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._errors import RESULTS, check_bool, combine, finite_result
+from .._network import DenseChain
+from .layers import Family, Path, family_of, layer_type_of, path_name
+from .site import Site, Sites, capture, sites
+from .trace import tapped_model
+
+
+@dataclasses.dataclass(frozen=True)
+class Segment:
+    """Sites that share layers (the consumer of one is the producer of the next), as one chain.
+
+    `layers[l]` is the path of the chain's layer l (the up projection for a gated unit), `gates[l]` the path of
+    its gate projection or `None`, `activations[l]` the combine after it (`"identity"` after the last)."""
+
+    sites: tuple[Site, ...]
+    layers: tuple[Path, ...]
+    gates: tuple[Path | None, ...]
+    activations: tuple[str, ...]
+
+
+def segments(listing: Sites) -> list[Segment]:
+    """The listing's sites grouped into chains, in program order."""
+    by_producer = {s.keys[-2]: s for s in listing.sites if not s.gated}
+    consumers = {s.keys[-1] for s in listing.sites}
+    out = []
+    for site in listing.sites:
+        if not site.gated and site.keys[0] in consumers:
+            continue  # continues the segment of the site before it
+        chain, current = [site], site
+        while current.keys[-1] in by_producer:
+            current = by_producer[current.keys[-1]]
+            chain.append(current)
+        out.append(
+            Segment(
+                tuple(chain),
+                (site.keys[-2], *(s.keys[-1] for s in chain)),
+                (site.keys[0] if site.gated else None, *(None for _ in chain)),
+                (*(s.activation for s in chain), "identity"),
+            )
+        )
+    return out
+
+
+def _layer(model, path: Path):
+    node = model
+    for key in path:
+        node = node[key] if isinstance(key, int) else getattr(node, key)
+    return node
+
+
+def segment_chain(model, segment: Segment) -> DenseChain:
+    """The segment's layers of `model` as a `DenseChain` (the gate of a gated unit included)."""
+    params = [_read(model, path) for path in segment.layers]
+    gates = [None if g is None else _read(model, g)[:2] for g in segment.gates]
+    chain = DenseChain(
+        tuple(p[0] for p in params), tuple(p[1] for p in params), segment.activations, tuple(p[2] for p in params)
+    )
+    if any(g is not None for g in gates):
+        chain = chain.with_gates(tuple(gates))
+    return chain
+
+
+def _read(model, path: Path):
+    layer = _layer(model, path)
+    return layer_type_of(layer).read(layer)
+
+
+def rebuild(model, segment: Segment, chain: DenseChain) -> dict[Path, object]:
+    """New layers for `segment` holding `chain`'s parameters, by path."""
+    new = {}
+    for l, path in enumerate(segment.layers):
+        layer = _layer(model, path)
+        new[path] = layer_type_of(layer).rebuild(layer, chain.weights[l], chain.biases[l])
+        if segment.gates[l] is not None:
+            gate = _layer(model, segment.gates[l])
+            weight, bias = chain.gates[l]
+            new[segment.gates[l]] = layer_type_of(gate).rebuild(gate, weight, bias)
+    return new
+
+
+class SitesInfo(eqx.Module):
+    """What a compressor did to a model compressed site by site.
+
+    - `method`: the compressor's name; `knob`: its knob as given.
+    - `sites`: the sites compressed (as found in the original model); `widths_before` and `widths_after`: their
+      hidden widths, keyed by site path.
+    - `params_before`, `params_after`: the whole model's parameter counts (every floating-point array).
+    - `segments`: the `CompressionInfo` of each segment of sites, in order (its certificate is the segment's own).
+    - `output_max_abs`, `output_rms`: the measured deviation of the whole model's output on `x_calib`.
+    - `result`: the first failure of any segment, or of the whole model's output (NaN/inf), else `successful`.
+    """
+
+    method: str = eqx.field(static=True)
+    knob: object
+    sites: tuple[Site, ...] = eqx.field(static=True)
+    widths_before: dict = eqx.field(static=True)
+    widths_after: dict = eqx.field(static=True)
+    params_before: int = eqx.field(static=True)
+    params_after: int = eqx.field(static=True)
+    segments: tuple
+    output_max_abs: jax.Array
+    output_rms: jax.Array
+    result: RESULTS
+
+    def describe(self) -> str:
+        lines = [
+            f"{self.method}: {self.params_after:,} of {self.params_before:,} parameters "
+            f"({self.params_after / max(self.params_before, 1):.1%}); output max |Δ| {float(self.output_max_abs):.3g} "
+            f"(RMS {float(self.output_rms):.3g}) on the calibration data"
+        ]
+        lines += [f"  {p}: {self.widths_before[p]} → {self.widths_after[p]} units" for p in self.widths_before]
+        return "\n".join(lines)
+
+
+def parameter_count(model) -> int:
+    return sum(int(np.size(a)) for a in family_of(model).arrays(model))
+
+
+def compress_sites(compressor, model, x_calib, args, kwargs, *, where, independent: bool):
+    """`compressor` applied to every segment of `model`'s sites (see the module docs)."""
+    family = family_of(model)
+    listing = sites(model, x_calib, where=where)
+    if not listing.sites:
+        reasons = (
+            "; ".join(o.describe() for o in listing.left_out)
+            or "no Linear feeds another through elementwise operations"
+        )
+        raise ValueError(
+            f"`model` ({type(model).__name__}) has no site jaxlump can compress ({reasons}). See `jaxlump.sites`."
+        )
+    chains = segments(listing)
+    tapped_paths = _tap_indices(model, family)
+    current, infos, after = model, [], {}
+    for segment in chains:
+        source = model if independent else current
+        (rows,) = capture(source, family, (tapped_paths[segment.layers[0]],), x_calib)
+        chain = segment_chain(model, segment)
+        small, info = compressor(chain, rows.astype(chain.weights[0].dtype), *args, **kwargs)
+        current = family.replace(current, rebuild(model, segment, small))
+        infos.append(info)
+        for site, width in zip(segment.sites, small.widths[1:-1]):
+            after[site.path] = int(width)
+    reference = family.apply(model, x_calib)
+    output = family.apply(current, x_calib)
+    deviation = jnp.abs(jnp.asarray(output, jnp.float32) - jnp.asarray(reference, jnp.float32))
+    result = combine(*(i.result for i in infos), finite_result(output, RESULTS.output_nonfinite))
+    info = SitesInfo(
+        infos[0].method if infos else getattr(compressor, "__name__", "compressor"),
+        args[0] if args else None,
+        listing.sites,
+        {s.path: s.width for s in listing.sites},
+        after,
+        parameter_count(model),
+        parameter_count(current),
+        tuple(infos),
+        jnp.max(deviation),
+        jnp.sqrt(jnp.mean(deviation**2)),
+        result,
+    )
+    return current, info
+
+
+def _tap_indices(model, family: Family) -> dict[Path, int]:
+    _, tapped = tapped_model(model, family)
+    return {path: i for i, path in enumerate(tapped.paths)}
+
+
+def _is_chain_kind(model) -> bool:
+    from .._adapters import KINDS
+
+    return any(kind.matches(model) for kind in KINDS) or type(model).__name__ == "SkipMLP"
+
+
+def over_sites(compressor=None, *, refusal: str | None = None):
+    """Make `compressor` (call shape `(model, x_calib, knob, **options)` on chain models) work on any model.
+
+    Adds two keyword options: `where` (which sites, see `jaxlump.sites`) and `independent` (capture every
+    segment's input on the original model instead of the one compressed so far). Chain models are passed
+    through unchanged, so their results are exactly the compressor's own. `refusal`: why the compressor cannot
+    work site by site (used as `@over_sites(refusal=...)`); other models are then refused with it."""
+    if compressor is None:
+        return functools.partial(over_sites, refusal=refusal)
+    signature = inspect.signature(compressor)
+
+    @functools.wraps(compressor)
+    def compress(model, *args, where=None, independent: bool = False, **kwargs):
+        if _is_chain_kind(model):
+            if where is not None or independent:
+                raise ValueError(
+                    f"`where` and `independent` apply to models compressed site by site; `model` "
+                    f"({type(model).__name__}) is one chain of layers, compressed as a whole."
+                )
+            return compressor(model, *args, **kwargs)
+        if refusal is not None:
+            family_of(model)
+            raise TypeError(
+                f"`model` ({type(model).__name__}) is compressed site by site, which "
+                f"jaxlump.{compressor.__name__} cannot do: {refusal}."
+            )
+        check_bool(independent, "independent")
+        bound = signature.bind_partial(model, *args, **kwargs)
+        x_calib = bound.arguments.get("x_calib")
+        if x_calib is None:
+            raise ValueError(
+                f"`x_calib` is needed to compress a {type(model).__name__}: its sites are found and calibrated on "
+                "it; pass a batch of the model's inputs."
+            )
+        rest = {k: v for k, v in bound.arguments.items() if k not in ("model", "x_calib")}
+        positional = [rest.pop(name) for name in list(rest) if _positional(signature, name)]
+        return compress_sites(compressor, model, x_calib, positional, rest, where=where, independent=independent)
+
+    extra = [
+        inspect.Parameter("where", inspect.Parameter.KEYWORD_ONLY, default=None),
+        inspect.Parameter("independent", inspect.Parameter.KEYWORD_ONLY, default=False),
+    ]
+    params = list(signature.parameters.values())
+    cut = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
+    compress.__signature__ = signature.replace(parameters=params[:cut] + extra + params[cut:])
+    return compress
+
+
+def _positional(signature: inspect.Signature, name: str) -> bool:
+    return signature.parameters[name].kind in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    )
+
+
+__all__ = ["SitesInfo", "compress_sites", "over_sites", "path_name", "segments"]

@@ -1,0 +1,222 @@
+"""The layers a site is made of, and the model families whose module trees jaxlump walks: two open registries.
+
+A **layer type** says how to read a layer's weights in canonical form (`(out, in)` and a bias) and how to build a
+smaller layer of the same class; a **family** says how to list a model's layers with their paths, how to apply the
+model to a batch and how to put rebuilt layers back (Equinox: a new pytree; Flax NNX: a copy, then attribute
+assignment). Register a new one with `register_layer_type` / `register_family`.
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+
+from .._network import check_parameter_dtype
+
+Path = tuple  # keys from the model's root: attribute names (str) and sequence indices (int)
+
+
+def path_name(path: Path) -> str:
+    """`("blocks", 0, "ffn", "up")` → `"blocks[0].ffn.up"`."""
+    text = ""
+    for key in path:
+        text += f"[{key}]" if isinstance(key, int) else (f".{key}" if text else str(key))
+    return text or "<model>"
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerType:
+    """One kind of layer a site's producer or consumer can be.
+
+    - `name`: shown in listings and errors (`"eqx.nn.Linear"`).
+    - `matches(layer)`: whether `layer` is of this type.
+    - `read(layer)`: `(weight (out, in), bias (out,), use_bias)`, the bias zeros when the layer has none.
+    - `rebuild(layer, weight, bias)`: a new layer of `layer`'s class and settings with these parameters.
+    - `why_not(layer)`: why this layer cannot take part in a site (`None` when it can).
+    """
+
+    name: str
+    matches: Callable
+    read: Callable
+    rebuild: Callable
+    why_not: Callable = lambda layer: None
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One family of models: how to find its layers, apply it, copy it and put layers back.
+
+    - `name`: shown in listings (`"Equinox"`).
+    - `matches(model)`: whether `model` belongs to the family.
+    - `layers(model)`: `[(path, layer)]` for every layer of a registered `LayerType`, in a fixed order.
+    - `replace(model, {path: layer})`: a model with these layers replaced; `model` itself is not changed.
+    - `arrays(model)`: the model's parameter arrays (what its size is counted in).
+    - `per_example`: whether users call the model on one example and `jax.vmap` it over a batch (Equinox), rather
+      than on the batch itself (NNX).
+    """
+
+    name: str
+    matches: Callable
+    layers: Callable
+    replace: Callable
+    arrays: Callable
+    per_example: bool
+
+    def apply(self, model, x):
+        """The model on a batch `x` (one leading batch axis), as its users call it."""
+        return jax.vmap(model)(x) if self.per_example else model(x)
+
+
+LAYER_TYPES: list[LayerType] = []
+FAMILIES: list[Family] = []
+
+
+def register_layer_type(layer_type: LayerType) -> LayerType:
+    """Add a layer type that sites can be made of (checked before the built-in ones)."""
+    LAYER_TYPES.insert(0, layer_type)
+    return layer_type
+
+
+def register_family(family: Family) -> Family:
+    """Add a model family (checked before the built-in ones)."""
+    FAMILIES.insert(0, family)
+    return family
+
+
+def layer_type_of(layer) -> LayerType | None:
+    return next((t for t in LAYER_TYPES if t.matches(layer)), None)
+
+
+def is_layer(node) -> bool:
+    return layer_type_of(node) is not None
+
+
+def family_of(model, name: str = "model") -> Family:
+    family = next((f for f in FAMILIES if f.matches(model)), None)
+    if family is None:
+        raise TypeError(
+            f"`{name}` of type {type(model).__name__} is not supported: jaxlump compresses Equinox modules "
+            f"(`equinox.Module`) and Flax NNX modules (`flax.nnx.Module`); registered families: "
+            f"{', '.join(f.name for f in FAMILIES)}."
+        )
+    return family
+
+
+# Equinox ----------------------------------------------------------------------------------------------------
+
+
+def _eqx_read(layer: eqx.nn.Linear):
+    check_parameter_dtype(layer.weight, "weight")
+    bias = layer.bias if layer.use_bias else jnp.zeros(layer.out_features, layer.weight.dtype)
+    return layer.weight, bias, layer.use_bias
+
+
+def _eqx_rebuild(layer: eqx.nn.Linear, weight, bias) -> eqx.nn.Linear:
+    from .._adapters.eqx_nn import make_linear
+
+    return make_linear(weight, bias, layer.use_bias)
+
+
+def _eqx_why_not(layer: eqx.nn.Linear) -> str | None:
+    if layer.in_features == "scalar" or layer.out_features == "scalar":
+        return "it has in/out features 'scalar'"
+    if type(layer) is not eqx.nn.Linear:
+        return f"it is a subclass ({type(layer).__name__}) whose computation jaxlump cannot assume"
+    return None
+
+
+def _keys(path) -> Path:
+    out = []
+    for key in path:
+        if isinstance(key, jax.tree_util.GetAttrKey):
+            out.append(key.name)
+        elif isinstance(key, jax.tree_util.SequenceKey):
+            out.append(key.idx)
+        elif isinstance(key, jax.tree_util.DictKey):
+            out.append(key.key)
+        else:
+            out.append(str(key))
+    return tuple(out)
+
+
+def _eqx_layers(model) -> list:
+    leaves = jax.tree_util.tree_flatten_with_path(model, is_leaf=is_layer)[0]
+    return [(_keys(path), leaf) for path, leaf in leaves if is_layer(leaf)]
+
+
+def _eqx_arrays(model) -> list:
+    return [leaf for leaf in jax.tree_util.tree_leaves(model) if eqx.is_inexact_array(leaf)]
+
+
+def _eqx_replace(model, replacements: dict):
+    if not replacements:
+        return model
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(model, is_leaf=is_layer)
+    new = [replacements.get(_keys(path), leaf) if is_layer(leaf) else leaf for path, leaf in leaves]
+    return jax.tree_util.tree_unflatten(treedef, new)
+
+
+register_layer_type(
+    LayerType("eqx.nn.Linear", lambda m: isinstance(m, eqx.nn.Linear), _eqx_read, _eqx_rebuild, _eqx_why_not)
+)
+register_family(
+    Family("Equinox", lambda m: isinstance(m, eqx.Module), _eqx_layers, _eqx_replace, _eqx_arrays, per_example=True)
+)
+
+
+# Flax NNX (imported only when an NNX model is met) -------------------------------------------------------------
+
+
+def _is_nnx(model) -> bool:
+    return any(c.__module__.startswith("flax.nnx") and c.__name__ == "Module" for c in type(model).__mro__)
+
+
+def _nnx_layers(model) -> list:
+    from flax import nnx
+
+    return [(tuple(path), node) for path, node in nnx.iter_graph(model) if is_layer(node)]
+
+
+def _nnx_arrays(model) -> list:
+    from flax import nnx
+
+    return jax.tree_util.tree_leaves(nnx.state(model, nnx.Param))
+
+
+def _nnx_replace(model, replacements: dict):
+    from flax import nnx
+
+    copy = nnx.clone(model)
+    for path, layer in replacements.items():
+        parent = copy
+        for key in path[:-1]:
+            parent = parent[key] if isinstance(key, int) else getattr(parent, key)
+        if isinstance(path[-1], int):
+            parent[path[-1]] = layer
+        else:
+            setattr(parent, path[-1], layer)
+    return copy
+
+
+def _nnx_read(layer):
+    kernel = layer.kernel[...]
+    check_parameter_dtype(kernel, "kernel")
+    bias = layer.bias[...] if layer.use_bias else jnp.zeros(kernel.shape[1], kernel.dtype)
+    return kernel.T, bias, layer.use_bias
+
+
+def _nnx_rebuild(layer, weight, bias):
+    from .._adapters.flax_nnx import new_linear
+
+    return new_linear(layer, weight, bias, layer.use_bias)
+
+
+def _is_nnx_linear(layer) -> bool:
+    cls = type(layer)
+    return cls.__module__.startswith("flax.nnx") and cls.__name__ == "Linear"
+
+
+register_layer_type(LayerType("flax.nnx.Linear", _is_nnx_linear, _nnx_read, _nnx_rebuild))
+register_family(Family("Flax NNX", _is_nnx, _nnx_layers, _nnx_replace, _nnx_arrays, per_example=False))

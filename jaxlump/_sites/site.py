@@ -1,0 +1,215 @@
+"""Sites: what they are, how a model's are listed, and how runs of them become the chains the methods compress.
+
+A **site** is one or two producer layers (a `Linear`, or the gate and up projections of a gated unit) → an
+elementwise combine → one consumer layer: an FFN inside a residual block, a hidden layer of an MLP. Its hidden
+units are compressed by changing the producers' rows and the consumer's columns only; everything else in the
+model is untouched. Sites that share a layer (the consumer of one is the producer of the next, as in an MLP)
+form a **segment**, which the methods compress as one `DenseChain`.
+"""
+
+import dataclasses
+import os
+
+import jax
+import numpy as np
+
+from .layers import Family, Path, family_of, layer_type_of, path_name
+from .trace import Found, Program, Tapped, find, tapped_model
+
+
+@dataclasses.dataclass(frozen=True)
+class Site:
+    """One site of a model.
+
+    - `path`: its name, the deepest module holding all its layers (`"blocks[1].ffn"`), or its consumer's path
+      when that module holds other sites too; `compress_to` takes widths keyed by it.
+    - `producers`: the producer layers' paths (`(gate, up)` for a gated unit), `consumer`: the consumer's.
+    - `activation`: the combine's activation (of the gate for a gated unit), a `jaxlump.Activation` name.
+    - `gated`: whether the hidden unit is `σ(gate) ⊙ up`.
+    - `width`: its number of hidden units.
+    """
+
+    path: str
+    producers: tuple[str, ...]
+    consumer: str
+    activation: str
+    gated: bool
+    width: int
+    keys: tuple[Path, ...] = dataclasses.field(repr=False, compare=False, default=())
+
+    def describe(self) -> str:
+        combine = f"{self.activation}(gate) ⊙ up" if self.gated else self.activation
+        return f"{self.path}: {self.width} units, {' + '.join(self.producers)} → {combine} → {self.consumer}"
+
+
+@dataclasses.dataclass(frozen=True)
+class LeftOut:
+    """Layers that look like a site but cannot be compressed as one, and why."""
+
+    layers: tuple[str, ...]
+    reason: str
+
+    def describe(self) -> str:
+        return f"{' + '.join(self.layers)}: {self.reason}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Sites:
+    """A model's sites, in program order, and what was left out.
+
+    ```python
+    import equinox as eqx, jax, jax.numpy as jnp, jax.random as jr, jaxlump
+
+    class FFN(eqx.Module):
+        up: eqx.nn.Linear
+        down: eqx.nn.Linear
+
+        def __call__(self, x):
+            return x + self.down(jax.nn.gelu(self.up(x)))
+
+    k1, k2 = jr.split(jr.key(0))
+    ffn = FFN(eqx.nn.Linear(4, 16, key=k1), eqx.nn.Linear(16, 4, key=k2))
+    listing = jaxlump.sites(ffn, jnp.ones((8, 4)))
+    assert [s.path for s in listing.sites] == ["<model>"] and listing.sites[0].activation == "gelu_tanh"
+    ```
+    """
+
+    family: str
+    sites: tuple[Site, ...]
+    left_out: tuple[LeftOut, ...]
+
+    def __str__(self) -> str:
+        lines = [f"{len(self.sites)} site(s) ({self.family}):"] + [f"  {s.describe()}" for s in self.sites]
+        if self.left_out:
+            lines += [f"left out ({len(self.left_out)}):"] + [f"  {o.describe()}" for o in self.left_out]
+        return "\n".join(lines)
+
+    def by_path(self) -> dict[str, Site]:
+        return {s.path: s for s in self.sites}
+
+
+def _site_paths(found: list[Found], tapped: Tapped) -> list[str]:
+    """Each site's name: the deepest module holding all its layers when no other site's layers are under it,
+    else its consumer's path."""
+    members = [(*f.producers, f.consumer) for f in found]
+
+    def prefix(taps) -> Path:
+        paths = [tapped.paths[t] for t in taps]
+        return tuple(os.path.commonprefix(paths))
+
+    names = []
+    for i, taps in enumerate(members):
+        common = prefix(taps)
+        shared = any(
+            tapped.paths[t][: len(common)] == common for j, other in enumerate(members) if j != i for t in other
+        )
+        names.append(path_name(tapped.paths[found[i].consumer] if shared else common))
+    return names
+
+
+def trace_program(model, family: Family, example):
+    """The flattened program of `model` applied to `example` (a batch of one), with every layer tapped."""
+    tapped, layers = tapped_model(model, family)
+    closed = jax.make_jaxpr(lambda x: family.apply(tapped, x))(example)
+    return Program(closed), layers
+
+
+def sites(model, x_calib, *, where=None) -> Sites:
+    """List the sites of `model` found on its traced program, and the structures left out with the reason.
+
+    **Arguments:**
+
+    - `model`: an Equinox module or a Flax NNX module (any class; its `Linear` layers are what sites are made of).
+    - `x_calib`: a batch of whatever the model takes (token ids `(batch, T)`, images, features): one leading batch
+      axis. Only its first example is traced; nothing is computed on the data.
+    - `where`: restricts the listing, Equinox-style: a function of the model returning a module or a sequence of
+      modules (layers or modules containing them); a site is kept when one of its layers is, or lies inside, one
+      of them. `None`: every site.
+
+    **Returns:** a `jaxlump.Sites` (print it for a table).
+
+    **Raises:** `TypeError` for a model that is neither an Equinox nor an NNX module, `ValueError` for a
+    `where` that selects nothing or for an `x_calib` without a batch axis.
+    """
+    family = family_of(model)
+    example = _example(x_calib)
+    program, tapped = trace_program(model, family, example)
+    found = find(program, tapped)
+    names = dict(
+        zip((id(f) for f in found if f.reason is None), _site_paths([f for f in found if f.reason is None], tapped))
+    )
+    selected = _selection(model, family, tapped, where)
+    kept, left = [], []
+    for f in found:
+        name = names.get(id(f))
+        layers = (*f.producers, f.consumer)
+        if selected is not None and not selected.intersection(layers):
+            continue
+        if f.reason is not None:
+            left.append(LeftOut(tuple(path_name(tapped.paths[t]) for t in layers), f.reason))
+            continue
+        producers = (f.gate, *(p for p in f.producers if p != f.gate)) if f.gate is not None else f.producers
+        up = layer_type_of(tapped.layers[producers[-1]]).read(tapped.layers[producers[-1]])[0]
+        kept.append(
+            Site(
+                name,
+                tuple(path_name(tapped.paths[p]) for p in producers),
+                path_name(tapped.paths[f.consumer]),
+                f.activation,
+                f.gate is not None,
+                int(up.shape[0]),
+                tuple(tapped.paths[t] for t in (*producers, f.consumer)),
+            )
+        )
+    if selected is not None and not kept and not left:
+        raise ValueError("`where` selects no site: none of the modules it returns holds a site's layer.")
+    return Sites(family.name, tuple(kept), tuple(left))
+
+
+def _example(x_calib):
+    leaves = jax.tree_util.tree_leaves(x_calib)
+    if not leaves:
+        raise ValueError(
+            "`x_calib` must be a batch of the model's inputs (an array or a pytree of arrays); it is empty."
+        )
+    if any(np.ndim(leaf) == 0 or np.shape(leaf)[0] == 0 for leaf in leaves):
+        shapes = [np.shape(leaf) for leaf in leaves]
+        raise ValueError(
+            f"`x_calib` must have one leading batch axis with at least one example; received shapes {shapes}."
+        )
+    return jax.tree.map(lambda leaf: leaf[:1], x_calib)
+
+
+def _selection(model, family: Family, tapped: Tapped, where) -> set[int] | None:
+    if where is None:
+        return None
+    if not callable(where):
+        raise TypeError(f"`where` must be a function of the model returning modules, or None; received {where!r}.")
+    chosen = where(model)
+    chosen = list(chosen) if isinstance(chosen, (list, tuple)) else [chosen]
+    chosen_ids = {id(c) for c in chosen}
+    selected = set()
+    for tap, path in enumerate(tapped.paths):
+        node = model
+        for key in (None, *path):
+            if key is not None:
+                node = _child(node, key)
+            if id(node) in chosen_ids:
+                selected.add(tap)
+                break
+    return selected
+
+
+def _child(node, key):
+    return node[key] if isinstance(key, int) else getattr(node, key)
+
+
+def capture(model, family: Family, taps: tuple[int, ...], x_calib) -> list[jax.Array]:
+    """The inputs of the layers with tap indices `taps` when `model` runs on `x_calib`, as rows `(N, width)`
+    (every axis but the last flattened: `(batch·T, d)` for a sequence model), computed by evaluating the traced
+    program, so that inputs inside the model's own `jax.vmap`s are captured whole."""
+    tapped, _ = tapped_model(model, family)
+    program = Program(jax.make_jaxpr(lambda x: family.apply(tapped, x))(x_calib))
+    wanted = [program.taps[t][0].ins[-1] for t in taps]
+    values = jax.jit(lambda *args: program.values_of(wanted, *args))(*jax.tree_util.tree_leaves(x_calib))
+    return [v.reshape(-1, v.shape[-1]) for v in values]

@@ -1,0 +1,407 @@
+"""Finding a model's sites on its traced program.
+
+Every registered layer of the model (`jaxlump._sites.layers`) is replaced by a *tap*: the same layer, called
+inside a `jax.jit` named `jaxlump_tap_<i>`, so that each call is one named equation of
+`jax.make_jaxpr(model)(x)`. A site is then read off the dataflow: a consumer tap whose input is computed from
+one or two producer taps' outputs by elementwise operations only (and scalars), each value of which is read by
+nothing else. The elementwise part is recognised *as a program*: it must equal the jaxpr of a known activation
+(`jaxlump.Activation`, built in or declared), or `σ(gate) ⊙ up` for a gated unit — never by its values.
+"""
+
+import dataclasses
+import itertools
+
+import jax
+import jax.extend.core as jcore
+import numpy as np
+
+from .._network import ACTIVATIONS
+from .layers import Family, Path, layer_type_of
+
+TAP_PREFIX = "jaxlump_tap_"
+# Primitives that act elementwise (with scalars broadcast); a call of only these counts as one.
+ELEMENTWISE = frozenset(
+    "abs add and atan2 cbrt ceil clamp convert_element_type copy copy_p cos cosh div eq erf erf_inv erfc exp exp2 "
+    "expm1 floor ge gt integer_pow is_finite le log log1p logistic lt max min mul ne neg nextafter not or pow "
+    "round rsqrt select_n sign sin sinh sqrt square stop_gradient sub tan tanh xor".split()
+)
+REDUCTIONS = frozenset("reduce_sum reduce_max reduce_min reduce_prod argmax argmin cumsum dot_general".split())
+LOOPS = frozenset("scan while cond".split())
+
+
+@dataclasses.dataclass(frozen=True)
+class Tapped:
+    """The layers of a model by tap index: their paths and the layers themselves."""
+
+    paths: tuple[Path, ...]
+    layers: tuple
+
+
+class _Tap:
+    """A layer called inside a `jax.jit` named after its index (a plain object, so that Equinox and NNX models
+    can both hold it)."""
+
+    def __init__(self, layer, index: int):
+        self.layer, self.index = layer, index
+
+    def __call__(self, x, *args, **kwargs):
+        layer = self.layer
+
+        def tapped(x):
+            return layer(x, *args, **kwargs)
+
+        tapped.__name__ = f"{TAP_PREFIX}{self.index}"
+        return jax.jit(tapped)(x)
+
+
+def tapped_model(model, family: Family):
+    """`model` with every registered layer replaced by a tap, and the layers by tap index."""
+    found = family.layers(model)
+    taps = {path: _Tap(layer, i) for i, (path, layer) in enumerate(found)}
+    return family.replace(model, taps), Tapped(tuple(p for p, _ in found), tuple(layer for _, layer in found))
+
+
+# The flattened program -----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(eq=False)
+class Node:
+    """One equation of the flattened program: a tap call, a primitive, or an opaque call."""
+
+    name: str
+    eqn: object
+    ins: list
+    outs: list
+    tap: int | None = None
+    elementwise: bool = False
+    in_loop: bool = False
+
+
+def _inner_jaxprs(eqn):
+    return [j.jaxpr if isinstance(j, jcore.ClosedJaxpr) else j for j in jcore.jaxprs_in_params(eqn.params)]
+
+
+def _tap_index(eqn) -> int | None:
+    name = eqn.params.get("name") if eqn.primitive.name in ("jit", "pjit") else None
+    if isinstance(name, str) and name.startswith(TAP_PREFIX):
+        return int(name[len(TAP_PREFIX) :])
+    return None
+
+
+def _contains_tap(jaxpr) -> bool:
+    return any(_tap_index(e) is not None or any(_contains_tap(j) for j in _inner_jaxprs(e)) for e in jaxpr.eqns)
+
+
+def _all_elementwise(jaxpr) -> bool:
+    for e in jaxpr.eqns:
+        if e.primitive.name == "broadcast_in_dim" and all(np.ndim(_aval(v)) == 0 for v in e.invars):
+            continue
+        if e.primitive.name in ELEMENTWISE:
+            continue
+        inner = _inner_jaxprs(e)
+        if not inner or e.primitive.name in LOOPS or not all(_all_elementwise(j) for j in inner):
+            return False
+    return True
+
+
+def _aval(v):
+    return np.empty(v.aval.shape, dtype=bool) if hasattr(v.aval, "shape") else np.empty(())
+
+
+def flatten(jaxpr, nodes: list[Node], rename: dict, in_loop: bool = False) -> None:
+    """Append `jaxpr`'s equations to `nodes`, inlining calls that contain taps (their variables renamed)."""
+    for eqn in jaxpr.eqns:
+        ins = [rename.get(v, v) if isinstance(v, jcore.Var) else v for v in eqn.invars]
+        tap = _tap_index(eqn)
+        inner = _inner_jaxprs(eqn)
+        if tap is None and inner and any(_contains_tap(j) for j in inner):
+            if eqn.primitive.name in LOOPS or len(inner) != 1:
+                nodes.append(Node(eqn.primitive.name, eqn, ins, list(eqn.outvars)))
+                for j in inner:
+                    flatten(j, nodes, rename, in_loop=True)
+                continue
+            (body,) = inner
+            for v, a in zip(body.invars[-len(ins) :], ins):
+                rename[v] = a
+            flatten(body, nodes, rename, in_loop)
+            for outer, v in zip(eqn.outvars, body.outvars):
+                rename[outer] = rename.get(v, v) if isinstance(v, jcore.Var) else v
+            continue
+        elementwise = tap is None and (
+            eqn.primitive.name in ELEMENTWISE
+            or (eqn.primitive.name == "broadcast_in_dim" and all(np.ndim(_aval(v)) == 0 for v in ins))
+            or (bool(inner) and eqn.primitive.name not in LOOPS and all(_all_elementwise(j) for j in inner))
+        )
+        nodes.append(Node(eqn.primitive.name, eqn, ins, list(eqn.outvars), tap, elementwise, in_loop))
+
+
+# Sites on the flattened program --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Found:
+    """A site as found: producer and consumer tap indices, the combine, or the reason it was left out."""
+
+    producers: tuple[int, ...]
+    consumer: int | None
+    activation: str | None = None
+    gate: int | None = None
+    reason: str | None = None
+
+
+class Program:
+    """The flattened program of a tapped model, with who defines and who reads each variable."""
+
+    def __init__(self, closed_jaxpr):
+        self.jaxpr = closed_jaxpr.jaxpr
+        self.nodes: list[Node] = []
+        rename: dict = {}
+        flatten(self.jaxpr, self.nodes, rename)
+        self.outputs = {rename.get(v, v) for v in self.jaxpr.outvars if isinstance(v, jcore.Var)}
+        self.defined_by: dict = {}
+        self.read_by: dict = {}
+        for node in self.nodes:
+            for v in node.outs:
+                self.defined_by[v] = node
+            for v in node.ins:
+                if isinstance(v, jcore.Var):
+                    self.read_by.setdefault(v, []).append(node)
+        self.taps: dict[int, list[Node]] = {}
+        for node in self.nodes:
+            if node.tap is not None:
+                self.taps.setdefault(node.tap, []).append(node)
+        self.consts = closed_jaxpr.consts
+
+    def values_of(self, variables: list, *args) -> list:
+        """Evaluate the program on `args` (its flattened inputs) and return the values of `variables`."""
+        eqns = [n.eqn.replace(invars=n.ins) for n in self.nodes if not n.in_loop]
+        jaxpr = jcore.Jaxpr(self.jaxpr.constvars, self.jaxpr.invars, list(variables), eqns)
+        return jax.core.eval_jaxpr(jaxpr, self.consts, *args)
+
+    def uniform(self, v) -> bool:
+        """Whether `v` is the same for every unit: a literal, a scalar, or a scalar broadcast."""
+        if isinstance(v, jcore.Literal) or np.ndim(_aval(v)) == 0:
+            return True
+        node = self.defined_by.get(v)
+        return node is not None and node.name == "broadcast_in_dim" and node.elementwise
+
+    def reader_names(self, v, allowed: set) -> list[str]:
+        names = [n.name for n in self.read_by.get(v, []) if n not in allowed]
+        return names + (["the model's output"] if v in self.outputs else [])
+
+    def backward(self, consumer: Node):
+        """The elementwise slice that computes `consumer`'s input: `(nodes, producer taps, problem)`."""
+        target = consumer.ins[-1]
+        shape = _aval(target).shape
+        stack, seen, nodes, producers = [target], set(), [], set()
+        while stack:
+            v = stack.pop()
+            if v in seen:
+                continue
+            seen.add(v)
+            node = self.defined_by.get(v)
+            if node is None:
+                return nodes, producers, "its input is not computed from other layers"
+            if node.tap is not None:
+                producers.add(node.tap)
+                continue
+            if not node.elementwise or node.in_loop:
+                return nodes, producers, f"its input comes through `{node.name}`, not elementwise operations"
+            nodes.append(node)
+            for u in node.ins:
+                if self.uniform(u):
+                    continue
+                if _aval(u).shape != shape:
+                    return (
+                        nodes,
+                        producers,
+                        (f"its input is combined with a tensor of shape {_aval(u).shape} by `{node.name}`"),
+                    )
+                stack.append(u)
+        return nodes, producers, None
+
+    def forward(self, producer: Node) -> tuple[set[int], list[Node]]:
+        """The consumer taps reached from `producer`'s output through elementwise operations of its shape, and
+        those operations."""
+        shape = _aval(producer.outs[0]).shape
+        stack, seen, reached, nodes = list(producer.outs), set(), set(), []
+        while stack:
+            v = stack.pop()
+            if v in seen:
+                continue
+            seen.add(v)
+            for node in self.read_by.get(v, []):
+                if node.tap is not None and node.ins and node.ins[-1] is v:
+                    reached.add(node.tap)
+                elif node.elementwise and not node.in_loop and all(_aval(o).shape == shape for o in node.outs):
+                    nodes.append(node)
+                    stack.extend(node.outs)
+        return reached, nodes
+
+
+def _canonical(nodes: list[Node], inputs: list, output) -> str | None:
+    """The slice `nodes` (inputs → output) as a printed jaxpr, `None` when it reads other variables."""
+    defined = set(inputs) | {v for n in nodes for v in n.outs}
+    for n in nodes:
+        if any(isinstance(v, jcore.Var) and v not in defined for v in n.ins):
+            return None
+    eqns = [n.eqn.replace(invars=n.ins) for n in nodes]
+    return str(jcore.Jaxpr([], list(inputs), [output], eqns))
+
+
+def _known_programs(aval) -> list[tuple[str, str]]:
+    programs = []
+    for name in ACTIVATIONS:
+        fn = ACTIVATIONS[name].model_fn
+        try:
+            programs.append((name, str(jax.make_jaxpr(fn)(aval).jaxpr)))
+        except Exception:  # noqa: BLE001, S112 — an activation that cannot trace on this shape matches nothing
+            continue
+    return programs
+
+
+def recognise(program: Program, nodes: list[Node], source, output) -> str | None:
+    """The name of the activation `nodes` compute from `source` to `output` (identity when they are one)."""
+    if source is output:
+        return "identity"
+    text = _canonical(sorted(nodes, key=program.nodes.index), [source], output)
+    if text is None:
+        return None
+    aval = jax.ShapeDtypeStruct(source.aval.shape, source.aval.dtype)
+    return next((name for name, known in _known_programs(aval) if known == text), None)
+
+
+def _ancestors(program: Program, v, nodes: set) -> set:
+    found, stack = set(), [v]
+    while stack:
+        u = stack.pop()
+        node = program.defined_by.get(u)
+        if node in nodes and node not in found:
+            found.add(node)
+            stack.extend(x for x in node.ins if isinstance(x, jcore.Var))
+    return found
+
+
+def _gated(program: Program, nodes: list[Node], producers: dict[int, Node], output) -> tuple[str, int] | str:
+    """`(activation, gate tap)` for `σ(gate) ⊙ up`, or why the combine of two producers is not one."""
+    last = program.defined_by[output]
+    if last.name != "mul" or len(last.ins) != 2:
+        return f"its two producers are combined by `{last.name}`, not σ(gate) ⊙ up"
+    node_set = set(nodes) - {last}
+    for gate_side, up_side in ((0, 1), (1, 0)):
+        up_value, gate_value = last.ins[up_side], last.ins[gate_side]
+        up = [t for t, n in producers.items() if n.outs[0] is up_value]
+        gate_nodes = _ancestors(program, gate_value, node_set)
+        gate = [t for t, n in producers.items() if n.outs[0] is not up_value]
+        if len(up) != 1 or len(gate) != 1 or gate_nodes != node_set:
+            continue
+        activation = recognise(program, list(gate_nodes), producers[gate[0]].outs[0], gate_value)
+        if activation is not None:
+            return activation, gate[0]
+    return "its gated combine is not σ(gate) ⊙ up with σ a known activation"
+
+
+def find(program: Program, tapped: Tapped) -> list[Found]:
+    """Every site of the program, and every producer→consumer structure that looks like one but is left out."""
+    found: list[Found] = []
+    claimed: set[int] = set()
+    for consumer_tap, calls in sorted(program.taps.items()):
+        if len(calls) != 1:
+            continue
+        consumer = calls[0]
+        nodes, producers, problem = program.backward(consumer)
+        if problem is not None or not producers:
+            continue
+        why = _why_not(program, tapped, consumer, nodes, producers)
+        if why is None:
+            result = _combine(program, nodes, producers, consumer)
+            if isinstance(result, str):
+                why = result
+            else:
+                activation, gate = result
+                found.append(Found(tuple(sorted(producers)), consumer_tap, activation, gate))
+                claimed.update(producers)
+                continue
+        found.append(Found(tuple(sorted(producers)), consumer_tap, reason=why))
+        claimed.update(producers)
+    for tap, calls in sorted(program.taps.items()):
+        if tap in claimed or len(calls) != 1:
+            continue
+        reached, nodes = program.forward(calls[0])
+        if not reached:
+            continue
+        problems = [_reader_problem(program, calls[0], set(nodes), reached), _mixed(program, calls[0], nodes)]
+        reason = min((p for p in problems if p is not None), default=(0, None))[1]
+        found.append(Found((tap,), min(reached), reason=reason or "its output reaches the next layer indirectly"))
+    return found
+
+
+def _mixed(program: Program, producer: Node, nodes: list[Node]) -> tuple[int, str] | None:
+    """Where and why the output is not the next layer's input alone: it is combined with another tensor."""
+    inside = set(producer.outs) | {v for n in nodes for v in n.outs}
+    for node in sorted(nodes, key=program.nodes.index):
+        if any(isinstance(v, jcore.Var) and v not in inside and not program.uniform(v) for v in node.ins):
+            return program.nodes.index(node), (
+                f"its output is combined with another tensor by `{node.name}` (e.g. a residual connection) before "
+                "the next layer, so its width is shared with other layers"
+            )
+    return None
+
+
+def _reader_problem(program: Program, producer: Node, nodes: set, reached) -> tuple[int, str] | None:
+    """Where and why values of the slice are read outside it (the first such reader in program order)."""
+    allowed = nodes | {program.taps[r][0] for r in reached}
+    readers = []
+    for v in itertools.chain(producer.outs, *(n.outs for n in nodes)):
+        readers += [n for n in program.read_by.get(v, []) if n not in allowed]
+        if v in program.outputs:
+            return len(program.nodes), _read_elsewhere(["the model's output"])
+    if not readers:
+        return None
+    first = min(readers, key=program.nodes.index)
+    return program.nodes.index(first), _read_elsewhere([first.name])
+
+
+def _read_elsewhere(names: list[str]) -> str:
+    reduction = next((n for n in names if n in REDUCTIONS), None)
+    if reduction is not None:
+        return f"its units also feed `{reduction}` (e.g. a norm), which a change of width would alter"
+    return f"its units are also read by {', '.join(f'`{n}`' for n in sorted(set(names)))}, not only by one consumer"
+
+
+def _why_not(program: Program, tapped: Tapped, consumer: Node, nodes, producers) -> str | None:
+    for tap in (*sorted(producers), consumer.tap):
+        layer_type = layer_type_of(tapped.layers[tap])
+        reason = layer_type.why_not(tapped.layers[tap])
+        if reason is not None:
+            return f"layer {tap} cannot be rebuilt: {reason}"
+        calls = program.taps[tap]
+        if len(calls) != 1:
+            return "a layer of it is called more than once (shared weights)"
+        if calls[0].in_loop:
+            return "a layer of it is called inside a loop or branch (`lax.scan`, `while`, `cond`)"
+    if len(producers) > 2:
+        return f"its hidden units combine {len(producers)} producers (at most two: σ(gate) ⊙ up)"
+    if len({id(program.taps[p][0].ins[-1]) for p in producers}) != 1:
+        return "its producers read different inputs"
+    allowed = set(nodes) | {consumer}
+    for v in itertools.chain(*(program.taps[p][0].outs for p in producers), *(n.outs for n in nodes)):
+        others = program.reader_names(v, allowed)
+        if others:
+            return _read_elsewhere(others)
+    return None
+
+
+def _combine(program: Program, nodes, producers, consumer) -> tuple[str, int | None] | str:
+    output = consumer.ins[-1]
+    by_tap = {p: program.taps[p][0] for p in producers}
+    if len(by_tap) == 1:
+        ((tap, node),) = by_tap.items()
+        activation = recognise(program, nodes, node.outs[0], output)
+        if activation is None:
+            return (
+                "its elementwise combine is not a known activation (declare it with `jaxlump.Activation` and call "
+                "that object in the model)"
+            )
+        return activation, None
+    return _gated(program, nodes, by_tap, output)
