@@ -34,16 +34,23 @@ class Cost(eqx.Module):
         return f"Cost(dense_params={self.dense_params}, nonzeros={self.nonzeros}, flops={self.flops})"
 
 
-def widths_dense_params(widths, use_bias=None) -> int:
+def widths_dense_params(widths, use_bias=None, gated=None) -> int:
     """Dense parameters of a chain with layer widths `widths` (`use_bias[l]`: whether layer `l` has a bias; default
-    all), without building it: what `chain_cost(...).dense_params` gives for those widths."""
+    all; `gated[l]`: whether layer `l` is gated, default none), without building it: what
+    `chain_cost(...).dense_params` gives for those widths."""
     use_bias = (True,) * (len(widths) - 1) if use_bias is None else use_bias
-    return sum(a * b + (b if bias else 0) for a, b, bias in zip(widths[:-1], widths[1:], use_bias))
+    gated = (False,) * (len(widths) - 1) if gated is None else gated
+    return sum(
+        (2 if gate else 1) * (a * b + (b if bias else 0))
+        for a, b, bias, gate in zip(widths[:-1], widths[1:], use_bias, gated)
+    )
 
 
 def chain_cost(chain: DenseChain, neuron_masks=None) -> Cost:
-    """`Cost` of a canonical chain; `neuron_masks[l]` marks the live neurons of hidden layer `l+1`."""
-    arrays = [*chain.weights, *chain.biases, *(neuron_masks or ())]
+    """`Cost` of a canonical chain; `neuron_masks[l]` marks the live neurons of hidden layer `l+1`. A gated layer
+    counts twice (its gate weights and bias beside its up weights and bias; the elementwise product, like every
+    activation, is not counted)."""
+    arrays = [*jax.tree_util.tree_leaves(chain), *(neuron_masks or ())]
     # NumPy for concrete models: eager JAX would compile every reduction anew for each model shape.
     xp = jnp if any(isinstance(a, jax.core.Tracer) for a in arrays) else np
     widths = chain.widths
@@ -58,6 +65,12 @@ def chain_cost(chain: DenseChain, neuron_masks=None) -> Cost:
         nonzero = nonzero + xp.sum(block & (xp.asarray(w) != 0))
         nonzero = nonzero + (xp.sum(live[l + 1] & (xp.asarray(b) != 0)) if has_bias else 0)
         flops = flops + 2 * n_out * n_in + bias_params
+        if chain.gated[l]:
+            g, gb = chain.gate_weights[l], chain.gate_biases[l]
+            dense = dense + n_out * n_in + bias_params
+            nonzero = nonzero + xp.sum(block & (xp.asarray(g) != 0))
+            nonzero = nonzero + (xp.sum(live[l + 1] & (xp.asarray(gb) != 0)) if has_bias else 0)
+            flops = flops + 2 * n_out * n_in + bias_params
     return Cost(jnp.asarray(dense), jnp.asarray(nonzero), jnp.asarray(flops))
 
 

@@ -18,7 +18,7 @@ from ._encoding.dynamical import simulate
 from ._errors import RESULTS, combine
 from ._info import Certificate
 from ._linalg import spectral_norm
-from ._network import ACTIVATIONS, DenseChain
+from ._network import ACTIVATIONS, DenseChain, refuse_gated
 from ._reduction.quotient import block_counts
 
 ODE_TIMES = tuple(np.linspace(0.0, 1.0, 11).tolist())
@@ -30,6 +30,7 @@ def lift(compressed: DenseChain, partitions, original_widths) -> DenseChain:
     Exact when compressed neurons that no original neuron maps to have zero outgoing columns — true of
     every jaxlump result (quotients, masked forms and reconstructions only use live columns).
     """
+    refuse_gated(compressed, "compressed", "the certificate's lift (and a-priori bound)")
     labels = (jnp.arange(original_widths[0]), *partitions, jnp.arange(original_widths[-1]))
     weights, biases = [], []
     for l, (w, b) in enumerate(zip(compressed.weights, compressed.biases)):
@@ -45,6 +46,7 @@ def lift(compressed: DenseChain, partitions, original_widths) -> DenseChain:
 
 def a_priori_bound(original: DenseChain, lifted: DenseChain, original_activations) -> jax.Array:
     """Per input, the bound on `‖f̃(x) − f(x)‖₂` from the module docs."""
+    refuse_gated(original, "original", "the certificate's a-priori bound")
     error = jnp.zeros(original_activations[0].shape[0], original.weights[0].dtype)
     for l, (w, b, wt, bt) in enumerate(zip(original.weights, original.biases, lifted.weights, lifted.biases)):
         delta = jnp.sqrt(jnp.sum((wt - w) ** 2) + jnp.sum((bt - b) ** 2))
@@ -64,10 +66,18 @@ def certify(
     ode_inputs: int = 32,
 ) -> tuple[Certificate, RESULTS]:
     """The `Certificate` of `compressed` against `original` on calibration inputs `x`, and the `RESULTS` of its
-    ODE simulations (`certificate_ode_failed` when either solve failed; `successful` when none was run)."""
+    ODE simulations (`certificate_ode_failed` when either solve failed; `successful` when none was run).
+
+    For a chain with gated layers only the measured errors are computed: the a-priori bound and the ODE
+    deviation are NaN ("not computed"; a gated unit has no global Lipschitz constant and no ODE encoding)."""
     _, original_activations = original.forward(x)
     deviation = compressed(x) - original_activations[-1]
-    bound = a_priori_bound(original, lift(compressed, partitions, original.widths), original_activations)
+    if original.is_gated:
+        # σ(z_g) ⊙ z has no global Lipschitz constant and no ODE encoding: neither figure is computed (NaN).
+        bound = jnp.full(x.shape[:1], jnp.nan, deviation.dtype)
+        simulate_ode = False
+    else:
+        bound = a_priori_bound(original, lift(compressed, partitions, original.widths), original_activations)
     if simulate_ode:
         subset = x[:ode_inputs]
         ode_original = simulate(original, subset, times=ODE_TIMES)

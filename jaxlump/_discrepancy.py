@@ -27,7 +27,7 @@ from ._custom_types import Distances
 from ._encoding.dynamical import simulate
 from ._encoding.structural import block_sums
 from ._errors import RESULTS
-from ._network import DenseChain
+from ._network import DenseChain, refuse_gated
 
 _TINY = 1e-30
 # A pair whose distance is at most this many machine epsilons of the pair's *own* magnitudes is rounding, not a
@@ -222,6 +222,8 @@ class Structural(AbstractDiscrepancy):
     `d(m, m′) = Σ_B |c_m(B) − c_{m′}(B)| + |b_m − b_{m′}|`, relative to the layer's scale
     `mean_m (Σ_k |W_mk| + |b_m|)` (fixed per layer, so the refinement stays monotone in ε).
     ERODE's own pair test counts a degree-1 difference three times: its ε is 3× this one.
+    For a gated layer (`σ(z_g) ⊙ z`) a unit's coefficients are those of its up row and of its gate row, side by
+    side (and its magnitude the sum of both): two gated units are exactly lumpable iff both coincide.
     A pair within `64 ε_mach` of its own `Σ_k |W_mk| + |b_m|` is rounding and counts as 0.
     Cost per layer: one `n × n_{l-1} × n` GEMM (an L2 lower bound) plus the exact L1 only for the
     tiles holding a pair the refinement may relate; peak memory the `n × n` result plus `O(n · n_{l-1})`.
@@ -239,6 +241,10 @@ class Structural(AbstractDiscrepancy):
         w, b = chain.weights[l - 1], chain.biases[l - 1]
         coefficients = block_sums(w, b, prev_labels, w.shape[1])
         magnitudes = jnp.sum(jnp.abs(w), axis=1) + jnp.abs(b)
+        if chain.gated[l - 1]:  # a gated unit's coefficients: its up row and bias, then its gate row and bias
+            g, gb = chain.gate_weights[l - 1], chain.gate_biases[l - 1]
+            coefficients = jnp.concatenate([coefficients, block_sums(g, gb, prev_labels, g.shape[1])], axis=1)
+            magnitudes = magnitudes + jnp.sum(jnp.abs(g), axis=1) + jnp.abs(gb)
         scale = jnp.mean(magnitudes)
         floor = _rounding_floor(magnitudes)
         threshold = jnp.where(jnp.isinf(eps_max), jnp.inf, eps_max * scale)
@@ -273,6 +279,7 @@ class Dynamical(AbstractDiscrepancy):
             raise ValueError(f"`times` must be a non-empty tuple of values in [0, 1]; received {self.times!r}.")
 
     def prepare(self, chain, x):
+        refuse_gated(chain, "model", "the Dynamical discrepancy (an ODE encoding of each layer)")
         x = x[: self.max_inputs]
         x_ref = jnp.mean(x, axis=0) if self.x_ref == "mean" else None
         trajectory = simulate(chain, x, x_ref=x_ref, times=self.times)

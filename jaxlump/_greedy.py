@@ -29,8 +29,8 @@ from ._merge_cost import (
     pair_costs,
     relative,
     removal_costs,
+    unit,
 )
-from ._network import ACTIVATIONS
 
 
 class Path(eqx.Module):
@@ -165,7 +165,7 @@ def _merge(greedy: Greedy, problem: LayerProblem, keep, gone) -> Greedy:
     s_keep, s_gone = state.sizes[keep], state.sizes[gone]
     alpha = s_keep / (s_keep + s_gone)
     pre = alpha * state.pre[:, keep] + (1 - alpha) * state.pre[:, gone]
-    feature = _centred(ACTIVATIONS[problem.activation].fn(pre), problem.centre, 0)
+    feature = _centred(unit(problem, pre, 0), problem.centre, 0)
     member = alpha * state.members[:, keep] + (1 - alpha) * state.members[:, gone]
     layer = LayerState(
         state.features.at[:, keep].set(feature),

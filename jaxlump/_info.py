@@ -209,7 +209,10 @@ def checked_result(result: RESULTS, before, after, x, certificate: Certificate |
         measured = [certificate.output_max_abs, certificate.output_rms, certificate.a_priori_bound]
         ode = certificate.ode_max_abs
         xp = jnp if _traced(ode) else np
-        checks.append((_all_finite(measured) & ~xp.any(xp.isinf(ode)), RESULTS.certificate_nonfinite))
+        ok = ~xp.any(xp.isinf(ode))
+        if getattr(_network(before), "is_gated", False):  # no a-priori bound for gated layers: NaN, "not computed"
+            measured, ok = measured[:2], ok & ~xp.any(xp.isinf(certificate.a_priori_bound))
+        checks.append((_all_finite(measured) & ok, RESULTS.certificate_nonfinite))
     return combine(model_check, result, *(_status(ok, failure) for ok, failure in checks))
 
 
@@ -247,13 +250,19 @@ def _forward_finite(network, x):
         return np.bool_(_jitted_activations_finite(network, x))
     skips = getattr(network, "skips", (None,) * len(network.weights))
     sources = getattr(network, "skip_sources", ((),) * len(network.weights))
+    gates = getattr(network, "gate_weights", ()) or (None,) * len(network.weights)
+    gate_biases = getattr(network, "gate_biases", ()) or (None,) * len(network.weights)
     acts = [np.asarray(x)]
     with np.errstate(all="ignore"):  # overflow is what is being checked
-        for w, b, act, s, source in zip(network.weights, network.biases, network.activations, skips, sources):
+        layers = zip(network.weights, network.biases, network.activations, skips, sources, gates, gate_biases)
+        for w, b, act, s, source, g, gb in layers:
             z = acts[-1] @ np.asarray(w).T + np.asarray(b)
             if s is not None:
                 z = z + np.concatenate([acts[k] for k in source], axis=-1) @ np.asarray(s).T
-            acts.append(numpy_activation(act, z))
+            if g is None:
+                acts.append(numpy_activation(act, z))
+            else:  # gated: σ(z_g) ⊙ z
+                acts.append(numpy_activation(act, acts[-1] @ np.asarray(g).T + np.asarray(gb)) * z)
     return _all_finite(acts[1:])
 
 
@@ -263,7 +272,8 @@ _MODEL_FINITE: dict[tuple, tuple[tuple[weakref.ref, ...], bool]] = {}
 
 
 def _model_finite(network, x):
-    arrays = (*network.weights, *network.biases, x)
+    arrays = (*network.weights, *network.biases, *jax.tree_util.tree_leaves(getattr(network, "gate_weights", ())), x)
+    arrays += tuple(jax.tree_util.tree_leaves(getattr(network, "gate_biases", ())))
     if not isinstance(network, DenseChain) or not all(isinstance(a, jax.Array) for a in arrays) or _traced(arrays):
         return _forward_finite(network, x)
     key = (network.activations, *map(id, arrays))

@@ -18,6 +18,7 @@ from ._errors import (
     require_concrete,
 )
 from ._lump import lump
+from ._network import refuse_gated
 from ._reconstruct import DEFAULT_RIDGE, reconstruct
 from .baselines._magnitude import magnitude
 from .baselines._targets import compress_to, realised_size
@@ -101,6 +102,7 @@ def lump_then_prune(
     throw = check_bool(throw, "throw")
     chain = to_chain(model)
     x = check_data(x_calib, "x_calib", width=chain.widths[0])
+    refuse_gated(chain, "model", "jaxlump.lump_then_prune")
     reference = chain(x)
 
     outcomes = {}  # the lump's partitions → the first ε that gave them and what came of it (each lump once)

@@ -3,7 +3,8 @@
 For hidden layer l with centred calibration activations `A` (`N × n`), next-layer weights `W` (`m × n`) and
 the next layer's centred pre-activations `Z = A Wᵀ`, merging neurons i and j (mean-in / sum-out,
 `reference/structured_baselines.md` §1.4) replaces columns i, j of `A` by the merged neuron's activation
-`μ = σ((z_i + z_j)/2)` (centred). The cost is the least-squares error of refitting the next layer on the
+`μ = σ((z_i + z_j)/2)` (centred; for a gated layer
+`μ = σ((z_g,i + z_g,j)/2) ⊙ (z_i + z_j)/2`). The cost is the least-squares error of refitting the next layer on the
 remaining columns `S` and `μ`:
 
     c(i, j) = min_β ‖Z − [A_S, μ] β‖²  =  tr(W_R K_RR⁻¹ W_Rᵀ) − ‖W_R K_RR⁻¹ u_R‖² / (‖μ‖² − gᵀu + u_Rᵀ K_RR⁻¹ u_R)
@@ -71,14 +72,28 @@ class LayerProblem(eqx.Module):
     z_rms: jax.Array
     centre: bool = eqx.field(static=True)
     activation: str = eqx.field(static=True)
+    gated: bool = eqx.field(static=True, default=False)  # `pre` stacks `[z_g; z]` along the samples (see `unit`)
+
+
+def unit(problem: LayerProblem, pre: jax.Array, axis: int) -> jax.Array:
+    """A slot's activation from its (mean) pre-activation `pre`: `σ(z)`, or for a gated layer, whose `pre` stacks
+    the gate's and the up's pre-activations along `axis` (`[z_g; z]`, samples), `σ(z_g) ⊙ z`."""
+    fn = ACTIVATIONS[problem.activation].fn
+    if not problem.gated:
+        return fn(pre)
+    gate, up = jnp.split(pre, 2, axis=axis)
+    return fn(gate) * up
 
 
 def _centred(v, centre: bool, axis: int):
     return v - jnp.mean(v, axis=axis, keepdims=True) if centre else v
 
 
-def initial_state(z, a, w, activation: str, *, centre: bool, damping: float) -> tuple[LayerState, LayerProblem]:
-    """The uncompressed layer: one slot per neuron. `z`, `a`: `(N, n)`; `w`: next layer's weights `(m, n)`."""
+def initial_state(
+    z, a, w, activation: str, *, centre: bool, damping: float, gated: bool = False
+) -> tuple[LayerState, LayerProblem]:
+    """The uncompressed layer: one slot per neuron. `z`, `a`: `(N, n)` (`z` of a gated layer: `(2N, n)`, the gate's
+    pre-activations above the up's); `w`: next layer's weights `(m, n)`."""
     n_samples, n = a.shape
     features = _centred(a, centre, 0)
     diagonal = jnp.sum(features**2, axis=0)
@@ -93,6 +108,7 @@ def initial_state(z, a, w, activation: str, *, centre: bool, damping: float) -> 
         jnp.sqrt(jnp.mean(z**2)),
         centre,
         activation,
+        gated,
     )
     eye = jnp.eye(n, dtype=a.dtype)
     state = LayerState(features, z, eye, jnp.ones(n, a.dtype), jnp.ones(n, bool), jnp.arange(n, dtype=jnp.int32))
@@ -146,13 +162,12 @@ def _share(sizes, rows, cols):
 
 def moments(state: LayerState, problem: LayerProblem, fit: Fit, rows, cols) -> Moments:
     """The `Moments` of the pairs `(rows[p], cols[p])` from scratch, `O(N (n + m) + n²)` each."""
-    fn = ACTIVATIONS[problem.activation].fn
     fa, c, lam = state.features, state.members, problem.lam
     ctc = _mm("ik,il->kl", c, c)
     alpha = _share(state.sizes, rows, cols)
     beta = 1 - alpha
     pre = state.pre.T  # (n, N)
-    mu = _centred(fn(alpha[:, None] * pre[rows] + beta[:, None] * pre[cols]), problem.centre, 1)
+    mu = _centred(unit(problem, alpha[:, None] * pre[rows] + beta[:, None] * pre[cols], 1), problem.centre, 1)
     c_norm = alpha**2 * jnp.diag(ctc)[rows] + 2 * alpha * beta * ctc[rows, cols] + beta**2 * jnp.diag(ctc)[cols]
     g = _mm("ps,sk->pk", mu, fa) + lam * (alpha[:, None] * ctc[rows] + beta[:, None] * ctc[cols])  # + λ Cᵀc_ij
     u = _mm("pk,kl->pl", g, fit.inverse)
@@ -277,7 +292,13 @@ class RefitAware(AbstractDiscrepancy):
         del prev_labels  # parallel mode: the original network's activations
         z, a = prepared[0][l - 1], prepared[1][l - 1]
         state, problem = initial_state(
-            z, a, chain.weights[l], chain.activations[l - 1], centre=chain.use_bias[l], damping=self.damping
+            z,
+            a,
+            chain.weights[l],
+            chain.activations[l - 1],
+            centre=chain.use_bias[l],
+            damping=self.damping,
+            gated=chain.gated[l - 1],
         )
         costs = merge_costs(state, problem, self.block_size)
         distances = jnp.where(jnp.eye(a.shape[1], dtype=bool), 0.0, relative(costs.merge, problem))
@@ -291,6 +312,8 @@ def check_damping(damping) -> float:
 
 
 def layer_inputs(chain: DenseChain, x):
-    """Per hidden layer, the original network's pre-activations and activations on `x`."""
+    """Per hidden layer, the original network's pre-activations and activations on `x` (a gated layer's
+    pre-activations `[z_g; z]`, stacked along the samples: `(2N, n)`)."""
     zs, acts = chain.forward(x)
-    return tuple(zs[:-1]), tuple(acts[1:-1])
+    zs = [jnp.concatenate(z, axis=0) if isinstance(z, tuple) else z for z in zs[:-1]]
+    return tuple(zs), tuple(acts[1:-1])

@@ -327,12 +327,22 @@ class DenseChain(eqx.Module):
     `weights[l]` has shape `(n_{l+1}, n_l)` (Equinox's `(out, in)`), `activations[l]` names
     `σ_{l+1}` (see `ACTIVATIONS`), `use_bias[l]` records whether layer `l` has a bias at all
     (a layer without one keeps a zero bias that no method may make non-zero).
+
+    A hidden layer may be *gated* (a SwiGLU / GeGLU unit): `gate_weights[l]`, `gate_biases[l]` (the shapes of
+    `weights[l]`, `biases[l]`) give `z_g = W_g a + b_g` beside `z = W a + b`, and the layer's activation is
+    `a^{l+1} = σ_{l+1}(z_g) ⊙ z` (`activations[l]` names the gate's σ; `use_bias[l]` applies to both biases).
+    `gate_weights = gate_biases = ()` (the default) means no layer is gated; otherwise both hold one entry per
+    layer, `None` for an ungated layer. The output layer cannot be gated. A gated unit's producer is its gate row
+    *and* its up row: merging two units averages both, removing one drops both. Methods that do not support gated
+    layers refuse them (`GATED_SUPPORTED` lists those that do).
     """
 
     weights: Weights
     biases: Biases
     activations: tuple[str, ...] = eqx.field(static=True)
     use_bias: tuple[bool, ...] = eqx.field(static=True)
+    gate_weights: tuple[jax.Array | None, ...] = ()
+    gate_biases: tuple[jax.Array | None, ...] = ()
 
     def __check_init__(self):
         n = len(self.weights)
@@ -352,6 +362,53 @@ class DenseChain(eqx.Module):
                 raise ValueError(
                     f"layer {l} takes {w.shape[1]} inputs but layer {l - 1} has {self.weights[l - 1].shape[0]} outputs."
                 )
+        self._check_gates()
+
+    def _check_gates(self):
+        if not (self.gate_weights or self.gate_biases):
+            return
+        n = len(self.weights)
+        gate_weights, gate_biases = self.gate_weights, self.gate_biases
+        if not (isinstance(gate_weights, tuple) and isinstance(gate_biases, tuple)) or not (
+            len(gate_weights) == len(gate_biases) == n
+        ):
+            raise ValueError(
+                f"DenseChain `gate_weights` and `gate_biases` must be tuples with one entry per layer ({n}; `None` for "
+                f"an ungated layer), or both `()` for no gates; received {type(gate_weights).__name__} of length "
+                f"{len(gate_weights)} and {type(gate_biases).__name__} of length {len(gate_biases)}."
+            )
+        for l, (g, gb) in enumerate(zip(gate_weights, gate_biases)):
+            if (g is None) != (gb is None):
+                raise ValueError(
+                    f"layer {l}: `gate_weights[{l}]` and `gate_biases[{l}]` must both be arrays or both None."
+                )
+            if g is None:
+                continue
+            if l == n - 1:
+                raise ValueError(
+                    f"layer {l} is the output layer, which cannot be gated (a gated layer's units are hidden units "
+                    "consumed by a next layer); received a gate for it."
+                )
+            check_parameter_dtype(g, f"layer {l} gate weight")
+            check_parameter_dtype(gb, f"layer {l} gate bias")
+            if getattr(g, "shape", None) != self.weights[l].shape or getattr(gb, "shape", None) != self.biases[l].shape:
+                raise ValueError(
+                    f"layer {l}: gate weight {getattr(g, 'shape', None)} and gate bias {getattr(gb, 'shape', None)} "
+                    f"must have the shapes of the layer's weight {self.weights[l].shape} and bias "
+                    f"{self.biases[l].shape}."
+                )
+
+    @property
+    def gated(self) -> tuple[bool, ...]:
+        """Per layer, whether it is gated (`a = σ(z_g) ⊙ z`)."""
+        if not self.gate_weights:
+            return (False,) * len(self.weights)
+        return tuple(g is not None for g in self.gate_weights)
+
+    @property
+    def is_gated(self) -> bool:
+        """Whether any layer is gated."""
+        return any(self.gated)
 
     @property
     def widths(self) -> tuple[int, ...]:
@@ -362,15 +419,41 @@ class DenseChain(eqx.Module):
     def n_layers(self) -> int:
         return len(self.weights)
 
-    def forward(self, x: jax.Array) -> tuple[list[jax.Array], list[jax.Array]]:
-        """Pre-activations `[z^1..z^L]` and activations `[a^0=x, a^1..a^L]` for a batch `x`."""
+    def forward(self, x: jax.Array) -> tuple[list, list[jax.Array]]:
+        """Pre-activations `[z^1..z^L]` and activations `[a^0=x, a^1..a^L]` for a batch `x`.
+
+        For a gated layer the pre-activation entry is the pair `(z_g, z)` (gate, up) and the activation
+        `σ(z_g) ⊙ z`."""
         zs, acts = [], [x]
-        for w, b, act in zip(self.weights, self.biases, self.activations):
+        gates = self.gate_weights or (None,) * len(self.weights)
+        gate_biases = self.gate_biases or (None,) * len(self.weights)
+        for w, b, act, g, gb in zip(self.weights, self.biases, self.activations, gates, gate_biases):
             z = acts[-1] @ w.T + b
-            zs.append(z)
-            acts.append(ACTIVATIONS[act].fn(z))
+            if g is None:
+                zs.append(z)
+                acts.append(ACTIVATIONS[act].fn(z))
+            else:
+                z_gate = acts[-1] @ g.T + gb
+                zs.append((z_gate, z))
+                acts.append(ACTIVATIONS[act].fn(z_gate) * z)
         return zs, acts
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Apply to one example `(n_0,)` or a batch `(batch, n_0)`."""
         return self.forward(x)[1][-1]
+
+
+GATED_SUPPORTED = (
+    "jaxlump.lump and jaxlump.lump_masked (with the Structural or RefitAware discrepancy), jaxlump.merge_or_remove, "
+    "jaxlump.reconstruct, jaxlump.shrink, jaxlump.cost and jaxlump.baselines.obs_prune"
+)
+
+
+def refuse_gated(chain: DenseChain, name: str, method: str) -> None:
+    """Refuse a chain with gated layers for a `method` that does not support them, naming the argument `name`."""
+    if any(chain.gated):
+        layers = [l for l, gated in enumerate(chain.gated) if gated]
+        raise TypeError(
+            f"`{name}` has gated layers (layer {', '.join(map(str, layers))}: σ(W_g a + b_g) ⊙ (W a + b), e.g. "
+            f"SwiGLU); {method} does not support gated layers. Gated layers are supported by {GATED_SUPPORTED}."
+        )

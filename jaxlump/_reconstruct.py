@@ -156,12 +156,24 @@ def solve_layer(inputs, targets, w0, b0, column_support, row_live, use_bias: boo
 def check_compatible(original: DenseChain, compressed: DenseChain, partitions, weight_masks) -> None:
     """Refuse a compressed chain whose widths or partitions cannot come from `original`."""
     wo, wc = original.widths, compressed.widths
-    if len(wo) != len(wc) or wo[0] != wc[0] or wo[-1] != wc[-1] or original.activations != compressed.activations:
+    if (
+        len(wo) != len(wc)
+        or wo[0] != wc[0]
+        or wo[-1] != wc[-1]
+        or original.activations != compressed.activations
+        or original.gated != compressed.gated
+    ):
         raise ValueError(
-            f"`compressed` (widths {wc}, activations {compressed.activations}) cannot come from `original` "
-            f"(widths {wo}, activations {original.activations}): depth, input/output widths and activations must match."
+            f"`compressed` (widths {wc}, activations {compressed.activations}, gated layers {compressed.gated}) cannot "
+            f"come from `original` (widths {wo}, activations {original.activations}, gated layers {original.gated}): "
+            "depth, input/output widths, activations and gated layers must match."
         )
     check_partitions(partitions, wo, wc, "info.partitions")
+    if weight_masks is not None and compressed.is_gated:
+        raise ValueError(
+            "`info.weight_masks` is set, but `compressed` has gated layers: unstructured (masked) results of gated "
+            "models are not supported; gated layers are reconstructed structurally (`info.weight_masks=None`)."
+        )
     if weight_masks is not None:
         if len(weight_masks) != compressed.n_layers:
             raise ValueError(
@@ -191,32 +203,59 @@ def reconstruct_chain(
     live = [jnp.ones(wc[0], bool), *live_masks(wc[1:-1], partitions), jnp.ones(wc[-1], bool)]
     a, unchanged = x, jnp.asarray(True)  # `unchanged`: this layer's inputs are the original's, bit for bit
     weights, biases, results = [], [], []
+    gate_weights, gate_biases = [], []
+    gated = compressed.gated
     for l, (w0, b0, act) in enumerate(zip(compressed.weights, compressed.biases, compressed.activations)):
-        targets = mean_rows(original_z[l].T, labels[l], wc[l + 1]).T
         support = jnp.broadcast_to(live[l][None, :], w0.shape)
         if weight_masks is not None:
             support = support & weight_masks[l]
-        w, b, result = solve_layer(
-            a, targets, w0, b0, support, live[l + 1], compressed.use_bias[l], ridge, per_row=weight_masks is not None
-        )
+
+        def solve(z, w0, b0, a=a, l=l, support=support):
+            targets = mean_rows(z.T, labels[l], wc[l + 1]).T
+            per_row = weight_masks is not None
+            return solve_layer(a, targets, w0, b0, support, live[l + 1], compressed.use_bias[l], ridge, per_row)
+
+        # A gated layer's gate and up rows are each re-solved against their own targets (the members' mean z_g, z).
+        z_up = original_z[l][1] if gated[l] else original_z[l]
+        w, b, result = solve(z_up, w0, b0)
         keep = unchanged & _is_identity(labels[l], wo[l + 1], wc[l + 1]) & jnp.all(support)
         if w0.shape == original.weights[l].shape:
             keep = keep & jnp.all(w0 == original.weights[l]) & jnp.all(b0 == original.biases[l])
+            if gated[l]:
+                g0, gb0 = compressed.gate_weights[l], compressed.gate_biases[l]
+                keep = keep & jnp.all(g0 == original.gate_weights[l]) & jnp.all(gb0 == original.gate_biases[l])
         else:
             keep = jnp.asarray(False)
         w, b = jnp.where(keep, w0, w), jnp.where(keep, b0, b)
         weights.append(w)
         biases.append(b)
+        if gated[l]:
+            g0, gb0 = compressed.gate_weights[l], compressed.gate_biases[l]
+            g, gb, gate_result = solve(original_z[l][0], g0, gb0)
+            g, gb = jnp.where(keep, g0, g), jnp.where(keep, gb0, gb)
+            gate_weights.append(g)
+            gate_biases.append(gb)
+            result = combine(result, gate_result)
+            a = ACTIVATIONS[act].fn(a @ g.T + gb) * (a @ w.T + b)
+        else:
+            gate_weights.append(None)
+            gate_biases.append(None)
+            a = ACTIVATIONS[act].fn(a @ w.T + b)
         results.append(RESULTS.where(keep, RESULTS.successful, result))
-        a, unchanged = ACTIVATIONS[act].fn(a @ w.T + b), keep
-    return DenseChain(tuple(weights), tuple(biases), compressed.activations, compressed.use_bias), combine(*results)
+        unchanged = keep
+    gates = (tuple(gate_weights), tuple(gate_biases)) if any(gated) else ((), ())
+    chain = DenseChain(tuple(weights), tuple(biases), compressed.activations, compressed.use_bias, *gates)
+    return chain, combine(*results)
 
 
-def infer_support(original: DenseChain, compressed: DenseChain) -> tuple[tuple[jax.Array, ...], tuple[jax.Array, ...]]:
+def infer_support(
+    original: DenseChain, compressed: DenseChain
+) -> tuple[tuple[jax.Array, ...], tuple[jax.Array, ...] | None]:
     """Partitions and weight masks of a same-shape compressed model, read from its exact zeros.
 
     A hidden neuron whose incoming row and outgoing column are both all zero is removed (`-1`); every
-    other neuron represents itself. The weight masks are the non-zero weights.
+    other neuron represents itself. The weight masks are the non-zero weights (`None` for a chain with gated layers,
+    which is reconstructed structurally).
     """
     if original.widths != compressed.widths:
         raise ValueError(
@@ -227,9 +266,14 @@ def infer_support(original: DenseChain, compressed: DenseChain) -> tuple[tuple[j
     partitions = []
     for l in range(1, compressed.n_layers):
         row_zero = jnp.all(compressed.weights[l - 1] == 0, axis=1)
+        if compressed.gated[l - 1]:  # a gated unit is removed when its gate row is zero too
+            row_zero = row_zero & jnp.all(compressed.gate_weights[l - 1] == 0, axis=1)
         column_zero = jnp.all(compressed.weights[l] == 0, axis=0)
         partitions.append(jnp.where(row_zero & column_zero, -1, jnp.arange(compressed.widths[l])))
-    return tuple(partitions), tuple(w != 0 for w in compressed.weights)
+    masks = tuple(w != 0 for w in compressed.weights)
+    if compressed.is_gated:  # the weight masks cover the up weights only: a gated model is reconstructed structurally
+        masks = None
+    return tuple(partitions), masks
 
 
 @eqx.filter_jit
@@ -269,7 +313,8 @@ def reconstruct(
     - `info`: the compressor's `CompressionInfo` (its partitions and weight masks say what to solve). When
       `None`, `compressed` must have the original's widths and the support is read from its exact zeros:
       hidden neurons whose incoming row and outgoing column are all zero are removed, every other neuron
-      keeps its own targets, and each weight that is zero stays zero.
+      keeps its own targets, and each weight that is zero stays zero (in a model with gated layers a unit is
+      removed when its gate row is zero too, and the kept rows are re-solved in full).
     - `ridge`: λ relative to the mean diagonal of the Gram matrix (default `1e-3`); `0` is plain
       least squares (needs at least as many calibration examples as inputs to the widest layer).
     - `throw`: raise a `jaxlump.CompressionError` naming the failed stage (default); `False` returns the

@@ -59,6 +59,7 @@ def layer_paths(chain, x, *, merge: bool, damping: float, candidates: int | None
                 chain.activations[l - 1],
                 centre=chain.use_bias[l],
                 damping=damping,
+                gated=chain.gated[l - 1],
             )
             path = greedy_path(state, problem, merge, candidates=candidates)
             paths.append(Path(*(np.asarray(a) for a in (path.labels, path.merged, path.cumulative))))
@@ -217,7 +218,7 @@ def merge_or_remove_to_size(
 
     def size(eps: float) -> int:
         hidden = [n - steps_within(p, eps) for n, p in zip(widths[1:-1], paths)]
-        return widths_dense_params((widths[0], *hidden, widths[-1]), chain.use_bias)
+        return widths_dense_params((widths[0], *hidden, widths[-1]), chain.use_bias, chain.gated)
 
     breakpoints = np.unique(np.concatenate([[0.0], *(np.maximum.accumulate(np.asarray(p.cumulative)) for p in paths)]))
     breakpoints = breakpoints[np.isfinite(breakpoints)]

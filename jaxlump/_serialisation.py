@@ -41,7 +41,7 @@ from ._file_header import (
     is_int,
 )
 from ._info import Certificate, CompressionInfo
-from ._network import DenseChain
+from ._network import DenseChain, refuse_gated
 from ._skip_mlp import SkipMLP
 
 _HEADER = "__jaxlump__"
@@ -73,6 +73,7 @@ def _parts(model) -> tuple[str, DenseChain, dict, tuple]:
         return SKIP_KIND, chain, {"skip_sources": [list(s) for s in model.skip_sources]}, model.skips
     kind = kind_of(model)
     chain = to_chain(model)
+    refuse_gated(chain, "model", "jaxlump.save")
     dtype = param_dtype(model) or chain.weights[0].dtype
     chain = DenseChain(
         tuple(w.astype(dtype) for w in chain.weights),

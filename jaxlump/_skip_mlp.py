@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from ._accounting import Cost, chain_cost
 from ._adapters import to_chain
-from ._network import ACTIVATIONS, DenseChain
+from ._network import ACTIVATIONS, DenseChain, refuse_gated
 
 
 class SkipMLP(eqx.Module):
@@ -106,6 +106,7 @@ class SkipMLP(eqx.Module):
     def from_chain(cls, chain) -> "SkipMLP":
         """The same network as `chain` (a `DenseChain` or any model `to_chain` accepts), without skips."""
         chain = to_chain(chain, "chain")
+        refuse_gated(chain, "chain", "jaxlump.SkipMLP.from_chain")
         return cls(chain.weights, chain.biases, chain.activations, chain.use_bias)
 
     @property

@@ -25,7 +25,7 @@ from ._discrepancy import AbstractDiscrepancy, Structural
 from ._errors import RESULTS, check_bool, check_eps, finite_result, is_traced
 from ._info import Certificate, CompressionInfo, live_masks, live_widths
 from ._lump import _prepare, lump_chain, partition
-from ._network import DenseChain
+from ._network import DenseChain, refuse_gated
 from ._reconstruct import DEFAULT_RIDGE
 
 # Relative tolerances a `TargetSize` round chooses from (0: exact duplicates only; 4: about everything merges).
@@ -176,6 +176,7 @@ class _Binding:
 def bind(model) -> tuple[_Binding, Any]:
     """The `_Binding` of `model` and its parameters (what the user's loop trains)."""
     chain = to_chain(model)  # refuses unsupported models with the adapters' message
+    refuse_gated(chain, "model", "jaxlump.wrap_optax")
     if type(model).__module__.startswith("flax."):
         from flax import nnx
 
@@ -537,7 +538,11 @@ def dead_weights(model, info: CompressionInfo) -> str:
     masks = neuron_masks(chain, tuple(np.asarray(p) for p in info.partitions))
     found = []
     for l, (w, b, mw, mb) in enumerate(zip(chain.weights, chain.biases, masks.weights, masks.biases)):
-        dead = np.concatenate([np.asarray(w)[np.asarray(mw) == 0], np.asarray(b)[np.asarray(mb) == 0]])
+        dead = [np.asarray(w)[np.asarray(mw) == 0], np.asarray(b)[np.asarray(mb) == 0]]
+        if chain.gated[l]:  # a gated unit's gate row and bias die with it
+            gate, gate_bias = chain.gate_weights[l], chain.gate_biases[l]
+            dead += [np.asarray(gate)[np.asarray(mw) == 0], np.asarray(gate_bias)[np.asarray(mb) == 0]]
+        dead = np.concatenate(dead)
         carried = dead[np.isfinite(dead) & (dead != 0)]
         if carried.size:
             found.append(f"layer {l}: {carried.size} non-zero, max |w| = {np.max(np.abs(carried)):.3g}")

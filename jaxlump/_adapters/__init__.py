@@ -95,8 +95,7 @@ def _is_half(dtype) -> bool:
 
 
 def _cast(chain: DenseChain, dtype) -> DenseChain:
-    weights = tuple(w.astype(dtype) for w in chain.weights)
-    return DenseChain(weights, tuple(b.astype(dtype) for b in chain.biases), chain.activations, chain.use_bias)
+    return jax.tree.map(lambda a: a.astype(dtype), chain)  # gates (if any) too
 
 
 def param_dtype(model):
@@ -177,8 +176,16 @@ def to_chain(model, name: str = "model", *, require_finite: bool = True) -> Dens
     if require_finite:
         weights = tuple(check_finite(w, f"{name} layer {l} weight") for l, w in enumerate(chain.weights))
         biases = tuple(check_finite(b, f"{name} layer {l} bias") for l, b in enumerate(chain.biases))
-        chain = DenseChain(weights, biases, chain.activations, chain.use_bias)
-    if any(_is_half(w.dtype) for w in chain.weights + chain.biases):
+        gate_weights = tuple(
+            None if g is None else check_finite(g, f"{name} layer {l} gate weight")
+            for l, g in enumerate(chain.gate_weights)
+        )
+        gate_biases = tuple(
+            None if g is None else check_finite(g, f"{name} layer {l} gate bias")
+            for l, g in enumerate(chain.gate_biases)
+        )
+        chain = DenseChain(weights, biases, chain.activations, chain.use_bias, gate_weights, gate_biases)
+    if any(_is_half(w.dtype) for w in jax.tree_util.tree_leaves(chain)):
         chain = _cast(chain, jnp.float32)
     if kind is not _CHAIN_KIND:
         _verify(model, kind, chain, name, "jaxlump's reading of it does not reproduce its output")

@@ -8,7 +8,7 @@ from jaxtyping import Array, ArrayLike, Float
 from .._adapters import apply_model, param_dtype, to_chain
 from .._custom_types import Inputs
 from .._errors import RESULTS
-from .._network import ACTIVATIONS
+from .._network import ACTIVATIONS, refuse_gated
 from .dynamical import _default_tolerances, simulate
 
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -89,6 +89,7 @@ def check_encoding(model, x: Inputs, *, x_ref: _ReferenceInput | None = None, **
     if "times" in simulate_options:
         raise TypeError("`check_encoding` compares the state at t = 1 only; do not pass `times`.")
     chain = to_chain(model)
+    refuse_gated(chain, "model", "jaxlump.check_encoding (the dynamical ODE encoding)")
     trajectory = simulate(chain, x, x_ref=x_ref, times=(1.0,), **simulate_options)
     dtype = trajectory.times.dtype
     x = jnp.asarray(x).astype(dtype)

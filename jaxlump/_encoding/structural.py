@@ -29,6 +29,7 @@ from jaxtyping import Array, Float, Int
 from .._adapters import to_chain
 from .._custom_types import Bias, Weight
 from .._errors import is_traced
+from .._network import refuse_gated
 
 # Plain assignments (not annotations), so that linters do not parse the shape strings as Python.
 _Augmented = Float[Array, "_out _in_plus_1"]  # "_": shapes differ between layers
@@ -67,6 +68,7 @@ def augmented_matrices(chain) -> tuple[_Augmented, ...]:
     Equivalence* (2026), §2 of jaxlump's DESIGN.
     """
     chain = to_chain(chain, "chain")
+    refuse_gated(chain, "chain", "the structural (affine) encoding")
     return tuple(
         jnp.concatenate([w, b[:, None].astype(w.dtype)], axis=1)
         for w, b in zip(chain.weights, chain.biases, strict=True)
@@ -179,6 +181,7 @@ def affine_system(model) -> tuple[_System, tuple[str, ...]]:
     From ERODE's affine-system import (Cardelli et al., TACAS 2017) and DESIGN §2a.
     """
     chain = to_chain(model)
+    refuse_gated(chain, "model", "the structural (affine) encoding (affine_system)")
     widths = chain.widths
     dtype = jnp.result_type(*chain.weights)
     n_units = sum(widths) + chain.n_layers
@@ -340,6 +343,7 @@ def to_erode(model, name: str = "jaxlump_network", *, reduce: bool = True) -> st
     """
     name = _check_erode_name(name)
     chain = to_chain(model)
+    refuse_gated(chain, "model", "jaxlump.to_erode (the structural affine encoding)")
     if any(is_traced(w) for w in chain.weights + chain.biases):
         raise TypeError("`model` has traced parameters; call `to_erode` outside `jax.jit`/`jax.vmap`.")
     matrix, names = affine_system(chain)

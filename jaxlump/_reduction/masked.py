@@ -1,6 +1,7 @@
 """Fixed-shape (masked) results and `shrink`, which turns them into physically smaller models."""
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PyTree
@@ -30,9 +31,18 @@ def compact(labels) -> tuple[jnp.ndarray, int]:
 def gather_live(chain: DenseChain, live: list[np.ndarray]) -> DenseChain:
     """Keep only the live neurons (`live[l]`: indices for every layer, input and output included)."""
     # NumPy: shapes change here, and eager JAX gathers would compile once per new shape.
-    weights = tuple(jnp.asarray(np.asarray(w)[np.ix_(live[l + 1], live[l])]) for l, w in enumerate(chain.weights))
-    biases = tuple(jnp.asarray(np.asarray(b)[live[l + 1]]) for l, b in enumerate(chain.biases))
-    return DenseChain(weights, biases, chain.activations, chain.use_bias)
+
+    def rows(w, l):
+        return None if w is None else jnp.asarray(np.asarray(w)[np.ix_(live[l + 1], live[l])])
+
+    def entries(b, l):
+        return None if b is None else jnp.asarray(np.asarray(b)[live[l + 1]])
+
+    weights = tuple(rows(w, l) for l, w in enumerate(chain.weights))
+    biases = tuple(entries(b, l) for l, b in enumerate(chain.biases))
+    gate_weights = tuple(rows(g, l) for l, g in enumerate(chain.gate_weights))
+    gate_biases = tuple(entries(g, l) for l, g in enumerate(chain.gate_biases))
+    return DenseChain(weights, biases, chain.activations, chain.use_bias, gate_weights, gate_biases)
 
 
 def shrink(model, info: CompressionInfo | PyTree):  # PyTree: a `wrap_optax` optimizer state
@@ -106,7 +116,7 @@ def shrink(model, info: CompressionInfo | PyTree):  # PyTree: a `wrap_optax` opt
                 "original model or another one); shrinking would drop those weights and change its outputs."
             )
     successful = bool(np.all(np.asarray(info.result == RESULTS.successful)))
-    if successful and not all(np.all(np.isfinite(np.asarray(a))) for a in (*chain.weights, *chain.biases)):
+    if successful and not all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree_util.tree_leaves(chain)):
         raise ValueError(
             "`model` holds NaN or inf weights or biases although `info.result` reports success: `info` does not "
             "describe this model, or its weights were changed since (e.g. a diverged training). A failed compression "

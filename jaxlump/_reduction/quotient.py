@@ -1,7 +1,8 @@
 """The forward quotient (DESIGN §3, "Reduced network").
 
 For target block H and source block B: `Ŵ[H, B] = mean_{m∈H} Σ_{k∈B} W_mk`, `b̂_H = mean_{m∈H} b_m` —
-a merged neuron's incoming weights are its members' mean, its outgoing weights their sum. This is the
+a merged neuron's incoming weights are its members' mean, its outgoing weights their sum (for a gated unit, both
+its gate and its up rows are averaged). This is the
 closest exact FDE to the network (the minimum-norm perturbation onto the exact-FDE constraints
 separates per block pair) followed by the exact quotient.
 
@@ -32,10 +33,17 @@ def quotient(chain: DenseChain, labels: tuple[jax.Array, ...], num_blocks: tuple
     widths = chain.widths
     all_labels = (jnp.arange(widths[0]), *labels, jnp.arange(widths[-1]))
     all_blocks = (widths[0], *num_blocks, widths[-1])
-    weights, biases = [], []
-    for l, (w, b) in enumerate(zip(chain.weights, chain.biases)):
+
+    def merged(w, b, l):
         rows = mean_rows(jnp.concatenate([w, b[:, None]], axis=1), all_labels[l + 1], all_blocks[l + 1])
         w_rows, b_new = rows[:, :-1], rows[:, -1]
-        weights.append(jax.ops.segment_sum(w_rows.T, all_labels[l], all_blocks[l]).T)
-        biases.append(b_new)
-    return DenseChain(tuple(weights), tuple(biases), chain.activations, chain.use_bias)
+        return jax.ops.segment_sum(w_rows.T, all_labels[l], all_blocks[l]).T, b_new
+
+    weights, biases = zip(*(merged(w, b, l) for l, (w, b) in enumerate(zip(chain.weights, chain.biases))))
+    # A gated unit's producer is its gate row and its up row: both are averaged over the block.
+    gates = tuple(
+        None if g is None else merged(g, gb, l) for l, (g, gb) in enumerate(zip(chain.gate_weights, chain.gate_biases))
+    )
+    gate_weights = tuple(None if g is None else g[0] for g in gates)
+    gate_biases = tuple(None if g is None else g[1] for g in gates)
+    return DenseChain(weights, biases, chain.activations, chain.use_bias, gate_weights, gate_biases)

@@ -14,7 +14,7 @@ import numpy as np
 from jaxtyping import ArrayLike, Float
 
 from .._info import CompressionInfo
-from .._network import DenseChain
+from .._network import DenseChain, refuse_gated
 from .._reconstruct import DEFAULT_RIDGE
 from ._masks import check_flag
 from ._obs import finish, hidden_activations, masked_quotient, prepare, pruning_labels, selection_status
@@ -115,6 +115,7 @@ def flap_prune(
     An, Zhao, Yu, Tang, Wang, *Fluctuation-based Adaptive Structured Pruning for Large Language Models*, AAAI 2024.
     """
     chain, x, sparsity, _, ridge = prepare(model, x_calib, sparsity, 0.0, ridge, reconstruct)
+    refuse_gated(chain, "model", "jaxlump.baselines.flap_prune")
     check_flag(compensate, "compensate")
     check_flag(throw, "throw")
     scores = flap_scores(chain, x)

@@ -19,7 +19,7 @@ import numpy as np
 from jaxtyping import ArrayLike, Float
 
 from .._info import CompressionInfo
-from .._network import ACTIVATIONS, DenseChain
+from .._network import ACTIVATIONS, DenseChain, refuse_gated
 from .._reconstruct import DEFAULT_RIDGE
 from ._masks import check_flag
 from ._obs import finish, hidden_activations, kept_count, masked_quotient, prepare, pruning_labels, selection_status
@@ -190,6 +190,7 @@ def fold(
     chain, x, sparsity, _, ridge = prepare(
         model, x_calib, sparsity, 0.0, ridge, reconstruct, required=repair, why="for repair=True"
     )
+    refuse_gated(chain, "model", "jaxlump.baselines.fold")
     check_flag(repair, "repair")
     check_flag(throw, "throw")
     labels = merge_labels(chain, sparsity, lambda l, k: kmeans(folding_features(chain, l), k, seed))
@@ -233,6 +234,7 @@ def zipit_merge(
     Jordan, Sedghi, Saukh, Entezari, Neyshabur, *REPAIR*, ICLR 2023.
     """
     chain, x, sparsity, _, ridge = prepare(model, x_calib, sparsity, 0.0, ridge, reconstruct)
+    refuse_gated(chain, "model", "jaxlump.baselines.zipit_merge")
     check_flag(repair, "repair")
     check_flag(throw, "throw")
     alpha = float(alpha)
@@ -283,6 +285,7 @@ def neuron_merge(
     Kim, Kim, Park, Jeon, *Neuron Merging: Compensating for Pruned Neurons*, NeurIPS 2020.
     """
     chain, x, sparsity, _, ridge = prepare(model, x_calib, sparsity, 0.0, ridge, reconstruct, required=False)
+    refuse_gated(chain, "model", "jaxlump.baselines.neuron_merge")
     check_flag(throw, "throw")
     if isinstance(threshold, (bool, np.bool_)) or not isinstance(threshold, (int, float, np.integer, np.floating)):
         raise TypeError(f"`threshold` must be a real number in [0, 1]; received {threshold!r}.")

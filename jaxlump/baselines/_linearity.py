@@ -15,7 +15,7 @@ from jaxtyping import Array, ArrayLike, Float
 from .._adapters import to_chain
 from .._errors import check_bool, check_data, check_fraction, require_concrete
 from .._info import CompressionInfo
-from .._network import DenseChain
+from .._network import DenseChain, refuse_gated
 from .._skip_mlp import SkipMLP
 from ._structured import SURGERY, chain_and_data, finish_structured, hidden_statistics, keep_partition, numpy_statistics
 
@@ -53,6 +53,8 @@ def activation_rates(model: Any, x: Float[ArrayLike, "batch in"]) -> tuple[Float
     Dobler & Lemmerich, *Linearity-based neural network compression*, arXiv 2506.21146 (2025).
     """
     network = model if isinstance(model, SkipMLP) else to_chain(model)
+    if isinstance(network, DenseChain):
+        refuse_gated(network, "model", "jaxlump.baselines.activation_rates")
     x = check_data(x, "x", width=network.widths[0]).astype(network.weights[0].dtype)
     return tuple(layer["rate"] for layer in hidden_statistics(network, x))
 
@@ -199,6 +201,7 @@ def linearity_merge(
     layer_threshold = _check_layer_threshold(layer_threshold)
     chained, throw = check_bool(chained, "chained"), check_bool(throw, "throw")
     chain, x = chain_and_data(model, x_calib, required=True, why="to measure activation rates")
+    refuse_gated(chain, "model", "jaxlump.baselines.linearity_merge")
     _check_relu(chain)
     new_model, partitions = _merge(chain, _rates_of(chain, x), tau, layer_threshold, chained)
     return finish_structured("linearity_merge", tau, model, new_model, chain.widths, partitions, x, throw)
@@ -269,6 +272,7 @@ def linearity_to_size(
             f"`step` must lie in [{1 / MAX_STEPS:g}, 1] (at most {MAX_STEPS} values of τ are tried); received {step!r}."
         )
     chain, x = chain_and_data(model, x_calib, required=True, why="to measure activation rates")
+    refuse_gated(chain, "model", "jaxlump.baselines.linearity_to_size")
     _check_relu(chain)
     rates = _rates_of(chain, x)
     budget = target_fraction * _size(SkipMLP.from_chain(chain), count_first_layer)

@@ -22,7 +22,7 @@ from jaxtyping import ArrayLike, Float
 from .._adapters.eqx_nn import sequential_from_chain
 from .._errors import RESULTS, check_bool, check_fraction, combine, raise_if_failed
 from .._info import CompressionInfo, compression_info
-from .._network import DenseChain
+from .._network import DenseChain, refuse_gated
 from .._reconstruct import result_status
 from ._obs import DEFAULT_DAMP, centred_gram, check_damp
 from ._structured import chain_and_data
@@ -111,6 +111,7 @@ def lowrank(
     sparsity = check_fraction(sparsity, "sparsity")
     damp, throw = check_damp(damp), check_bool(throw, "throw")
     chain, x = chain_and_data(model, x_calib, required=True, why="by lowrank")
+    refuse_gated(chain, "model", "jaxlump.baselines.lowrank")
     _, acts = chain.forward(x)
     weights, biases, activations, use_bias, results = [], [], [], [], []
     for l, (w, b, act, has_bias) in enumerate(

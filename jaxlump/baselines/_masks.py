@@ -35,7 +35,7 @@ from .._errors import (
     raise_if_failed,
 )
 from .._info import CompressionInfo, compression_info
-from .._network import DenseChain
+from .._network import DenseChain, refuse_gated
 
 SCOPES = ("global", "layer", "row")
 
@@ -47,6 +47,7 @@ def prepare(model, x_calib, sparsity, *, needs_data: bool) -> tuple[DenseChain, 
     """
     chain = to_chain(model)
     sparsity = check_fraction(sparsity, "sparsity")
+    refuse_gated(chain, "model", "the unstructured baselines (magnitude, random, wanda, elimination_compensation)")
     if x_calib is None and not needs_data:
         return chain, None, sparsity
     x = check_data(x_calib, "x_calib", width=chain.widths[0])

@@ -19,7 +19,7 @@ from jaxtyping import ArrayLike, Float
 
 from .._adapters import to_chain
 from .._errors import check_data
-from .._network import ACTIVATIONS
+from .._network import ACTIVATIONS, refuse_gated
 from ._obs import centred_gram, hidden_activations
 
 MAX_ENUMERATION_WIDTH = 16
@@ -28,6 +28,7 @@ _NUMPY = {"identity": lambda z: z, "tanh": np.tanh, "relu": lambda z: np.maximum
 
 def _grams(model, x_calib):
     chain = to_chain(model)
+    refuse_gated(chain, "model", "the oracle baselines (rank_bounds, best_subset, layer_errors)")
     x = check_data(x_calib, "x_calib", width=chain.widths[0]).astype(chain.weights[0].dtype)
     return chain, [centred_gram(a, 0.0) for a in hidden_activations(chain, x)]
 
@@ -153,6 +154,7 @@ def layer_errors(model: Any, compressed: Any, x_calib: Float[ArrayLike, "batch i
     ```
     """
     chain, small = to_chain(model), to_chain(compressed, "compressed")
+    refuse_gated(chain, "model", "jaxlump.baselines.layer_errors")
     if chain.n_layers != small.n_layers or chain.widths[0] != small.widths[0] or chain.widths[-1] != small.widths[-1]:
         raise ValueError(
             f"`compressed` (widths {small.widths}) must have the depth and ends of `model` ({chain.widths})."

@@ -15,7 +15,7 @@ from jaxtyping import ArrayLike, Float
 from .._adapters import from_chain
 from .._errors import check_bool, check_eps, is_per_layer, require_concrete
 from .._info import CompressionInfo
-from .._network import DenseChain
+from .._network import DenseChain, refuse_gated
 from ._structured import SURGERY, chain_and_data, finish_structured, layer_knob
 
 POSITIVELY_HOMOGENEOUS = ("relu", "leaky_relu", "identity")
@@ -128,6 +128,7 @@ def proportional_lump(
     if not max(tols, default=0.0) < math.sqrt(2):
         raise ValueError(f"`tol` must lie in [0, √2) (a positive cosine between rows); received {tol!r}.")
     chain, x = chain_and_data(model, x_calib, required=False)
+    refuse_gated(chain, "model", "jaxlump.baselines.proportional_lump")
     if per_layer and len(tols) != chain.n_layers - 1:
         raise ValueError(
             f"`tol` as one threshold per hidden layer must hold {chain.n_layers - 1} numbers (the model has "

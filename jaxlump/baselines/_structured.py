@@ -26,7 +26,7 @@ from .._errors import (
     require_concrete,
 )
 from .._info import CompressionInfo, compression_info
-from .._network import DenseChain
+from .._network import DenseChain, refuse_gated
 
 SCORES = ("norm", "activation", "rate", "wanda")
 SCOPES = ("layer", "global")
@@ -253,6 +253,7 @@ def structured_prune(
     needs_data = score != "norm" or compensate
     why = f"for score={score!r}" if score != "norm" else "for compensate=True"
     chain, x = chain_and_data(model, x_calib, required=needs_data, why=why)
+    refuse_gated(chain, "model", "jaxlump.baselines.structured_prune")
     stats = numpy_statistics(chain, x) if needs_data else None
     removed = (_removed_per_layer if scope == "layer" else _removed_global)(
         _neuron_scores(chain, stats, score), sparsity

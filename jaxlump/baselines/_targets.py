@@ -9,6 +9,7 @@ from .._accounting import cost, widths_dense_params
 from .._adapters import to_chain
 from .._errors import UnreachableTargetError, check_bool
 from .._info import CompressionInfo
+from .._network import refuse_gated
 from ._structured import fraction_for
 
 
@@ -199,6 +200,7 @@ def compress_to(
     name = _name(method if compressor is None else compressor)
     chain = to_chain(model)
     widths = tuple(int(w) for w in chain.widths)
+    refuse_gated(chain, "model", "jaxlump.baselines.compress_to")
     kind, value = _parse_target(target, widths)
     reason = widths_refusal(compressor) if kind == "widths" else None
     if reason is not None:
