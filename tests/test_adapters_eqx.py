@@ -231,14 +231,14 @@ def test_unsupported_models_and_structure_refused():
 
 
 def test_unsupported_and_learnable_activations_named():
-    gelu_mlp = eqx.nn.MLP(3, 2, 4, 1, activation=jax.nn.gelu, key=jr.key(0))
+    mish_mlp = eqx.nn.MLP(3, 2, 4, 1, activation=jax.nn.mish, key=jr.key(0))
     with pytest.raises(
-        TypeError, match=r"eqx\.nn\.MLP\.activation: activation 'gelu' is not supported.*tanh.*Activation"
+        TypeError, match=r"eqx\.nn\.MLP\.activation: activation 'mish' is not supported.*tanh.*Activation"
     ):
-        to_chain(gelu_mlp)
-    gelu_seq = eqx.nn.Sequential([eqx.nn.Linear(3, 4, key=jr.key(1)), eqx.nn.Lambda(jax.nn.gelu)])
-    with pytest.raises(TypeError, match=r"layers\[1\]: activation 'gelu' is not supported"):
-        to_chain(gelu_seq)
+        to_chain(mish_mlp)
+    mish_seq = eqx.nn.Sequential([eqx.nn.Linear(3, 4, key=jr.key(1)), eqx.nn.Lambda(jax.nn.mish)])
+    with pytest.raises(TypeError, match=r"layers\[1\]: activation 'mish' is not supported"):
+        to_chain(mish_seq)
     prelu_mlp = eqx.nn.MLP(3, 2, 4, 1, activation=eqx.nn.PReLU(), key=jr.key(2))
     with pytest.raises(TypeError, match=r"eqx\.nn\.MLP\.activation: learnable activation PReLU is not supported"):
         to_chain(prelu_mlp)
@@ -309,7 +309,7 @@ def test_a_leaky_relu_partial_keeps_its_slope():
     with pytest.raises(TypeError, match="negative_slope must be a finite Python number"):
         identify_activation(functools.partial(jax.nn.leaky_relu, negative_slope=jnp.asarray(0.2)), "here")
     with pytest.raises(TypeError, match="only functools.partial"):
-        identify_activation(functools.partial(jax.nn.elu, alpha=0.5), "here")
+        identify_activation(functools.partial(jax.nn.silu, beta=0.5), "here")
 
 
 def _relu6() -> Activation:

@@ -155,9 +155,9 @@ def test_unsupported_layer_refused(bad_layer, name):
 
 
 def test_unsupported_activation_and_misplaced_activation_refused():
-    gelu = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), nnx.gelu, nnx.Linear(4, 2, rngs=nnx.Rngs(1)))
+    mish = nnx.Sequential(nnx.Linear(3, 4, rngs=nnx.Rngs(0)), jax.nn.mish, nnx.Linear(4, 2, rngs=nnx.Rngs(1)))
     with pytest.raises(TypeError, match=r"layers\[1\].*not supported.*tanh"):
-        to_chain(gelu)
+        to_chain(mish)
     leading = nnx.Sequential(nnx.tanh, nnx.Linear(3, 2, rngs=nnx.Rngs(0)))
     with pytest.raises(TypeError, match=r"layers\[0\].*must directly follow"):
         to_chain(leading)

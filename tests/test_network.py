@@ -1,17 +1,30 @@
 """The activation table and `DenseChain`: every derivative against automatic differentiation, every Lipschitz
 constant an upper bound, names resolved by the registry, and the canonical chain's checks."""
 
+import functools
+import warnings
+
+import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.random as jr
 import numpy as np
 import pytest
+from _networks import hidden_widths, outputs, planted_mlp
+from flax import nnx
 
+import jaxlump
 from jaxlump import Activation
-from jaxlump._network import ACTIVATIONS, DenseChain, numpy_activation
+from jaxlump._encoding.dynamical import default_solver
+from jaxlump._network import ACTIVATIONS, DenseChain, identify_activation, numpy_activation
 
 GRID = np.linspace(-12.0, 12.0, 2001)
 GRID = GRID[np.abs(GRID) > 1e-6]  # derivatives of kinked activations jump at 0
-BUILT_IN = [*ACTIVATIONS, "leaky_relu(negative_slope=0.2)", "leaky_relu(negative_slope=-1.5)"]
+# The GELU / ELU family by name (so that each fails where it is unknown), then every other built-in.
+GELU_ELU = ["gelu", "gelu_tanh", "elu", "elu(alpha=0.5)", "elu(alpha=2.5)", "celu", "celu(alpha=0.5)", "selu"]
+BUILT_IN = list(
+    dict.fromkeys([*GELU_ELU, *ACTIVATIONS, "leaky_relu(negative_slope=0.2)", "leaky_relu(negative_slope=-1.5)"])
+)
 
 
 @pytest.mark.parametrize("name", BUILT_IN)
@@ -32,6 +45,20 @@ def test_the_host_activation_equals_the_jax_one(name):
     np.testing.assert_allclose(numpy_activation(name, z), want, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", BUILT_IN)
+def test_the_host_activation_is_finite_and_silent_far_out(name, dtype):
+    """Up to |z| = 1e4 (a blown-up pre-activation), in float64 and float32: no overflow warning, the dtype kept,
+    and the value JAX computes (to 1e-20 absolute: the host sigmoid's tanh form rounds σ(−60) ≈ 9e-27 to 0)."""
+    z = np.array([-1e4, -1e3, -60.0, 60.0, 1e3, 1e4], dtype)
+    with warnings.catch_warnings(), np.errstate(over="raise", invalid="raise", divide="raise"):
+        warnings.simplefilter("error")
+        host = numpy_activation(name, z)
+    want = np.asarray(ACTIVATIONS[name].fn(jnp.asarray(z)))
+    assert host.dtype == want.dtype == dtype
+    np.testing.assert_allclose(host, want, rtol=1e-6, atol=1e-20)
+
+
 @pytest.mark.parametrize("name", BUILT_IN)
 def test_lipschitz_constant_bounds_the_derivative(name):
     activation = ACTIVATIONS[name]
@@ -39,15 +66,133 @@ def test_lipschitz_constant_bounds_the_derivative(name):
     assert float(jnp.max(jnp.abs(activation.derivative(fine)))) <= activation.lipschitz
 
 
+@pytest.mark.parametrize("name", GELU_ELU)
+def test_gelu_and_elu_lipschitz_constants_are_tight(name):
+    """The bound is max |σ'| rounded up in the 6th digit, not a loose guess (the certificate multiplies by it)."""
+    activation = ACTIVATIONS[name]
+    fine = jnp.asarray(np.concatenate([np.linspace(-12.0, 12.0, 200_001), [-1e-12]]))  # elu's max is at 0⁻
+    assert activation.lipschitz <= float(jnp.max(jnp.abs(activation.derivative(fine)))) * (1 + 1e-5)
+
+
+@pytest.mark.parametrize(
+    "name, kinked, piecewise_linear",
+    [("gelu", False, False), ("gelu_tanh", False, False), ("elu", False, False), ("elu(alpha=0.5)", True, False),
+     ("celu(alpha=0.5)", False, False), ("selu", True, False), ("relu", True, True), ("identity", False, True)],
+)  # fmt: skip
+def test_gelu_and_elu_flags(name, kinked, piecewise_linear):
+    """σ' jumps at 0 for elu(alpha ≠ 1) and selu only; none is piecewise linear, and none has σ' polynomial in σ."""
+    activation = ACTIVATIONS[name]
+    assert (activation.kinked, activation.piecewise_linear) == (kinked, piecewise_linear)
+    assert activation.degree is (0 if name == "identity" else None)
+    assert identify_activation(activation.model_fn, "here") == name  # a rebuilt model is recognised again
+
+
+def test_a_kinked_exponential_field_is_not_given_heun():
+    """Heun is for piecewise-constant fields; on elu(alpha=0.5) / selu it did not converge (see `default_solver`)."""
+    weights, biases = (jnp.ones((2, 3)), jnp.ones((1, 2))), (jnp.zeros(2), jnp.zeros(1))
+    for name, solver in [("elu(alpha=0.5)", "Tsit5"), ("selu", "Tsit5"), ("leaky_relu(negative_slope=0.2)", "Heun")]:
+        chain = DenseChain(weights, biases, (name, "identity"), (True, True))
+        assert type(default_solver(chain)).__name__ == solver
+
+
 def test_registry_lists_built_ins_and_resolves_parametrised_names():
     assert set(ACTIVATIONS) >= {"identity", "tanh", "sigmoid", "relu", "leaky_relu", "softplus", "silu"}
     assert ACTIVATIONS["leaky_relu"].fn is jax.nn.leaky_relu
     slope = ACTIVATIONS["leaky_relu(negative_slope=0.2)"]
     assert slope is ACTIVATIONS["leaky_relu(negative_slope=0.2)"] and slope.fn.keywords == {"negative_slope": 0.2}
-    assert "leaky_relu(negative_slope=0.2)" in ACTIVATIONS and "gelu" not in ACTIVATIONS
-    for bad in ("gelu", "leaky_relu(negative_slope=nan)", "leaky_relu(negative_slope=x)"):
+    assert "leaky_relu(negative_slope=0.2)" in ACTIVATIONS and "mish" not in ACTIVATIONS
+    for bad in ("mish", "leaky_relu(negative_slope=nan)", "leaky_relu(negative_slope=x)"):
         with pytest.raises(KeyError):
             ACTIVATIONS[bad]
+
+
+def test_registry_resolves_the_elu_families_and_rejects_invalid_alphas():
+    assert {"gelu", "gelu_tanh", "elu", "celu", "selu"} <= set(ACTIVATIONS)
+    assert not any("(" in name for name in ACTIVATIONS)  # parametrised names resolve, but are not listed
+    elu = ACTIVATIONS["elu(alpha=0.5)"]
+    assert elu is ACTIVATIONS["elu(alpha=0.5)"] and elu.fn.func is jax.nn.elu and elu.fn.keywords == {"alpha": 0.5}
+    assert ACTIVATIONS["elu(alpha=1.0)"] is ACTIVATIONS["elu"] and ACTIVATIONS["elu"].fn is jax.nn.elu
+    assert ACTIVATIONS["celu(alpha=0.5)"].fn.func is jax.nn.celu
+    for bad in ("elu(alpha=0.0)", "elu(alpha=-1.0)", "elu(alpha=nan)", "elu(alpha=inf)", "celu(alpha=-0.5)"):
+        with pytest.raises(KeyError):
+            ACTIVATIONS[bad]
+
+
+@pytest.mark.parametrize(
+    "fn, name",
+    [
+        (jax.nn.gelu, "gelu_tanh"),
+        (nnx.gelu, "gelu_tanh"),
+        (functools.partial(jax.nn.gelu, approximate=True), "gelu_tanh"),
+        (functools.partial(jax.nn.gelu, approximate=False), "gelu"),
+        (eqx.nn.Lambda(functools.partial(jax.nn.gelu, approximate=False)), "gelu"),
+        (jax.nn.elu, "elu"),
+        (nnx.elu, "elu"),
+        (functools.partial(jax.nn.elu, alpha=1), "elu"),
+        (functools.partial(jax.nn.elu, alpha=0.5), "elu(alpha=0.5)"),
+        (functools.partial(jax.nn.elu, alpha=np.float32(0.5)), "elu(alpha=0.5)"),
+        (jax.nn.celu, "celu"),
+        (functools.partial(jax.nn.celu, alpha=2.0), "celu(alpha=2.0)"),
+        (jax.nn.selu, "selu"),
+        (jax.nn.swish, "silu"),
+    ],
+)
+def test_gelu_and_elu_functions_and_partials_are_recognised(fn, name):
+    assert identify_activation(fn, "here") == name
+
+
+@pytest.mark.parametrize(
+    "fn, message",
+    [
+        (functools.partial(jax.nn.gelu, approximate="yes"), "approximate must be True or False; received 'yes'"),
+        (functools.partial(jax.nn.gelu, approximate=1), "approximate must be True or False; received 1"),
+        (functools.partial(jax.nn.elu, alpha=-1), "alpha must be a finite Python number > 0; received -1"),
+        (functools.partial(jax.nn.elu, alpha=0.0), "alpha must be a finite Python number > 0; received 0.0"),
+        (functools.partial(jax.nn.elu, alpha=float("nan")), "alpha must be a finite Python number > 0; received nan"),
+        (functools.partial(jax.nn.celu, alpha=float("inf")), "alpha must be a finite Python number > 0"),
+        (functools.partial(jax.nn.elu, alpha=jnp.asarray(0.5)), "alpha must be a finite Python number > 0"),
+        (functools.partial(jax.nn.elu, beta=0.5), r"only functools\.partial\(jax\.nn\.leaky_relu.*jax\.nn\.gelu"),
+        (functools.partial(jax.nn.gelu, False), r"only functools\.partial"),
+        (jax.nn.relu6, "it is not one of the known functions"),
+        (jax.nn.hard_tanh, "it is not one of the known functions"),
+    ],
+)
+def test_bad_activation_partials_are_refused(fn, message):
+    supported = r"gelu_tanh \(jax\.nn\.gelu\)"
+    with pytest.raises(TypeError, match=rf"here: activation .* is not supported: {message}.*{supported}"):
+        identify_activation(fn, "here")
+
+
+GELU_ELU_MODELS = [
+    jax.nn.gelu,
+    functools.partial(jax.nn.gelu, approximate=False),
+    functools.partial(jax.nn.elu, alpha=0.5),
+]
+
+
+def _planted(fn):
+    model, _ = planted_mlp(jr.key(0), (3, 8, 8, 2), (5, 4), "tanh")
+    return eqx.tree_at(lambda m: m.activation, model, fn), np.asarray(jr.normal(jr.key(1), (32, 3)))
+
+
+@pytest.mark.parametrize("fn", GELU_ELU_MODELS, ids=["gelu_tanh", "gelu", "elu"])
+def test_gelu_and_elu_mlps_are_saved_and_loaded_with_their_activation(fn, tmp_path):
+    model, x = _planted(fn)
+    jaxlump.save(tmp_path / "model.eqx", model)
+    loaded = jaxlump.load(tmp_path / "model.eqx")
+    assert identify_activation(loaded.activation, "here") == identify_activation(fn, "here")
+    np.testing.assert_array_equal(outputs(loaded, x), outputs(model, x))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fn", GELU_ELU_MODELS[::2], ids=["gelu_tanh", "elu"])
+def test_gelu_and_elu_mlps_lump_a_planted_duplicate(fn):
+    """ε = 0 merges the planted exact duplicates of an `eqx.nn.MLP(activation=...)` and keeps its outputs."""
+    model, x = _planted(fn)
+    small, _ = jaxlump.lump(model, x, 0.0, certify_ode=False)
+    assert hidden_widths(small) == (5, 4)
+    assert identify_activation(small.activation, "here") == identify_activation(fn, "here")
+    np.testing.assert_allclose(outputs(small, x), outputs(model, x), rtol=0, atol=1e-12)
 
 
 def test_a_declaration_is_registered_and_callable():
