@@ -143,7 +143,7 @@ def lump(
     **Arguments:**
 
     - `model`: an `eqx.nn.MLP`, `eqx.nn.Sequential` of `Linear` + activations, `LumpedMLP` or
-      `flax.nnx.Sequential` (tanh, sigmoid, identity, ReLU, leaky ReLU, softplus, SiLU).
+      `flax.nnx.Sequential` (tanh, sigmoid, identity, ReLU, leaky ReLU, softplus, SiLU, GELU, ELU, CELU, SELU).
     - `x_calib`: calibration inputs `(batch, n_in)`, or `None` for the data-free structural criterion
       (then the result is the pure quotient and the certificate is NaN).
     - `eps`: the tolerance ε ≥ 0, relative to each layer's scale.

@@ -14,8 +14,9 @@ in `a` for tanh (`1 − a²`), sigmoid (`a − a²`) and identity (`1`): a **pol
 saturated neuron (`|z| ≳ 9` for tanh in float32) has `a` rounded to exactly ±1, so `σ'(a) = 0` and its state
 never moves, even when the path crosses to the other branch — the trajectory ends at +1 where the network
 gives −1. In `z` the state moves with `ż^l = W^l ȧ^{l-1}` whatever σ' is, so nothing can freeze; the field is
-then smooth but not polynomial for tanh / sigmoid / softplus / silu, and piecewise constant for relu /
-leaky_relu (discontinuous where a pre-activation crosses 0; the adaptive step size locates each crossing).
+then smooth but not polynomial for tanh / sigmoid / softplus / silu / gelu / celu, piecewise constant for relu /
+leaky_relu (discontinuous where a pre-activation crosses 0; the adaptive step size locates each crossing), and
+smooth but for that jump for elu(alpha ≠ 1) / selu.
 
 The initial state is the forward pass at `x_ref`, so the state at t = 1 is the network's forward pass at x.
 `simulate` checks this on every solve (it costs one forward pass): when `max |z^l(1) − z^l(x)|` exceeds
