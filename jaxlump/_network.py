@@ -600,8 +600,9 @@ class DenseChain(eqx.Module):
 
 
 GATED_SUPPORTED = (
-    "jaxlump.lump and jaxlump.lump_masked (with the Structural or RefitAware discrepancy), jaxlump.merge_or_remove, "
-    "jaxlump.reconstruct, jaxlump.shrink, jaxlump.cost and jaxlump.baselines.obs_prune"
+    "jaxlump.lump, jaxlump.lump_masked and jaxlump.sweep (with the Structural or RefitAware discrepancy), "
+    "jaxlump.merge_or_remove, jaxlump.lump_then_select, jaxlump.reconstruct, jaxlump.shrink, jaxlump.cost and "
+    "jaxlump.baselines.obs_prune, osscar_prune, id_prune and exact_lump"
 )
 
 
