@@ -27,6 +27,8 @@ ELEMENTWISE = frozenset(
 )
 REDUCTIONS = frozenset("reduce_sum reduce_max reduce_min reduce_prod argmax argmin cumsum dot_general".split())
 LOOPS = frozenset("scan while cond".split())
+# Primitives that keep a value the same for every unit when their operand is (a scalar broadcast to any shape).
+UNIFORM = frozenset(("broadcast_in_dim", "convert_element_type", "reshape"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +95,11 @@ def _contains_tap(jaxpr) -> bool:
 
 
 def _all_elementwise(jaxpr) -> bool:
+    """Whether every equation of `jaxpr` acts elementwise, constants broadcast from scalars included."""
+    uniform: set = set()
     for e in jaxpr.eqns:
-        if e.primitive.name == "broadcast_in_dim" and all(np.ndim(_aval(v)) == 0 for v in e.invars):
+        if e.primitive.name in UNIFORM and all(_is_uniform(v, uniform) for v in e.invars):
+            uniform.update(e.outvars)
             continue
         if e.primitive.name in ELEMENTWISE:
             continue
@@ -102,6 +107,10 @@ def _all_elementwise(jaxpr) -> bool:
         if not inner or e.primitive.name in LOOPS or not all(_all_elementwise(j) for j in inner):
             return False
     return True
+
+
+def _is_uniform(v, uniform: set) -> bool:
+    return isinstance(v, jcore.Literal) or np.ndim(_aval(v)) == 0 or v in uniform
 
 
 def _aval(v):
@@ -129,7 +138,6 @@ def flatten(jaxpr, nodes: list[Node], rename: dict, in_loop: bool = False) -> No
             continue
         elementwise = tap is None and (
             eqn.primitive.name in ELEMENTWISE
-            or (eqn.primitive.name == "broadcast_in_dim" and all(np.ndim(_aval(v)) == 0 for v in ins))
             or (bool(inner) and eqn.primitive.name not in LOOPS and all(_all_elementwise(j) for j in inner))
         )
         nodes.append(Node(eqn.primitive.name, eqn, ins, list(eqn.outvars), tap, elementwise, in_loop))
@@ -174,16 +182,25 @@ class Program:
 
     def values_of(self, variables: list, *args) -> list:
         """Evaluate the program on `args` (its flattened inputs) and return the values of `variables`."""
-        eqns = [n.eqn.replace(invars=n.ins) for n in self.nodes if not n.in_loop]
-        jaxpr = jcore.Jaxpr(self.jaxpr.constvars, self.jaxpr.invars, list(variables), eqns)
-        return jax.core.eval_jaxpr(jaxpr, self.consts, *args)
+        env = dict(zip(self.jaxpr.constvars, self.consts)) | dict(zip(self.jaxpr.invars, args))
+
+        def read(v):
+            return v.val if isinstance(v, jcore.Literal) else env[v]
+
+        for node in self.nodes:
+            if node.in_loop:
+                continue
+            params = node.eqn.primitive.get_bind_params(node.eqn.params)
+            outs = node.eqn.primitive.bind(*map(read, node.ins), **params)
+            env.update(zip(node.outs, outs if node.eqn.primitive.multiple_results else [outs]))
+        return [read(v) for v in variables]
 
     def uniform(self, v) -> bool:
-        """Whether `v` is the same for every unit: a literal, a scalar, or a scalar broadcast."""
+        """Whether `v` is the same for every unit: a literal, a scalar, or a scalar broadcast (reshaped, cast)."""
         if isinstance(v, jcore.Literal) or np.ndim(_aval(v)) == 0:
             return True
         node = self.defined_by.get(v)
-        return node is not None and node.name == "broadcast_in_dim" and node.elementwise
+        return node is not None and node.name in UNIFORM and all(self.uniform(u) for u in node.ins)
 
     def reader_names(self, v, allowed: set) -> list[str]:
         names = [n.name for n in self.read_by.get(v, []) if n not in allowed]
@@ -239,22 +256,66 @@ class Program:
         return reached, nodes
 
 
+# Parameters that only describe shapes or placement: a program is the same under any batching without them.
+_SHAPE_PARAMS = frozenset(("shape", "broadcast_dimensions", "sharding", "out_sharding", "dimensions"))
+
+
+def _structure(eqns, env: dict, lines: list) -> None:
+    """Append the shape-free form of `eqns` to `lines`: calls inlined, scalars broadcast to any shape collapsed
+    to the scalar, every other equation as `primitive[params](operands)` (so `vmap` nesting does not matter)."""
+
+    def ref(v):
+        if isinstance(v, jcore.Literal):
+            return f"{v.val!r}"
+        return env.get(v, "?")
+
+    for eqn in eqns:
+        ins = [ref(v) for v in eqn.invars]
+        inner = _inner_jaxprs(eqn)
+        if eqn.primitive.name in UNIFORM and all(
+            _is_uniform(v, set()) or i.startswith("scalar(") for v, i in zip(eqn.invars, ins)
+        ):
+            env[eqn.outvars[0]] = ins[0] if ins[0].startswith("scalar(") else f"scalar({ins[0]})"
+            continue
+        if inner and eqn.primitive.name not in LOOPS and len(inner) == 1:
+            (body,) = inner
+            inner_env = dict(zip(body.invars[-len(ins) :], ins)) if ins else {}
+            _structure(body.eqns, inner_env, lines)
+            for outer, v in zip(eqn.outvars, body.outvars):
+                env[outer] = inner_env.get(v, f"{v.val!r}" if isinstance(v, jcore.Literal) else "?")
+            continue
+        params = {k: v for k, v in eqn.params.items() if k not in _SHAPE_PARAMS}
+        lines.append(f"{eqn.primitive.name}[{params}]({', '.join(ins)})")
+        for k, v in enumerate(eqn.outvars):
+            env[v] = f"%{len(lines) - 1}.{k}"
+
+
 def _canonical(nodes: list[Node], inputs: list, output) -> str | None:
-    """The slice `nodes` (inputs → output) as a printed jaxpr, `None` when it reads other variables."""
+    """The shape-free form of the slice `nodes` (inputs → output), `None` when it reads other variables."""
     defined = set(inputs) | {v for n in nodes for v in n.outs}
     for n in nodes:
         if any(isinstance(v, jcore.Var) and v not in defined for v in n.ins):
             return None
-    eqns = [n.eqn.replace(invars=n.ins) for n in nodes]
-    return str(jcore.Jaxpr([], list(inputs), [output], eqns))
+    env = {v: f"x{i}" for i, v in enumerate(inputs)}
+    lines: list[str] = []
+    _structure([n.eqn.replace(invars=n.ins) for n in nodes], env, lines)
+    return "\n".join(lines) + f"\n-> {env.get(output, '?')}"
+
+
+def _known_structure(fn, aval) -> str:
+    jaxpr = jax.make_jaxpr(fn)(aval).jaxpr
+    env = {jaxpr.invars[0]: "x0"}
+    lines: list[str] = []
+    _structure(jaxpr.eqns, env, lines)
+    out = jaxpr.outvars[0]
+    return "\n".join(lines) + f"\n-> {env.get(out, 'x0' if out is jaxpr.invars[0] else '?')}"
 
 
 def _known_programs(aval) -> list[tuple[str, str]]:
     programs = []
     for name in ACTIVATIONS:
-        fn = ACTIVATIONS[name].model_fn
         try:
-            programs.append((name, str(jax.make_jaxpr(fn)(aval).jaxpr)))
+            programs.append((name, _known_structure(ACTIVATIONS[name].model_fn, aval)))
         except Exception:  # noqa: BLE001, S112 — an activation that cannot trace on this shape matches nothing
             continue
     return programs
@@ -325,10 +386,13 @@ def find(program: Program, tapped: Tapped) -> list[Found]:
         found.append(Found(tuple(sorted(producers)), consumer_tap, reason=why))
         claimed.update(producers)
     for tap, calls in sorted(program.taps.items()):
-        if tap in claimed or len(calls) != 1:
+        if tap in claimed:
             continue
         reached, nodes = program.forward(calls[0])
         if not reached:
+            continue
+        if len(calls) != 1 or any(len(program.taps[r]) != 1 for r in reached):
+            found.append(Found((tap,), min(reached), reason="a layer of it is called more than once (shared weights)"))
             continue
         problems = [_reader_problem(program, calls[0], set(nodes), reached), _mixed(program, calls[0], nodes)]
         reason = min((p for p in problems if p is not None), default=(0, None))[1]
