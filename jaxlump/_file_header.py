@@ -67,10 +67,9 @@ def _floating_name(name, context=None) -> bool:
 
 
 def _layout_ok(layout, model: dict) -> bool:
-    entries = ("linear", *ACTIVATIONS)
     return (
         type(layout) is list
-        and all(type(e) is str and e in entries for e in layout)
+        and all(type(e) is str and (e == "linear" or e in ACTIVATIONS) for e in layout)  # parametrised names too
         and layout.count("linear") == _n_layers(model)
     )
 
