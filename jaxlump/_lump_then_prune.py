@@ -20,6 +20,7 @@ from ._errors import (
 from ._lump import lump
 from ._network import refuse_gated
 from ._reconstruct import DEFAULT_RIDGE, reconstruct
+from ._sites.compress import over_sites
 from .baselines._magnitude import magnitude
 from .baselines._targets import compress_to, realised_size
 
@@ -27,6 +28,7 @@ DEFAULT_EPS_GRID = (0.0, 0.3, 0.5, 0.7)
 MAX_EXTRA_EPS = 8  # ε the default grid may add (doubling, then bisecting) while the pruning cannot reach the target
 
 
+@over_sites(refusal="its knob is a non-zero budget for one chain of layers, not for a model of several sites")
 def lump_then_prune(
     model,
     x_calib,

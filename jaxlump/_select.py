@@ -35,6 +35,7 @@ from ._merge_cost import check_damping, initial_state, layer_inputs
 from ._reconstruct import DEFAULT_RIDGE, reconstruct
 from ._reduction.masked import shrink
 from ._reduction.quotient import quotient
+from ._sites.compress import over_sites
 from .baselines._structured import check_sparsity, fraction_for, knob_number, layer_knob, structured_info
 
 DEFAULT_CANDIDATES = 16
@@ -123,6 +124,7 @@ def _prepare(model, x_calib, merge, damping, candidates, throw):
     return chain, x, check_damping(damping), check_candidates(candidates), check_bool(throw, "throw")
 
 
+@over_sites
 def merge_or_remove(
     model,
     x_calib,
@@ -264,6 +266,7 @@ def compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
     return np.where(inner >= 0, outer[np.maximum(inner, 0)], -1)
 
 
+@over_sites
 def lump_then_select(
     model,
     x_calib,

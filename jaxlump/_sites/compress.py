@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._errors import RESULTS, check_bool, combine, finite_result
+from .._errors import RESULTS, UnreachableTargetError, check_bool, combine, finite_result
 from .._network import DenseChain
 from .layers import Family, Path, family_of, layer_type_of, path_name
 from .site import Site, Sites, capture, sites
@@ -70,13 +70,16 @@ def _layer(model, path: Path):
 def segment_chain(model, segment: Segment) -> DenseChain:
     """The segment's layers of `model` as a `DenseChain` (the gate of a gated unit included)."""
     params = [_read(model, path) for path in segment.layers]
-    gates = [None if g is None else _read(model, g)[:2] for g in segment.gates]
-    chain = DenseChain(
-        tuple(p[0] for p in params), tuple(p[1] for p in params), segment.activations, tuple(p[2] for p in params)
+    gates = [None if g is None else _read(model, g) for g in segment.gates]
+    gated = any(g is not None for g in gates)
+    return DenseChain(
+        tuple(p[0] for p in params),
+        tuple(p[1] for p in params),
+        segment.activations,
+        tuple(p[2] for p in params),
+        gate_weights=tuple(None if g is None else g[0] for g in gates) if gated else (),
+        gate_biases=tuple(None if g is None else g[1] for g in gates) if gated else (),
     )
-    if any(g is not None for g in gates):
-        chain = chain.with_gates(tuple(gates))
-    return chain
 
 
 def _read(model, path: Path):
@@ -92,8 +95,7 @@ def rebuild(model, segment: Segment, chain: DenseChain) -> dict[Path, object]:
         new[path] = layer_type_of(layer).rebuild(layer, chain.weights[l], chain.biases[l])
         if segment.gates[l] is not None:
             gate = _layer(model, segment.gates[l])
-            weight, bias = chain.gates[l]
-            new[segment.gates[l]] = layer_type_of(gate).rebuild(gate, weight, bias)
+            new[segment.gates[l]] = layer_type_of(gate).rebuild(gate, chain.gate_weights[l], chain.gate_biases[l])
     return new
 
 
@@ -135,9 +137,8 @@ def parameter_count(model) -> int:
     return sum(int(np.size(a)) for a in family_of(model).arrays(model))
 
 
-def compress_sites(compressor, model, x_calib, args, kwargs, *, where, independent: bool):
-    """`compressor` applied to every segment of `model`'s sites (see the module docs)."""
-    family = family_of(model)
+def site_listing(model, x_calib, where) -> Sites:
+    """The sites to compress, or a `ValueError` that says why there are none."""
     listing = sites(model, x_calib, where=where)
     if not listing.sites:
         reasons = (
@@ -147,14 +148,31 @@ def compress_sites(compressor, model, x_calib, args, kwargs, *, where, independe
         raise ValueError(
             f"`model` ({type(model).__name__}) has no site jaxlump can compress ({reasons}). See `jaxlump.sites`."
         )
-    chains = segments(listing)
+    return listing
+
+
+def compress_sites(
+    per_segment,
+    model,
+    x_calib,
+    *,
+    method: str,
+    knob,
+    where=None,
+    independent: bool = False,
+    listing: Sites | None = None,
+):
+    """`per_segment(segment, chain, rows) -> (chain, info)` applied to every segment of `model`'s sites in order
+    (see the module docs); `method` and `knob` are recorded in the `SitesInfo`."""
+    family = family_of(model)
+    listing = listing or site_listing(model, x_calib, where)
     tapped_paths = _tap_indices(model, family)
     current, infos, after = model, [], {}
-    for segment in chains:
+    for segment in segments(listing):
         source = model if independent else current
         (rows,) = capture(source, family, (tapped_paths[segment.layers[0]],), x_calib)
         chain = segment_chain(model, segment)
-        small, info = compressor(chain, rows.astype(chain.weights[0].dtype), *args, **kwargs)
+        small, info = per_segment(segment, chain, rows.astype(chain.weights[0].dtype))
         current = family.replace(current, rebuild(model, segment, small))
         infos.append(info)
         for site, width in zip(segment.sites, small.widths[1:-1]):
@@ -164,8 +182,8 @@ def compress_sites(compressor, model, x_calib, args, kwargs, *, where, independe
     deviation = jnp.abs(jnp.asarray(output, jnp.float32) - jnp.asarray(reference, jnp.float32))
     result = combine(*(i.result for i in infos), finite_result(output, RESULTS.output_nonfinite))
     info = SitesInfo(
-        infos[0].method if infos else getattr(compressor, "__name__", "compressor"),
-        args[0] if args else None,
+        method,
+        knob,
         listing.sites,
         {s.path: s.width for s in listing.sites},
         after,
@@ -179,12 +197,74 @@ def compress_sites(compressor, model, x_calib, args, kwargs, *, where, independe
     return current, info
 
 
+def compress_to_sites(
+    model, name: str, chain_compress_to, target, x_calib, *, where=None, independent=False, **options
+):
+    """`compress_to` for a model of sites: `target` is a count or a fraction of the whole model's parameters (the
+    sites' parameters are cut by one fraction, so that the whole model meets it) or `{site path: width}`."""
+    listing = site_listing(model, x_calib, where)
+    chains = segments(listing)
+    total = parameter_count(model)
+    in_sites = sum(_chain_params(segment_chain(model, s)) for s in chains)
+    if isinstance(target, dict):
+        known = {s.path for s in listing.sites}
+        unknown = sorted(set(target) - known)
+        if unknown:
+            raise ValueError(f"`target`: no site at {unknown}; the sites are {sorted(known)} (see `jaxlump.sites`).")
+
+        def chain_target(segment):
+            return tuple(int(target.get(site.path, site.width)) for site in segment.sites)
+
+    else:
+        if isinstance(target, bool) or not isinstance(target, (int, float)) or not target > 0:
+            raise TypeError(
+                "`target` for a model of sites must be a parameter count (int), a fraction of the whole model's "
+                f"parameters (float in (0, 1]) or a dict of widths by site path; received {target!r}."
+            )
+        budget = int(target) if isinstance(target, int) else int(np.floor(float(target) * total + 1e-9))
+        fraction = (budget - (total - in_sites)) / in_sites
+        if fraction <= 0:
+            raise UnreachableTargetError(
+                f"`target` {target!r} asks for {budget:,} parameters, but the parts of the model outside its sites "
+                f"alone hold {total - in_sites:,} (of {total:,}).",
+                total - in_sites,
+            )
+
+        def chain_target(segment):
+            return min(fraction, 1.0)
+
+    def per_segment(segment, chain, rows):
+        return chain_compress_to(chain, name, chain_target(segment), rows, **options)
+
+    small, info = compress_sites(
+        per_segment,
+        model,
+        x_calib,
+        method=getattr(name, "__name__", str(name)),
+        knob=target,
+        independent=independent,
+        listing=listing,
+    )
+    if not isinstance(target, dict) and info.params_after > budget:
+        raise UnreachableTargetError(
+            f"`{name}` cannot reach the target {target!r}: it reached {info.params_after:,} parameters.",
+            info.params_after,
+        )
+    return small, info
+
+
+def _chain_params(chain: DenseChain) -> int:
+    from .._accounting import cost
+
+    return int(cost(chain).dense_params)
+
+
 def _tap_indices(model, family: Family) -> dict[Path, int]:
     _, tapped = tapped_model(model, family)
     return {path: i for i, path in enumerate(tapped.paths)}
 
 
-def _is_chain_kind(model) -> bool:
+def is_chain_kind(model) -> bool:
     from .._adapters import KINDS
 
     return any(kind.matches(model) for kind in KINDS) or type(model).__name__ == "SkipMLP"
@@ -203,7 +283,7 @@ def over_sites(compressor=None, *, refusal: str | None = None):
 
     @functools.wraps(compressor)
     def compress(model, *args, where=None, independent: bool = False, **kwargs):
-        if _is_chain_kind(model):
+        if is_chain_kind(model):
             if where is not None or independent:
                 raise ValueError(
                     f"`where` and `independent` apply to models compressed site by site; `model` "
@@ -224,9 +304,20 @@ def over_sites(compressor=None, *, refusal: str | None = None):
                 f"`x_calib` is needed to compress a {type(model).__name__}: its sites are found and calibrated on "
                 "it; pass a batch of the model's inputs."
             )
-        rest = {k: v for k, v in bound.arguments.items() if k not in ("model", "x_calib")}
-        positional = [rest.pop(name) for name in list(rest) if _positional(signature, name)]
-        return compress_sites(compressor, model, x_calib, positional, rest, where=where, independent=independent)
+        positional, rest = _split(signature, bound.arguments)
+
+        def per_segment(segment, chain, rows):
+            return compressor(chain, rows, *positional, **rest)
+
+        return compress_sites(
+            per_segment,
+            model,
+            x_calib,
+            method=compressor.__name__,
+            knob=positional[0] if positional else None,
+            where=where,
+            independent=independent,
+        )
 
     extra = [
         inspect.Parameter("where", inspect.Parameter.KEYWORD_ONLY, default=None),
@@ -238,11 +329,22 @@ def over_sites(compressor=None, *, refusal: str | None = None):
     return compress
 
 
-def _positional(signature: inspect.Signature, name: str) -> bool:
-    return signature.parameters[name].kind in (
-        inspect.Parameter.POSITIONAL_ONLY,
-        inspect.Parameter.POSITIONAL_OR_KEYWORD,
-    )
+def _split(signature: inspect.Signature, arguments: dict) -> tuple[list, dict]:
+    """The bound arguments after `model` and `x_calib`, as positional values and keywords."""
+    positional, keywords = [], {}
+    for name, value in arguments.items():
+        kind = signature.parameters[name].kind
+        if name in ("model", "x_calib"):
+            continue
+        if kind is inspect.Parameter.VAR_KEYWORD:
+            keywords.update(value)
+        elif kind is inspect.Parameter.VAR_POSITIONAL:
+            positional.extend(value)
+        elif kind in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD):
+            positional.append(value)
+        else:
+            keywords[name] = value
+    return positional, keywords
 
 
 __all__ = ["SitesInfo", "compress_sites", "over_sites", "path_name", "segments"]

@@ -16,6 +16,7 @@ from jaxtyping import ArrayLike, Float
 from .._info import CompressionInfo
 from .._network import DenseChain, refuse_gated
 from .._reconstruct import DEFAULT_RIDGE
+from .._sites.compress import over_sites
 from ._masks import check_flag
 from ._obs import finish, hidden_activations, masked_quotient, prepare, pruning_labels, selection_status
 from ._structured import Fractions, global_cut, layer_knob
@@ -67,6 +68,7 @@ def compensated(chain: DenseChain, masked: DenseChain, keeps: list[np.ndarray], 
     return DenseChain(masked.weights, tuple(biases), masked.activations, masked.use_bias)
 
 
+@over_sites
 def flap_prune(
     model: Any,
     x_calib: Float[ArrayLike, "batch in"],

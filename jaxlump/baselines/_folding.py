@@ -21,6 +21,7 @@ from jaxtyping import ArrayLike, Float
 from .._info import CompressionInfo
 from .._network import ACTIVATIONS, DenseChain, refuse_gated
 from .._reconstruct import DEFAULT_RIDGE
+from .._sites.compress import over_sites
 from ._masks import check_flag
 from ._obs import finish, hidden_activations, kept_count, masked_quotient, prepare, pruning_labels, selection_status
 from ._structured import Fractions, layer_knob
@@ -141,6 +142,7 @@ def _merge(method, knob, model, chain, x, labels, *, repair_on: bool, reconstruc
     return finish(name, knob, model, chain, x, labels, reconstruct=reconstruct, ridge=ridge, masked=masked, **checks)
 
 
+@over_sites
 def fold(
     model: Any,
     x_calib: Float[ArrayLike, "batch in"] | None,
@@ -198,6 +200,7 @@ def fold(
     return _merge("fold", sparsity, model, chain, x, labels, **options)
 
 
+@over_sites
 def zipit_merge(
     model: Any,
     x_calib: Float[ArrayLike, "batch in"],
@@ -246,6 +249,7 @@ def zipit_merge(
     return _merge("zipit", sparsity, model, chain, x, labels, selection=selection_status(*acts), **options)
 
 
+@over_sites
 def neuron_merge(
     model: Any,
     x_calib: Float[ArrayLike, "batch in"] | None,

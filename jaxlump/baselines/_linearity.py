@@ -16,6 +16,7 @@ from .._adapters import to_chain
 from .._errors import check_bool, check_data, check_fraction, require_concrete
 from .._info import CompressionInfo
 from .._network import DenseChain, refuse_gated
+from .._sites.compress import over_sites
 from .._skip_mlp import SkipMLP
 from ._structured import SURGERY, chain_and_data, finish_structured, hidden_statistics, keep_partition, numpy_statistics
 
@@ -140,6 +141,7 @@ def _rates_of(chain: DenseChain, x) -> list[np.ndarray]:
     return [layer["rate"] for layer in numpy_statistics(chain, x)]
 
 
+@over_sites(refusal="it turns neurons into a linear skip connection, which the model's class has no place for")
 def linearity_merge(
     model: Any,
     x_calib: Float[ArrayLike, "batch in"],
@@ -214,6 +216,7 @@ def _size(network: SkipMLP, count_first_layer: bool) -> int:
     return sum(sizes if count_first_layer else sizes[1:])  # layer 0 never has a skip
 
 
+@over_sites(refusal="it turns neurons into a linear skip connection, which the model's class has no place for")
 def linearity_to_size(
     model: Any,
     x_calib: Float[ArrayLike, "batch in"],

@@ -24,6 +24,7 @@ from .._errors import RESULTS, check_bool, check_fraction, combine, raise_if_fai
 from .._info import CompressionInfo, compression_info
 from .._network import DenseChain, refuse_gated
 from .._reconstruct import result_status
+from .._sites.compress import over_sites
 from ._obs import DEFAULT_DAMP, centred_gram, check_damp
 from ._structured import chain_and_data
 
@@ -60,6 +61,7 @@ def whitened_factors(w: ArrayLike, b: ArrayLike, a: ArrayLike, r: int, damp: flo
     return (v, left, bias), result
 
 
+@over_sites(refusal="it replaces a layer by a rank-r factorisation, adding a layer the model's class has no place for")
 def lowrank(
     model: Any,
     x_calib: Float[ArrayLike, "batch in"],

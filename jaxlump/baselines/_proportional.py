@@ -16,6 +16,7 @@ from .._adapters import from_chain
 from .._errors import check_bool, check_eps, is_per_layer, require_concrete
 from .._info import CompressionInfo
 from .._network import DenseChain, refuse_gated
+from .._sites.compress import over_sites
 from ._structured import SURGERY, chain_and_data, finish_structured, layer_knob
 
 POSITIVELY_HOMOGENEOUS = ("relu", "leaky_relu", "identity")
@@ -69,6 +70,7 @@ def _lump_layer(incoming: np.ndarray, outgoing: np.ndarray, tol: float):
     return incoming[reps], outgoing @ merge.T, block
 
 
+@over_sites
 def proportional_lump(
     model: Any,
     x_calib: Float[ArrayLike, "batch in"] | None,

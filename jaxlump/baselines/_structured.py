@@ -27,6 +27,7 @@ from .._errors import (
 )
 from .._info import CompressionInfo, compression_info
 from .._network import DenseChain, refuse_gated
+from .._sites.compress import over_sites
 
 SCORES = ("norm", "activation", "rate", "wanda")
 SCOPES = ("layer", "global")
@@ -175,6 +176,7 @@ def global_cut(scores: list[np.ndarray], sparsity: float) -> list[np.ndarray]:
     return np.split(keep, np.cumsum([s.size for s in scores])[:-1])
 
 
+@over_sites
 def structured_prune(
     model: Any,
     x_calib: Float[ArrayLike, "batch in"] | None,

@@ -10,6 +10,7 @@ from .._adapters import to_chain
 from .._errors import UnreachableTargetError, check_bool
 from .._info import CompressionInfo
 from .._network import refuse_gated
+from .._sites.compress import compress_to_sites, is_chain_kind
 from ._structured import fraction_for
 
 
@@ -198,6 +199,8 @@ def compress_to(
     compressor = get_compressor(method)
     function = method if compressor is None else compressor.function
     name = _name(method if compressor is None else compressor)
+    if not is_chain_kind(model):
+        return compress_to_sites(model, method, compress_to, target, x_calib, **options)
     chain = to_chain(model)
     widths = tuple(int(w) for w in chain.widths)
     refuse_gated(chain, "model", "jaxlump.baselines.compress_to")
