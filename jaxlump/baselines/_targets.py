@@ -9,8 +9,7 @@ from .._accounting import cost, widths_dense_params
 from .._adapters import to_chain
 from .._errors import UnreachableTargetError, check_bool
 from .._info import CompressionInfo
-from .._network import refuse_gated
-from .._sites.compress import compress_to_sites, is_chain_kind
+from .._sites.compress import SitesInfo, compress_to_sites, is_chain_kind
 from ._structured import fraction_for
 
 
@@ -129,7 +128,7 @@ def compress_to(
     grow_upper: bool | None = None,
     max_iter: int = 30,
     **options,
-) -> tuple[object, TargetInfo]:
+) -> tuple[object, TargetInfo | SitesInfo]:
     """Compress `model` with a method given by name or function to a size target, as close to it as the knob allows.
 
     Targets (never exceeded):
@@ -150,6 +149,12 @@ def compress_to(
       `exact_lump`, `lowrank`, `linearity_merge`, `linearity_to_size`) and unstructured ones are refused with
       the reason before any computation; an unregistered function, or `scope="global"`, is searched with its one
       knob and refused when a layer ends more than one neuron below its target.
+
+    For any other Equinox or NNX module (compressed site by site, see `jaxlump.sites`), the target is an `int` or a
+    `float` of the *whole model's* parameters — every site's parameters are cut by the one fraction that makes the
+    whole model meet it (the parts outside the sites, attention and embeddings, are kept) — or a `dict` of widths
+    by site path (`{"blocks[0].ffn": 256}`; sites not named keep their width). Each segment of sites is then
+    compressed to its share as above, and `info` is a `jaxlump.SitesInfo` (whole-model and per-site sizes).
 
     The method's knob (ε, sparsity, τ ...; see `jaxlump.compressors()`) is bisected in its range, assuming the
     size decreases as the knob moves (ε's range grows by doubling until the target is met); the result kept is the
@@ -203,7 +208,6 @@ def compress_to(
         return compress_to_sites(model, method, compress_to, target, x_calib, **options)
     chain = to_chain(model)
     widths = tuple(int(w) for w in chain.widths)
-    refuse_gated(chain, "model", "jaxlump.baselines.compress_to")
     kind, value = _parse_target(target, widths)
     reason = widths_refusal(compressor) if kind == "widths" else None
     if reason is not None:
