@@ -13,7 +13,7 @@ import os
 import jax
 import numpy as np
 
-from .layers import Family, Path, family_of, layer_type_of, path_name
+from .layers import LAYER_TYPES, Family, Path, family_of, layer_type_of, path_name
 from .trace import Found, Program, Tapped, find, tapped_model
 
 
@@ -110,7 +110,20 @@ def _site_paths(found: list[Found], tapped: Tapped) -> list[str]:
 def trace_program(model, family: Family, example):
     """The flattened program of `model` applied to `example` (a batch of one), with every layer tapped."""
     tapped, layers = tapped_model(model, family)
-    closed = jax.make_jaxpr(lambda x: family.apply(tapped, x))(example)
+    if not layers.paths:
+        raise TypeError(
+            f"`model` ({type(model).__name__}) holds no layer jaxlump can compress; sites are made of "
+            f"{', '.join(t.name for t in LAYER_TYPES)} (add others with `jaxlump.register_layer_type`)."
+        )
+    try:
+        closed = jax.make_jaxpr(lambda x: family.apply(tapped, x))(example)
+    except Exception as error:
+        shapes = [np.shape(leaf) for leaf in jax.tree_util.tree_leaves(example)]
+        raise ValueError(
+            f"`x_calib`: `model` ({type(model).__name__}) cannot be applied to one example of it (shapes {shapes}, "
+            f"{'each example on its own, as Equinox models are called' if family.per_example else 'a batch of one'}"
+            f"): {type(error).__name__}: {error}"
+        ) from error
     return Program(closed), layers
 
 
