@@ -82,7 +82,11 @@ def kind_of(model, name: str = "model") -> ModelKind:
             "dense-chain form, so jaxlump cannot lump, prune or reconstruct it; it can be called, costed "
             "(`jaxlump.cost`), saved and loaded."
         )
-    raise TypeError(f"`{name}` of type {type(model).__name__} is not supported; supported: {SUPPORTED}.")
+    raise TypeError(
+        f"`{name}` of type {type(model).__name__} is not supported; supported: {SUPPORTED}. (The compressors "
+        "also take any other Equinox or Flax NNX module, site by site: see `jaxlump.sites`; this function takes "
+        "those chain models only.)"
+    )
 
 
 def apply_model(model, x: jax.Array, name: str = "model") -> jax.Array:
