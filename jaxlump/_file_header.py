@@ -2,10 +2,11 @@
 
 `check_fields` applies a table of `Field`s to a JSON object: every field present, no other field, each value one
 its field accepts; a refusal names the file, the field, what was found and what is accepted. `jaxlump.load` checks
-the header (`HEADER_FIELDS`), the model (`MODEL_FIELDS`, then its kind's `OPTION_FIELDS`) and the stored
-`CompressionInfo` (`INFO_FIELDS`) before it reads an array.
+the header (`HEADER_FIELDS`), the model (`MODEL_FIELDS`, then its kind's `OPTION_FIELDS`; `SITES_FIELDS` for a model
+saved site by site) and the stored `CompressionInfo` (`INFO_FIELDS`) before it reads an array.
 """
 
+import json
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -17,6 +18,7 @@ from ._network import ACTIVATIONS
 FORMAT = "jaxlump-model"
 VERSION = 2
 SKIP_KIND = "jaxlump.SkipMLP"
+SITES_KIND = "jaxlump.sites"  # any Equinox / NNX module: its layers' shapes and its array leaves (`like` rebuilds it)
 KIND_NAMES = tuple(kind.name for kind in KINDS) + (SKIP_KIND,)
 
 
@@ -107,6 +109,60 @@ def _dtype_name(name: str) -> bool:
     return True
 
 
+def _leaf_dtype_name(name, context=None) -> bool:
+    """A NumPy/JAX dtype name, `key<impl>` for a typed PRNG key, or `python:<type>` for a Python number leaf."""
+    if type(name) is not str:
+        return False
+    if name.startswith("key<") and name.endswith(">"):
+        return len(name) > 5
+    return name in PYTHON_LEAVES or _dtype_name(name)
+
+
+PYTHON_LEAVES = {"python:bool": bool, "python:int": int, "python:float": float, "python:complex": complex}
+
+
+def _path_ok(path) -> bool:
+    return type(path) is list and all(type(k) is str or is_int(k) for k in path)
+
+
+_LAYER_KEYS = ("path", "type", "shape", "use_bias")
+
+
+def _layers_ok(layers, context=None) -> bool:
+    return (
+        type(layers) is list
+        and len(layers) >= 1
+        and all(
+            type(layer) is dict
+            and tuple(layer) == _LAYER_KEYS
+            and _path_ok(layer["path"])
+            and _is_str(layer["type"])
+            and type(layer["shape"]) is list
+            and len(layer["shape"]) == 2
+            and all(is_int(n) for n in layer["shape"])
+            and _is_bool(layer["use_bias"])
+            for layer in layers
+        )
+        and len({json.dumps(layer["path"]) for layer in layers}) == len(layers)
+    )
+
+
+def _leaf_specs_ok(leaves, context=None) -> bool:
+    return (
+        type(leaves) is list
+        and all(
+            type(spec) is list
+            and len(spec) == 3
+            and _is_str(spec[0])
+            and type(spec[1]) is list
+            and all(is_int(n) for n in spec[1])
+            and _leaf_dtype_name(spec[2])
+            for spec in leaves
+        )
+        and len({spec[0] for spec in leaves}) == len(leaves)
+    )
+
+
 # The structure record, field by field (the one place that says what a file may hold; `check_fields` applies it).
 # `format` and `version` are checked first, by `_read`, to tell another file or another version apart.
 HEADER_FIELDS = {
@@ -131,6 +187,22 @@ MODEL_FIELDS = {
     ),
     "dtype": Field(_floating_name, "a floating dtype name such as 'float32'"),
     "options": Field(lambda v, r: type(v) is dict, "a JSON object"),
+}
+# A model saved site by site (any Equinox / NNX class): rebuilt from `load(..., like=...)`, checked against these.
+SITES_FIELDS = {
+    "kind": Field(lambda v, r: v == SITES_KIND, repr(SITES_KIND)),
+    "family": Field(_is_str, "a model family's name (e.g. 'Equinox', 'Flax NNX')"),
+    "class": Field(_is_str, "the saved model's class name (a string)"),
+    "layers": Field(
+        _layers_ok,
+        "a non-empty list of objects {path: [keys], type: layer type name, shape: [out, in], use_bias: bool} with "
+        "distinct paths",
+    ),
+    "leaves": Field(
+        _leaf_specs_ok,
+        "a list of [name, shape (list of ints), dtype name] with distinct names (dtype: a NumPy name, key<impl> or "
+        f"one of {list(PYTHON_LEAVES)})",
+    ),
 }
 LAYOUT = Field(
     _layout_ok, lambda r: f"a list of 'linear' ({_n_layers(r)} times) and activation names from {list(ACTIVATIONS)}"

@@ -13,10 +13,23 @@ so a file that loads computes what the saved model computed (an activation decla
 instance, is refused). Equinox's `tree_serialise_leaves` was considered: it needs a template of the same
 shapes, which is exactly what a model whose widths changed does not have, so the widths and kinds are
 stored here in the JSON record and the arrays under readable names.
+
+Any other Equinox or Flax NNX module (a model compressed site by site) is stored the Equinox way, in the same
+archive: the record (kind `jaxlump.sites`) holds its family, its class name, every registered layer's path,
+type, `(out, in)` shape and `use_bias`, and the name, shape and dtype of every array leaf (Equinox: the
+module's leaves; NNX: `nnx.state`), stored under `leaves<path>`. jaxlump cannot build a user's class from a
+file, so `load(path, like=model)` rebuilds `like` (the model before compression, say) with layers of the
+stored shapes through the layer types' `rebuild`, checks class, paths and every leaf's shape and dtype, and
+puts the stored leaves into it (Python number leaves are stored too; functions and other leaves come from
+`like`). No probe output is stored for such a model (jaxlump does not know its inputs).
+
+Files are written atomically: to a new file beside `path`, renamed over it once complete.
 """
 
+import contextlib
 import json
 import os
+import secrets
 import zipfile
 import zlib
 
@@ -35,6 +48,9 @@ from ._file_header import (
     INFO_FIELDS,
     MODEL_FIELDS,
     OPTION_FIELDS,
+    PYTHON_LEAVES,
+    SITES_FIELDS,
+    SITES_KIND,
     SKIP_KIND,
     VERSION,
     check_fields,
@@ -42,6 +58,8 @@ from ._file_header import (
 )
 from ._info import Certificate, CompressionInfo
 from ._network import DenseChain, refuse_gated
+from ._sites.compress import is_chain_kind
+from ._sites.layers import FAMILIES, LAYER_TYPES, layer_type_of, path_name
 from ._skip_mlp import SkipMLP
 
 _HEADER = "__jaxlump__"
@@ -253,7 +271,10 @@ def _read(path: str) -> tuple[dict[str, np.ndarray], dict]:
 
 
 def _check_model_record(record, path: str) -> dict:
-    """The model part of the structure record, checked against `MODEL_FIELDS` and its kind's `OPTION_FIELDS`."""
+    """The model part of the structure record, checked against `MODEL_FIELDS` and its kind's `OPTION_FIELDS`
+    (`SITES_FIELDS` for a model saved site by site)."""
+    if type(record) is dict and record.get("kind") == SITES_KIND:
+        return check_fields(record, SITES_FIELDS, "model", path)
     check_fields(record, MODEL_FIELDS, "model", path)
     options = OPTION_FIELDS.get(record["kind"])
     if options is not None:
@@ -267,25 +288,223 @@ def _output(model, x) -> np.ndarray:
         return np.asarray(outputs)
 
 
+# Models of any class, saved site by site ------------------------------------------------------------------------
+
+
+def _family(model, name: str = "model"):
+    """The model's family when it holds a registered layer, else a refusal naming what `save`/`load` accept."""
+    family = next((f for f in FAMILIES if f.matches(model)), None)
+    if family is None or not family.layers(model):
+        raise TypeError(
+            f"`{name}` of type {type(model).__name__} is not supported: `jaxlump.save` stores chain models "
+            "(eqx.nn.MLP, eqx.nn.Sequential of eqx.nn.Linear + activations, jaxlump.LumpedMLP, jaxlump.SkipMLP, "
+            "DenseChain, flax.nnx.Sequential / flax.nnx.Linear) and Equinox or Flax NNX modules holding "
+            f"{', '.join(t.name for t in LAYER_TYPES)} layers."
+        )
+    return family
+
+
+def _leaf_kind(leaf) -> str | None:
+    """The stored dtype name of one leaf of a model's state; `None` for a leaf that is not stored (a function or
+    another non-numeric leaf, which `load` takes from `like`)."""
+    if type(leaf) in (bool, int, float, complex):
+        return f"python:{type(leaf).__name__}"
+    if isinstance(leaf, (jax.Array, np.ndarray, np.generic)):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            return f"key<{jax.random.key_impl(leaf)}>"
+        return str(leaf.dtype)
+    return None
+
+
+def _leaf_shape(leaf, kind: str) -> list[int]:
+    """The shape of the array stored for `leaf` (a key's data has the key implementation's trailing axes)."""
+    if kind.startswith("key<"):
+        return list(jax.eval_shape(jax.random.key_data, leaf).shape)
+    return list(np.shape(leaf))
+
+
+def _leaf_array(leaf, kind: str) -> np.ndarray:
+    if kind.startswith("key<"):
+        return np.asarray(jax.random.key_data(leaf))
+    return _storable(leaf)
+
+
+def _leaf_stored_dtype(kind: str) -> np.dtype:
+    if kind.startswith("key<"):
+        return np.dtype("uint32")
+    if kind in PYTHON_LEAVES:
+        return np.asarray(PYTHON_LEAVES[kind]()).dtype
+    return _stored_dtype(jnp.dtype(kind))
+
+
+def _leaf_restored(array: np.ndarray, kind: str, template):
+    if kind.startswith("key<"):
+        return jax.random.wrap_key_data(jnp.asarray(array), impl=kind[4:-1])
+    if kind in PYTHON_LEAVES:
+        return PYTHON_LEAVES[kind](array[()].item())
+    restored = _restored(array, kind)
+    return np.asarray(restored) if isinstance(template, np.ndarray) else restored
+
+
+def _named_leaves(family, model) -> tuple[list[tuple[str, object]], object]:
+    """The leaves of the family's state of `model`, named by their pytree paths, and its tree structure."""
+    leaves, treedef = jtu.tree_flatten_with_path(family.state(model))
+    return [(f"leaves{jtu.keystr(p)}", leaf) for p, leaf in leaves], treedef
+
+
+def _sites_record(model, info) -> tuple[dict[str, np.ndarray], dict]:
+    """The arrays and the model record of a model saved site by site: its layers' shapes and its leaves."""
+    family = _family(model)
+    if info is not None:
+        raise TypeError(
+            f"`info`: `model` ({type(model).__name__}) is saved site by site, and `save` stores no info with such a "
+            f"model (a SitesInfo is not stored); received {type(info).__name__}. Pass info=None and keep "
+            "`info.describe()` beside the file if you need it."
+        )
+    layers = []
+    for layer_path, layer in family.layers(model):
+        layer_type = layer_type_of(layer)
+        weight, _, use_bias = layer_type.read(layer)
+        shape = [int(n) for n in np.shape(weight)]
+        layers.append({"path": list(layer_path), "type": layer_type.name, "shape": shape, "use_bias": bool(use_bias)})
+    arrays, specs = {}, []
+    for name, leaf in _named_leaves(family, model)[0]:
+        kind = _leaf_kind(leaf)
+        if kind is None:
+            continue
+        array = _leaf_array(leaf, kind)
+        if jnp.issubdtype(np.asarray(leaf).dtype, jnp.inexact) and not np.all(np.isfinite(np.asarray(leaf))):
+            raise ValueError(
+                f"`model`: {name[len('leaves') :]} contains NaN or inf; `save` stores models with finite arrays."
+            )
+        arrays[name] = array
+        specs.append([name, list(array.shape), kind])
+    record = {
+        "kind": SITES_KIND,
+        "family": family.name,
+        "class": type(model).__qualname__,
+        "layers": layers,
+        "leaves": specs,
+    }
+    return arrays, record
+
+
+def _load_sites(arrays: dict, structure: dict, path: str, like):
+    """Rebuild `like` with the stored layer shapes and put the stored leaves into it (see `load`)."""
+    saved = f"{structure['class']} ({structure['family']})"
+    if like is None:
+        raise ValueError(
+            f"`like`: `path` {path} holds a {saved} saved site by site, which jaxlump cannot build from the file "
+            f"alone (it does not know the class's constructor); pass like=<a {structure['class']}>, for instance "
+            "the model before compression: `jaxlump.load(path, like=model)`."
+        )
+    family = next((f for f in FAMILIES if f.matches(like)), None)
+    received = f"{type(like).__qualname__}" + (f" ({family.name})" if family is not None else "")
+    if family is None or family.name != structure["family"] or type(like).__qualname__ != structure["class"]:
+        raise ValueError(f"`like` must be a {saved}, the class of the saved model; received a {received}.")
+    present = family.layers(like)
+    have, stored = [p for p, _ in present], [tuple(layer["path"]) for layer in structure["layers"]]
+    if have != stored:
+        missing = [path_name(p) for p in stored if p not in have]
+        extra = [path_name(p) for p in have if p not in stored]
+        detail = "; ".join(
+            [f"saved but not in `like`: {missing}"] * bool(missing)
+            + [f"in `like` but not saved: {extra}"] * bool(extra)
+        )
+        raise ValueError(
+            f"`like` (a {received}) does not hold the saved model's layers: {detail or 'they come in another order'}."
+        )
+    replacements, problems = {}, []
+    for (layer_path, layer), spec in zip(present, structure["layers"]):
+        layer_type = layer_type_of(layer)
+        weight, _, use_bias = layer_type.read(layer)
+        name = path_name(layer_path)
+        if layer_type.name != spec["type"] or bool(use_bias) != spec["use_bias"]:
+            problems.append(
+                f"{name}: saved as a {spec['type']} with use_bias={spec['use_bias']}, `like` holds a "
+                f"{layer_type.name} with use_bias={bool(use_bias)}"
+            )
+        elif tuple(np.shape(weight)) != tuple(spec["shape"]):
+            n_out, n_in = spec["shape"]
+            zeros = jnp.zeros((n_out, n_in), weight.dtype), jnp.zeros((n_out,), weight.dtype)
+            replacements[layer_path] = layer_type.rebuild(layer, *zeros)
+    if problems:
+        raise ValueError(f"`like` (a {received}) does not fit the saved model:\n  " + "\n  ".join(problems))
+    expected = {name: (shape, _leaf_stored_dtype(kind)) for name, shape, kind in structure["leaves"]}
+    _check_arrays(arrays, expected, path, "the stored leaves")
+    template = family.replace(like, replacements)
+    named, treedef = _named_leaves(family, template)
+    kinds = {name: kind for name, _, kind in structure["leaves"]}
+    ours = {name: (_leaf_shape(leaf, kind), kind) for name, leaf in named if (kind := _leaf_kind(leaf)) is not None}
+    problems = [f"{n}: saved, not in `like`" for n in kinds if n not in ours]
+    problems += [f"{n}: in `like`, not saved" for n in ours if n not in kinds]
+    problems += [
+        f"{n}: saved with shape {tuple(expected[n][0])} and dtype {kinds[n]}, `like` (with the saved layer shapes) "
+        f"has {tuple(shape)} and {kind}"
+        for n, (shape, kind) in ours.items()
+        if n in kinds and (list(shape) != list(expected[n][0]) or kind != kinds[n])
+    ]
+    if problems:
+        raise ValueError(
+            f"`like` (a {received}) does not have the saved model's arrays, even with the saved layer shapes (was it "
+            "built with other settings than the saved model?):\n  " + "\n  ".join(problems)
+        )
+    leaves = []
+    for name, leaf in named:
+        if name not in kinds:
+            leaves.append(leaf)
+            continue
+        if kinds[name] not in PYTHON_LEAVES and not kinds[name].startswith("key<"):
+            values = np.asarray(_restored(arrays[name], kinds[name]))
+            if jnp.issubdtype(values.dtype, jnp.inexact) and not np.all(np.isfinite(values)):
+                raise ValueError(f"`path` {path}: the stored array {name} contains NaN or inf (the file is damaged).")
+        leaves.append(_leaf_restored(arrays[name], kinds[name], leaf))
+    return family.with_state(template, jtu.tree_unflatten(treedef, leaves))
+
+
+def _write(path: str, arrays: dict) -> None:
+    """Write the archive atomically: to a new file beside `path`, then renamed over it, so that an interrupted or
+    failed write leaves whatever `path` held before."""
+    directory, base = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(directory, f".{base}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    mode = os.stat(path).st_mode & 0o777 if os.path.isfile(path) else None
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            np.savez(file, **arrays)
+        if mode is not None:
+            os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+
+
 def save(path: str | os.PathLike, model, info: CompressionInfo | None = None) -> None:
     """Write `model` (and optionally the `info` of its compression) to one `.npz` file, without pickle.
 
     The file stores the widths, activation names, bias flags, dtype and the model kind's options beside
     the weights, so a model whose shapes changed (lumped, pruned, linearity-merged) loads back without a
-    template, and the model's output on a fixed probe batch, which `load` checks.
+    template, and the model's output on a fixed probe batch, which `load` checks. Any other Equinox or NNX
+    module (a model compressed site by site) is stored with its class name, its layers' paths and shapes and
+    its array leaves; `load(path, like=...)` reads it back into the user's class. The file is written
+    atomically (a failed write leaves what `path` held).
 
     **Arguments:**
 
     - `path`: the file to write (exactly this name; no suffix is added).
     - `model`: an `eqx.nn.MLP`, `eqx.nn.Sequential` of `eqx.nn.Linear` + activations, `jaxlump.LumpedMLP`,
-        `jaxlump.SkipMLP`, `DenseChain`, or a Flax NNX `nnx.Sequential` / `nnx.Linear`; concrete (not traced).
-    - `info`: the `CompressionInfo` returned beside the model, or `None`; it must describe `model`.
+        `jaxlump.SkipMLP`, `DenseChain`, a Flax NNX `nnx.Sequential` / `nnx.Linear`, or any other Equinox or
+        Flax NNX module holding registered layers (`eqx.nn.Linear`, `nnx.Linear`); concrete (not traced).
+    - `info`: the `CompressionInfo` returned beside a chain model, or `None`; it must describe `model`. A
+        model of any other class is stored without info (its `SitesInfo` is not stored): pass `None`.
 
     **Returns:** nothing.
 
-    **Raises:** `TypeError` for an unsupported model or `info`, or traced values (under `jax.jit`);
-    `ValueError` for NaN/inf parameters, parameters of mixed dtypes, or an `info` whose widths, partitions
-    or masks do not fit `model`.
+    **Raises:** `TypeError` for an unsupported model or `info` (any info with a model of another class than
+    the chain kinds), or traced values (under `jax.jit`); `ValueError` for NaN/inf parameters, a chain
+    model's parameters of mixed dtypes, or an `info` whose widths, partitions or masks do not fit `model`.
 
     ```python
     import os, tempfile
@@ -304,6 +523,11 @@ def save(path: str | os.PathLike, model, info: CompressionInfo | None = None) ->
             f"`save` needs concrete values, but `model` or `info` holds {len(traced)} traced array(s) (it was called "
             "inside jax.jit, jax.vmap or jax.grad); return the model from the transformed function and save it outside."
         )
+    if not is_chain_kind(model) and any(f.matches(model) for f in FAMILIES):
+        arrays, structure = _sites_record(model, info)
+        record = {"format": FORMAT, "version": VERSION, "model": structure, "info": None}
+        _write(os.fspath(path), {**arrays, _HEADER: np.asarray(json.dumps(record))})
+        return
     if info is not None and not isinstance(info, CompressionInfo):
         raise TypeError(f"`info` must be a jaxlump CompressionInfo or None; received {type(info).__name__}.")
     leaves = [leaf for leaf in jtu.tree_leaves(model) if eqx.is_inexact_array(leaf)]
@@ -331,8 +555,7 @@ def save(path: str | os.PathLike, model, info: CompressionInfo | None = None) ->
     if info is not None:
         info_arrays, record["info"] = _info_record(info)
         arrays.update(info_arrays)
-    with open(path, "wb") as file:
-        np.savez(file, **arrays, **{_HEADER: np.asarray(json.dumps(record))})
+    _write(os.fspath(path), {**arrays, _HEADER: np.asarray(json.dumps(record))})
 
 
 def _build(structure: dict, chain: DenseChain, arrays: dict, path: str):
@@ -356,7 +579,7 @@ def _build(structure: dict, chain: DenseChain, arrays: dict, path: str):
     return model
 
 
-def load(path: str | os.PathLike, *, with_info: bool = False):
+def load(path: str | os.PathLike, *, with_info: bool = False, like=None):
     """Read a model written by `save`: the same kind of model, with the stored widths and weights.
 
     Every array is checked against the stored widths and dtype before anything is built; a mismatch
@@ -365,16 +588,26 @@ def load(path: str | os.PathLike, *, with_info: bool = False):
     must be declared again before loading); NNX layers come back with Flax's default computation settings.
     The rebuilt model's output on the stored probe batch must match the saved model's.
 
+    A model of any other Equinox or NNX class (saved site by site) needs `like`: an instance of its class with
+    the same layer paths, such as the model before compression. `like` is rebuilt with layers of the stored
+    shapes (its other settings kept), the stored leaves are put into it, and the result is returned; `like`
+    itself is not changed (NNX: a copy).
+
     **Arguments:**
 
     - `path`: a file written by `jaxlump.save`.
-    - `with_info`: also return the stored `CompressionInfo` (`None` when none was saved).
+    - `with_info`: also return the stored `CompressionInfo` (`None` when none was saved, and always for a
+        model saved site by site).
+    - `like`: for a model saved site by site, an instance of its class (same family, class name and layer
+        paths; the layers' shapes may differ); `None` for the chain kinds, which are rebuilt from the file.
 
     **Returns:** the model, or `(model, info)` when `with_info=True`.
 
     **Raises:** `ValueError` naming `path` when the file is damaged (truncated, bit-flipped), not a jaxlump
     file, of another format version, or its arrays do not match its structure or its probe output;
-    `FileNotFoundError` when it does not exist.
+    `ValueError` naming `like` when it is missing for a model saved site by site, given for a chain model, of
+    another class or family, with other layer paths, or with arrays that do not match the stored ones once
+    its layers have the stored shapes; `FileNotFoundError` when the file does not exist.
 
     ```python
     import os, tempfile
@@ -387,12 +620,42 @@ def load(path: str | os.PathLike, *, with_info: bool = False):
     jaxlump.save(path, seq)
     model, info = jaxlump.load(path, with_info=True)
     assert info is None and jnp.array_equal(model(jnp.ones(3)), seq(jnp.ones(3)))
+
+    class Block(eqx.Module):  # any class: saved site by site, read back into `like`
+        up: eqx.nn.Linear
+        down: eqx.nn.Linear
+
+        def __call__(self, x):
+            return x + self.down(jnp.tanh(self.up(x)))
+
+    block = Block(eqx.nn.Linear(3, 8, key=jr.key(2)), eqx.nn.Linear(8, 3, key=jr.key(3)))
+    small = eqx.tree_at(lambda b: (b.up, b.down), block, (eqx.nn.Linear(3, 4, key=jr.key(4)),
+                                                        eqx.nn.Linear(4, 3, key=jr.key(5))))
+    jaxlump.save(os.path.join(os.path.dirname(path), "block.npz"), small)
+    loaded = jaxlump.load(os.path.join(os.path.dirname(path), "block.npz"), like=block)
+    assert type(loaded) is Block and loaded.up.out_features == 4
+    assert jnp.array_equal(loaded(jnp.ones(3)), small(jnp.ones(3)))
     ```
     """
     path = os.fspath(path)
     with_info = check_bool(with_info, "with_info")
     arrays, record = _read(path)
     structure = _check_model_record(record.get("model"), path)
+    if structure["kind"] == SITES_KIND:
+        info_arrays = sorted(key for key in arrays if not key.startswith("leaves"))
+        if record.get("info") is not None or info_arrays:
+            raise ValueError(
+                f"`path` {path}: a model saved site by site is stored without info, but the file holds "
+                f"{'an info record' if record.get('info') is not None else f'the arrays {info_arrays}'}."
+            )
+        model = _load_sites(arrays, structure, path, like)
+        return (model, None) if with_info else model
+    if like is not None:
+        raise ValueError(
+            f"`like` applies to files of models saved site by site (any Equinox or NNX class); `path` {path} holds a "
+            f"{structure['kind']}, which `load` rebuilds from the file alone: pass like=None. Received a "
+            f"{type(like).__name__}."
+        )
     probe_output = arrays.pop(_PROBE_KEY, None)
     model_arrays = {key: a for key, a in arrays.items() if not key.startswith("info.")}
     info_arrays = {key: a for key, a in arrays.items() if key.startswith("info.")}

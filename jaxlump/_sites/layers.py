@@ -55,6 +55,8 @@ class Family:
     - `arrays(model)`: the model's parameter arrays (what its size is counted in).
     - `per_example`: whether users call the model on one example and `jax.vmap` it over a batch (Equinox), rather
       than on the batch itself (NNX).
+    - `state(model)`: the pytree whose leaves `jaxlump.save` stores (Equinox: the model itself; NNX: `nnx.state`).
+    - `with_state(model, state)`: a model like `model` holding `state`'s leaves; `model` itself is not changed.
     """
 
     name: str
@@ -63,6 +65,8 @@ class Family:
     replace: Callable
     arrays: Callable
     per_example: bool
+    state: Callable = lambda model: model
+    with_state: Callable = lambda model, state: state
 
     def apply(self, model, x):
         """The model on a batch `x` (one leading batch axis), as its users call it."""
@@ -218,5 +222,30 @@ def _is_nnx_linear(layer) -> bool:
     return cls.__module__.startswith("flax.nnx") and cls.__name__ == "Linear"
 
 
+def _nnx_state(model):
+    from flax import nnx
+
+    return nnx.state(model)
+
+
+def _nnx_with_state(model, state):
+    from flax import nnx
+
+    copy = nnx.clone(model)
+    nnx.update(copy, state)
+    return copy
+
+
 register_layer_type(LayerType("flax.nnx.Linear", _is_nnx_linear, _nnx_read, _nnx_rebuild))
-register_family(Family("Flax NNX", _is_nnx, _nnx_layers, _nnx_replace, _nnx_arrays, per_example=False))
+register_family(
+    Family(
+        "Flax NNX",
+        _is_nnx,
+        _nnx_layers,
+        _nnx_replace,
+        _nnx_arrays,
+        per_example=False,
+        state=_nnx_state,
+        with_state=_nnx_with_state,
+    )
+)
