@@ -36,7 +36,7 @@ def test_dense_params_from_widths_alone_equal_the_built_chains():
 def test_latency_is_measured_and_bad_batch_refused():
     model = eqx.nn.MLP(3, 2, 8, 2, key=jr.key(2))
     assert 0.0 < jaxlump.measure_latency(model, 4, repeats=5) < 10.0
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(ValueError, match="`x` must be an integer >= 1"):
         jaxlump.measure_latency(model, 0)
 
 
@@ -46,8 +46,8 @@ def test_latency_is_measured_and_bad_batch_refused():
         ({"repeats": 0}, ValueError, r"`repeats` must be an integer >= 1; received 0"),
         ({"repeats": 2.5}, TypeError, r"`repeats` must be an integer"),
         ({"warmup": -1}, ValueError, r"`warmup` must be an integer >= 0"),
-        ({"batch_size": 0}, ValueError, r"`batch_size` must be an integer >= 1"),
-        ({"batch_size": True}, TypeError, r"`batch_size`"),
+        ({"x": 0}, ValueError, r"`x` must be an integer >= 1"),
+        ({"x": True}, TypeError, r"`x`"),
     ],
     ids=["zero_repeats", "float_repeats", "negative_warmup", "zero_batch", "bool_batch"],
 )

@@ -37,6 +37,7 @@ def _pruned(model: TokenModel, keep: int = 16) -> TokenModel:
 def _nnx_pruned(model: NNXTokenModel, keep: int = 16) -> NNXTokenModel:
     small = nnx.clone(model)
     up, down = model.ffn.up, model.ffn.down
+
     def linear(kernel, bias):
         return nnx.Linear(*kernel.shape, kernel_init=lambda *_: kernel, bias_init=lambda *_: bias, rngs=nnx.Rngs(5))
 
@@ -74,7 +75,12 @@ def test_compressed_eqx_model_round_trips_through_like(tmp_path):
     with np.load(tmp_path / "small.npz", allow_pickle=False) as data:
         record = json.loads(str(data["__jaxlump__"][()]))["model"]
     assert (record["kind"], record["family"], record["class"]) == ("jaxlump.sites", "Equinox", "TokenModel")
-    assert record["layers"][0] == {"path": ["ffns", 0, "up"], "type": "eqx.nn.Linear", "shape": [16, 8], "use_bias": True}
+    assert record["layers"][0] == {
+        "path": ["ffns", 0, "up"],
+        "type": "eqx.nn.Linear",
+        "shape": [16, 8],
+        "use_bias": True,
+    }
 
 
 def test_compressed_nnx_model_round_trips_through_like(tmp_path):
@@ -149,3 +155,55 @@ def test_a_failed_save_leaves_the_previous_file(tmp_path, monkeypatch):
             jaxlump.save(tmp_path / "model.npz", model)
         assert (tmp_path / "model.npz").read_bytes() == saved
     assert [p.name for p in tmp_path.iterdir()] == ["model.npz"]
+
+
+# FLOPs of one call of each Linear: 2·in·out + out (bias); the token model calls each once per position (T = 6).
+_EMBED, _NORM, _HEAD = 32 * 8, 8 + 8, 8 * 32 + 32
+
+
+def _ffn(hidden: int) -> tuple[int, int]:
+    """(parameters, FLOPs per call) of an FFN 8 → hidden → 8 with biases."""
+    return (8 * hidden + hidden) + (hidden * 8 + 8), (2 * 8 * hidden + hidden) + (2 * hidden * 8 + 8)
+
+
+@pytest.mark.parametrize("family", ["eqx", "nnx"])
+def test_cost_of_a_model_of_sites_against_a_hand_count(family):
+    if family == "eqx":
+        model = TokenModel(jr.key(0))
+        model = eqx.tree_at(lambda m: m.embed.weight, model, model.embed.weight.at[0].set(0.0))
+        small = _pruned(model)
+    else:
+        model = NNXTokenModel(nnx.Rngs(0))
+        model.embed.embedding[...] = model.embed.embedding[...].at[0].set(0.0)
+        small = _nnx_pruned(model)
+    zero_biases = 8 if family == "eqx" else 8 + 8 + 32  # eqx.nn.LayerNorm's bias; NNX: every bias starts at 0
+    for network, hidden in ((model, 32), (small, 16)):
+        params, ffn_flops = _ffn(hidden)
+        per_call = ffn_flops + 2 * 8 * 32 + 32
+        c = jaxlump.cost(network)
+        assert int(c.dense_params) == _EMBED + _NORM + params + _HEAD
+        assert int(c.nonzeros) == int(c.dense_params) - 8 - zero_biases - (hidden if family == "nnx" else 0)
+        assert int(c.flops) == per_call
+        assert int(jaxlump.cost(network, x=TOKENS).flops) == 6 * per_call
+    assert int(jaxlump.cost(small).dense_params) == 840  # what SitesInfo.params_after reports for ffn → 16 units
+
+
+def test_cost_and_latency_refuse_bad_arguments_for_a_model_of_sites():
+    small = _small()
+    with pytest.raises(ValueError, match=r"`neuron_masks` applies to chain models.*TokenModel"):
+        jaxlump.cost(small, [jnp.ones(16, bool)])
+    with pytest.raises(ValueError, match=r"`x` must be a batch .*leading batch axis.*received shapes \[\(\)\]"):
+        jaxlump.cost(small, x=jnp.asarray(3))
+    with pytest.raises(ValueError, match=r"`x`: `model` \(TokenModel\) cannot be applied"):
+        jaxlump.cost(small, x=jnp.zeros((2, 6, 5)))
+    with pytest.raises(TypeError, match=r"`model` of type LayerNorm is not supported"):
+        jaxlump.cost(eqx.nn.LayerNorm(4))
+    with pytest.raises(TypeError, match=r"`x`: a batch size \(4\) is only for chain models.*TokenModel"):
+        jaxlump.measure_latency(small, 4)
+    with pytest.raises(ValueError, match="`key` draws the random batch"):
+        jaxlump.measure_latency(small, TOKENS, key=jr.key(0))
+
+
+def test_latency_of_models_of_sites_on_their_inputs():
+    assert jaxlump.measure_latency(_small(), TOKENS, repeats=2, warmup=0) > 0
+    assert jaxlump.measure_latency(_nnx_pruned(NNXTokenModel(nnx.Rngs(0))), TOKENS, repeats=2, warmup=0) > 0

@@ -102,7 +102,7 @@ def test_jit_and_latency():
     model = SkipMLP(*parts[:3], (True,) * 3, skips=parts[3], skip_sources=parts[4])
     x = jr.normal(jr.key(8), (4, 3))
     np.testing.assert_allclose(eqx.filter_jit(jax.vmap(model))(x), model(x), rtol=1e-12)
-    assert measure_latency(model, batch_size=2, repeats=2, warmup=1) > 0
+    assert measure_latency(model, 2, repeats=2, warmup=1) > 0
 
 
 @pytest.mark.parametrize(
