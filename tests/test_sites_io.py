@@ -207,3 +207,15 @@ def test_cost_and_latency_refuse_bad_arguments_for_a_model_of_sites():
 def test_latency_of_models_of_sites_on_their_inputs():
     assert jaxlump.measure_latency(_small(), TOKENS, repeats=2, warmup=0) > 0
     assert jaxlump.measure_latency(_nnx_pruned(NNXTokenModel(nnx.Rngs(0))), TOKENS, repeats=2, warmup=0) > 0
+
+
+@pytest.mark.slow
+def test_a_model_compressed_by_a_compressor_round_trips_and_costs_what_info_says(tmp_path):
+    model = TokenModel(jr.key(0))
+    small, info = jaxlump.baselines.obs_prune(model, TOKENS, 0.5)
+    assert int(jaxlump.cost(small).dense_params) == info.params_after
+    assert int(jaxlump.cost(model).dense_params) == info.params_before
+    jaxlump.save(tmp_path / "small.npz", small)
+    loaded = jaxlump.load(tmp_path / "small.npz", like=model)
+    assert type(loaded) is TokenModel and loaded.ffns[0].up.out_features == info.widths_after["ffns[0]"]
+    assert np.array_equal(_apply(loaded, TOKENS), _apply(small, TOKENS))
