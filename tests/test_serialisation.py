@@ -264,7 +264,7 @@ def test_format_version_and_structure_checked(tmp_path):
     _with_record(tmp_path / "model.npz", lambda r: r.update(format=FORMAT) or r["model"].update(widths=[3, 0, 16, 2]))
     with pytest.raises(ValueError, match=r"model\.widths must be a list of at least two positive integers"):
         load(tmp_path / "model.npz")
-    _with_record(tmp_path / "model.npz", lambda r: r["model"].update(widths=[3, 7, 16, 2], activations=["gelu"] * 3))
+    _with_record(tmp_path / "model.npz", lambda r: r["model"].update(widths=[3, 7, 16, 2], activations=["mish"] * 3))
     with pytest.raises(ValueError, match=r"model\.activations must be a list of 3 names"):
         load(tmp_path / "model.npz")
 
