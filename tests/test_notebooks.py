@@ -18,12 +18,13 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 COLAB = "https://colab.research.google.com/github/jaxlump/jaxlump/blob/main/notebooks/{name}"
 
 
-def test_the_four_notebooks_exist():
+def test_the_five_notebooks_exist():
     assert [p.name for p in NOTEBOOKS] == [
         "01_quick_start.ipynb",
         "02_eps_sweep.ipynb",
         "03_training_loop.ipynb",
         "04_baselines.ipynb",
+        "05_your_own_model.ipynb",
     ]
 
 
