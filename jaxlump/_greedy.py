@@ -114,12 +114,14 @@ def _downdate(fit: Fit, m: Moments | None, j) -> tuple[Fit, Moments | None]:
     k, wc = fit.inverse, fit.weights
     kj, kjj, wj = k[:, j], k[j, j], wc[:, j]
     other = (jnp.arange(k.shape[0]) != j).astype(k.dtype)
-    fit = Fit((k - jnp.outer(kj, kj) / kjj) * other[:, None] * other, (wc - jnp.outer(wj, kj) / kjj) * other)
+    fit = Fit(
+        (k - jnp.outer(kj, kj) / kjj) * other[:, None] * other[None], (wc - jnp.outer(wj, kj) / kjj) * other[None]
+    )
     if m is None:
         return fit, None
     uj = m.u[:, j]
     step = uj[:, None] / kjj
-    updated = ((m.u - step * kj) * other, m.gu - uj * step[:, 0], m.e + step * wj)
+    updated = ((m.u - step * kj[None]) * other[None], m.gu - uj * step[:, 0], m.e + step * wj[None])
     return fit, eqx.tree_at(lambda t: (t.u, t.gu, t.e), m, updated)
 
 
@@ -204,8 +206,8 @@ def _merge(greedy: Greedy, problem: LayerProblem, keep, gone) -> Greedy:
     tau = t / s
     other = 1 - new - (jnp.arange(n) == gone).astype(pre.dtype)
     sigma1, sigma2, tau_ = sigma1[:, None], sigma2[:, None], tau[:, None]
-    u = (m.u - sigma1 * kappa1 - sigma2 * kappa2) * other + tau_ * w_bar
-    e = m.e + sigma1 * fit0.weights[:, gone] + sigma2 * fit1.weights[:, keep] + tau_ * rho
+    u = (m.u - sigma1 * kappa1[None] - sigma2 * kappa2[None]) * other[None] + tau_ * w_bar[None]
+    e = m.e + sigma1 * fit0.weights[None, :, gone] + sigma2 * fit1.weights[None, :, keep] + tau_ * rho[None]
     gu = m.gu - sigma1[:, 0] * u_gone - sigma2[:, 0] * u1_keep + t * tau
     m = eqx.tree_at(lambda x: (x.u, x.gu, x.e), m, (u, gu, e))
     return _refresh(Greedy(layer, fit, Candidates(greedy.candidates.partners, m)), problem, keep)

@@ -584,12 +584,12 @@ class DenseChain(eqx.Module):
         gates = self.gate_weights or (None,) * len(self.weights)
         gate_biases = self.gate_biases or (None,) * len(self.weights)
         for w, b, act, g, gb in zip(self.weights, self.biases, self.activations, gates, gate_biases):
-            z = acts[-1] @ w.T + b
+            z = affine(acts[-1], w, b)
             if g is None:
                 zs.append(z)
                 acts.append(ACTIVATIONS[act].fn(z))
             else:
-                z_gate = acts[-1] @ g.T + gb
+                z_gate = affine(acts[-1], g, gb)
                 zs.append((z_gate, z))
                 acts.append(ACTIVATIONS[act].fn(z_gate) * z)
         return zs, acts
@@ -597,6 +597,13 @@ class DenseChain(eqx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """Apply to one example `(n_0,)` or a batch `(batch, n_0)`."""
         return self.forward(x)[1][-1]
+
+
+def affine(a: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
+    """`a @ wᵀ + b` for one example or a batch, the bias broadcast explicitly (clean under
+    `jax_numpy_rank_promotion="raise"`)."""
+    z = a @ w.T
+    return z + jnp.reshape(b, (1,) * (z.ndim - 1) + b.shape)
 
 
 GATED_SUPPORTED = (

@@ -42,7 +42,7 @@ from ._discrepancy import batch_any
 from ._errors import RESULTS, check_bool, check_data, combine, finite_result, raise_if_failed
 from ._info import CompressionInfo, check_partitions, checked_result, compression_info, live_masks
 from ._linalg import cho_solve, cholesky, eigh
-from ._network import ACTIVATIONS, DenseChain
+from ._network import ACTIVATIONS, DenseChain, affine
 from ._reduction.quotient import mean_rows
 
 DEFAULT_RIDGE = 1e-3
@@ -100,7 +100,7 @@ def solve_layer(inputs, targets, w0, b0, column_support, row_live, use_bias: boo
     a, t = inputs.astype(dtype), targets.astype(dtype)
     mu_a = jnp.mean(a, axis=0) if use_bias else jnp.zeros(a.shape[1], dtype)
     mu_t = jnp.mean(t, axis=0) if use_bias else jnp.zeros(t.shape[1], dtype)
-    a, t = a - mu_a, t - mu_t
+    a, t = a - mu_a[None], t - mu_t[None]
     gram = jnp.matmul(a.T, a, precision=_HIGHEST)
     prior = w0.astype(dtype)
     diagonal = jnp.diag(gram)
@@ -236,11 +236,11 @@ def reconstruct_chain(
             gate_weights.append(g)
             gate_biases.append(gb)
             result = combine(result, gate_result)
-            a = ACTIVATIONS[act].fn(a @ g.T + gb) * (a @ w.T + b)
+            a = ACTIVATIONS[act].fn(affine(a, g, gb)) * affine(a, w, b)
         else:
             gate_weights.append(None)
             gate_biases.append(None)
-            a = ACTIVATIONS[act].fn(a @ w.T + b)
+            a = ACTIVATIONS[act].fn(affine(a, w, b))
         results.append(RESULTS.where(keep, RESULTS.successful, result))
         unchanged = keep
     gates = (tuple(gate_weights), tuple(gate_biases)) if any(gated) else ((), ())

@@ -72,12 +72,12 @@ def linearised_scores(chain: DenseChain, x: jax.Array, layers: tuple[int, ...], 
         w, a = chain.weights[l], inputs[l]
         if compensate and chain.use_bias[l]:
             mean = jnp.mean(a, axis=0)
-            centred = a - mean
+            centred = a - mean[None]
             s0 = jnp.sum(gamma, axis=0)[:, None]
             s1, s2 = gamma.T @ centred, gamma.T @ centred**2
             # γ-weighted mean minus plain mean; a neuron the output ignores (S0 = 0) gets plain mean replacement.
             offset = jnp.where(s0 > 0, s1 / jnp.where(s0 > 0, s0, 1), 0)
-            deltas[l] = w * (mean + offset)
+            deltas[l] = w * (mean[None] + offset)
             importances[l] = w**2 * jnp.maximum(s2 - s1 * offset, 0) / x.shape[0]
         else:
             deltas[l] = jnp.zeros_like(w)

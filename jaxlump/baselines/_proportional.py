@@ -27,7 +27,7 @@ def _pairwise_distances(u: jax.Array) -> jax.Array:
     """`‖u_i − u_j‖₂` for all pairs, by differences (not the GEMM identity, whose cancellation would cost ~√eps)."""
     n, d = u.shape
     batch = max(1, _MAX_BLOCK_ENTRIES // max(1, n * d))
-    return jax.lax.map(lambda ui: jnp.linalg.norm(u - ui, axis=1), u, batch_size=batch)
+    return jax.lax.map(lambda ui: jnp.linalg.norm(u - ui[None], axis=1), u, batch_size=batch)
 
 
 def _representatives(close: jax.Array, order: jax.Array) -> jax.Array:
