@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .._errors import RESULTS, UnreachableTargetError, check_bool, combine, finite_result
+from .._errors import RESULTS, UnreachableTargetError, check_bool, combine, finite_result, require_concrete
 from .._network import DenseChain
 from .layers import Family, Path, family_of, layer_type_of, path_name
 from .site import Site, Sites, capture, sites
@@ -106,6 +106,8 @@ class SitesInfo(eqx.Module):
     - `sites`: the sites compressed (as found in the original model); `widths_before` and `widths_after`: their
       hidden widths, keyed by site path.
     - `params_before`, `params_after`: the whole model's parameter counts (every floating-point array).
+    - `nonzeros_before`, `nonzeros_after`: the non-zero entries of those arrays, counted on the models themselves:
+      what an unstructured method (`magnitude`, `wanda`, ...) reduces, since it keeps every array's shape.
     - `segments`: the `CompressionInfo` of each segment of sites, in order (its certificate is the segment's own).
     - `output_max_abs`, `output_rms`: the measured deviation of the whole model's output on `x_calib`.
     - `result`: the first failure of any segment, or of the whole model's output (NaN/inf), else `successful`.
@@ -122,11 +124,19 @@ class SitesInfo(eqx.Module):
     output_max_abs: jax.Array
     output_rms: jax.Array
     result: RESULTS
+    nonzeros_before: int | None = eqx.field(static=True, default=None)
+    nonzeros_after: int | None = eqx.field(static=True, default=None)
 
     def describe(self) -> str:
+        nonzeros = (
+            f", {self.nonzeros_after:,} of {self.nonzeros_before:,} non-zero"
+            if self.nonzeros_after is not None and self.nonzeros_after != self.params_after
+            else ""
+        )
         lines = [
             f"{self.method}: {self.params_after:,} of {self.params_before:,} parameters "
-            f"({self.params_after / max(self.params_before, 1):.1%}); output max |Δ| {float(self.output_max_abs):.3g} "
+            f"({self.params_after / max(self.params_before, 1):.1%}{nonzeros}); output max |Δ| "
+            f"{float(self.output_max_abs):.3g} "
             f"(RMS {float(self.output_rms):.3g}) on the calibration data"
         ]
         lines += [f"  {p}: {self.widths_before[p]} → {self.widths_after[p]} units" for p in self.widths_before]
@@ -137,8 +147,45 @@ def parameter_count(model) -> int:
     return sum(int(np.size(a)) for a in family_of(model).arrays(model))
 
 
+def nonzero_count(model) -> int | None:
+    """The non-zero entries of the model's parameter arrays (`None` when they are traced)."""
+    arrays = family_of(model).arrays(model)
+    if any(isinstance(a, jax.core.Tracer) for a in arrays):
+        return None
+    return sum(int(np.count_nonzero(np.asarray(a))) for a in arrays)
+
+
+def check_inputs(model, x_calib) -> None:
+    """Refuse NaN/inf in `model`'s parameters (naming the array's path) and complex or non-finite `x_calib`
+    leaves: they would reach the sites' rows, where the messages could only name the segment's chain."""
+    family = family_of(model)
+    for path, leaf in jax.tree_util.tree_flatten_with_path(family.state(model))[0]:
+        if eqx.is_inexact_array(leaf) and not isinstance(leaf, jax.core.Tracer):
+            bad = int(np.sum(~np.isfinite(np.asarray(leaf))))
+            if bad:
+                raise ValueError(
+                    f"`model`'s array at `{jax.tree_util.keystr(path)}` contains {bad} NaN or inf value(s); only "
+                    "finite parameters can be compressed."
+                )
+    for path, leaf in jax.tree_util.tree_flatten_with_path(x_calib)[0]:
+        where = f" (at `{jax.tree_util.keystr(path)}`)" if path else ""
+        if jnp.iscomplexobj(leaf):
+            raise TypeError(
+                f"`x_calib`{where} has complex dtype {jnp.result_type(leaf)}; the sites' activations must be real "
+                "(their imaginary parts would be dropped), so pass real inputs."
+            )
+        if isinstance(leaf, jax.core.Tracer) or not jnp.issubdtype(jnp.result_type(leaf), jnp.inexact):
+            continue
+        bad = int(np.sum(~np.isfinite(np.asarray(leaf))))
+        if bad:
+            raise ValueError(
+                f"`x_calib`{where} contains {bad} NaN or inf value(s); only finite calibration data is accepted."
+            )
+
+
 def site_listing(model, x_calib, where) -> Sites:
     """The sites to compress, or a `ValueError` that says why there are none."""
+    check_inputs(model, x_calib)
     listing = sites(model, x_calib, where=where)
     if not listing.sites:
         reasons = (
@@ -193,6 +240,8 @@ def compress_sites(
         jnp.max(deviation),
         jnp.sqrt(jnp.mean(deviation**2)),
         result,
+        nonzero_count(model),
+        nonzero_count(current),
     )
     return current, info
 
@@ -304,6 +353,13 @@ def over_sites(compressor=None, *, refusal: str | None = None):
                 f"`x_calib` is needed to compress a {type(model).__name__}: its sites are found and calibrated on "
                 "it; pass a batch of the model's inputs."
             )
+        if _changes_widths(compressor.__name__):
+            require_concrete(
+                f"jaxlump.{compressor.__name__}",
+                "it changes the widths of the model's sites, so the result's shapes depend on the values.",
+                x_calib=x_calib,
+                model=model,
+            )
         positional, rest = _split(signature, bound.arguments)
 
         def per_segment(segment, chain, rows):
@@ -327,6 +383,14 @@ def over_sites(compressor=None, *, refusal: str | None = None):
     cut = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
     compress.__signature__ = signature.replace(parameters=params[:cut] + extra + params[cut:])
     return compress
+
+
+def _changes_widths(name: str) -> bool:
+    """Whether the registered compressor `name` is structured (unknown names count as structured)."""
+    from .._registry import compressors
+
+    entry = compressors().get(name)
+    return entry is None or entry.structured
 
 
 def _split(signature: inspect.Signature, arguments: dict) -> tuple[list, dict]:

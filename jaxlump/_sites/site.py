@@ -198,7 +198,13 @@ def _selection(model, family: Family, tapped: Tapped, where) -> set[int] | None:
         return None
     if not callable(where):
         raise TypeError(f"`where` must be a function of the model returning modules, or None; received {where!r}.")
-    chosen = where(model)
+    try:
+        chosen = where(model)
+    except Exception as error:
+        raise ValueError(
+            f"`where` failed on `model` ({type(model).__name__}): {type(error).__name__}: {error}. It must be a "
+            "function of the model returning a module or a sequence of modules (e.g. `lambda m: m.blocks[0].ffn`)."
+        ) from error
     chosen = list(chosen) if isinstance(chosen, (list, tuple)) else [chosen]
     chosen_ids = {id(c) for c in chosen}
     selected = set()
