@@ -3,6 +3,7 @@ type stability, the info, and a bad-input matrix whose test ids name the class o
 
 import functools
 import inspect
+import re
 
 import equinox as eqx
 import jax
@@ -14,6 +15,7 @@ from flax import nnx
 
 import jaxlump
 from jaxlump import baselines as B
+from jaxlump._network import GATED_SUPPORTED
 
 MODEL = eqx.nn.MLP(3, 2, 12, 2, activation=jax.nn.relu, key=jr.key(0))
 X = jr.normal(jr.key(1), (96, 3)) + 0.5
@@ -298,3 +300,274 @@ def test_shrink_bad_input_matrix(bad):
         call = lambda: jaxlump.shrink(masked, bad_info)  # noqa: E731
     with pytest.raises(SHRINK_BAD[bad]):
         call()
+
+
+# --- models of sites: every registered compressor on a residual GELU FFN and a gated (SwiGLU) FFN ---------------
+#
+# Written as users write them (an Equinox module called per example, `jax.vmap`ped over tokens), tiny so that the
+# programs compile quickly, and run with `jax_numpy_rank_promotion="raise"` (as equinox and diffrax test themselves).
+
+
+class _GeluFFN(eqx.Module):
+    up: eqx.nn.Linear
+    down: eqx.nn.Linear
+
+    def __call__(self, x):
+        return self.down(jax.nn.gelu(self.up(x)))
+
+
+class _SwiGLU(eqx.Module):
+    gate: eqx.nn.Linear
+    up: eqx.nn.Linear
+    down: eqx.nn.Linear
+
+    def __call__(self, x):
+        return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+
+
+class _TokenFFNModel(eqx.Module):
+    """Token ids `(T,)` → logits `(T, vocab)`: embedding, one pre-LN residual GELU FFN, LM head."""
+
+    embed: eqx.nn.Embedding
+    norm: eqx.nn.LayerNorm
+    ffn: _GeluFFN
+    head: eqx.nn.Linear
+
+    def __init__(self, key, d=6, hidden=12, vocab=16):
+        keys = jr.split(key, 4)
+        self.embed = eqx.nn.Embedding(vocab, d, key=keys[0])
+        self.norm = eqx.nn.LayerNorm(d)
+        self.ffn = _GeluFFN(eqx.nn.Linear(d, hidden, key=keys[1]), eqx.nn.Linear(hidden, d, key=keys[2]))
+        self.head = eqx.nn.Linear(d, vocab, key=keys[3])
+
+    def __call__(self, tokens):
+        x = jax.vmap(self.embed)(tokens)
+        x = x + jax.vmap(self.ffn)(jax.vmap(self.norm)(x))
+        return jax.vmap(self.head)(x)
+
+
+class _GatedModel(eqx.Module):
+    """Features `(T, d)` → `(T, 2)`: one pre-LN residual SwiGLU FFN, then a linear head."""
+
+    norm: eqx.nn.LayerNorm
+    ffn: _SwiGLU
+    head: eqx.nn.Linear
+
+    def __init__(self, key, d=6, hidden=12):
+        keys = jr.split(key, 4)
+        self.norm = eqx.nn.LayerNorm(d)
+        self.ffn = _SwiGLU(*(eqx.nn.Linear(d, hidden, key=k) for k in keys[:2]), eqx.nn.Linear(hidden, d, key=keys[2]))
+        self.head = eqx.nn.Linear(d, 2, key=keys[3])
+
+    def __call__(self, x):
+        x = x + jax.vmap(self.ffn)(jax.vmap(self.norm)(x))
+        return jax.vmap(self.head)(x)
+
+
+TOKENS = jr.randint(jr.key(3), (12, 4), 0, 16)
+FEATURES = jr.normal(jr.key(4), (12, 4, 6))
+SITE_MODELS = {"gelu_ffn": (_TokenFFNModel(jr.key(5)), TOKENS), "swiglu": (_GatedModel(jr.key(6)), FEATURES)}
+SITE_KNOBS = {"lump": 0.1, "merge_or_remove": 0.1, "exact_lump": None, "proportional_lump": 0.1}
+SITE_OPTIONS = {"random": {"key": jr.key(2)}, "lump": {"certify_ode": False}}
+# Compressors that cannot work site by site by design (they add a layer or take a budget for one chain).
+REFUSE_SITES = {"lowrank", "linearity_merge", "linearity_to_size", "lump_then_prune"}
+
+
+@pytest.fixture
+def rank_promotion_raise():
+    with jax.numpy_rank_promotion("raise"):
+        yield
+
+
+def _site_compress(name, model, x, knob=None, **options):
+    knob = SITE_KNOBS.get(name, 0.3) if knob is None else knob
+    return REGISTERED[name].function(model, x, knob, **SITE_OPTIONS.get(name, {}), **options)
+
+
+def _outcome(name, kind):
+    """What `name` does on the site model `kind`: compress it, or refuse it (and why)."""
+    if name in REFUSE_SITES:
+        return "refuses sites"
+    if kind == "swiglu" and not re.search(rf"\b{name}\b", GATED_SUPPORTED):
+        return "refuses gated"
+    activations = getattr(REGISTERED[name], "activations", None)
+    if kind == "gelu_ffn" and activations is not None and "gelu_tanh" not in activations:
+        return "refuses activation"
+    return "compresses"
+
+
+_SITE_CASES = [(name, kind) for name in REGISTERED for kind in SITE_MODELS]
+_SITE_SLOW = {("lump_then_select", "gelu_ffn")}  # ~6 s; its gated case runs by default
+_COMPRESSING = [
+    pytest.param(*case, marks=[pytest.mark.slow] if case in _SITE_SLOW else [], id="-".join(case))
+    for case in _SITE_CASES
+    if _outcome(*case) == "compresses"
+]
+_REFUSING = [case for case in _SITE_CASES if _outcome(*case) != "compresses"]
+
+
+def _ids(cases):
+    return [f"{name}-{kind}" for name, kind in cases]
+
+
+def _node(model, path):
+    for key in path:
+        model = model[key] if isinstance(key, int) else getattr(model, key)
+    return model
+
+
+def test_every_compressor_takes_where_and_independent():
+    """`over_sites` adds `where` and `independent`, keyword-only, to every registered compressor."""
+    for name, entry in REGISTERED.items():
+        parameters = inspect.signature(entry.function).parameters
+        assert parameters["where"].kind == inspect.Parameter.KEYWORD_ONLY and parameters["where"].default is None, name
+        independent = parameters["independent"]
+        assert independent.kind == inspect.Parameter.KEYWORD_ONLY and independent.default is False, name
+
+
+@pytest.mark.usefixtures("rank_promotion_raise")
+@pytest.mark.parametrize("name, kind", _COMPRESSING)
+def test_site_model_purity_type_and_info(name, kind):
+    model, x = SITE_MODELS[kind]
+    before = _leaves(model)
+    new, info = _site_compress(name, model, x)
+    assert all(np.array_equal(a, b) for a, b in zip(before, _leaves(model), strict=True)), "input model was modified"
+    assert type(new) is type(model) and new is not model
+    assert isinstance(info, jaxlump.SitesInfo) and info.method == name
+    assert info.result == jaxlump.RESULTS.successful
+    # The widths are those of the returned model's layers (producers' rows, the consumer's columns).
+    assert set(info.widths_after) == set(info.widths_before) == {s.path for s in info.sites}
+    for site in info.sites:
+        width = info.widths_after[site.path]
+        assert 1 <= width <= info.widths_before[site.path]
+        for producer in site.keys[:-1]:
+            layer = _node(new, producer)
+            assert layer.out_features == width and layer.weight.shape[0] == width, (site.path, producer)
+        consumer = _node(new, site.keys[-1])
+        assert consumer.in_features == width and consumer.weight.shape[1] == width
+    # Sizes recounted on the models themselves; an unstructured method keeps shapes and reports its zeros.
+    arrays = lambda m: jax.tree_util.tree_leaves(eqx.filter(m, eqx.is_inexact_array))  # noqa: E731
+    assert info.params_before == sum(a.size for a in arrays(model))
+    assert info.params_after == sum(a.size for a in arrays(new)) <= info.params_before
+    assert info.nonzeros_before == sum(int(np.count_nonzero(a)) for a in arrays(model))
+    assert info.nonzeros_after == sum(int(np.count_nonzero(a)) for a in arrays(new)) <= info.nonzeros_before
+    if REGISTERED[name].structured:
+        narrower = any(info.widths_after[p] < info.widths_before[p] for p in info.widths_before)
+        assert (info.params_after < info.params_before) == narrower
+    else:
+        assert info.params_after == info.params_before and info.nonzeros_after < info.nonzeros_before
+    # The reported deviation is the measured one.
+    reference, output = np.asarray(jax.vmap(model)(x)), np.asarray(jax.vmap(new)(x))
+    assert output.shape == reference.shape and np.all(np.isfinite(output))
+    assert np.isfinite(float(info.output_max_abs))
+    np.testing.assert_allclose(float(info.output_max_abs), np.max(np.abs(output - reference)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.usefixtures("rank_promotion_raise")
+@pytest.mark.parametrize("name, kind", _REFUSING, ids=_ids(_REFUSING))
+def test_site_model_refused_by_design_says_why(name, kind):
+    model, x = SITE_MODELS[kind]
+    match = {
+        "refuses sites": rf"`model` \({type(model).__name__}\) is compressed site by site, which jaxlump.{name} cannot",
+        "refuses gated": "`model` has gated layers .* does not support gated layers",
+        "refuses activation": "`model`.*activation 'gelu_tanh'",
+    }[_outcome(name, kind)]
+    with pytest.raises(TypeError, match=match):
+        _site_compress(name, model, x)
+
+
+class _NNXTokenFFNModel(nnx.Module):
+    def __init__(self, rngs, d=6, hidden=12, vocab=16):
+        self.embed = nnx.Embed(vocab, d, rngs=rngs)
+        self.norm = nnx.LayerNorm(d, rngs=rngs)
+        self.up = nnx.Linear(d, hidden, rngs=rngs)
+        self.down = nnx.Linear(hidden, d, rngs=rngs)
+        self.head = nnx.Linear(d, vocab, rngs=rngs)
+
+    def __call__(self, tokens):  # the batch (B, T), as NNX users call their models
+        x = self.embed(tokens)
+        return self.head(x + self.down(nnx.gelu(self.up(self.norm(x)))))
+
+
+@pytest.mark.usefixtures("rank_promotion_raise")
+@pytest.mark.parametrize("name", [pytest.param("merge_or_remove", marks=pytest.mark.slow), "magnitude"])
+def test_nnx_site_model_is_compressed_on_a_copy(name):
+    model = _NNXTokenFFNModel(nnx.Rngs(0))
+    before, reference = _leaves(model), np.asarray(model(TOKENS))
+    new, info = _site_compress(name, model, TOKENS)
+    assert type(new) is _NNXTokenFFNModel and new is not model and new.up is not model.up
+    assert all(np.array_equal(a, b) for a, b in zip(before, _leaves(model), strict=True)), "input model was modified"
+    assert new.up.out_features == new.down.in_features == info.widths_after["<model>"]
+    state = jax.tree_util.tree_leaves(nnx.state(new))
+    assert info.params_after == sum(a.size for a in state) and np.isfinite(float(info.output_max_abs))
+    assert info.nonzeros_after == sum(int(np.count_nonzero(a)) for a in state)
+    np.testing.assert_allclose(
+        float(info.output_max_abs), np.max(np.abs(np.asarray(new(TOKENS)) - reference)), rtol=1e-5, atol=1e-6
+    )
+
+
+def _site_bad_data(kind, x, error, match):
+    def check(name):
+        model, _ = SITE_MODELS[kind]
+        with pytest.raises(error, match=match):
+            _site_compress(name, model, x)
+
+    return check
+
+
+def _site_bad_option(error, match, knob=None, **options):
+    def check(name):
+        model, x = SITE_MODELS["gelu_ffn"]
+        with pytest.raises(error, match=match.format(knob=REGISTERED[name].knob)):
+            _site_compress(name, model, x, knob, **options)
+
+    return check
+
+
+def _site_nan_weights(name):
+    model, x = SITE_MODELS["gelu_ffn"]
+    broken = eqx.tree_at(lambda m: m.ffn.up.weight, model, model.ffn.up.weight.at[0, 0].set(jnp.nan))
+    with pytest.raises(ValueError, match=r"`model`'s array at `\.ffn\.up\.weight` contains 1 NaN"):
+        _site_compress(name, broken, x)
+
+
+def _site_traced(name):
+    """Structured compressors change the sites' widths, so they refuse traced data; unstructured ones run under
+    jit and check the data there."""
+    model, x = SITE_MODELS["swiglu" if _outcome(name, "swiglu") == "compresses" else "gelu_ffn"]
+    if REGISTERED[name].structured:
+        with pytest.raises(TypeError, match="needs concrete values but `x_calib` is traced"):
+            eqx.filter_jit(lambda x: _site_compress(name, model, x))(x)
+    else:  # (the unstructured methods refuse gated sites, so this is the token model: its ids cannot be NaN)
+        jitted = eqx.filter_jit(lambda x: _site_compress(name, model, x)[1].output_max_abs)
+        assert np.isfinite(float(jitted(x)))
+
+
+SITE_BAD_INPUTS = {
+    "nan": _site_bad_data("swiglu", FEATURES.at[0, 1, 2].set(jnp.nan), ValueError, "`x_calib` contains 1 NaN or inf"),
+    "inf": _site_bad_data("swiglu", FEATURES.at[3, 0, 0].set(jnp.inf), ValueError, "`x_calib` contains 1 NaN or inf"),
+    "complex": _site_bad_data("swiglu", FEATURES.astype(jnp.complex128), TypeError, "`x_calib` has complex dtype"),
+    "float_token_ids": _site_bad_data("gelu_ffn", TOKENS + 0.5, ValueError, "`x_calib`: .* cannot be applied"),
+    "empty": _site_bad_data("gelu_ffn", TOKENS[:0], ValueError, "`x_calib` must have one leading batch axis"),
+    "no_batch_axis": _site_bad_data("gelu_ffn", TOKENS[0], ValueError, "`x_calib`: .* cannot be applied"),
+    "scalar": _site_bad_data("gelu_ffn", TOKENS[0, 0], ValueError, "`x_calib` must have one leading batch axis"),
+    "missing": _site_bad_data("gelu_ffn", None, ValueError, "`x_calib` is needed"),
+    "negative_knob": _site_bad_option(ValueError, "`{knob}`", knob=-0.5),
+    "string_knob": _site_bad_option((TypeError, ValueError), "`{knob}`", knob="0.5"),
+    "where_not_callable": _site_bad_option(TypeError, "`where` must be a function", where="ffn"),
+    "where_fails": _site_bad_option(ValueError, "`where` failed on `model`", where=lambda m: m.blocks),
+    "where_selects_nothing": _site_bad_option(ValueError, "`where` selects no site", where=lambda m: m.norm),
+    "independent_not_bool": _site_bad_option(TypeError, "`independent`", independent="yes"),
+    "nan_weights": _site_nan_weights,
+    "traced_under_jit": _site_traced,
+}
+_SITE_NAMES = [name for name in REGISTERED if _outcome(name, "gelu_ffn") == "compresses"]
+
+
+@pytest.mark.usefixtures("rank_promotion_raise")
+@pytest.mark.parametrize("bad", SITE_BAD_INPUTS)
+@pytest.mark.parametrize("name", _SITE_NAMES)
+def test_site_model_bad_input_is_refused_by_name(name, bad):
+    if bad in ("negative_knob", "string_knob") and REGISTERED[name].knob is None:
+        pytest.skip("exact_lump has no knob; its refusal of any non-zero knob is tested in test_exact_knob_refused")
+    SITE_BAD_INPUTS[bad](name)
