@@ -130,7 +130,7 @@ class SitesInfo(eqx.Module):
     def describe(self) -> str:
         nonzeros = (
             f", {self.nonzeros_after:,} of {self.nonzeros_before:,} non-zero"
-            if self.nonzeros_after is not None and self.nonzeros_after != self.params_after
+            if self.nonzeros_after is not None and self.params_after == self.params_before  # shapes kept
             else ""
         )
         lines = [
