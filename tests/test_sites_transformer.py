@@ -24,7 +24,7 @@ from flax import nnx
 
 import jaxlump
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration  # end to end on a trained model: the second test step
 
 CONFIG = dict(d=32, heads=4, max_length=32, blocks=2, ffn=("gelu", "swiglu"), hidden=64)
 SITES = ("blocks[0].ffn", "blocks[1].ffn")
