@@ -426,6 +426,7 @@ def test_every_compressor_takes_where_and_independent():
 
 
 @pytest.mark.usefixtures("rank_promotion_raise")
+@pytest.mark.integration  # every compressor compiled on two new model kinds: the second test step
 @pytest.mark.parametrize("name, kind", _COMPRESSING)
 def test_site_model_purity_type_and_info(name, kind):
     model, x = SITE_MODELS[kind]

@@ -261,7 +261,6 @@ def _refusal_calls(chain, x):
         "linearity_merge": lambda: baselines.linearity_merge(chain, x, 0.5),
         "proportional_lump": lambda: baselines.proportional_lump(chain, None),
         "best_subset": lambda: baselines.best_subset(chain, x, 1, 3),
-        "compress_to": lambda: baselines.compress_to(chain, "obs_prune", 0.5, x),
         "lump_then_prune": lambda: jaxlump.lump_then_prune(chain, x, 100),
         "save": lambda: jaxlump.save("unused.npz", chain),
         "wrap_optax": lambda: jaxlump.wrap_optax(optax.sgd(0.1), chain, x, 0.1, every=1),

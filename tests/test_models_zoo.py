@@ -39,6 +39,7 @@ def nnx_model():
     return _nnx_model()
 
 
+@pytest.mark.integration  # the acceptance models' helpers, checked beside them in the second step
 def test_shapes(eqx_model, nnx_model):
     tokens = _tokens(jr.key(1))
     assert _shape(eqx_model, tokens[0]) == (T, models.VOCAB)
@@ -55,6 +56,7 @@ def test_shapes(eqx_model, nnx_model):
         models.ByteTransformer(ffn=("gelu", "gelu", "swiglu"), key=jr.key(0))
 
 
+@pytest.mark.integration  # the acceptance models' helpers, checked beside them in the second step
 @pytest.mark.parametrize("framework", ["eqx", "nnx"])
 def test_causal(framework, request):
     model = request.getfixturevalue(f"{framework}_model")
@@ -66,6 +68,7 @@ def test_causal(framework, request):
     assert np.all(np.max(np.abs(after[:, t + 1 :] - before[:, t + 1 :]), axis=-1) > 1e-3)
 
 
+@pytest.mark.integration  # the acceptance models' helpers, checked beside them in the second step
 @pytest.mark.parametrize("framework", ["eqx", "nnx"])
 @pytest.mark.parametrize("block", [0, 1], ids=["gelu", "swiglu"])
 def test_plant_duplicates(framework, block, request):
@@ -94,6 +97,7 @@ def test_plant_duplicates(framework, block, request):
     np.testing.assert_array_equal(models.lm_logits(model, tokens), before)
 
 
+@pytest.mark.integration  # the acceptance models' helpers, checked beside them in the second step
 def test_corpus_and_batches():
     corpus = models.byte_corpus(4096, seed=1)
     assert corpus.dtype == np.uint8 and corpus.shape == (4096,)
