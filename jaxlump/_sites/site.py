@@ -84,9 +84,6 @@ class Sites:
             lines += [f"left out ({len(self.left_out)}):"] + [f"  {o.describe()}" for o in self.left_out]
         return "\n".join(lines)
 
-    def by_path(self) -> dict[str, Site]:
-        return {s.path: s for s in self.sites}
-
 
 def _site_paths(found: list[Found], tapped: Tapped) -> list[str]:
     """Each site's name: the deepest module holding all its layers when no other site's layers are under it,
