@@ -28,9 +28,9 @@ import provenance  # noqa: E402 — the sibling module
 
 import jaxlump  # noqa: E402
 from jaxlump import datasets  # noqa: E402
-from jaxlump._adapters import to_chain  # noqa: E402
-from jaxlump._select import compress_along, layer_paths, select_lumped, steps_to_sparsity, steps_within  # noqa: E402
-from jaxlump._train import mse, train_mse  # noqa: E402
+from jaxlump._methods.select import compress_along, layer_paths, select_lumped, steps_to_sparsity, steps_within  # noqa: E402
+from jaxlump._model import to_chain  # noqa: E402
+from jaxlump._training.train import mse, train_mse  # noqa: E402
 from jaxlump.baselines import (  # noqa: E402
     compress_to,
     id_prune,

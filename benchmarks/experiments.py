@@ -1,7 +1,7 @@
 """Issue 16's experiments: every compressor at matched sizes on eight data sets, several seeds, three tracks.
 
 Tracks: **A** no reconstruction for anyone (the paper's protocol); **B** the same least-squares reconstruction for
-everyone (`reconstruct_chain`, the solver behind `jaxlump.reconstruct`, lumping's `refit=True` and the baselines'
+everyone (`reconstruct_chain`, the solver behind `jaxlump.reconstruct`, lumping's `reconstruct=True` and the baselines'
 `reconstruct=True`); **C** test MSE against measured cost (dense FLOPs, jitted forward latency at batch 1 and 1024).
 
 One command runs it all and resumes: each (data set, width, seed) writes one raw JSON file under
@@ -49,15 +49,15 @@ from tqdm.auto import tqdm  # noqa: E402
 import jaxlump  # noqa: E402
 from jaxlump import baselines as B  # noqa: E402
 from jaxlump import datasets as D  # noqa: E402
-from jaxlump._accounting import widths_dense_params  # noqa: E402
-from jaxlump._adapters import from_chain, to_chain  # noqa: E402
-from jaxlump._network import ACTIVATIONS  # noqa: E402
-from jaxlump._reconstruct import DEFAULT_RIDGE, reconstruct_chain  # noqa: E402
-from jaxlump._reduction.masked import gather_live, live_neurons  # noqa: E402
-from jaxlump._reduction.quotient import quotient  # noqa: E402
-from jaxlump._select import compress_along, labels_after, layer_paths, steps_to_sparsity, steps_within  # noqa: E402
+from jaxlump._methods.base import structured_info  # noqa: E402
+from jaxlump._methods.select import compress_along, labels_after, layer_paths, steps_to_sparsity, steps_within  # noqa: E402
+from jaxlump._model import from_chain, to_chain  # noqa: E402
+from jaxlump._model.network import ACTIVATIONS  # noqa: E402
+from jaxlump._reconstruction.masked import gather_live, live_neurons  # noqa: E402
+from jaxlump._reconstruction.quotient import quotient  # noqa: E402
+from jaxlump._reconstruction.reconstruct import DEFAULT_RIDGE, reconstruct_chain  # noqa: E402
+from jaxlump._results.accounting import widths_dense_params  # noqa: E402
 from jaxlump.baselines._obs import masked_quotient  # noqa: E402
-from jaxlump.baselines._structured import structured_info  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import provenance  # noqa: E402 — the sibling module
@@ -236,7 +236,7 @@ class _LumpSweeps:
     def _sweep(self, model, x, knobs, refit: bool):
         if self.key is None or self.key[0] is not model or self.key[1] is not x:
             self.key, self.stored = (model, x), {}
-        result = jaxlump.sweep(model, x, np.asarray(knobs, float), refit=refit, **self.options)
+        result = jaxlump.sweep(model, x, np.asarray(knobs, float), reconstruct=refit, **self.options)
         self.stored.update({(refit, float(e)): (result, i) for i, e in enumerate(knobs)})
         return result
 
@@ -250,7 +250,7 @@ class _LumpSweeps:
         if self.key is not None and self.key[0] is model and self.key[1] is x and (rec, float(eps)) in self.stored:
             result, i = self.stored[(rec, float(eps))]
             return jaxlump.shrink(*result.at(i))
-        return jaxlump.lump(model, x, eps, refit=rec, certify_ode=False, **self.options)
+        return jaxlump.lump(model, x, eps, reconstruct=rec, certify_ode=False, **self.options)
 
 
 def _flap_sizes(model, x, knobs):
@@ -379,10 +379,10 @@ def _lump_method(discrepancy, refinement):
 UNSTRUCTURED = dict(prune_output=True, scope="layer")  # pinned: the first pass ran with these (then) defaults
 KNOB_GRID = np.linspace(0.0, 1.0 - 1e-9, 200)
 METHODS: dict[str, Method] = {
-    "lump structural": _lump_method(jaxlump.Structural(), "representative"),
-    "lump structural components": _lump_method(jaxlump.Structural(), "components"),
-    "lump dynamical": _lump_method(jaxlump.Dynamical(), "representative"),
-    "lump dynamical components": _lump_method(jaxlump.Dynamical(), "components"),
+    "lump structural": _lump_method(jaxlump.Structural(), jaxlump.Representative()),
+    "lump structural components": _lump_method(jaxlump.Structural(), jaxlump.Components()),
+    "lump dynamical": _lump_method(jaxlump.Dynamical(), jaxlump.Representative()),
+    "lump dynamical components": _lump_method(jaxlump.Dynamical(), jaxlump.Components()),
     "exact lump": Method(True, _exact, search="fixed", reconstructable=False),
     "merge_or_remove": _merge_or_remove_method(one_eps=True),
     "merge_or_remove uniform": _merge_or_remove_method(one_eps=False),

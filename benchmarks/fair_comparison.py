@@ -19,7 +19,7 @@ import provenance  # noqa: E402 — the sibling module
 from perf_common import fresh_path, latency_us, machine  # noqa: E402
 
 import jaxlump  # noqa: E402
-from jaxlump._train import glycolytic_problem, mse  # noqa: E402
+from jaxlump._training.train import glycolytic_problem, mse  # noqa: E402
 from jaxlump.baselines import compress_to, magnitude, realised_size, structured_prune, wanda  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).parent / "results"
@@ -29,7 +29,9 @@ def methods(x_calib):
     """(name, structured, compress(model, target) -> (model, info)) for every row of the table."""
 
     def lump(refit):
-        return lambda m, t: compress_to(m, jaxlump.lump, t, x_calib, grow_upper=True, refit=refit, certify_ode=False)
+        return lambda m, t: compress_to(
+            m, jaxlump.lump, t, x_calib, grow_upper=True, reconstruct=refit, certify_ode=False
+        )
 
     def pruned(method, reconstruct, **options):
         def run(m, t):

@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import provenance  # noqa: E402 — the sibling module
 from perf_common import arguments, figure_path, timed, write  # noqa: E402
 
-from jaxlump._discrepancy import pairwise_l1, pairwise_rms  # noqa: E402
+from jaxlump._criteria.discrepancy import pairwise_l1, pairwise_rms  # noqa: E402
 
 
 def main():

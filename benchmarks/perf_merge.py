@@ -36,8 +36,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import provenance  # noqa: E402 — the sibling module
 from perf_common import machine  # noqa: E402
 
-from jaxlump._greedy import _greedy_path, _kill, advance, candidate_costs, start  # noqa: E402
-from jaxlump._merge_cost import (  # noqa: E402
+from jaxlump._criteria.merge_cost import (  # noqa: E402
     ACTIVATIONS,
     LayerState,
     _centred,
@@ -48,6 +47,7 @@ from jaxlump._merge_cost import (  # noqa: E402
     pair_costs,
     relative,
 )
+from jaxlump._methods.greedy import _greedy_path, _kill, advance, candidate_costs, start  # noqa: E402
 
 RESULT = pathlib.Path(__file__).parent / "results" / "perf_merge.json"
 N_SAMPLES, DEFAULT_K = 512, 16
@@ -176,9 +176,9 @@ def quality(seeds: int, steps: int, ks) -> list[dict]:
     from ablation_lumping import DATASETS, FRACTIONS, eps_for_target, problem, uniform_sparsity
 
     from jaxlump import cost
-    from jaxlump._adapters import to_chain
-    from jaxlump._select import compress_along, layer_paths, steps_to_sparsity, steps_within
-    from jaxlump._train import mse
+    from jaxlump._methods.select import compress_along, layer_paths, steps_to_sparsity, steps_within
+    from jaxlump._model import to_chain
+    from jaxlump._training.train import mse
 
     rows = []
     for name in DATASETS:

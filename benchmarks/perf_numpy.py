@@ -3,7 +3,7 @@
 The pipeline: structural discrepancy, representative refinement, forward quotient, no refit, over a grid of ε.
 NumPy: one ε at a time, each hidden layer's aggregated coefficients, the L1 distance by a loop over pairs
 (`np.abs(f[i] − f[j]).sum()` for i < j), the greedy refinement in Python, the quotient. jaxlump: one
-`jaxlump.sweep(model, None, grid, refit=False)` (compile time recorded separately). Both in float64; the
+`jaxlump.sweep(model, None, grid, reconstruct=False)` (compile time recorded separately). Both in float64; the
 partitions must be identical. Network: 16 → n → n → 4 tanh with Gaussian weights.
 Run: `nice -n 10 python benchmarks/perf_numpy.py [--quick] [--overwrite]`.
 """
@@ -74,8 +74,10 @@ def main():
         start = time.perf_counter()
         reference = [numpy_pipeline(weights, biases, e) for e in grid]
         numpy_s = time.perf_counter() - start
-        jax_time = timed(lambda m, g: jaxlump.sweep(m, None, g, refit=False).infos, mlp, grid, repeats=args.repeats)
-        result = jaxlump.sweep(mlp, None, grid, refit=False)
+        jax_time = timed(
+            lambda m, g: jaxlump.sweep(m, None, g, reconstruct=False).infos, mlp, grid, repeats=args.repeats
+        )
+        result = jaxlump.sweep(mlp, None, grid, reconstruct=False)
         identical = all(
             np.array_equal(np.asarray(result.infos.partitions[l][i]), reference[i][0][l])
             for i in range(len(grid))

@@ -25,9 +25,10 @@ import provenance  # noqa: E402 — the sibling module
 from perf_common import arguments, block, figure_path, timed, write  # noqa: E402
 
 import jaxlump  # noqa: E402
-from jaxlump._adapters import to_chain  # noqa: E402
-from jaxlump._discrepancy import Structural  # noqa: E402
-from jaxlump._lump import lump_chain_unjitted, partition  # noqa: E402
+from jaxlump._criteria.discrepancy import Structural  # noqa: E402
+from jaxlump._criteria.refinement import Representative  # noqa: E402
+from jaxlump._methods.lump import lump_chain_unjitted, partition  # noqa: E402
+from jaxlump._model import to_chain  # noqa: E402
 from jaxlump._sweep import _sweep_core  # noqa: E402
 
 EPS = 0.5
@@ -48,7 +49,7 @@ def measure(width, depth, batch, repeats, *, refit=True, with_data=True):
     ridge = jnp.asarray(1e-3, jnp.float32)
 
     def core(chain, x, eps):
-        return lump_chain_unjitted(chain, x, eps, Structural(), "representative", refit, ridge, False)
+        return lump_chain_unjitted(chain, x, eps, Structural(), Representative(), refit, ridge, False)
 
     eps = jnp.asarray(EPS, jnp.float32)
     start = time.perf_counter()
@@ -79,11 +80,13 @@ def targets(repeats):
         model = network(4096, depth)
         chain = to_chain(model)
         x = jr.normal(jr.key(1), (512, 16), jnp.float32)
-        run = timed(partition, chain, None, jnp.asarray(EPS, jnp.float32), Structural(), "representative", repeats=1)
+        run = timed(partition, chain, None, jnp.asarray(EPS, jnp.float32), Structural(), Representative(), repeats=1)
         out.append({"what": "partition (refit off, no certificate)", "depth": depth, "run": run})
         print(out[-1])
         for refit in (False, True) if depth == 1 else ():
-            masked = eqx.filter_jit(lambda m, x, e, refit=refit: jaxlump.lump_masked(m, x, e, refit=refit, throw=False))
+            masked = eqx.filter_jit(
+                lambda m, x, e, refit=refit: jaxlump.lump_masked(m, x, e, reconstruct=refit, throw=False)
+            )
             run = timed(masked, model, x, jnp.asarray(EPS, jnp.float32), repeats=1)
             out.append({"what": f"lump_masked (refit={refit}, with certificate)", "depth": depth, "run": run})
             print(out[-1])

@@ -30,13 +30,13 @@ def main():
     x = jr.normal(jr.key(1), (512, 8))
     rows = []
     for refit in (False, True):
-        single = eqx.filter_jit(lambda m, e, refit=refit: jaxlump.lump_masked(m, x, e, refit=refit, throw=False))
+        single = eqx.filter_jit(lambda m, e, refit=refit: jaxlump.lump_masked(m, x, e, reconstruct=refit, throw=False))
         one = timed(single, mlp, jnp.asarray(0.5, jnp.float32), repeats=args.repeats)
         for n in lengths:
             grid = np.linspace(0.0, 1.5, n).astype(np.float32)
             eps = [jnp.asarray(e) for e in grid]
             loop = timed(lambda f, es: [f(mlp, e) for e in es], single, eps, repeats=1 if n >= 64 else args.repeats)
-            swept = timed(lambda g, r: jaxlump.sweep(mlp, x, g, refit=r).infos, grid, refit, repeats=args.repeats)
+            swept = timed(lambda g, r: jaxlump.sweep(mlp, x, g, reconstruct=r).infos, grid, refit, repeats=args.repeats)
             row = {
                 "refit": refit,
                 "grid": n,

@@ -36,8 +36,8 @@ import optax  # noqa: E402
 import provenance  # noqa: E402 — the sibling module
 
 import jaxlump  # noqa: E402
-from jaxlump._train import mse  # noqa: E402
-from jaxlump._training_loop import DEFAULT_GRID  # noqa: E402
+from jaxlump._training.train import mse  # noqa: E402
+from jaxlump._training.training_loop import DEFAULT_GRID  # noqa: E402
 from jaxlump.datasets import abalone, glycolytic  # noqa: E402
 
 RESULTS = pathlib.Path(__file__).parent / "results"
@@ -79,7 +79,7 @@ def overhead(width: int, steps: int, repeats: int, batch: int, n_calib: int, eps
     }
     for every in (1, 10, 100):
         configs[f"every {every}"] = jaxlump.wrap_optax(inner, model, x_calib, eps, every=every)
-    configs["every 100, refit on"] = jaxlump.wrap_optax(inner, model, x_calib, eps, every=100, refit=True)
+    configs["every 100, refit on"] = jaxlump.wrap_optax(inner, model, x_calib, eps, every=100, reconstruct=True)
     runs, times, cpu, compile_s = {}, {name: [] for name in configs}, {name: [] for name in configs}, {}
     load_before = os.getloadavg()
     for name, tx in configs.items():
@@ -127,7 +127,7 @@ def _lump_to(model, x_calib, size: int):
     then a bisection between its last ε above and first ε within the size (sizes from the partitions only)."""
 
     def size_at(eps):
-        return int(jaxlump.lump_masked(model, x_calib, eps, refit=False)[1].cost_after.dense_params)
+        return int(jaxlump.lump_masked(model, x_calib, eps, reconstruct=False)[1].cost_after.dense_params)
 
     sizes = {eps: size_at(eps) for eps in DEFAULT_GRID}
     within = [eps for eps, s in sizes.items() if s <= size]
@@ -159,7 +159,7 @@ def accuracy(name: str, seed: int, steps: int, finetune_steps: int, every: int, 
     target = jaxlump.TargetSize(fraction=optax.linear_schedule(1.0, fraction, shrink_steps))
     for method, refit in (("during", False), ("during_refit", True)):
         tx = jaxlump.wrap_optax(optax.adam(optax.cosine_decay_schedule(lr, steps)), model, x_calib, target,
-                                every=every, until=shrink_steps, refit=refit)  # fmt: skip
+                                every=every, until=shrink_steps, reconstruct=refit)  # fmt: skip
         trained, state = _trainer(tx, static, x, y, batch)(params, tx.init(params), train_key, steps)
         small, small_info = jaxlump.shrink(eqx.combine(trained, static), state)
         row[method] = {"test_mse": test(small), "size": int(small_info.cost_after.dense_params),

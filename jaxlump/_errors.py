@@ -59,8 +59,8 @@ class RESULTS(eqx.Enumeration):
         "model or the calibration data."
     )
     selection_singular = (
-        "Stage 'selection': a layer's damped Gram matrix H is singular (`damp=0` on rank-deficient activations), so "
-        "OBS's H⁻¹ does not exist and that layer was selected on the default-damped Gram instead. Pass `damp` > 0 "
+        "Stage 'selection': a layer's damped Gram matrix H is singular (`damping=0` on rank-deficient activations), so "
+        "OBS's H⁻¹ does not exist and that layer was selected on the default-damped Gram instead. Pass `damping` > 0 "
         "or more calibration data, or `throw=False` to accept that selection."
     )
     certificate_ode_failed = (

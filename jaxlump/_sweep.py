@@ -8,6 +8,7 @@ With several devices the grid is split over a 1-D mesh with `jax.shard_map`; the
 are replicated, so every device runs the same program on its slice and the results equal one device's.
 """
 
+import dataclasses
 import math
 
 import equinox as eqx
@@ -17,13 +18,15 @@ import jax.tree_util as jtu
 import numpy as np
 from jax.sharding import Mesh, PartitionSpec
 
-from ._adapters import from_chain
-from ._discrepancy import AbstractDiscrepancy, Structural, batched_over
+from ._criteria.discrepancy import AbstractDiscrepancy, Structural, batched_over
+from ._criteria.refinement import AbstractRefinement, Representative
 from ._errors import RESULTS, UnreachableTargetError, check_bool, is_traced
-from ._info import Certificate, CompressionInfo
-from ._lump import _prepare, lump_chain_unjitted
-from ._reconstruct import DEFAULT_RIDGE
-from ._reduction.masked import shrink
+from ._methods.lump import _prepare, lump_chain_unjitted
+from ._methods.registry import get_compressor, register_compressor
+from ._model import from_chain
+from ._reconstruction.masked import shrink
+from ._reconstruction.reconstruct import DEFAULT_RIDGE
+from ._results.info import Certificate, CompressionInfo
 
 _AXIS = "eps"
 _ERRORS = tuple(Certificate.__dataclass_fields__)
@@ -164,7 +167,7 @@ class Sweep(eqx.Module):
         """
         import matplotlib.pyplot as plt
 
-        from ._plotting import eps_labels, keep_readable
+        from ._results.plotting import eps_labels, keep_readable
 
         ax = plt.subplots()[1] if ax is None else ax
         values, size, grid = self.errors(error), np.asarray(self.dense_params), np.asarray(self.eps_grid)
@@ -228,8 +231,8 @@ def sweep(
     *,
     devices=None,
     discrepancy: AbstractDiscrepancy = Structural(),
-    refinement: str = "representative",
-    refit: bool = True,
+    refinement: AbstractRefinement = Representative(),
+    reconstruct: bool = True,
     ridge: float = DEFAULT_RIDGE,
     certify_ode: bool = False,
 ) -> Sweep:
@@ -244,7 +247,7 @@ def sweep(
     - `model`, `x_calib`: as `jaxlump.lump`.
     - `eps_grid`: a non-empty 1-D sequence of real ε ≥ 0, any length (padded to a multiple of the device count).
     - `devices`: the devices to shard the grid over (default `jax.devices()`); the model and data are replicated.
-    - `discrepancy`, `refinement`, `refit`, `ridge`, `certify_ode`: as `jaxlump.lump_masked`.
+    - `discrepancy`, `refinement`, `reconstruct`, `ridge`, `certify_ode`: as `jaxlump.lump_masked`.
 
     **Returns:** a `Sweep`. Without calibration data (`x_calib=None`) the measured errors and the a-priori bound
     are not computed (NaN, shown as "not computed" by `summary()`), and `smallest_within` refuses to choose by them.
@@ -267,7 +270,7 @@ def sweep(
     """
     grid = _check_grid(eps_grid)
     chain, x, _, ridge = _prepare(model, x_calib, 0.0, discrepancy, refinement, ridge)
-    refit, certify_ode = check_bool(refit, "refit"), check_bool(certify_ode, "certify_ode")
+    refit, certify_ode = check_bool(reconstruct, "reconstruct"), check_bool(certify_ode, "certify_ode")
     mesh = _mesh(devices)
     models, infos = _sweep_core(model, chain, x, grid, discrepancy, refinement, refit, ridge, certify_ode, mesh)
     return Sweep(grid, models, infos)
@@ -335,3 +338,7 @@ def sweep_to_size(
         )
     best = max(fits, key=lambda r: (r[1], -r[0]))
     return shrink(*best[3].at(best[4]))
+
+
+# `compress_to` reaches a parameter count with `lump` by a few compiled ε grids, not one compilation per bisection step.
+register_compressor(dataclasses.replace(get_compressor("lump"), to_size=sweep_to_size), replace=True)

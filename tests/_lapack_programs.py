@@ -24,7 +24,7 @@ def main(what: str, width: int, n_eps: int) -> None:
     jax.config.update("jax_enable_x64", True)
     model = eqx.nn.MLP(3, 2, width, 2, activation=jnp.tanh, key=jr.key(0))
     x = jr.normal(jr.key(1), (4 * width, 3))
-    grid = jaxlump.sweep(model, x, np.linspace(0.0, 1.5, n_eps), refit=True)
+    grid = jaxlump.sweep(model, x, np.linspace(0.0, 1.5, n_eps), reconstruct=True)
     record = {
         "widths": np.asarray(grid.widths).tolist(),
         "partitions": [np.asarray(p).tolist() for p in grid.infos.partitions],
@@ -38,7 +38,7 @@ def main(what: str, width: int, n_eps: int) -> None:
         jaxlump.reconstruct(model, pruned, x, info)
         jaxlump.lump(model, x, 0.3)
         params = eqx.filter(model, eqx.is_array)
-        tx = jaxlump.wrap_optax(optax.sgd(1e-3), model, x, 0.3, every=1, refit=True)
+        tx = jaxlump.wrap_optax(optax.sgd(1e-3), model, x, 0.3, every=1, reconstruct=True)
         state = tx.init(params)
         jax.block_until_ready(tx.update(jax.tree_util.tree_map(jnp.zeros_like, params), state, params))
     print(json.dumps(record))

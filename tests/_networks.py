@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
-from jaxlump._adapters import to_chain
+from jaxlump._model import to_chain
 
 IDENTITY = eqx.nn.Identity()
 ACTIVATIONS = {"tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid, "relu": jax.nn.relu, "identity": IDENTITY}

@@ -6,8 +6,8 @@ import jax.random as jr
 import pytest
 
 import jaxlump
-from jaxlump._accounting import chain_cost, widths_dense_params
-from jaxlump._adapters import to_chain
+from jaxlump._model import to_chain
+from jaxlump._results.accounting import chain_cost, widths_dense_params
 
 
 def test_hand_counts_with_zeros_and_bias_free_layers():

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxlump import Activation
-from jaxlump._adapters import LumpedMLP, from_chain, to_chain
-from jaxlump._network import ACTIVATIONS, DenseChain, identify_activation
+from jaxlump._model import LumpedMLP, from_chain, to_chain
+from jaxlump._model.network import ACTIVATIONS, DenseChain, identify_activation
 
 # One function per supported activation, as a user would write it (not the table's own functions).
 USER_ACTIVATIONS = {
@@ -371,12 +371,12 @@ def test_result_types_do_not_depend_on_the_widths():
     chain = to_chain(mlp)
     small = _keep_neurons(chain, [np.array([0, 1, 2]), np.array([3, 4])])
     assert type(from_chain(chain, like=mlp)) is type(from_chain(small, like=mlp)) is LumpedMLP
-    results = [jaxlump.lump(mlp, x, eps, refit=False)[0] for eps in (0.0, 1e9)]  # nothing merges / all merge
+    results = [jaxlump.lump(mlp, x, eps, reconstruct=False)[0] for eps in (0.0, 1e9)]  # nothing merges / all merge
     assert {type(r) for r in results} == {LumpedMLP}
     assert results[0].width_size == (6, 6) and results[-1].width_size == (1, 1)
     seq = eqx.nn.Sequential([eqx.nn.Linear(3, 6, key=jr.key(3)), eqx.nn.Lambda(jnp.tanh),
                              eqx.nn.Linear(6, 2, key=jr.key(4))])  # fmt: skip
-    assert type(jaxlump.lump(seq, x, 0.0, refit=False)[0]) is eqx.nn.Sequential
+    assert type(jaxlump.lump(seq, x, 0.0, reconstruct=False)[0]) is eqx.nn.Sequential
 
 
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float16])

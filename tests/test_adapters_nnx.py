@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxlump._adapters import from_chain, to_chain
-from jaxlump._adapters.flax_nnx import chain_to_nnx, nnx_build, nnx_describe
-from jaxlump._network import DenseChain
+from jaxlump._model import from_chain, to_chain
+from jaxlump._model.flax_nnx import chain_to_nnx, nnx_build, nnx_describe
+from jaxlump._model.network import DenseChain
 
 NUMPY_ACTIVATIONS = {
     "tanh": np.tanh,

@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given
 
 import jaxlump
-import jaxlump._certificate
-from jaxlump._certificate import ODE_TIMES, a_priori_bound, certify, lift
-from jaxlump._encoding.dynamical import simulate
-from jaxlump._network import ACTIVATIONS, DenseChain
-from jaxlump._reduction.quotient import quotient
+import jaxlump._results.certificate
+from jaxlump._criteria.encoding.dynamical import simulate
+from jaxlump._model.network import ACTIVATIONS, DenseChain
+from jaxlump._reconstruction.quotient import quotient
+from jaxlump._results.certificate import ODE_TIMES, a_priori_bound, certify, lift
 
 
 def _chain(weights, biases, activations) -> DenseChain:
@@ -177,6 +177,6 @@ def test_a_failed_certificate_simulation_is_reported(monkeypatch):
     original = _random_chain(rng, (3, 6, 2), ("tanh", "identity"))
     partitions = (jnp.arange(6),)
     x = jnp.asarray(rng.normal(size=(8, 3)))
-    monkeypatch.setattr(jaxlump._certificate, "simulate", functools.partial(simulate, max_steps=2))
+    monkeypatch.setattr(jaxlump._results.certificate, "simulate", functools.partial(simulate, max_steps=2))
     _, result = certify(original, original, partitions, x, simulate_ode=True)
     assert result == jaxlump.RESULTS.certificate_ode_failed

@@ -12,7 +12,8 @@ import pytest
 from _networks import random_mlp
 
 import jaxlump
-from jaxlump import _cli, _cli_jobs
+from jaxlump._cli import commands as _cli
+from jaxlump._cli import jobs as _cli_jobs
 
 matplotlib.use("Agg")
 
@@ -81,12 +82,12 @@ def test_unwritable_output_folder_is_refused(no_training, capsys, tmp_path):
 
 
 def test_calibration_larger_than_a_uci_training_set_is_refused_before_training(monkeypatch, capsys, tmp_path):
-    import jaxlump._train
+    import jaxlump._training.train
 
     def fail(*args, **kwargs):
         raise AssertionError("trained before refusing --n-calib")
 
-    monkeypatch.setattr(jaxlump._train, "train_mse", fail)
+    monkeypatch.setattr(jaxlump._training.train, "train_mse", fail)
     with pytest.raises(SystemExit, match="--n-calib must be at most abalone's 3342"):
         _cli.main(["sweep", "--data", "abalone", "--n-calib", "100000", "--out", str(tmp_path)])
 

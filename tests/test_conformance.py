@@ -15,7 +15,7 @@ from flax import nnx
 
 import jaxlump
 from jaxlump import baselines as B
-from jaxlump._network import GATED_SUPPORTED
+from jaxlump._model.network import GATED_SUPPORTED
 
 MODEL = eqx.nn.MLP(3, 2, 12, 2, activation=jax.nn.relu, key=jr.key(0))
 X = jr.normal(jr.key(1), (96, 3)) + 0.5

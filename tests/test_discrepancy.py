@@ -8,8 +8,8 @@ import jax.tree_util as jtu
 import numpy as np
 import pytest
 
-from jaxlump._discrepancy import Dynamical, Structural, pairwise_l1, pairwise_rms
-from jaxlump._network import DenseChain
+from jaxlump._criteria.discrepancy import Dynamical, Structural, pairwise_l1, pairwise_rms
+from jaxlump._model.network import DenseChain
 
 WIDTHS = (3, 6, 5, 2)
 # One activation pattern, one batch size and one number of times for every simulation: diffrax compiles once.

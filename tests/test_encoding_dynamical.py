@@ -9,9 +9,9 @@ import jax.random as jr
 import numpy as np
 import pytest
 
-from jaxlump._encoding import VectorField, dynamical, polynomial_degree, simulate
+from jaxlump._criteria.encoding import VectorField, dynamical, polynomial_degree, simulate
 from jaxlump._errors import RESULTS
-from jaxlump._network import ACTIVATIONS, DenseChain
+from jaxlump._model.network import ACTIVATIONS, DenseChain
 
 
 def random_chain(key, widths, hidden, output="identity", dtype=jnp.float64) -> DenseChain:
@@ -279,7 +279,7 @@ def test_dynamical_lumping_inherits_the_unfrozen_encoding():
          jnp.array([[1.0, 1.0]], jnp.float32), jnp.array([0.0], jnp.float32)),
     )  # fmt: skip
     x = jnp.array([[2.0], [1.8], [2.2]], jnp.float32)
-    lumped, info = jaxlump.lump(seq, x, 0.2, discrepancy=jaxlump.Dynamical(), refit=False)
+    lumped, info = jaxlump.lump(seq, x, 0.2, discrepancy=jaxlump.Dynamical(), reconstruct=False)
     assert tuple(info.widths_after.tolist()) == (1, 2, 1)
     np.testing.assert_allclose(jax.vmap(lumped)(x), jax.vmap(seq)(x), atol=1e-6)
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from _networks import planted_mlp
 
-from jaxlump._encoding import affine_system, aggregated_coefficients, augmented_matrices, to_erode
-from jaxlump._network import DenseChain
+from jaxlump._criteria.encoding import affine_system, aggregated_coefficients, augmented_matrices, to_erode
+from jaxlump._model.network import DenseChain
 
 
 def planted_chain() -> DenseChain:

@@ -82,7 +82,7 @@ def test_check_fraction_accepts_numbers_and_checks_the_range():
 
 @pytest.mark.parametrize("value", ["no", "False", 0, 1, None, np.float64(1.0)])
 def test_check_bool_refuses_look_alikes(value):
-    """`refit='no'` used to mean True."""
+    """`reconstruct='no'` used to mean True."""
     with pytest.raises(TypeError, match="`refit` must be True or False"):
         check_bool(value, "refit")
 
@@ -104,7 +104,7 @@ def test_require_concrete_names_the_function_and_the_argument():
 @pytest.mark.parametrize(
     "call",
     [
-        lambda: jaxlump.lump(MODEL, X, 0.5, refit="no"),
+        lambda: jaxlump.lump(MODEL, X, 0.5, reconstruct="no"),
         lambda: jaxlump.lump(MODEL, X, 0.5, certify_ode=1),
         lambda: jaxlump.lump(MODEL, X, 0.5, throw="yes"),
         lambda: magnitude(MODEL, X, 0.5, throw=None),

@@ -81,7 +81,7 @@ def test_quick_run_writes_raw_json_and_tables(tmp_path):
 
     summary = json.loads((tmp_path / "quick" / "summary.json").read_text())
     for block in (record["provenance"], summary["provenance"]):  # the code that computed them, up to date
-        assert {"benchmarks/experiments.py", "jaxlump/_greedy.py"} <= set(block["sources"])
+        assert {"benchmarks/experiments.py", "jaxlump/_methods/greedy.py"} <= set(block["sources"])
         assert provenance.stale(block) == []
     assert "write_report" in summary["provenance"]["sources"]["benchmarks/experiments_report.py"]
 
@@ -180,7 +180,7 @@ def test_every_point_of_a_sweep_method_carries_its_share_of_the_sweep():
     import jax.random as jr
 
     import jaxlump
-    from jaxlump._adapters import to_chain
+    from jaxlump._model import to_chain
     from jaxlump.baselines import rank_bounds
 
     pause = 1.5

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from jaxlump import Activation
-from jaxlump._encoding import EncodingCheck, check_encoding, simulate
+from jaxlump._criteria.encoding import EncodingCheck, check_encoding, simulate
 from jaxlump._errors import RESULTS
-from jaxlump._network import ACTIVATIONS
+from jaxlump._model.network import ACTIVATIONS
 
 # (activation, input width, hidden width, depth): depth = number of hidden layers.
 NETWORKS = [("tanh", 4, 16, 2), ("sigmoid", 5, 12, 3), ("identity", 4, 8, 3), ("relu", 4, 16, 2),

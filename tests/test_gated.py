@@ -14,10 +14,10 @@ import pytest
 
 import jaxlump
 from jaxlump import baselines
-from jaxlump._discrepancy import Structural
-from jaxlump._merge_cost import RefitAware, initial_state, layer_inputs, merge_costs
-from jaxlump._network import ACTIVATIONS, DenseChain
-from jaxlump._reduction.quotient import quotient
+from jaxlump._criteria.discrepancy import Structural
+from jaxlump._criteria.merge_cost import RefitAware, initial_state, layer_inputs, merge_costs
+from jaxlump._model.network import ACTIVATIONS, DenseChain
+from jaxlump._reconstruction.quotient import quotient
 
 N0, N1, N2 = 6, 12, 5
 _ERF = np.vectorize(math.erf)

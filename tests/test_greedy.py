@@ -1,5 +1,5 @@
-"""The greedy merge-or-remove path (`jaxlump._greedy`) against brute-force least squares and ZipLM's loop (NumPy,
-float64)."""
+"""The greedy merge-or-remove path (`jaxlump._methods.greedy`) against brute-force least squares and ZipLM's loop
+(NumPy, float64)."""
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -9,9 +9,9 @@ import pytest
 from _networks import random_mlp, set_partition
 from _refit_reference import brute_costs, least_squares_error
 
-from jaxlump._adapters import to_chain
-from jaxlump._greedy import advance, candidate_costs, greedy_path, start
-from jaxlump._merge_cost import current_fit, initial_state
+from jaxlump._criteria.merge_cost import current_fit, initial_state
+from jaxlump._methods.greedy import advance, candidate_costs, greedy_path, start
+from jaxlump._model import to_chain
 
 N_OUT = 4
 

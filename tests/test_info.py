@@ -7,9 +7,9 @@ import jax.random as jr
 import pytest
 
 import jaxlump
-import jaxlump._info
-from jaxlump._adapters import to_chain
-from jaxlump._info import checked_result
+import jaxlump._results.info
+from jaxlump._model import to_chain
+from jaxlump._results.info import checked_result
 from jaxlump.baselines import magnitude
 
 MODEL = eqx.nn.MLP(3, 2, 8, 2, activation=jnp.tanh, key=jr.key(0))
@@ -104,7 +104,7 @@ CHECKS = {  # name: (before, after, x, certificate, expected)
 def test_checked_result_names_the_first_failed_check(case, how, monkeypatch):
     """Concrete passes run on the host when small, jitted when large (forced here); traced ones in the trace."""
     if how == "jitted":
-        monkeypatch.setattr(jaxlump._info, "_HOST_MAX_MACS", 0)
+        monkeypatch.setattr(jaxlump._results.info, "_HOST_MAX_MACS", 0)
     before, after, x, certificate, expected = CHECKS[case]
     check = lambda b, a, x, c: checked_result(jaxlump.RESULTS.successful, b, a, x, c)  # noqa: E731
     result = (eqx.filter_jit(check) if how == "traced" else check)(before, after, x, certificate)

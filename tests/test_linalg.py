@@ -1,5 +1,5 @@
-"""`jaxlump._linalg`: the same numbers as JAX's batched decompositions, and no compiled program of jaxlump hands
-LAPACK a batch (the cause of `jaxlump.sweep`'s deadlock on CPU, issue 27)."""
+"""`jaxlump._reconstruction.linalg`: the same numbers as JAX's batched decompositions, and no compiled program of
+jaxlump hands LAPACK a batch (the cause of `jaxlump.sweep`'s deadlock on CPU, issue 27)."""
 
 import json
 import math
@@ -16,7 +16,7 @@ import jax.scipy.linalg as jsl
 import numpy as np
 import pytest
 
-from jaxlump import _linalg
+from jaxlump._reconstruction import linalg as _linalg
 
 HERE = pathlib.Path(__file__).parent
 PROGRAMS = HERE / "_lapack_programs.py"

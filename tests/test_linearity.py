@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import jaxlump
-from jaxlump._network import DenseChain
-from jaxlump._skip_mlp import SkipMLP
+from jaxlump._model.network import DenseChain
+from jaxlump._model.skip_mlp import SkipMLP
 from jaxlump.baselines._linearity import activation_rates, linearity_merge, linearity_to_size
 
 

@@ -13,7 +13,7 @@ from jaxlump.baselines._lowrank import break_even_rank
 def test_first_layer_loss_equals_discarded_whitened_singular_values():
     model = random_mlp(jr.key(0), (6, 12, 3), "tanh")
     x = jr.normal(jr.key(1), (100, 6))
-    small, _ = B.lowrank(model, x, 0.5, damp=0.0)
+    small, _ = B.lowrank(model, x, 0.5, damping=0.0)
     weights, biases = parameters(model)
     new_w, new_b = parameters(small)  # [V (r, 6), U (12, r), ...]
     r = new_w[0].shape[0]
@@ -47,20 +47,20 @@ def test_break_even_rank():
 
 
 def test_a_singular_gram_is_whitened_on_its_range_and_reported():
-    """`damp=0` and two examples: the Gram of the centred inputs has rank 1, Cholesky fails. The minimum-norm
+    """`damping=0` and two examples: the Gram of the centred inputs has rank 1, Cholesky fails. The minimum-norm
     factorisation on the Gram's range still reproduces the first layer's pre-activations on those examples exactly
     (a rank-1 map suffices on rank-1 data), and the result says the solve was rank-deficient."""
     model, x = random_mlp(jr.key(0), (3, 6, 6, 2), "tanh"), jr.normal(jr.key(1), (2, 3))
     with pytest.raises(jaxlump.CompressionError, match="least-squares refit"):
-        B.lowrank(model, x, 0.5, damp=0.0)
-    small, info = B.lowrank(model, x, 0.5, damp=0.0, throw=False)
+        B.lowrank(model, x, 0.5, damping=0.0)
+    small, info = B.lowrank(model, x, 0.5, damping=0.0, throw=False)
     assert info.result == jaxlump.RESULTS.least_squares_rank_deficient
     weights, biases = parameters(model)
     new_w, new_b = parameters(small)  # [V (1, 3), U (6, 1), ...]
     xs = np.asarray(x)
     z_small = (xs @ new_w[0].T + new_b[0]) @ new_w[1].T + new_b[1]
     np.testing.assert_allclose(z_small, xs @ weights[0].T + biases[0], rtol=1e-10, atol=1e-12)
-    _, info = B.lowrank(model, jr.normal(jr.key(1), (64, 3)), 0.5, damp=0.0)  # enough data: Cholesky succeeds
+    _, info = B.lowrank(model, jr.normal(jr.key(1), (64, 3)), 0.5, damping=0.0)  # enough data: Cholesky succeeds
     assert info.result == jaxlump.RESULTS.successful
 
 

@@ -55,7 +55,7 @@ def partitions_of(info):
 @given(groups=GROUPS, seed=SEEDS, kind=st.sampled_from(["mlp", "sequential"]))
 def test_eps_zero_recovers_planted_groups_exactly(activation, refit, with_data, groups, seed, kind):
     model, planted = planted_mlp(jr.key(seed), WIDTHS, groups, activation, kind=kind)
-    small, info = lump(model, X if with_data else None, 0.0, refit=refit)
+    small, info = lump(model, X if with_data else None, 0.0, reconstruct=refit)
     assert partitions_of(info) == [set_partition(p) for p in planted]
     assert hidden_widths(small) == groups
     assert max_deviation(small, model) <= 1e-10
@@ -82,7 +82,7 @@ def widths_along_grid(model, refinement):
 @settings(max_examples=6)
 @given(seed=SEEDS)
 def test_components_never_grows_with_eps(seed):
-    widths = widths_along_grid(random_mlp(jr.key(seed), WIDTHS), "components")
+    widths = widths_along_grid(random_mlp(jr.key(seed), WIDTHS), jaxlump.Components())
     assert np.all(np.diff(widths, axis=0) <= 0), widths  # per layer, hence in total
     assert widths[0].tolist() == list(WIDTHS[1:-1]) and widths[-1].sum() < widths[0].sum()
 
@@ -102,8 +102,8 @@ def test_invariant_to_permuting_hidden_neurons(seed, eps, refit):
     keys = jr.split(jr.key(seed), 3)
     model = random_mlp(keys[0], WIDTHS, kind="mlp")
     perms = [np.asarray(jr.permutation(k, n)) for k, n in zip(keys[1:], WIDTHS[1:-1])]
-    small, info = lump(model, X, eps, refit=refit)
-    small_p, info_p = lump(permuted(model, perms), X, eps, refit=refit)
+    small, info = lump(model, X, eps, reconstruct=refit)
+    small_p, info_p = lump(permuted(model, perms), X, eps, reconstruct=refit)
     assert hidden_widths(small_p) == hidden_widths(small)
     assert max_deviation(small_p, small) <= 1e-10
     for perm, blocks, blocks_p in zip(perms, partitions_of(info), partitions_of(info_p)):
@@ -115,8 +115,8 @@ def test_invariant_to_permuting_hidden_neurons(seed, eps, refit):
 @given(seed=SEEDS, eps=st.floats(0.0, 1.5))
 def test_lump_equals_shrink_of_lump_masked(refit, seed, eps):
     model = random_mlp(jr.key(seed), WIDTHS)
-    small, info = lump(model, X, eps, refit=refit)
-    masked, masked_info = jaxlump.lump_masked(model, X, eps, refit=refit)
+    small, info = lump(model, X, eps, reconstruct=refit)
+    masked, masked_info = jaxlump.lump_masked(model, X, eps, reconstruct=refit)
     assert hidden_widths(masked) == WIDTHS[1:-1]
     assert max_deviation(masked, model, X) == pytest.approx(float(masked_info.certificate.output_max_abs), abs=1e-12)
     shrunk, shrunk_info = jaxlump.shrink(masked, masked_info)
@@ -157,7 +157,7 @@ def test_matches_numpy_reference_pipeline():
     model = random_mlp(jr.key(7), WIDTHS)
     sizes = set()
     for eps in (0.5, 0.7, 0.8, 0.9, 1.1, 1.5, 2.0):
-        small, info = jaxlump.lump(model, None, eps, refit=False)
+        small, info = jaxlump.lump(model, None, eps, reconstruct=False)
         labels, reduced_w, reduced_b = numpy_structural_lump(*parameters(model), eps)
         assert partitions_of(info) == [set_partition(p) for p in labels]
         weights, biases = parameters(small)
@@ -311,9 +311,9 @@ def test_eps_zero_is_exact_in_a_badly_scaled_layer():
     weights, biases = parameters(random_mlp(jr.key(9), (3, 4, 4, 2)))
     model = build((3, 4, 4, 2), [w1, *weights[1:]], [np.zeros(4), *biases[1:]], "tanh", "sequential")
     for refit in (False, True):
-        small, info = lump(model, X, 0.0, refit=refit)
+        small, info = lump(model, X, 0.0, reconstruct=refit)
         assert hidden_widths(small) == (4, 4) and max_deviation(small, model) <= 1e-12
-    small, _ = lump(model, X, 1e-12, refit=False)  # relative to the layer, the pair is still within 1e-12
+    small, _ = lump(model, X, 1e-12, reconstruct=False)  # relative to the layer, the pair is still within 1e-12
     assert hidden_widths(small)[0] < 4
 
 
@@ -324,8 +324,8 @@ def test_neuron_with_zero_outgoing_column_is_removed_exactly_at_any_eps():
     weights[2][:, 5] = 0.0  # layer-2 neuron 5 feeds nothing: its incoming weights are irrelevant
     model = build(WIDTHS, weights, biases, "tanh", "sequential")
     for eps in (0.0, 0.4, np.inf):
-        small, info = lump(model, X, eps, refit=False)
-        _, masked_info = jaxlump.lump_masked(model, X, eps, refit=False)
+        small, info = lump(model, X, eps, reconstruct=False)
+        _, masked_info = jaxlump.lump_masked(model, X, eps, reconstruct=False)
         assert int(info.partitions[0][2]) == int(masked_info.partitions[0][2]) == -1
         assert int(info.partitions[1][5]) == int(masked_info.partitions[1][5]) == -1
         assert 2 not in np.asarray(masked_info.partitions[0]) and 5 not in np.asarray(masked_info.partitions[1])
@@ -339,9 +339,9 @@ def test_neuron_with_zero_outgoing_column_is_removed_exactly_at_any_eps():
 def test_lumping_a_masked_result_again_keeps_no_zero_neuron(refit):
     """The masked form's unused neurons have zero outgoing columns, so lumping it again removes them."""
     model = random_mlp(jr.key(13), WIDTHS)
-    masked, info = jaxlump.lump_masked(model, X, 1.0, refit=refit)
+    masked, info = jaxlump.lump_masked(model, X, 1.0, reconstruct=refit)
     widths = tuple(np.asarray(info.widths_after[1:-1]).tolist())
     assert widths != WIDTHS[1:-1]
-    again, again_info = lump(masked, X, 0.0, refit=refit)
+    again, again_info = lump(masked, X, 0.0, reconstruct=refit)
     assert hidden_widths(again) == widths
     assert max_deviation(again, masked) <= 1e-10

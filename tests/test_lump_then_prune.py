@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import jaxlump
-from jaxlump import _lump_then_prune
-from jaxlump._lump_then_prune import DEFAULT_EPS_GRID, MAX_EXTRA_EPS
+from jaxlump._methods import lump_then_prune as _lump_then_prune
+from jaxlump._methods.lump_then_prune import DEFAULT_EPS_GRID, MAX_EXTRA_EPS
 from jaxlump.baselines import compress_to, magnitude, realised_size
 
 TARGET = 150

@@ -8,10 +8,10 @@ from _networks import outputs, planted_mlp, random_mlp, set_partition
 from _refit_reference import brute_costs, least_squares_error
 
 import jaxlump
-from jaxlump._greedy import _kill
-from jaxlump._merge_cost import LayerState, initial_state, merge_costs
-from jaxlump._network import DenseChain
-from jaxlump._reduction.quotient import quotient
+from jaxlump._criteria.merge_cost import LayerState, initial_state, merge_costs
+from jaxlump._methods.greedy import _kill
+from jaxlump._model.network import DenseChain
+from jaxlump._reconstruction.quotient import quotient
 
 N, N_IN, N_HIDDEN, N_OUT = 40, 3, 6, 4
 

@@ -213,7 +213,7 @@ def test_results_are_physically_smaller_and_consistent(name):
     assert int(info.cost_after.dense_params) < int(info.cost_before.dense_params)
     assert bool(jnp.all(jnp.isfinite(jax.vmap(small)(X))))
     if name != "lowrank":
-        widths = jaxlump._adapters.to_chain(small).widths
+        widths = jaxlump._model.to_chain(small).widths
         assert [int(w) for w in info.widths_after] == list(widths)
         for p, n in zip(info.partitions, widths[1:-1]):
             p = np.asarray(p)
@@ -227,8 +227,8 @@ def test_bad_sparsity_is_refused(name):
 
 
 def test_bad_damp_and_missing_data_are_refused():
-    with pytest.raises(ValueError, match="damp"):
-        B.obs_prune(MODEL, X, 0.5, damp=-1.0)
+    with pytest.raises(ValueError, match="damping"):
+        B.obs_prune(MODEL, X, 0.5, damping=-1.0)
     with pytest.raises(ValueError, match="x_calib"):
         B.obs_prune(MODEL, None, 0.5)
     with pytest.raises(ValueError, match="max_swaps"):
@@ -239,16 +239,16 @@ def test_bad_damp_and_missing_data_are_refused():
 
 
 @pytest.mark.parametrize("prune", [B.obs_prune, B.osscar_prune])
-@pytest.mark.parametrize("undamped", ["ridge", "damp"])
+@pytest.mark.parametrize("undamped", ["ridge", "damping"])
 def test_a_singular_solve_is_reported_or_raised(prune, undamped):
     """Two examples: the centred activations have rank 1. With `ridge=0` the refit of the kept neurons is singular,
-    with `damp=0` OBS's `H⁻¹` does not exist; a success would be false. The default call on the same data is
+    with `damping=0` OBS's `H⁻¹` does not exist; a success would be false. The default call on the same data is
     well-posed."""
     model, x = random_mlp(jr.key(0), (3, 6, 6, 2), "tanh"), jr.normal(jr.key(1), (2, 3))
     with pytest.raises(jaxlump.CompressionError, match="singular"):
         prune(model, x, 0.5, **{undamped: 0.0})
     _, info = prune(model, x, 0.5, **{undamped: 0.0}, throw=False)
-    expected = {"ridge": jaxlump.RESULTS.least_squares_rank_deficient, "damp": jaxlump.RESULTS.selection_singular}
+    expected = {"ridge": jaxlump.RESULTS.least_squares_rank_deficient, "damping": jaxlump.RESULTS.selection_singular}
     assert info.result == expected[undamped]
     assert info.widths_after.tolist() == [3, 3, 3, 2]
     _, info = prune(model, x, 0.5)

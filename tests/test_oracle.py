@@ -52,7 +52,7 @@ def test_sandwich_bound_optimum_greedy():
     bounds = B.rank_bounds(model, x)[0]
     for k in range(1, 8):
         _, best = B.best_subset(model, x, 1, k)
-        small, _ = B.obs_prune(model, x, 1 - k / 8 + 1e-9, damp=0.0, ridge=0.0)
+        small, _ = B.obs_prune(model, x, 1 - k / 8 + 1e-9, damping=0.0, ridge=0.0)
         greedy = B.layer_errors(model, small, x)[0]
         assert bounds[k] <= best * (1 + 1e-9) + 1e-12
         assert best <= greedy * (1 + 1e-7) + 1e-10

@@ -7,8 +7,8 @@ import jax.random as jr
 import numpy as np
 import pytest
 
-from jaxlump._adapters import LumpedMLP
-from jaxlump._network import DenseChain
+from jaxlump._model import LumpedMLP
+from jaxlump._model.network import DenseChain
 from jaxlump.baselines._proportional import proportional_lump
 
 

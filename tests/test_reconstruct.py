@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxlump
-from jaxlump._reconstruct import solve_layer
+from jaxlump._reconstruction.reconstruct import solve_layer
 
 WIDTHS = (3, 8, 8, 2)
 X = np.asarray(jr.normal(jr.key(200), (64, 3)))
@@ -48,7 +48,7 @@ def pre_activations(model, x):
 @pytest.mark.parametrize("ridge", [0.0, 1e-3])
 def test_the_identity_compression_is_left_unchanged(ridge):
     model = random_mlp(jr.key(1), WIDTHS)
-    _, info = jaxlump.lump(model, None, 0.0, refit=False)  # no duplicates: every partition is the identity
+    _, info = jaxlump.lump(model, None, 0.0, reconstruct=False)  # no duplicates: every partition is the identity
     assert [set_partition(p) for p in info.partitions] == [set_partition(np.arange(8))] * 2
     rebuilt, rebuilt_info = jaxlump.reconstruct(model, model, X, info, ridge=ridge)
     assert hidden_widths(rebuilt) == WIDTHS[1:-1] and rebuilt_info.method == "lump+reconstruct"
@@ -63,7 +63,7 @@ def test_a_layer_dead_on_the_calibration_data_stays_exact():
     weights, biases = parameters(random_mlp(jr.key(8), WIDTHS))
     biases[0] = np.full(WIDTHS[1], -100.0)
     model = build(WIDTHS, weights, biases, "relu", "sequential")
-    same, info = jaxlump.lump(model, None, 0.0, refit=False)
+    same, info = jaxlump.lump(model, None, 0.0, reconstruct=False)
     assert hidden_widths(same) == WIDTHS[1:-1]
     rebuilt, rebuilt_info = jaxlump.reconstruct(model, model, X, info)
     assert rebuilt_info.result == jaxlump.RESULTS.successful
@@ -75,7 +75,7 @@ def test_a_layer_dead_on_the_calibration_data_stays_exact():
 @given(groups=st.sampled_from([(3, 5), (8, 2)]), seed=SEEDS)  # few shapes: reconstruct compiles per shape
 def test_an_exact_lump_stays_exact(ridge, groups, seed):
     model, _ = planted_mlp(jr.key(seed), WIDTHS, groups, "tanh")
-    small, info = jaxlump.lump(model, None, 0.0, refit=False)
+    small, info = jaxlump.lump(model, None, 0.0, reconstruct=False)
     assert hidden_widths(small) == groups
     rebuilt, rebuilt_info = jaxlump.reconstruct(model, small, X, info, ridge=ridge)
     assert max_deviation(rebuilt, model) <= 1e-10
@@ -85,7 +85,7 @@ def test_an_exact_lump_stays_exact(ridge, groups, seed):
 
 def test_one_hidden_layer_equals_sequential_numpy_lstsq():
     model = random_mlp(jr.key(2), (3, 10, 2))
-    small, info = jaxlump.lump(model, None, 0.8, refit=False)
+    small, info = jaxlump.lump(model, None, 0.8, reconstruct=False)
     labels = np.asarray(info.partitions[0])
     assert 1 < labels.max() + 1 < 10  # some neurons merged, not all
     rebuilt, rebuilt_info = jaxlump.reconstruct(model, small, X, info, ridge=0.0)
@@ -231,7 +231,7 @@ def test_layers_before_the_first_merge_are_kept_and_later_ones_refit():
     (w1, w2, w3), (b1, _, _) = parameters(small)
     (v1, _, _), (c1, _, _) = parameters(model)
     assert np.array_equal(w1, v1) and np.array_equal(b1, c1)
-    (_, q2, q3), _ = parameters(jaxlump.lump(model, X, 0.05, refit=False, certify_ode=False)[0])
+    (_, q2, q3), _ = parameters(jaxlump.lump(model, X, 0.05, reconstruct=False, certify_ode=False)[0])
     assert w2.shape == q2.shape and not np.array_equal(w2, q2) and not np.array_equal(w3, q3)
 
 
@@ -262,7 +262,7 @@ def test_without_info_the_support_is_read_from_the_zeros():
 
 def test_small_calibration_set_and_the_ridge_pull():
     model = random_mlp(jr.key(3), WIDTHS)
-    small, info = jaxlump.lump(model, None, 0.6, refit=False)
+    small, info = jaxlump.lump(model, None, 0.6, reconstruct=False)
     assert max(hidden_widths(small)) > 5
     x_small = X[:5]  # fewer examples than neurons feeding the next layer
     rebuilt, rebuilt_info = jaxlump.reconstruct(model, small, x_small, info)
@@ -292,7 +292,7 @@ def _replace_partitions(info, partitions):
 
 def _bad_inputs():
     model = random_mlp(jr.key(4), WIDTHS)
-    small, info = jaxlump.lump(model, None, 0.6, refit=False)
+    small, info = jaxlump.lump(model, None, 0.6, reconstruct=False)
     k = hidden_widths(small)
     arguments = {"original": model, "compressed": small, "x_calib": X, "info": info}
     too_far = (jnp.asarray(np.where(np.asarray(info.partitions[0]) == 0, k[0], info.partitions[0])), info.partitions[1])

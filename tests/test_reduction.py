@@ -8,12 +8,12 @@ import jax.random as jr
 import numpy as np
 import pytest
 
-from jaxlump._accounting import chain_cost
 from jaxlump._errors import RESULTS
-from jaxlump._info import CompressionInfo, live_widths
-from jaxlump._network import DenseChain
-from jaxlump._reduction.masked import shrink
-from jaxlump._reduction.quotient import quotient
+from jaxlump._model.network import DenseChain
+from jaxlump._reconstruction.masked import shrink
+from jaxlump._reconstruction.quotient import quotient
+from jaxlump._results.accounting import chain_cost
+from jaxlump._results.info import CompressionInfo, live_widths
 
 WIDTHS = (3, 6, 5, 2)  # the shapes of the other test files: eager kernels compile once per shape
 # Representative labels (a block sits at its representative's index), -1 removes a neuron.

@@ -4,11 +4,14 @@ import equinox as eqx
 import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
+import jax.random as jr
 import numpy as np
 import pytest
+from _networks import random_mlp
 from hypothesis import given
 
-from jaxlump._refinement import components, representative
+import jaxlump
+from jaxlump._criteria.refinement import components, representative
 
 MAX_N = 12
 # XLA on CPU flushes subnormals to zero (5e-324 <= 0 holds there), so they are left out.
@@ -168,3 +171,20 @@ def test_zero_distance_pairs_merge_at_eps_zero():
     importance = np.array([1.0, 0.5, 2.0, 3.0, 0.0])
     assert _run(representative, distances, 0.0, importance).tolist() == [0, 3, 2, 3, 4]
     assert _run(components, distances, 0.0, importance).tolist() == [0, 1, 2, 1, 4]
+
+
+@pytest.mark.parametrize("given", ["components", "representative", None, 1])
+def test_a_refinement_that_is_not_a_strategy_object_is_refused_naming_it(given):
+    with pytest.raises(TypeError, match=r"`refinement` must be a jaxlump refinement.*jaxlump.Representative\(\)"):
+        jaxlump.lump(random_mlp(jr.key(0), (2, 4, 1)), None, 0.1, refinement=given)
+
+
+def test_a_user_refinement_is_used_as_given():
+    class EveryNeuronAlone(jaxlump.AbstractRefinement):
+        def __call__(self, relative, eps, importance):
+            return jnp.arange(relative.shape[0], dtype=jnp.int32)
+
+    model = random_mlp(jr.key(0), (2, 4, 1))
+    small, info = jaxlump.lump(model, None, 1e9, refinement=EveryNeuronAlone())
+    assert tuple(info.widths_after) == (2, 4, 1)
+    assert tuple(jaxlump.lump(model, None, 1e9)[1].widths_after) == (2, 1, 1)

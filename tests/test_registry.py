@@ -10,7 +10,7 @@ import pytest
 
 import jaxlump
 import jaxlump.baselines
-from jaxlump._registry import get_compressor
+from jaxlump._methods.registry import get_compressor
 
 # Public callables of jaxlump.baselines that are helpers, not compressors.
 HELPERS = {"compress_to", "realised_size", "activation_rates", "best_subset", "layer_errors", "rank_bounds"}
@@ -24,7 +24,7 @@ def test_every_baseline_and_lumping_method_is_registered():
         if not name.startswith("_") and inspect.isfunction(obj) and name not in HELPERS
     }
     missing = {f.__name__ for f in baselines - registered}
-    assert not missing, f"register these in jaxlump/_registry.py: {sorted(missing)}"
+    assert not missing, f"register these in jaxlump/_methods/registry.py: {sorted(missing)}"
     for top_level in (jaxlump.lump, jaxlump.lump_then_prune, jaxlump.lump_then_select, jaxlump.merge_or_remove):
         assert top_level in registered
 

@@ -9,8 +9,8 @@ import pytest
 from _networks import outputs, parameters, planted_mlp, random_mlp, set_partition
 
 import jaxlump
-from jaxlump._adapters import to_chain
-from jaxlump._select import labels_after, layer_paths, steps_to_sparsity
+from jaxlump._methods.select import labels_after, layer_paths, steps_to_sparsity
+from jaxlump._model import to_chain
 from jaxlump.baselines import obs_prune
 
 
@@ -50,7 +50,7 @@ def test_removal_only_selection_keeps_what_structured_obs_keeps():
     model = random_mlp(jr.key(4), (3, 8, 8, 2), kind="mlp")
     x = _x(5)
     paths = layer_paths(to_chain(model), x, merge=False, damping=1e-2)
-    _, info = obs_prune(model, x, 0.5, damp=1e-2)
+    _, info = obs_prune(model, x, 0.5, damping=1e-2)
     for path, theirs in zip(paths, info.partitions):
         ours = labels_after(path, steps_to_sparsity(path, 0.5))
         np.testing.assert_array_equal(ours >= 0, np.asarray(theirs) >= 0)

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxlump._accounting import Cost
-from jaxlump._adapters import LumpedMLP, from_chain, to_chain
 from jaxlump._errors import RESULTS
-from jaxlump._info import Certificate, CompressionInfo
-from jaxlump._network import DenseChain
-from jaxlump._serialisation import FORMAT, load, save
+from jaxlump._io.serialisation import FORMAT, load, save
+from jaxlump._model import LumpedMLP, from_chain, to_chain
+from jaxlump._model.network import DenseChain
+from jaxlump._results.accounting import Cost
+from jaxlump._results.info import Certificate, CompressionInfo
 
 
 def _keep_neurons(chain: DenseChain, keep) -> DenseChain:

@@ -3,7 +3,7 @@ real floating-point parameters only, no zero-width layer from an all-zero model,
 
 `OVERFLOWING` has finite float64 weights whose forward pass overflows (every parameter scaled by 1e120: the outputs
 are ~1e360); `X * 1e200` is a calibration set on which the model is finite but the certificate's squared norms
-overflow. The checks themselves (`jaxlump._info.checked_result`) are tested in `test_info.py`.
+overflow. The checks themselves (`jaxlump._results.info.checked_result`) are tested in `test_info.py`.
 """
 
 import os

@@ -9,9 +9,9 @@ import pytest
 
 import jaxlump
 import jaxlump.baselines
-from jaxlump._accounting import chain_cost, cost, measure_latency
-from jaxlump._network import DenseChain
-from jaxlump._skip_mlp import SkipMLP
+from jaxlump._model.network import DenseChain
+from jaxlump._model.skip_mlp import SkipMLP
+from jaxlump._results.accounting import chain_cost, cost, measure_latency
 
 NUMPY_ACTS = {"relu": lambda z: np.maximum(z, 0), "tanh": np.tanh, "identity": lambda z: z}
 

@@ -7,8 +7,8 @@ import jax.random as jr
 import numpy as np
 import pytest
 
-from jaxlump._adapters import LumpedMLP, to_chain
-from jaxlump._network import DenseChain
+from jaxlump._model import LumpedMLP, to_chain
+from jaxlump._model.network import DenseChain
 from jaxlump.baselines._structured import structured_prune
 
 # 3 -> 4 -> 2 ReLU net. Incoming row norms 1, 3, 2, 0.5. On inputs in (0, 1): a0 = x0 + 5, a1 = 0 (dead),

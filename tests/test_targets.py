@@ -30,7 +30,7 @@ def test_magnitude_reaches_exact_nonzero_targets(mlp, target):
 
 def test_lump_target_is_never_exceeded_and_close(mlp, x):
     target = 250
-    _, info = compress_to(mlp, jaxlump.lump, target, x, refit=False)
+    _, info = compress_to(mlp, jaxlump.lump, target, x, reconstruct=False)
     assert realised_size(info) <= target
     # one more neuron in the narrowest possible spot would exceed: the result is within one neuron's cost
     assert realised_size(info) > target - (3 + 16 + 2 + 1) - 16

@@ -15,8 +15,8 @@ import pytest
 from _networks import numpy_outputs, random_mlp
 
 import jaxlump
-from jaxlump._adapters import to_chain
-from jaxlump._training_loop import bind, expand, relocate
+from jaxlump._model import to_chain
+from jaxlump._training.training_loop import bind, expand, relocate
 
 SLOW = pytest.mark.slow
 X = jr.normal(jr.key(1), (64, 3), jnp.float32)
@@ -293,8 +293,8 @@ def test_bad_target_size_and_state_refused():
         tx.update(params, tx.init(params))
     with pytest.raises(TypeError, match="wrap_optax states"):
         jaxlump.shrink(model, optax.adam(1e-3).init(params))
-    with pytest.raises(ValueError, match="`refit=True` re-solves the layers on `x_calib`"):
-        jaxlump.wrap_optax(optax.adam(1e-3), model, None, 0.1, every=3, refit=True)
+    with pytest.raises(ValueError, match="`reconstruct=True` re-solves the layers on `x_calib`"):
+        jaxlump.wrap_optax(optax.adam(1e-3), model, None, 0.1, every=3, reconstruct=True)
     with pytest.raises(ValueError, match="`steps` must be an integer >= 1"):
         jaxlump.finetune(model, X, Y, steps=0)
 
@@ -302,7 +302,7 @@ def test_bad_target_size_and_state_refused():
 def test_bad_refit_flag_and_target_counts_refused():
     model = _mlp()
     with pytest.raises(TypeError, match="`refit` must be True or False; received 'yes'"):
-        jaxlump.wrap_optax(optax.adam(1e-3), model, X, 0.1, every=3, refit="yes")
+        jaxlump.wrap_optax(optax.adam(1e-3), model, X, 0.1, every=3, reconstruct="yes")
     for params in (float("inf"), 2.5):
         with pytest.raises(TypeError, match="`params` must be a positive integer"):
             jaxlump.TargetSize(params=params)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxlump import LumpedMLP
-from jaxlump._network import DenseChain
+from jaxlump._model.network import DenseChain
 from jaxlump.baselines._magnitude import magnitude
 from jaxlump.baselines._wanda import wanda
 

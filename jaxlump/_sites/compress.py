@@ -18,7 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._errors import RESULTS, UnreachableTargetError, check_bool, combine, finite_result, require_concrete
-from .._network import DenseChain
+from .._methods.registry import compressors
+from .._model import is_chain_kind
+from .._model.network import DenseChain
+from .._results.accounting import cost
 from .layers import Family, Path, family_of, layer_type_of, path_name
 from .site import Site, Sites, capture, sites
 from .trace import tapped_model
@@ -303,20 +306,12 @@ def compress_to_sites(
 
 
 def _chain_params(chain: DenseChain) -> int:
-    from .._accounting import cost
-
     return int(cost(chain).dense_params)
 
 
 def _tap_indices(model, family: Family) -> dict[Path, int]:
     _, tapped = tapped_model(model, family)
     return {path: i for i, path in enumerate(tapped.paths)}
-
-
-def is_chain_kind(model) -> bool:
-    from .._adapters import KINDS
-
-    return any(kind.matches(model) for kind in KINDS) or type(model).__name__ == "SkipMLP"
 
 
 def over_sites(compressor=None, *, refusal: str | None = None):
@@ -387,8 +382,6 @@ def over_sites(compressor=None, *, refusal: str | None = None):
 
 def _changes_widths(name: str) -> bool:
     """Whether the registered compressor `name` is structured (unknown names count as structured)."""
-    from .._registry import compressors
-
     entry = compressors().get(name)
     return entry is None or entry.structured
 

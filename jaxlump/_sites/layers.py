@@ -13,7 +13,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._network import check_parameter_dtype
+from .._model.eqx_nn import make_linear
+from .._model.network import check_parameter_dtype
 
 Path = tuple  # keys from the model's root: attribute names (str) and sequence indices (int)
 
@@ -118,8 +119,6 @@ def _eqx_read(layer: eqx.nn.Linear):
 
 
 def _eqx_rebuild(layer: eqx.nn.Linear, weight, bias) -> eqx.nn.Linear:
-    from .._adapters.eqx_nn import make_linear
-
     return make_linear(weight, bias, layer.use_bias)
 
 
@@ -212,7 +211,7 @@ def _nnx_read(layer):
 
 
 def _nnx_rebuild(layer, weight, bias):
-    from .._adapters.flax_nnx import new_linear
+    from .._model.flax_nnx import new_linear
 
     return new_linear(layer, weight, bias, layer.use_bias)
 

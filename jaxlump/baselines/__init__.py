@@ -9,6 +9,8 @@ fraction of hidden neurons removed (as `structured_prune`). The oracle: `rank_bo
 `layer_errors`. `compress_to` reaches a requested size with any of them.
 """
 
+from .._methods.targets import compress_to as compress_to
+from .._methods.targets import realised_size as realised_size
 from ._elimination import elimination_compensation as elimination_compensation
 from ._exact import exact_lump as exact_lump
 from ._flap import flap_prune as flap_prune
@@ -35,6 +37,4 @@ from ._osscar import osscar_prune as osscar_prune
 from ._proportional import proportional_lump as proportional_lump
 from ._random import random as random
 from ._structured import structured_prune as structured_prune
-from ._targets import compress_to as compress_to
-from ._targets import realised_size as realised_size
 from ._wanda import wanda as wanda

@@ -21,8 +21,9 @@ import jax.numpy as jnp
 
 from .._custom_types import Calibration
 from .._errors import check_choice
-from .._info import CompressionInfo
-from .._network import ACTIVATIONS, DenseChain
+from .._methods.registry import WEIGHT_SPARSITY, Compressor, register_compressor
+from .._model.network import ACTIVATIONS, DenseChain
+from .._results.info import CompressionInfo
 from .._sites.compress import over_sites
 from ._masks import apply_masks, check_flag, finish, prepare, prunable_layers, select_lowest
 
@@ -227,3 +228,8 @@ def elimination_compensation(
     new_chain = apply_masks(chain, keep, updates)
     method = "elimination_compensation_nonlinear" if nonlinear else "elimination_compensation"
     return finish(method, model, chain, new_chain, keep, sparsity, x, throw)
+
+
+# fmt: off
+register_compressor(Compressor("elimination_compensation", elimination_compensation, "sparsity", WEIGHT_SPARSITY + ", least output change after bias compensation first", structured=False, needs_data=True))  # noqa: E501
+# fmt: on

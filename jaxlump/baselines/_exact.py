@@ -4,7 +4,8 @@ import dataclasses
 
 import numpy as np
 
-from .._lump import lump
+from .._methods.lump import lump
+from .._methods.registry import Compressor, register_compressor
 from .._sites.compress import over_sites
 
 
@@ -36,5 +37,12 @@ def exact_lump(model, x_calib, knob=None, *, throw: bool = True):
     is_zero = isinstance(knob, (int, float, np.number)) and not isinstance(knob, bool) and knob == 0
     if knob is not None and not is_zero:
         raise ValueError(f"`exact_lump` has no knob (ε is 0): `knob` must be None or 0; received {knob!r}.")
-    small, info = lump(model, x_calib, 0.0, refit=False, throw=throw)
+    small, info = lump(model, x_calib, 0.0, reconstruct=False, throw=throw)
     return small, dataclasses.replace(info, method="exact_lump")
+
+
+_NO_KNOB = "it has no knob: it merges exactly equivalent neurons only, so its widths are fixed by the model"
+
+# fmt: off
+register_compressor(Compressor("exact_lump", exact_lump, None, "no knob: merges exactly equivalent neurons only (ε = 0, no refit)", structured=True, needs_data=False, knob_range=None, no_widths=_NO_KNOB))  # noqa: E501
+# fmt: on

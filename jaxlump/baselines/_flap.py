@@ -13,13 +13,15 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
-from .._info import CompressionInfo
-from .._network import DenseChain, refuse_gated
-from .._reconstruct import DEFAULT_RIDGE
+from .._methods.base import Fractions, layer_knob
+from .._methods.registry import Compressor, register_compressor
+from .._model.network import DenseChain, refuse_gated
+from .._reconstruction.reconstruct import DEFAULT_RIDGE
+from .._results.info import CompressionInfo
 from .._sites.compress import over_sites
 from ._masks import check_flag
 from ._obs import finish, hidden_activations, masked_quotient, prepare, pruning_labels, selection_status
-from ._structured import Fractions, global_cut, layer_knob
+from ._structured import global_cut
 
 
 def flap_scores(chain: DenseChain, x) -> list[np.ndarray]:
@@ -129,3 +131,8 @@ def flap_prune(
         masked = compensated(chain, masked_quotient(chain, labels), keeps, means)
     options = dict(reconstruct=reconstruct, ridge=ridge, masked=masked, throw=throw)
     return finish("flap_prune", sparsity, model, chain, x, labels, selection=selection_status(*scores), **options)
+
+
+# fmt: off
+register_compressor(Compressor("flap_prune", flap_prune, "sparsity", "fraction s ∈ [0, 1) of *all* hidden neurons removed by FLAP's fluctuation score (one global ranking), with bias compensation", structured=True, needs_data=True, per_layer=True))  # noqa: E501
+# fmt: on

@@ -18,13 +18,14 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
-from .._info import CompressionInfo
-from .._network import ACTIVATIONS, DenseChain, refuse_gated
-from .._reconstruct import DEFAULT_RIDGE
+from .._methods.base import Fractions, layer_knob
+from .._methods.registry import NEURON_SPARSITY, Compressor, register_compressor
+from .._model.network import ACTIVATIONS, DenseChain, refuse_gated
+from .._reconstruction.reconstruct import DEFAULT_RIDGE
+from .._results.info import CompressionInfo
 from .._sites.compress import over_sites
 from ._masks import check_flag
 from ._obs import finish, hidden_activations, kept_count, masked_quotient, prepare, pruning_labels, selection_status
-from ._structured import Fractions, layer_knob
 
 
 def rescaled(a: np.ndarray, axis: int | None = None) -> np.ndarray:
@@ -330,3 +331,10 @@ def neuron_merge(
         masked = None
     options = dict(reconstruct=reconstruct, ridge=ridge, masked=masked, info_labels=merge, throw=throw)
     return finish("neuron_merge", sparsity, model, chain, x, prune, **options)
+
+
+# fmt: off
+register_compressor(Compressor("fold", fold, "sparsity", NEURON_SPARSITY.replace("removed", "merged away") + ", by k-means on their weights (model folding)", structured=True, needs_data=False, per_layer=True))  # noqa: E501
+register_compressor(Compressor("zipit_merge", zipit_merge, "sparsity", NEURON_SPARSITY.replace("removed", "merged away") + ", by activation-correlation matching (ZipIt!) with REPAIR", structured=True, needs_data=True, per_layer=True))  # noqa: E501
+register_compressor(Compressor("neuron_merge", neuron_merge, "sparsity", NEURON_SPARSITY + " by incoming norm, each folded into its most similar kept neuron (Neuron Merging)", structured=True, needs_data=False, per_layer=True))  # noqa: E501
+# fmt: on

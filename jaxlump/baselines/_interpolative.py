@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
-from .._info import CompressionInfo
-from .._reconstruct import DEFAULT_RIDGE
+from .._methods.registry import NEURON_SPARSITY, Compressor, register_compressor
+from .._reconstruction.reconstruct import DEFAULT_RIDGE
+from .._results.info import CompressionInfo
 from .._sites.compress import over_sites
 from ._masks import check_flag
 from ._obs import prune_by_selector
@@ -59,7 +60,7 @@ def id_prune(
     *,
     weighted: bool = False,
     sequential: bool = False,
-    damp: float = 0.0,
+    damping: float = 0.0,
     reconstruct: bool = True,
     ridge: float = DEFAULT_RIDGE,
     throw: bool = True,
@@ -78,7 +79,7 @@ def id_prune(
       `structured_prune`).
     - `weighted`: weight the columns by the outgoing norms (default `False`, the paper's).
     - `sequential`: pivot each layer on the already-compressed network's activations (default `False`).
-    - `damp`: Gram damping relative to its mean diagonal (default 0: plain CPQR).
+    - `damping`: Gram damping relative to its mean diagonal (default 0: plain CPQR).
     - `reconstruct`: apply the shared least-squares reconstruction (default `True`: ID's update is the refit);
       `False` keeps the surviving weights unchanged.
     - `ridge`: the reconstruction's ridge (see `jaxlump.reconstruct`).
@@ -87,7 +88,7 @@ def id_prune(
 
     **Returns:** `(new_model, info)`, physically smaller; kept neurons map to their new index, removed ones to −1.
 
-    **Raises:** `ValueError` for a sparsity outside `[0, 1)`, a negative `damp`/`ridge`, or missing, non-finite or
+    **Raises:** `ValueError` for a sparsity outside `[0, 1)`, a negative `damping`/`ridge`, or missing, non-finite or
     wrongly sized `x_calib`; `TypeError` for an unsupported model; `CompressionError` for a failed stage when
     `throw=True`.
 
@@ -109,5 +110,10 @@ def id_prune(
         return id_select(h, w, k, weighted=weighted)
 
     method = "id_prune" + ("_weighted" if weighted else "")
-    options = dict(sequential=sequential, damp=damp, reconstruct=reconstruct, ridge=ridge, throw=throw)
+    options = dict(sequential=sequential, damping=damping, reconstruct=reconstruct, ridge=ridge, throw=throw)
     return prune_by_selector(method, selector, model, x_calib, sparsity, **options)
+
+
+# fmt: off
+register_compressor(Compressor("id_prune", id_prune, "sparsity", NEURON_SPARSITY + ", kept by an interpolative decomposition of the activations (pivoted Cholesky), then reconstructed", structured=True, needs_data=True, per_layer=True))  # noqa: E501
+# fmt: on

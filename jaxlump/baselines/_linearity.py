@@ -12,13 +12,21 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from .._adapters import to_chain
 from .._errors import check_bool, check_data, check_fraction, require_concrete
-from .._info import CompressionInfo
-from .._network import DenseChain, refuse_gated
+from .._methods.base import (
+    SURGERY,
+    chain_and_data,
+    finish_structured,
+    hidden_statistics,
+    keep_partition,
+    numpy_statistics,
+)
+from .._methods.registry import RELU_FAMILY, Compressor, register_compressor
+from .._model import to_chain
+from .._model.network import DenseChain, refuse_gated
+from .._model.skip_mlp import SkipMLP
+from .._results.info import CompressionInfo
 from .._sites.compress import over_sites
-from .._skip_mlp import SkipMLP
-from ._structured import SURGERY, chain_and_data, finish_structured, hidden_statistics, keep_partition, numpy_statistics
 
 # `linearity_to_size` tries at most this many τ values: a finer `step` is refused rather than looped over.
 MAX_STEPS = 10_000
@@ -297,3 +305,16 @@ def linearity_to_size(
             stacklevel=2,
         )
     return finish_structured("linearity_to_size", tau, model, new_model, chain.widths, partitions, x, throw)
+
+
+_BUDGET = "it takes a size budget, not widths (its knob is the parameter budget itself, a fraction of the original)"
+
+_SKIP = (
+    "it turns always-active neurons into a linear skip connection that keeps their parameters, so hidden widths do "
+    "not bound its size, and whether a layer merges at all is decided by `layer_threshold`"
+)
+
+# fmt: off
+register_compressor(Compressor("linearity_merge", linearity_merge, "tau", "activation-rate threshold τ ∈ [0, 1]: neurons active on at least a fraction τ of the data become a linear skip; a *smaller* τ merges more", structured=True, needs_data=True, knob_range=(0.0, 1.0), larger_knob_smaller_model=False, activations=RELU_FAMILY, no_widths=_SKIP))  # noqa: E501
+register_compressor(Compressor("linearity_to_size", linearity_to_size, "target_fraction", "the parameter budget as a fraction of the original: linearity merging with τ stepped down until the budget is met", structured=True, needs_data=True, knob_range=None, size_knob="fraction", activations=RELU_FAMILY, no_widths=_BUDGET))  # noqa: E501
+# fmt: on

@@ -7,7 +7,7 @@ The bias keeps the means: `b̃ = b + (W − W̃) ā`. The layer becomes two: `V_
 then `U_rΣ_r` with `b̃` and the original activation — `r(m + n) + m` parameters instead of `mn + m`.
 
 Checked, per layer in order (`info.result`; `throw=True` raises): a Gram matrix with NaN or inf (the activations
-overflowed) leaves the layer dense and reports `RESULTS.least_squares_nonfinite`; a singular one (`damp=0` with fewer
+overflowed) leaves the layer dense and reports `RESULTS.least_squares_nonfinite`; a singular one (`damping=0` with fewer
 independent calibration inputs than the layer's width: Cholesky fails) is whitened by the square root
 `Q₊Λ₊^{1/2}` of its positive eigenpairs instead — the minimum-norm optimum — and reports
 `RESULTS.least_squares_rank_deficient`; a factorised model with NaN or inf reports `RESULTS.nonfinite_result`.
@@ -19,14 +19,15 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
-from .._adapters.eqx_nn import sequential_from_chain
 from .._errors import RESULTS, check_bool, check_fraction, combine, raise_if_failed
-from .._info import CompressionInfo, compression_info
-from .._network import DenseChain, refuse_gated
-from .._reconstruct import result_status
+from .._methods.base import chain_and_data
+from .._methods.registry import Compressor, register_compressor
+from .._model.eqx_nn import sequential_from_chain
+from .._model.network import DenseChain, refuse_gated
+from .._reconstruction.reconstruct import result_status
+from .._results.info import CompressionInfo, compression_info
 from .._sites.compress import over_sites
-from ._obs import DEFAULT_DAMP, centred_gram, check_damp
-from ._structured import chain_and_data
+from ._obs import DEFAULT_DAMPING, centred_gram, check_damping
 
 
 def break_even_rank(m: int, n: int) -> int:
@@ -34,12 +35,12 @@ def break_even_rank(m: int, n: int) -> int:
     return max((m * n - 1) // (m + n), 0)
 
 
-def whitened_factors(w: ArrayLike, b: ArrayLike, a: ArrayLike, r: int, damp: float):
+def whitened_factors(w: ArrayLike, b: ArrayLike, a: ArrayLike, r: int, damping: float):
     """`((V, U, b̃), result)` with `W̃ = U V` the best rank-`r` map on the inputs `a` (module docs); `V`: (r, n),
     `U`: (m, r). `result` is `RESULTS.least_squares_rank_deficient` when the Gram matrix is singular (then `V` is
     `V_rᵀ Λ₊^{-1/2} Q₊ᵀ`, the minimum-norm choice); when it holds NaN or inf, `(None, least_squares_nonfinite)`."""
     w, b = np.asarray(w, np.float64), np.asarray(b, np.float64)
-    h = centred_gram(a, damp)
+    h = centred_gram(a, damping)
     if not np.all(np.isfinite(h)):
         return None, RESULTS.least_squares_nonfinite
     try:
@@ -67,7 +68,7 @@ def lowrank(
     x_calib: Float[ArrayLike, "batch in"],
     sparsity: float,
     *,
-    damp: float = DEFAULT_DAMP,
+    damping: float = DEFAULT_DAMPING,
     throw: bool = True,
 ) -> tuple[Any, CompressionInfo]:
     """Replace every layer by its activation-whitened best low-rank factorisation (SVD-LLM).
@@ -82,7 +83,7 @@ def lowrank(
     - `model`: an `eqx.nn.MLP`, `eqx.nn.Sequential`, `LumpedMLP` or NNX chain; not modified.
     - `x_calib`: calibration inputs `(batch, n_0)`.
     - `sparsity`: in `[0, 1)`: how far below the break-even rank each layer goes.
-    - `damp`: Gram damping relative to its mean diagonal (default 0.01).
+    - `damping`: Gram damping relative to its mean diagonal (default 0.01).
     - `throw`: raise a `jaxlump.CompressionError` naming the failed stage (default); `False` returns the result with
       `info.result` set instead (module docs: NaN/inf or singular Gram matrices, a non-finite result).
 
@@ -92,7 +93,7 @@ def lowrank(
     `partitions` are the original hidden layers' (every neuron is kept: the bottlenecks are new layers),
     `widths_after` the new chain's widths.
 
-    **Raises:** `ValueError` for a sparsity outside `[0, 1)`, a negative `damp`, or missing/bad `x_calib`;
+    **Raises:** `ValueError` for a sparsity outside `[0, 1)`, a negative `damping`, or missing/bad `x_calib`;
     `CompressionError` for a failed stage when `throw=True`.
 
     The shared least-squares reconstruction does not apply (the depth changes); the factorisation is already the
@@ -111,7 +112,7 @@ def lowrank(
     Compression*, ICLR 2025.
     """
     sparsity = check_fraction(sparsity, "sparsity")
-    damp, throw = check_damp(damp), check_bool(throw, "throw")
+    damping, throw = check_damping(damping), check_bool(throw, "throw")
     chain, x = chain_and_data(model, x_calib, required=True, why="by lowrank")
     refuse_gated(chain, "model", "jaxlump.baselines.lowrank")
     _, acts = chain.forward(x)
@@ -122,7 +123,7 @@ def lowrank(
         r_star = break_even_rank(*w.shape)
         r = max(1, int((1 - sparsity) * r_star))
         factors, result = (
-            (None, RESULTS.successful) if sparsity == 0 or r_star == 0 else whitened_factors(w, b, acts[l], r, damp)
+            (None, RESULTS.successful) if sparsity == 0 or r_star == 0 else whitened_factors(w, b, acts[l], r, damping)
         )
         results.append(result)
         if factors is None:  # kept dense
@@ -145,3 +146,13 @@ def lowrank(
     if new_chain.n_layers == chain.n_layers:  # nothing factorised: the model itself
         return model, info
     return (new_chain if isinstance(model, DenseChain) else sequential_from_chain(new_chain)), info
+
+
+_DEEPER = (
+    "it keeps every hidden neuron and replaces each layer by a rank-r factorisation, adding a bottleneck layer, so "
+    "its result has no hidden widths to match"
+)
+
+# fmt: off
+register_compressor(Compressor("lowrank", lowrank, "sparsity", "s ∈ [0, 1): how far below its break-even rank each layer's activation-whitened factorisation goes (SVD-LLM); larger s, lower rank", structured=True, needs_data=True, no_widths=_DEEPER))  # noqa: E501
+# fmt: on

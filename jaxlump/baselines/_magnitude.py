@@ -3,7 +3,8 @@
 from typing import Any
 
 from .._custom_types import Calibration
-from .._info import CompressionInfo
+from .._methods.registry import WEIGHT_SPARSITY, Compressor, register_compressor
+from .._results.info import CompressionInfo
 from .._sites.compress import over_sites
 from ._masks import apply_masks, check_flag, finish, prepare, prunable_layers, select_lowest
 
@@ -64,3 +65,8 @@ def magnitude(
     keep = select_lowest(scores, sparsity, scope)
     new_chain = apply_masks(chain, keep)
     return finish("magnitude", model, chain, new_chain, keep, sparsity, x, throw)
+
+
+# fmt: off
+register_compressor(Compressor("magnitude", magnitude, "sparsity", WEIGHT_SPARSITY + ", smallest |W| first, per layer by default (biases and the output layer are kept, so magnitude(m, x, 0.5) keeps 55.7 % of the non-zeros of a 7→64→64→7 MLP)", structured=False, needs_data=False))  # noqa: E501
+# fmt: on

@@ -23,7 +23,6 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._adapters import from_chain, to_chain
 from .._errors import (
     RESULTS,
     check_bool,
@@ -34,8 +33,9 @@ from .._errors import (
     is_traced,
     raise_if_failed,
 )
-from .._info import CompressionInfo, compression_info
-from .._network import DenseChain, refuse_gated
+from .._model import from_chain, to_chain
+from .._model.network import DenseChain, refuse_gated
+from .._results.info import CompressionInfo, compression_info
 
 SCOPES = ("global", "layer", "row")
 

@@ -3,19 +3,19 @@ merge-based structured baseline shares: per-layer Gram matrices, the layer loop 
 fixed-shape result, the shared reconstruction and the physical shrink.
 
 For a hidden layer with centred calibration activations `A_c` (N × n), `H = A_cᵀA_c + λI` with
-`λ = damp · mean(diag A_cᵀA_c)` (ZipLM's, SparseGPT's and OSSCAR's 1 %), and the next layer's weight `W` (m × n),
+`λ = damping · mean(diag A_cᵀA_c)` (ZipLM's, SparseGPT's and OSSCAR's 1 %), and the next layer's weight `W` (m × n),
 keeping the set `S` and refitting the next layer by least squares gives (reference §1.2)
 
     W̃_S = W_S + W_R H_RS H_SS⁻¹,    E(S) = tr(W_R [(H⁻¹)_RR]⁻¹ W_Rᵀ),
 
 so every selector below only chooses `S`; the weights always come from the one shared reconstruction
-(`jaxlump._reconstruct.reconstruct_chain`), which solves exactly this least-squares problem layer by layer through
-the compressed network.
+(`jaxlump._reconstruction.reconstruct.reconstruct_chain`), which solves exactly this least-squares problem layer by
+layer through the compressed network.
 
 Failures are checked, not assumed (`info.result`, raised with `throw=True`), in pipeline order: the selection
 (`RESULTS.selection_nonfinite` when the Gram matrices or scores that choose the neurons are NaN or inf — the
 activations overflowed on the calibration data, so the choice means nothing; `RESULTS.selection_singular`
-when OBS's `H⁻¹` does not exist, `damp=0` on rank-deficient activations), the merge or prune itself
+when OBS's `H⁻¹` does not exist, `damping=0` on rank-deficient activations), the merge or prune itself
 (`RESULTS.nonfinite_result`), then the reconstruction (`RESULTS.least_squares_rank_deficient`,
 `RESULTS.least_squares_nonfinite`).
 """
@@ -28,18 +28,19 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
-from .._adapters import from_chain
 from .._errors import RESULTS, check_bool, combine, finite_result, raise_if_failed
-from .._info import CompressionInfo, compression_info
-from .._network import DenseChain
-from .._reconstruct import DEFAULT_RIDGE, reconstruct_chain, result_status
-from .._reduction.masked import shrink
-from .._reduction.quotient import quotient
+from .._methods.base import Fractions, chain_and_data, check_sparsity, knob_number, layer_knob
+from .._methods.registry import NEURON_SPARSITY, Compressor, register_compressor
+from .._model import from_chain
+from .._model.network import DenseChain
+from .._reconstruction.masked import shrink
+from .._reconstruction.quotient import quotient
+from .._reconstruction.reconstruct import DEFAULT_RIDGE, reconstruct_chain, result_status
+from .._results.info import CompressionInfo, compression_info
 from .._sites.compress import over_sites
 from ._masks import check_flag
-from ._structured import Fractions, chain_and_data, check_sparsity, knob_number, layer_knob
 
-DEFAULT_DAMP = 0.01
+DEFAULT_DAMPING = 0.01
 
 _quotient = eqx.filter_jit(quotient)
 _reconstruct = eqx.filter_jit(reconstruct_chain)
@@ -55,11 +56,11 @@ def kept_count(n: int, sparsity: float) -> int:
     return n - int(n * sparsity)
 
 
-def check_damp(damp) -> float:
-    damp = float(damp)
-    if not np.isfinite(damp) or damp < 0:
-        raise ValueError(f"`damp` must be a finite number >= 0; received {damp!r}.")
-    return damp
+def check_damping(damping) -> float:
+    damping = float(damping)
+    if not np.isfinite(damping) or damping < 0:
+        raise ValueError(f"`damping` must be a finite number >= 0; received {damping!r}.")
+    return damping
 
 
 def check_ridge(ridge) -> float:
@@ -69,14 +70,14 @@ def check_ridge(ridge) -> float:
     return ridge
 
 
-def centred_gram(a, damp: float = DEFAULT_DAMP) -> np.ndarray:
-    """`A_cᵀA_c + damp · mean(diag) · I` in float64 (`A_c`: the columns of `a` minus their means)."""
+def centred_gram(a, damping: float = DEFAULT_DAMPING) -> np.ndarray:
+    """`A_cᵀA_c + damping · mean(diag) · I` in float64 (`A_c`: the columns of `a` minus their means)."""
     a = np.asarray(a, np.float64)
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported by the callers' finiteness checks
         a = a - a.mean(axis=0)
         h = a.T @ a
         scale = float(np.mean(np.diag(h))) if h.size else 0.0
-        return h + damp * (scale if scale > 0 else 1.0) * np.eye(h.shape[0])
+        return h + damping * (scale if scale > 0 else 1.0) * np.eye(h.shape[0])
 
 
 def positive_definite(h: np.ndarray) -> bool:
@@ -168,7 +169,7 @@ def select_layers(
     selector: Callable[[np.ndarray, np.ndarray, int], np.ndarray],
     sparsity: Fractions,
     *,
-    damp: float,
+    damping: float,
     sequential: bool,
     reconstruct: bool,
     ridge: float,
@@ -179,8 +180,8 @@ def select_layers(
     `sequential=False` (parallel): `H` from the original network's activations. `sequential=True`: layer `l`'s `H`
     comes from the network with layers `< l` already pruned (and, with `reconstruct`, refit against the original),
     as in ZipLM's and SparseGPT's sequential mode. A layer whose `H` is not finite keeps its first `k` neurons and
-    the result is `RESULTS.selection_nonfinite`; one whose `H` the selector finds singular (`damp=0` on
-    rank-deficient activations: it raises `LinAlgError`) is selected on `H` damped by `DEFAULT_DAMP` instead and
+    the result is `RESULTS.selection_nonfinite`; one whose `H` the selector finds singular (`damping=0` on
+    rank-deficient activations: it raises `LinAlgError`) is selected on `H` damped by `DEFAULT_DAMPING` instead and
     the result is `RESULTS.selection_singular`. A failed intermediate refit of the sequential mode (a rank-deficient
     or non-finite solve) is reported too: the later layers were selected on its activations.
     """
@@ -197,7 +198,7 @@ def select_layers(
         k = kept_count(n, layer_knob(sparsity, l - 1))
         if k == n:
             continue
-        h, w = centred_gram(acts[l - 1], damp), np.asarray(chain.weights[l])
+        h, w = centred_gram(acts[l - 1], damping), np.asarray(chain.weights[l])
         results.append(selection_status(h))
         if not np.all(np.isfinite(h)):
             keep = np.arange(n) < k
@@ -205,7 +206,7 @@ def select_layers(
             try:
                 keep = selector(h, w, k)
             except np.linalg.LinAlgError:
-                keep = selector(centred_gram(acts[l - 1], DEFAULT_DAMP), w, k)
+                keep = selector(centred_gram(acts[l - 1], DEFAULT_DAMPING), w, k)
                 results.append(RESULTS.selection_singular)
         labels[l - 1] = pruning_labels(keep)
     return labels, combine(*results)
@@ -258,21 +259,23 @@ def finish(
     return shrink(from_chain(masked, like=model), info)
 
 
-def prepare(model, x_calib, sparsity, damp, ridge, reconstruct, *, required: bool = True, why: str = ""):
-    """Validate the shared arguments; returns `(chain, x, sparsity, damp, ridge)`."""
+def prepare(model, x_calib, sparsity, damping, ridge, reconstruct, *, required: bool = True, why: str = ""):
+    """Validate the shared arguments; returns `(chain, x, sparsity, damping, ridge)`."""
     sparsity = check_sparsity(sparsity, model)
     check_flag(reconstruct, "reconstruct")
     chain, x = chain_and_data(model, x_calib, required=required or reconstruct, why=why or "by this method")
-    return chain, x, sparsity, check_damp(damp), check_ridge(ridge)
+    return chain, x, sparsity, check_damping(damping), check_ridge(ridge)
 
 
-def prune_by_selector(method: str, selector, model, x_calib, sparsity, *, sequential, damp, reconstruct, ridge, throw):
+def prune_by_selector(
+    method: str, selector, model, x_calib, sparsity, *, sequential, damping, reconstruct, ridge, throw
+):
     """A selection baseline once its own options are checked: `prepare`, `select_layers`, `finish`."""
-    chain, x, sparsity, damp, ridge = prepare(model, x_calib, sparsity, damp, ridge, reconstruct)
+    chain, x, sparsity, damping, ridge = prepare(model, x_calib, sparsity, damping, ridge, reconstruct)
     check_flag(sequential, "sequential")
     check_flag(throw, "throw")
     labels, selection = select_layers(
-        chain, x, selector, sparsity, damp=damp, sequential=sequential, reconstruct=reconstruct, ridge=ridge
+        chain, x, selector, sparsity, damping=damping, sequential=sequential, reconstruct=reconstruct, ridge=ridge
     )
     method += "_sequential" if sequential else ""
     options = dict(reconstruct=reconstruct, ridge=ridge, selection=selection, throw=throw)
@@ -286,7 +289,7 @@ def obs_prune(
     sparsity: float | Sequence[float],
     *,
     sequential: bool = False,
-    damp: float = DEFAULT_DAMP,
+    damping: float = DEFAULT_DAMPING,
     reconstruct: bool = True,
     ridge: float = DEFAULT_RIDGE,
     throw: bool = True,
@@ -305,7 +308,7 @@ def obs_prune(
       `structured_prune`).
     - `sequential`: compute each layer's `H` through the already-compressed network (ZipLM's sequential mode);
       default `False` (every layer from the original network's activations).
-    - `damp`: the Gram damping relative to its mean diagonal (default 0.01, ZipLM's).
+    - `damping`: the Gram damping relative to its mean diagonal (default 0.01, ZipLM's).
     - `reconstruct`: refit every layer with the shared least-squares reconstruction (default `True`: OBS's update
       *is* this refit); `False` keeps the surviving weights unchanged (selection alone).
     - `ridge`: the reconstruction's ridge (see `jaxlump.reconstruct`).
@@ -316,7 +319,7 @@ def obs_prune(
     **Returns:** `(new_model, info)`, physically smaller; `info.partitions` maps kept neurons to their new index and
     removed ones to −1, `info.knob` is `sparsity` (NaN when given per layer).
 
-    **Raises:** `ValueError` for a sparsity outside `[0, 1)`, a negative `damp`/`ridge`, or missing, non-finite or
+    **Raises:** `ValueError` for a sparsity outside `[0, 1)`, a negative `damping`/`ridge`, or missing, non-finite or
     wrongly sized `x_calib`; `TypeError` for an unsupported model; `CompressionError` for a failed stage when
     `throw=True`.
 
@@ -333,5 +336,10 @@ def obs_prune(
     Kurtic, Frantar, Alistarh, *ZipLM: Inference-Aware Structured Pruning of Language Models*, NeurIPS 2023;
     Frantar & Alistarh, *Optimal Brain Compression*, NeurIPS 2022.
     """
-    options = dict(sequential=sequential, damp=damp, reconstruct=reconstruct, ridge=ridge, throw=throw)
+    options = dict(sequential=sequential, damping=damping, reconstruct=reconstruct, ridge=ridge, throw=throw)
     return prune_by_selector("obs_prune", obs_select, model, x_calib, sparsity, **options)
+
+
+# fmt: off
+register_compressor(Compressor("obs_prune", obs_prune, "sparsity", NEURON_SPARSITY + ", one at a time by the smallest refit-aware error (structured OBS, ZipLM), then reconstructed", structured=True, needs_data=True, per_layer=True))  # noqa: E501
+# fmt: on

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
-from .._adapters import to_chain
 from .._errors import check_data
-from .._network import ACTIVATIONS, refuse_gated
+from .._model import to_chain
+from .._model.network import ACTIVATIONS, refuse_gated
 from ._obs import centred_gram, hidden_activations
 
 MAX_ENUMERATION_WIDTH = 16

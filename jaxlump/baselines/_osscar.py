@@ -15,10 +15,11 @@ from typing import Any
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
-from .._info import CompressionInfo
-from .._reconstruct import DEFAULT_RIDGE
+from .._methods.registry import NEURON_SPARSITY, Compressor, register_compressor
+from .._reconstruction.reconstruct import DEFAULT_RIDGE
+from .._results.info import CompressionInfo
 from .._sites.compress import over_sites
-from ._obs import DEFAULT_DAMP, obs_select, prune_by_selector
+from ._obs import DEFAULT_DAMPING, obs_select, prune_by_selector
 
 
 def swap_gains(h: np.ndarray, w: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -74,7 +75,7 @@ def osscar_prune(
     *,
     max_swaps: int | None = None,
     sequential: bool = False,
-    damp: float = DEFAULT_DAMP,
+    damping: float = DEFAULT_DAMPING,
     reconstruct: bool = True,
     ridge: float = DEFAULT_RIDGE,
     throw: bool = True,
@@ -111,5 +112,10 @@ def osscar_prune(
     def selector(h, w, k):
         return local_search(h, w, obs_select(h, w, k), h.shape[0] if max_swaps is None else max_swaps)
 
-    options = dict(sequential=sequential, damp=damp, reconstruct=reconstruct, ridge=ridge, throw=throw)
+    options = dict(sequential=sequential, damping=damping, reconstruct=reconstruct, ridge=ridge, throw=throw)
     return prune_by_selector("osscar_prune", selector, model, x_calib, sparsity, **options)
+
+
+# fmt: off
+register_compressor(Compressor("osscar_prune", osscar_prune, "sparsity", NEURON_SPARSITY + ", chosen by OSSCAR's swap local search on the refit error, then reconstructed", structured=True, needs_data=True, per_layer=True))  # noqa: E501
+# fmt: on

@@ -12,12 +12,13 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
-from .._adapters import from_chain
 from .._errors import check_bool, check_eps, is_per_layer, require_concrete
-from .._info import CompressionInfo
-from .._network import DenseChain, refuse_gated
+from .._methods.base import SURGERY, chain_and_data, finish_structured, layer_knob
+from .._methods.registry import RELU_FAMILY, Compressor, register_compressor
+from .._model import from_chain
+from .._model.network import DenseChain, refuse_gated
+from .._results.info import CompressionInfo
 from .._sites.compress import over_sites
-from ._structured import SURGERY, chain_and_data, finish_structured, layer_knob
 
 POSITIVELY_HOMOGENEOUS = ("relu", "leaky_relu", "identity")
 _MAX_BLOCK_ENTRIES = 2**22  # entries of one (rows, n, d) block of pairwise differences
@@ -109,7 +110,7 @@ def proportional_lump(
 
     ```python
     import jax, jax.numpy as jnp, jax.random as jr
-    from jaxlump._network import DenseChain
+    from jaxlump._model.network import DenseChain
     from jaxlump.baselines._proportional import proportional_lump
 
     w1 = jr.normal(jr.key(0), (3, 2))
@@ -154,3 +155,8 @@ def proportional_lump(
     weights, biases = tuple(map(jnp.asarray, weights)), tuple(map(jnp.asarray, biases))
     new_model = from_chain(DenseChain(weights, biases, chain.activations, chain.use_bias), like=model)
     return finish_structured("proportional_lump", tol, model, new_model, chain.widths, partitions, x, throw)
+
+
+# fmt: off
+register_compressor(Compressor("proportional_lump", proportional_lump, "tol", "distance tol ∈ [0, √2) between normalised incoming rows; tol = 0 merges exactly proportional neurons, larger tol merges more", structured=True, needs_data=False, knob_range=(0.0, 1.414), activations=(*RELU_FAMILY, "identity"), per_layer=True))  # noqa: E501
+# fmt: on

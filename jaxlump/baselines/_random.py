@@ -7,7 +7,8 @@ import jax.random as jr
 from jaxtyping import PRNGKeyArray
 
 from .._custom_types import Calibration
-from .._info import CompressionInfo
+from .._methods.registry import WEIGHT_SPARSITY, Compressor, register_compressor
+from .._results.info import CompressionInfo
 from .._sites.compress import over_sites
 from ._masks import apply_masks, check_flag, finish, prepare, prunable_layers, select_lowest
 
@@ -77,3 +78,8 @@ def random(
     keep = select_lowest(scores, sparsity, scope)
     new_chain = apply_masks(chain, keep)
     return finish("random", model, chain, new_chain, keep, sparsity, x, throw)
+
+
+# fmt: off
+register_compressor(Compressor("random", random, "sparsity", WEIGHT_SPARSITY + ", uniformly at random (pass `key=`)", structured=False, needs_data=False))  # noqa: E501
+# fmt: on

@@ -7,8 +7,9 @@ import jax.numpy as jnp
 
 from .._custom_types import Calibration
 from .._errors import check_choice
-from .._info import CompressionInfo
-from .._network import DenseChain
+from .._methods.registry import WEIGHT_SPARSITY, Compressor, register_compressor
+from .._model.network import DenseChain
+from .._results.info import CompressionInfo
 from .._sites.compress import over_sites
 from ._masks import apply_masks, check_flag, finish, prepare, prunable_layers, select_lowest
 
@@ -110,3 +111,8 @@ def wanda(
             inputs = apply_masks(_single_layer(chain, l), [keep], [update])(inputs)
     new_chain = apply_masks(chain, keep_masks, bias_updates)
     return finish("wanda", model, chain, new_chain, keep_masks, sparsity, x, throw)
+
+
+# fmt: off
+register_compressor(Compressor("wanda", wanda, "sparsity", WEIGHT_SPARSITY + ", smallest |W|·‖X‖ first", structured=False, needs_data=True))  # noqa: E501
+# fmt: on

@@ -1,0 +1,419 @@
+"""Structured compressors built on refit-aware costs: `merge_or_remove` and `lump_then_select`.
+
+Both cut greedy paths (`jaxlump._methods.greedy.greedy_path`): per hidden layer, the sequence of cheapest
+operations under the next layer's least-squares refit — remove a neuron (structured OBS, ZipLM's rule) or,
+when allowed, merge two (mean-in / sum-out) among each neuron's candidate partners — with the costs kept
+exact after every step (`jaxlump._methods.greedy`'s rank-one updates). The result is then
+built as a quotient (removed neurons dropped, merged ones averaged in / summed out) and reconstructed against
+the original by the shared least-squares refit (`jaxlump.reconstruct`), which also computes the certificate.
+"""
+
+import dataclasses
+from collections.abc import Sequence
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._criteria.discrepancy import AbstractDiscrepancy, Structural
+from .._criteria.merge_cost import check_damping, initial_state, layer_inputs
+from .._errors import (
+    RESULTS,
+    UnreachableTargetError,
+    check_bool,
+    check_data,
+    check_eps,
+    combine,
+    finite_result,
+    raise_if_failed,
+)
+from .._model import from_chain, to_chain
+from .._reconstruction.masked import shrink
+from .._reconstruction.quotient import quotient
+from .._reconstruction.reconstruct import DEFAULT_RIDGE, reconstruct
+from .._results.accounting import widths_dense_params
+from .._sites.compress import over_sites
+from .base import check_sparsity, fraction_for, knob_number, layer_knob, structured_info
+from .greedy import Path, check_candidates, greedy_path
+from .lump import lump, widths_at_layer_eps
+from .registry import Compressor, register_compressor
+
+DEFAULT_CANDIDATES = 16
+
+
+def layer_paths(chain, x, *, merge: bool, damping: float, candidates: int | None = DEFAULT_CANDIDATES):
+    """One greedy path per hidden layer, on the network's own activations on `x` (parallel mode); merges are
+    considered between each slot and its `candidates` most promising partners (`None`: all pairs).
+
+    The paths are computed in float64 whatever the model's dtype (the result is only labels and errors): the
+    rank-one downdates lose a float32 fit once near-duplicate neurons have merged (a trained float32 network gave
+    NaN costs), as lumping computes low-precision models in float32."""
+    with jax.enable_x64(True):
+        chain64 = jax.tree.map(lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, chain)
+        zs, acts = layer_inputs(chain64, jnp.asarray(x, jnp.float64))
+        paths = []
+        for l in range(1, chain.n_layers):
+            state, problem = initial_state(
+                zs[l - 1],
+                acts[l - 1],
+                chain64.weights[l],
+                chain.activations[l - 1],
+                centre=chain.use_bias[l],
+                damping=damping,
+                gated=chain.gated[l - 1],
+            )
+            path = greedy_path(state, problem, merge, candidates=candidates)
+            paths.append(Path(*(np.asarray(a) for a in (path.labels, path.merged, path.cumulative))))
+    return tuple(paths)
+
+
+def paths_result(paths) -> RESULTS:
+    """`RESULTS.selection_nonfinite` when a path's costs are NaN or inf (an overflow), else `successful`."""
+    return finite_result([p.cumulative for p in paths], RESULTS.selection_nonfinite)
+
+
+def steps_within(path: Path, eps) -> int:
+    """How many leading steps of `path` keep the next layer's relative refit error ≤ ε."""
+    return int(np.sum(np.maximum.accumulate(np.asarray(path.cumulative)) <= float(eps)))
+
+
+def steps_to_sparsity(path: Path, sparsity: float) -> int:
+    """Steps that remove the fraction `sparsity` of the layer's neurons (`int(n · s)`, at least one stays)."""
+    n = path.labels.shape[1]
+    return min(int(n * sparsity), n - 1)
+
+
+def labels_after(path: Path, steps: int) -> np.ndarray:
+    n = path.labels.shape[1]
+    return np.arange(n) if steps == 0 else np.asarray(path.labels[steps - 1])
+
+
+def finish(model, x, partitions, method: str, knob, ridge: float, result=RESULTS.successful, throw: bool = True):
+    """The quotient of `model` under `partitions` (representative labels over its own neurons, `-1`: removed),
+    reconstructed against `model` in fixed shape (one compilation per network shape), then shrunk. `result`:
+    the earlier stages' outcome; `info.result` is the first failure, raised with `throw`."""
+    chain = to_chain(model)
+    labels = tuple(jnp.asarray(p, jnp.int32) for p in partitions)
+    masked = from_chain(quotient(chain, labels, chain.widths[1:-1]), like=model)
+    info = structured_info(method, knob, model, masked, chain.widths, labels, x)
+    info = dataclasses.replace(info, result=combine(result, info.result))
+    refit, info = reconstruct(model, masked, x, info, ridge=ridge, throw=False)
+    small, info = shrink(refit, dataclasses.replace(info, method=method))
+    return raise_if_failed(info.result, small, throw, f"jaxlump.{method}"), info
+
+
+def compress_along(model, x, paths, steps, method: str, knob, ridge: float, throw: bool = True):
+    """Cut every layer's path after `steps[l]` operations, then `finish`."""
+    partitions = [labels_after(p, s) for p, s in zip(paths, steps)]
+    return finish(model, x, partitions, method, knob, ridge, paths_result(paths), throw)
+
+
+def representatives(labels: np.ndarray) -> np.ndarray:
+    """Compact labels (block ids, `-1`: removed) as representative labels: each block's first member."""
+    labels = np.asarray(labels)
+    first = {}
+    for i, b in enumerate(labels.tolist()):
+        first.setdefault(b, i)
+    return np.asarray([first[b] if b >= 0 else -1 for b in labels.tolist()])
+
+
+def _prepare(model, x_calib, merge, damping, candidates, throw):
+    check_bool(merge, "merge")
+    chain = to_chain(model)
+    x = check_data(x_calib, "x_calib", width=chain.widths[0]).astype(chain.weights[0].dtype)
+    return chain, x, check_damping(damping), check_candidates(candidates), check_bool(throw, "throw")
+
+
+@over_sites
+def merge_or_remove(
+    model,
+    x_calib,
+    eps,
+    *,
+    merge: bool = True,
+    candidates: int | None = DEFAULT_CANDIDATES,
+    damping: float = 1e-3,
+    ridge: float = DEFAULT_RIDGE,
+    throw: bool = True,
+):
+    """Compress by greedy refit-aware merging or removal of neurons, while the refit error stays within ε.
+
+    Per hidden layer l, repeatedly apply the operation — merge two neurons (mean-in / sum-out) or remove one —
+    whose refit-aware cost is smallest under the current state (`jaxlump.RefitAware`'s closed form, kept exact
+    after every step by rank-one updates of the inverse Gram and the refit), and stop before the first step
+    that would make the next layer's
+    least-squares refit error exceed ε: `sqrt(E_l / N) ≤ ε · scale_l`, with `scale_l = mean_j rms(a_j)
+    ‖W^{l+1}_{:,j}‖₂` (a typical neuron's RMS contribution to the next layer). One ε for every layer, so
+    widths go where they cost least. Then the shared least-squares reconstruction against the original.
+    With `merge=False` the path is structured OBS (ZipLM's greedy elimination, parallel mode). ε = 0 removes
+    or merges only what costs exactly nothing (neurons whose pre-activations coincide on the data).
+
+    **Arguments:**
+
+    - `model`: an `eqx.nn.MLP`, `eqx.nn.Sequential`, `LumpedMLP` or NNX chain; it is not modified.
+    - `x_calib`: calibration inputs `(batch, n_in)` (required).
+    - `eps`: the tolerance ε ≥ 0 on each layer's relative refit error.
+    - `merge`: allow merges (default) — `False` gives pure structured OBS.
+    - `candidates`: merges are considered between each neuron and its `candidates` partners of smallest
+      initial merge cost (a merged neuron's list is refreshed: its cheapest partners at that step); default 16.
+      `None` considers all pairs (the exact greedy; memory `O(n² (N + n + m))`). Exact duplicates cost 0, so
+      they are always candidates.
+    - `damping`: the Gram damping λ relative to its mean diagonal (ZipLM's; default `1e-3`).
+    - `ridge`: the final reconstruction's ridge (see `jaxlump.reconstruct`).
+    - `throw`: raise a `jaxlump.CompressionError` naming the failed stage (the selection: non-finite merge
+      costs; the least-squares refit); `False` returns the result with `info.result` set instead.
+
+    **Returns:** `(smaller_model, info)`; `info.partitions` maps each original neuron to its compressed neuron
+    (`-1`: removed, shared: merged), `info.certificate` is the reconstruction's measured certificate.
+
+    **Raises:** `ValueError` for ε < 0 or NaN, `damping ≤ 0`, `candidates` not an integer ≥ 1 or None,
+    missing or malformed `x_calib`; `CompressionError` for a failed stage when `throw=True`.
+
+    Cost per layer of width n (N calibration inputs, m next-layer neurons, k candidates): one all-pairs kernel
+    `O(N n² (n + m))`, then per step `O(n k (N + n + m))` for the candidates' updates plus, after a merge,
+    `O(N n (n + m) + n³)` for the merged neuron's pairs — `O(n² (k (N + n + m) + N (n + m) + n²))` in all.
+
+    ```python
+    import equinox as eqx, jax.numpy as jnp, jax.random as jr, jaxlump
+    mlp = eqx.nn.MLP(3, 2, 16, 2, activation=jnp.tanh, key=jr.key(0))
+    x = jr.normal(jr.key(1), (256, 3))
+    small, info = jaxlump.merge_or_remove(mlp, x, 0.3)
+    exact, exact_info = jaxlump.merge_or_remove(mlp, x, 0.3, candidates=None)
+    assert info.widths_after.tolist()[1:-1] == exact_info.widths_after.tolist()[1:-1]  # 15 < 16: all pairs
+    same, same_info = jaxlump.merge_or_remove(mlp, x, 0.0)
+    assert same_info.widths_after.tolist() == [3, 16, 16, 2]
+    ```
+
+    Reference: Kurtic, Frantar, Alistarh, *ZipLM*, NeurIPS 2023 (the removal step); Dhiman et al., arXiv
+    2606.01402 (2026) (the merge operator and ε).
+    """
+    chain, x, damping, candidates, throw = _prepare(model, x_calib, merge, damping, candidates, throw)
+    eps = float(check_eps(eps))
+    paths = layer_paths(chain, x, merge=bool(merge), damping=damping, candidates=candidates)
+    steps = [steps_within(p, eps) for p in paths]
+    return compress_along(model, x, paths, steps, "merge_or_remove", eps, ridge, throw)
+
+
+def merge_or_remove_to_size(
+    model,
+    x_calib,
+    max_params: int,
+    *,
+    merge: bool = True,
+    candidates: int | None = DEFAULT_CANDIDATES,
+    damping: float = 1e-3,
+    ridge: float = DEFAULT_RIDGE,
+    throw: bool = True,
+):
+    """`merge_or_remove` at the smallest ε whose result has the most dense parameters within `max_params`.
+
+    The greedy paths are computed once; a layer's width is a step function of ε that changes only where ε
+    crosses one of its path's running-maximum errors, so every reachable size is found by evaluating those
+    breakpoints (no bisection, one reconstruction). `merge_or_remove(model, x_calib, info.knob, ...)` with the
+    same options gives the same result. `jaxlump.baselines.compress_to(model, "merge_or_remove", target, x)`
+    uses it for counts and fractions. Raises `jaxlump.UnreachableTargetError` (a `ValueError`) when even the
+    smallest result exceeds `max_params`.
+    """
+    chain, x, damping, candidates, throw = _prepare(model, x_calib, merge, damping, candidates, throw)
+    paths = layer_paths(chain, x, merge=bool(merge), damping=damping, candidates=candidates)
+    widths = chain.widths
+
+    def size(eps: float) -> int:
+        hidden = [n - steps_within(p, eps) for n, p in zip(widths[1:-1], paths)]
+        return widths_dense_params((widths[0], *hidden, widths[-1]), chain.use_bias, chain.gated)
+
+    breakpoints = np.unique(np.concatenate([[0.0], *(np.maximum.accumulate(np.asarray(p.cumulative)) for p in paths)]))
+    breakpoints = breakpoints[np.isfinite(breakpoints)]
+    sizes = [(size(e), -e) for e in breakpoints.tolist()]
+    fitting = [entry for entry in sizes if entry[0] <= max_params]
+    if not fitting:
+        raise UnreachableTargetError(
+            f"`max_params` (the size target): merge_or_remove cannot go below {sizes[-1][0]} "
+            f"dense parameters (one neuron per hidden layer); received {max_params}.",
+            sizes[-1][0],
+        )
+    eps = -max(fitting)[1]
+    steps = [steps_within(p, eps) for p in paths]
+    return compress_along(model, x, paths, steps, "merge_or_remove", eps, ridge, throw)
+
+
+def merge_or_remove_to_widths(
+    model,
+    x_calib,
+    hidden: tuple[int, ...],
+    *,
+    merge: bool = True,
+    candidates: int | None = DEFAULT_CANDIDATES,
+    damping: float = 1e-3,
+    ridge: float = DEFAULT_RIDGE,
+    throw: bool = True,
+):
+    """`merge_or_remove` with each hidden layer's greedy path cut where it reaches the width `hidden[l]` (each path
+    removes or merges one neuron per step, so every width from 1 to the original is reached exactly); options as
+    `merge_or_remove`. `jaxlump.baselines.compress_to` uses it for widths targets. Returns `(model, info)` and the
+    per-layer ε: each layer's relative refit error at its cut (the ε that layer alone would need), `info.knob`
+    being NaN (no one ε cuts every layer there)."""
+    chain, x, damping, candidates, throw = _prepare(model, x_calib, merge, damping, candidates, throw)
+    paths = layer_paths(chain, x, merge=bool(merge), damping=damping, candidates=candidates)
+    steps = [max(0, min(n - w, n - 1)) for n, w in zip(chain.widths[1:-1], hidden)]
+    errors = tuple(float(np.max(p.cumulative[:s])) if s else 0.0 for p, s in zip(paths, steps))
+    return compress_along(model, x, paths, steps, "merge_or_remove", np.nan, ridge, throw), errors
+
+
+def merge_or_remove_widths(model, x_calib, hidden, search, **options):
+    """`Compressor.to_widths` of `merge_or_remove`: every greedy path cut at its width (`search` is not needed)."""
+    del search
+    return (*merge_or_remove_to_widths(model, x_calib, hidden, **options), ())
+
+
+def compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
+    """Labels of the original neurons after `inner` (original → intermediate) then `outer` (intermediate → final)."""
+    inner, outer = np.asarray(inner), np.asarray(outer)
+    return np.where(inner >= 0, outer[np.maximum(inner, 0)], -1)
+
+
+@over_sites
+def lump_then_select(
+    model,
+    x_calib,
+    sparsity: float | Sequence[float],
+    *,
+    eps: float = 0.5,
+    discrepancy: AbstractDiscrepancy = Structural(),
+    merge: bool = False,
+    candidates: int | None = DEFAULT_CANDIDATES,
+    damping: float = 1e-3,
+    ridge: float = DEFAULT_RIDGE,
+    throw: bool = True,
+):
+    """Lump mildly (merging near-equivalent neurons), then select with structured OBS, then reconstruct.
+
+    1. `jaxlump.lump(model, x_calib, eps, discrepancy=...)` (with its refit) merges neurons within ε;
+    2. structured OBS greedy elimination (`merge=True`: greedy merge-or-remove) on the lumped network's own
+       activations removes `int(w_l · sparsity)` of each lumped hidden layer's `w_l` neurons;
+    3. the composed partition applied to the *original* network (quotient: merged blocks averaged in / summed
+       out, removed neurons dropped) and the shared least-squares reconstruction against it (a lumped block's
+       target is its members' mean pre-activation), which also gives the certificate.
+
+    The knob is `sparsity`, the fraction of the *lumped* neurons removed, so `jaxlump.baselines.compress_to`
+    reaches a parameter budget with it; `sparsity = 0` is `lump` alone, `eps = 0` structured OBS alone (on a
+    network without exact duplicates).
+
+    **Arguments:**
+
+    - `model`: the model to compress (not modified); `x_calib`: calibration inputs `(batch, n_in)` (required).
+    - `sparsity`: fraction in `[0, 1)` of each lumped hidden layer's neurons removed (at least one stays), or one
+      such fraction per hidden layer.
+    - `eps`, `discrepancy`: the lumping's (default ε = 0.5, `Structural()`).
+    - `merge`: let the selection also merge (greedy merge-or-remove instead of structured OBS).
+    - `candidates`: with `merge=True`, the merge candidates per neuron (see `jaxlump.merge_or_remove`).
+    - `damping`: the selection's Gram damping; `ridge`: the reconstruction's ridge.
+    - `throw`: raise a `jaxlump.CompressionError` naming the failed stage (the lumping, the selection's costs,
+      the least-squares refit); `False` returns the result with `info.result` set instead.
+
+    **Returns:** `(smaller_model, info)` with `info.partitions` mapping every original neuron to its final neuron
+    (`-1`: removed), `info.knob` the sparsity (NaN when given per layer). If the lumping itself failed
+    (`throw=False`), the lumped model and its info (with `info.result` set) instead: there is nothing sound to select
+    on.
+
+    **Raises:** `ValueError` for a sparsity outside `[0, 1)`, ε < 0, `damping ≤ 0`, bad `candidates` or bad
+    `x_calib`; `CompressionError` for a failed stage when `throw=True`.
+
+    ```python
+    import equinox as eqx, jax.numpy as jnp, jax.random as jr, jaxlump
+    mlp = eqx.nn.MLP(3, 2, 16, 2, activation=jnp.tanh, key=jr.key(0))
+    x = jr.normal(jr.key(1), (256, 3))
+    small, info = jaxlump.lump_then_select(mlp, x, 0.5, eps=0.3)
+    assert max(info.widths_after.tolist()[1:-1]) <= 8
+    ```
+    """
+    sparsity = check_sparsity(sparsity, model)
+    chain, x, damping, candidates, throw = _prepare(model, x_calib, merge, damping, candidates, throw)
+    lumped, lump_info = lump(model, x, eps, discrepancy=discrepancy, ridge=ridge, certify_ode=False, throw=False)
+    if not bool(lump_info.result == RESULTS.successful):  # nothing to select on: report the lumping's failure
+        knob = jnp.asarray(knob_number(sparsity), jnp.result_type(float))
+        info = dataclasses.replace(lump_info, method="lump_then_select", knob=knob)
+        return raise_if_failed(info.result, lumped, throw, "jaxlump.lump_then_select"), info
+    paths = layer_paths(to_chain(lumped), x, merge=bool(merge), damping=damping, candidates=candidates)
+    return select_lumped(model, x, lump_info, paths, sparsity, ridge, throw)
+
+
+def lump_then_select_to_widths(
+    model,
+    x_calib,
+    hidden: tuple[int, ...],
+    *,
+    eps: float | None = None,
+    discrepancy: AbstractDiscrepancy = Structural(),
+    merge: bool = False,
+    candidates: int | None = DEFAULT_CANDIDATES,
+    damping: float = 1e-3,
+    ridge: float = DEFAULT_RIDGE,
+    throw: bool = True,
+):
+    """`lump_then_select` with each lumped layer's selection path cut where it reaches the width `hidden[l]` (one
+    lumping, one path per layer); options as `lump_then_select`. With `eps` unset, the lumping's ε is its default
+    0.5 lowered (bisected on the partitions alone) until no lumped layer is narrower than its target, so every layer
+    is met exactly; a given `eps` that leaves a layer more than one neuron below its target is refused
+    (`UnreachableTargetError`). Returns `(model, info)`, the per-layer sparsities and the ε used:
+    `lump_then_select(model, x_calib, sparsities, eps=eps, ...)` gives the same result."""
+    chain, x, damping, candidates, throw = _prepare(model, x_calib, merge, damping, candidates, throw)
+    lower, eps = eps is None, 0.5 if eps is None else eps
+
+    def lumping(eps):
+        lumped, info = lump(model, x, eps, discrepancy=discrepancy, ridge=ridge, certify_ode=False, throw=False)
+        return lumped, info, [int(w) for w in info.widths_after[1:-1]]
+
+    lumped, lump_info, lumped_widths = lumping(eps)
+    if lower and any(m < w for m, w in zip(lumped_widths, hidden)):
+        widths_at = widths_at_layer_eps(model, x, discrepancy=discrepancy)
+        low, high = 0.0, eps  # ε = 0 merges exact equivalences only: as wide as lumping leaves any layer
+        for _ in range(30):
+            middle = (low + high) / 2
+            wide = all(m >= w for m, w in zip(widths_at((middle,) * len(hidden)), hidden))
+            low, high = (middle, high) if wide else (low, middle)
+        eps = low
+        lumped, lump_info, lumped_widths = lumping(eps)
+    for l, (m, w) in enumerate(zip(lumped_widths, hidden)):
+        if m < w - 1:
+            raise UnreachableTargetError(
+                f"`target`: lump_then_select lumps at eps={eps:g} first, which leaves hidden layer {l + 1} with {m} "
+                f"neurons, below its target width {w}; pass a smaller `eps`, or none (the lumping's ε is then lowered "
+                "until every layer is at least as wide as its target).",
+                widths_dense_params((chain.widths[0], *lumped_widths, chain.widths[-1]), chain.use_bias),
+            )
+    sparsities = tuple(fraction_for(m, min(w, m)) for m, w in zip(lumped_widths, hidden))
+    if not bool(lump_info.result == RESULTS.successful):  # nothing to select on: report the lumping's failure
+        knob = jnp.asarray(jnp.nan, jnp.result_type(float))
+        info = dataclasses.replace(lump_info, method="lump_then_select", knob=knob)
+        return (raise_if_failed(info.result, lumped, throw, "jaxlump.lump_then_select"), info), sparsities, eps
+    paths = layer_paths(to_chain(lumped), x, merge=bool(merge), damping=damping, candidates=candidates)
+    return select_lumped(model, x, lump_info, paths, sparsities, ridge, throw), sparsities, float(eps)
+
+
+def lump_then_select_widths(model, x_calib, hidden, search, **options):
+    """`Compressor.to_widths` of `lump_then_select`: the lumped layers' paths cut at the widths, unless `search`
+    asks for the knob search (a `knob_range` or `grow_upper`)."""
+    if search["knob_range"] is not None or search["grow_upper"] is not None:
+        return None
+    result, sparsities, eps = lump_then_select_to_widths(model, x_calib, hidden, **options)
+    return result, sparsities, (("eps", eps),)
+
+
+def select_lumped(model, x, lump_info, paths, sparsity, ridge: float, throw: bool = True):
+    """Steps 2–3 of `lump_then_select`, given the lumping's info and the lumped network's greedy paths.
+
+    The composed partition (original → lumped → selected) is applied to the *original* network (merged blocks
+    averaged in / summed out, removed neurons dropped) and reconstructed against it.
+    """
+    selection = [labels_after(p, steps_to_sparsity(p, layer_knob(sparsity, i))) for i, p in enumerate(paths)]
+    partitions = [representatives(compose(s, np.asarray(p))) for s, p in zip(selection, lump_info.partitions)]
+    result = combine(lump_info.result, paths_result(paths))
+    return finish(model, x, partitions, "lump_then_select", sparsity, ridge, result, throw)
+
+
+# fmt: off
+register_compressor(Compressor("lump_then_select", lump_then_select, "sparsity", "fraction s ∈ [0, 1) of each *lumped* hidden layer's neurons removed by structured OBS after lumping at `eps` (default 0.5), then reconstructed against the original", structured=True, needs_data=True, per_layer=True, to_widths=lump_then_select_widths))  # noqa: E501
+register_compressor(Compressor("merge_or_remove", merge_or_remove, "eps", "tolerance ε ≥ 0 on each layer's relative refit error: greedy refit-aware merges or removals stop before it is exceeded; larger ε, smaller model", structured=True, needs_data=True, knob_range=(0.0, 1.0), unbounded=True, to_size=merge_or_remove_to_size, to_widths=merge_or_remove_widths))  # noqa: E501
+# fmt: on
