@@ -301,7 +301,7 @@ def _lump_then_prune(m, x, target, rec):
 
 def _exact(m, x, knob, rec):
     del knob, rec
-    return B.exact_lump(m, x)
+    return B.exact_lump(m, x, None)
 
 
 class _GreedyPaths:

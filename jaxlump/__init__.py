@@ -35,9 +35,9 @@ from ._criteria.merge_cost import RefitAware as RefitAware
 
 from ._methods.lump import lump as lump
 from ._methods.lump import lump_masked as lump_masked
+from ._methods.lump_then_prune import lump_then_prune as lump_then_prune
 from ._methods.select import merge_or_remove as merge_or_remove
 from ._methods.select import lump_then_select as lump_then_select
-from ._methods.lump_then_prune import lump_then_prune as lump_then_prune
 from ._methods.registry import Compressor as Compressor
 from ._methods.registry import compressors as compressors
 from ._methods.registry import register_compressor as register_compressor
@@ -65,6 +65,7 @@ from ._training.training_loop import LumpState as LumpState
 from ._training.training_loop import TargetSize as TargetSize
 from ._io.serialisation import save as save
 from ._io.serialisation import load as load
+from ._io.serialisation import load_info as load_info
 
 from . import baselines as baselines
 

@@ -274,6 +274,18 @@ def check_layer_fractions(value, name: str, n_hidden: int) -> float | tuple[floa
     return tuple(check_fraction(v, f"{name}[{i}]") for i, v in enumerate(list(value)))
 
 
+def check_nonnegative(value, name: str, *, positive: bool = False) -> float:
+    """A real number ≥ 0 (`positive`: > 0) as a float: `TypeError` for anything but a real number (a string or a
+    bool included), `ValueError` for NaN, inf or a value out of range; both name the argument."""
+    accepted = f"a finite number {'> 0' if positive else '>= 0'}"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"`{name}` must be {accepted}; received {value!r} of type {type(value).__name__}.")
+    number = float(value)
+    if not np.isfinite(number) or number < 0 or (positive and number == 0):
+        raise ValueError(f"`{name}` must be {accepted}; received {value!r}.")
+    return number
+
+
 def check_bool(value, name: str) -> bool:
     """A flag: only `True`/`False` (NumPy booleans too); `'no'`, `0`, `None` are refused."""
     if not isinstance(value, (bool, np.bool_)):

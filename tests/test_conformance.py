@@ -93,7 +93,7 @@ def test_signature_is_model_data_knob_then_keyword_only(name, function):
     parameters = list(inspect.signature(function).parameters.values())
     positional = [p for p in parameters if p.kind == p.POSITIONAL_OR_KEYWORD]
     assert [p.name for p in positional[:2]] == ["model", "x_calib"] and len(positional) == 3, positional
-    assert positional[0].default is positional[1].default is inspect.Parameter.empty  # data is not optional
+    assert all(p.default is inspect.Parameter.empty for p in positional)  # data and the knob are not optional
     rest = parameters[3:]
     assert all(p.kind == p.KEYWORD_ONLY for p in rest), [(p.name, p.kind) for p in rest]
 
@@ -240,6 +240,26 @@ def test_bad_input_is_refused_by_name(name, bad):
     if bad in ("negative_knob", "string_knob") and name == "exact_lump":
         pytest.skip("exact_lump has no knob; its refusal of any non-zero knob is tested in test_exact_knob_refused")
     BAD_INPUTS[bad](name)
+
+
+_NUMBER_OPTIONS = ("ridge", "damping")
+_NUMBER_CASES = [
+    (name, option)
+    for name, entry in REGISTERED.items()
+    for option in _NUMBER_OPTIONS
+    if option in inspect.signature(entry.function).parameters
+]
+
+
+@pytest.mark.parametrize("name, option", _NUMBER_CASES, ids=[f"{n}-{o}" for n, o in _NUMBER_CASES])
+@pytest.mark.parametrize("value, error", [("0.1", TypeError), (True, TypeError), (-1.0, ValueError)])
+def test_one_validator_per_numeric_option(name, option, value, error):
+    """`ridge` and `damping` are checked alike by every compressor: a string or a bool is a TypeError, a negative
+    number a ValueError, both naming the option (in the tests the run-time type checker may refuse a string or a
+    bool first, also naming it)."""
+    knob = {"lump_then_prune": 200, "exact_lump": None}.get(name, 0.3)
+    with pytest.raises(error, match=f"`{option}` must be a finite number|typechecking parameter '{option}'"):
+        REGISTERED[name].function(MODEL, X, knob, **{option: value})
 
 
 def test_exact_knob_refused():

@@ -83,8 +83,8 @@ def test_check_fraction_accepts_numbers_and_checks_the_range():
 @pytest.mark.parametrize("value", ["no", "False", 0, 1, None, np.float64(1.0)])
 def test_check_bool_refuses_look_alikes(value):
     """`reconstruct='no'` used to mean True."""
-    with pytest.raises(TypeError, match="`refit` must be True or False"):
-        check_bool(value, "refit")
+    with pytest.raises(TypeError, match="`reconstruct` must be True or False"):
+        check_bool(value, "reconstruct")
 
 
 def test_check_bool_and_positive_int_accept_the_real_thing():

@@ -259,7 +259,7 @@ def _refusal_calls(chain, x):
         "neuron_merge": lambda: baselines.neuron_merge(chain, x, 0.5),
         "flap_prune": lambda: baselines.flap_prune(chain, x, 0.5),
         "linearity_merge": lambda: baselines.linearity_merge(chain, x, 0.5),
-        "proportional_lump": lambda: baselines.proportional_lump(chain, None),
+        "proportional_lump": lambda: baselines.proportional_lump(chain, None, 0.0),
         "best_subset": lambda: baselines.best_subset(chain, x, 1, 3),
         "lump_then_prune": lambda: jaxlump.lump_then_prune(chain, x, 100),
         "save": lambda: jaxlump.save("unused.npz", chain),

@@ -279,7 +279,7 @@ BAD_INPUTS = [
     ({"model": eqx.nn.Sequential([eqx.nn.Linear(3, 2, key=jr.key(0)), eqx.nn.Dropout(0.5)])}, TypeError, "Dropout"),
     ({"model": _mlp(jax.nn.mish)}, TypeError, "activation"),
     ({"x_calib": None, "discrepancy": jaxlump.Dynamical()}, ValueError, "x_calib"),
-    ({"refinement": "closest"}, ValueError, "refinement"),
+    ({"refinement": "closest"}, TypeError, "refinement"),
     ({"ridge": -1.0}, ValueError, "ridge"),
 ]
 

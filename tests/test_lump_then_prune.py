@@ -100,7 +100,7 @@ def test_the_default_grid_searches_on_until_the_pruning_can_reach_the_target(set
         ({"target": 0}, ValueError, r"`target` must be an integer >= 1; received 0"),
         ({"target": -5}, ValueError, r"`target` must be an integer >= 1"),
         ({"target": 150.5}, TypeError, r"`target` must be an integer"),
-        ({"prune": None}, TypeError, r"`prune` must be an unstructured compressor"),
+        ({"prune": "magnitude"}, TypeError, r"`prune` must be an unstructured compressor"),
         ({"eps_grid": ()}, ValueError, r"`eps_grid` must be a non-empty sequence"),
         ({"eps_grid": (0.3, -1.0)}, ValueError, r"`eps_grid\[1\]` must be a number >= 0"),
         ({"prune_options": "scope"}, TypeError, r"`prune_options` must be a dict"),

@@ -53,7 +53,7 @@ def _chain(weights, biases, hidden="relu"):
 def test_planted_proportional_neurons_are_merged_exactly(hidden, slope):
     weights, biases = _planted()
     chain = _chain(weights, biases, hidden)
-    lumped, info = proportional_lump(chain, None)
+    lumped, info = proportional_lump(chain, None, 0.0)
     assert lumped.widths == (3, 3, 3, 2) and info.widths_after.tolist() == [3, 3, 3, 2]
     p1, p2 = (np.asarray(p) for p in info.partitions)
     assert p1[0] == p1[3] and p1[1] == p1[4] and len(set(p1)) == 3
@@ -67,13 +67,13 @@ def test_planted_proportional_neurons_are_merged_exactly(hidden, slope):
 def test_negative_ratio_and_generic_rows_are_not_merged():
     weights, biases = _planted()
     weights[0][3], biases[0][3] = -2.5 * weights[0][0], -2.5 * biases[0][0]  # ρ < 0: ReLU is not odd
-    lumped, info = proportional_lump(_chain(weights, biases), None)
+    lumped, info = proportional_lump(_chain(weights, biases), None, 0.0)
     p1 = np.asarray(info.partitions[0])
     assert p1[0] != p1[3] and p1[1] == p1[4]
     # Generic random rows: nothing merges.
     k = jr.split(jr.key(3), 4)
     generic = _chain([_normal(k[0], (6, 3)), _normal(k[1], (2, 6))], [_normal(k[2], (6,)), np.zeros(2)])
-    assert proportional_lump(generic, None)[1].widths_after.tolist() == [3, 6, 2]
+    assert proportional_lump(generic, None, 0.0)[1].widths_after.tolist() == [3, 6, 2]
 
 
 def test_tolerance_merges_nearly_proportional_rows():
@@ -96,7 +96,7 @@ def test_model_kinds_and_purity():
         lambda m: m.layers[0].bias, planted, planted.layers[0].bias.at[4].set(1.7 * planted.layers[0].bias[2])
     )
     before = [np.array(leaf) for leaf in jax.tree_util.tree_leaves(planted)]
-    lumped, info = proportional_lump(planted, np.ones((4, 3)))
+    lumped, info = proportional_lump(planted, np.ones((4, 3)), 0.0)
     assert isinstance(lumped, LumpedMLP) and lumped.widths == (3, 4, 5, 2)
     x = _normal(jr.key(6), (50, 3))
     np.testing.assert_allclose(jax.vmap(lumped)(x), jax.vmap(planted)(x), atol=1e-10)
@@ -123,4 +123,4 @@ def test_bad_input(x, tol, error, match):
 
 def test_non_homogeneous_activation_refused():
     with pytest.raises(TypeError, match="hidden layer 1.*tanh"):
-        proportional_lump(_chain(*_planted(), hidden="tanh"), None)
+        proportional_lump(_chain(*_planted(), hidden="tanh"), None, 0.0)

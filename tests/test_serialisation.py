@@ -13,7 +13,7 @@ import pytest
 from flax import nnx
 
 from jaxlump._errors import RESULTS
-from jaxlump._io.serialisation import FORMAT, load, save
+from jaxlump._io.serialisation import FORMAT, load, load_info, save
 from jaxlump._model import LumpedMLP, from_chain, to_chain
 from jaxlump._model.network import DenseChain
 from jaxlump._results.accounting import Cost
@@ -192,7 +192,7 @@ def _info(batched: bool = False, knob: float = 0.25, result=RESULTS.ode_solve_fa
 def test_info_round_trip(tmp_path, batched):
     info = _info(batched)
     save(tmp_path / "model.npz", _lumped(), info)
-    model, loaded = load(tmp_path / "model.npz", with_info=True)
+    model, loaded = load(tmp_path / "model.npz"), load_info(tmp_path / "model.npz")
     assert isinstance(model, LumpedMLP) and isinstance(loaded, CompressionInfo)
     assert (loaded.method, loaded.structured, loaded.widths_before) == ("lump", True, (3, 9, 16, 2))
     assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(info)
@@ -206,10 +206,10 @@ def test_info_round_trip(tmp_path, batched):
 def test_info_without_optional_parts(tmp_path):
     info = eqx.tree_at(lambda i: (i.weight_masks, i.certificate), _info(), (None, None), is_leaf=lambda v: v is None)
     save(tmp_path / "model.npz", _lumped(), info)
-    _, loaded = load(tmp_path / "model.npz", with_info=True)
+    loaded = load_info(tmp_path / "model.npz")
     assert loaded.weight_masks is None and loaded.certificate is None and len(loaded.partitions) == 2
     save(tmp_path / "plain.npz", _lumped())
-    assert load(tmp_path / "plain.npz", with_info=True)[1] is None
+    assert load_info(tmp_path / "plain.npz") is None
 
 
 def test_corrupted_shape_names_the_array(tmp_path):
@@ -296,7 +296,7 @@ def test_malformed_info_and_nonfinite_weights_in_file_refused(tmp_path):
     save(tmp_path / "model.npz", _lumped(), _info())
     _with_record(tmp_path / "model.npz", lambda r: r["info"].pop("n_partitions"))
     with pytest.raises(ValueError, match="model.npz: the stored CompressionInfo record is malformed.*n_partitions"):
-        load(tmp_path / "model.npz", with_info=True)
+        load_info(tmp_path / "model.npz")
     save(tmp_path / "nan.npz", _lumped())
     _rewrite(tmp_path / "nan.npz", **{"layers[2].weight": np.full((2, 16), np.nan)})
     with pytest.raises(ValueError, match="cannot be rebuilt.*layer 2 weight` contains 32 NaN"):
@@ -337,7 +337,7 @@ def test_info_of_another_model_is_refused(tmp_path):
                            (3, 9, 2), jnp.asarray([3, 7, 2]), _info().cost_before, _info().cost_after, None,
                            RESULTS.successful)  # fmt: skip
     save(tmp_path / "masked.npz", masked, info)
-    assert load(tmp_path / "masked.npz", with_info=True)[1].widths_before == (3, 9, 2)
+    assert load_info(tmp_path / "masked.npz").widths_before == (3, 9, 2)
 
 
 def test_damaged_files_raise_a_clear_error_naming_the_path(tmp_path):
@@ -479,10 +479,4 @@ def test_bad_info_record_refused(tmp_path, edit, match):
     save(tmp_path / "model.npz", _lumped(), _info())
     _with_record(tmp_path / "model.npz", lambda r: edit(r["info"]))
     with pytest.raises(ValueError, match=r"model\.npz: the stored CompressionInfo record is malformed: .*" + match):
-        load(tmp_path / "model.npz", with_info=True)
-
-
-@pytest.mark.parametrize("with_info", ["no", 0, None])
-def test_bad_with_info_refused(tmp_path, with_info):
-    with pytest.raises(TypeError, match=rf"`with_info` must be True or False; received {with_info!r}"):
-        load(tmp_path / "absent.npz", with_info=with_info)  # refused before the file is read
+        load_info(tmp_path / "model.npz")

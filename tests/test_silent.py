@@ -109,7 +109,7 @@ def _masked():
 _CALLS = {
     "lump": lambda m: jaxlump.lump(m, X, 0.3),
     "lump_masked": lambda m: jaxlump.lump_masked(m, X, 0.3),
-    "exact_lump": lambda m: B.exact_lump(m, X),
+    "exact_lump": lambda m: B.exact_lump(m, X, None),
     "magnitude": lambda m: B.magnitude(m, None, 0.5),
     "wanda": lambda m: B.wanda(m, X, 0.5),
     "structured_prune": lambda m: B.structured_prune(m, X, 0.5),
@@ -154,7 +154,7 @@ def test_non_real_weights_are_refused(call, dtype):
         lambda m: jaxlump.lump(m, X, 0.3, certify_ode=False)[1],
         lambda m: jaxlump.lump_masked(m, X, 0.3)[1],
         pytest.param(lambda m: jaxlump.lump(m, None, 0.3)[1], marks=pytest.mark.slow),
-        pytest.param(lambda m: B.exact_lump(m, X)[1], marks=pytest.mark.slow),
+        pytest.param(lambda m: B.exact_lump(m, X, None)[1], marks=pytest.mark.slow),
         pytest.param(lambda m: jaxlump.sweep(m, X, [0.0, 1.0]).infos, marks=pytest.mark.slow),
     ],
     ids=["lump", "lump_masked", "lump_data_free", "exact_lump", "sweep"],

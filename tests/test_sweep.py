@@ -59,7 +59,7 @@ def test_each_slice_equals_lump_masked(default_sweep):
     "options",
     [
         pytest.param({"refinement": jaxlump.Components()}, marks=pytest.mark.slow),
-        pytest.param({"refit": False}, marks=pytest.mark.slow),
+        pytest.param({"reconstruct": False}, marks=pytest.mark.slow),
         pytest.param({"discrepancy": jaxlump.Dynamical(times=(0.5, 1.0), max_inputs=16)}, marks=pytest.mark.slow),
     ],
     ids=["components", "structural-quotient", "dynamical"],

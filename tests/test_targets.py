@@ -67,7 +67,7 @@ def test_exact_lump_changes_no_output():
     w0, b0 = mlp.layers[0].weight, mlp.layers[0].bias
     mlp = eqx.tree_at(lambda m: (m.layers[0].weight, m.layers[0].bias), mlp, (w0.at[1].set(w0[4]), b0.at[1].set(b0[4])))
     x = jr.normal(jr.key(2), (64, 3))
-    small, info = exact_lump(mlp, x)
+    small, info = exact_lump(mlp, x, None)
     assert info.method == "exact_lump"
     assert tuple(int(w) for w in info.widths_after) == (3, 5, 6, 2)
     np.testing.assert_allclose(jax.vmap(small)(x), jax.vmap(mlp)(x), atol=1e-10)
@@ -83,7 +83,9 @@ def test_names_and_functions_give_the_same_result(mlp):
 
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "structured_prune", "lump"])
 def test_a_fraction_means_the_same_for_every_method(mlp, x, method):
-    _, info = compress_to(mlp, method, 0.5, x, **({"refit": False, "certify_ode": False} if method == "lump" else {}))
+    _, info = compress_to(
+        mlp, method, 0.5, x, **({"reconstruct": False, "certify_ode": False} if method == "lump" else {})
+    )
     before = info.cost_before.dense_params if info.structured else info.cost_before.nonzeros
     # the fraction is of the unit the method is compared in, computed independently here from the info's costs
     assert info.target.kind == "fraction" and info.target.requested == 0.5
@@ -205,7 +207,7 @@ def test_every_structured_method_is_classified_for_widths_targets():
 
 
 # the options skip work that does not change the widths (a refit after the selection), to keep the test cheap
-_CHEAP = {"lump": {"refit": False, "certify_ode": False}} | dict.fromkeys(
+_CHEAP = {"lump": {"reconstruct": False, "certify_ode": False}} | dict.fromkeys(
     ("obs_prune", "osscar_prune", "id_prune"), {"reconstruct": False}
 )
 _HEAVY = ("lump_then_select", "merge_or_remove", "proportional_lump")  # compile-bound: ~10–20 s each on 2 cores

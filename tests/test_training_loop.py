@@ -291,7 +291,7 @@ def test_bad_target_size_and_state_refused():
     params = eqx.filter(model, eqx.is_array)
     with pytest.raises(ValueError, match="needs the current `params`"):
         tx.update(params, tx.init(params))
-    with pytest.raises(TypeError, match="wrap_optax states"):
+    with pytest.raises(TypeError, match="holds 0 CompressionInfo records"):
         jaxlump.shrink(model, optax.adam(1e-3).init(params))
     with pytest.raises(ValueError, match="`reconstruct=True` re-solves the layers on `x_calib`"):
         jaxlump.wrap_optax(optax.adam(1e-3), model, None, 0.1, every=3, reconstruct=True)
@@ -301,7 +301,7 @@ def test_bad_target_size_and_state_refused():
 
 def test_bad_refit_flag_and_target_counts_refused():
     model = _mlp()
-    with pytest.raises(TypeError, match="`refit` must be True or False; received 'yes'"):
+    with pytest.raises(TypeError, match="`reconstruct` must be True or False; received 'yes'"):
         jaxlump.wrap_optax(optax.adam(1e-3), model, X, 0.1, every=3, reconstruct="yes")
     for params in (float("inf"), 2.5):
         with pytest.raises(TypeError, match="`params` must be a positive integer"):

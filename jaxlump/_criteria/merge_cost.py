@@ -32,6 +32,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .._errors import check_nonnegative
 from .._model.network import ACTIVATIONS, DenseChain
 from .._reconstruction.linalg import inv
 from .discrepancy import AbstractDiscrepancy, LayerDistances
@@ -281,7 +282,7 @@ class RefitAware(AbstractDiscrepancy):
     needs_data = True
 
     def __check_init__(self):
-        check_damping(self.damping)
+        check_nonnegative(self.damping, "damping", positive=True)
         if not (isinstance(self.max_inputs, int) and self.max_inputs >= 1):
             raise ValueError(f"`max_inputs` must be an integer >= 1; received {self.max_inputs!r}.")
 
@@ -303,12 +304,6 @@ class RefitAware(AbstractDiscrepancy):
         costs = merge_costs(state, problem, self.block_size)
         distances = jnp.where(jnp.eye(a.shape[1], dtype=bool), 0.0, relative(costs.merge, problem))
         return LayerDistances(distances, relative(costs.removal, problem))
-
-
-def check_damping(damping) -> float:
-    if not (isinstance(damping, (int, float)) and 0 < damping < float("inf")):
-        raise ValueError(f"`damping` must be a finite number > 0; received {damping!r}.")
-    return float(damping)
 
 
 def layer_inputs(chain: DenseChain, x):

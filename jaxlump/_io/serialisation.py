@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import jax.tree_util as jtu
 import numpy as np
 
-from .._errors import RESULTS, check_bool, is_traced
+from .._errors import RESULTS, is_traced
 from .._model import KINDS, apply_model, is_chain_kind, kind_of, param_dtype, probe_batch, to_chain
 from .._model.network import DenseChain, refuse_gated
 from .._model.skip_mlp import SkipMLP
@@ -578,7 +578,7 @@ def _build(structure: dict, chain: DenseChain, arrays: dict, path: str):
     return model
 
 
-def load(path: str | os.PathLike, *, with_info: bool = False, like=None):
+def load(path: str | os.PathLike, *, like=None):
     """Read a model written by `save`: the same kind of model, with the stored widths and weights.
 
     Every array is checked against the stored widths and dtype before anything is built; a mismatch
@@ -595,12 +595,10 @@ def load(path: str | os.PathLike, *, with_info: bool = False, like=None):
     **Arguments:**
 
     - `path`: a file written by `jaxlump.save`.
-    - `with_info`: also return the stored `CompressionInfo` (`None` when none was saved, and always for a
-        model saved site by site).
     - `like`: for a model saved site by site, an instance of its class (same family, class name and layer
         paths; the layers' shapes may differ); `None` for the chain kinds, which are rebuilt from the file.
 
-    **Returns:** the model, or `(model, info)` when `with_info=True`.
+    **Returns:** the model (`jaxlump.load_info` reads the `CompressionInfo` saved with it).
 
     **Raises:** `ValueError` naming `path` when the file is damaged (truncated, bit-flipped), not a jaxlump
     file, of another format version, or its arrays do not match its structure or its probe output;
@@ -617,8 +615,8 @@ def load(path: str | os.PathLike, *, with_info: bool = False, like=None):
                              eqx.nn.Linear(5, 1, key=jr.key(1))])
     path = os.path.join(tempfile.mkdtemp(), "seq.npz")
     jaxlump.save(path, seq)
-    model, info = jaxlump.load(path, with_info=True)
-    assert info is None and jnp.array_equal(model(jnp.ones(3)), seq(jnp.ones(3)))
+    model = jaxlump.load(path)
+    assert jaxlump.load_info(path) is None and jnp.array_equal(model(jnp.ones(3)), seq(jnp.ones(3)))
 
     class Block(eqx.Module):  # any class: saved site by site, read back into `like`
         up: eqx.nn.Linear
@@ -637,18 +635,11 @@ def load(path: str | os.PathLike, *, with_info: bool = False, like=None):
     ```
     """
     path = os.fspath(path)
-    with_info = check_bool(with_info, "with_info")
     arrays, record = _read(path)
     structure = _check_model_record(record.get("model"), path)
     if structure["kind"] == SITES_KIND:
-        info_arrays = sorted(key for key in arrays if not key.startswith("leaves"))
-        if record.get("info") is not None or info_arrays:
-            raise ValueError(
-                f"`path` {path}: a model saved site by site is stored without info, but the file holds "
-                f"{'an info record' if record.get('info') is not None else f'the arrays {info_arrays}'}."
-            )
-        model = _load_sites(arrays, structure, path, like)
-        return (model, None) if with_info else model
+        _stored_info(arrays, record, structure, path)
+        return _load_sites(arrays, structure, path, like)
     if like is not None:
         raise ValueError(
             f"`like` applies to files of models saved site by site (any Equinox or NNX class); `path` {path} holds a "
@@ -657,7 +648,6 @@ def load(path: str | os.PathLike, *, with_info: bool = False, like=None):
         )
     probe_output = arrays.pop(_PROBE_KEY, None)
     model_arrays = {key: a for key, a in arrays.items() if not key.startswith("info.")}
-    info_arrays = {key: a for key, a in arrays.items() if key.startswith("info.")}
     widths, dtype = tuple(structure["widths"]), structure["dtype"]
     _check_arrays(model_arrays, _expected_model_arrays(structure), path, f"the stored widths {widths} ({dtype})")
     weights = tuple(_restored(model_arrays[f"layers[{l}].weight"], dtype) for l in range(len(widths) - 1))
@@ -680,9 +670,42 @@ def load(path: str | os.PathLike, *, with_info: bool = False, like=None):
             f"|difference| {np.nanmax(np.abs(computed - stored)):.3g} on the probe batch); was an activation of "
             f"{structure['activations']} declared differently since it was saved?"
         )
+    _stored_info(arrays, record, structure, path)
+    return model
+
+
+def load_info(path: str | os.PathLike) -> CompressionInfo | None:
+    """The `CompressionInfo` saved with a model by `jaxlump.save(path, model, info)`, or `None` when none was (and
+    always for a model saved site by site, which is stored without one).
+
+    **Raises:** as `jaxlump.load` for a damaged, foreign or mismatched file.
+
+    ```python
+    import os, tempfile
+    import equinox as eqx, jax.random as jr, jaxlump
+    mlp = eqx.nn.MLP(2, 1, 8, 1, key=jr.key(0))
+    small, info = jaxlump.lump(mlp, None, 0.5)
+    path = os.path.join(tempfile.mkdtemp(), "small.npz")
+    jaxlump.save(path, small, info)
+    assert jaxlump.load_info(path).widths_after == info.widths_after
+    ```
+    """
+    path = os.fspath(path)
+    arrays, record = _read(path)
+    return _stored_info(arrays, record, _check_model_record(record.get("model"), path), path)
+
+
+def _stored_info(arrays: dict, record: dict, structure: dict, path: str) -> CompressionInfo | None:
+    if structure["kind"] == SITES_KIND:
+        info_arrays = sorted(key for key in arrays if not key.startswith("leaves"))
+        if record.get("info") is not None or info_arrays:
+            raise ValueError(
+                f"`path` {path}: a model saved site by site is stored without info, but the file holds "
+                f"{'an info record' if record.get('info') is not None else f'the arrays {info_arrays}'}."
+            )
+        return None
+    info_arrays = {key: a for key, a in arrays.items() if key.startswith("info.")}
     if record.get("info") is None:
         _check_arrays(info_arrays, {}, path, "the record, which holds no CompressionInfo")
-        info = None
-    else:
-        info = _load_info(info_arrays, record["info"], path)
-    return (model, info) if with_info else model
+        return None
+    return _load_info(info_arrays, record["info"], path)

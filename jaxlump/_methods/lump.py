@@ -9,7 +9,16 @@ import numpy as np
 
 from .._criteria.discrepancy import AbstractDiscrepancy, Structural
 from .._criteria.refinement import AbstractRefinement, Representative, check_refinement
-from .._errors import RESULTS, check_bool, check_data, check_eps, combine, finite_result, raise_if_failed
+from .._errors import (
+    RESULTS,
+    check_bool,
+    check_data,
+    check_eps,
+    check_nonnegative,
+    combine,
+    finite_result,
+    raise_if_failed,
+)
 from .._model import from_chain, to_chain
 from .._model.network import DenseChain
 from .._reconstruction.masked import shrink
@@ -121,9 +130,7 @@ def _prepare(model, x_calib, eps, discrepancy, refinement, ridge):
     x = None if x_calib is None else check_data(x_calib, "x_calib", width=chain.widths[0])
     if x is None and discrepancy.needs_data:
         raise ValueError(f"`x_calib` is required by the {type(discrepancy).__name__} discrepancy; received None.")
-    ridge = float(ridge)
-    if not np.isfinite(ridge) or ridge < 0:
-        raise ValueError(f"`ridge` must be a finite number >= 0; received {ridge!r}.")
+    ridge = check_nonnegative(ridge, "ridge")
     return chain, x, check_eps(eps), jnp.asarray(ridge, chain.weights[0].dtype)
 
 

@@ -17,13 +17,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._criteria.discrepancy import AbstractDiscrepancy, Structural
-from .._criteria.merge_cost import check_damping, initial_state, layer_inputs
+from .._criteria.merge_cost import initial_state, layer_inputs
 from .._errors import (
     RESULTS,
     UnreachableTargetError,
     check_bool,
     check_data,
     check_eps,
+    check_nonnegative,
     combine,
     finite_result,
     raise_if_failed,
@@ -122,7 +123,13 @@ def _prepare(model, x_calib, merge, damping, candidates, throw):
     check_bool(merge, "merge")
     chain = to_chain(model)
     x = check_data(x_calib, "x_calib", width=chain.widths[0]).astype(chain.weights[0].dtype)
-    return chain, x, check_damping(damping), check_candidates(candidates), check_bool(throw, "throw")
+    return (
+        chain,
+        x,
+        check_nonnegative(damping, "damping", positive=True),
+        check_candidates(candidates),
+        check_bool(throw, "throw"),
+    )
 
 
 @over_sites

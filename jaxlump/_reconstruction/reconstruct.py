@@ -35,10 +35,9 @@ import dataclasses
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from .._criteria.discrepancy import batch_any
-from .._errors import RESULTS, check_bool, check_data, combine, finite_result, raise_if_failed
+from .._errors import RESULTS, check_bool, check_data, check_nonnegative, combine, finite_result, raise_if_failed
 from .._model import from_chain, to_chain
 from .._model.network import ACTIVATIONS, DenseChain, affine
 from .._results.accounting import chain_cost
@@ -342,11 +341,7 @@ def reconstruct(
     compressed_chain = to_chain(compressed, "compressed")
     x = check_data(x_calib, "x_calib", width=original_chain.widths[0]).astype(original_chain.weights[0].dtype)
     throw = check_bool(throw, "throw")
-    if isinstance(ridge, (bool, np.bool_)) or not isinstance(ridge, (int, float, np.number)):
-        raise TypeError(f"`ridge` must be a finite number >= 0; received {ridge!r}.")
-    ridge = float(ridge)
-    if not np.isfinite(ridge) or ridge < 0:
-        raise ValueError(f"`ridge` must be a finite number >= 0; received {ridge!r}.")
+    ridge = check_nonnegative(ridge, "ridge")
     if info is None:
         partitions, weight_masks = infer_support(original_chain, compressed_chain)
     elif not isinstance(info, CompressionInfo):

@@ -10,7 +10,7 @@ from .._sites.compress import over_sites
 
 
 @over_sites
-def exact_lump(model, x_calib, knob=None, *, throw: bool = True):
+def exact_lump(model, x_calib, knob, *, throw: bool = True):
     """Merge only exactly equivalent neurons: `lump` at ε = 0 with the pure quotient (no refit).
 
     The result computes the same function as `model` for every input and any activation (it
@@ -30,7 +30,7 @@ def exact_lump(model, x_calib, knob=None, *, throw: bool = True):
     ```python
     import equinox as eqx, jax.random as jr
     from jaxlump.baselines import exact_lump
-    small, info = exact_lump(eqx.nn.MLP(3, 2, 8, 2, key=jr.key(0)), None)
+    small, info = exact_lump(eqx.nn.MLP(3, 2, 8, 2, key=jr.key(0)), None, None)
     assert info.widths_after.tolist() == [3, 8, 8, 2]  # random weights: no two neurons are equivalent
     ```
     """

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
-from .._errors import RESULTS, check_bool, check_fraction, combine, raise_if_failed
+from .._errors import RESULTS, check_bool, check_fraction, check_nonnegative, combine, raise_if_failed
 from .._methods.base import chain_and_data
 from .._methods.registry import Compressor, register_compressor
 from .._model.eqx_nn import sequential_from_chain
@@ -27,7 +27,7 @@ from .._model.network import DenseChain, refuse_gated
 from .._reconstruction.reconstruct import result_status
 from .._results.info import CompressionInfo, compression_info
 from .._sites.compress import over_sites
-from ._obs import DEFAULT_DAMPING, centred_gram, check_damping
+from ._obs import DEFAULT_DAMPING, centred_gram
 
 
 def break_even_rank(m: int, n: int) -> int:
@@ -112,7 +112,7 @@ def lowrank(
     Compression*, ICLR 2025.
     """
     sparsity = check_fraction(sparsity, "sparsity")
-    damping, throw = check_damping(damping), check_bool(throw, "throw")
+    damping, throw = check_nonnegative(damping, "damping"), check_bool(throw, "throw")
     chain, x = chain_and_data(model, x_calib, required=True, why="by lowrank")
     refuse_gated(chain, "model", "jaxlump.baselines.lowrank")
     _, acts = chain.forward(x)

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
-from .._errors import RESULTS, check_bool, combine, finite_result, raise_if_failed
+from .._errors import RESULTS, check_bool, check_nonnegative, combine, finite_result, raise_if_failed
 from .._methods.base import Fractions, chain_and_data, check_sparsity, knob_number, layer_knob
 from .._methods.registry import NEURON_SPARSITY, Compressor, register_compressor
 from .._model import from_chain
@@ -54,20 +54,6 @@ def _hidden(chain: DenseChain, x):
 def kept_count(n: int, sparsity: float) -> int:
     """Neurons a layer of `n` keeps at `sparsity` (the fraction removed): `n − int(n·s)`, as `structured_prune`."""
     return n - int(n * sparsity)
-
-
-def check_damping(damping) -> float:
-    damping = float(damping)
-    if not np.isfinite(damping) or damping < 0:
-        raise ValueError(f"`damping` must be a finite number >= 0; received {damping!r}.")
-    return damping
-
-
-def check_ridge(ridge) -> float:
-    ridge = float(ridge)
-    if not np.isfinite(ridge) or ridge < 0:
-        raise ValueError(f"`ridge` must be a finite number >= 0; received {ridge!r}.")
-    return ridge
 
 
 def centred_gram(a, damping: float = DEFAULT_DAMPING) -> np.ndarray:
@@ -264,7 +250,7 @@ def prepare(model, x_calib, sparsity, damping, ridge, reconstruct, *, required: 
     sparsity = check_sparsity(sparsity, model)
     check_flag(reconstruct, "reconstruct")
     chain, x = chain_and_data(model, x_calib, required=required or reconstruct, why=why or "by this method")
-    return chain, x, sparsity, check_damping(damping), check_ridge(ridge)
+    return chain, x, sparsity, check_nonnegative(damping, "damping"), check_nonnegative(ridge, "ridge")
 
 
 def prune_by_selector(

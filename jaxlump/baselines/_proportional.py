@@ -75,7 +75,7 @@ def _lump_layer(incoming: np.ndarray, outgoing: np.ndarray, tol: float):
 def proportional_lump(
     model: Any,
     x_calib: Float[ArrayLike, "batch in"] | None,
-    tol: float | Sequence[float] = 0.0,
+    tol: float | Sequence[float],
     *,
     throw: bool = True,
 ) -> tuple[Any, CompressionInfo]:
@@ -96,7 +96,7 @@ def proportional_lump(
     - `model`: an `eqx.nn.MLP`, `eqx.nn.Sequential`, `LumpedMLP` or NNX chain whose hidden activations are ReLU,
       leaky ReLU or identity; not modified.
     - `x_calib`: accepted for the common call shape and validated when given; the criterion is data-free.
-    - `tol`: the distance threshold, in `[0, √2)` (default 0: exactly proportional rows only), or one per hidden
+    - `tol`: the distance threshold, in `[0, √2)` (0: exactly proportional rows only), or one per hidden
       layer (a tuple: `jaxlump.baselines.compress_to` sets each layer's width with it).
     - `throw`: raise a `jaxlump.CompressionError` if the result is not finite (default); `False` reports it in
       `info.result` instead.
@@ -116,7 +116,7 @@ def proportional_lump(
     w1 = jr.normal(jr.key(0), (3, 2))
     w1 = w1.at[2].set(2.5 * w1[0])  # neuron 2 = 2.5 x neuron 0
     chain = DenseChain((w1, jnp.ones((1, 3))), (jnp.zeros(3), jnp.zeros(1)), ("relu", "identity"), (True, True))
-    small, info = proportional_lump(chain, None)
+    small, info = proportional_lump(chain, None, 0.0)
     x = jr.normal(jr.key(1), (5, 2))
     assert small.widths == (2, 2, 1) and jnp.allclose(small(x), chain(x))
     ```
