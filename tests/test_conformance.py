@@ -262,6 +262,15 @@ def test_one_validator_per_numeric_option(name, option, value, error):
         REGISTERED[name].function(MODEL, X, knob, **{option: value})
 
 
+@pytest.mark.parametrize("name", list(REGISTERED))
+def test_a_model_that_is_no_module_is_refused_naming_model(name):
+    """With or without data, before anything else is asked of it (a missing `x_calib` was reported first)."""
+    knob = {"lump_then_prune": 200, "exact_lump": None}.get(name, 0.3)
+    for x in (None, X):
+        with pytest.raises(TypeError, match="`model` of type object is not supported"):
+            REGISTERED[name].function(object(), x, knob)
+
+
 def test_exact_knob_refused():
     with pytest.raises(ValueError, match="`knob` must be None or 0"):
         B.exact_lump(MODEL, X, 0.3)

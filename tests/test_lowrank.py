@@ -1,5 +1,8 @@
 """Whitened low-rank factorisation: the Eckart–Young loss identity and the parameter count."""
 
+import equinox as eqx
+import jax
+import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
@@ -73,3 +76,24 @@ def test_an_overflowing_gram_keeps_the_layer_dense_and_is_reported():
     assert info.widths_after.tolist() == [3, 1, 6, 6, 2]
     with pytest.raises(jaxlump.CompressionError, match="lowrank"):
         B.lowrank(model, x, 0.5)
+
+
+@pytest.mark.parametrize("family", ["equinox", "nnx"])
+def test_the_result_type_depends_on_the_input_family_only(family):
+    """An NNX model comes back as an `nnx.Sequential`, an Equinox one as an `eqx.nn.Sequential`, also at s = 0 where
+    nothing is factorised (then the same function)."""
+    from flax import nnx
+
+    x = jr.normal(jr.key(1), (64, 3))
+    if family == "nnx":
+        model = nnx.Sequential(nnx.Linear(3, 16, rngs=nnx.Rngs(0)), nnx.tanh, nnx.Linear(16, 2, rngs=nnx.Rngs(1)))
+        expected, outputs = nnx.Sequential, model
+    else:
+        model = eqx.nn.MLP(3, 2, 16, 1, activation=jnp.tanh, key=jr.key(0))
+        expected, outputs = eqx.nn.Sequential, jax.vmap(model)
+    dense, _ = B.lowrank(model, x, 0.0)
+    small, info = B.lowrank(model, x, 0.5)
+    assert type(dense) is expected and type(small) is expected
+    apply = (lambda m: m(x)) if family == "nnx" else (lambda m: jax.vmap(m)(x))
+    np.testing.assert_allclose(apply(dense), outputs(x), atol=1e-6)
+    assert tuple(info.widths_after) == (3, 1, 16, 1, 2) and int(jaxlump.cost(small).dense_params) == 55

@@ -164,19 +164,6 @@ def test_bad_input(args, kwargs, error, match):
         magnitude(_tied_chain(), *args, **kwargs)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason=(
-        "a non-module model with x_calib=None is refused by the site wrapper as missing `x_calib` (ValueError) "
-        "before its type is checked; to be fixed with the next benchmark regeneration (issue 28 note)"
-    ),
-)
-def test_bad_model_a_non_module_without_data_is_refused_naming_model():
-    with pytest.raises(TypeError, match="model"):
-        magnitude(object(), None, 0.5)
-
-
 def test_bad_model():
     with pytest.raises(ValueError, match="model layer 0 weight"):
         magnitude(_bad_weight_chain(), None, 0.5)

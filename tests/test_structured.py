@@ -200,19 +200,6 @@ def test_bad_input(x, sparsity, options, error, match):
         structured_prune(_chain(), x, sparsity, **options)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValueError,
-    reason=(
-        "a non-module model with x_calib=None is refused by the site wrapper as missing `x_calib` (ValueError) "
-        "before its type is checked; to be fixed with the next benchmark regeneration (issue 28 note)"
-    ),
-)
-def test_bad_model_a_non_module_without_data_is_refused_naming_model():
-    with pytest.raises(TypeError, match="model"):
-        structured_prune(object(), None, 0.5)
-
-
 def test_bad_model_and_bias_free_compensation():
     with pytest.raises(ValueError, match="NaN"):
         structured_prune(_chain(w1=np.full((4, 3), np.inf)), None, 0.5)

@@ -55,6 +55,7 @@ _CHAIN_KIND = ModelKind(
     lambda model, x: model(x),
     lambda model, chain: {},
     lambda options, chain: chain,
+    lambda chain: chain,
 )
 _NNX_KINDS = tuple(
     ModelKind(
@@ -65,10 +66,16 @@ _NNX_KINDS = tuple(
         lambda model, x: model(x),
         _flax("nnx_describe"),
         _flax("nnx_build"),
+        _flax("nnx_sequential"),
     )
     for cls in ("Sequential", "Linear")
 )
 KINDS: tuple[ModelKind, ...] = (_CHAIN_KIND, *EQX_KINDS, *_NNX_KINDS)
+
+
+def sequential_of(model, chain: DenseChain):
+    """`chain` (of any depth) as a plain sequence of layers in `model`'s family (`ModelKind.sequential`)."""
+    return kind_of(model).sequential(chain)
 
 
 def kind_of(model, name: str = "model") -> ModelKind:
@@ -225,5 +232,6 @@ __all__ = [
     "kind_of",
     "param_dtype",
     "probe_batch",
+    "sequential_of",
     "to_chain",
 ]

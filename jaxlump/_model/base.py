@@ -15,6 +15,8 @@ class ModelKind:
     - `apply(model, x)`: `model` applied to a batch `(batch, n_0)`, as the user's model computes it.
     - `describe(model, chain)`: JSON-able options, beyond the chain, that `build` needs (for `save`).
     - `build(options, chain)`: a model of exactly this kind with `chain`'s parameters (for `load`).
+    - `sequential(chain)`: a model of the kind's family holding a chain of any depth, as a plain sequence of
+      layers (a method that adds layers, such as `lowrank`, returns it whatever the widths).
     """
 
     name: str
@@ -24,3 +26,4 @@ class ModelKind:
     apply: Callable
     describe: Callable
     build: Callable
+    sequential: Callable

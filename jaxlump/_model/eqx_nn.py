@@ -268,6 +268,7 @@ EQX_KINDS = (
         _vmapped,
         lambda model, chain: {"scan": model.scan, "width_size": model.width_size},
         _build_mlp,
+        sequential_from_chain,
     ),
     ModelKind(
         "eqx.nn.Sequential",
@@ -277,6 +278,7 @@ EQX_KINDS = (
         _vmapped,
         lambda model, chain: {"layout": _sequential_layout(model, chain)},
         _build_sequential,
+        sequential_from_chain,
     ),
     ModelKind(
         "jaxlump.LumpedMLP",
@@ -286,5 +288,6 @@ EQX_KINDS = (
         _vmapped,
         lambda model, chain: {},
         _build_lumped,
+        sequential_from_chain,
     ),
 )

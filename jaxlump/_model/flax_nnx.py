@@ -166,3 +166,9 @@ def nnx_build(options: dict, chain: DenseChain) -> nnx.Sequential | nnx.Linear:
         next(linear_iter) if entry == "linear" else ACTIVATIONS[entry].model_fn for entry in layout
     ]
     return nnx.Sequential(*layers)
+
+
+def nnx_sequential(chain: DenseChain) -> nnx.Sequential:
+    """An `nnx.Sequential` holding `chain`: each `nnx.Linear` followed by its activation (none for the identity)."""
+    layout = [entry for act in chain.activations for entry in ("linear", act) if entry != "identity"]
+    return nnx_build({"layout": layout}, chain)

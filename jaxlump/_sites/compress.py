@@ -334,8 +334,8 @@ def over_sites(compressor=None, *, refusal: str | None = None):
                     f"({type(model).__name__}) is one chain of layers, compressed as a whole."
                 )
             return compressor(model, *args, **kwargs)
+        family_of(model)  # a model that is no module at all is refused as such, before anything else is asked of it
         if refusal is not None:
-            family_of(model)
             raise TypeError(
                 f"`model` ({type(model).__name__}) is compressed site by site, which "
                 f"jaxlump.{compressor.__name__} cannot do: {refusal}."

@@ -22,7 +22,7 @@ from jaxtyping import ArrayLike, Float
 from .._errors import RESULTS, check_bool, check_fraction, check_nonnegative, combine, raise_if_failed
 from .._methods.base import chain_and_data
 from .._methods.registry import Compressor, register_compressor
-from .._model.eqx_nn import sequential_from_chain
+from .._model import sequential_of
 from .._model.network import DenseChain, refuse_gated
 from .._reconstruction.reconstruct import result_status
 from .._results.info import CompressionInfo, compression_info
@@ -87,8 +87,8 @@ def lowrank(
     - `throw`: raise a `jaxlump.CompressionError` naming the failed stage (default); `False` returns the result with
       `info.result` set instead (module docs: NaN/inf or singular Gram matrices, a non-finite result).
 
-    **Returns:** `(new_model, info)`: an `eqx.nn.Sequential` (a `DenseChain` for a `DenseChain`; `model` itself
-    when nothing is factorised) and a
+    **Returns:** `(new_model, info)`: an `eqx.nn.Sequential` for an Equinox model, an `nnx.Sequential` for an NNX
+    one, a `DenseChain` for a `DenseChain`, whatever the sparsity (also when nothing is factorised), and a
     `CompressionInfo` with `structured=True`; its
     `partitions` are the original hidden layers' (every neuron is kept: the bottlenecks are new layers),
     `widths_after` the new chain's widths.
@@ -143,9 +143,7 @@ def lowrank(
         widths_after=jnp.asarray(new_chain.widths),
     )  # fmt: skip
     raise_if_failed(info.result, None, throw, "jaxlump.baselines.lowrank")
-    if new_chain.n_layers == chain.n_layers:  # nothing factorised: the model itself
-        return model, info
-    return (new_chain if isinstance(model, DenseChain) else sequential_from_chain(new_chain)), info
+    return sequential_of(model, new_chain), info
 
 
 _DEEPER = (
