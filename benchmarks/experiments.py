@@ -376,7 +376,7 @@ def _lump_method(discrepancy, refinement):
     return Method(True, run, search="sweep", sizes=run.sizes, prepare=run.prepare)
 
 
-UNSTRUCTURED = dict(prune_output=True, scope="layer")  # pinned: the first pass ran with these (then) defaults
+UNSTRUCTURED = dict(prune_output=True, scope=B.PerLayer())  # pinned: the first pass ran with these (then) defaults
 KNOB_GRID = np.linspace(0.0, 1.0 - 1e-9, 200)
 METHODS: dict[str, Method] = {
     "lump structural": _lump_method(jaxlump.Structural(), jaxlump.Representative()),
@@ -405,9 +405,9 @@ METHODS: dict[str, Method] = {
         grid=KNOB_GRID,
         reconstructable=False,
     ),
-    "structured norm": Method(True, _after(B.structured_prune, score="norm"), search="width"),
-    "structured activation": Method(True, _after(B.structured_prune, score="activation"), search="width"),
-    "structured wanda": Method(True, _after(B.structured_prune, score="wanda"), search="width"),
+    "structured norm": Method(True, _after(B.structured_prune, score=B.IncomingNorm()), search="width"),
+    "structured activation": Method(True, _after(B.structured_prune, score=B.MeanActivation()), search="width"),
+    "structured wanda": Method(True, _after(B.structured_prune, score=B.WandaScore()), search="width"),
     "random neurons": Method(True, _random_neurons, search="width"),
     "magnitude": Method(False, _after(B.magnitude, **UNSTRUCTURED)),
     "Wanda": Method(False, _after(B.wanda, **UNSTRUCTURED)),

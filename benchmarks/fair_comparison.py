@@ -46,10 +46,10 @@ def methods(x_calib):
         ("structured pruning", True, pruned(structured_prune, False)),
         ("structured pruning + reconstruction", True, pruned(structured_prune, True)),
         # Scopes pinned to those the committed results were measured with (the defaults are now per layer).
-        ("magnitude", False, pruned(magnitude, False, scope="global")),
-        ("magnitude + reconstruction", False, pruned(magnitude, True, scope="global")),
-        ("Wanda", False, pruned(wanda, False, scope="row")),
-        ("Wanda + reconstruction", False, pruned(wanda, True, scope="row")),
+        ("magnitude", False, pruned(magnitude, False, scope=jaxlump.baselines.Global())),
+        ("magnitude + reconstruction", False, pruned(magnitude, True, scope=jaxlump.baselines.Global())),
+        ("Wanda", False, pruned(wanda, False, scope=jaxlump.baselines.PerRow())),
+        ("Wanda + reconstruction", False, pruned(wanda, True, scope=jaxlump.baselines.PerRow())),
         ("lump_then_prune", False, lambda m, t: jaxlump.lump_then_prune(m, x_calib, t)),
     ]
 

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 
+from jaxlump import baselines as B
 from jaxlump._model import to_chain
 
 IDENTITY = eqx.nn.Identity()
@@ -166,3 +167,13 @@ def overflowing(widths=(3, 6, 6, 2)):
     weights, biases = parameters(random_mlp(jr.key(0), widths, "relu"))
     weights[0] = weights[0] * 1e200
     return build(widths, weights, biases, "relu", "sequential")
+
+
+# The baselines' scope and score strategies by the names the NumPy references in the tests use.
+SCOPES = {"global": B.Global(), "layer": B.PerLayer(), "row": B.PerRow()}
+SCORES = {
+    "norm": B.IncomingNorm(),
+    "activation": B.MeanActivation(),
+    "rate": B.ActivationRate(),
+    "wanda": B.WandaScore(),
+}

@@ -6,9 +6,11 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from _networks import SCOPES
 
 from jaxlump import LumpedMLP
 from jaxlump._model.network import DenseChain
+from jaxlump.baselines import PerLayer, PerRow
 from jaxlump.baselines._elimination import elimination_compensation, linearised_scores, nonlinear_scores
 
 NP_ACTIVATIONS = {
@@ -99,7 +101,7 @@ def test_linear_output_layer_is_mean_replacement():
 def test_compensation_never_hurts_on_linear_output_layer(sparsity):
     model = eqx.nn.MLP(6, 3, 4, 0, key=jr.key(0))  # one linear layer: the output layer
     x = np.asarray(jr.normal(jr.key(1), (50, 6))) * np.arange(1, 7) + np.arange(6)
-    new, info = elimination_compensation(model, x, sparsity, scope="layer", prune_output=True)
+    new, info = elimination_compensation(model, x, sparsity, scope=PerLayer(), prune_output=True)
     w, b = np.asarray(model.layers[0].weight), np.asarray(model.layers[0].bias)
     pruned = ~np.asarray(info.weight_masks[0])
     removed = x @ np.where(pruned, w, 0.0).T  # (N, out): what the pruned weights contributed
@@ -114,7 +116,7 @@ def test_compensation_never_hurts_on_linear_output_layer(sparsity):
 def test_selection_and_bias_update(scope):
     net = Net(**TANH_NET)
     importance, delta = linearised_scores(net.chain, jnp.asarray(net.x), (0, 1), True)
-    new, info = elimination_compensation(net.chain, net.x, 0.4, scope=scope)
+    new, info = elimination_compensation(net.chain, net.x, 0.4, scope=SCOPES[scope])
     groups = [[0, 1]] if scope == "global" else [[0], [1]]
     for group in groups:
         flat = np.concatenate([np.asarray(importance[l]).ravel() for l in group])
@@ -156,7 +158,7 @@ def test_nonlinear_scores_attain_true_optimum(l):
 def test_nonlinear_pipeline_and_leave_one_out():
     net = Net(**TANH_NET)
     x = jnp.asarray(net.x)
-    new, info = elimination_compensation(net.chain, net.x, 0.3, nonlinear=True, scope="layer")
+    new, info = elimination_compensation(net.chain, net.x, 0.3, nonlinear=True, scope=PerLayer())
     assert info.method == "elimination_compensation_nonlinear"
     for l in (0, 1):
         delta_star = linearised_scores(net.chain, x, (l,), True)[1][l]
@@ -166,7 +168,9 @@ def test_nonlinear_pipeline_and_leave_one_out():
         np.testing.assert_array_equal(np.asarray(info.weight_masks[l]).ravel(), expected)
         shift = np.where(np.asarray(info.weight_masks[l]), 0.0, np.asarray(delta)).sum(1)
         np.testing.assert_allclose(np.asarray(new.biases[l]), net.biases[l] + shift, rtol=1e-12)
-    _, leave_one_out = elimination_compensation(net.chain, net.x, 0.3, nonlinear=True, compensate=False, scope="layer")
+    _, leave_one_out = elimination_compensation(
+        net.chain, net.x, 0.3, nonlinear=True, compensate=False, scope=PerLayer()
+    )
     removal = np.array([[net.deviation(1, i, j, 0.0) for j in range(5)] for i in range(4)])
     expected = np.ones(20, bool)
     expected[np.argsort(removal.ravel(), kind="stable")[:6]] = False
@@ -202,7 +206,7 @@ def test_eqx_model_type_and_purity():
         ((np.full((5, 3), -np.inf), 0.5), {}, ValueError, "x_calib"),
         ((np.ones((5, 3)), 1.0), {}, ValueError, "sparsity"),
         ((np.ones((5, 3)), -1e-3), {}, ValueError, "sparsity"),
-        ((np.ones((5, 3)), 0.5), {"scope": "row"}, ValueError, "scope"),
+        ((np.ones((5, 3)), 0.5), {"scope": PerRow()}, TypeError, "scope"),
         ((np.ones((5, 3)), 0.5), {"compensate": "yes"}, TypeError, "compensate"),
         ((np.ones((5, 3)), 0.5), {"nonlinear": 1}, TypeError, "nonlinear"),
         ((np.ones((5, 3)), 0.5), {"nonlinear_steps": -1}, ValueError, "nonlinear_steps"),

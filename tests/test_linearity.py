@@ -11,6 +11,7 @@ import pytest
 import jaxlump
 from jaxlump._model.network import DenseChain
 from jaxlump._model.skip_mlp import SkipMLP
+from jaxlump.baselines import LinearFractionAbove, MoreLinearThan
 from jaxlump.baselines._linearity import activation_rates, linearity_merge, linearity_to_size
 
 
@@ -71,7 +72,7 @@ def test_activation_rates_match_numpy():
 def test_tau_one_is_lossless_with_chained_merge_and_vanished_layer():
     w, b, x = _planted_net()
     chain = _chain(w, b)
-    merged, info = linearity_merge(chain, x, 1.0, layer_threshold=0)
+    merged, info = linearity_merge(chain, x, 1.0, layer_threshold=MoreLinearThan(0))
     assert isinstance(merged, SkipMLP) and merged.widths == (4, 3, 0, 4, 3)
     assert merged.skip_sources == ((), (), (1, 0), (1, 0))  # layer 3's skip reads [a^1; x], current input first
     assert np.abs(np.asarray(_apply(merged, x)) - np.asarray(_apply(chain, x))).max() <= 1e-10
@@ -93,7 +94,7 @@ def test_merged_equals_partly_linearised_network(tau):
     w = [_normal(k[0], (8, 4)), _normal(k[1], (8, 8)), _normal(k[2], (8, 8)), _normal(k[3], (2, 8))]
     b = [_normal(k[4], (8,)) + 1, _normal(k[5], (8,)) + 1, _normal(k[6], (8,)) + 1, np.zeros(2)]
     x, fresh = _normal(k[7], (50, 4)), _normal(jr.key(2), (30, 4))
-    merged, info = linearity_merge(_chain(w, b), x, tau, layer_threshold=0)
+    merged, info = linearity_merge(_chain(w, b), x, tau, layer_threshold=MoreLinearThan(0))
     linear = [np.asarray(p) < 0 for p in info.partitions]
     assert sum(m.sum() for m in linear) > 0
     expected = _numpy_partly_linear(w, b, linear, fresh)
@@ -114,13 +115,30 @@ def test_worth_it_rule_refuses_a_growing_merge():
     best, info = linearity_merge(chain, x, 1.0)  # (8 + 8 + 1)·1 = 17 < 8·8: not worth it
     assert best.widths == chain.widths and all(s is None for s in best.skips)
     assert int(info.cost_after.dense_params) == int(info.cost_before.dense_params) == 3 * (64 + 8)
-    forced, info = linearity_merge(chain, x, 1.0, layer_threshold=0)
+    forced, info = linearity_merge(chain, x, 1.0, layer_threshold=MoreLinearThan(0))
     assert forced.widths == (8, 7, 8, 8)
     assert int(info.cost_after.dense_params) == 3 * 72 - (8 + 8 + 1) + 8 * 8
     np.testing.assert_allclose(_apply(forced, x), _apply(chain, x), atol=1e-10)
 
 
-@pytest.mark.parametrize("threshold, merged", [(0, True), (1, False), (0.1, True), (0.2, False)])
+def test_layer_rules_refuse_bad_values():
+    with pytest.raises(ValueError, match="`count` must be an int >= 0"):
+        MoreLinearThan(-1)
+    with pytest.raises(TypeError, match="`count` must be an int >= 0"):
+        MoreLinearThan(0.5)
+    with pytest.raises(ValueError, match="fraction"):
+        LinearFractionAbove(1.5)
+
+
+@pytest.mark.parametrize(
+    "threshold, merged",
+    [
+        (MoreLinearThan(0), True),
+        (MoreLinearThan(1), False),
+        (LinearFractionAbove(0.1), True),
+        (LinearFractionAbove(0.2), False),
+    ],
+)
 def test_int_and_float_layer_thresholds(threshold, merged):
     w, b, x = _one_linear_neuron_net()  # |L| = 1 of 8 neurons (12.5 %)
     new, _ = linearity_merge(_chain(w, b), x, 1.0, layer_threshold=threshold)
@@ -171,7 +189,7 @@ def test_chained_rule_uses_true_input_width():
 def test_leaky_relu_is_lossless_at_tau_one():
     w, b, x = _planted_net()
     chain = _chain(w, b, hidden="leaky_relu")
-    merged, _ = linearity_merge(chain, x, 1.0, layer_threshold=0)
+    merged, _ = linearity_merge(chain, x, 1.0, layer_threshold=MoreLinearThan(0))
     assert merged.widths == (4, 3, 0, 4, 3)
     assert np.abs(np.asarray(_apply(merged, x)) - np.asarray(_apply(chain, x))).max() <= 1e-10
 
@@ -214,7 +232,7 @@ def test_input_model_not_modified():
     w, b, x = _planted_net()
     mlp = eqx.nn.MLP(4, 3, 6, 2, activation=jax.nn.relu, key=jr.key(7))
     before = [np.array(leaf) for leaf in jax.tree_util.tree_leaves(mlp)]
-    linearity_merge(mlp, x, 0.5, layer_threshold=0)
+    linearity_merge(mlp, x, 0.5, layer_threshold=MoreLinearThan(0))
     linearity_to_size(mlp, x, 0.5)
     for old, new in zip(before, jax.tree_util.tree_leaves(mlp), strict=True):
         np.testing.assert_array_equal(old, new)
@@ -240,9 +258,8 @@ def test_non_relu_refused():
         (np.ones((5, 4)), -0.1, {}, ValueError, "tau"),
         (np.ones((5, 4)), float("nan"), {}, ValueError, "tau"),
         (np.ones((5, 4)), "all", {}, TypeError, "tau"),
-        (np.ones((5, 4)), 1.0, {"layer_threshold": "optimal"}, ValueError, "layer_threshold"),
-        (np.ones((5, 4)), 1.0, {"layer_threshold": -1}, ValueError, "layer_threshold"),
-        (np.ones((5, 4)), 1.0, {"layer_threshold": 1.5}, ValueError, "layer_threshold"),
+        (np.ones((5, 4)), 1.0, {"layer_threshold": "best"}, TypeError, "layer_threshold"),
+        (np.ones((5, 4)), 1.0, {"layer_threshold": 0}, TypeError, "layer_threshold"),
         (np.ones((5, 4)), 1.0, {"layer_threshold": True}, TypeError, "layer_threshold"),
     ],
 )
@@ -283,14 +300,14 @@ def test_finite_input_that_overflows_is_reported_not_called_successful():
     assert all(bool(jnp.all(jnp.isfinite(m))) for m in big.weights)
     x = jnp.asarray(x, jnp.float32)
     with np.errstate(over="ignore"):
-        _, info = linearity_merge(big, x, 1.0, layer_threshold=0, throw=False)
+        _, info = linearity_merge(big, x, 1.0, layer_threshold=MoreLinearThan(0), throw=False)
     assert info.result == jaxlump.RESULTS.model_nonfinite
     with (
         pytest.raises(jaxlump.CompressionError, match="linearity_merge: Stage 'input model'"),
         np.errstate(over="ignore"),
     ):
-        linearity_merge(big, x, 1.0, layer_threshold=0)
-    _, fine = linearity_merge(_chain(w, b), x, 1.0, layer_threshold=0)
+        linearity_merge(big, x, 1.0, layer_threshold=MoreLinearThan(0))
+    _, fine = linearity_merge(_chain(w, b), x, 1.0, layer_threshold=MoreLinearThan(0))
     assert fine.result == jaxlump.RESULTS.successful
 
 

@@ -15,7 +15,7 @@ import pytest
 import jaxlump
 from jaxlump._methods import lump_then_prune as _lump_then_prune
 from jaxlump._methods.lump_then_prune import DEFAULT_EPS_GRID, MAX_EXTRA_EPS
-from jaxlump.baselines import compress_to, magnitude, realised_size
+from jaxlump.baselines import PerRow, compress_to, magnitude, realised_size
 
 TARGET = 150
 
@@ -121,9 +121,9 @@ def test_refuses_bad_input(setting, options, error, match):
 
 def test_prune_options_reach_the_pruner(setting):
     mlp, x = setting
-    _, by_layer = jaxlump.lump_then_prune(mlp, x, TARGET, eps_grid=(0.0,), prune_options={"scope": "row"})
+    _, by_layer = jaxlump.lump_then_prune(mlp, x, TARGET, eps_grid=(0.0,), prune_options={"scope": PerRow()})
     kept_per_row = [np.asarray(m).sum(axis=1) for m in by_layer.weight_masks[:2]]
-    assert all(np.ptp(k) == 0 for k in kept_per_row)  # scope="row": every row keeps the same number of inputs
+    assert all(np.ptp(k) == 0 for k in kept_per_row)  # PerRow(): every row keeps the same number of inputs
 
 
 def test_pruned_biases_stay_pruned_so_the_budget_holds(setting):

@@ -6,9 +6,11 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from _networks import SCOPES
 
 from jaxlump import LumpedMLP
 from jaxlump._model.network import DenseChain
+from jaxlump.baselines import Global, PerLayer, PerRow
 from jaxlump.baselines._magnitude import magnitude
 from jaxlump.baselines._masks import select_lowest
 
@@ -54,7 +56,7 @@ def _reference_keep(scores, prunable, s, scope):
 @pytest.mark.parametrize("prune_output", [False, True])
 def test_matches_numpy_reference_with_ties(scope, sparsity, prune_output):
     chain = _tied_chain()
-    new, info = magnitude(chain, None, sparsity, scope=scope, prune_output=prune_output)
+    new, info = magnitude(chain, None, sparsity, scope=SCOPES[scope], prune_output=prune_output)
     prunable = [True, True, prune_output]
     expected = _reference_keep([np.abs(w) for w in chain.weights], prunable, sparsity, scope)
     for l, (w, new_w, keep, ref) in enumerate(
@@ -70,11 +72,11 @@ def test_matches_numpy_reference_with_ties(scope, sparsity, prune_output):
 def test_exact_counts_per_group(sparsity):
     chain = _tied_chain(seed=1, widths=(4, 7, 9, 3))
     sizes = [w.size for w in chain.weights[:2]]
-    _, info = magnitude(chain, None, sparsity, scope="global")
+    _, info = magnitude(chain, None, sparsity, scope=Global())
     assert sum(int(jnp.sum(~m)) for m in info.weight_masks) == int(sum(sizes) * sparsity)
-    _, info = magnitude(chain, None, sparsity, scope="layer")
+    _, info = magnitude(chain, None, sparsity, scope=PerLayer())
     assert [int(jnp.sum(~m)) for m in info.weight_masks] == [int(n * sparsity) for n in sizes] + [0]
-    _, info = magnitude(chain, None, sparsity, scope="row")
+    _, info = magnitude(chain, None, sparsity, scope=PerRow())
     for w, m in zip(chain.weights[:2], info.weight_masks[:2], strict=True):
         kept_per_row = np.asarray(jnp.sum(m, axis=1))
         assert np.all(kept_per_row == w.shape[1] - int(w.shape[1] * sparsity))
@@ -83,19 +85,19 @@ def test_exact_counts_per_group(sparsity):
 def test_ties_broken_by_position_not_threshold():
     # Six equal magnitudes: a `<= threshold` rule would prune all six; the stable rule prunes the first three.
     scores = [jnp.ones((2, 3)), None]
-    (keep, untouched) = select_lowest(scores, 0.5, "layer")
+    (keep, untouched) = select_lowest(scores, 0.5, PerLayer())
     np.testing.assert_array_equal(np.asarray(keep), [[False, False, False], [True, True, True]])
     assert untouched is None
-    (keep, _) = select_lowest(scores, 0.5, "global")
+    (keep, _) = select_lowest(scores, 0.5, Global())
     np.testing.assert_array_equal(np.asarray(keep), [[False, False, False], [True, True, True]])
-    (keep, _) = select_lowest(scores, 0.5, "row")
+    (keep, _) = select_lowest(scores, 0.5, PerRow())
     np.testing.assert_array_equal(np.asarray(keep), [[False, True, True], [False, True, True]])
 
 
 def test_global_ranks_across_layers():
     small = jnp.asarray([[0.1, 5.0]])
     large = jnp.asarray([[0.2, 0.3], [4.0, 6.0]])
-    first, second = select_lowest([small, large], 0.5, "global")  # 6 weights, prune 3: 0.1, 0.2, 0.3
+    first, second = select_lowest([small, large], 0.5, Global())  # 6 weights, prune 3: 0.1, 0.2, 0.3
     np.testing.assert_array_equal(np.asarray(first), [[False, True]])
     np.testing.assert_array_equal(np.asarray(second), [[False, False], [True, True]])
 
@@ -113,7 +115,7 @@ def test_sparsity_zero_is_identity_and_info():
 
 def test_eqx_models_keep_type_and_cost_counts_zeros():
     mlp = eqx.nn.MLP(4, 2, 8, 2, activation=jax.nn.relu, key=jr.key(0))
-    new, info = magnitude(mlp, jr.normal(jr.key(1), (5, 4)), 0.4, scope="layer", prune_output=True)
+    new, info = magnitude(mlp, jr.normal(jr.key(1), (5, 4)), 0.4, scope=PerLayer(), prune_output=True)
     assert type(new) is LumpedMLP
     assert all(a.shape == b.shape for a, b in zip(_arrays(mlp), _arrays(new), strict=True))
     pruned = int(32 * 0.4) + int(64 * 0.4) + int(16 * 0.4)
@@ -132,7 +134,7 @@ def test_eqx_models_keep_type_and_cost_counts_zeros():
 def test_input_model_not_modified():
     chain = _tied_chain()
     before = [np.array(leaf) for leaf in jax.tree_util.tree_leaves(chain)]
-    magnitude(chain, None, 0.6, scope="row", prune_output=True)
+    magnitude(chain, None, 0.6, scope=PerRow(), prune_output=True)
     for a, b in zip(before, jax.tree_util.tree_leaves(chain), strict=True):
         np.testing.assert_array_equal(a, np.asarray(b))
 
@@ -155,7 +157,7 @@ def _bad_weight_chain():
         ((np.ones((4, 5)), 0.5), {}, ValueError, "x_calib"),
         ((np.ones((0, 3)), 0.5), {}, ValueError, "x_calib"),
         ((np.ones(3), 0.5), {}, ValueError, "x_calib"),
-        ((None, 0.5), {"scope": "neuron"}, ValueError, "scope"),
+        ((None, 0.5), {"scope": "neuron"}, TypeError, "scope"),
         ((None, 0.5), {"prune_output": "yes"}, TypeError, "prune_output"),
     ],
 )

@@ -9,6 +9,7 @@ import pytest
 
 from jaxlump import LumpedMLP
 from jaxlump._model.network import DenseChain
+from jaxlump.baselines import Global, PerRow
 from jaxlump.baselines._random import random
 
 
@@ -44,7 +45,7 @@ def test_exact_counts(sparsity, prune_output):
     _, info = random(chain, None, sparsity, key=jr.key(0), prune_output=prune_output)
     expected = [int(n * sparsity) if p else 0 for n, p in zip(sizes, prunable, strict=True)]
     assert [int(p.sum()) for p in _pruned(info)] == expected
-    new, info = random(chain, None, sparsity, key=jr.key(0), scope="global", prune_output=prune_output)
+    new, info = random(chain, None, sparsity, key=jr.key(0), scope=Global(), prune_output=prune_output)
     assert sum(int(p.sum()) for p in _pruned(info)) == int(
         sum(n for n, p in zip(sizes, prunable, strict=True) if p) * sparsity
     )
@@ -52,7 +53,7 @@ def test_exact_counts(sparsity, prune_output):
         assert not _pruned(info)[2].any()
     for w, new_w, keep in zip(chain.weights, new.weights, info.weight_masks, strict=True):
         np.testing.assert_array_equal(np.asarray(new_w), np.where(np.asarray(keep), np.asarray(w), 0.0))
-    _, info = random(chain, None, sparsity, key=jr.key(0), scope="row")
+    _, info = random(chain, None, sparsity, key=jr.key(0), scope=PerRow())
     for w, m in zip(chain.weights[:2], info.weight_masks[:2], strict=True):
         assert np.all(np.asarray(m.sum(axis=1)) == w.shape[1] - int(w.shape[1] * sparsity))
 
@@ -70,7 +71,7 @@ def test_global_scope_does_not_split_evenly():
     # A uniform subset over all layers: some key gives a layer a count other than int(n·s).
     chain = _chain(widths=(4, 7, 9, 3))
     counts = {
-        tuple(int(p.sum()) for p in _pruned(random(chain, None, 0.5, key=jr.key(k), scope="global")[1]))
+        tuple(int(p.sum()) for p in _pruned(random(chain, None, 0.5, key=jr.key(k), scope=Global())[1]))
         for k in range(5)
     }
     assert any(c[:2] != (14, 31) for c in counts)
@@ -97,7 +98,7 @@ def test_eqx_model_and_purity():
         ((np.full((2, 3), np.nan), 0.5), {"key": jr.key(0)}, ValueError, "x_calib"),
         ((np.ones((2, 4)), 0.5), {"key": jr.key(0)}, ValueError, "x_calib"),
         ((np.ones((0, 3)), 0.5), {"key": jr.key(0)}, ValueError, "x_calib"),
-        ((None, 0.5), {"key": jr.key(0), "scope": "neuron"}, ValueError, "scope"),
+        ((None, 0.5), {"key": jr.key(0), "scope": "neuron"}, TypeError, "scope"),
     ],
 )
 def test_bad_input(args, kwargs, error, match):

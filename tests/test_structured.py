@@ -6,9 +6,11 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from _networks import SCORES
 
 from jaxlump._model import LumpedMLP, to_chain
 from jaxlump._model.network import DenseChain
+from jaxlump.baselines import Global, IncomingNorm, MeanActivation, PerRow, WandaScore
 from jaxlump.baselines._structured import structured_prune
 
 # 3 -> 4 -> 2 ReLU net. Incoming row norms 1, 3, 2, 0.5. On inputs in (0, 1): a0 = x0 + 5, a1 = 0 (dead),
@@ -50,7 +52,7 @@ def _numpy_net(w1, b1, w2, b2, x):
 )
 def test_the_right_neurons_go(score, sparsity, removed):
     x = _x()
-    new, info = structured_prune(_chain(), x, sparsity, score=score)
+    new, info = structured_prune(_chain(), x, sparsity, score=SCORES[score])
     keep = [k for k in range(4) if k not in removed]
     expected_partition = np.full(4, -1)
     expected_partition[keep] = np.arange(len(keep))
@@ -72,7 +74,7 @@ def test_wanda_score_matches_formula():
     w2 = np.asarray(jr.normal(keys[2], (2, 10)))
     x = np.asarray(jr.normal(keys[3], (40, 3)))
     scores = np.linalg.norm(np.maximum(x @ w1.T + b1, 0), axis=0) * np.linalg.norm(w2, axis=0)
-    _, info = structured_prune(_chain(w1, b1, w2, B2), x, 0.3, score="wanda")
+    _, info = structured_prune(_chain(w1, b1, w2, B2), x, 0.3, score=WandaScore())
     assert set(np.flatnonzero(np.asarray(info.partitions[0]) < 0)) == set(np.argsort(scores)[:3])
 
 
@@ -92,7 +94,7 @@ def test_mean_replacement_is_exact_on_a_constant_neuron():
 
 def test_compensation_adds_mean_contribution():
     x = _x()
-    new, _ = structured_prune(_chain(), x, 0.5, score="norm", compensate=True)
+    new, _ = structured_prune(_chain(), x, 0.5, score=IncomingNorm(), compensate=True)
     mean_a = np.maximum(x @ W1.T + B1, 0).mean(0)
     np.testing.assert_allclose(new.biases[1], B2 + W2[:, [0, 3]] @ mean_a[[0, 3]], rtol=1e-12)
 
@@ -102,11 +104,11 @@ def test_compensation_adds_mean_contribution():
 def test_exact_counts(sparsity, score):
     mlp = eqx.nn.MLP(3, 2, 16, 2, activation=jax.nn.relu, key=jr.key(2))
     x = jr.normal(jr.key(3), (30, 3))
-    layered, info = structured_prune(mlp, x, sparsity, score=score)
+    layered, info = structured_prune(mlp, x, sparsity, score=SCORES[score])
     n_keep = 16 - int(16 * sparsity)
     assert isinstance(layered, LumpedMLP) and layered.width_size == (n_keep, n_keep)  # type-stable: MLP → LumpedMLP
     assert info.widths_after.tolist() == [3, n_keep, n_keep, 2]
-    _, info = structured_prune(mlp, x, sparsity, score=score, scope="global")
+    _, info = structured_prune(mlp, x, sparsity, score=SCORES[score], scope=Global())
     assert int(info.widths_after[1] + info.widths_after[2]) == 32 - int(32 * sparsity)
     for p, width in zip(info.partitions, info.widths_after[1:-1], strict=True):
         kept = np.asarray(p)[np.asarray(p) >= 0]
@@ -125,14 +127,14 @@ def test_global_normalised_scores_ignore_layer_scale():
     )
     x = jr.normal(jr.key(5), (30, 3))
     for score in ("norm", "activation", "wanda"):
-        _, a = structured_prune(chain, x, 0.5, score=score, scope="global")
-        _, b = structured_prune(scaled, x, 0.5, score=score, scope="global")
+        _, a = structured_prune(chain, x, 0.5, score=SCORES[score], scope=Global())
+        _, b = structured_prune(scaled, x, 0.5, score=SCORES[score], scope=Global())
         for pa, pb in zip(a.partitions, b.partitions, strict=True):
             np.testing.assert_array_equal(pa, pb)
     # And the removed set is the lowest of the mean-normalised norms, computed in NumPy.
     norms = [np.linalg.norm(np.asarray(w), axis=1) for w in chain.weights[:2]]
     flat = np.concatenate([s / s.mean() for s in norms])
-    _, info = structured_prune(chain, None, 0.5, scope="global")
+    _, info = structured_prune(chain, None, 0.5, scope=Global())
     removed = np.concatenate([np.asarray(p) < 0 for p in info.partitions])
     assert set(np.flatnonzero(removed)) == set(np.argsort(flat, kind="stable")[:6])
 
@@ -140,7 +142,7 @@ def test_global_normalised_scores_ignore_layer_scale():
 def test_at_least_one_neuron_per_layer_is_kept():
     mlp = eqx.nn.MLP(3, 2, 4, 2, activation=jax.nn.relu, key=jr.key(6))
     x = jr.normal(jr.key(7), (10, 3))
-    new, info = structured_prune(mlp, x, 0.95, scope="global")  # int(8 * 0.95) = 7 > 8 - 2
+    new, info = structured_prune(mlp, x, 0.95, scope=Global())  # int(8 * 0.95) = 7 > 8 - 2
     assert info.widths_after.tolist() == [3, 1, 1, 2]
     assert isinstance(new, LumpedMLP) and new.width_size == (1, 1)
     chain = DenseChain(
@@ -160,22 +162,22 @@ def test_model_kinds():
         chain.activations,
         (True,) * 3,
     )
-    new, info = structured_prune(uneven, None, 0.5, scope="global")
+    new, info = structured_prune(uneven, None, 0.5, scope=Global())
     assert isinstance(new, DenseChain) and new.widths == tuple(info.widths_after.tolist())
     seq = eqx.nn.Sequential(
         [eqx.nn.Linear(3, 5, key=jr.key(10)), eqx.nn.Lambda(jax.nn.tanh), eqx.nn.Linear(5, 2, key=jr.key(11))]
     )
-    new_seq, _ = structured_prune(seq, x, 0.4, score="activation")
+    new_seq, _ = structured_prune(seq, x, 0.4, score=MeanActivation())
     assert isinstance(new_seq, eqx.nn.Sequential) and new_seq.layers[0].out_features == 3
     rescaled = eqx.tree_at(lambda m: m.layers[0].weight, mlp, mlp.layers[0].weight * jnp.arange(1.0, 9.0)[:, None] ** 2)
-    lumped, info = structured_prune(rescaled, x, 0.5, scope="global")
+    lumped, info = structured_prune(rescaled, x, 0.5, scope=Global())
     assert isinstance(lumped, LumpedMLP) and lumped.widths == tuple(info.widths_after.tolist())
 
 
 def test_input_model_not_modified():
     mlp = eqx.nn.MLP(3, 2, 8, 2, key=jr.key(12))
     before = [np.array(leaf) for leaf in jax.tree_util.tree_leaves(mlp)]
-    structured_prune(mlp, jr.normal(jr.key(13), (20, 3)), 0.5, score="wanda", compensate=True, scope="global")
+    structured_prune(mlp, jr.normal(jr.key(13), (20, 3)), 0.5, score=WandaScore(), compensate=True, scope=Global())
     for old, new in zip(before, jax.tree_util.tree_leaves(mlp), strict=True):
         np.testing.assert_array_equal(old, new)
 
@@ -186,13 +188,13 @@ def test_input_model_not_modified():
         (np.full((4, 3), np.nan), 0.5, {}, ValueError, "x_calib"),
         (np.ones((4, 2)), 0.5, {}, ValueError, "x_calib"),
         (np.ones((0, 3)), 0.5, {}, ValueError, "x_calib"),
-        (None, 0.5, {"score": "wanda"}, ValueError, "x_calib"),
+        (None, 0.5, {"score": WandaScore()}, ValueError, "x_calib"),
         (None, 0.5, {"compensate": True}, ValueError, "x_calib"),
         (np.ones((4, 3)), 1.0, {}, ValueError, "sparsity"),
         (np.ones((4, 3)), -0.1, {}, ValueError, "sparsity"),
         (np.ones((4, 3)), "half", {}, TypeError, "sparsity"),
-        (np.ones((4, 3)), 0.5, {"score": "taylor"}, ValueError, "score"),
-        (np.ones((4, 3)), 0.5, {"scope": "row"}, ValueError, "scope"),
+        (np.ones((4, 3)), 0.5, {"score": "taylor"}, TypeError, "score"),
+        (np.ones((4, 3)), 0.5, {"scope": PerRow()}, TypeError, "scope"),
     ],
 )
 def test_bad_input(x, sparsity, options, error, match):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import jaxlump
-from jaxlump.baselines import compress_to, exact_lump, magnitude, realised_size, structured_prune
+from jaxlump.baselines import Global, PerLayer, compress_to, exact_lump, magnitude, realised_size, structured_prune
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def x():
 
 @pytest.mark.parametrize("target", [100, 200, 300])
 def test_magnitude_reaches_exact_nonzero_targets(mlp, target):
-    _, info = compress_to(mlp, magnitude, target, scope="global")
+    _, info = compress_to(mlp, magnitude, target, scope=Global())
     # one global ranking prunes int(n·s) weights, so every count of pruned weights is reachable: hit exactly
     assert realised_size(info) == target
 
@@ -177,7 +177,7 @@ def test_size_knob_methods_get_the_target_directly(mlp, x):
 
 def test_unregistered_function_is_searched_as_a_sparsity(mlp):
     def my_pruner(model, x_calib, sparsity):
-        return magnitude(model, x_calib, sparsity, scope="layer")
+        return magnitude(model, x_calib, sparsity, scope=PerLayer())
 
     _, info = compress_to(mlp, my_pruner, 100)
     assert info.target.realised_size <= 100

@@ -6,9 +6,11 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from _networks import SCOPES
 
 from jaxlump import LumpedMLP
 from jaxlump._model.network import DenseChain
+from jaxlump.baselines import Global, PerLayer, PerRow
 from jaxlump.baselines._magnitude import magnitude
 from jaxlump.baselines._wanda import wanda
 
@@ -71,8 +73,15 @@ def _data(n=40, width=3, seed=1):
 @pytest.mark.parametrize("sparsity", [0.3, 0.6])
 def test_matches_numpy_reference(sequential, scope, first_layer, bias_correction, sparsity):
     chain, x = _chain(widths=(5, 8, 7, 6, 2)), _data(width=5)
+    first = {"layer": PerLayer(), "prune": SCOPES[scope], "skip": None}[first_layer]  # the reference's names
     new, info = wanda(
-        chain, x, sparsity, scope=scope, sequential=sequential, first_layer=first_layer, bias_correction=bias_correction
+        chain,
+        x,
+        sparsity,
+        scope=SCOPES[scope],
+        sequential=sequential,
+        first_layer=first,
+        bias_correction=bias_correction,
     )
     masks, weights, biases = _np_wanda(
         chain, x, sparsity, scope=scope, sequential=sequential, first_layer=first_layer, bias_correction=bias_correction
@@ -87,8 +96,8 @@ def test_sequential_and_dense_statistics_differ_as_expected():
     # The first layer sees the raw inputs either way; the second is scored on pruned vs dense activations.
     chain, x = _chain(widths=(3, 6, 5, 2), seed=6), _data()
     seq_ref, dense_ref = _np_wanda(chain, x, 0.5)[0], _np_wanda(chain, x, 0.5, sequential=False)[0]
-    _, seq = wanda(chain, x, 0.5, scope="row", sequential=True)
-    _, dense = wanda(chain, x, 0.5, scope="row", sequential=False)
+    _, seq = wanda(chain, x, 0.5, scope=PerRow(), sequential=True)
+    _, dense = wanda(chain, x, 0.5, scope=PerRow(), sequential=False)
     np.testing.assert_array_equal(np.asarray(seq.weight_masks[0]), np.asarray(dense.weight_masks[0]))
     assert not np.array_equal(seq_ref[1], dense_ref[1])  # the planted case really separates the two modes
     np.testing.assert_array_equal(np.asarray(seq.weight_masks[1]), seq_ref[1])
@@ -99,10 +108,10 @@ def test_sequential_and_dense_statistics_differ_as_expected():
 def test_equal_input_norms_give_magnitude(scope):
     x = np.array([[i, j, k] for i in (-1.0, 1.0) for j in (-1.0, 1.0) for k in (-1.0, 1.0)])  # every ‖X_j‖ = √8
     chain = _chain(widths=(3, 7, 2), seed=3)
-    _, by_wanda = wanda(chain, x, 0.5, scope=scope, first_layer="prune")
-    _, by_magnitude = magnitude(chain, None, 0.5, scope=scope)
+    _, by_wanda = wanda(chain, x, 0.5, scope=SCOPES[scope], first_layer=SCOPES[scope])
+    _, by_magnitude = magnitude(chain, None, 0.5, scope=SCOPES[scope])
     np.testing.assert_array_equal(np.asarray(by_wanda.weight_masks[0]), np.asarray(by_magnitude.weight_masks[0]))
-    _, skewed = wanda(chain, x * np.array([10.0, 1.0, 0.1]), 0.5, scope=scope, first_layer="prune")
+    _, skewed = wanda(chain, x * np.array([10.0, 1.0, 0.1]), 0.5, scope=SCOPES[scope], first_layer=SCOPES[scope])
     assert not np.array_equal(np.asarray(skewed.weight_masks[0]), np.asarray(by_magnitude.weight_masks[0]))
 
 
@@ -115,8 +124,8 @@ def test_invariant_to_rescaling_inputs(sequential):
     for a, b in zip(base.weight_masks, scaled.weight_masks, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     tanh_chain = _chain(seed=5)  # any net: the first layer sees x itself
-    _, base = wanda(tanh_chain, _data(), 0.5, first_layer="prune")
-    _, scaled = wanda(tanh_chain, 0.01 * _data(), 0.5, first_layer="prune")
+    _, base = wanda(tanh_chain, _data(), 0.5, first_layer=PerLayer())
+    _, scaled = wanda(tanh_chain, 0.01 * _data(), 0.5, first_layer=PerLayer())
     np.testing.assert_array_equal(np.asarray(base.weight_masks[0]), np.asarray(scaled.weight_masks[0]))
 
 
@@ -127,7 +136,7 @@ def test_default_scope_is_the_layer_as_for_every_baseline():
     from jaxlump.baselines import elimination_compensation, magnitude, random, structured_prune
 
     for function in (wanda, magnitude, random, elimination_compensation, structured_prune):
-        assert inspect.signature(function).parameters["scope"].default == "layer", function.__name__
+        assert inspect.signature(function).parameters["scope"].default == PerLayer(), function.__name__
     chain, x = _chain(widths=(2, 8, 8, 1), seed=6), _data(width=2)
     _, info = wanda(chain, x, 0.5)
     assert int(jnp.sum(~info.weight_masks[1])) == 32  # int(64 · 0.5) in the layer, rows may differ
@@ -136,14 +145,14 @@ def test_default_scope_is_the_layer_as_for_every_baseline():
 @pytest.mark.parametrize("sparsity", [0.25, 0.5, 0.8])
 def test_exact_per_row_sparsity_and_first_layer_modes(sparsity):
     chain, x = _chain(widths=(2, 8, 8, 1), seed=6), _data(width=2)
-    _, info = wanda(chain, x, sparsity, scope="row", first_layer="prune")
+    _, info = wanda(chain, x, sparsity, scope=PerRow(), first_layer=PerRow())
     for m in info.weight_masks[:2]:
         assert np.all(np.asarray(m.sum(axis=1)) == m.shape[1] - int(m.shape[1] * sparsity))
     assert bool(jnp.all(info.weight_masks[2]))
-    _, info = wanda(chain, x, sparsity, scope="row")  # default first_layer="layer": one group of 16 weights
+    _, info = wanda(chain, x, sparsity, scope=PerRow())  # default first_layer=PerLayer(): one group of 16 weights
     assert int(jnp.sum(~info.weight_masks[0])) == int(16 * sparsity)
     assert np.all(np.asarray(info.weight_masks[1].sum(axis=1)) == 8 - int(8 * sparsity))
-    _, info = wanda(chain, x, sparsity, scope="row", first_layer="skip")
+    _, info = wanda(chain, x, sparsity, scope=PerRow(), first_layer=None)
     assert bool(jnp.all(info.weight_masks[0])) and int(jnp.sum(~info.weight_masks[1])) == 8 * int(8 * sparsity)
 
 
@@ -179,8 +188,8 @@ def test_eqx_model_type_and_purity():
         ((np.full((5, 3), np.nan), 0.5), {}, ValueError, "x_calib"),
         ((np.ones((5, 3)), 1.0), {}, ValueError, "sparsity"),
         ((np.ones((5, 3)), -0.01), {}, ValueError, "sparsity"),
-        ((np.ones((5, 3)), 0.5), {"scope": "global"}, ValueError, "scope"),
-        ((np.ones((5, 3)), 0.5), {"first_layer": "dense"}, ValueError, "first_layer"),
+        ((np.ones((5, 3)), 0.5), {"scope": Global()}, TypeError, "scope"),
+        ((np.ones((5, 3)), 0.5), {"first_layer": "dense"}, TypeError, "first_layer"),
         ((np.ones((5, 3)), 0.5), {"sequential": 1}, TypeError, "sequential"),
         ((np.ones((5, 3)), 0.5), {"bias_correction": None}, TypeError, "bias_correction"),
     ],

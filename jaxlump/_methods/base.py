@@ -1,4 +1,8 @@
-"""What every structured method shares: the model's chain and data, per-layer knobs, partitions, the info record."""
+"""What the methods share: the model's chain and data, per-layer knobs, partitions, the info record, and the
+scopes (which weights or neurons compete in one ranking)."""
+
+import abc
+import itertools
 
 import equinox as eqx
 import jax
@@ -111,3 +115,57 @@ def finish_structured(method: str, knob, model, new_model, widths_before, partit
     """`(new_model, info)` of a structured baseline; with `throw`, raise if a check of `structured_info` failed."""
     info = structured_info(method, knob, model, new_model, widths_before, partitions, x)
     return raise_if_failed(info.result, new_model, throw, f"jaxlump.baselines.{method}"), info
+
+
+class AbstractScope(eqx.Module):
+    """Which weights (or neurons) compete in one ranking when a method prunes a fraction `s`: in every group of `n`
+    entries exactly `int(n·s)` of the lowest scores go, ties broken by position (a stable sort), so equal scores
+    never overshoot the count as a `score <= threshold` rule would."""
+
+    @abc.abstractmethod
+    def keep(self, scores: list[jax.Array], sparsity: float) -> list[jax.Array]:
+        """Boolean keep masks, one per score array (lower score: pruned first)."""
+        raise NotImplementedError
+
+
+class PerLayer(AbstractScope):
+    """Each layer's scores form one group: every pruned layer loses the same fraction (the default)."""
+
+    def keep(self, scores: list[jax.Array], sparsity: float) -> list[jax.Array]:
+        return [(_ranks(s.ravel()) >= int(s.size * sparsity)).reshape(s.shape) for s in scores]
+
+
+class Global(AbstractScope):
+    """One ranking over every layer's scores together: layers lose different fractions."""
+
+    def keep(self, scores: list[jax.Array], sparsity: float) -> list[jax.Array]:
+        flat = jnp.concatenate([s.ravel() for s in scores])
+        keep_flat = _ranks(flat) >= int(flat.size * sparsity)
+        splits = list(itertools.accumulate(s.size for s in scores))[:-1]
+        return [k.reshape(s.shape) for k, s in zip(jnp.split(keep_flat, splits), scores, strict=True)]
+
+
+class PerRow(AbstractScope):
+    """Each output neuron's weights (a row of `W`) form one group: every neuron keeps `n_in − int(n_in·s)` inputs
+    (Wanda's setting for language models)."""
+
+    def keep(self, scores: list[jax.Array], sparsity: float) -> list[jax.Array]:
+        return [_ranks(s, axis=1) >= int(s.shape[1] * sparsity) for s in scores]
+
+
+def _ranks(scores: jax.Array, axis: int = -1) -> jax.Array:
+    """Position of each entry in the stable ascending order along `axis` (0 = pruned first)."""
+    order = jnp.argsort(scores, axis=axis, stable=True)
+    return jnp.argsort(order, axis=axis, stable=True)
+
+
+def check_scope(scope, accepted: tuple[type[AbstractScope], ...], name: str = "scope") -> AbstractScope:
+    """`scope` itself when it is one of the `accepted` scope classes; `TypeError` naming `name` and them otherwise."""
+    if isinstance(scope, accepted):
+        return scope
+    names = " or ".join(f"jaxlump.baselines.{c.__name__}()" for c in accepted)
+    hint = ""
+    strings = {"layer": "PerLayer", "global": "Global", "row": "PerRow"}
+    if isinstance(scope, str) and scope in strings:
+        hint = f" (scopes are objects: `jaxlump.baselines.{strings[scope]}()`)"
+    raise TypeError(f"`{name}` must be {names} here; received {scope!r}{hint}.")

@@ -10,7 +10,7 @@ from .._model import is_chain_kind, to_chain
 from .._results.accounting import cost, widths_dense_params
 from .._results.info import CompressionInfo
 from .._sites.compress import SitesInfo, compress_to_sites
-from .base import fraction_for
+from .base import Global, fraction_for
 from .registry import compressors, get_compressor
 
 
@@ -148,7 +148,7 @@ def compress_to(
       `lump_then_select`'s lumping ε is lowered from 0.5 until no lumped layer is narrower than its target, and
       recorded in `info.target.options`). Methods that cannot set per-layer widths (`Compressor.no_widths`:
       `exact_lump`, `lowrank`, `linearity_merge`, `linearity_to_size`) and unstructured ones are refused with
-      the reason before any computation; an unregistered function, or `scope="global"`, is searched with its one
+      the reason before any computation; an unregistered function, or `scope=Global()`, is searched with its one
       knob and refused when a layer ends more than one neuron below its target.
 
     For any other Equinox or NNX module (compressed site by site, see `jaxlump.sites`), the target is an `int` or a
@@ -267,7 +267,9 @@ def compress_to(
         fields = {f: getattr(info, f) for f in info.__dataclass_fields__ if f != "target"}
         return new_model, TargetInfo(**fields, target=record)
 
-    per_layer_options = options.get("scope") != "global"  # one global ranking sets every layer's width together
+    per_layer_options = not isinstance(
+        options.get("scope"), Global
+    )  # one global ranking sets every layer's width together
     if kind == "widths" and compressor is not None and per_layer_options:
         if _sets_widths(compressor):
             search = dict(knob_range=knob_range, grow_upper=grow_upper, max_iter=max_iter)

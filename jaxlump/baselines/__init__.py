@@ -9,6 +9,10 @@ fraction of hidden neurons removed (as `structured_prune`). The oracle: `rank_bo
 `layer_errors`. `compress_to` reaches a requested size with any of them.
 """
 
+from .._methods.base import AbstractScope as AbstractScope
+from .._methods.base import Global as Global
+from .._methods.base import PerLayer as PerLayer
+from .._methods.base import PerRow as PerRow
 from .._methods.targets import compress_to as compress_to
 from .._methods.targets import realised_size as realised_size
 from ._elimination import elimination_compensation as elimination_compensation
@@ -18,6 +22,10 @@ from ._folding import fold as fold
 from ._folding import neuron_merge as neuron_merge
 from ._folding import zipit_merge as zipit_merge
 from ._interpolative import id_prune as id_prune
+from ._linearity import AbstractLayerRule as AbstractLayerRule
+from ._linearity import LinearFractionAbove as LinearFractionAbove
+from ._linearity import MoreLinearThan as MoreLinearThan
+from ._linearity import SavesParameters as SavesParameters
 from ._linearity import (
     activation_rates as activation_rates,
 )
@@ -36,5 +44,10 @@ from ._oracle import rank_bounds as rank_bounds
 from ._osscar import osscar_prune as osscar_prune
 from ._proportional import proportional_lump as proportional_lump
 from ._random import random as random
+from ._structured import AbstractNeuronScore as AbstractNeuronScore
+from ._structured import ActivationRate as ActivationRate
+from ._structured import IncomingNorm as IncomingNorm
+from ._structured import MeanActivation as MeanActivation
+from ._structured import WandaScore as WandaScore
 from ._structured import structured_prune as structured_prune
 from ._wanda import wanda as wanda

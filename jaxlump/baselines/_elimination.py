@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from .._custom_types import Calibration
-from .._errors import check_choice
+from .._methods.base import AbstractScope, Global, PerLayer, check_scope
 from .._methods.registry import WEIGHT_SPARSITY, Compressor, register_compressor
 from .._model.network import ACTIVATIONS, DenseChain
 from .._results.info import CompressionInfo
@@ -148,7 +148,7 @@ def elimination_compensation(
     x_calib: Calibration,
     sparsity: float,
     *,
-    scope: str = "layer",
+    scope: AbstractScope = PerLayer(),
     compensate: bool = True,
     prune_output: bool = False,
     nonlinear: bool = False,
@@ -168,8 +168,8 @@ def elimination_compensation(
     - `model`: an `eqx.nn.MLP`, `eqx.nn.Sequential`, `jaxlump.LumpedMLP` or `flax.nnx` model.
     - `x_calib`: calibration inputs, shape `(N, in)`; required.
     - `sparsity`: the fraction `s ∈ [0, 1)` of prunable weights to zero.
-    - `scope`: `"layer"` (default, the same for every jaxlump pruning baseline: each prunable layer to `s`)
-      or `"global"` (one ranking; `I` is in output units², comparable across layers).
+    - `scope`: `PerLayer()` (default, the same for every jaxlump pruning baseline: each prunable layer to `s`)
+      or `Global()` (one ranking; `I` is in output units², comparable across layers).
     - `compensate`: `True` (default) scores with and applies the bias shifts; `False` is the
       elimination-only ablation, score `I⁰ = W² S2/N` and no bias change. Layers built without a
       bias are always scored and pruned this way.
@@ -188,8 +188,8 @@ def elimination_compensation(
     and a `CompressionInfo` whose `weight_masks` are the keep masks.
 
     **Raises:** `ValueError` for missing, empty, non-finite or wrong-width `x_calib`, a sparsity outside
-    `[0, 1)`, an unknown `scope`, a negative `nonlinear_steps`, or no prunable layer; `TypeError` for an
-    unsupported model or non-boolean flags.
+    `[0, 1)`, a negative `nonlinear_steps`, or no prunable layer; `TypeError` for an unsupported model,
+    non-boolean flags, or a `scope` other than `PerLayer()` or `Global()`.
 
     ```python
     import equinox as eqx, jax.numpy as jnp, jax.random as jr
@@ -205,7 +205,7 @@ def elimination_compensation(
     fully-connected neural networks* (arXiv 2602.20467, 2026); the formulas are jaxlump's
     reconstruction from the abstract (`reference/baselines.md` §A.3).
     """
-    check_choice(scope, "scope", ("global", "layer"))
+    check_scope(scope, (PerLayer, Global))
     compensate, nonlinear = check_flag(compensate, "compensate"), check_flag(nonlinear, "nonlinear")
     throw = check_flag(throw, "throw")
     if isinstance(nonlinear_steps, bool) or not isinstance(nonlinear_steps, int):

@@ -43,7 +43,7 @@ def standardised(score: np.ndarray) -> np.ndarray:
 def global_keep(scores: list[np.ndarray], sparsity: Fractions) -> list[np.ndarray]:
     """Keep masks from one global cut of the per-layer standardised scores (`global_cut`: the `int(N·s)` lowest of
     the `N` hidden neurons go, each layer's best neuron is protected); with one sparsity per layer, the `int(n_l·s_l)`
-    lowest of each layer go instead (a stable sort, as `structured_prune`'s `scope="layer"`)."""
+    lowest of each layer go instead (a stable sort, as `structured_prune`'s `scope=PerLayer()`)."""
     if not isinstance(sparsity, tuple):
         return global_cut([standardised(s) for s in scores], sparsity)
     keeps = []

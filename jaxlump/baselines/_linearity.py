@@ -4,10 +4,12 @@ ReLU neurons that are active on (almost) every calibration example act linearly 
 path `W^{l+1}[:, L] W^l[L, :]` becomes a dense skip into the next layer's pre-activation (a `SkipMLP`).
 """
 
+import abc
 import math
 import warnings
 from typing import Any
 
+import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
@@ -77,35 +79,66 @@ def _check_relu(chain: DenseChain) -> None:
             )
 
 
-def _check_layer_threshold(layer_threshold):
-    if isinstance(layer_threshold, str):
-        if layer_threshold != "best":
-            raise ValueError(f"`layer_threshold` as a string must be 'best'; received {layer_threshold!r}.")
-        return layer_threshold
-    if isinstance(layer_threshold, (bool, np.bool_)) or not isinstance(layer_threshold, (int, float, np.number)):
-        raise TypeError(
-            "`layer_threshold` must be 'best', an int (minimum linear neurons) or a float in [0, 1] "
-            f"(minimum linear fraction); received {layer_threshold!r}."
-        )
-    if isinstance(layer_threshold, (int, np.integer)):
-        if layer_threshold < 0:
-            raise ValueError(f"`layer_threshold` as an int must be >= 0; received {layer_threshold!r}.")
-        return int(layer_threshold)
-    return check_fraction(layer_threshold, "layer_threshold", upper_inclusive=True)
+class AbstractLayerRule(eqx.Module):
+    """Whether a hidden layer with `n_linear` of its `n_neurons` neurons always active is merged into a linear
+    skip (the official code's `layer_threshold`). A layer without a linear neuron is never merged."""
+
+    @abc.abstractmethod
+    def worth_merging(self, n_linear: int, n_neurons: int, n_in: int, n_out: int) -> bool:
+        raise NotImplementedError
 
 
-def _worth_merging(n_linear: int, n_neurons: int, n_in: int, n_out: int, layer_threshold) -> bool:
-    """Whether a layer with `n_linear` of `n_neurons` linear neurons is merged (the official `layer_threshold`)."""
-    if n_linear == 0:
-        return False
-    if layer_threshold == "best":  # each removed neuron saves n_in + n_out + 1 parameters, the skip costs n_in·n_out
+class SavesParameters(AbstractLayerRule):
+    """Merge when it saves parameters: each merged neuron saves `n_in + n_out + 1`, the skip costs `n_in·n_out`, so
+    `(n_in + n_out + 1)·|L| > n_in·n_out` (the official `"best"`). The default."""
+
+    def worth_merging(self, n_linear: int, n_neurons: int, n_in: int, n_out: int) -> bool:
         return (n_in + n_out + 1) * n_linear > n_in * n_out
-    if isinstance(layer_threshold, int):
-        return n_linear > layer_threshold
-    return n_linear / n_neurons > layer_threshold
 
 
-def _merge(chain: DenseChain, rates, tau: float, layer_threshold, chained: bool):
+class MoreLinearThan(AbstractLayerRule):
+    """Merge when more than `count` neurons are linear: `|L| > count` (`MoreLinearThan(0)`: any linear neuron).
+
+    ```python
+    import jaxlump
+    assert jaxlump.baselines.MoreLinearThan(0).worth_merging(1, 8, 3, 3)
+    ```
+    """
+
+    count: int = eqx.field(static=True)
+
+    def __check_init__(self):
+        if isinstance(self.count, (bool, np.bool_)) or not isinstance(self.count, (int, np.integer)):
+            raise TypeError(f"`count` must be an int >= 0; received {self.count!r}.")
+        if self.count < 0:
+            raise ValueError(f"`count` must be an int >= 0; received {self.count!r}.")
+
+    def worth_merging(self, n_linear: int, n_neurons: int, n_in: int, n_out: int) -> bool:
+        return n_linear > self.count
+
+
+class LinearFractionAbove(AbstractLayerRule):
+    """Merge when more than a `fraction` of the layer's neurons are linear: `|L| / n_l > fraction`."""
+
+    fraction: float = eqx.field(static=True)
+
+    def __check_init__(self):
+        check_fraction(self.fraction, "fraction", upper_inclusive=True)
+
+    def worth_merging(self, n_linear: int, n_neurons: int, n_in: int, n_out: int) -> bool:
+        return n_linear / n_neurons > self.fraction
+
+
+def _check_layer_rule(layer_threshold) -> AbstractLayerRule:
+    if isinstance(layer_threshold, AbstractLayerRule):
+        return layer_threshold
+    raise TypeError(
+        "`layer_threshold` must be a layer rule: `jaxlump.baselines.SavesParameters()` (default), `MoreLinearThan(k)`, "
+        f"`LinearFractionAbove(f)` or a subclass of `AbstractLayerRule`; received {layer_threshold!r}."
+    )
+
+
+def _merge(chain: DenseChain, rates, tau: float, layer_threshold: AbstractLayerRule, chained: bool):
     """One pass over the hidden layers from the input; returns the `SkipMLP` and the partitions.
 
     The surgery has data-dependent shapes, so it runs on the host in NumPy (eager jnp would compile per op)."""
@@ -120,8 +153,11 @@ def _merge(chain: DenseChain, rates, tau: float, layer_threshold, chained: bool)
         # A linear neuron's full pre-activation: [W^l | S^{l-1}] [a^{l-1}; u^{l-1}] + b^l.
         incoming = np.concatenate([weights[l - 1], skips[l - 1]], axis=1) if is_chained else weights[l - 1]
         n_in, n_out = incoming.shape[1], weights[l].shape[0]
-        if (is_chained and not chained) or not _worth_merging(
-            int(linear.sum()), linear.size, n_in, n_out, layer_threshold
+        n_linear = int(linear.sum())
+        if (
+            (is_chained and not chained)
+            or n_linear == 0
+            or not layer_threshold.worth_merging(n_linear, linear.size, n_in, n_out)
         ):
             partitions.append(keep_partition(np.ones(linear.size, bool)))
             continue
@@ -155,7 +191,7 @@ def linearity_merge(
     x_calib: Float[ArrayLike, "batch in"],
     tau: float,
     *,
-    layer_threshold: str | int | float = "best",
+    layer_threshold: AbstractLayerRule = SavesParameters(),
     chained: bool = True,
     throw: bool = True,
 ) -> tuple[SkipMLP, CompressionInfo]:
@@ -171,10 +207,10 @@ def linearity_merge(
     that absorbs a non-zero bias gains a bias. At `τ = 1` the result equals the original on the calibration set;
     in general it equals the original with the merged neurons' ReLU replaced by the identity.
 
-    `layer_threshold` decides whether a layer is merged: `"best"` when it saves parameters,
+    `layer_threshold` decides whether a layer is merged: `SavesParameters()` when it saves parameters,
     `(in + out + 1)·|L| > in·out`, with `in` the true input width of layer l's neurons (`n_{l-1}` plus the previous
     skip's input width when chained; the official code adds that skip's *output* width instead, a quirk not
-    copied); an `int` t when `|L| > t`; a `float` t when `|L| / n_l > t`.
+    copied); `MoreLinearThan(t)` when `|L| > t`; `LinearFractionAbove(t)` when `|L| / n_l > t`.
 
     **Arguments:**
 
@@ -182,7 +218,7 @@ def linearity_merge(
       layers; any output activation. It is not modified.
     - `x_calib`: calibration inputs `(batch, n_0)`.
     - `tau`: activation-rate threshold in `[0, 1]`.
-    - `layer_threshold`: `"best"`, a non-negative `int`, or a `float` in `[0, 1]`.
+    - `layer_threshold`: a `jaxlump.baselines.AbstractLayerRule` (default `SavesParameters()`).
     - `chained`: allow merging a layer whose predecessor was merged (the official behaviour); `False` skips it.
     - `throw`: raise a `jaxlump.CompressionError` if the result is not finite (default); `False` reports it in
       `info.result` instead.
@@ -191,16 +227,16 @@ def linearity_merge(
     (`-1`: merged into a skip).
 
     **Raises:** `TypeError` for a hidden activation other than ReLU / leaky ReLU, an unsupported model or a
-    `layer_threshold` of the wrong type; `ValueError` for `tau` outside `[0, 1]`, an invalid `layer_threshold`, or
-    missing, empty, non-finite or wrongly sized `x_calib`.
+    `layer_threshold` that is not a layer rule; `ValueError` for `tau` outside `[0, 1]`, or missing, empty,
+    non-finite or wrongly sized `x_calib`.
 
     ```python
     import equinox as eqx, jax, jax.numpy as jnp, jax.random as jr
-    from jaxlump.baselines._linearity import linearity_merge
+    from jaxlump.baselines import MoreLinearThan, linearity_merge
 
     mlp = eqx.nn.MLP(3, 1, 8, 2, activation=jax.nn.relu, key=jr.key(0))
     x = jr.normal(jr.key(1), (100, 3))
-    merged, info = linearity_merge(mlp, x, 1.0, layer_threshold=0)
+    merged, info = linearity_merge(mlp, x, 1.0, layer_threshold=MoreLinearThan(0))
     assert jnp.allclose(jax.vmap(merged)(x), jax.vmap(mlp)(x), atol=1e-5)
     ```
 
@@ -208,7 +244,7 @@ def linearity_merge(
     """
     require_concrete("jaxlump.baselines.linearity_merge", SURGERY, model=model, x_calib=x_calib)
     tau = check_fraction(tau, "tau", upper_inclusive=True)
-    layer_threshold = _check_layer_threshold(layer_threshold)
+    layer_threshold = _check_layer_rule(layer_threshold)
     chained, throw = check_bool(chained, "chained"), check_bool(throw, "throw")
     chain, x = chain_and_data(model, x_calib, required=True, why="to measure activation rates")
     refuse_gated(chain, "model", "jaxlump.baselines.linearity_merge")
@@ -237,7 +273,8 @@ def linearity_to_size(
     """Linearity-based merging to a parameter budget (the official `seq_fixed_size_compression`).
 
     Tries `τ = 1, 1 − step, 1 − 2·step, ..., 0` (rounded to 12 decimals), each a fresh `linearity_merge(model,
-    x_calib, τ, layer_threshold="best")`, and returns the first result with `params ≤ target_fraction · params₀`.
+    x_calib, τ)` (layer rule `SavesParameters()`), and returns the first result with
+    `params ≤ target_fraction · params₀`.
     Parameters are dense weights, biases and skips; `count_first_layer=False` leaves the first layer's weight and
     bias out of both counts, as the official code does (the first layer never shrinks there).
 
@@ -295,7 +332,7 @@ def linearity_to_size(
         if merged_sets is None or any((a != b).any() for a, b in zip(linear_sets, merged_sets)):
             # The merge depends on τ only through the linear sets: re-merge only when one of them changes.
             merged_sets = linear_sets
-            new_model, partitions = _merge(chain, rates, tau, "best", True)
+            new_model, partitions = _merge(chain, rates, tau, SavesParameters(), True)
         if _size(new_model, count_first_layer) <= budget:
             break
     else:

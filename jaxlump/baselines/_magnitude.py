@@ -3,6 +3,7 @@
 from typing import Any
 
 from .._custom_types import Calibration
+from .._methods.base import AbstractScope, Global, PerLayer, PerRow, check_scope
 from .._methods.registry import WEIGHT_SPARSITY, Compressor, register_compressor
 from .._results.info import CompressionInfo
 from .._sites.compress import over_sites
@@ -15,7 +16,7 @@ def magnitude(
     x_calib: Calibration | None,
     sparsity: float,
     *,
-    scope: str = "layer",
+    scope: AbstractScope = PerLayer(),
     prune_output: bool = False,
     throw: bool = True,
 ) -> tuple[Any, CompressionInfo]:
@@ -29,9 +30,9 @@ def magnitude(
     - `model`: an `eqx.nn.MLP`, `eqx.nn.Sequential`, `jaxlump.LumpedMLP` or `flax.nnx` model.
     - `x_calib`: not needed (may be `None`); when given it is validated as `(batch, in)` data.
     - `sparsity`: the fraction `s ∈ [0, 1)` of prunable weights to zero.
-    - `scope`: `"layer"` (default, the same for every jaxlump pruning baseline: each prunable layer
-      to `s`), `"global"` (one ranking over all prunable layers, which may thin small layers much
-      more than large ones) or `"row"` (every output neuron keeps the same number of inputs).
+    - `scope`: `PerLayer()` (default, the same for every jaxlump pruning baseline: each prunable layer
+      to `s`), `Global()` (one ranking over all prunable layers, which may thin small layers much
+      more than large ones) or `PerRow()` (every output neuron keeps the same number of inputs).
     - `prune_output`: whether the output layer is prunable. Default `False`, the same for every
       jaxlump baseline: all hidden layers (the first one included) are pruned, the head is not,
       as in Wanda and the LLM pruning literature.
@@ -41,15 +42,15 @@ def magnitude(
     **Returns:** `(new_model, info)`: a model of the same type and shapes as `model`, and a
     `CompressionInfo` whose `weight_masks` are the keep masks (`True` = kept).
 
-    **Raises:** `ValueError` for a sparsity outside `[0, 1)`, an unknown `scope`, malformed or
-    non-finite `x_calib`, or no prunable layer; `TypeError` for an unsupported model.
+    **Raises:** `ValueError` for a sparsity outside `[0, 1)`, malformed or non-finite `x_calib`, or no prunable
+    layer; `TypeError` for an unsupported model or a `scope` that is not a scope object.
 
     ```python
     import equinox as eqx, jax.numpy as jnp, jax.random as jr
-    from jaxlump.baselines import magnitude
+    from jaxlump.baselines import PerLayer, magnitude
 
     mlp = eqx.nn.MLP(3, 2, 16, 2, key=jr.key(0))
-    pruned, info = magnitude(mlp, None, 0.5, scope="layer")
+    pruned, info = magnitude(mlp, None, 0.5, scope=PerLayer())
     assert int(jnp.sum(pruned.layers[0].weight == 0)) == 24      # int(48 · 0.5)
     assert bool(jnp.all(info.weight_masks[2]))                     # head kept
     ```
@@ -62,7 +63,7 @@ def magnitude(
     chain, x, sparsity = prepare(model, x_calib, sparsity, needs_data=False)
     prunable = prunable_layers(chain, prune_output)
     scores = [abs(w) if p else None for w, p in zip(chain.weights, prunable, strict=True)]
-    keep = select_lowest(scores, sparsity, scope)
+    keep = select_lowest(scores, sparsity, check_scope(scope, (PerLayer, Global, PerRow)))
     new_chain = apply_masks(chain, keep)
     return finish("magnitude", model, chain, new_chain, keep, sparsity, x, throw)
 

@@ -7,8 +7,8 @@ shifting biases), and `make_info` records the result. Conventions, the same for 
 - Exactly `int(n·s)` weights are pruned per group of `n` weights, the lowest scores first, ties
   broken by position (a stable sort; within a layer row-major, in `"global"` layer by layer), so
   equal scores never overshoot the requested count as a `score <= threshold` rule would.
-- Groups (`scope`): `"global"` one ranking over every prunable weight of the network;
-  `"layer"` each prunable layer pruned to `s` on its own; `"row"` each output neuron (row of
+- Groups (`scope`): `Global()` one ranking over every prunable weight of the network;
+  `PerLayer()` each prunable layer pruned to `s` on its own; `PerRow()` each output neuron (row of
   `W`) keeps the same number `n_in − int(n_in·s)` of inputs.
 - Biases are never pruned and never scored. Layers built without a bias (`use_bias=False`) keep
   their zero bias: bias updates are dropped there.
@@ -16,7 +16,6 @@ shifting biases), and `make_info` records the result. Conventions, the same for 
   `None` entry means "this layer is not pruned".
 """
 
-import itertools
 from collections.abc import Sequence
 
 import equinox as eqx
@@ -26,18 +25,16 @@ import jax.numpy as jnp
 from .._errors import (
     RESULTS,
     check_bool,
-    check_choice,
     check_data,
     check_fraction,
     finite_result,
     is_traced,
     raise_if_failed,
 )
+from .._methods.base import AbstractScope
 from .._model import from_chain, to_chain
 from .._model.network import DenseChain, refuse_gated
 from .._results.info import CompressionInfo, compression_info
-
-SCOPES = ("global", "layer", "row")
 
 
 def prepare(model, x_calib, sparsity, *, needs_data: bool) -> tuple[DenseChain, jax.Array | None, float]:
@@ -76,13 +73,9 @@ def prunable_layers(chain: DenseChain, prune_output: bool, *, skip_first: bool =
     return flags
 
 
-def _ranks(scores: jax.Array, axis: int = -1) -> jax.Array:
-    """Position of each entry in the stable ascending order along `axis` (0 = pruned first)."""
-    order = jnp.argsort(scores, axis=axis, stable=True)
-    return jnp.argsort(order, axis=axis, stable=True)
-
-
-def select_lowest(scores_per_layer: Sequence[jax.Array | None], sparsity: float, scope: str) -> list[jax.Array | None]:
+def select_lowest(
+    scores_per_layer: Sequence[jax.Array | None], sparsity: float, scope: AbstractScope
+) -> list[jax.Array | None]:
     """Keep masks that prune exactly `int(n·s)` lowest-scored weights of every group.
 
     **Arguments:**
@@ -90,21 +83,12 @@ def select_lowest(scores_per_layer: Sequence[jax.Array | None], sparsity: float,
     - `scores_per_layer`: per layer an `(out, in)` score array (lower = pruned first), or `None` for
       a layer that is not pruned.
     - `sparsity`: the fraction `s ∈ [0, 1)` to prune per group.
-    - `scope`: `"global"`, `"layer"` or `"row"` (see the module docs).
+    - `scope`: which weights compete in one ranking (`jaxlump.baselines.PerLayer()`, `Global()`, `PerRow()`).
 
     **Returns:** per layer a boolean keep mask of the score's shape (`None` where the score was `None`).
     """
-    check_choice(scope, "scope", SCOPES)
     scored = [s for s in scores_per_layer if s is not None]
-    if scope == "row":
-        kept = [_ranks(s, axis=1) >= int(s.shape[1] * sparsity) for s in scored]
-    elif scope == "layer":
-        kept = [(_ranks(s.ravel()) >= int(s.size * sparsity)).reshape(s.shape) for s in scored]
-    else:
-        flat = jnp.concatenate([s.ravel() for s in scored])
-        keep_flat = _ranks(flat) >= int(flat.size * sparsity)
-        splits = list(itertools.accumulate(s.size for s in scored))[:-1]
-        kept = [k.reshape(s.shape) for k, s in zip(jnp.split(keep_flat, splits), scored, strict=True)]
+    kept = scope.keep(scored, sparsity)
     kept_iter = iter(kept)
     return [None if s is None else next(kept_iter) for s in scores_per_layer]
 

@@ -7,6 +7,7 @@ import jax.random as jr
 from jaxtyping import PRNGKeyArray
 
 from .._custom_types import Calibration
+from .._methods.base import AbstractScope, Global, PerLayer, PerRow, check_scope
 from .._methods.registry import WEIGHT_SPARSITY, Compressor, register_compressor
 from .._results.info import CompressionInfo
 from .._sites.compress import over_sites
@@ -30,7 +31,7 @@ def random(
     sparsity: float,
     *,
     key: PRNGKeyArray,
-    scope: str = "layer",
+    scope: AbstractScope = PerLayer(),
     prune_output: bool = False,
     throw: bool = True,
 ) -> tuple[Any, CompressionInfo]:
@@ -46,8 +47,8 @@ def random(
     - `x_calib`: not needed (may be `None`); when given it is validated as `(batch, in)` data.
     - `sparsity`: the fraction `s ∈ [0, 1)` of prunable weights to zero.
     - `key`: a JAX PRNG key; required and keyword-only, as in Equinox (there is no hidden default seed).
-    - `scope`: `"layer"` (default: each prunable layer to `s`), `"global"` (a uniform subset of all
-      prunable weights) or `"row"` (every output neuron keeps the same number of inputs).
+    - `scope`: `PerLayer()` (default: each prunable layer to `s`), `Global()` (a uniform subset of all
+      prunable weights) or `PerRow()` (every output neuron keeps the same number of inputs).
     - `prune_output`: whether the output layer is prunable (default `False`, as every baseline).
     - `throw`: raise a `jaxlump.CompressionError` if the result is not finite (default); `False` reports it in
       `info.result` instead.
@@ -56,7 +57,7 @@ def random(
     `CompressionInfo` whose `weight_masks` are the keep masks.
 
     **Raises:** `TypeError` for a missing or malformed `key` (e.g. `None`) or an unsupported model; `ValueError`
-    for a sparsity outside `[0, 1)`, an unknown `scope` or malformed `x_calib`.
+    for a sparsity outside `[0, 1)`, a `scope` that is not a scope object (`TypeError`) or malformed `x_calib`.
 
     ```python
     import equinox as eqx, jax.numpy as jnp, jax.random as jr
@@ -75,7 +76,7 @@ def random(
     prunable = prunable_layers(chain, prune_output)
     keys = jr.split(key, chain.n_layers)
     scores = [jr.uniform(k, w.shape) if p else None for k, w, p in zip(keys, chain.weights, prunable, strict=True)]
-    keep = select_lowest(scores, sparsity, scope)
+    keep = select_lowest(scores, sparsity, check_scope(scope, (PerLayer, Global, PerRow)))
     new_chain = apply_masks(chain, keep)
     return finish("random", model, chain, new_chain, keep, sparsity, x, throw)
 

@@ -1,21 +1,26 @@
 """Structured (neuron-level) pruning: remove whole hidden neurons, giving a physically smaller dense model."""
 
+import abc
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
+import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
 from .._errors import (
     check_bool,
-    check_choice,
     require_concrete,
 )
 from .._methods.base import (
     SURGERY,
+    AbstractScope,
     Fractions,
+    Global,
+    PerLayer,
     chain_and_data,
+    check_scope,
     check_sparsity,
     finish_structured,
     keep_partition,
@@ -28,24 +33,62 @@ from .._model.network import DenseChain, refuse_gated
 from .._results.info import CompressionInfo
 from .._sites.compress import over_sites
 
-SCORES = ("norm", "activation", "rate", "wanda")
-SCOPES = ("layer", "global")
+
+class AbstractNeuronScore(eqx.Module):
+    """One importance score per hidden neuron (higher: kept), computed on the original network.
+
+    Subclass it with `needs_data` and `__call__(chain, stats, l)`: hidden layer `l`'s scores (`l` from 1), with
+    `stats[l - 1]` that layer's activation statistics on the calibration data (`abs_mean`, `rate`, `norm`, `mean`;
+    `stats` is `None` when the score needs no data)."""
+
+    needs_data: eqx.AbstractClassVar[bool]
+
+    @abc.abstractmethod
+    def __call__(self, chain: DenseChain, stats, l: int) -> np.ndarray:
+        raise NotImplementedError
 
 
-def _neuron_scores(chain: DenseChain, stats, score: str) -> list[np.ndarray]:
+class IncomingNorm(AbstractNeuronScore):
+    """`‖W^l[k, :]‖₂`, the L2 norm of the incoming row, bias excluded (Li et al. 2017; data-free). The default."""
+
+    needs_data: ClassVar[bool] = False
+
+    def __call__(self, chain: DenseChain, stats, l: int) -> np.ndarray:
+        return np.linalg.norm(np.asarray(chain.weights[l - 1]), axis=1)
+
+
+class MeanActivation(AbstractNeuronScore):
+    """`mean_n |a^l_k(x_n)|`, the mean absolute activation."""
+
+    needs_data: ClassVar[bool] = True
+
+    def __call__(self, chain: DenseChain, stats, l: int) -> np.ndarray:
+        return stats[l - 1]["abs_mean"]
+
+
+class ActivationRate(AbstractNeuronScore):
+    """`mean_n 1[a^l_k(x_n) > 0]`, the activation rate, i.e. 1 − APoZ for ReLU (Hu et al. 2016; the rule of Dobler &
+    Lemmerich's `importance_based_pruning.py`)."""
+
+    needs_data: ClassVar[bool] = True
+
+    def __call__(self, chain: DenseChain, stats, l: int) -> np.ndarray:
+        return stats[l - 1]["rate"]
+
+
+class WandaScore(AbstractNeuronScore):
+    """`‖X_k‖₂ · ‖W^{l+1}[:, k]‖₂`, the activation column's norm over the calibration samples times the outgoing
+    column's norm (Wanda's `|W|·‖X‖` score, Sun et al. 2024, lifted to neurons)."""
+
+    needs_data: ClassVar[bool] = True
+
+    def __call__(self, chain: DenseChain, stats, l: int) -> np.ndarray:
+        return stats[l - 1]["norm"] * np.linalg.norm(np.asarray(chain.weights[l]), axis=0)
+
+
+def _neuron_scores(chain: DenseChain, stats, score: AbstractNeuronScore) -> list[np.ndarray]:
     """Per hidden layer (1..L-1) one importance score per neuron (higher = keep)."""
-    scores = []
-    for l in range(1, chain.n_layers):
-        if score == "norm":
-            s = np.linalg.norm(np.asarray(chain.weights[l - 1]), axis=1)
-        elif score == "activation":
-            s = stats[l - 1]["abs_mean"]
-        elif score == "rate":
-            s = stats[l - 1]["rate"]
-        else:  # wanda
-            s = stats[l - 1]["norm"] * np.linalg.norm(np.asarray(chain.weights[l]), axis=0)
-        scores.append(np.asarray(s, dtype=np.float64))
-    return scores
+    return [np.asarray(score(chain, stats, l), dtype=np.float64) for l in range(1, chain.n_layers)]
 
 
 def _removed_per_layer(scores: list[np.ndarray], sparsity: Fractions) -> list[np.ndarray]:
@@ -87,8 +130,8 @@ def structured_prune(
     x_calib: Float[ArrayLike, "batch in"] | None,
     sparsity: float | Sequence[float],
     *,
-    score: str = "norm",
-    scope: str = "layer",
+    score: AbstractNeuronScore = IncomingNorm(),
+    scope: AbstractScope = PerLayer(),
     compensate: bool = False,
     throw: bool = True,
 ) -> tuple[Any, CompressionInfo]:
@@ -98,31 +141,26 @@ def structured_prune(
     `compensate=True` its mean contribution is kept: `b^{l+1} += W^{l+1}[:, k] · mean_n a^l_k(x_n)`
     (mean replacement; lossless for a neuron whose activation is constant on the data).
 
-    Scores (higher = keep), all computed on the *original* network in one forward pass:
+    Scores (higher = keep), all computed on the *original* network in one forward pass: `IncomingNorm()`,
+    `MeanActivation()`, `ActivationRate()`, `WandaScore()` (see each), or a subclass of `AbstractNeuronScore`.
 
-    - `"norm"`: `‖W^l[k, :]‖₂`, the L2 norm of the incoming row, bias excluded (Li et al. 2017; data-free).
-    - `"activation"`: `mean_n |a^l_k(x_n)|`, the mean absolute activation.
-    - `"rate"`: `mean_n 1[a^l_k(x_n) > 0]`, the activation rate, i.e. 1 − APoZ for ReLU (Hu et al. 2016; the
-      rule of Dobler & Lemmerich's `importance_based_pruning.py`).
-    - `"wanda"`: `‖X_k‖₂ · ‖W^{l+1}[:, k]‖₂`, the activation column's norm over the calibration samples times the
-      outgoing column's norm (Wanda's `|W|·‖X‖` score, Sun et al. 2024, lifted to neurons).
-
-    `sparsity` is the fraction of hidden neurons removed. `scope="layer"`: exactly `int(n_l·s)` neurons of each
+    `sparsity` is the fraction of hidden neurons removed. `scope=PerLayer()`: exactly `int(n_l·s)` neurons of each
     hidden layer, the lowest by a stable sort (ties: lower index goes first); since `s < 1` at least one neuron
-    per layer stays. `scope="global"`: one ranking over all hidden neurons of the scores divided by their layer's
+    per layer stays. `scope=Global()`: one ranking over all hidden neurons of the scores divided by their layer's
     mean score (so layers of different fan-in or activation scale compete fairly), removing `int(N·s)` of the
     `N` hidden neurons; each layer's top neuron is never removed, so no layer is emptied, which caps the count at
     `N − (L − 1)` — `info.widths_after` gives the realised widths. Input and output neurons are never removed.
-    A tuple of fractions, one per hidden layer, removes `int(n_l·s_l)` of layer l's neurons (`scope="layer"` only):
+    A tuple of fractions, one per hidden layer, removes `int(n_l·s_l)` of layer l's neurons (`PerLayer()` only):
     the per-layer widths `jaxlump.baselines.compress_to` reaches with it.
 
     **Arguments:**
 
     - `model`: an `eqx.nn.MLP`, `eqx.nn.Sequential`, `LumpedMLP` or NNX chain; it is not modified.
-    - `x_calib`: calibration inputs `(batch, n_0)`; may be `None` only for `score="norm"` without `compensate`.
+    - `x_calib`: calibration inputs `(batch, n_0)`; may be `None` only for a data-free score (`IncomingNorm()`)
+      without `compensate`.
     - `sparsity`: fraction of hidden neurons to remove, in `[0, 1)`, or one such fraction per hidden layer.
-    - `score`: `"norm"`, `"activation"`, `"rate"` or `"wanda"`.
-    - `scope`: `"layer"` or `"global"`.
+    - `score`: the neuron score, a `jaxlump.baselines.AbstractNeuronScore` (default `IncomingNorm()`).
+    - `scope`: `jaxlump.baselines.PerLayer()` (default) or `Global()`.
     - `compensate`: add removed neurons' mean contribution to the next layer's bias.
     - `throw`: raise a `jaxlump.CompressionError` if the result is not finite (default); `False` reports it in
       `info.result` instead.
@@ -137,11 +175,11 @@ def structured_prune(
 
     ```python
     import equinox as eqx, jax.random as jr
-    from jaxlump.baselines._structured import structured_prune
+    from jaxlump.baselines import WandaScore, structured_prune
 
     mlp = eqx.nn.MLP(3, 2, 8, 2, key=jr.key(0))
     x = jr.normal(jr.key(1), (64, 3))
-    small, info = structured_prune(mlp, x, 0.5, score="wanda", compensate=True)
+    small, info = structured_prune(mlp, x, 0.5, score=WandaScore(), compensate=True)
     assert small.width_size == (4, 4) and info.widths_after.tolist() == [3, 4, 4, 2]
     _, info = structured_prune(mlp, x, (0.25, 0.5))  # one fraction per hidden layer
     assert info.widths_after.tolist() == [3, 6, 4, 2]
@@ -150,19 +188,23 @@ def structured_prune(
     require_concrete("jaxlump.baselines.structured_prune", SURGERY, model=model, x_calib=x_calib)
     sparsity = check_sparsity(sparsity, model)
     compensate, throw = check_bool(compensate, "compensate"), check_bool(throw, "throw")
-    check_choice(score, "score", SCORES)
-    check_choice(scope, "scope", SCOPES)
-    if scope == "global" and isinstance(sparsity, tuple):
-        raise ValueError(
-            f"`sparsity` as one fraction per hidden layer {sparsity} needs scope='layer': scope='global' ranks every "
-            "hidden neuron together, so the layers' widths follow from one fraction."
+    if not isinstance(score, AbstractNeuronScore):
+        raise TypeError(
+            "`score` must be a neuron score: `jaxlump.baselines.IncomingNorm()` (default), `MeanActivation()`, "
+            f"`ActivationRate()`, `WandaScore()` or a subclass of `AbstractNeuronScore`; received {score!r}."
         )
-    needs_data = score != "norm" or compensate
-    why = f"for score={score!r}" if score != "norm" else "for compensate=True"
+    scope = check_scope(scope, (PerLayer, Global))
+    if isinstance(scope, Global) and isinstance(sparsity, tuple):
+        raise ValueError(
+            f"`sparsity` as one fraction per hidden layer {sparsity} needs scope=PerLayer(): scope=Global() ranks "
+            "every hidden neuron together, so the layers' widths follow from one fraction."
+        )
+    needs_data = score.needs_data or compensate
+    why = f"for score={score!r}" if score.needs_data else "for compensate=True"
     chain, x = chain_and_data(model, x_calib, required=needs_data, why=why)
     refuse_gated(chain, "model", "jaxlump.baselines.structured_prune")
     stats = numpy_statistics(chain, x) if needs_data else None
-    removed = (_removed_per_layer if scope == "layer" else _removed_global)(
+    removed = (_removed_global if isinstance(scope, Global) else _removed_per_layer)(
         _neuron_scores(chain, stats, score), sparsity
     )
     keeps = [np.ones(n, bool) for n in chain.widths]

@@ -6,14 +6,12 @@ import jax
 import jax.numpy as jnp
 
 from .._custom_types import Calibration
-from .._errors import check_choice
+from .._methods.base import AbstractScope, PerLayer, PerRow, check_scope
 from .._methods.registry import WEIGHT_SPARSITY, Compressor, register_compressor
 from .._model.network import DenseChain
 from .._results.info import CompressionInfo
 from .._sites.compress import over_sites
 from ._masks import apply_masks, check_flag, finish, prepare, prunable_layers, select_lowest
-
-FIRST_LAYER_MODES = ("layer", "prune", "skip")
 
 
 def _single_layer(chain: DenseChain, l: int) -> DenseChain:
@@ -31,9 +29,9 @@ def wanda(
     x_calib: Calibration,
     sparsity: float,
     *,
-    scope: str = "layer",
+    scope: AbstractScope = PerLayer(),
     sequential: bool = True,
-    first_layer: str = "layer",
+    first_layer: AbstractScope | None = PerLayer(),
     bias_correction: bool = False,
     prune_output: bool = False,
     throw: bool = True,
@@ -50,16 +48,16 @@ def wanda(
     - `model`: an `eqx.nn.MLP`, `eqx.nn.Sequential`, `jaxlump.LumpedMLP` or `flax.nnx` model.
     - `x_calib`: calibration inputs, shape `(N, in)`; required.
     - `sparsity`: the fraction `s ∈ [0, 1)` of prunable weights to zero.
-    - `scope`: `"layer"` (default, the same for every jaxlump pruning baseline: one ranking per weight
-      matrix, as Wanda's image-classifier code offers) or `"row"` (Wanda's LLM per-output group: every
+    - `scope`: `PerLayer()` (default, the same for every jaxlump pruning baseline: one ranking per weight
+      matrix, as Wanda's image-classifier code offers) or `PerRow()` (Wanda's LLM per-output group: every
       neuron keeps `n_in − int(n_in·s)` inputs; pass it to reproduce the paper's setting).
     - `sequential`: `True` (default, Wanda's LLM code) scores each layer on the activations of the
       already-pruned layers before it; `False` (Wanda's image-classifier code) on the dense
       network's activations, so pruning error is not propagated into the statistics.
     - `first_layer`: how the first layer is grouped. Its fan-in is the number of input features,
       often tiny for regressors (per-row 50 % of `(x, t)` leaves each neuron one input), so the
-      default `"layer"` ranks it as one group (the sparsity is still exactly `int(n·s)`);
-      `"prune"` uses `scope` like every other layer (Wanda's own choice); `"skip"` leaves it dense
+      default `PerLayer()` ranks it as one group (the sparsity is still exactly `int(n·s)`); pass the
+      same scope as `scope` to group it like every other layer (Wanda's own choice); `None` leaves it dense
       (the realised overall sparsity is then lower than `s`).
     - `bias_correction`: add the mean of each pruned contribution to the bias (default `False`,
       faithful to Wanda; layers built without bias are never given one).
@@ -71,28 +69,28 @@ def wanda(
     `CompressionInfo` whose `weight_masks` are the keep masks.
 
     **Raises:** `ValueError` for missing, empty, non-finite or wrong-width `x_calib`, a sparsity
-    outside `[0, 1)`, an unknown `scope`/`first_layer`, or no prunable layer; `TypeError` for an
-    unsupported model or non-boolean flags.
+    outside `[0, 1)`, or no prunable layer; `TypeError` for an unsupported model, non-boolean flags, or a
+    `scope`/`first_layer` other than `PerLayer()` or `PerRow()` (`first_layer` may also be `None`).
 
     ```python
     import equinox as eqx, jax.numpy as jnp, jax.random as jr
-    from jaxlump.baselines import wanda
+    from jaxlump.baselines import PerRow, wanda
 
     mlp = eqx.nn.MLP(4, 1, 8, 2, activation=jnp.tanh, key=jr.key(0))
     x = jr.normal(jr.key(1), (64, 4))
-    pruned, info = wanda(mlp, x, 0.5, scope="row")
+    pruned, info = wanda(mlp, x, 0.5, scope=PerRow())
     assert bool(jnp.all(jnp.sum(info.weight_masks[1], axis=1) == 4))   # 8 inputs per row, half kept
     ```
 
     Sun, Liu, Bair, Kolter, *A Simple and Effective Pruning Approach for Large Language Models*
     (ICLR 2024, arXiv 2306.11695); official code github.com/locuslab/wanda.
     """
-    check_choice(scope, "scope", ("row", "layer"))
-    check_choice(first_layer, "first_layer", FIRST_LAYER_MODES)
+    scope = check_scope(scope, (PerLayer, PerRow))
+    first_layer = None if first_layer is None else check_scope(first_layer, (PerLayer, PerRow), "first_layer")
     sequential = check_flag(sequential, "sequential")
     bias_correction, throw = check_flag(bias_correction, "bias_correction"), check_flag(throw, "throw")
     chain, x, sparsity = prepare(model, x_calib, sparsity, needs_data=True)
-    prunable = prunable_layers(chain, prune_output, skip_first=first_layer == "skip")
+    prunable = prunable_layers(chain, prune_output, skip_first=first_layer is None)
     dense_inputs = None if sequential else chain.forward(x)[1]
     inputs = x
     keep_masks, bias_updates = [], []
@@ -101,7 +99,7 @@ def wanda(
             inputs = dense_inputs[l]
         keep = update = None
         if prunable[l]:
-            layer_scope = "layer" if l == 0 and first_layer == "layer" else scope
+            layer_scope = first_layer if l == 0 else scope
             keep = select_lowest([wanda_scores(weight, inputs)], sparsity, layer_scope)[0]
             if bias_correction:
                 update = jnp.where(keep, 0.0, weight) @ jnp.mean(inputs, axis=0)
