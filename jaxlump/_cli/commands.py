@@ -22,6 +22,7 @@ import sys
 
 import jax
 
+from .._methods.targets import widths_methods, widths_refusal
 from .._results.info import Certificate
 from .._sweep import Sweep
 from . import jobs as jobs
@@ -206,8 +207,6 @@ def _check(p: argparse.ArgumentParser, args) -> None:
         if accepted is not None and args.activation not in accepted:
             p.error(f"--method {name} needs hidden activations in {accepted}; received --activation {args.activation}")
     if args.command == "compress" and isinstance(args.target, tuple):
-        from .._methods.targets import widths_methods, widths_refusal
-
         reason = widths_refusal(registry[args.method])
         if reason is not None:
             p.error(

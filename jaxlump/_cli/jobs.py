@@ -15,8 +15,16 @@ import jax.random as jr
 import numpy as np
 from tqdm.auto import tqdm
 
+import jaxlump
+
+from .. import datasets
+from .._io.serialisation import save
 from .._methods.registry import compressors as compressors
+from .._methods.targets import compress_to
+from .._reconstruction.reconstruct import reconstruct as solve
+from .._results.accounting import cost
 from .._results.plotting import eps_labels, keep_readable
+from .._training.train import train_mse
 
 SIMULATED = ("glycolytic", "polymerization", "reaction_network", "rlc_network")
 
@@ -38,9 +46,6 @@ def problem(args, *, data_name: str = "glycolytic"):
 
     With the defaults this is `jaxlump._training.train.glycolytic_problem` (same data, keys and training).
     """
-    from .. import datasets
-    from .._training.train import train_mse
-
     loader = getattr(datasets, data_name)
     data = loader(args.n_train, args.n_test, key=args.seed) if data_name in SIMULATED else loader(key=args.seed)
     data = jax.tree_util.tree_map(lambda a: jnp.asarray(a, jnp.float64) if eqx.is_inexact_array(a) else a, data)
@@ -93,8 +98,6 @@ def describe(label: str, original, small, info, data, x_calib) -> dict:
 
 
 def _original(model, data, args) -> dict:
-    from .._results.accounting import cost
-
     return {
         "data": getattr(args, "data", "glycolytic"),
         "params": int(cost(model).dense_params),
@@ -172,9 +175,6 @@ def _plot_eps_line(ax, rows: list[dict]) -> None:
 def _compress(model, name: str, target, x_calib, *, reconstruct: bool, seed: int):
     """`compress_to` by name, then the least-squares reconstruction when asked (lump: its refit; a method with a
     `reconstruct` option: that option; any other: `jaxlump.reconstruct`)."""
-    from .._reconstruction.reconstruct import reconstruct as solve
-    from ..baselines import compress_to
-
     accepted = inspect.signature(compressors()[name].function).parameters
     options = {"key": jr.key(seed)} if "key" in accepted else {}
     if name == "lump":
@@ -263,8 +263,6 @@ def run(args) -> int:
     pruning with reconstruction, at each of `--fractions`. Writes
     `results.json`, `results.csv` and `size_vs_error.png` (ε labelled on the lumping curve) to `--out`.
     """
-    import jaxlump
-
     progress = not args.no_progress
     model, data, x_calib = problem(args)
     original = _original(model, data, args)
@@ -301,8 +299,6 @@ def compress(args) -> int:
     `compress.csv`, the model (`model.npz`, readable with `jaxlump.load`) and `predictions.png` (test predictions
     of the original and the compressed model against the truth, first output) to `--out`.
     """
-    from .._io.serialisation import save
-
     model, data, x_calib = problem(args, data_name=args.data)
     small, info = _compress(model, args.method, args.target, x_calib, reconstruct=args.reconstruct, seed=args.seed)
     print(info.summary())
@@ -333,8 +329,6 @@ def sweep(args) -> int:
     (default `output_max_abs`, as in the API) is at most `--max-error`. Writes `sweep.json`, `sweep.csv` and
     `sweep.png` to `--out`.
     """
-    import jaxlump
-
     model, data, x_calib = problem(args, data_name=args.data)
     certify_ode = args.error == "ode_max_abs"  # the ODE certificate is costly: only when it is the budget
     result = jaxlump.sweep(model, x_calib, args.eps, certify_ode=certify_ode)
