@@ -10,6 +10,7 @@ jaxlump is compared with (importing jaxlump registers them), `jaxlump.datasets` 
 from ._model.eqx_nn import LumpedMLP as LumpedMLP
 from ._model.skip_mlp import SkipMLP as SkipMLP
 from ._model.network import Activation as Activation
+from ._model.network import DenseChain as DenseChain
 
 from ._sites.site import sites as sites
 from ._sites.site import Sites as Sites
@@ -26,6 +27,7 @@ from ._criteria.encoding import check_encoding as check_encoding
 from ._criteria.encoding import EncodingCheck as EncodingCheck
 from ._criteria.encoding import to_erode as to_erode
 from ._criteria.discrepancy import AbstractDiscrepancy as AbstractDiscrepancy
+from ._criteria.discrepancy import LayerDistances as LayerDistances
 from ._criteria.discrepancy import Structural as Structural
 from ._criteria.discrepancy import Dynamical as Dynamical
 from ._criteria.refinement import AbstractRefinement as AbstractRefinement

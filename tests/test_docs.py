@@ -19,7 +19,7 @@ import jaxlump.datasets
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
-PAGES_WITH_CODE = ["index.md", "choosing_eps.md"]
+PAGES_WITH_CODE = ["index.md", "choosing_eps.md", "extending.md"]
 SITE = pathlib.Path(tempfile.gettempdir()) / f"jaxlump-docs-site-{os.getpid()}"
 
 

@@ -79,13 +79,24 @@ FAMILIES: list[Family] = []
 
 
 def register_layer_type(layer_type: LayerType) -> LayerType:
-    """Add a layer type that sites can be made of (checked before the built-in ones)."""
+    """Add a layer type that sites can be made of (checked before the built-in ones); returns it. See the
+    documentation's "Extending jaxlump" page for a worked example.
+
+    **Raises:** `TypeError` for anything but a `jaxlump.LayerType`.
+    """
+    if not isinstance(layer_type, LayerType):
+        raise TypeError(f"`layer_type` must be a jaxlump.LayerType; received {type(layer_type).__name__}.")
     LAYER_TYPES.insert(0, layer_type)
     return layer_type
 
 
 def register_family(family: Family) -> Family:
-    """Add a model family (checked before the built-in ones)."""
+    """Add a model family (checked before the built-in ones); returns it.
+
+    **Raises:** `TypeError` for anything but a `jaxlump.Family`.
+    """
+    if not isinstance(family, Family):
+        raise TypeError(f"`family` must be a jaxlump.Family; received {type(family).__name__}.")
     FAMILIES.insert(0, family)
     return family
 
