@@ -5,7 +5,7 @@ into keep masks for one comparison group, `apply_masks` zeroes the pruned weight
 shifting biases), and `make_info` records the result. Conventions, the same for every baseline:
 
 - Exactly `int(n·s)` weights are pruned per group of `n` weights, the lowest scores first, ties
-  broken by position (a stable sort; within a layer row-major, in `"global"` layer by layer), so
+  broken by position (a stable sort; within a layer row-major, in `Global()` layer by layer), so
   equal scores never overshoot the requested count as a `score <= threshold` rule would.
 - Groups (`scope`): `Global()` one ranking over every prunable weight of the network;
   `PerLayer()` each prunable layer pruned to `s` on its own; `PerRow()` each output neuron (row of
