@@ -52,7 +52,7 @@ from jaxlump import datasets as D  # noqa: E402
 from jaxlump._methods.base import structured_info  # noqa: E402
 from jaxlump._methods.select import compress_along, labels_after, layer_paths, steps_to_sparsity, steps_within  # noqa: E402
 from jaxlump._model import from_chain, to_chain  # noqa: E402
-from jaxlump._model.network import ACTIVATIONS  # noqa: E402
+from jaxlump._model.activations import ACTIVATIONS  # noqa: E402
 from jaxlump._reconstruction.masked import gather_live, live_neurons  # noqa: E402
 from jaxlump._reconstruction.quotient import quotient  # noqa: E402
 from jaxlump._reconstruction.reconstruct import DEFAULT_RIDGE, reconstruct_chain  # noqa: E402

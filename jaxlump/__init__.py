@@ -9,9 +9,8 @@ jaxlump is compared with (importing jaxlump registers them), `jaxlump.datasets` 
 # ruff: noqa: I001 (pipeline order, not alphabetical)
 from ._model.eqx_nn import LumpedMLP as LumpedMLP
 from ._model.skip_mlp import SkipMLP as SkipMLP
-from ._model.network import Activation as Activation
+from ._model.activations import Activation as Activation
 from ._model.network import DenseChain as DenseChain
-
 from ._sites.site import sites as sites
 from ._sites.site import Sites as Sites
 from ._sites.site import Site as Site

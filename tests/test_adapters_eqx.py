@@ -13,9 +13,11 @@ from hypothesis import strategies as st
 
 from jaxlump import Activation
 from jaxlump._model import LumpedMLP, from_chain, to_chain
-from jaxlump._model.network import ACTIVATIONS, DenseChain, identify_activation
+from jaxlump._model.activations import ACTIVATIONS, identify_activation
+from jaxlump._model.network import (
+    DenseChain,  # One function per supported activation, as a user would write it (not the table's own functions).
+)
 
-# One function per supported activation, as a user would write it (not the table's own functions).
 USER_ACTIVATIONS = {
     "tanh": jnp.tanh,
     "relu": jax.nn.relu,

@@ -12,7 +12,8 @@ from hypothesis import given
 import jaxlump
 import jaxlump._results.certificate
 from jaxlump._criteria.encoding.dynamical import simulate
-from jaxlump._model.network import ACTIVATIONS, DenseChain
+from jaxlump._model.activations import ACTIVATIONS
+from jaxlump._model.network import DenseChain
 from jaxlump._reconstruction.quotient import quotient
 from jaxlump._results.certificate import ODE_TIMES, a_priori_bound, certify, lift
 

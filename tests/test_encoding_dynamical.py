@@ -11,7 +11,8 @@ import pytest
 
 from jaxlump._criteria.encoding import VectorField, dynamical, polynomial_degree, simulate
 from jaxlump._errors import RESULTS
-from jaxlump._model.network import ACTIVATIONS, DenseChain
+from jaxlump._model.activations import ACTIVATIONS
+from jaxlump._model.network import DenseChain
 
 
 def random_chain(key, widths, hidden, output="identity", dtype=jnp.float64) -> DenseChain:

@@ -15,9 +15,10 @@ import pytest
 from jaxlump import Activation
 from jaxlump._criteria.encoding import EncodingCheck, check_encoding, simulate
 from jaxlump._errors import RESULTS
-from jaxlump._model.network import ACTIVATIONS
+from jaxlump._model.activations import (
+    ACTIVATIONS,  # (activation, input width, hidden width, depth): depth = number of hidden layers.
+)
 
-# (activation, input width, hidden width, depth): depth = number of hidden layers.
 NETWORKS = [("tanh", 4, 16, 2), ("sigmoid", 5, 12, 3), ("identity", 4, 8, 3), ("relu", 4, 16, 2),
             ("leaky_relu", 5, 12, 3)]  # fmt: skip
 BOUNDS_FLOAT64 = {"tanh": 1e-8, "sigmoid": 1e-8, "identity": 1e-8, "relu": 1e-8, "leaky_relu": 1e-8}

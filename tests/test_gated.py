@@ -16,7 +16,8 @@ import jaxlump
 from jaxlump import baselines
 from jaxlump._criteria.discrepancy import Structural
 from jaxlump._criteria.merge_cost import RefitAware, initial_state, layer_inputs, merge_costs
-from jaxlump._model.network import ACTIVATIONS, DenseChain
+from jaxlump._model.activations import ACTIVATIONS
+from jaxlump._model.network import DenseChain
 from jaxlump._reconstruction.quotient import quotient
 
 N0, N1, N2 = 6, 12, 5

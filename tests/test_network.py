@@ -16,7 +16,8 @@ from flax import nnx
 import jaxlump
 from jaxlump import Activation
 from jaxlump._criteria.encoding.dynamical import default_solver
-from jaxlump._model.network import ACTIVATIONS, DenseChain, identify_activation, numpy_activation
+from jaxlump._model.activations import ACTIVATIONS, identify_activation, numpy_activation
+from jaxlump._model.network import DenseChain
 
 GRID = np.linspace(-12.0, 12.0, 2001)
 GRID = GRID[np.abs(GRID) > 1e-6]  # derivatives of kinked activations jump at 0

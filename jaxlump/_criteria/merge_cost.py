@@ -33,7 +33,8 @@ import jax
 import jax.numpy as jnp
 
 from .._errors import check_nonnegative
-from .._model.network import ACTIVATIONS, DenseChain
+from .._model.activations import ACTIVATIONS
+from .._model.network import DenseChain
 from .._reconstruction.linalg import inv
 from .discrepancy import AbstractDiscrepancy, LayerDistances
 

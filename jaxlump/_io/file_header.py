@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 
 from .._model import KINDS
-from .._model.network import ACTIVATIONS
+from .._model.activations import ACTIVATIONS
 
 FORMAT = "jaxlump-model"
 VERSION = 2

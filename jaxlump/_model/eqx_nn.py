@@ -8,8 +8,9 @@ import jax.numpy as jnp
 import jax.random as jr
 import jax.tree_util as jtu
 
+from .activations import ACTIVATIONS, identify_activation
 from .base import ModelKind
-from .network import ACTIVATIONS, DenseChain, identify_activation
+from .network import DenseChain
 
 _SEQUENTIAL_ACTIVATIONS = (eqx.nn.Lambda, eqx.nn.Identity)
 

@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from .network import ACTIVATIONS, DenseChain, identify_activation
+from .activations import ACTIVATIONS, identify_activation
+from .network import DenseChain
 
 SUPPORTED_NNX = (
     "flax.nnx.Linear, or flax.nnx.Sequential of flax.nnx.Linear layers each followed by at most one activation "

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 
 from .._results.accounting import Cost, chain_cost
 from . import to_chain
-from .network import ACTIVATIONS, DenseChain, refuse_gated
+from .activations import ACTIVATIONS
+from .network import DenseChain, refuse_gated
 
 
 class SkipMLP(eqx.Module):
@@ -34,7 +35,7 @@ class SkipMLP(eqx.Module):
 
     - `weights`: per layer `W_j` of shape `(n_{j+1}, n_j)` (Equinox's `(out, in)` layout).
     - `biases`: per layer `b_j` of shape `(n_{j+1},)` (zeros where `use_bias[j]` is False).
-    - `activations`: per layer the name of `σ_j` in `jaxlump._model.network.ACTIVATIONS`.
+    - `activations`: per layer the name of `σ_j` in `jaxlump._model.activations.ACTIVATIONS`.
     - `use_bias`: per layer whether the bias is a parameter (counted by `cost`).
     - `skips`: per layer `S_j` of shape `(n_{j+1}, Σ_k n_k)` or `None` (default: no skips at all).
     - `skip_sources`: per layer the tuple of source activation indices (`()` where `skips[j]` is `None`).

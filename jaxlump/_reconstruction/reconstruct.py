@@ -39,7 +39,8 @@ import jax.numpy as jnp
 from .._criteria.discrepancy import batch_any
 from .._errors import RESULTS, check_bool, check_data, check_nonnegative, combine, finite_result, raise_if_failed
 from .._model import from_chain, to_chain
-from .._model.network import ACTIVATIONS, DenseChain, affine
+from .._model.activations import ACTIVATIONS
+from .._model.network import DenseChain, affine
 from .._results.accounting import chain_cost
 from .._results.certificate import certify
 from .._results.info import CompressionInfo, check_partitions, checked_result, compression_info, live_masks

@@ -16,7 +16,8 @@ import numpy as np
 
 from .._criteria.encoding.dynamical import simulate
 from .._errors import RESULTS, combine
-from .._model.network import ACTIVATIONS, DenseChain, refuse_gated
+from .._model.activations import ACTIVATIONS
+from .._model.network import DenseChain, refuse_gated
 from .._reconstruction.linalg import spectral_norm
 from .._reconstruction.quotient import block_counts
 from .info import Certificate

@@ -11,7 +11,8 @@ from jaxtyping import Array, Float, Int
 from .._custom_types import Partitions, WeightMasks
 from .._errors import RESULTS, combine, is_traced, messages
 from .._model import to_chain
-from .._model.network import DenseChain, numpy_activation
+from .._model.activations import numpy_activation
+from .._model.network import DenseChain
 from .accounting import Cost, chain_cost, cost
 
 

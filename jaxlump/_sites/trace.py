@@ -15,7 +15,7 @@ import jax
 import jax.extend.core as jcore
 import numpy as np
 
-from .._model.network import ACTIVATIONS
+from .._model.activations import ACTIVATIONS
 from .layers import Family, Path, layer_type_of
 
 TAP_PREFIX = "jaxlump_tap_"

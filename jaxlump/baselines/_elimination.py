@@ -22,7 +22,8 @@ import jax.numpy as jnp
 from .._custom_types import Calibration
 from .._methods.base import AbstractScope, Global, PerLayer, check_scope
 from .._methods.registry import WEIGHT_SPARSITY, Compressor, register_compressor
-from .._model.network import ACTIVATIONS, DenseChain
+from .._model.activations import ACTIVATIONS
+from .._model.network import DenseChain
 from .._results.info import CompressionInfo
 from .._sites.compress import over_sites
 from ._masks import apply_masks, check_flag, finish, prepare, prunable_layers, select_lowest

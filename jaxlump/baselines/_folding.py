@@ -20,7 +20,8 @@ from jaxtyping import ArrayLike, Float
 
 from .._methods.base import Fractions, layer_knob
 from .._methods.registry import NEURON_SPARSITY, Compressor, register_compressor
-from .._model.network import ACTIVATIONS, DenseChain, refuse_gated
+from .._model.activations import ACTIVATIONS
+from .._model.network import DenseChain, refuse_gated
 from .._reconstruction.reconstruct import DEFAULT_RIDGE
 from .._results.info import CompressionInfo
 from .._sites.compress import over_sites

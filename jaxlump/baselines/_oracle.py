@@ -19,7 +19,8 @@ from jaxtyping import ArrayLike, Float
 
 from .._errors import check_data
 from .._model import to_chain
-from .._model.network import ACTIVATIONS, refuse_gated
+from .._model.activations import ACTIVATIONS
+from .._model.network import refuse_gated
 from ._obs import centred_gram, hidden_activations
 
 MAX_ENUMERATION_WIDTH = 16

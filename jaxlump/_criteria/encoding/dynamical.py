@@ -34,7 +34,8 @@ from jaxtyping import Array, ArrayLike, Float
 from ..._custom_types import Inputs
 from ..._errors import RESULTS, check_data, check_finite, is_traced
 from ..._model import to_chain
-from ..._model.network import ACTIVATIONS, DenseChain, refuse_gated
+from ..._model.activations import ACTIVATIONS
+from ..._model.network import DenseChain, refuse_gated
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 # Plain assignments (not annotations), so that linters do not parse the shape strings as Python.

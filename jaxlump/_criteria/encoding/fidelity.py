@@ -8,7 +8,8 @@ from jaxtyping import Array, ArrayLike, Float
 from ..._custom_types import Inputs
 from ..._errors import RESULTS
 from ..._model import apply_model, param_dtype, to_chain
-from ..._model.network import ACTIVATIONS, refuse_gated
+from ..._model.activations import ACTIVATIONS
+from ..._model.network import refuse_gated
 from .dynamical import _default_tolerances, simulate
 
 _HIGHEST = jax.lax.Precision.HIGHEST

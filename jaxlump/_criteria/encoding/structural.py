@@ -29,9 +29,10 @@ from jaxtyping import Array, Float, Int
 from ..._custom_types import Bias, Weight
 from ..._errors import is_traced
 from ..._model import to_chain
-from ..._model.network import refuse_gated
+from ..._model.network import (
+    refuse_gated,  # Plain assignments (not annotations), so that linters do not parse the shape strings as Python.
+)
 
-# Plain assignments (not annotations), so that linters do not parse the shape strings as Python.
 _Augmented = Float[Array, "_out _in_plus_1"]  # "_": shapes differ between layers
 _Labels = Int[Array, " n_prev"]
 _Aggregated = Float[Array, "out blocks_plus_1"]
