@@ -119,8 +119,10 @@ def representatives(labels: np.ndarray) -> np.ndarray:
     return np.asarray([first[b] if b >= 0 else -1 for b in labels.tolist()])
 
 
-def _prepare(model, x_calib, merge, damping, candidates, throw):
+def _prepare(model, x_calib, merge, damping, candidates, throw, ridge):
+    """The checked inputs, every option before any work (a bad `ridge` is refused before the greedy paths)."""
     check_bool(merge, "merge")
+    check_nonnegative(ridge, "ridge")
     chain = to_chain(model)
     x = check_data(x_calib, "x_calib", width=chain.widths[0]).astype(chain.weights[0].dtype)
     return (
@@ -195,7 +197,7 @@ def merge_or_remove(
     Reference: Kurtic, Frantar, Alistarh, *ZipLM*, NeurIPS 2023 (the removal step); Dhiman et al., arXiv
     2606.01402 (2026) (the merge operator and ε).
     """
-    chain, x, damping, candidates, throw = _prepare(model, x_calib, merge, damping, candidates, throw)
+    chain, x, damping, candidates, throw = _prepare(model, x_calib, merge, damping, candidates, throw, ridge)
     eps = float(check_eps(eps))
     paths = layer_paths(chain, x, merge=bool(merge), damping=damping, candidates=candidates)
     steps = [steps_within(p, eps) for p in paths]
@@ -222,7 +224,7 @@ def merge_or_remove_to_size(
     uses it for counts and fractions. Raises `jaxlump.UnreachableTargetError` (a `ValueError`) when even the
     smallest result exceeds `max_params`.
     """
-    chain, x, damping, candidates, throw = _prepare(model, x_calib, merge, damping, candidates, throw)
+    chain, x, damping, candidates, throw = _prepare(model, x_calib, merge, damping, candidates, throw, ridge)
     paths = layer_paths(chain, x, merge=bool(merge), damping=damping, candidates=candidates)
     widths = chain.widths
 
@@ -261,7 +263,7 @@ def merge_or_remove_to_widths(
     `merge_or_remove`. `jaxlump.baselines.compress_to` uses it for widths targets. Returns `(model, info)` and the
     per-layer ε: each layer's relative refit error at its cut (the ε that layer alone would need), `info.knob`
     being NaN (no one ε cuts every layer there)."""
-    chain, x, damping, candidates, throw = _prepare(model, x_calib, merge, damping, candidates, throw)
+    chain, x, damping, candidates, throw = _prepare(model, x_calib, merge, damping, candidates, throw, ridge)
     paths = layer_paths(chain, x, merge=bool(merge), damping=damping, candidates=candidates)
     steps = [max(0, min(n - w, n - 1)) for n, w in zip(chain.widths[1:-1], hidden)]
     errors = tuple(float(np.max(p.cumulative[:s])) if s else 0.0 for p, s in zip(paths, steps))
@@ -336,7 +338,7 @@ def lump_then_select(
     ```
     """
     sparsity = check_sparsity(sparsity, model)
-    chain, x, damping, candidates, throw = _prepare(model, x_calib, merge, damping, candidates, throw)
+    chain, x, damping, candidates, throw = _prepare(model, x_calib, merge, damping, candidates, throw, ridge)
     lumped, lump_info = lump(model, x, eps, discrepancy=discrepancy, ridge=ridge, certify_ode=False, throw=False)
     if not bool(lump_info.result == RESULTS.successful):  # nothing to select on: report the lumping's failure
         knob = jnp.asarray(knob_number(sparsity), jnp.result_type(float))
@@ -365,7 +367,7 @@ def lump_then_select_to_widths(
     is met exactly; a given `eps` that leaves a layer more than one neuron below its target is refused
     (`UnreachableTargetError`). Returns `(model, info)`, the per-layer sparsities and the ε used:
     `lump_then_select(model, x_calib, sparsities, eps=eps, ...)` gives the same result."""
-    chain, x, damping, candidates, throw = _prepare(model, x_calib, merge, damping, candidates, throw)
+    chain, x, damping, candidates, throw = _prepare(model, x_calib, merge, damping, candidates, throw, ridge)
     lower, eps = eps is None, 0.5 if eps is None else eps
 
     def lumping(eps):
