@@ -89,6 +89,7 @@ def _run_dumped(tmp_path, what: str) -> list[tuple[str, str, int]]:
     return _lapack_batches(tmp_path)
 
 
+@pytest.mark.integration  # a whole sweep compiled and dumped in a fresh process (~14 s): the second test step
 def test_the_sweeps_programs_hand_lapack_one_matrix_at_a_time(tmp_path):
     """The sweep with refit (vmapped over ε: Cholesky, triangular solves, the eigh fallback, the certificate's SVD):
     each LAPACK call factorises one matrix."""

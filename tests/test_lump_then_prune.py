@@ -30,6 +30,7 @@ def _outputs(model, x):
     return np.asarray(jax.vmap(model)(x))
 
 
+@pytest.mark.integration  # the default grid end to end (~25 s); the other tests here use one- or two-ε grids
 def test_budget_masks_and_reported_choice(setting):
     mlp, x = setting
     model, info = jaxlump.lump_then_prune(mlp, x, TARGET)
