@@ -44,6 +44,7 @@ def test_budget_masks_and_reported_choice(setting):
         assert np.all(np.asarray(layer.weight)[~np.asarray(mask)] == 0)
 
 
+@pytest.mark.integration  # every ε of a grid rebuilt from public parts and compared (~30 s): the second test step
 def test_chosen_eps_is_the_best_pipeline_built_from_public_parts(setting):
     """Independent of `lump_then_prune`: for every ε, lump → prune to the budget → masked reconstruction against
     the original, by hand with the public functions; the chosen ε is the one of least calibration error, and the

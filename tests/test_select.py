@@ -137,6 +137,7 @@ def test_a_failed_stage_is_reported_and_raised_with_throw(name, activation, stag
         assert info.result == getattr(jaxlump.RESULTS, result)
 
 
+@pytest.mark.integration  # a size target against every ε it implies (~19 s): the second test step
 def test_a_size_target_is_cut_from_one_path_and_equals_the_chosen_eps():
     """`compress_to(..., "merge_or_remove", ...)` cuts the greedy paths at the target (no bisection): the result is
     within the target, no breakpoint ε gives a larger result within it, and `merge_or_remove` at the recorded ε
