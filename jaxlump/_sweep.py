@@ -21,12 +21,13 @@ from jax.sharding import Mesh, PartitionSpec
 from ._criteria.discrepancy import AbstractDiscrepancy, Structural, batched_over
 from ._criteria.refinement import AbstractRefinement, Representative
 from ._errors import RESULTS, UnreachableTargetError, check_bool, is_traced
-from ._methods.lump import _prepare, lump_chain_unjitted
+from ._methods.lump import _prepare, check_lump_options, lump_chain_unjitted
 from ._methods.registry import get_compressor, register_compressor
-from ._model import from_chain
+from ._model import from_chain, is_chain_kind
 from ._reconstruction.masked import shrink
 from ._reconstruction.reconstruct import DEFAULT_RIDGE
 from ._results.info import Certificate, CompressionInfo
+from ._sites.compress import SitesInfo, compress_sites, site_listing
 
 _AXIS = "eps"
 _ERRORS = tuple(Certificate.__dataclass_fields__)
@@ -34,32 +35,55 @@ _ERRORS = tuple(Certificate.__dataclass_fields__)
 
 @eqx.filter_jit
 @eqx.debug.assert_max_traces(max_traces=None)  # counts traces (eqx.debug.get_num_traces), limits nothing
-def _sweep_core(model, chain, x, grid, discrepancy, refinement, refit, ridge, certify_ode, mesh):
+def _sweep_core(run, operands, grid, mesh):
+    """`run(operands, ε, ε_max) -> (model, info)` at every ε of `grid`, stacked; `operands`' arrays are replicated."""
     n = grid.shape[0]
     size = 1 if mesh is None else mesh.devices.size
     padded = jnp.concatenate([grid, jnp.full(-n % size, grid[-1], grid.dtype)])
     eps_max = jnp.max(grid)
+    arrays, others = eqx.partition(operands, eqx.is_array)
+    skeleton = []  # the results' non-array parts (activation functions, static fields), the same at every ε
 
-    def local(chain, x, eps, eps_max):
+    def local(arrays, eps, eps_max):
         def one(e):
-            return lump_chain_unjitted(chain, x, e, discrepancy, refinement, refit, ridge, certify_ode, eps_max)
+            out, static = eqx.partition(run(eqx.combine(arrays, others), e, eps_max), eqx.is_array)
+            skeleton.append(static)
+            return out
 
         with batched_over(_AXIS):
             return jax.vmap(one, axis_name=_AXIS)(eps)
 
     if mesh is None:
-        out = local(chain, x, padded, eps_max)
+        out = local(arrays, padded, eps_max)
     else:
         replicated = PartitionSpec()
         out = jax.shard_map(
             local,
             mesh=mesh,
-            in_specs=(replicated, replicated, PartitionSpec(_AXIS), replicated),
+            in_specs=(replicated, PartitionSpec(_AXIS), replicated),
             out_specs=PartitionSpec(_AXIS),
             check_vma=False,
-        )(chain, x, padded, eps_max)
-    reduced, infos = jtu.tree_map(lambda leaf: leaf[:n], out)
-    return eqx.filter_vmap(lambda c: from_chain(c, like=model))(reduced), infos
+        )(arrays, padded, eps_max)
+    return eqx.combine(jtu.tree_map(lambda leaf: leaf[:n], out), skeleton[0])
+
+
+def _lump_chain_model(operands, eps, eps_max):
+    model, chain, x, discrepancy, refinement, refit, ridge, certify_ode = operands
+    reduced, info = lump_chain_unjitted(chain, x, eps, discrepancy, refinement, refit, ridge, certify_ode, eps_max)
+    return from_chain(reduced, like=model), info
+
+
+def _lump_sites_model(operands, eps, eps_max):
+    model, x, listing, independent, discrepancy, refinement, refit, ridge, certify_ode = operands
+
+    def per_segment(segment, chain, rows):
+        dtype = chain.weights[0].dtype
+        ridge_ = ridge.astype(dtype)
+        return lump_chain_unjitted(chain, rows, eps, discrepancy, refinement, refit, ridge_, certify_ode, eps_max)
+
+    return compress_sites(
+        per_segment, model, x, method="lump_masked", knob=eps, independent=independent, listing=listing
+    )
 
 
 class Sweep(eqx.Module):
@@ -73,25 +97,26 @@ class Sweep(eqx.Module):
 
     eps_grid: jax.Array
     models: object
-    infos: CompressionInfo
+    infos: CompressionInfo | SitesInfo
 
     def __len__(self) -> int:
         return int(self.eps_grid.shape[0])
 
     @property
-    def widths(self) -> jax.Array:
-        """`(grid, layers + 1)`: the live widths after lumping at each ε."""
+    def widths(self) -> jax.Array | dict:
+        """`(grid, layers + 1)`: the live widths after lumping at each ε; for a model of sites, `{site path:
+        (grid,)}`."""
         return self.infos.widths_after
 
     @property
     def dense_params(self) -> jax.Array:
         """Dense parameters of each shrunk result."""
-        return self.infos.cost_after.dense_params
+        return self.infos.params_after
 
     @property
     def flops(self) -> jax.Array:
         """Dense FLOPs per example of each shrunk result."""
-        return self.infos.cost_after.flops
+        return self.infos.flops_after
 
     @property
     def certificate(self) -> Certificate:
@@ -235,6 +260,8 @@ def sweep(
     reconstruct: bool = True,
     ridge: float = DEFAULT_RIDGE,
     certify_ode: bool = False,
+    where=None,
+    independent: bool = False,
 ) -> Sweep:
     """Lump `model` at every ε of a grid in one compiled call, sharded over devices.
 
@@ -244,10 +271,13 @@ def sweep(
 
     **Arguments:**
 
-    - `model`, `x_calib`: as `jaxlump.lump`.
+    - `model`, `x_calib`: as `jaxlump.lump`: a chain model, or any Equinox / NNX module with sites (then each slice
+      is the user's class at its original shapes with a `SitesInfo`, and `widths` is `{site path: (grid,)}`).
     - `eps_grid`: a non-empty 1-D sequence of real ε ≥ 0, any length (padded to a multiple of the device count).
     - `devices`: the devices to shard the grid over (default `jax.devices()`); the model and data are replicated.
     - `discrepancy`, `refinement`, `reconstruct`, `ridge`, `certify_ode`: as `jaxlump.lump_masked`.
+    - `where`, `independent`: which sites, and whether each is calibrated on the original model (models of sites
+      only; see `jaxlump.sites`).
 
     **Returns:** a `Sweep`. Without calibration data (`x_calib=None`) the measured errors and the a-priori bound
     are not computed (NaN, shown as "not computed" by `summary()`), and `smallest_within` refuses to choose by them.
@@ -269,10 +299,30 @@ def sweep(
     Differential Equivalence*, arXiv 2606.01402 (2026).
     """
     grid = _check_grid(eps_grid)
-    chain, x, _, ridge = _prepare(model, x_calib, 0.0, discrepancy, refinement, ridge)
-    refit, certify_ode = check_bool(reconstruct, "reconstruct"), check_bool(certify_ode, "certify_ode")
-    mesh = _mesh(devices)
-    models, infos = _sweep_core(model, chain, x, grid, discrepancy, refinement, refit, ridge, certify_ode, mesh)
+    if is_chain_kind(model):
+        if where is not None or independent:
+            raise ValueError(
+                f"`where` and `independent` apply to models compressed site by site; `model` "
+                f"({type(model).__name__}) is one chain of layers, swept as a whole."
+            )
+        chain, x, _, ridge = _prepare(model, x_calib, 0.0, discrepancy, refinement, ridge)
+        refit, certify_ode = check_bool(reconstruct, "reconstruct"), check_bool(certify_ode, "certify_ode")
+        mesh = _mesh(devices)
+        operands = (model, chain, x, discrepancy, refinement, refit, ridge, certify_ode)
+        models, infos = _sweep_core(_lump_chain_model, operands, grid, mesh)
+    else:
+        ridge = check_lump_options(discrepancy, refinement, ridge)
+        if x_calib is None:
+            raise ValueError(
+                f"`x_calib` is needed to sweep a {type(model).__name__}: its sites are found and calibrated on it; "
+                "pass a batch of the model's inputs."
+            )
+        refit, certify_ode = check_bool(reconstruct, "reconstruct"), check_bool(certify_ode, "certify_ode")
+        mesh = _mesh(devices)
+        listing = site_listing(model, x_calib, where)
+        operands = (model, x_calib, listing, check_bool(independent, "independent"), discrepancy, refinement, refit)
+        operands = (*operands, jnp.asarray(ridge), certify_ode)
+        models, infos = _sweep_core(_lump_sites_model, operands, grid, mesh)
     return Sweep(grid, models, infos)
 
 

@@ -122,7 +122,7 @@ def test_load_refuses_a_bad_like(tmp_path):
 
 def test_save_and_load_reject_invalid_site_files_and_info(tmp_path):
     small = _small()
-    info = SitesInfo("obs_prune", 0.5, (), {}, {}, 0, 0, (), jnp.zeros(()), jnp.zeros(()), RESULTS.successful)
+    info = SitesInfo("obs_prune", 0.5, (), {}, 0, 0, (), (), jnp.zeros(()), jnp.zeros(()), RESULTS.successful)
     with pytest.raises(TypeError, match="`info`: `model` \\(TokenModel\\) is saved site by site.*SitesInfo"):
         jaxlump.save(tmp_path / "a.npz", small, info)
     nan = eqx.tree_at(lambda m: m.norms[0].bias, small, jnp.full(8, jnp.nan))

@@ -119,18 +119,23 @@ def lump_chain_unjitted(
 lump_chain = eqx.filter_jit(lump_chain_unjitted)
 
 
-def _prepare(model, x_calib, eps, discrepancy, refinement, ridge):
-    chain = to_chain(model)
+def check_lump_options(discrepancy, refinement, ridge) -> float:
+    """Refuse a discrepancy or refinement that is not a jaxlump strategy object and a bad ridge; the ridge."""
     if not isinstance(discrepancy, AbstractDiscrepancy):
         raise TypeError(
             f"`discrepancy` must be a jaxlump discrepancy (jaxlump.Structural() or jaxlump.Dynamical()); "
             f"received {type(discrepancy).__name__}."
         )
     check_refinement(refinement)
+    return check_nonnegative(ridge, "ridge")
+
+
+def _prepare(model, x_calib, eps, discrepancy, refinement, ridge):
+    chain = to_chain(model)
+    ridge = check_lump_options(discrepancy, refinement, ridge)
     x = None if x_calib is None else check_data(x_calib, "x_calib", width=chain.widths[0])
     if x is None and discrepancy.needs_data:
         raise ValueError(f"`x_calib` is required by the {type(discrepancy).__name__} discrepancy; received None.")
-    ridge = check_nonnegative(ridge, "ridge")
     return chain, x, check_eps(eps), jnp.asarray(ridge, chain.weights[0].dtype)
 
 
@@ -207,6 +212,7 @@ def lump(
     return small, info
 
 
+@over_sites(fixed_shape=True)
 def lump_masked(
     model,
     x_calib,
@@ -227,7 +233,8 @@ def lump_masked(
     other neuron's row, bias and outgoing column are zero. `info.partitions` holds the representative
     labels; `jaxlump.shrink(model, info)` (outside jit) removes the dead neurons and gives the same
     outputs as `lump`. Arguments as `lump`; `certify_ode` defaults to `False` (simulation is costly
-    inside a training step).
+    inside a training step). A model of sites comes back as its own class at its original shapes, with a
+    `jaxlump.SitesInfo` (one fixed-shape `CompressionInfo` per segment); it also runs under `jax.jit`.
 
     ```python
     import equinox as eqx, jax, jax.numpy as jnp, jax.random as jr, jaxlump

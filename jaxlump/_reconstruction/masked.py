@@ -1,5 +1,7 @@
 """Fixed-shape (masked) results and `shrink`, which turns them into physically smaller models."""
 
+import dataclasses
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -12,6 +14,8 @@ from .._model import from_chain, to_chain
 from .._model.network import DenseChain
 from .._results.accounting import chain_cost
 from .._results.info import CompressionInfo, check_partitions, live_masks, live_widths
+from .._sites.compress import SitesInfo, nonzero_count, rebuild, segment_chain, segments
+from .._sites.layers import family_of
 
 
 def live_neurons(labels) -> np.ndarray:
@@ -102,7 +106,8 @@ def shrink(model, info: CompressionInfo | PyTree):  # PyTree: a `wrap_optax` opt
 
     - `model`: a fixed-shape result, e.g. from `jaxlump.lump_masked` or one slice of `jaxlump.sweep`.
     - `info`: its `CompressionInfo`, or the optimizer state of `jaxlump.wrap_optax` (which holds the
-      composed one; then `shrink` first checks that the dead neurons carry no weight).
+      composed one; then `shrink` first checks that the dead neurons carry no weight). For a model of sites, its
+      `SitesInfo`: every segment of sites is shrunk with its own info and rebuilt smaller in the model's class.
 
     **Returns:** `(smaller_model, info)` with the partitions relabelled to the new indices.
 
@@ -120,6 +125,8 @@ def shrink(model, info: CompressionInfo | PyTree):  # PyTree: a `wrap_optax` opt
     assert int(jaxlump.cost(small).dense_params) == int(small_info.cost_after.dense_params)
     ```
     """
+    if isinstance(info, SitesInfo):
+        return _shrink_sites(model, info)
     from_state = not isinstance(info, CompressionInfo)
     info = held_info(info)
     require_concrete(
@@ -129,12 +136,51 @@ def shrink(model, info: CompressionInfo | PyTree):  # PyTree: a `wrap_optax` opt
         model=eqx.filter(model, eqx.is_array),
         info=info,
     )
+    chain = to_chain(model, require_finite=False)  # a failed refit is reported in info.result, not refused here
+    small, new_info = _shrink_chain(chain, info, from_state)
+    return from_chain(small, like=model), new_info
+
+
+def _shrink_sites(model, info: SitesInfo):
+    """`shrink` for a model compressed site by site in the fixed-shape form: every segment's chain shrunk with its
+    own `CompressionInfo`, its layers rebuilt smaller in the user's class."""
+    require_concrete(
+        "jaxlump.shrink",
+        "it removes units, so the result's shapes depend on the values.",
+        "Inside jit keep the fixed-shape form (e.g. `jaxlump.lump_masked`) and shrink once outside.",
+        model=family_of(model).arrays(model),
+        info=info,
+    )
+    chains = []
+    for segment in segments(info.sites):  # every segment's layers are looked up before any is shrunk
+        try:
+            chains.append(segment_chain(model, segment))
+        except (AttributeError, IndexError, KeyError, TypeError) as error:
+            raise ValueError(
+                f"`info` describes sites at {[s.path for s in segment.sites]}, which `model` "
+                f"({type(model).__name__}) does not hold ({type(error).__name__}: {error}): is `info` from another "
+                "model?"
+            ) from error
+    replacements, infos = {}, []
+    for number, (segment, chain, segment_info) in enumerate(zip(segments(info.sites), chains, info.segments)):
+        try:
+            small, small_info = _shrink_chain(chain, segment_info, from_state=False)
+        except ValueError as error:
+            raise ValueError(f"segment {number} ({', '.join(s.path for s in segment.sites)}): {error}") from error
+        replacements.update(rebuild(model, segment, small))
+        infos.append(small_info)
+    family = family_of(model)
+    small_model = family.replace(model, replacements)
+    return small_model, dataclasses.replace(info, segments=tuple(infos), nonzeros_after=nonzero_count(small_model))
+
+
+def _shrink_chain(chain: DenseChain, info: CompressionInfo, from_state: bool) -> tuple[DenseChain, CompressionInfo]:
+    """The chain without the neurons `info` marks dead, and `info` relabelled (see `shrink`)."""
     if np.ndim(info.knob) != 0:
         raise ValueError(
             f"`info` is stacked (knob of shape {np.shape(info.knob)}, e.g. from a vmapped sweep); shrink one "
             "result at a time (select it first, e.g. `sweep.at(i)`)."
         )
-    chain = to_chain(model, require_finite=False)  # a failed refit is reported in info.result, not refused here
     widths, before = chain.widths, tuple(info.widths_before)
     if len(widths) != len(before) or widths[0] != before[0] or widths[-1] != before[-1]:
         raise ValueError(
@@ -148,7 +194,7 @@ def shrink(model, info: CompressionInfo | PyTree):  # PyTree: a `wrap_optax` opt
             raise ValueError(
                 f"`info.weight_masks` have shapes {shapes}; `model`'s weights have {[w.shape for w in chain.weights]}."
             )
-    where = dead_weights(model, info)
+    where = dead_weights(chain, info)
     if where and from_state:
         raise ValueError(
             f"`model` has non-zero parameters on neurons the optimizer state marks dead ({where}); shrinking would "
@@ -186,4 +232,4 @@ def shrink(model, info: CompressionInfo | PyTree):  # PyTree: a `wrap_optax` opt
         certificate=info.certificate,
         result=info.result,
     )
-    return from_chain(small, like=model), new_info
+    return small, new_info

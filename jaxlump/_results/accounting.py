@@ -157,13 +157,21 @@ def _model_cost(model, neuron_masks, x) -> Cost:
     xp = jnp if any(isinstance(a, jax.core.Tracer) for a in arrays) else np
     dense = sum(int(np.size(a)) for a in arrays)
     nonzero = sum(xp.count_nonzero(xp.asarray(a)) for a in arrays)
+    return Cost(jnp.asarray(dense), jnp.asarray(nonzero), jnp.asarray(model_flops(model, x)))
+
+
+def model_flops(model, x=None) -> int:
+    """The dense FLOPs per example of a model of any Equinox / NNX class: its registered layers', each once, or as
+    often as the model calls it on one example of the batch `x` (from shapes only, so also for traced values)."""
+    family = family_of(model)
+    layers = family.layers(model)
     calls = [1] * len(layers) if x is None else _calls_per_example(model, family, x, len(layers))
     flops = 0
     for (_, layer), n in zip(layers, calls):
         weight, _, use_bias = layer_type_of(layer).read(layer)
         n_out, n_in = np.shape(weight)
         flops += n * (2 * n_out * n_in + (n_out if use_bias else 0))
-    return Cost(jnp.asarray(dense), jnp.asarray(nonzero), jnp.asarray(flops))
+    return flops
 
 
 def _example(x):

@@ -79,6 +79,16 @@ class CompressionInfo(eqx.Module):
     result: RESULTS
 
     @property
+    def params_after(self) -> jax.Array:
+        """`cost_after.dense_params` (named as `SitesInfo`'s, so that code reading either info reads it alike)."""
+        return self.cost_after.dense_params
+
+    @property
+    def flops_after(self) -> jax.Array:
+        """`cost_after.flops` (named as `SitesInfo`'s)."""
+        return self.cost_after.flops
+
+    @property
     def percent_of_original(self) -> jax.Array:
         """Dense parameters after, in % of before (non-zeros for unstructured results); an original with no
         non-zeros (all-zero weights) counts as 100 % when the result has none either, else as `inf`."""

@@ -21,7 +21,8 @@ from .._errors import RESULTS, UnreachableTargetError, check_bool, combine, fini
 from .._methods.registry import compressors
 from .._model import is_chain_kind
 from .._model.network import DenseChain
-from .._results.accounting import cost
+from .._results.accounting import cost, model_flops
+from .._results.info import Certificate
 from .layers import Family, Path, family_of, layer_type_of, path_name
 from .site import Site, Sites, capture, sites
 from .trace import tapped_model
@@ -40,12 +41,13 @@ class Segment:
     activations: tuple[str, ...]
 
 
-def segments(listing: Sites) -> list[Segment]:
-    """The listing's sites grouped into chains, in program order."""
-    by_producer = {s.keys[-2]: s for s in listing.sites if not s.gated}
-    consumers = {s.keys[-1] for s in listing.sites}
+def segments(listed: Sites | tuple[Site, ...]) -> list[Segment]:
+    """The sites (of a listing, or as a tuple) grouped into chains, in program order."""
+    listed = listed.sites if isinstance(listed, Sites) else listed
+    by_producer = {s.keys[-2]: s for s in listed if not s.gated}
+    consumers = {s.keys[-1] for s in listed}
     out = []
-    for site in listing.sites:
+    for site in listed:
         if not site.gated and site.keys[0] in consumers:
             continue  # continues the segment of the site before it
         chain, current = [site], site
@@ -107,8 +109,12 @@ class SitesInfo(eqx.Module):
 
     - `method`: the compressor's name; `knob`: its knob as given.
     - `sites`: the sites compressed (as found in the original model); `widths_before` and `widths_after`: their
-      hidden widths, keyed by site path.
-    - `params_before`, `params_after`: the whole model's parameter counts (every floating-point array).
+      hidden widths, keyed by site path (`widths_after` counts live units: for a fixed-shape result, those that
+      `jaxlump.shrink` keeps).
+    - `params_before`, `params_after`: the whole model's parameter counts (every floating-point array;
+      `params_after` after `jaxlump.shrink` for a fixed-shape result).
+    - `flops_before`, `flops_after`: the whole model's dense FLOPs per example (its registered layers, each as often
+      as the model calls it on one example of `x_calib`; see `jaxlump.cost`).
     - `nonzeros_before`, `nonzeros_after`: the non-zero entries of those arrays, counted on the models themselves:
       what an unstructured method (`magnitude`, `wanda`, ...) reduces, since it keeps every array's shape.
     - `segments`: the `CompressionInfo` of each segment of sites, in order (its certificate is the segment's own).
@@ -120,9 +126,9 @@ class SitesInfo(eqx.Module):
     knob: object
     sites: tuple[Site, ...] = eqx.field(static=True)
     widths_before: dict = eqx.field(static=True)
-    widths_after: dict = eqx.field(static=True)
     params_before: int = eqx.field(static=True)
-    params_after: int = eqx.field(static=True)
+    flops_before: int = eqx.field(static=True)
+    calls: tuple[int, ...] = eqx.field(static=True)  # per segment: its layers' calls per example
     segments: tuple
     output_max_abs: jax.Array
     output_rms: jax.Array
@@ -130,20 +136,62 @@ class SitesInfo(eqx.Module):
     nonzeros_before: int | None = eqx.field(static=True, default=None)
     nonzeros_after: int | None = eqx.field(static=True, default=None)
 
+    @property
+    def widths_after(self) -> dict:
+        """`{site path: live width}` (integers for a concrete result, arrays for a traced or stacked one)."""
+        out = {}
+        for segment, info in zip(segments(self.sites), self.segments):
+            for i, site in enumerate(segment.sites, start=1):
+                width = info.widths_after[..., i]
+                out[site.path] = int(width) if _is_concrete_scalar(width) else width
+        return out
+
+    def _after(self, before: int, field: str, calls) -> int | jax.Array:
+        saved = sum(
+            n * (getattr(info.cost_before, field) - getattr(info.cost_after, field))
+            for n, info in zip(calls, self.segments)
+        )
+        after = before - saved
+        return int(after) if _is_concrete_scalar(after) else after
+
+    @property
+    def params_after(self):
+        """The whole model's parameters after compression (after `jaxlump.shrink` for a fixed-shape result)."""
+        return self._after(self.params_before, "dense_params", [1] * len(self.segments))
+
+    @property
+    def flops_after(self):
+        """The whole model's dense FLOPs per example after compression (after `jaxlump.shrink` for a fixed-shape
+        result)."""
+        return self._after(self.flops_before, "flops", self.calls)
+
+    @property
+    def certificate(self) -> Certificate:
+        """The measured deviation of the whole model's output as a `Certificate` (the ODE deviation and the
+        a-priori bound are per segment, in `segments`: NaN here)."""
+        nan = jnp.full_like(self.output_max_abs, jnp.nan)
+        return Certificate(self.output_max_abs, self.output_rms, nan, nan)
+
     def describe(self) -> str:
+        params_after = int(self.params_after)
         nonzeros = (
             f", {self.nonzeros_after:,} of {self.nonzeros_before:,} non-zero"
-            if self.nonzeros_after is not None and self.params_after == self.params_before  # shapes kept
+            if self.nonzeros_after is not None and params_after == self.params_before  # shapes kept
             else ""
         )
         lines = [
-            f"{self.method}: {self.params_after:,} of {self.params_before:,} parameters "
-            f"({self.params_after / max(self.params_before, 1):.1%}{nonzeros}); output max |Δ| "
+            f"{self.method}: {params_after:,} of {self.params_before:,} parameters "
+            f"({params_after / max(self.params_before, 1):.1%}{nonzeros}); output max |Δ| "
             f"{float(self.output_max_abs):.3g} "
             f"(RMS {float(self.output_rms):.3g}) on the calibration data"
         ]
-        lines += [f"  {p}: {self.widths_before[p]} → {self.widths_after[p]} units" for p in self.widths_before]
+        after = self.widths_after
+        lines += [f"  {p}: {self.widths_before[p]} → {int(after[p])} units" for p in self.widths_before]
         return "\n".join(lines)
+
+
+def _is_concrete_scalar(value) -> bool:
+    return not isinstance(value, jax.core.Tracer) and np.ndim(value) == 0
 
 
 def parameter_count(model) -> int:
@@ -217,7 +265,8 @@ def compress_sites(
     family = family_of(model)
     listing = listing or site_listing(model, x_calib, where)
     tapped_paths = _tap_indices(model, family)
-    current, infos, after = model, [], {}
+    batch = jax.tree_util.tree_leaves(x_calib)[0].shape[0]
+    current, infos, calls = model, [], []
     for segment in segments(listing):
         source = model if independent else current
         (rows,) = capture(source, family, (tapped_paths[segment.layers[0]],), x_calib)
@@ -225,8 +274,7 @@ def compress_sites(
         small, info = per_segment(segment, chain, rows.astype(chain.weights[0].dtype))
         current = family.replace(current, rebuild(model, segment, small))
         infos.append(info)
-        for site, width in zip(segment.sites, small.widths[1:-1]):
-            after[site.path] = int(width)
+        calls.append(rows.shape[0] // batch)
     reference = family.apply(model, x_calib)
     output = family.apply(current, x_calib)
     deviation = jnp.abs(jnp.asarray(output, jnp.float32) - jnp.asarray(reference, jnp.float32))
@@ -236,9 +284,9 @@ def compress_sites(
         knob,
         listing.sites,
         {s.path: s.width for s in listing.sites},
-        after,
         parameter_count(model),
-        parameter_count(current),
+        model_flops(model, x_calib),
+        tuple(calls),
         tuple(infos),
         jnp.max(deviation),
         jnp.sqrt(jnp.mean(deviation**2)),
@@ -314,15 +362,16 @@ def _tap_indices(model, family: Family) -> dict[Path, int]:
     return {path: i for i, path in enumerate(tapped.paths)}
 
 
-def over_sites(compressor=None, *, refusal: str | None = None):
+def over_sites(compressor=None, *, refusal: str | None = None, fixed_shape: bool = False):
     """Make `compressor` (call shape `(model, x_calib, knob, **options)` on chain models) work on any model.
 
     Adds two keyword options: `where` (which sites, see `jaxlump.sites`) and `independent` (capture every
     segment's input on the original model instead of the one compressed so far). Chain models are passed
     through unchanged, so their results are exactly the compressor's own. `refusal`: why the compressor cannot
-    work site by site (used as `@over_sites(refusal=...)`); other models are then refused with it."""
+    work site by site (used as `@over_sites(refusal=...)`); other models are then refused with it. `fixed_shape`:
+    the compressor keeps every array's shape (its result is masked), so it can run on traced values."""
     if compressor is None:
-        return functools.partial(over_sites, refusal=refusal)
+        return functools.partial(over_sites, refusal=refusal, fixed_shape=fixed_shape)
     signature = inspect.signature(compressor)
 
     @functools.wraps(compressor)
@@ -348,7 +397,7 @@ def over_sites(compressor=None, *, refusal: str | None = None):
                 f"`x_calib` is needed to compress a {type(model).__name__}: its sites are found and calibrated on "
                 "it; pass a batch of the model's inputs."
             )
-        if _changes_widths(compressor.__name__):
+        if not fixed_shape and _changes_widths(compressor.__name__):
             require_concrete(
                 f"jaxlump.{compressor.__name__}",
                 "it changes the widths of the model's sites, so the result's shapes depend on the values.",
