@@ -51,25 +51,28 @@ def gather_live(chain: DenseChain, live: list[np.ndarray]) -> DenseChain:
 
 
 def neuron_masks(chain: DenseChain, partitions) -> DenseChain:
-    """A chain of 1/0 masks: 1 on the weights and biases of live neurons (inputs and outputs always live)."""
+    """A chain of 1/0 masks: 1 on the weights and biases of live neurons (inputs and outputs always live; a gated
+    layer's gate masked as its up projection)."""
     widths = chain.widths
     live = [jnp.ones(widths[0], bool), *live_masks(widths[1:-1], partitions), jnp.ones(widths[-1], bool)]
     weights = tuple((live[l + 1][:, None] & live[l][None, :]).astype(w.dtype) for l, w in enumerate(chain.weights))
     biases = tuple(live[l + 1].astype(b.dtype) for l, b in enumerate(chain.biases))
-    return DenseChain(weights, biases, chain.activations, chain.use_bias)
+    gate_weights = tuple(None if g is None else weights[l] for l, g in enumerate(chain.gate_weights))
+    gate_biases = tuple(None if g is None else biases[l] for l, g in enumerate(chain.gate_biases))
+    return DenseChain(weights, biases, chain.activations, chain.use_bias, gate_weights, gate_biases)
 
 
-def held_info(tree) -> CompressionInfo:
-    """The one `CompressionInfo` in `tree`: `tree` itself, or the one a `jaxlump.wrap_optax` optimizer state holds
+def held_info(tree) -> CompressionInfo | SitesInfo:
+    """The one `CompressionInfo` or `SitesInfo` in `tree`: `tree` itself, or the one a `jaxlump.wrap_optax` state holds
     (in Flax's `nnx.Optimizer` its arrays sit in `OptState` variables: their values are read)."""
-    if isinstance(tree, CompressionInfo):
+    kinds = (CompressionInfo, SitesInfo)
+    if isinstance(tree, kinds):
         return tree
-    found = [s for s in jtu.tree_leaves(tree, is_leaf=lambda s: isinstance(s, CompressionInfo))]
-    found = [s for s in found if isinstance(s, CompressionInfo)]
+    found = [s for s in jtu.tree_leaves(tree, is_leaf=lambda s: isinstance(s, kinds)) if isinstance(s, kinds)]
     if len(found) != 1:
         raise TypeError(
-            f"`info` must be a jaxlump.CompressionInfo or the state of a jaxlump.wrap_optax optimizer; the object "
-            f"given ({type(tree).__name__}) holds {len(found)} CompressionInfo records."
+            f"`info` must be a jaxlump.CompressionInfo, a jaxlump.SitesInfo or the state of a jaxlump.wrap_optax "
+            f"optimizer; the object given ({type(tree).__name__}) holds {len(found)} such records."
         )
     return jtu.tree_map(
         lambda v: v.get_value() if hasattr(v, "get_value") else v, found[0], is_leaf=lambda v: hasattr(v, "get_value")
@@ -125,10 +128,10 @@ def shrink(model, info: CompressionInfo | PyTree):  # PyTree: a `wrap_optax` opt
     assert int(jaxlump.cost(small).dense_params) == int(small_info.cost_after.dense_params)
     ```
     """
-    if isinstance(info, SitesInfo):
-        return _shrink_sites(model, info)
-    from_state = not isinstance(info, CompressionInfo)
+    from_state = not isinstance(info, (CompressionInfo, SitesInfo))
     info = held_info(info)
+    if isinstance(info, SitesInfo):
+        return _shrink_sites(model, info, from_state)
     require_concrete(
         "jaxlump.shrink",
         "it removes neurons, so the result's shapes depend on the values.",
@@ -141,7 +144,7 @@ def shrink(model, info: CompressionInfo | PyTree):  # PyTree: a `wrap_optax` opt
     return from_chain(small, like=model), new_info
 
 
-def _shrink_sites(model, info: SitesInfo):
+def _shrink_sites(model, info: SitesInfo, from_state: bool):
     """`shrink` for a model compressed site by site in the fixed-shape form: every segment's chain shrunk with its
     own `CompressionInfo`, its layers rebuilt smaller in the user's class."""
     require_concrete(
@@ -164,7 +167,7 @@ def _shrink_sites(model, info: SitesInfo):
     replacements, infos = {}, []
     for number, (segment, chain, segment_info) in enumerate(zip(segments(info.sites), chains, info.segments)):
         try:
-            small, small_info = _shrink_chain(chain, segment_info, from_state=False)
+            small, small_info = _shrink_chain(chain, segment_info, from_state)
         except ValueError as error:
             raise ValueError(f"segment {number} ({', '.join(s.path for s in segment.sites)}): {error}") from error
         replacements.update(rebuild(model, segment, small))

@@ -23,7 +23,7 @@ from .._model import is_chain_kind
 from .._model.network import DenseChain
 from .._results.accounting import cost, model_flops
 from .._results.info import Certificate
-from .layers import Family, Path, family_of, layer_type_of, path_name
+from .layers import Path, family_of, layer_type_of, path_name
 from .site import Site, Sites, capture, sites
 from .trace import tapped_model
 
@@ -264,12 +264,11 @@ def compress_sites(
     (see the module docs); `method` and `knob` are recorded in the `SitesInfo`."""
     family = family_of(model)
     listing = listing or site_listing(model, x_calib, where)
-    tapped_paths = _tap_indices(model, family)
     batch = jax.tree_util.tree_leaves(x_calib)[0].shape[0]
     current, infos, calls = model, [], []
-    for segment in segments(listing):
+    for segment, tap in zip(segments(listing), site_taps(model, listing)):
         source = model if independent else current
-        (rows,) = capture(source, family, (tapped_paths[segment.layers[0]],), x_calib)
+        (rows,) = capture(source, family, (tap,), x_calib)
         chain = segment_chain(model, segment)
         small, info = per_segment(segment, chain, rows.astype(chain.weights[0].dtype))
         current = family.replace(current, rebuild(model, segment, small))
@@ -357,9 +356,11 @@ def _chain_params(chain: DenseChain) -> int:
     return int(cost(chain).dense_params)
 
 
-def _tap_indices(model, family: Family) -> dict[Path, int]:
-    _, tapped = tapped_model(model, family)
-    return {path: i for i, path in enumerate(tapped.paths)}
+def site_taps(model, listing: Sites) -> tuple[int, ...]:
+    """Per segment of `listing`, the tap index of its first layer (what `capture` takes)."""
+    _, tapped = tapped_model(model, family_of(model))
+    index = {path: i for i, path in enumerate(tapped.paths)}
+    return tuple(index[segment.layers[0]] for segment in segments(listing))
 
 
 def over_sites(compressor=None, *, refusal: str | None = None, fixed_shape: bool = False):

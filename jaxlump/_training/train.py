@@ -158,7 +158,7 @@ def finetune(
     binding, params = bind(model)
     x = check_data(x, "x", width=to_chain(model).widths[0])
     y = _check_targets(model, x, y, default_loss=loss is mse)
-    masks = None if info is None else binding.params(structure_masks(model, info))
+    masks = None if info is None else binding.masks((structure_masks(model, info),))
     if masks is not None:
         _check_removed_are_zero(params, masks)
     key = _check_key(key)

@@ -8,6 +8,7 @@ shared), so a block always moves as a whole, a merged neuron can merge again, an
 to it. The block then sits at an index that was already live, where its optimizer state is.
 """
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -21,14 +22,17 @@ from jaxtyping import Array, Int
 
 from .._criteria.discrepancy import AbstractDiscrepancy, Structural
 from .._criteria.refinement import AbstractRefinement, Representative
-from .._errors import RESULTS, check_bool, check_eps, finite_result
-from .._methods.lump import _prepare, lump_chain, partition
-from .._model import to_chain
-from .._model.network import DenseChain, refuse_gated
+from .._errors import RESULTS, check_bool, check_eps, combine, finite_result
+from .._methods.lump import _prepare, check_lump_options, lump_chain, partition
+from .._model import is_chain_kind, to_chain
+from .._model.network import DenseChain
 from .._reconstruction.masked import held_info, neuron_masks
 from .._reconstruction.reconstruct import DEFAULT_RIDGE
 from .._results.accounting import chain_cost
 from .._results.info import Certificate, CompressionInfo, live_masks, live_widths
+from .._sites.compress import SitesInfo, compress_sites, segment_chain, segments, site_listing, site_taps
+from .._sites.layers import family_of
+from .._sites.site import Sites, capture
 
 # Relative tolerances a `TargetSize` round chooses from (0: exact duplicates only; 4: about everything merges).
 DEFAULT_GRID = (0.0, *np.geomspace(1e-3, 4.0, 23).round(6).tolist())
@@ -134,7 +138,8 @@ class LumpState(eqx.Module):
 
     - `count`: updates done so far.
     - `inner`: the wrapped optimizer's state (zero on dead neurons).
-    - `info`: the composed `CompressionInfo` since wrapping: `partitions` map every original neuron to the
+    - `info`: the composed `CompressionInfo` since wrapping (for a model of sites, a `SitesInfo` holding one per
+      segment, its `output_max_abs`/`output_rms` the last round's measured change of the whole model's output): `partitions` map every original neuron to the
       index that represents it now; `knob` is the last round's ε (NaN before the first round), `certificate` the
       last round's measured error on `x_calib` against the parameters just before that round (its a-priori
       bound and ODE deviation are not computed, NaN; without `x_calib` nothing is, and `info.summary()` says
@@ -144,65 +149,105 @@ class LumpState(eqx.Module):
 
     count: Int[Array, ""]
     inner: Any
-    info: CompressionInfo
+    info: CompressionInfo | SitesInfo
     requested: Int[Array, ""]
 
 
 class _Binding:
-    """Parameters ↔ `DenseChain` for one model kind (Equinox modules, Flax NNX).
+    """Parameters ↔ the `DenseChain`s of a model's segments (one chain for a chain model; one per segment of sites
+    for any other model).
 
-    `chain(params)` reads the chain through the adapters; `params(chain)` writes one back into the parameters'
-    own structure as the transpose of that linear read (each parameter is read exactly once, which `bind`
-    checks), so the model's own layout (stacked scan layers, NNX's `(in, out)` kernels) is kept whatever type
-    the adapters would rebuild.
+    `chains(params)` reads them through the adapters; `write(params, chains)` puts chains back into the
+    parameters' own structure as the transpose of that linear read (each parameter is read at most once, which
+    `bind` checks), so the model's own layout (stacked scan layers, NNX's `(in, out)` kernels) is kept whatever
+    type the adapters would rebuild; parameters no chain reads (attention, embeddings, norms) keep their values.
     """
 
-    def __init__(self, rebuild: Callable, params, pure: Callable = lambda p: p):
-        self.rebuild, self.pure = rebuild, pure
+    def __init__(self, rebuild: Callable, params, read: Callable, pure: Callable = lambda p: p):
+        self.rebuild, self.pure, self.read = rebuild, pure, read
         self.shapes = jtu.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
+        self.covered = self._transpose(jtu.tree_map(jnp.ones_like, self.chains(params)))
 
-    def chain(self, params) -> DenseChain:
-        return to_chain(self.rebuild(params), require_finite=False)
+    def chains(self, params) -> tuple[DenseChain, ...]:
+        return self.read(self.rebuild(params))
 
-    def _read(self, params):
-        chain = self.chain(params)
-        return chain.weights, chain.biases
-
-    def params(self, chain: DenseChain):
+    def _transpose(self, chains):
         zeros = jtu.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), self.shapes)
-        _, write = jax.vjp(self._read, zeros)
-        (params,) = write((chain.weights, chain.biases))
+        _, transpose = jax.vjp(self.chains, zeros)
+        (params,) = transpose(chains)
         return params
 
+    def write(self, params, chains):
+        """`params` with the chains' entries replaced by `chains`'."""
+        return jtu.tree_map(
+            lambda c, new, old: jnp.where(c != 0, new, old), self.covered, self._transpose(chains), params
+        )
 
-def bind(model) -> tuple[_Binding, Any]:
-    """The `_Binding` of `model` and its parameters (what the user's loop trains)."""
-    chain = to_chain(model)  # refuses unsupported models with the adapters' message
-    refuse_gated(chain, "model", "jaxlump.wrap_optax")
-    if type(model).__module__.startswith("flax."):
+    def masks(self, chains):
+        """Parameter-shaped 1/0 masks: `chains`' (masks as chains) where a chain reads, 1 elsewhere."""
+        return self.write(jtu.tree_map(jnp.ones_like, self.covered), chains)
+
+
+def bind(model, listing: Sites | None = None) -> tuple[_Binding, Any]:
+    """The `_Binding` of `model` and its parameters (what the user's loop trains): its one chain, or with a
+    `listing` the chains of its segments of sites."""
+    if listing is None:
+        to_chain(model)  # refuses unsupported models with the adapters' message
+
+        def read(m):
+            return (to_chain(m, require_finite=False),)
+
+    else:
+        chosen = segments(listing)
+
+        def read(m):
+            return tuple(segment_chain(m, segment) for segment in chosen)
+
+    if type(model).__module__.startswith("flax.") or family_of(model).name == "Flax NNX":
         from flax import nnx
 
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         params = nnx.as_pure(params)
         # nnx.Optimizer initialises with Param variables, then updates with their values.
-        binding = _Binding(lambda p: nnx.merge(graphdef, p, rest), params, nnx.as_pure)
+        binding = _Binding(lambda p: nnx.merge(graphdef, p, rest), params, read, nnx.as_pure)
     else:
         static = eqx.filter(model, eqx.is_array, inverse=True)
         params = eqx.filter(model, eqx.is_array)
-        binding = _Binding(lambda p: eqx.combine(p, static), params)
-    written = binding.params(chain)
-    if jtu.tree_structure(written) != jtu.tree_structure(params) or not all(
-        np.array_equal(a, b) for a, b in zip(jtu.tree_leaves(written), jtu.tree_leaves(params))
-    ):
+        binding = _Binding(lambda p: eqx.combine(p, static), params, read)
+    written = binding._transpose(binding.chains(params))
+    read_once = all(
+        np.array_equal(np.where(c != 0, w, 0), np.where(c != 0, p, 0))
+        for c, w, p in zip(jtu.tree_leaves(binding.covered), jtu.tree_leaves(written), jtu.tree_leaves(params))
+    )
+    if listing is None and not all(np.all(np.asarray(c) != 0) for c in jtu.tree_leaves(binding.covered)):
+        read_once = False  # a chain model's parameters are exactly its layers' weights and biases
+    if not read_once:
         raise TypeError(
-            f"`model` ({type(model).__name__}) holds arrays that are not its dense layers' weights and biases; "
-            "wrap_optax and finetune train exactly the parameters jaxlump reads from the model."
+            f"`model` ({type(model).__name__}) holds arrays that are not its dense layers' weights and biases, or "
+            "reads one twice; wrap_optax and finetune train exactly the parameters jaxlump reads from the model."
         )
     return binding, params
 
 
 def _counts(labels: jax.Array) -> jax.Array:
     return jax.ops.segment_sum((labels >= 0).astype(jnp.int32), jnp.maximum(labels, 0), labels.shape[0])
+
+
+def _map_layers(chain: DenseChain, on_weight: Callable, on_bias: Callable) -> DenseChain:
+    """`chain` with `on_weight(w, l)` / `on_bias(b, l)` applied to every layer's weight and bias, a gated layer's
+    gate weight and bias alike (a gated unit's gate row moves with its up row)."""
+
+    def gates(entries, fn):
+        return tuple(None if e is None else fn(e, l) for l, e in enumerate(entries))
+
+    return DenseChain(
+        tuple(on_weight(w, l) for l, w in enumerate(chain.weights)),
+        tuple(on_bias(b, l) for l, b in enumerate(chain.biases)),
+        chain.activations,
+        chain.use_bias,
+        gates(chain.gate_weights, on_weight),
+        gates(chain.gate_biases, on_bias),
+    )
 
 
 def expand(chain: DenseChain, labels: tuple[jax.Array, ...]) -> DenseChain:
@@ -212,14 +257,17 @@ def expand(chain: DenseChain, labels: tuple[jax.Array, ...]) -> DenseChain:
     widths = chain.widths
     full = (jnp.arange(widths[0]), *labels, jnp.arange(widths[-1]))
     shares = [jnp.ones(widths[0])] + [1.0 / jnp.maximum(_counts(p), 1) for p in labels] + [jnp.ones(widths[-1])]
-    weights, biases = [], []
-    for l, (w, b) in enumerate(zip(chain.weights, chain.biases)):
+
+    def weight(w, l):
         rows, cols = jnp.maximum(full[l + 1], 0), jnp.maximum(full[l], 0)
         kept = (full[l + 1] >= 0).astype(w.dtype)
         share = (shares[l][cols] * (full[l] >= 0)).astype(w.dtype)
-        weights.append(w[rows][:, cols] * kept[:, None] * share[None, :])
-        biases.append(b[rows] * kept)
-    return DenseChain(tuple(weights), tuple(biases), chain.activations, chain.use_bias)
+        return w[rows][:, cols] * kept[:, None] * share[None, :]
+
+    def bias(b, l):
+        return b[jnp.maximum(full[l + 1], 0)] * (full[l + 1] >= 0).astype(b.dtype)
+
+    return _map_layers(chain, weight, bias)
 
 
 def compose(new: jax.Array, previous: jax.Array) -> jax.Array:
@@ -237,12 +285,15 @@ def relocate(chain: DenseChain, new: tuple[jax.Array, ...], previous: tuple[jax.
         n = p_new.shape[0]
         dest.append(jnp.where(p_new == jnp.arange(n), p_old, n))
     dest.append(jnp.arange(widths[-1]))
-    weights, biases = [], []
-    for l, (w, b) in enumerate(zip(chain.weights, chain.biases)):
+
+    def weight(w, l):
         rows = w if l == 0 else jnp.zeros_like(w).at[:, dest[l]].set(w, mode="drop")
-        weights.append(rows if l == n_hidden else jnp.zeros_like(w).at[dest[l + 1]].set(rows, mode="drop"))
-        biases.append(b if l == n_hidden else jnp.zeros_like(b).at[dest[l + 1]].set(b, mode="drop"))
-    return DenseChain(tuple(weights), tuple(biases), chain.activations, chain.use_bias)
+        return rows if l == n_hidden else jnp.zeros_like(w).at[dest[l + 1]].set(rows, mode="drop")
+
+    def bias(b, l):
+        return b if l == n_hidden else jnp.zeros_like(b).at[dest[l + 1]].set(b, mode="drop")
+
+    return _map_layers(chain, weight, bias)
 
 
 def _keep(tree, masks):
@@ -278,13 +329,17 @@ def structure_masks(model, info) -> DenseChain:
     if info.weight_masks is None:
         return masks
     weights = tuple(m * jnp.asarray(k, m.dtype) for m, k in zip(masks.weights, info.weight_masks))
-    return DenseChain(weights, masks.biases, chain.activations, chain.use_bias)
+    return dataclasses.replace(masks, weights=weights)
 
 
-def _dense_params(partitions, use_bias, widths) -> jax.Array:
+def _dense_params(partitions, chain: DenseChain) -> jax.Array:
+    """The dense parameters of `chain` lumped to `partitions` (a gated layer counts its gate too)."""
     hidden = [jnp.sum(p == jnp.arange(p.shape[-1]), axis=-1) for p in partitions]
-    n = [widths[0], *hidden, widths[-1]]
-    return sum(n[l + 1] * (n[l] + int(b)) for l, b in enumerate(use_bias))
+    n = [chain.widths[0], *hidden, chain.widths[-1]]
+    return sum(
+        n[l + 1] * (n[l] + int(b)) * (2 if gated else 1)
+        for l, (b, gated) in enumerate(zip(chain.use_bias, chain.gated))
+    )
 
 
 def _initial_info(chain: DenseChain) -> CompressionInfo:
@@ -333,6 +388,7 @@ def wrap_optax(
     refinement: AbstractRefinement = Representative(),
     reconstruct: bool = False,
     ridge: float = DEFAULT_RIDGE,
+    where=None,
 ) -> optax.GradientTransformationExtraArgs:
     """Wrap an optax optimizer so that it lumps the network every `every` steps, inside `jax.jit`.
 
@@ -346,15 +402,20 @@ def wrap_optax(
     **Arguments:**
 
     - `optimizer`: the optax transformation to wrap (`optax.adam(1e-3)`, a chain ...).
-    - `model`: the model to be trained (any kind `jaxlump.lump` supports; the parameters are
-      `eqx.filter(model, eqx.is_array)` for Equinox, `nnx.state(model, nnx.Param)` for Flax NNX).
-    - `x_calib`: calibration inputs `(batch, n_in)` for the refit (or `None`: data-free, no refit).
+    - `model`: the model to be trained (any kind `jaxlump.lump` supports: a chain model, or any Equinox / NNX
+      module with sites, whose sites are lumped and whose other parameters train as the inner optimizer says; the
+      parameters are `eqx.filter(model, eqx.is_array)` for Equinox, `nnx.state(model, nnx.Param)` for Flax NNX).
+    - `x_calib`: calibration inputs for the refit and the measured error: `(batch, n_in)` for a chain model (or
+      `None`: data-free, no refit); for a model of sites a batch of its inputs (required: its sites are found on it).
     - `eps`: a tolerance ε ≥ 0, a schedule `step -> ε` (an optax schedule), or a `jaxlump.TargetSize`.
     - `every`: steps between lumping rounds (≥ 1); `until`: no round after this step (default: no end).
     - `discrepancy`, `refinement`, `ridge`: as in `jaxlump.lump`.
     - `reconstruct`: re-solve each round's layers by least squares on `x_calib` (`jaxlump.reconstruct`). Off by
       default: in a loop the steps that follow adapt the weights, and a refit costs far more than the round
       (see `docs/training.md` for the measured cost).
+    - `where`: which sites of a model of sites (see `jaxlump.sites`); the sites are lumped in program order, each
+      on the inputs of the model lumped so far when the round needs data (a refit, the Dynamical discrepancy), and
+      a `TargetSize` counts the whole model's parameters.
 
     **Returns:** an `optax.GradientTransformationExtraArgs` whose state is a `LumpState`.
 
@@ -395,8 +456,33 @@ def wrap_optax(
         if value is not None and value < minimum:
             raise ValueError(f"`{name}` must be an integer >= {minimum}; received {value!r}.")
     refit = check_bool(reconstruct, "reconstruct")
-    binding, _ = bind(model)
-    chain, x, _, ridge = _prepare(model, x_calib, 0.0, discrepancy, refinement, ridge)
+    if is_chain_kind(model):
+        if where is not None:
+            raise ValueError(
+                f"`where` applies to models compressed site by site; `model` ({type(model).__name__}) is one chain "
+                "of layers, lumped as a whole."
+            )
+        binding, _ = bind(model)
+        chain, x, _, ridge = _prepare(model, x_calib, 0.0, discrepancy, refinement, ridge)
+        chains, rows_of = (chain,), lambda params, s: x
+        info0 = _initial_info(chain)
+    else:
+        ridge = check_lump_options(discrepancy, refinement, ridge)
+        if x_calib is None:
+            raise ValueError(
+                f"`x_calib` is needed to wrap the training of a {type(model).__name__}: its sites are found on it; "
+                "pass a batch of the model's inputs."
+            )
+        listing = site_listing(model, x_calib, where)
+        binding, params0 = bind(model, listing)
+        chains, x, family = binding.chains(params0), x_calib, family_of(model)
+        taps = site_taps(model, listing)
+
+        def rows_of(params, s):
+            (rows,) = capture(binding.rebuild(params), family, (taps[s],), x)
+            return rows.astype(chains[s].weights[0].dtype)
+
+        info0 = _initial_sites_info(model, x, listing)
     if refit and x is None:
         raise ValueError("`reconstruct=True` re-solves the layers on `x_calib`; received x_calib=None.")
     if isinstance(eps, TargetSize):
@@ -406,10 +492,13 @@ def wrap_optax(
     else:
         eps = check_eps(eps)
     inner = optax.with_extra_args_support(optimizer)
-    info0 = jtu.tree_map(jnp.asarray, _initial_info(chain))  # device arrays: the same avals as after a step
+    info0 = jtu.tree_map(jnp.asarray, info0)  # device arrays: the same avals as after a step
+    ridges = tuple(jnp.asarray(ridge, c.weights[0].dtype) for c in chains)
+    original_params = int(info0.params_after)
+    needs_rows = refit or discrepancy.needs_data
 
     def masks_for(info):
-        return binding.params(neuron_masks(chain, info.partitions))
+        return binding.masks(tuple(neuron_masks(c, i.partitions) for c, i in zip(chains, _segment_infos(info))))
 
     def init(params):
         params = binding.pure(params)
@@ -420,68 +509,111 @@ def wrap_optax(
             )
         return LumpState(jnp.asarray(0, jnp.int32), inner.init(params), info0, jnp.asarray(-1, jnp.int32))
 
-    def sizes(expanded, values, eps_max):
-        labels = jax.vmap(lambda e: partition(expanded, x, e, discrepancy, refinement, eps_max))(values)
-        return _dense_params(labels, chain.use_bias, chain.widths)
+    def sizes(expanded, rows, values, eps_max):
+        """The whole model's dense parameters at each ε of `values` (every segment lumped on `rows`)."""
+        saved = 0
+        for c, r in zip(expanded, rows):
+            labels = jax.vmap(lambda e, c=c, r=r: partition(c, r, e, discrepancy, refinement, eps_max))(values)
+            saved = saved + _dense_params(tuple(jnp.arange(n) for n in c.widths[1:-1]), c) - _dense_params(labels, c)
+        return original_params - saved
 
-    def _search(target, expanded, requested):
+    def _search(target, expanded, rows, requested):
         """The ε of the largest result within `requested`: the grid, then 16 points between the grid's last
         infeasible and first feasible ε."""
-        grid = jnp.asarray(target.grid, expanded.weights[0].dtype)
-        coarse = sizes(expanded, grid, grid[-1])
+        grid = jnp.asarray(target.grid, expanded[0].weights[0].dtype)
+        coarse = sizes(expanded, rows, grid, grid[-1])
         first = jnp.argmax(coarse <= requested)
         low, high = grid[jnp.maximum(first - 1, 0)], grid[first]
         fine_grid = low + (high - low) * jnp.linspace(0.0, 1.0, 16, dtype=grid.dtype)
         values = jnp.concatenate([grid, fine_grid])
-        found = jnp.concatenate([coarse, sizes(expanded, fine_grid, high)])
+        found = jnp.concatenate([coarse, sizes(expanded, rows, fine_grid, high)])
         feasible = found <= requested
         best = jnp.where(jnp.any(feasible), jnp.argmax(jnp.where(feasible, found, -1)), jnp.argmin(found))
         return values[best]
 
     def lump_round(params, count, info):
-        previous = info.partitions
-        expanded = expand(binding.chain(params), previous)
+        segment_infos = _segment_infos(info)
+        expanded = [expand(c, i.partitions) for c, i in zip(binding.chains(params), segment_infos)]
         requested = jnp.asarray(-1, jnp.int32)
         if isinstance(eps, TargetSize):
-            requested = eps.requested(count, int(info0.cost_before.dense_params))
-            value = _search(eps, expanded, requested)
+            requested = eps.requested(count, original_params)
+            # The search calibrates every segment on the model before the round.
+            rows = [rows_of(params, s) if needs_rows else None for s in range(len(chains))]
+            value = _search(eps, expanded, rows, requested)
         elif _is_schedule(eps):
-            value = check_eps(jnp.asarray(eps(count), expanded.weights[0].dtype))
+            value = check_eps(jnp.asarray(eps(count), expanded[0].weights[0].dtype))
         else:
             value = eps
         # Without refit (and a data-free discrepancy) no data is passed to the lumping: its full certificate (the
         # a-priori bound's spectral norms) would cost more than the round. The measured error on `x_calib` is
         # computed here instead (two forward passes); the rest of the certificate is left as not computed (NaN).
-        data = x if refit or discrepancy.needs_data else None
-        reduced, round_info = lump_chain(expanded, data, value, discrepancy, refinement, refit, ridge, False)
-        partitions = tuple(compose(p_new, p_old) for p_new, p_old in zip(round_info.partitions, previous))
-        relocated = relocate(reduced, round_info.partitions, previous)
-        certificate, measured = round_info.certificate, RESULTS.successful
-        if data is None and x is not None:
-            certificate, measured = _measured_certificate(expanded, relocated, x)
-        composed = CompressionInfo(
-            method=info.method,
-            structured=True,
+        current, new_chains, composed, results = params, list(expanded), [], []
+        for s, segment_info in enumerate(segment_infos):
+            data = rows_of(current, s) if needs_rows else None
+            reduced, round_info = lump_chain(expanded[s], data, value, discrepancy, refinement, refit, ridges[s], False)
+            previous = segment_info.partitions
+            partitions = tuple(compose(p_new, p_old) for p_new, p_old in zip(round_info.partitions, previous))
+            new_chains[s] = relocate(reduced, round_info.partitions, previous)
+            widths = chains[s].widths
+            composed.append(
+                CompressionInfo(
+                    method=segment_info.method,
+                    structured=True,
+                    knob=value,
+                    partitions=partitions,
+                    weight_masks=None,
+                    widths_before=segment_info.widths_before,
+                    widths_after=live_widths(widths, partitions),
+                    cost_before=segment_info.cost_before,
+                    cost_after=chain_cost(new_chains[s], live_masks(widths[1:-1], partitions)),
+                    certificate=round_info.certificate,
+                    result=RESULTS.where(
+                        segment_info.result == RESULTS.successful, round_info.result, segment_info.result
+                    ),
+                )
+            )
+            results.append(round_info.result)
+            if needs_rows:
+                current = binding.write(params, tuple(new_chains))
+        new_params = binding.write(params, tuple(new_chains))
+        new_info, measured = _round_info(info, composed, value, expanded, new_chains, params, new_params)
+        ok = measured == RESULTS.successful
+        for result in results:
+            ok = ok & (result == RESULTS.successful)
+        partitions = tuple(i.partitions for i in composed)
+        previous = tuple(i.partitions for i in segment_infos)
+        chosen = jtu.tree_map(lambda a, b: jnp.where(ok, a, b), (new_params, partitions), (params, previous))
+        new_info = _with_partitions(new_info, chosen[1])
+        return chosen[0], _like(new_info, info), requested
+
+    def _round_info(info, composed, value, expanded, new_chains, params, new_params):
+        """The state's info after a round, the certificate measured on `x_calib` unless the round computed it, and
+        the measurement's `RESULTS`."""
+        if isinstance(info, CompressionInfo):
+            (only,) = composed
+            certificate, measured = only.certificate, RESULTS.successful
+            if not needs_rows and x is not None:
+                certificate, measured = _measured_certificate(expanded[0], new_chains[0], x)
+            only = eqx.tree_at(lambda i: i.certificate, only, certificate)
+            only = eqx.tree_at(
+                lambda i: i.result, only, RESULTS.where(only.result == RESULTS.successful, measured, only.result)
+            )
+            return only, measured
+        before = family.apply(binding.rebuild(params), x)
+        after = family.apply(binding.rebuild(new_params), x)
+        deviation = jnp.abs(jnp.asarray(after, jnp.float32) - jnp.asarray(before, jnp.float32))
+        measured = finite_result(after, RESULTS.output_nonfinite)
+        result = combine(*(i.result for i in composed))
+        result = RESULTS.where(info.result == RESULTS.successful, result, info.result)
+        new = dataclasses.replace(
+            info,
             knob=value,
-            partitions=partitions,
-            weight_masks=None,
-            widths_before=info.widths_before,
-            widths_after=live_widths(chain.widths, partitions),
-            cost_before=info.cost_before,
-            cost_after=chain_cost(relocated, live_masks(chain.widths[1:-1], partitions)),
-            certificate=certificate,
-            result=RESULTS.where(info.result == RESULTS.successful, round_info.result, info.result),
+            segments=tuple(composed),
+            output_max_abs=jnp.max(deviation),
+            output_rms=jnp.sqrt(jnp.mean(deviation**2)),
+            result=RESULTS.where(result == RESULTS.successful, measured, result),
         )
-        ok = (round_info.result == RESULTS.successful) & (measured == RESULTS.successful)
-        composed = eqx.tree_at(
-            lambda i: i.result,
-            composed,
-            RESULTS.where(composed.result == RESULTS.successful, measured, composed.result),
-        )
-        new_params = binding.params(relocated)
-        chosen = jtu.tree_map(lambda a, b: jnp.where(ok, a, b), (new_params, composed.partitions), (params, previous))
-        composed = eqx.tree_at(lambda i: i.partitions, composed, chosen[1])
-        return chosen[0], _like(composed, info), requested
+        return new, measured
 
     def update(grads, state, params=None, **extra_args):
         if params is None:
@@ -508,3 +640,29 @@ def wrap_optax(
         return updates, LumpState(step, inner_state, info, requested)
 
     return optax.GradientTransformationExtraArgs(init, update)
+
+
+def _segment_infos(info) -> tuple[CompressionInfo, ...]:
+    """The `CompressionInfo` of each segment: the info itself for a chain model."""
+    return (info,) if isinstance(info, CompressionInfo) else info.segments
+
+
+def _with_partitions(info, partitions):
+    if isinstance(info, CompressionInfo):
+        return eqx.tree_at(lambda i: i.partitions, info, partitions[0])
+    segments = tuple(eqx.tree_at(lambda i: i.partitions, s, p) for s, p in zip(info.segments, partitions))
+    return dataclasses.replace(info, segments=segments)
+
+
+def _initial_sites_info(model, x_calib, listing: Sites) -> SitesInfo:
+    """The `SitesInfo` before any round: every unit its own block, the measured error not computed (NaN)."""
+    _, info = compress_sites(
+        lambda segment, chain, rows: (chain, _initial_info(chain)),
+        model,
+        x_calib,
+        method="lump",
+        knob=jnp.nan,
+        listing=listing,
+    )
+    nan = jnp.full_like(info.output_max_abs, jnp.nan)  # no round yet; nonzeros are counted when shrunk
+    return dataclasses.replace(info, knob=nan, output_max_abs=nan, output_rms=nan, nonzeros_after=None)
