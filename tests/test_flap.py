@@ -83,3 +83,50 @@ def test_a_singular_reconstruction_is_reported_or_raised():
     assert info.result == jaxlump.RESULTS.least_squares_rank_deficient
     _, info = B.flap_prune(model, x, 0.5)  # FLAP's own bias compensation needs no solve
     assert info.result == jaxlump.RESULTS.successful
+
+
+def _ffn_inputs_by_hand(model, tokens):
+    """The two FFN blocks' input rows of `test_sites.TokenModel`, computed in NumPy (pre-LN residual blocks)."""
+
+    def norm(x, layer):
+        x = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + layer.eps)
+        return x * np.asarray(layer.weight) + np.asarray(layer.bias)
+
+    def gelu(z):
+        return 0.5 * z * (1 + np.tanh(np.sqrt(2 / np.pi) * (z + 0.044715 * z**3)))
+
+    x = np.asarray(model.embed.weight, np.float64)[np.asarray(tokens)].reshape(-1, model.embed.weight.shape[1])
+    rows, hidden = [], []
+    for layer_norm, ffn in zip(model.norms, model.ffns):
+        y = norm(x, layer_norm)
+        a = gelu(y @ np.asarray(ffn.up.weight).T + np.asarray(ffn.up.bias))
+        rows.append(y)
+        hidden.append(a)
+        x = x + a @ np.asarray(ffn.down.weight).T + np.asarray(ffn.down.bias)
+    return rows, hidden
+
+
+def test_one_global_threshold_over_every_site_of_a_model():
+    from test_sites import TOKENS, TokenModel
+
+    model = TokenModel(jr.key(3), widths=(32, 16))
+    _, hidden = _ffn_inputs_by_hand(model, TOKENS)
+    z = []
+    for a, ffn in zip(hidden, model.ffns):
+        s = a.var(axis=0) * (np.asarray(ffn.down.weight, np.float64) ** 2).sum(axis=0)
+        s = (s - s.mean()) / s.std()
+        s[np.argmax(s)] = np.inf
+        z.append(s)
+    flat = np.concatenate(z)
+    removed = np.zeros(flat.size, bool)
+    removed[np.argsort(flat, kind="stable")[: int(flat.size * 0.3)]] = True
+    keeps = [~r for r in np.split(removed, [32])]
+    assert keeps[0].sum() != keeps[1].sum() * 2  # the global cut does not split the sites' units in proportion
+    small, info = B.flap_prune(model, TOKENS, 0.3, independent=True)
+    assert info.widths_after == {"ffns[0]": int(keeps[0].sum()), "ffns[1]": int(keeps[1].sum())}
+    for segment, keep in zip(info.segments, keeps):
+        assert np.array_equal(np.asarray(segment.partitions[0]) >= 0, keep)
+    sequential, info = B.flap_prune(model, TOKENS, 0.3)  # the same widths; the second site ranked on its new inputs
+    assert info.widths_after == {"ffns[0]": int(keeps[0].sum()), "ffns[1]": int(keeps[1].sum())}
+    with pytest.raises(TypeError, match="one fraction of all its sites' units"):
+        B.flap_prune(model, TOKENS, (0.5,))

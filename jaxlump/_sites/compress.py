@@ -363,16 +363,19 @@ def site_taps(model, listing: Sites) -> tuple[int, ...]:
     return tuple(index[segment.layers[0]] for segment in segments(listing))
 
 
-def over_sites(compressor=None, *, refusal: str | None = None, fixed_shape: bool = False):
+def over_sites(compressor=None, *, refusal: str | None = None, fixed_shape: bool = False, allocate=None):
     """Make `compressor` (call shape `(model, x_calib, knob, **options)` on chain models) work on any model.
 
     Adds two keyword options: `where` (which sites, see `jaxlump.sites`) and `independent` (capture every
     segment's input on the original model instead of the one compressed so far). Chain models are passed
     through unchanged, so their results are exactly the compressor's own. `refusal`: why the compressor cannot
     work site by site (used as `@over_sites(refusal=...)`); other models are then refused with it. `fixed_shape`:
-    the compressor keeps every array's shape (its result is masked), so it can run on traced values."""
+    the compressor keeps every array's shape (its result is masked), so it can run on traced values. `allocate`:
+    a method whose knob is shared out over the whole model (FLAP's one global threshold) gives
+    `allocate(chains, rows, knob, **options) -> per-segment knobs`, called on every segment of the original model
+    and its input rows; each segment is then compressed with its own knob."""
     if compressor is None:
-        return functools.partial(over_sites, refusal=refusal, fixed_shape=fixed_shape)
+        return functools.partial(over_sites, refusal=refusal, fixed_shape=fixed_shape, allocate=allocate)
     signature = inspect.signature(compressor)
 
     @functools.wraps(compressor)
@@ -406,9 +409,18 @@ def over_sites(compressor=None, *, refusal: str | None = None, fixed_shape: bool
                 model=model,
             )
         positional, rest = _split(signature, bound.arguments)
+        listing = site_listing(model, x_calib, where)
+        knobs = {}
+        if allocate is not None and positional:
+            chains = [segment_chain(model, segment) for segment in segments(listing)]
+            rows = capture(model, family_of(model), site_taps(model, listing), x_calib)
+            rows = [r.astype(c.weights[0].dtype) for r, c in zip(rows, chains)]
+            shares = allocate(chains, rows, positional[0], **rest)
+            knobs = {segment.layers: knob for segment, knob in zip(segments(listing), shares)}
 
         def per_segment(segment, chain, rows):
-            return compressor(chain, rows, *positional, **rest)
+            knob = [knobs[segment.layers]] if segment.layers in knobs else positional[:1]
+            return compressor(chain, rows, *knob, *positional[1:], **rest)
 
         return compress_sites(
             per_segment,
@@ -416,8 +428,8 @@ def over_sites(compressor=None, *, refusal: str | None = None, fixed_shape: bool
             x_calib,
             method=compressor.__name__,
             knob=positional[0] if positional else None,
-            where=where,
             independent=independent,
+            listing=listing,
         )
 
     extra = [

@@ -138,12 +138,13 @@ class LumpState(eqx.Module):
 
     - `count`: updates done so far.
     - `inner`: the wrapped optimizer's state (zero on dead neurons).
-    - `info`: the composed `CompressionInfo` since wrapping (for a model of sites, a `SitesInfo` holding one per
-      segment, its `output_max_abs`/`output_rms` the last round's measured change of the whole model's output): `partitions` map every original neuron to the
+    - `info`: the composed `CompressionInfo` since wrapping: `partitions` map every original neuron to the
       index that represents it now; `knob` is the last round's ε (NaN before the first round), `certificate` the
       last round's measured error on `x_calib` against the parameters just before that round (its a-priori
       bound and ODE deviation are not computed, NaN; without `x_calib` nothing is, and `info.summary()` says
-      so), `result` the first failure met (a failed round is skipped).
+      so), `result` the first failure met (a failed round is skipped). For a model of sites, a `SitesInfo`
+      holding one such info per segment, its `output_max_abs`/`output_rms` the last round's measured change of
+      the whole model's output.
     - `requested`: the dense parameters the last `TargetSize` round asked for (-1 for a fixed ε or schedule).
     """
 

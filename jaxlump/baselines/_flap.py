@@ -70,7 +70,29 @@ def compensated(chain: DenseChain, masked: DenseChain, keeps: list[np.ndarray], 
     return DenseChain(masked.weights, tuple(biases), masked.activations, masked.use_bias)
 
 
-@over_sites
+def across_sites(chains: list[DenseChain], rows: list, sparsity, **options) -> list:
+    """FLAP's one global threshold over a model of sites: every segment's scores on the original model's rows,
+    standardised per layer and cut together; each segment gets one fraction per layer that removes exactly its
+    share (`(removed + ½) / n`, so that `int(n · s)` is the count whatever the rounding)."""
+    for chain in chains:
+        refuse_gated(chain, "model", "jaxlump.baselines.flap_prune")
+    if isinstance(sparsity, Sequence):
+        raise TypeError(
+            "`sparsity` for a model of sites is one fraction of all its sites' units (one global threshold); "
+            f"received {sparsity!r}. Give widths per site with `jaxlump.baselines.compress_to`."
+        )
+    sparsity = prepare(chains[0], rows[0], sparsity, 0.0, DEFAULT_RIDGE, False)[2]
+    scores = [flap_scores(chain, r) for chain, r in zip(chains, rows)]
+    keeps = global_keep([s for segment in scores for s in segment], sparsity)
+    shares, start = [], 0
+    for segment in scores:
+        kept = keeps[start : start + len(segment)]
+        shares.append(tuple((np.sum(~k) + 0.5) / k.size for k in kept))
+        start += len(segment)
+    return shares
+
+
+@over_sites(allocate=across_sites)
 def flap_prune(
     model: Any,
     x_calib: Float[ArrayLike, "batch in"],
@@ -92,8 +114,10 @@ def flap_prune(
     - `model`: an `eqx.nn.MLP`, `eqx.nn.Sequential`, `LumpedMLP` or NNX chain; not modified.
     - `x_calib`: calibration inputs `(batch, n_0)`.
     - `sparsity`: the fraction of *all* hidden neurons removed, in `[0, 1)`; the per-layer widths follow from the
-      global threshold (`info.widths_after`). Or one fraction per hidden layer: the widths are then set per layer
-      and each layer's lowest scores go (FLAP's uniform structure; `compress_to` uses it for widths targets).
+      global threshold (`info.widths_after`). On a model of sites the threshold is global over every site (scored
+      on the original model), and each site's lowest scores go on the inputs it is compressed on. Or one fraction
+      per hidden layer: the widths are then set per layer and each layer's lowest scores go (FLAP's uniform
+      structure; `compress_to` uses it for widths targets).
     - `compensate`: FLAP's bias compensation (default `True`).
     - `reconstruct`: apply the shared least-squares reconstruction afterwards (default `False`, as FLAP).
     - `ridge`: the reconstruction's ridge.
