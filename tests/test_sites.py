@@ -12,7 +12,7 @@ import pytest
 from flax import nnx
 
 import jaxlump
-from jaxlump._sites.layers import family_of
+from jaxlump._sites.layers import family_of, path_name
 from jaxlump._sites.site import capture
 
 
@@ -251,3 +251,51 @@ def test_bad_site_arguments_are_refused_by_name():
     mlp = eqx.nn.MLP(3, 2, 8, 1, key=jr.key(0))
     with pytest.raises(ValueError, match="compressed as a whole"):
         jaxlump.merge_or_remove(mlp, jnp.ones((4, 3)), 0.1, where=lambda m: m.layers[0])
+
+
+def _linear_paths(model):
+    return [p for p, _ in family_of(model).layers(model)]
+
+
+def _node(model, path):
+    for key in path:
+        model = model[key] if isinstance(key, int) else getattr(model, key)
+    return model
+
+
+def test_unstructured_methods_mask_every_linear_but_the_head():
+    """Magnitude and Wanda on a transformer: attention projections and FFN layers alike, each on its own; the head
+    (the last layer the model calls) stays dense; Wanda's scores on the first projection recomputed by hand."""
+    from _models import ByteTransformer
+
+    model = ByteTransformer(d=16, heads=2, hidden=32, key=jr.key(0))
+    pruned, info = jaxlump.baselines.magnitude(model, TOKENS, 0.5)
+    assert type(pruned) is ByteTransformer and info.widths_after == info.widths_before
+    paths = _linear_paths(model)
+    assert info.layers == tuple(path_name(p) for p in paths if p != ("head",))  # program order is the tree's here
+    for path in paths:
+        before, after = np.asarray(_node(model, path).weight), np.asarray(_node(pruned, path).weight)
+        if path == ("head",):
+            assert np.array_equal(before, after)
+            continue
+        zeros = after == 0
+        assert zeros.sum() == int(before.size * 0.5), path
+        assert np.abs(before[zeros]).max() <= np.abs(before[~zeros]).min(), path  # the smallest |W| went
+    assert info.nonzeros_after < info.nonzeros_before and info.params_after == info.params_before
+    np.testing.assert_allclose(
+        float(info.output_max_abs), np.abs(logits(pruned) - logits(model)).max(), rtol=1e-5, atol=1e-6
+    )
+    small, _ = jaxlump.shrink(pruned, info)  # nothing to remove: every unit is live
+    assert small is pruned
+
+    query = model.blocks[0].attention.query_proj
+    wanda, info = jaxlump.baselines.wanda(model, TOKENS, 0.5, independent=True)
+    x = jax.vmap(lambda t: model.embedding.weight[t] + model.position.weight[: t.shape[0]])(TOKENS)
+    x = jax.vmap(jax.vmap(model.blocks[0].attention_norm))(x).reshape(-1, 16)
+    score = np.abs(np.asarray(query.weight)) * np.linalg.norm(np.asarray(x, np.float64), axis=0)[None, :]
+    kept = np.asarray(wanda.blocks[0].attention.query_proj.weight) != 0
+    assert kept.sum() == query.weight.size - int(query.weight.size * 0.5)
+    assert score[~kept].max() <= score[kept].min()
+    assert np.array_equal(np.asarray(wanda.head.weight), np.asarray(model.head.weight))
+    with pytest.raises(ValueError, match=r"`scope=Global\(\)` ranks the layers of one chain together"):
+        jaxlump.baselines.magnitude(model, TOKENS, 0.5, scope=jaxlump.baselines.Global())

@@ -3,6 +3,7 @@ scopes (which weights or neurons compete in one ranking)."""
 
 import abc
 import itertools
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -120,7 +121,10 @@ def finish_structured(method: str, knob, model, new_model, widths_before, partit
 class AbstractScope(eqx.Module):
     """Which weights (or neurons) compete in one ranking when a method prunes a fraction `s`: in every group of `n`
     entries exactly `int(n·s)` of the lowest scores go, ties broken by position (a stable sort), so equal scores
-    never overshoot the count as a `score <= threshold` rule would."""
+    never overshoot the count as a `score <= threshold` rule would. `spans_layers`: whether one group holds
+    several layers' entries (then the scope needs the layers side by side, as in a chain)."""
+
+    spans_layers: ClassVar[bool] = False
 
     @abc.abstractmethod
     def keep(self, scores: list[jax.Array], sparsity: float) -> list[jax.Array]:
@@ -137,6 +141,8 @@ class PerLayer(AbstractScope):
 
 class Global(AbstractScope):
     """One ranking over every layer's scores together: layers lose different fractions."""
+
+    spans_layers: ClassVar[bool] = True
 
     def keep(self, scores: list[jax.Array], sparsity: float) -> list[jax.Array]:
         flat = jnp.concatenate([s.ravel() for s in scores])

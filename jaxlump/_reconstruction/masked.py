@@ -146,7 +146,10 @@ def shrink(model, info: CompressionInfo | PyTree):  # PyTree: a `wrap_optax` opt
 
 def _shrink_sites(model, info: SitesInfo, from_state: bool):
     """`shrink` for a model compressed site by site in the fixed-shape form: every segment's chain shrunk with its
-    own `CompressionInfo`, its layers rebuilt smaller in the user's class."""
+    own `CompressionInfo`, its layers rebuilt smaller in the user's class. An unstructured result (masks on its
+    layers, every unit live) comes back as it is."""
+    if info.layers:
+        return model, info
     require_concrete(
         "jaxlump.shrink",
         "it removes units, so the result's shapes depend on the values.",

@@ -24,7 +24,7 @@ from .._model.network import DenseChain
 from .._results.accounting import cost, model_flops
 from .._results.info import Certificate
 from .layers import Path, family_of, layer_type_of, path_name
-from .site import Site, Sites, capture, sites
+from .site import Site, Sites, capture, example_of, selected_taps, sites, trace_program
 from .trace import tapped_model
 
 
@@ -117,7 +117,8 @@ class SitesInfo(eqx.Module):
       as the model calls it on one example of `x_calib`; see `jaxlump.cost`).
     - `nonzeros_before`, `nonzeros_after`: the non-zero entries of those arrays, counted on the models themselves:
       what an unstructured method (`magnitude`, `wanda`, ...) reduces, since it keeps every array's shape.
-    - `segments`: the `CompressionInfo` of each segment of sites, in order (its certificate is the segment's own).
+    - `segments`: the `CompressionInfo` of each segment of sites, in order (its certificate is the segment's own);
+      for an unstructured method, of each `Linear` layer it masked, named in `layers` (paths, in program order).
     - `output_max_abs`, `output_rms`: the measured deviation of the whole model's output on `x_calib`.
     - `result`: the first failure of any segment, or of the whole model's output (NaN/inf), else `successful`.
     """
@@ -135,10 +136,13 @@ class SitesInfo(eqx.Module):
     result: RESULTS
     nonzeros_before: int | None = eqx.field(static=True, default=None)
     nonzeros_after: int | None = eqx.field(static=True, default=None)
+    layers: tuple[str, ...] = eqx.field(static=True, default=())
 
     @property
     def widths_after(self) -> dict:
         """`{site path: live width}` (integers for a concrete result, arrays for a traced or stacked one)."""
+        if self.layers:  # an unstructured result: every width kept
+            return dict(self.widths_before)
         out = {}
         for segment, info in zip(segments(self.sites), self.segments):
             for i, site in enumerate(segment.sites, start=1):
@@ -274,11 +278,51 @@ def compress_sites(
         current = family.replace(current, rebuild(model, segment, small))
         infos.append(info)
         calls.append(rows.shape[0] // batch)
-    reference = family.apply(model, x_calib)
-    output = family.apply(current, x_calib)
+    info = _sites_info(model, current, x_calib, listing, infos, calls, method, knob)
+    return current, info
+
+
+def compress_layers(per_layer, model, x_calib, *, method: str, knob, where=None, independent=False, head=False):
+    """`per_layer(first, chain, rows) -> (chain, info)` applied to every `Linear` layer of `model` as a one-layer
+    chain, in program order (`first`: whether it is the model's first layer), each on its input rows captured on
+    the model masked so far (on the original with `independent`); the last layer the model calls (its head) only
+    with `head`. How the unstructured methods mask every `Linear` of a model of sites."""
+    family = family_of(model)
+    listing = site_listing(model, x_calib, where)
+    program, tapped = trace_program(model, family, example_of(x_calib))
+    order = list(program.taps)  # taps in the order the program first calls them
+    chosen = selected_taps(model, family, tapped, where)
+    current, infos, names, calls = model, [], [], []
+    batch = jax.tree_util.tree_leaves(x_calib)[0].shape[0]
+    for tap in order:
+        if (tap == order[-1] and not head) or (chosen is not None and tap not in chosen):
+            continue
+        path = tapped.paths[tap]
+        layer = _layer(model, path)
+        weight, bias, use_bias = layer_type_of(layer).read(layer)
+        (rows,) = capture(model if independent else current, family, (tap,), x_calib)
+        chain = DenseChain((weight,), (bias,), ("identity",), (use_bias,))
+        small, info = per_layer(tap == order[0], chain, rows.astype(weight.dtype))
+        current = family.replace(
+            current, {path: layer_type_of(layer).rebuild(layer, small.weights[0], small.biases[0])}
+        )
+        infos.append(info)
+        names.append(path_name(path))
+        calls.append(rows.shape[0] // batch)
+    if not infos:
+        raise ValueError(
+            f"`model` ({type(model).__name__}) has no `Linear` layer to prune but its head; pass "
+            "`prune_output=True` to prune the head too."
+        )
+    return current, _sites_info(model, current, x_calib, listing, infos, calls, method, knob, tuple(names))
+
+
+def _sites_info(model, current, x_calib, listing, infos, calls, method, knob, layers=()) -> "SitesInfo":
+    reference = family_of(model).apply(model, x_calib)
+    output = family_of(model).apply(current, x_calib)
     deviation = jnp.abs(jnp.asarray(output, jnp.float32) - jnp.asarray(reference, jnp.float32))
     result = combine(*(i.result for i in infos), finite_result(output, RESULTS.output_nonfinite))
-    info = SitesInfo(
+    return SitesInfo(
         method,
         knob,
         listing.sites,
@@ -292,8 +336,8 @@ def compress_sites(
         result,
         nonzero_count(model),
         nonzero_count(current),
+        layers,
     )
-    return current, info
 
 
 def compress_to_sites(
@@ -409,6 +453,8 @@ def over_sites(compressor=None, *, refusal: str | None = None, fixed_shape: bool
                 model=model,
             )
         positional, rest = _split(signature, bound.arguments)
+        if not fixed_shape and not _changes_widths(compressor.__name__):
+            return _mask_every_layer(compressor, signature, model, x_calib, positional, rest, where, independent)
         listing = site_listing(model, x_calib, where)
         knobs = {}
         if allocate is not None and positional:
@@ -440,6 +486,43 @@ def over_sites(compressor=None, *, refusal: str | None = None, fixed_shape: bool
     cut = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
     compress.__signature__ = signature.replace(parameters=params[:cut] + extra + params[cut:])
     return compress
+
+
+def _mask_every_layer(compressor, signature, model, x_calib, positional, rest, where, independent):
+    """An unstructured method on a model of sites: every `Linear` masked on its own (`compress_layers`), the head
+    only with `prune_output=True`; a scope that ranks several layers together is refused."""
+    scope = rest.get("scope", _default(signature, "scope"))
+    if getattr(scope, "spans_layers", False):
+        raise ValueError(
+            f"`scope={type(scope).__name__}()` ranks the layers of one chain together; on `model` "
+            f"({type(model).__name__}), compressed site by site, jaxlump.{compressor.__name__} masks each `Linear` "
+            "on its own: pass `scope=PerLayer()` or `scope=PerRow()`."
+        )
+    head = rest.get("prune_output", _default(signature, "prune_output"))
+    check_bool(head, "prune_output")
+
+    def per_layer(first, chain, rows):
+        options = {**rest, "prune_output": True}
+        if "first_layer" in signature.parameters and not first:  # only the model's own first layer is special
+            options["first_layer"] = scope
+        return compressor(chain, rows, *positional, **options)
+
+    return compress_layers(
+        per_layer,
+        model,
+        x_calib,
+        method=compressor.__name__,
+        knob=positional[0] if positional else None,
+        where=where,
+        # A method's own `sequential=False` (scores on the dense network's activations) is `independent` here.
+        independent=independent or rest.get("sequential", True) is False,
+        head=bool(head),
+    )
+
+
+def _default(signature: inspect.Signature, name: str):
+    parameter = signature.parameters.get(name)
+    return None if parameter is None else parameter.default
 
 
 def _changes_widths(name: str) -> bool:

@@ -142,13 +142,13 @@ def sites(model, x_calib, *, where=None) -> Sites:
     `where` that selects nothing or for an `x_calib` without a batch axis.
     """
     family = family_of(model)
-    example = _example(x_calib)
+    example = example_of(x_calib)
     program, tapped = trace_program(model, family, example)
     found = find(program, tapped)
     names = dict(
         zip((id(f) for f in found if f.reason is None), _site_paths([f for f in found if f.reason is None], tapped))
     )
-    selected = _selection(model, family, tapped, where)
+    selected = selected_taps(model, family, tapped, where)
     kept, left = [], []
     for f in found:
         name = names.get(id(f))
@@ -176,7 +176,7 @@ def sites(model, x_calib, *, where=None) -> Sites:
     return Sites(family.name, tuple(kept), tuple(left))
 
 
-def _example(x_calib):
+def example_of(x_calib):
     leaves = jax.tree_util.tree_leaves(x_calib)
     if not leaves:
         raise ValueError(
@@ -190,7 +190,7 @@ def _example(x_calib):
     return jax.tree.map(lambda leaf: leaf[:1], x_calib)
 
 
-def _selection(model, family: Family, tapped: Tapped, where) -> set[int] | None:
+def selected_taps(model, family: Family, tapped: Tapped, where) -> set[int] | None:
     if where is None:
         return None
     if not callable(where):
