@@ -299,3 +299,39 @@ def test_unstructured_methods_mask_every_linear_but_the_head():
     assert np.array_equal(np.asarray(wanda.head.weight), np.asarray(model.head.weight))
     with pytest.raises(ValueError, match=r"`scope=Global\(\)` ranks the layers of one chain together"):
         jaxlump.baselines.magnitude(model, TOKENS, 0.5, scope=jaxlump.baselines.Global())
+
+
+class _ThreeWaysOut(eqx.Module):
+    """Three structures left out for three reasons (a norm, a producer read twice, an unknown combine)."""
+
+    up: eqx.nn.Linear
+    norm: eqx.nn.LayerNorm
+    down: eqx.nn.Linear
+    up2: eqx.nn.Linear
+    down2: eqx.nn.Linear
+    up3: eqx.nn.Linear
+    down3: eqx.nn.Linear
+
+    def __init__(self, d=8, hidden=32, *, key):
+        k = jr.split(key, 6)
+        self.up, self.norm = eqx.nn.Linear(d, hidden, key=k[0]), eqx.nn.LayerNorm(hidden)
+        self.down = eqx.nn.Linear(hidden, d, key=k[1])
+        self.up2, self.down2 = eqx.nn.Linear(d, d, key=k[2]), eqx.nn.Linear(d, d, key=k[3])
+        self.up3, self.down3 = eqx.nn.Linear(d, hidden, key=k[4]), eqx.nn.Linear(hidden, d, key=k[5])
+
+    def __call__(self, x):
+        x = x + self.down(self.norm(jax.nn.gelu(self.up(x))))
+        h = self.up2(x)
+        x = x + h + self.down2(jax.nn.gelu(h))
+        return x + self.down3(self.up3(x) * jnp.tanh(jax.nn.softplus(self.up3(x))))
+
+
+def test_what_was_left_out_is_listed_in_the_order_the_model_calls_it():
+    listing = jaxlump.sites(_ThreeWaysOut(key=jr.key(2)), jnp.ones((4, 8)))
+    assert [o.layers for o in listing.left_out] == [
+        ("up", "down"),
+        ("down", "up2"),
+        ("up2", "down2"),
+        ("down2", "up3"),
+        ("up3", "down3"),
+    ]

@@ -144,7 +144,8 @@ def sites(model, x_calib, *, where=None) -> Sites:
     family = family_of(model)
     example = example_of(x_calib)
     program, tapped = trace_program(model, family, example)
-    found = find(program, tapped)
+    position = {tap: i for i, tap in enumerate(program.taps)}  # taps in the order the program first calls them
+    found = sorted(find(program, tapped), key=lambda f: min(position[t] for t in (*f.producers, f.consumer)))
     names = dict(
         zip((id(f) for f in found if f.reason is None), _site_paths([f for f in found if f.reason is None], tapped))
     )
