@@ -264,7 +264,6 @@ def _refusal_calls(chain, x):
         "best_subset": lambda: baselines.best_subset(chain, x, 1, 3),
         "lump_then_prune": lambda: jaxlump.lump_then_prune(chain, x, 100),
         "save": lambda: jaxlump.save("unused.npz", chain),
-        "wrap_optax": lambda: jaxlump.wrap_optax(optax.sgd(0.1), chain, x, 0.1, every=1),
         "skip_mlp": lambda: jaxlump.SkipMLP.from_chain(chain),
     }
 
@@ -276,3 +275,23 @@ def test_unsupported_methods_refuse_gated_chains(method, tmp_path, monkeypatch):
     with pytest.raises(TypeError, match="gated layers") as error:
         _refusal_calls(chain, x)[method]()
     assert "supported by" in str(error.value) and "`" in str(error.value)
+
+
+def test_wrap_optax_round_merges_the_planted_gated_unit_with_its_gate_row():
+    """A round at ε = 0 inside the wrapped update: unit 1 (gate and up rows equal to unit 0's) merges into unit 0,
+    its gate row, up row, biases and down column become exactly zero, and the function is unchanged."""
+    params, x = parameters(), jnp.asarray(data())
+    chain = gated_chain(params)
+    tx = jaxlump.wrap_optax(optax.sgd(0.0), chain, x, 0.0, every=1)
+    trainable, static = eqx.partition(chain, eqx.is_array)
+    state = tx.init(trainable)
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, trainable)
+    updates, state = tx.update(zeros, state, trainable)
+    lumped = eqx.combine(eqx.apply_updates(trainable, updates), static)
+    (labels,) = state.info.partitions
+    assert np.asarray(labels)[1] == 0 and np.asarray(state.info.widths_after).tolist() == [N0, N1 - 1, N2]
+    for array in (lumped.gate_weights[0][1], lumped.gate_biases[0][1], lumped.weights[0][1], lumped.weights[1][:, 1]):
+        assert not np.any(np.asarray(array))
+    np.testing.assert_allclose(np.asarray(lumped(x)), numpy_ffn(params, np.asarray(x))[0], rtol=1e-10, atol=1e-10)
+    small, _ = jaxlump.shrink(lumped, state)
+    assert small.widths == (N0, N1 - 1, N2) and small.gated == (True, False)

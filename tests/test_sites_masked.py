@@ -40,7 +40,7 @@ def test_masked_keeps_shapes_and_shrinks_to_what_lump_returns(planted):
     assert info.widths_after == {"ffns[0]": 24, "ffns[1]": 12}  # exactly the planted duplicates go
     np.testing.assert_allclose(logits(masked), logits(planted), atol=2e-6)
     small, small_info = jaxlump.shrink(masked, info)
-    reference, reference_info = jaxlump.lump(planted, TOKENS, 0.0)
+    reference, reference_info = jaxlump.lump(planted, TOKENS, 0.0, certify_ode=False)
     assert type(small) is TokenModel and small.ffns[0].up.out_features == small.ffns[0].down.in_features == 24
     assert small_info.widths_after == reference_info.widths_after == info.widths_after
     assert small_info.params_after == info.params_after == sum(a.size for a in _arrays(small))
@@ -60,6 +60,7 @@ def test_masked_then_shrunk_equals_lump_where_units_merge(planted, independent):
     np.testing.assert_allclose(float(info.output_max_abs), np.abs(logits(masked) - logits(planted)).max(), rtol=1e-5)
 
 
+@pytest.mark.integration  # compiles the whole pipeline again, traced: the second test step
 def test_masked_runs_under_jit_with_a_traced_eps(planted):
     step = eqx.filter_jit(eqx.debug.assert_max_traces(lambda m, e: jaxlump.lump_masked(m, TOKENS, e), max_traces=1))
     for eps in (0.0, 1.0):  # one compilation for both ε
@@ -99,6 +100,7 @@ def site_sweep(planted):
     return jaxlump.sweep(planted, TOKENS, GRID)
 
 
+@pytest.mark.integration  # compiles the whole pipeline again, traced: the second test step
 def test_each_sweep_slice_equals_lump_masked(planted, site_sweep):
     assert set(site_sweep.widths) == {"ffns[0]", "ffns[1]"} and site_sweep.widths["ffns[0]"].shape == (len(GRID),)
     for i, eps in enumerate(GRID):
@@ -115,6 +117,7 @@ def test_each_sweep_slice_equals_lump_masked(planted, site_sweep):
     assert len(set(np.asarray(site_sweep.dense_params).tolist())) >= 3  # the grid really compresses
 
 
+@pytest.mark.integration  # compiles the whole pipeline again, traced: the second test step
 def test_sweep_pickers_shrink_to_the_users_class(planted, site_sweep):
     small, info = site_sweep.smallest_within(0.2)
     assert type(small) is TokenModel and info.params_after == sum(a.size for a in _arrays(small))
@@ -123,6 +126,7 @@ def test_sweep_pickers_shrink_to_the_users_class(planted, site_sweep):
     assert small.ffns[1].up.out_features == int(site_sweep.widths["ffns[1]"][-1])
 
 
+@pytest.mark.integration  # compiles the whole pipeline again, traced: the second test step
 def test_a_second_grid_of_the_same_length_does_not_retrace(planted, site_sweep):
     traces = eqx.debug.get_num_traces(_sweep_core)
     again = jaxlump.sweep(planted, TOKENS, [0.1, 0.5, 2.0, 4.0])

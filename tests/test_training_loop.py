@@ -376,6 +376,7 @@ def _node(model, path):
     return model
 
 
+@pytest.mark.integration  # a transformer's training step compiled with its rounds: the second test step
 def test_transformer_rounds_keep_dead_units_dead_and_shrink_to_its_class():
     """A pre-LN transformer with a GELU and a SwiGLU FFN: the sites' dead units (gate rows included) stay exactly
     zero in the weights, gradients, updates and Adam's moments; attention, embeddings and norms train on."""
