@@ -168,6 +168,7 @@ class _Binding:
         self.rebuild, self.pure, self.read = rebuild, pure, read
         self.shapes = jtu.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
         self.covered = self._transpose(jtu.tree_map(jnp.ones_like, self.chains(params)))
+        self.everything = all(bool(np.all(np.asarray(c) != 0)) for c in jtu.tree_leaves(self.covered))
 
     def chains(self, params) -> tuple[DenseChain, ...]:
         return self.read(self.rebuild(params))
@@ -180,6 +181,8 @@ class _Binding:
 
     def write(self, params, chains):
         """`params` with the chains' entries replaced by `chains`'."""
+        if self.everything:  # a chain model: its parameters are exactly the chain's
+            return self._transpose(chains)
         return jtu.tree_map(
             lambda c, new, old: jnp.where(c != 0, new, old), self.covered, self._transpose(chains), params
         )
@@ -220,7 +223,7 @@ def bind(model, listing: Sites | None = None) -> tuple[_Binding, Any]:
         np.array_equal(np.where(c != 0, w, 0), np.where(c != 0, p, 0))
         for c, w, p in zip(jtu.tree_leaves(binding.covered), jtu.tree_leaves(written), jtu.tree_leaves(params))
     )
-    if listing is None and not all(np.all(np.asarray(c) != 0) for c in jtu.tree_leaves(binding.covered)):
+    if listing is None and not binding.everything:
         read_once = False  # a chain model's parameters are exactly its layers' weights and biases
     if not read_once:
         raise TypeError(
