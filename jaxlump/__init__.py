@@ -15,6 +15,8 @@ from ._sites.site import sites as sites
 from ._sites.site import Sites as Sites
 from ._sites.site import Site as Site
 from ._sites.site import LeftOut as LeftOut
+from ._sites.compress import site_chains as site_chains
+from ._sites.compress import SiteChain as SiteChain
 from ._sites.layers import Family as Family
 from ._sites.layers import LayerType as LayerType
 from ._sites.layers import register_family as register_family

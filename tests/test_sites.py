@@ -335,3 +335,18 @@ def test_what_was_left_out_is_listed_in_the_order_the_model_calls_it():
         ("down2", "up3"),
         ("up3", "down3"),
     ]
+
+
+def test_site_chains_are_the_segments_with_their_input_rows():
+    model = TokenModel(jr.key(0), widths=(32, 16))
+    first, second = jaxlump.site_chains(model, TOKENS)
+    assert first.sites == ("ffns[0]",) and second.sites == ("ffns[1]",)
+    x = jax.vmap(jax.vmap(model.embed))(TOKENS)
+    y = jax.vmap(jax.vmap(model.norms[0]))(x)
+    np.testing.assert_allclose(first.inputs, y.reshape(-1, 8), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        first.chain(first.inputs), jax.vmap(jax.vmap(model.ffns[0]))(y).reshape(-1, 8), atol=1e-6
+    )
+    x = x + jax.vmap(jax.vmap(model.ffns[0]))(y)
+    np.testing.assert_allclose(second.inputs, jax.vmap(jax.vmap(model.norms[1]))(x).reshape(-1, 8), atol=1e-6)
+    assert first.chain.widths == (8, 32, 8) and first.chain.activations == ("gelu_tanh", "identity")

@@ -92,7 +92,7 @@ def kind_of(model, name: str = "model") -> ModelKind:
     raise TypeError(
         f"`{name}` of type {type(model).__name__} is not supported; supported: {SUPPORTED}. (The compressors "
         "also take any other Equinox or Flax NNX module, site by site: see `jaxlump.sites`; this function takes "
-        "those chain models only.)"
+        "those chain models only, or one segment of sites from `jaxlump.site_chains`.)"
     )
 
 

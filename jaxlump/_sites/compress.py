@@ -104,6 +104,50 @@ def rebuild(model, segment: Segment, chain: DenseChain) -> dict[Path, object]:
     return new
 
 
+@dataclasses.dataclass(frozen=True)
+class SiteChain:
+    """One segment of a model's sites in canonical form: `sites` (their paths), `chain` (a `DenseChain` of the
+    segment's layers) and `inputs` (its input rows on the calibration batch, `(N, width)`)."""
+
+    sites: tuple[str, ...]
+    chain: DenseChain
+    inputs: jax.Array
+
+
+def site_chains(model, x_calib, *, where=None) -> list[SiteChain]:
+    """Every segment of `model`'s sites as the `DenseChain` the methods compress, with its input rows captured on
+    the original model: what the chain-level tools take (`jaxlump.check_encoding`, `jaxlump.to_erode`,
+    `jaxlump.simulate`), since a model of sites as a whole has no ODE encoding but each segment does.
+
+    **Raises:** as `jaxlump.sites`; `ValueError` for a model without a site.
+
+    ```python
+    import equinox as eqx, jax, jax.numpy as jnp, jax.random as jr, jaxlump
+
+    class FFN(eqx.Module):
+        up: eqx.nn.Linear
+        down: eqx.nn.Linear
+
+        def __call__(self, x):
+            return x + self.down(jnp.tanh(self.up(x)))
+
+    k1, k2 = jr.split(jr.key(0))
+    ffn = FFN(eqx.nn.Linear(4, 16, key=k1), eqx.nn.Linear(16, 4, key=k2))
+    (segment,) = jaxlump.site_chains(ffn, jr.normal(jr.key(1), (8, 4)))
+    check = jaxlump.check_encoding(segment.chain, segment.inputs)
+    assert segment.sites == ("<model>",) and float(check.max_deviation) < 1e-4
+    ```
+    """
+    listing = site_listing(model, x_calib, where)
+    chosen = segments(listing)
+    rows = capture(model, family_of(model), site_taps(model, listing), x_calib)
+    chains = [segment_chain(model, segment) for segment in chosen]
+    return [
+        SiteChain(tuple(site.path for site in segment.sites), chain, r.astype(chain.weights[0].dtype))
+        for segment, chain, r in zip(chosen, chains, rows)
+    ]
+
+
 class SitesInfo(eqx.Module):
     """What a compressor did to a model compressed site by site.
 
@@ -549,4 +593,4 @@ def _split(signature: inspect.Signature, arguments: dict) -> tuple[list, dict]:
     return positional, keywords
 
 
-__all__ = ["SitesInfo", "compress_sites", "over_sites", "path_name", "segments"]
+__all__ = ["SiteChain", "SitesInfo", "compress_sites", "over_sites", "path_name", "segments", "site_chains"]
