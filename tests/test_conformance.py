@@ -417,7 +417,8 @@ def _outcome(name, kind):
     """What `name` does on the site model `kind`: compress it, or refuse it (and why)."""
     if name in REFUSE_SITES:
         return "refuses sites"
-    if kind == "swiglu" and not re.search(rf"\b{name}\b", GATED_SUPPORTED):
+    # An unstructured method masks every `Linear` on its own (no gated chain), so it takes the gated model too.
+    if kind == "swiglu" and REGISTERED[name].structured and not re.search(rf"\b{name}\b", GATED_SUPPORTED):
         return "refuses gated"
     activations = getattr(REGISTERED[name], "activations", None)
     if kind == "gelu_ffn" and activations is not None and "gelu_tanh" not in activations:

@@ -332,10 +332,13 @@ def compress_layers(per_layer, model, x_calib, *, method: str, knob, where=None,
     the model masked so far (on the original with `independent`); the last layer the model calls (its head) only
     with `head`. How the unstructured methods mask every `Linear` of a model of sites."""
     family = family_of(model)
-    listing = site_listing(model, x_calib, where)
+    check_inputs(model, x_calib)
+    listing = sites(model, x_calib)  # reported in the info; a model without sites can still have its layers masked
     program, tapped = trace_program(model, family, example_of(x_calib))
     order = list(program.taps)  # taps in the order the program first calls them
     chosen = selected_taps(model, family, tapped, where)
+    if chosen is not None and not chosen:
+        raise ValueError("`where` selects no site and no `Linear` layer: none of the modules it returns holds one.")
     current, infos, names, calls = model, [], [], []
     batch = jax.tree_util.tree_leaves(x_calib)[0].shape[0]
     for tap in order:
