@@ -106,6 +106,7 @@ def _ffn_inputs_by_hand(model, tokens):
     return rows, hidden
 
 
+@pytest.mark.integration  # compiles a model of sites anew: the second test step
 def test_one_global_threshold_over_every_site_of_a_model():
     from test_sites import TOKENS, TokenModel
 

@@ -263,6 +263,7 @@ def _node(model, path):
     return model
 
 
+@pytest.mark.integration  # compiles a model of sites anew: the second test step
 def test_unstructured_methods_mask_every_linear_but_the_head():
     """Magnitude and Wanda on a transformer: attention projections and FFN layers alike, each on its own; the head
     (the last layer the model calls) stays dense; Wanda's scores on the first projection recomputed by hand."""

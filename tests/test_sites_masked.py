@@ -72,6 +72,7 @@ def test_masked_runs_under_jit_with_a_traced_eps(planted):
     assert sum(a.size for a in _arrays(small)) == info.params_after
 
 
+@pytest.mark.integration  # compiles a model of sites anew: the second test step
 def test_nnx_masked_on_a_copy_and_shrunk_to_its_class():
     model = NNXTokenModel(nnx.Rngs(0))
     before = [np.asarray(a) for a in jax.tree_util.tree_leaves(nnx.state(model))]

@@ -410,6 +410,7 @@ def test_transformer_rounds_keep_dead_units_dead_and_shrink_to_its_class():
     np.testing.assert_allclose(jax.vmap(small)(TOKENS), jax.vmap(trained)(TOKENS), atol=1e-5)
 
 
+@pytest.mark.integration  # compiles a model of sites anew: the second test step
 def test_site_model_target_size_is_met_in_whole_model_parameters():
     from test_sites import TOKENS, TokenModel
 
@@ -428,6 +429,7 @@ def test_site_model_target_size_is_met_in_whole_model_parameters():
     assert realised > total - 300 - 2 * (8 + 1 + 8)  # the largest within: at most one unit of slack per site
 
 
+@pytest.mark.integration  # compiles a model of sites anew: the second test step
 def test_nnx_site_model_with_nnx_optimizer():
     from flax import nnx
     from test_sites import TOKENS, NNXTokenModel
