@@ -24,7 +24,7 @@ from .._model.network import DenseChain
 from .._results.accounting import cost, model_flops
 from .._results.info import Certificate
 from .layers import Path, family_of, layer_type_of, path_name
-from .site import Site, Sites, capture, example_of, listing_of, selected_taps, sites, trace_program
+from .site import Site, Sites, capture, example_of, selected_taps, sites, trace_program
 from .trace import tapped_model
 
 
@@ -139,18 +139,13 @@ def site_chains(model, x_calib, *, where=None) -> list[SiteChain]:
     ```
     """
     listing = site_listing(model, x_calib, where)
-    return [
-        SiteChain(tuple(site.path for site in segment.sites), chain, rows)
-        for segment, chain, rows in _original_segments(model, listing, x_calib)
-    ]
-
-
-def _original_segments(model, listing: Sites, x_calib) -> list[tuple[Segment, DenseChain, jax.Array]]:
-    """Every segment of `listing` with its chain and its input rows on the original model (one capture)."""
     chosen = segments(listing)
     rows = capture(model, family_of(model), site_taps(model, listing), x_calib)
     chains = [segment_chain(model, segment) for segment in chosen]
-    return [(seg, chain, r.astype(chain.weights[0].dtype)) for seg, chain, r in zip(chosen, chains, rows)]
+    return [
+        SiteChain(tuple(site.path for site in segment.sites), chain, r.astype(chain.weights[0].dtype))
+        for segment, chain, r in zip(chosen, chains, rows)
+    ]
 
 
 class SitesInfo(eqx.Module):
@@ -338,9 +333,8 @@ def compress_layers(per_layer, model, x_calib, *, method: str, knob, where=None,
     with `head`. How the unstructured methods mask every `Linear` of a model of sites."""
     family = family_of(model)
     check_inputs(model, x_calib)
+    listing = sites(model, x_calib)  # reported in the info; a model without sites can still have its layers masked
     program, tapped = trace_program(model, family, example_of(x_calib))
-    # The sites are reported in the info; a model without any can still have its layers masked.
-    listing = listing_of(model, family, program, tapped, None)
     order = list(program.taps)  # taps in the order the program first calls them
     chosen = selected_taps(model, family, tapped, where)
     if chosen is not None and not chosen:
@@ -511,9 +505,11 @@ def over_sites(compressor=None, *, refusal: str | None = None, fixed_shape: bool
         listing = site_listing(model, x_calib, where)
         knobs = {}
         if allocate is not None and positional:
-            chosen, chains, rows = zip(*_original_segments(model, listing, x_calib))
-            shares = allocate(list(chains), list(rows), positional[0], **rest)
-            knobs = {segment.layers: knob for segment, knob in zip(chosen, shares)}
+            chains = [segment_chain(model, segment) for segment in segments(listing)]
+            rows = capture(model, family_of(model), site_taps(model, listing), x_calib)
+            rows = [r.astype(c.weights[0].dtype) for r, c in zip(rows, chains)]
+            shares = allocate(chains, rows, positional[0], **rest)
+            knobs = {segment.layers: knob for segment, knob in zip(segments(listing), shares)}
 
         def per_segment(segment, chain, rows):
             knob = [knobs[segment.layers]] if segment.layers in knobs else positional[:1]

@@ -142,12 +142,8 @@ def sites(model, x_calib, *, where=None) -> Sites:
     `where` that selects nothing or for an `x_calib` without a batch axis.
     """
     family = family_of(model)
-    program, tapped = trace_program(model, family, example_of(x_calib))
-    return listing_of(model, family, program, tapped, where)
-
-
-def listing_of(model, family: Family, program: Program, tapped: Tapped, where) -> Sites:
-    """`sites` on a program already traced (`trace_program`)."""
+    example = example_of(x_calib)
+    program, tapped = trace_program(model, family, example)
     position = {tap: i for i, tap in enumerate(program.taps)}  # taps in the order the program first calls them
     found = sorted(find(program, tapped), key=lambda f: min(position[t] for t in (*f.producers, f.consumer)))
     names = dict(
