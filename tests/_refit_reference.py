@@ -28,3 +28,19 @@ def brute_costs(columns, pre, members, sizes, targets, lam, centre):
                     least_squares_error(np.column_stack([np.delete(f, [i, j], axis=1), column]), targets) - base
                 )
     return merge, removal
+
+
+def zipLM_order(features, w, lam, count):
+    """ZipLM's greedy elimination as coded (reference §2.1): score ‖W_:,j‖²/Hinv_jj, OBS update, downdate."""
+    hinv = np.linalg.inv(features.T @ features + lam * np.eye(features.shape[1]))
+    w = w.copy()
+    removed = []
+    for _ in range(count):
+        with np.errstate(divide="ignore", invalid="ignore"):  # removed neurons: 0/0, masked next
+            score = np.sum(w**2, axis=0) / np.diag(hinv)
+        score[removed] = np.inf
+        j = int(np.argmin(score))
+        w = w - np.outer(w[:, j] / hinv[j, j], hinv[j])
+        hinv = hinv - np.outer(hinv[:, j], hinv[j]) / hinv[j, j]
+        removed.append(j)
+    return removed

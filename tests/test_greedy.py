@@ -7,29 +7,13 @@ import jax.random as jr
 import numpy as np
 import pytest
 from _networks import random_mlp, set_partition
-from _refit_reference import brute_costs, least_squares_error
+from _refit_reference import brute_costs, least_squares_error, zipLM_order
 
 from jaxlump._criteria.merge_cost import current_fit, initial_state
 from jaxlump._methods.greedy import advance, candidate_costs, greedy_path, start
 from jaxlump._model import to_chain
 
 N_OUT = 4
-
-
-def _zipLM_order(features, w, lam, count):
-    """ZipLM's greedy elimination as coded (reference §2.1): score ‖W_:,j‖²/Hinv_jj, OBS update, downdate."""
-    hinv = np.linalg.inv(features.T @ features + lam * np.eye(features.shape[1]))
-    w = w.copy()
-    removed = []
-    for _ in range(count):
-        with np.errstate(divide="ignore", invalid="ignore"):  # removed neurons: 0/0, masked next
-            score = np.sum(w**2, axis=0) / np.diag(hinv)
-        score[removed] = np.inf
-        j = int(np.argmin(score))
-        w = w - np.outer(w[:, j] / hinv[j, j], hinv[j])
-        hinv = hinv - np.outer(hinv[:, j], hinv[j]) / hinv[j, j]
-        removed.append(j)
-    return removed
 
 
 def test_removal_path_is_zipLM_greedy_elimination():
@@ -44,7 +28,7 @@ def test_removal_path_is_zipLM_greedy_elimination():
         int(np.flatnonzero((labels[t] == -1) & ((labels[t - 1] if t else np.arange(10)) != -1))[0]) for t in range(9)
     ]
     features = np.asarray(acts[1]) - np.asarray(acts[1]).mean(0)
-    assert order == _zipLM_order(features, np.asarray(chain.weights[1]), float(problem.lam), 9)
+    assert order == zipLM_order(features, np.asarray(chain.weights[1]), float(problem.lam), 9)
     assert not np.any(np.asarray(path.merged))
     assert np.all(np.diff(np.asarray(path.cumulative)) >= 0)
 

@@ -11,6 +11,8 @@ the most candidates is renewed the same way. With `k ≥ n − 1` this is the ex
 step); the tests check it step for step against brute-force least squares.
 """
 
+import abc
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -25,6 +27,8 @@ from .._criteria.merge_cost import (
     _mm,
     _share,
     current_fit,
+    initial_state,
+    layer_inputs,
     merge_costs,
     moments,
     pair_costs,
@@ -46,6 +50,48 @@ class Path(eqx.Module):
     merged: jax.Array | np.ndarray
     cumulative: jax.Array | np.ndarray
 
+    @property
+    def width(self) -> int:
+        return self.labels.shape[1]
+
+    def labels_after(self, steps: int) -> np.ndarray:
+        """Each original neuron's slot after `steps` operations (`-1`: removed)."""
+        return np.arange(self.width) if steps == 0 else np.asarray(self.labels[steps - 1])
+
+
+class AbstractPath(eqx.Module):
+    """How `merge_or_remove` computes a hidden layer's compression path (strategy): `Greedy()` (exact, for
+    widths up to a few hundred) or `jaxlump.Rounds()` (Gram-only, batched, for any width)."""
+
+    @abc.abstractmethod
+    def paths(self, chain, x, layers, *, merge: bool, damping: float, candidates: int | None, steps) -> list:
+        """The paths of the hidden layers `layers` (0-based) of `chain` on `x` (both float64), each computed for at
+        least `steps[l]` operations; objects with `labels_after(steps)`, `merged` and `cumulative`."""
+
+
+class Greedy(AbstractPath):
+    """The exact greedy path (`jaxlump._methods.greedy`): every merge cost kept exact step by step on all
+    calibration rows, merges among each neuron's `candidates` (the compressor's option) partners;
+    `O(N n² (n + m) + n² k (N + n + m))` time per layer, practical up to widths of about 512."""
+
+    def paths(self, chain, x, layers, *, merge, damping, candidates, steps):
+        del steps  # the greedy path always runs to one neuron
+        zs, acts = layer_inputs(chain, x)
+        paths = []
+        for l in layers:
+            state, problem = initial_state(
+                zs[l],
+                acts[l],
+                chain.weights[l + 1],
+                chain.activations[l],
+                centre=chain.use_bias[l + 1],
+                damping=damping,
+                gated=chain.gated[l],
+            )
+            path = greedy_path(state, problem, merge, candidates=candidates)
+            paths.append(Path(*(np.asarray(a) for a in (path.labels, path.merged, path.cumulative))))
+        return paths
+
 
 class Candidates(eqx.Module):
     """Each slot's candidate partners `(n, k)` and the `Moments` of those pairs, flat: pair `i k + r` is
@@ -59,7 +105,7 @@ class Candidates(eqx.Module):
         return jnp.repeat(jnp.arange(n), k), self.partners.ravel()
 
 
-class Greedy(eqx.Module):
+class GreedyState(eqx.Module):
     """The state of a greedy path between steps: the layer, its current refit, the merge candidates (`None`
     when merges are off)."""
 
@@ -81,15 +127,15 @@ def start(state: LayerState, problem: LayerProblem, allow_merge: bool, candidate
     all `n − 1`), from one `merge_costs` call; planted duplicates cost 0, so they are always among them."""
     fit = current_fit(state, problem)
     if not allow_merge:
-        return Greedy(state, fit, None)
+        return GreedyState(state, fit, None)
     n = state.alive.shape[0]
     k = n - 1 if candidates is None else min(candidates, n - 1)
     _, partners = jax.lax.top_k(-merge_costs(state, problem, block_size).merge, k)
     rows, cols = jnp.repeat(jnp.arange(n), k), partners.ravel()
-    return Greedy(state, fit, Candidates(partners, moments(state, problem, fit, rows, cols)))
+    return GreedyState(state, fit, Candidates(partners, moments(state, problem, fit, rows, cols)))
 
 
-def candidate_costs(greedy: Greedy) -> jax.Array:
+def candidate_costs(greedy: GreedyState) -> jax.Array:
     """The current merge costs of every candidate pair `(i, partners[i, r])`, `(n, k)` (invalid: `inf`)."""
     rows, cols = greedy.candidates.pairs()
     costs = pair_costs(greedy.candidates.moments, greedy.fit, greedy.layer.alive, rows, cols)
@@ -126,7 +172,7 @@ def _downdate(fit: Fit, m: Moments | None, j) -> tuple[Fit, Moments | None]:
     return fit, eqx.tree_at(lambda t: (t.u, t.gu, t.e), m, updated)
 
 
-def _refresh(greedy: Greedy, problem: LayerProblem, slot) -> Greedy:
+def _refresh(greedy: GreedyState, problem: LayerProblem, slot) -> GreedyState:
     """Recompute the pairs of `slot` with every slot from scratch (its row of the kernel, `O(N n (n + m) + n³)`):
     its candidates become its `k` cheapest partners now, and every other slot's entry for it is renewed."""
     layer, fit = greedy.layer, greedy.fit
@@ -144,22 +190,24 @@ def _refresh(greedy: Greedy, problem: LayerProblem, slot) -> Greedy:
     candidates = Candidates(
         greedy.candidates.partners.at[slot].set(top), jax.tree.map(renew, greedy.candidates.moments, fresh)
     )
-    return Greedy(layer, fit, candidates)
+    return GreedyState(layer, fit, candidates)
 
 
-def _remove(greedy: Greedy, problem: LayerProblem, j) -> Greedy:
+def _remove(greedy: GreedyState, problem: LayerProblem, j) -> GreedyState:
     """Remove slot j; then the live slot that lost the most candidates to removals gets its list renewed."""
     fit, m = _downdate(greedy.fit, None if greedy.candidates is None else greedy.candidates.moments, j)
     labels = jnp.where(greedy.layer.labels == j, -1, greedy.layer.labels).astype(jnp.int32)
     layer = _kill(greedy.layer, j, labels)
     if m is None:
-        return Greedy(layer, fit, None)
+        return GreedyState(layer, fit, None)
     partners = greedy.candidates.partners
     lost = jnp.sum(~layer.alive[partners] | (partners == jnp.arange(partners.shape[0])[:, None]), axis=1)
-    return _refresh(Greedy(layer, fit, Candidates(partners, m)), problem, jnp.argmax(jnp.where(layer.alive, lost, -1)))
+    return _refresh(
+        GreedyState(layer, fit, Candidates(partners, m)), problem, jnp.argmax(jnp.where(layer.alive, lost, -1))
+    )
 
 
-def _merge(greedy: Greedy, problem: LayerProblem, keep, gone) -> Greedy:
+def _merge(greedy: GreedyState, problem: LayerProblem, keep, gone) -> GreedyState:
     """Merge slot `gone` into `keep`: both leave the fit, the merged column `ṽ` joins it (bordered inverse,
     `s = ‖ṽ‖² − qᵀK q`, `q = F̃ᵀṽ`), the pairs' moments follow in `O(N + n + m)` each, and the pairs with the
     merged slot are recomputed (`_refresh`)."""
@@ -211,10 +259,10 @@ def _merge(greedy: Greedy, problem: LayerProblem, keep, gone) -> Greedy:
     e = m.e + sigma1 * fit0.weights[None, :, gone] + sigma2 * fit1.weights[None, :, keep] + tau_ * rho[None]
     gu = m.gu - sigma1[:, 0] * u_gone - sigma2[:, 0] * u1_keep + t * tau
     m = eqx.tree_at(lambda x: (x.u, x.gu, x.e), m, (u, gu, e))
-    return _refresh(Greedy(layer, fit, Candidates(greedy.candidates.partners, m)), problem, keep)
+    return _refresh(GreedyState(layer, fit, Candidates(greedy.candidates.partners, m)), problem, keep)
 
 
-def advance(greedy: Greedy, problem: LayerProblem) -> tuple[Greedy, jax.Array, jax.Array]:
+def advance(greedy: GreedyState, problem: LayerProblem) -> tuple[GreedyState, jax.Array, jax.Array]:
     """One greedy step: the cheapest of merging a candidate pair and removing a slot. Returns the new state,
     whether it merged and the squared error it added. Ties go to the lowest `(min(i, j), max(i, j))`, then the
     lowest slot, and a merge keeps the slot with the larger removal cost as the block's representative."""
@@ -241,7 +289,7 @@ def advance(greedy: Greedy, problem: LayerProblem) -> tuple[Greedy, jax.Array, j
 def greedy_path(
     state: LayerState, problem: LayerProblem, allow_merge: bool, block_size: int = 256, candidates: int | None = None
 ) -> Path:
-    """Greedy backward compression of one layer to width 1: at every step the cheapest operation under the
+    """GreedyState backward compression of one layer to width 1: at every step the cheapest operation under the
     current refit — merging two candidate slots (if `allow_merge`) or removing one.
 
     With `allow_merge=False` this is structured OBS / ZipLM greedy elimination (parallel mode). Nothing is

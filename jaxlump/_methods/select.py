@@ -17,7 +17,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._criteria.discrepancy import AbstractDiscrepancy, Structural
-from .._criteria.merge_cost import initial_state, layer_inputs
 from .._errors import (
     RESULTS,
     UnreachableTargetError,
@@ -36,36 +35,50 @@ from .._reconstruction.reconstruct import DEFAULT_RIDGE, reconstruct
 from .._results.accounting import widths_dense_params
 from .._sites.compress import over_sites
 from .base import check_sparsity, fraction_for, knob_number, layer_knob, structured_info
-from .greedy import Path, check_candidates, greedy_path
+from .greedy import AbstractPath, Greedy, Path, check_candidates
 from .lump import lump, widths_at_layer_eps
 from .registry import Compressor, register_compressor
+from .rounds import OpsPath, Rounds
 
 DEFAULT_CANDIDATES = 16
+LayerPath = Path | OpsPath
 
 
-def layer_paths(chain, x, *, merge: bool, damping: float, candidates: int | None = DEFAULT_CANDIDATES):
-    """One greedy path per hidden layer, on the network's own activations on `x` (parallel mode); merges are
-    considered between each slot and its `candidates` most promising partners (`None`: all pairs).
+AUTO_ROUNDS_WIDTH = 512  # wider layers take `Rounds()` by default: the exact greedy takes ~95 s at 512
+
+
+def layer_paths(
+    chain,
+    x,
+    *,
+    merge: bool,
+    damping: float,
+    candidates: int | None = DEFAULT_CANDIDATES,
+    path: AbstractPath | None = None,
+    steps: Sequence[int] | None = None,
+):
+    """One compression path per hidden layer, on the network's own activations on `x` (parallel mode), by the
+    strategy `path` (`None`: `Greedy()` for layers up to `AUTO_ROUNDS_WIDTH` wide, `Rounds()` above); merges
+    among each slot's `candidates` most promising partners (`None`: all pairs). `steps[l]`: how many operations
+    of layer l are needed at least (default: all, down to one neuron).
 
     The paths are computed in float64 whatever the model's dtype (the result is only labels and errors): the
     rank-one downdates lose a float32 fit once near-duplicate neurons have merged (a trained float32 network gave
     NaN costs), as lumping computes low-precision models in float32."""
+    hidden = chain.widths[1:-1]
+    steps = tuple(n - 1 for n in hidden) if steps is None else tuple(steps)
+    chosen = [path if path is not None else Greedy() if n <= AUTO_ROUNDS_WIDTH else Rounds() for n in hidden]
+    paths = [None] * len(hidden)
     with jax.enable_x64(True):
         chain64 = jax.tree.map(lambda a: a.astype(jnp.float64) if eqx.is_inexact_array(a) else a, chain)
-        zs, acts = layer_inputs(chain64, jnp.asarray(x, jnp.float64))
-        paths = []
-        for l in range(1, chain.n_layers):
-            state, problem = initial_state(
-                zs[l - 1],
-                acts[l - 1],
-                chain64.weights[l],
-                chain.activations[l - 1],
-                centre=chain.use_bias[l],
-                damping=damping,
-                gated=chain.gated[l - 1],
+        x64 = jnp.asarray(x, jnp.float64)
+        for strategy in dict.fromkeys(chosen):
+            layers = [l for l, s in enumerate(chosen) if s == strategy]
+            found = strategy.paths(
+                chain64, x64, layers, merge=merge, damping=damping, candidates=candidates, steps=steps
             )
-            path = greedy_path(state, problem, merge, candidates=candidates)
-            paths.append(Path(*(np.asarray(a) for a in (path.labels, path.merged, path.cumulative))))
+            for l, p in zip(layers, found):
+                paths[l] = p
     return tuple(paths)
 
 
@@ -74,20 +87,18 @@ def paths_result(paths) -> RESULTS:
     return finite_result([p.cumulative for p in paths], RESULTS.selection_nonfinite)
 
 
-def steps_within(path: Path, eps) -> int:
+def steps_within(path: LayerPath, eps) -> int:
     """How many leading steps of `path` keep the next layer's relative refit error ≤ ε."""
     return int(np.sum(np.maximum.accumulate(np.asarray(path.cumulative)) <= float(eps)))
 
 
-def steps_to_sparsity(path: Path, sparsity: float) -> int:
+def steps_to_sparsity(path: LayerPath, sparsity: float) -> int:
     """Steps that remove the fraction `sparsity` of the layer's neurons (`int(n · s)`, at least one stays)."""
-    n = path.labels.shape[1]
-    return min(int(n * sparsity), n - 1)
+    return min(int(path.width * sparsity), path.width - 1)
 
 
-def labels_after(path: Path, steps: int) -> np.ndarray:
-    n = path.labels.shape[1]
-    return np.arange(n) if steps == 0 else np.asarray(path.labels[steps - 1])
+def labels_after(path: LayerPath, steps: int) -> np.ndarray:
+    return path.labels_after(steps)
 
 
 def finish(model, x, partitions, method: str, knob, ridge: float, result=RESULTS.successful, throw: bool = True):
@@ -119,9 +130,13 @@ def representatives(labels: np.ndarray) -> np.ndarray:
     return np.asarray([first[b] if b >= 0 else -1 for b in labels.tolist()])
 
 
-def _prepare(model, x_calib, merge, damping, candidates, throw, ridge):
+def _prepare(model, x_calib, merge, damping, candidates, throw, ridge, path=None):
     """The checked inputs, every option before any work (a bad `ridge` is refused before the greedy paths)."""
     check_bool(merge, "merge")
+    if path is not None and not isinstance(path, AbstractPath):
+        raise TypeError(
+            f"`path` must be None (automatic), jaxlump.Greedy() or jaxlump.Rounds(...); received {type(path).__name__}."
+        )
     check_nonnegative(ridge, "ridge")
     chain = to_chain(model)
     x = check_data(x_calib, "x_calib", width=chain.widths[0]).astype(chain.weights[0].dtype)
@@ -142,6 +157,7 @@ def merge_or_remove(
     *,
     merge: bool = True,
     candidates: int | None = DEFAULT_CANDIDATES,
+    path: AbstractPath | None = None,
     damping: float = 1e-3,
     ridge: float = DEFAULT_RIDGE,
     throw: bool = True,
@@ -168,6 +184,10 @@ def merge_or_remove(
       initial merge cost (a merged neuron's list is refreshed: its cheapest partners at that step); default 16.
       `None` considers all pairs (the exact greedy; memory `O(n² (N + n + m))`). Exact duplicates cost 0, so
       they are always candidates.
+    - `path`: how each layer's path is computed: `jaxlump.Greedy()` (the exact greedy above) or
+      `jaxlump.Rounds(...)` (Gram-only costs on streamed statistics, batched rounds, `O(n³)` for any width: merges
+      priced as their members' mean activation plus a bound on the nonlinear error, see `jaxlump.Rounds`); default
+      `None`: the greedy for layers up to 512 wide, `Rounds()` for wider ones.
     - `damping`: the Gram damping λ relative to its mean diagonal (ZipLM's; default `1e-3`).
     - `ridge`: the final reconstruction's ridge (see `jaxlump.reconstruct`).
     - `throw`: raise a `jaxlump.CompressionError` naming the failed stage (the selection: non-finite merge
@@ -197,9 +217,9 @@ def merge_or_remove(
     Reference: Kurtic, Frantar, Alistarh, *ZipLM*, NeurIPS 2023 (the removal step); Dhiman et al., arXiv
     2606.01402 (2026) (the merge operator and ε).
     """
-    chain, x, damping, candidates, throw = _prepare(model, x_calib, merge, damping, candidates, throw, ridge)
+    chain, x, damping, candidates, throw = _prepare(model, x_calib, merge, damping, candidates, throw, ridge, path)
     eps = float(check_eps(eps))
-    paths = layer_paths(chain, x, merge=bool(merge), damping=damping, candidates=candidates)
+    paths = layer_paths(chain, x, merge=bool(merge), damping=damping, candidates=candidates, path=path)
     steps = [steps_within(p, eps) for p in paths]
     return compress_along(model, x, paths, steps, "merge_or_remove", eps, ridge, throw)
 
@@ -211,6 +231,7 @@ def merge_or_remove_to_size(
     *,
     merge: bool = True,
     candidates: int | None = DEFAULT_CANDIDATES,
+    path: AbstractPath | None = None,
     damping: float = 1e-3,
     ridge: float = DEFAULT_RIDGE,
     throw: bool = True,
@@ -224,8 +245,8 @@ def merge_or_remove_to_size(
     uses it for counts and fractions. Raises `jaxlump.UnreachableTargetError` (a `ValueError`) when even the
     smallest result exceeds `max_params`.
     """
-    chain, x, damping, candidates, throw = _prepare(model, x_calib, merge, damping, candidates, throw, ridge)
-    paths = layer_paths(chain, x, merge=bool(merge), damping=damping, candidates=candidates)
+    chain, x, damping, candidates, throw = _prepare(model, x_calib, merge, damping, candidates, throw, ridge, path)
+    paths = layer_paths(chain, x, merge=bool(merge), damping=damping, candidates=candidates, path=path)
     widths = chain.widths
 
     def size(eps: float) -> int:
@@ -254,6 +275,7 @@ def merge_or_remove_to_widths(
     *,
     merge: bool = True,
     candidates: int | None = DEFAULT_CANDIDATES,
+    path: AbstractPath | None = None,
     damping: float = 1e-3,
     ridge: float = DEFAULT_RIDGE,
     throw: bool = True,
@@ -263,9 +285,9 @@ def merge_or_remove_to_widths(
     `merge_or_remove`. `jaxlump.baselines.compress_to` uses it for widths targets. Returns `(model, info)` and the
     per-layer ε: each layer's relative refit error at its cut (the ε that layer alone would need), `info.knob`
     being NaN (no one ε cuts every layer there)."""
-    chain, x, damping, candidates, throw = _prepare(model, x_calib, merge, damping, candidates, throw, ridge)
-    paths = layer_paths(chain, x, merge=bool(merge), damping=damping, candidates=candidates)
+    chain, x, damping, candidates, throw = _prepare(model, x_calib, merge, damping, candidates, throw, ridge, path)
     steps = [max(0, min(n - w, n - 1)) for n, w in zip(chain.widths[1:-1], hidden)]
+    paths = layer_paths(chain, x, merge=bool(merge), damping=damping, candidates=candidates, path=path, steps=steps)
     errors = tuple(float(np.max(p.cumulative[:s])) if s else 0.0 for p, s in zip(paths, steps))
     return compress_along(model, x, paths, steps, "merge_or_remove", np.nan, ridge, throw), errors
 
