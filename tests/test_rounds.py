@@ -1,12 +1,15 @@
 """The scalable merge-or-remove path (`jaxlump._methods.rounds`) against ZipLM's loop and brute-force constrained
 least squares (NumPy, float64), and `merge_or_remove(path=...)` end to end."""
 
+import textwrap
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from _devices import on_host_devices
 from _networks import outputs, random_mlp
 from _refit_reference import zipLM_order
 
@@ -138,3 +141,34 @@ def test_bad_strategies_are_refused_naming_the_argument():
     ):
         with pytest.raises(ValueError, match="Rounds"):
             Rounds(**bad)
+
+
+_SHARDED = textwrap.dedent(
+    """
+    import json, jax, jax.numpy as jnp, jax.random as jr, numpy as np, equinox as eqx, jaxlump
+    from jaxlump.baselines import compress_to
+    jax.config.update("jax_enable_x64", True)
+    assert len(jax.devices()) == 8
+    model = eqx.nn.MLP(5, 3, 48, 2, activation=jnp.tanh, dtype=jnp.float64, key=jr.key(0))
+    x = jr.normal(jr.key(1), (999, 5), jnp.float64)  # 999 rows: batches padded to a multiple of 8
+    out = {}
+    for name, devices in (("one", None), ("sharded", jax.devices())):
+        small, info = compress_to(
+            model, "merge_or_remove", (20, 11), x, path=jaxlump.Rounds(batch_rows=100, fraction=0.1, devices=devices)
+        )
+        out[name] = {
+            "partitions": [np.asarray(p).tolist() for p in info.partitions],
+            "weights": [np.asarray(l.weight).tolist() for l in small.layers],
+        }
+    print(json.dumps(out))
+    """
+)
+
+
+@pytest.mark.integration  # a fresh process compiling the statistics and two paths twice (~50 s)
+def test_rounds_over_eight_host_devices_equal_one_device():
+    out = on_host_devices(_SHARDED)
+    assert out["sharded"]["partitions"] == out["one"]["partitions"]
+    for got, want in zip(out["sharded"]["weights"], out["one"]["weights"], strict=True):
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)
+    assert [len({b for b in p if b >= 0}) for p in out["one"]["partitions"]] == [20, 11]

@@ -1,10 +1,6 @@
 """The fixed-shape form on models of sites: `lump_masked` (under `jax.jit` too), `shrink` and `sweep`, against the
 physically compressed `lump` on the same model and against single calls."""
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import equinox as eqx
@@ -13,6 +9,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from _devices import on_host_devices
 from flax import nnx
 from test_sites import TOKENS, NNXTokenModel, TokenModel, logits, plant
 
@@ -170,12 +167,7 @@ _SHARDED = textwrap.dedent(
 
 @pytest.mark.slow  # a fresh process compiling two programs
 def test_site_sweep_sharded_over_eight_host_devices_equals_one_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    done = subprocess.run(
-        [sys.executable, "-c", _SHARDED], capture_output=True, text=True, env=env, timeout=600, check=False
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = on_host_devices(_SHARDED)
     assert out["sharded"]["widths"] == out["one"]["widths"]
     for got, want in zip(out["sharded"]["weights"], out["one"]["weights"], strict=True):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)

@@ -1,9 +1,5 @@
 """`jaxlump.sweep` against single `lump_masked` calls, sharded against one device, and its pickers."""
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import equinox as eqx
@@ -12,6 +8,7 @@ import jax.random as jr
 import jax.tree_util as jtu
 import numpy as np
 import pytest
+from _devices import on_host_devices
 from _networks import hidden_widths, numpy_outputs, random_mlp
 
 import jaxlump
@@ -203,12 +200,7 @@ _SHARDED = textwrap.dedent(
 
 @pytest.mark.slow  # a fresh process compiling two programs: 15-70 s on the shared 2-core machine
 def test_sharded_over_eight_host_devices_equals_one_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-    done = subprocess.run(
-        [sys.executable, "-c", _SHARDED], capture_output=True, text=True, env=env, timeout=600, check=False
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out = on_host_devices(_SHARDED)
     assert out["sharded"]["partitions"] == out["one"]["partitions"]
     for got, want in zip(out["sharded"]["weights"], out["one"]["weights"]):
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-12)

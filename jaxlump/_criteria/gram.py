@@ -19,6 +19,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, PartitionSpec
 
 from .._model.network import DenseChain
 
@@ -74,34 +75,54 @@ def _sketch_partners(chain: DenseChain, x_sketch, k: int):
     return sketches, tuple(nearest_partners(s, min(k, s.shape[1] - 1)) for s in sketches)
 
 
-@eqx.filter_jit
-def _accumulate(chain: DenseChain, partners, totals, batch, valid):
-    """Add one batch's moments (rows where `valid` is False count for nothing) to `totals`."""
+def _partial_sums(chain: DenseChain, partners, batch, valid):
+    """One batch's moments per hidden layer (rows where `valid` is False count for nothing)."""
     zs, acts = chain.forward(batch)
     weight = valid.astype(batch.dtype)[:, None]
     out = []
-    for z, a, p, (count, first, second, square, gap) in zip(zs[:-1], acts[1:-1], partners, totals):
+    for z, a, p in zip(zs[:-1], acts[1:-1], partners):
         a = a * weight
         z = _stacked(z) * jnp.concatenate([weight] * (2 if isinstance(z, tuple) else 1), axis=0)
         pair_gap = jnp.stack([jnp.sum((z - z[:, p[:, r]]) ** 2, axis=0) for r in range(p.shape[1])], axis=1)
         out.append(
             (
-                count + jnp.sum(weight),
-                first + jnp.sum(a, axis=0),
-                second + jnp.einsum("si,sj->ij", a, a, precision=_HIGHEST),
-                square + jnp.sum(z**2),
-                gap + pair_gap,
+                jnp.sum(weight),
+                jnp.sum(a, axis=0),
+                jnp.einsum("si,sj->ij", a, a, precision=_HIGHEST),
+                jnp.sum(z**2),
+                pair_gap,
             )
         )
     return tuple(out)
 
 
+@eqx.filter_jit
+def _accumulate(chain: DenseChain, partners, totals, batch, valid, mesh: Mesh | None):
+    """`totals` plus one batch's moments; with a `mesh` the batch's rows are split over its devices, each device sums
+    its rows and `psum` adds the devices' sums (data parallel)."""
+    if mesh is None:
+        sums = _partial_sums(chain, partners, batch, valid)
+    else:
+        axis = mesh.axis_names[0]
+        arrays, static = eqx.partition(chain, eqx.is_array)
+
+        def local(arrays, partners, batch, valid):
+            return jax.lax.psum(_partial_sums(eqx.combine(arrays, static), partners, batch, valid), axis)
+
+        replicated, rows = PartitionSpec(), PartitionSpec(axis)
+        sums = jax.shard_map(
+            local, mesh=mesh, in_specs=(replicated, replicated, rows, rows), out_specs=replicated, check_vma=False
+        )(arrays, partners, batch, valid)
+    return jax.tree.map(jnp.add, totals, sums)
+
+
 def layer_statistics(
-    chain: DenseChain, x, *, sketch_size: int, candidates: int, batch_rows: int = 2048
+    chain: DenseChain, x, *, sketch_size: int, candidates: int, batch_rows: int = 2048, mesh: Mesh | None = None
 ) -> tuple[LayerStatistics, ...]:
     """Every hidden layer's `LayerStatistics` on the calibration inputs `x` (`(N, n_0)`), streamed `batch_rows` rows
-    at a time (the last batch padded and masked, so every batch has one shape and compiles once). The Gram is
-    centred for a layer whose next layer has a bias (its refit has an intercept)."""
+    at a time (the last batch padded and masked, so every batch has one shape and compiles once), each batch split
+    over the devices of `mesh` when one is given (a 1-D mesh; the rows per batch rounded up to a multiple of its
+    size). The Gram is centred for a layer whose next layer has a bias (its refit has an intercept)."""
     x = jnp.asarray(x)
     n_rows = x.shape[0]
     sketches, partners = _sketch_partners(chain, x[sketch_rows(n_rows, sketch_size)], candidates)
@@ -116,12 +137,13 @@ def layer_statistics(
         )
         for s, p in zip(sketches, partners)
     )
-    rows = min(batch_rows, n_rows)
+    size = 1 if mesh is None else mesh.devices.size
+    rows = -(-min(batch_rows, n_rows) // size) * size
     for start in range(0, n_rows, rows):
         batch = x[start : start + rows]
         valid = jnp.arange(rows) < batch.shape[0]
         batch = jnp.pad(batch, ((0, rows - batch.shape[0]), (0, 0)))
-        totals = _accumulate(chain, partners, totals, batch, valid)
+        totals = _accumulate(chain, partners, totals, batch, valid, mesh)
     stats = []
     for l, ((count, first, second, square, gap), sketch, p) in enumerate(zip(totals, sketches, partners)):
         mean = first / count

@@ -24,6 +24,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
 from .._criteria.gram import LayerStatistics, layer_statistics
 from .._model.activations import ACTIVATIONS
@@ -45,6 +46,10 @@ class Rounds(AbstractPath):
     - `sketch_rows`: calibration rows on which a merge's nonlinear error is estimated (default 2048; all rows when
       there are fewer).
     - `batch_rows`: rows per batch of the streamed statistics (default 2048).
+    - `devices`: the devices to use (default: the default device only). With several, every batch of calibration rows
+      is split over them (each sums its rows' moments, `psum` adds them: data parallel), and the hidden layers'
+      paths run on them concurrently, layer l on `devices[l % len(devices)]` (site parallel). The result equals one
+      device's up to the order of the floating-point sums.
 
     Time `O(N n² + n³ + n k (m + S))` per layer of width n (N calibration rows, m next-layer neurons, k candidates,
     S sketch rows), memory `O(n² + n (m + S))`; `merge_or_remove` takes it for layers wider than 512 unless told.
@@ -64,8 +69,13 @@ class Rounds(AbstractPath):
     candidates: int = eqx.field(static=True, default=16)
     sketch_rows: int = eqx.field(static=True, default=2048)
     batch_rows: int = eqx.field(static=True, default=2048)
+    devices: tuple | None = eqx.field(static=True, default=None, converter=lambda d: None if d is None else tuple(d))
 
     def __check_init__(self):
+        if self.devices is not None and (not self.devices or not all(isinstance(d, jax.Device) for d in self.devices)):
+            raise TypeError(
+                f"`Rounds.devices` must be a non-empty sequence of jax devices or None; received {self.devices!r}."
+            )
         if not (isinstance(self.fraction, (float, int)) and not isinstance(self.fraction, bool)) or not (
             0 < self.fraction <= 1
         ):
@@ -77,11 +87,13 @@ class Rounds(AbstractPath):
 
     def paths(self, chain, x, layers, *, merge, damping, candidates, steps):
         del candidates  # the greedy path's option; the rounds have their own
+        devices = self.devices or (None,)
+        mesh = Mesh(np.asarray(devices), ("rows",)) if len(devices) > 1 else None
         stats = layer_statistics(
-            chain, x, sketch_size=self.sketch_rows, candidates=self.candidates, batch_rows=self.batch_rows
+            chain, x, sketch_size=self.sketch_rows, candidates=self.candidates, batch_rows=self.batch_rows, mesh=mesh
         )
-        return [
-            rounds_path(
+        started = [  # dispatched first, so that the layers' paths run concurrently on their devices
+            _start(
                 stats[l],
                 chain.weights[l + 1],
                 chain.activations[l],
@@ -91,9 +103,11 @@ class Rounds(AbstractPath):
                 merge=merge,
                 strategy=self,
                 steps=steps[l],
+                device=devices[i % len(devices)],
             )
-            for l in layers
+            for i, l in enumerate(layers)
         ]
+        return [_collect(*s) for s in started]
 
 
 class OpsPath(eqx.Module):
@@ -126,10 +140,11 @@ class OpsPath(eqx.Module):
 
 
 def _unit(activation: str, gated: bool, pre):
+    """Activations from slot-major pre-activations `(…, S')` (a gated layer's: the gate's samples, then the up's)."""
     fn = ACTIVATIONS[activation].fn
     if not gated:
         return fn(pre)
-    gate, up = jnp.split(pre, 2, axis=0)
+    gate, up = jnp.split(pre, 2, axis=-1)
     return fn(gate) * up
 
 
@@ -165,8 +180,8 @@ class _Carry(eqx.Module):
     beta: jax.Array  # the refit, one column per original neuron, (m, n)
     rep: jax.Array  # each original neuron's slot (-1: removed); slot a is alive iff rep[a] == a
     sizes: jax.Array
-    pre: jax.Array  # each slot's mean pre-activation on the sketch, (S', n)
-    mean_act: jax.Array  # each slot's members' mean activation on the sketch, (S, n)
+    pre: jax.Array  # each slot's mean pre-activation on the sketch, slot-major (n, S')
+    mean_act: jax.Array  # each slot's members' mean activation on the sketch, (n, S)
     total: jax.Array  # the squared error added so far
     keep: jax.Array
     gone: jax.Array
@@ -203,31 +218,30 @@ def _apply(carry: _Carry, ops: _Ops, count, scale, activation: str, gated: bool)
     beta = beta - jnp.einsum("mb,bl->ml", v, update, precision=_HIGHEST)
 
     def one(i, c: _Carry) -> _Carry:
-        a, b, is_merge, ok = ops.a[i], jnp.maximum(ops.b[i], 0), ops.merge[i] & ops.valid[i], ops.valid[i]
+        a, b, is_merge = ops.a[i], jnp.maximum(ops.b[i], 0), ops.merge[i]
         alpha = c.sizes[a] / (c.sizes[a] + c.sizes[b])
-        pre = jnp.where(is_merge, alpha * c.pre[:, a] + (1 - alpha) * c.pre[:, b], c.pre[:, a])
-        mean_act = jnp.where(is_merge, alpha * c.mean_act[:, a] + (1 - alpha) * c.mean_act[:, b], c.mean_act[:, a])
+        pre = jnp.where(is_merge, alpha * c.pre[a] + (1 - alpha) * c.pre[b], c.pre[a])
+        mean_act = jnp.where(is_merge, alpha * c.mean_act[a] + (1 - alpha) * c.mean_act[b], c.mean_act[a])
         rep = jnp.where(is_merge, jnp.where(c.rep == b, a, c.rep), jnp.where(c.rep == a, -1, c.rep))
         sizes = jnp.where(is_merge, c.sizes.at[a].add(c.sizes[b]).at[b].set(0.0), c.sizes.at[a].set(0.0))
         total = c.total + step_costs[i]
-        new = _Carry(
+        return _Carry(
             c.t + 1,
             c.inverse,
             c.beta,
             rep,
             sizes,
-            c.pre.at[:, a].set(pre),
-            c.mean_act.at[:, a].set(mean_act),
+            c.pre.at[a].set(pre),
+            c.mean_act.at[a].set(mean_act),
             total,
             c.keep.at[c.t].set(a),
             c.gone.at[c.t].set(jnp.where(is_merge, b, -1)),
             c.merged.at[c.t].set(is_merge),
             c.cumulative.at[c.t].set(jnp.sqrt(total / count) / scale),
         )
-        return jax.tree.map(lambda x, y: jnp.where(ok, x, y), new, c)
 
     carry = eqx.tree_at(lambda c: (c.inverse, c.beta), carry, (k, beta))
-    return jax.lax.fori_loop(0, ops.a.shape[0], one, carry)
+    return jax.lax.fori_loop(0, jnp.sum(ops.valid), one, carry)  # the valid operations come first
 
 
 def _round_ops(carry: _Carry, partners, count, target, width: int, activation: str, gated: bool, centre: bool):
@@ -252,22 +266,27 @@ def _round_ops(carry: _Carry, partners, count, target, width: int, activation: s
         d = jnp.where(d > 0, d, 1.0)
         shift = (kd[a] - k[a, b]) / d
 
-        def pair(a, b, shift):
-            alpha = sizes[a] / jnp.maximum(sizes[a] + sizes[b], 1.0)
-            ba, bb = beta[:, a], beta[:, b]
-            linear = jnp.sum((ba - bb) ** 2, axis=0)
-            merged = (sizes[a] + sizes[b]) * (ba - (ba - bb) * shift)
-            pre = alpha * carry.pre[:, a] + (1 - alpha) * carry.pre[:, b]
-            act = alpha * carry.mean_act[:, a] + (1 - alpha) * carry.mean_act[:, b]
-            error = jnp.sum(_centred(_unit(activation, gated, pre) - act, centre) ** 2, axis=0)
-            return jnp.stack([linear, jnp.sum(merged**2, axis=0) * error], axis=1)
-
-        width_of_pair = beta.shape[0] + 2 * carry.pre.shape[0]
-        both = _pairwise(pair, a.shape[0], width_of_pair, a, b, shift)
-        linear = both[:, 0] / d
-        nonlinear = count / carry.mean_act.shape[0] * both[:, 1]
-        extra = 2 * jnp.sqrt(linear * nonlinear) + nonlinear  # (√linear + √nonlinear)² − linear
-        merge_costs = jnp.where(ok, linear + extra, jnp.inf)
+        # The pairs are ranked by their linear cost on a random projection of the refit's columns (Johnson–
+        # Lindenstrauss: gathering every pair's full m-vector costs more than the whole round); the shortlist's costs
+        # are then exact, and their nonlinear parts (never negative) are added.
+        m, projection = beta.shape[0], 64
+        rows = (jax.random.normal(jax.random.key(0), (projection, m), dtype) @ beta).T if m > projection else beta.T
+        rough = _pairwise(lambda a, b: jnp.sum((rows[a] - rows[b]) ** 2, axis=1), a.shape[0], rows.shape[1], a, b)
+        _, short = jax.lax.top_k(-jnp.where(ok, rough / d, jnp.inf), min(a.shape[0], 4 * width))
+        sa, sb = a[short], b[short]
+        linear = jnp.where(ok[short], jnp.sum((beta[:, sa] - beta[:, sb]) ** 2, axis=0) / d[short], jnp.inf)
+        alpha = sizes[sa] / jnp.maximum(sizes[sa] + sizes[sb], 1.0)
+        merged = (sizes[sa] + sizes[sb]) * (beta[:, sa] - (beta[:, sa] - beta[:, sb]) * shift[short])
+        pre = alpha[:, None] * carry.pre[sa] + (1 - alpha[:, None]) * carry.pre[sb]
+        act = alpha[:, None] * carry.mean_act[sa] + (1 - alpha[:, None]) * carry.mean_act[sb]
+        error = jnp.sum(_centred(_unit(activation, gated, pre) - act, centre) ** 2, axis=1)
+        nonlinear = count / carry.mean_act.shape[1] * jnp.sum(merged**2, axis=0) * error
+        short_linear = linear
+        short_extra = jnp.where(
+            jnp.isfinite(short_linear), 2 * jnp.sqrt(short_linear * nonlinear) + nonlinear, 0.0
+        )  # (√linear + √nonlinear)² − linear: the triangle inequality's bound
+        extra = jnp.zeros(a.shape[0], dtype).at[short].set(short_extra)
+        merge_costs = jnp.full(a.shape[0], jnp.inf, dtype).at[short].set(short_linear + short_extra)
         keep_a = removal[a] >= removal[b]
         costs = jnp.concatenate([removal, merge_costs])
         a_all = jnp.concatenate([slots, jnp.where(keep_a, a, b)])
@@ -308,12 +327,12 @@ def _round_ops(carry: _Carry, partners, count, target, width: int, activation: s
 
 
 def _centred(v, centre: bool):
-    return v - jnp.mean(v, axis=0, keepdims=True) if centre else v
+    return v - jnp.mean(v, axis=-1, keepdims=True) if centre else v
 
 
 def _pairwise(fn, n_items: int, width: int, *arrays):
-    """`fn` over the leading axis of `arrays` in chunks of at most `_PAIR_BUDGET / width` items (`fn` maps a chunk to
-    `(chunk, …)`)."""
+    """`fn` over the leading axis of `arrays` in chunks of at most `_PAIR_BUDGET / width` items (`fn` maps a chunk of
+    `width` values per item to `(chunk,)`)."""
     size = max(1, min(n_items, _PAIR_BUDGET // max(width, 1)))
     n_chunks = -(-n_items // size)
     padded = [jnp.pad(x, (0, n_chunks * size - n_items)) for x in arrays]
@@ -340,8 +359,8 @@ def _rounds(
         w,
         jnp.arange(n, dtype=jnp.int32),
         jnp.ones(n, dtype),
-        stats.sketch,
-        _unit(activation, gated, stats.sketch),
+        stats.sketch.T,
+        _unit(activation, gated, stats.sketch.T),
         jnp.zeros((), dtype),
         jnp.zeros(length, jnp.int32),
         jnp.full(length, -1, jnp.int32),
@@ -381,6 +400,33 @@ def _rounds(
     return carry.keep, carry.gone, carry.merged, carry.cumulative
 
 
+def _start(stats, w, activation, *, gated, centre, damping, merge, strategy, steps, device):
+    n = stats.gram.shape[0]
+    steps = n - 1 if steps is None else int(min(max(steps, 0), n - 1))
+    keep0, gone0 = duplicate_merges(stats, gated, stats.gram.dtype) if merge else (np.zeros(0, int), np.zeros(0, int))
+    forced = np.full((2, n), -1, np.int32)
+    forced[0, : len(keep0)], forced[1, : len(gone0)] = keep0, gone0
+    operands = (stats, jnp.asarray(w, stats.gram.dtype), jnp.asarray(forced), jnp.asarray(len(keep0), jnp.int32))
+    if device is not None:
+        operands = jax.device_put(operands, device)
+    out = _rounds(
+        *operands,
+        damping,
+        activation=activation,
+        gated=gated,
+        centre=centre,
+        merge=merge,
+        fraction=strategy.fraction,
+        width=max(1, int(np.ceil(strategy.fraction * n))),
+        steps=steps,
+    )
+    return out, steps, n
+
+
+def _collect(out, steps: int, n: int) -> OpsPath:
+    return OpsPath(*(np.asarray(a)[:steps] for a in out), n)
+
+
 def rounds_path(
     stats: LayerStatistics,
     w: jax.Array,
@@ -395,24 +441,5 @@ def rounds_path(
 ) -> OpsPath:
     """The scalable path of one hidden layer from its statistics and the next layer's weights `w` (`m × n`), for
     `steps` operations (default `n − 1`: down to one neuron)."""
-    n = stats.gram.shape[0]
-    steps = n - 1 if steps is None else int(min(max(steps, 0), n - 1))
-    keep0, gone0 = duplicate_merges(stats, gated, stats.gram.dtype) if merge else (np.zeros(0, int), np.zeros(0, int))
-    forced = np.full((2, n), -1, np.int32)
-    forced[0, : len(keep0)], forced[1, : len(gone0)] = keep0, gone0
-    width = max(1, int(np.ceil(strategy.fraction * n)))
-    keep, gone, merged, cumulative = _rounds(
-        stats,
-        jnp.asarray(w, stats.gram.dtype),
-        jnp.asarray(forced),
-        jnp.asarray(len(keep0), jnp.int32),
-        damping,
-        activation=activation,
-        gated=gated,
-        centre=centre,
-        merge=merge,
-        fraction=strategy.fraction,
-        width=width,
-        steps=steps,
-    )
-    return OpsPath(*(np.asarray(a)[:steps] for a in (keep, gone, merged, cumulative)), n)
+    options = dict(gated=gated, centre=centre, damping=damping, merge=merge, strategy=strategy, steps=steps)
+    return _collect(*_start(stats, w, activation, **options, device=None))
