@@ -19,6 +19,7 @@ Run: nice -n 10 python3 benchmarks/perf_scale.py --part acceptance
 
 import argparse
 import json
+import os
 import pathlib
 import resource
 import subprocess
@@ -39,13 +40,16 @@ import provenance  # noqa: E402 — the sibling module
 from perf_common import machine  # noqa: E402
 
 import jaxlump  # noqa: E402
+from jaxlump._criteria.gram import layer_statistics  # noqa: E402
+from jaxlump._methods.rounds import rounds_path  # noqa: E402
 from jaxlump._methods.select import finish  # noqa: E402
+from jaxlump._model import to_chain  # noqa: E402
 from jaxlump._reconstruction.reconstruct import DEFAULT_RIDGE  # noqa: E402
 from jaxlump._training.train import train_mse  # noqa: E402
 from jaxlump.baselines import compress_to  # noqa: E402
 
 RESULT = pathlib.Path(__file__).parent / "results" / "perf_scale.json"
-N_CALIB, N_SCALING, ZIPLM_MAX_WIDTH = 8192, 16384, 4096
+N_CALIB, N_SCALING, ZIPLM_MAX_WIDTH, DEVICES_WIDTH = 8192, 16384, 4096, 2048
 DAMPING = 0.01  # obs_prune's (ZipLM's) damping, for both OBS implementations
 
 
@@ -91,13 +95,15 @@ def site(n: int, seed: int = 0):
 
 
 def point(n: int, method: str) -> dict:
-    """One scaling point in this process: wall time of compressing the site to n/2 and the peak resident memory."""
+    """One scaling point in this process: wall time of compressing the site to n/2 and the peak resident memory
+    (`merge_or_remove` by `Rounds()`, the default beyond width 512, over every device this process sees)."""
     model, x = site(n)
     jax.block_until_ready(x)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     if method == "merge_or_remove":
-        small, _ = compress_to(model, "merge_or_remove", (n // 2,), x)
+        devices = jax.devices() if len(jax.devices()) > 1 else None
+        small, _ = compress_to(model, "merge_or_remove", (n // 2,), x, path=jaxlump.Rounds(devices=devices))
         jax.block_until_ready(small)
     else:
         numpy_ziplm(hidden(model, x), np.asarray(model.layers[1].weight), n // 2)
@@ -106,10 +112,22 @@ def point(n: int, method: str) -> dict:
     return {
         "width": n,
         "method": method,
+        "devices": len(jax.devices()),
         "seconds": seconds,
         "peak_rss_gb": peak / 2**20,
         "rss_before_gb": base / 2**20,
+        "load_after": list(os.getloadavg()),
     }
+
+
+def in_fresh_process(n: int, method: str, devices: int = 1) -> dict:
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+    out = subprocess.run(
+        [sys.executable, __file__, "--point", str(n), method], capture_output=True, text=True, check=False, env=env
+    )
+    if out.returncode != 0:
+        return {"width": n, "method": method, "devices": devices, "error": out.stderr[-2000:]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def scaling(widths) -> dict:
@@ -120,18 +138,17 @@ def scaling(widths) -> dict:
         for method in ("merge_or_remove", "numpy_ziplm"):
             if method == "numpy_ziplm" and n > ZIPLM_MAX_WIDTH:
                 continue
-            out = subprocess.run(
-                [sys.executable, __file__, "--point", str(n), method], capture_output=True, text=True, check=False
-            )
-            if out.returncode != 0:
-                rows.append({"width": n, "method": method, "error": out.stderr[-2000:]})
-            else:
-                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            rows.append(in_fresh_process(n, method))
             print(rows[-1], flush=True)
+    for devices in (2, 8):
+        rows.append(in_fresh_process(DEVICES_WIDTH, "merge_or_remove", devices))
+        print(rows[-1], flush=True)
     slopes = {}
     for method in ("merge_or_remove", "numpy_ziplm"):
         done = [
-            (r["width"], r["seconds"]) for r in rows if r["method"] == method and "seconds" in r and r["width"] >= 1024
+            (r["width"], r["seconds"])
+            for r in rows
+            if r["method"] == method and "seconds" in r and r["width"] >= 1024 and r["devices"] == 1
         ]
         if len(done) >= 2:
             slopes[method] = float(np.polyfit(np.log([w for w, _ in done]), np.log([s for _, s in done]), 1)[0])
@@ -140,6 +157,23 @@ def scaling(widths) -> dict:
         "site": "64 → n tanh → n/4, to n/2",
         "rows": rows,
         "log_log_slope_from_1024": slopes,
+    }
+
+
+def float32_drift(model, x, steps: int = 1024) -> dict:
+    """The Rounds path of the 2048-wide layer computed in float32 against float64 (statistics and path): the share of
+    identical labels after `steps` operations, and the largest relative difference of the cumulative errors."""
+    paths = {}
+    for dtype in (jnp.float32, jnp.float64):
+        chain = jax.tree.map(lambda a, t=dtype: a.astype(t) if eqx.is_inexact_array(a) else a, to_chain(model))
+        stats = layer_statistics(chain, jnp.asarray(x, dtype), sketch_size=2048, candidates=16)
+        options = dict(gated=False, centre=True, damping=1e-3, merge=True, strategy=jaxlump.Rounds(), steps=steps)
+        paths[dtype] = rounds_path(stats[0], chain.weights[1], chain.activations[0], **options)
+    low, high = paths[jnp.float32], paths[jnp.float64]
+    return {
+        "steps": steps,
+        "identical_labels": float(np.mean(low.labels_after(steps) == high.labels_after(steps))),
+        "cumulative_max_rel": float(np.max(np.abs(low.cumulative - high.cumulative) / np.abs(high.cumulative))),
     }
 
 
@@ -180,6 +214,7 @@ def acceptance(steps: int) -> dict:
             )
             print(rows[-1], flush=True)
     return {
+        "float32_drift": float32_drift(model, x),
         "data": "protein (CASP), 9 features",
         "model": "9 → 2048 tanh → 1, float32",
         "train_steps": steps,

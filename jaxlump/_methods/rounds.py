@@ -86,7 +86,11 @@ class Rounds(AbstractPath):
                 raise ValueError(f"`Rounds.{name}` must be an integer >= 1; received {value!r}.")
 
     def paths(self, chain, x, layers, *, merge, damping, candidates, steps):
+        """The paths in float64 up to width 8192; wider layers in float32 (the inverse Gram of a
+        16384-wide layer in float64 and its factorisation's workspace would not fit 8 GB)."""
         del candidates  # the greedy path's option; the rounds have their own
+        if max(chain.widths[l + 1] for l in layers) > 8192:
+            chain, x = jax.tree.map(lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a, (chain, x))
         devices = self.devices or (None,)
         mesh = Mesh(np.asarray(devices), ("rows",)) if len(devices) > 1 else None
         stats = layer_statistics(
