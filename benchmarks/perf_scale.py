@@ -8,6 +8,8 @@ Parts (raw JSON in benchmarks/results/perf_scale.json, one section each; an exis
   calibration rows: `compress_to(model, "merge_or_remove", (w,), x)` (the default path: `Rounds()` at this width)
   against `compress_to(model, "obs_prune", (w,), x)` and the NumPy ZipLM + the same least-squares refit, at
   w = 1024 and 256; test MSE and wall time of each, in the same run.
+- `small`: `Rounds()` against the exact greedy and structured OBS on the ablation networks (2×64 tanh; glycolytic,
+  RLC network, abalone × 3 seeds) at uniform hidden widths 40 / 20 / 8: test MSE, the same reconstruction after each.
 - `scaling`: one synthetic site, 64 inputs → n tanh units → m = n/4 outputs, N = 16384 calibration rows, compressed to
   n/2: wall time and peak resident memory of `compress_to(..., "merge_or_remove", ...)` (Gram statistics, path,
   reconstruction) and of the NumPy ZipLM (its Gram included), each point in a fresh process (`ru_maxrss`), with the
@@ -15,6 +17,7 @@ Parts (raw JSON in benchmarks/results/perf_scale.json, one section each; an exis
 
 Run: nice -n 10 python3 benchmarks/perf_scale.py --part acceptance
      nice -n 10 python3 benchmarks/perf_scale.py --part scaling [--widths 512 1024 2048 4096 8192 16384]
+     nice -n 10 python3 benchmarks/perf_scale.py --part small [--seeds 3]
 """
 
 import argparse
@@ -223,9 +226,44 @@ def acceptance(steps: int) -> dict:
     }
 
 
+def small(seeds: int, steps: int) -> dict:
+    """`Rounds()` against the exact greedy (`Greedy()`, the default at these widths) and structured OBS on the
+    ablation networks (`ablation_lumping.problem`: 2×64 tanh, 512 calibration inputs): test MSE at uniform hidden
+    widths 40, 20 and 8, every method followed by the same reconstruction."""
+    from ablation_lumping import DATASETS, problem
+
+    rows = []
+    for name in DATASETS:
+        for seed in range(seeds):
+            model, data, x = problem(name, seed, steps)
+            for width in (40, 20, 8):
+                row = {"dataset": name, "seed": seed, "width": width}
+                for method, options in (
+                    ("greedy", dict(path=jaxlump.Greedy())),
+                    ("rounds", dict(path=jaxlump.Rounds())),
+                    ("rounds_one_at_a_time", dict(path=jaxlump.Rounds(fraction=1e-9))),
+                ):
+                    small_model = compress_to(model, "merge_or_remove", (width, width), x, **options)[0]
+                    row[method] = float(jnp.mean((jax.vmap(small_model)(data.x_test) - data.y_test) ** 2))
+                small_model = compress_to(model, "obs_prune", (width, width), x)[0]
+                row["obs_prune"] = float(jnp.mean((jax.vmap(small_model)(data.x_test) - data.y_test) ** 2))
+                rows.append(row)
+                print(row, flush=True)
+    ratios = np.asarray([r["rounds"] / r["greedy"] for r in rows])
+    return {
+        "rows": rows,
+        "rounds_over_greedy_geomean": float(np.exp(np.mean(np.log(ratios)))),
+        "rounds_within_1pc_of_greedy": int(np.sum(ratios <= 1.01)),
+        "rounds_at_most_obs": int(sum(r["rounds"] <= r["obs_prune"] for r in rows)),
+        "greedy_at_most_obs": int(sum(r["greedy"] <= r["obs_prune"] for r in rows)),
+        "count": len(rows),
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=["acceptance", "scaling"])
+    parser.add_argument("--part", choices=["acceptance", "scaling", "small"])
+    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--widths", type=int, nargs="+", default=[512, 1024, 2048, 4096, 8192, 16384])
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--point", nargs=2, metavar=("WIDTH", "METHOD"))
@@ -238,7 +276,12 @@ def main():
     if args.part in results and not args.overwrite:
         sys.exit(f"{RESULT} already has the '{args.part}' section; pass --overwrite to replace it")
     with provenance.recording():
-        section = acceptance(args.steps) if args.part == "acceptance" else scaling(args.widths)
+        if args.part == "acceptance":
+            section = acceptance(args.steps)
+        elif args.part == "scaling":
+            section = scaling(args.widths)
+        else:
+            section = small(args.seeds, 1500)
         section["machine"] = machine()
         section["provenance"] = provenance.stamp()
     results[args.part] = section
