@@ -284,7 +284,11 @@ def main():
             section = small(args.seeds, 1500)
         section["machine"] = machine()
         section["provenance"] = provenance.stamp()
+    results = json.loads(RESULT.read_text()) if RESULT.exists() else {}  # another part may have finished since
     results[args.part] = section
+    # The file's provenance covers every part: a part computed by other (or unrecorded) code keeps it stale.
+    others = [s.get("provenance") for part, s in results.items() if part not in (args.part, "provenance")]
+    results["provenance"] = provenance.stamp(provenance.combined(others) if others else None)
     RESULT.write_text(json.dumps(results, indent=1))
     print(f"wrote {RESULT}")
 
