@@ -40,6 +40,7 @@ from ._methods.lump import lump as lump
 from ._methods.lump import lump_masked as lump_masked
 from ._methods.lump_then_prune import lump_then_prune as lump_then_prune
 from ._methods.select import merge_or_remove as merge_or_remove
+from ._methods.allocation import allocate as allocate
 from ._methods.greedy import AbstractPath as AbstractPath
 from ._methods.greedy import Greedy as Greedy
 from ._methods.rounds import Rounds as Rounds

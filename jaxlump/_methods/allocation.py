@@ -1,0 +1,165 @@
+"""End-to-end width allocation: how wide each hidden layer stays when the whole model must meet a size.
+
+`merge_or_remove` with one ε stops every layer where *its own* refit error reaches ε, and uniform widths cut every
+layer by the same fraction; neither asks what a layer's cut does to the model's output. `allocate` computes each
+hidden layer's merge-or-remove path once, cuts it at `levels` evenly spaced widths (the candidate sizes of that
+layer) and searches over the layers' levels end to end: from the full widths, it lowers one layer by one level at a
+time — the layer whose step adds the least squared output error per dense parameter saved, the error measured on the
+calibration rows after the shared least-squares reconstruction (what the user gets) — until the model fits the
+target. The result is the evaluated allocation within the target with the least output error. Each evaluation is
+one reconstruction in the fixed shape (compiled once per network), a model with L hidden layers takes at most
+`L · L · levels` of them, and only the chosen allocation is built smaller.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+
+from .._errors import RESULTS, UnreachableTargetError, check_positive_int, raise_if_failed
+from .._model import is_chain_kind
+from .._reconstruction.quotient import quotient
+from .._reconstruction.reconstruct import DEFAULT_RIDGE, _reconstruct_and_certify
+from .._results.accounting import widths_dense_params
+from .greedy import AbstractPath
+from .select import DEFAULT_CANDIDATES, _prepare, compress_along, labels_after, layer_paths
+from .targets import Target, TargetInfo, _parse_target, realised_size
+
+
+def _ladder(width: int, levels: int) -> tuple[int, ...]:
+    """A layer's candidate widths, widest first: `⌈width · k / levels⌉` for `k = levels … 1` (distinct)."""
+    return tuple(sorted({max(1, -(-width * k // levels)) for k in range(1, levels + 1)}, reverse=True))
+
+
+def allocate(
+    model,
+    x_calib,
+    target,
+    *,
+    levels: int = 16,
+    merge: bool = True,
+    candidates: int | None = DEFAULT_CANDIDATES,
+    path: AbstractPath | None = None,
+    damping: float = 1e-3,
+    ridge: float = DEFAULT_RIDGE,
+    throw: bool = True,
+):
+    """`merge_or_remove` at a size target, with each hidden layer's width chosen end to end.
+
+    Every hidden layer's merge-or-remove path (as `jaxlump.merge_or_remove` computes it, once) is cut at `levels`
+    evenly spaced widths. Starting from the full widths, the search lowers one layer by one level at a time, the
+    layer whose step adds the least squared output error per dense parameter saved (the whole model's RMS output
+    error on `x_calib` after the shared least-squares reconstruction), until the model has at most the target's
+    dense parameters; it returns the evaluated allocation within the target whose output error is least.
+    `jaxlump.baselines.compress_to(model, "merge_or_remove", info.target.realised_widths, x_calib)` with the same
+    options rebuilds the same result.
+
+    **Arguments:**
+
+    - `model`: an MLP-like model (a chain of `Linear` layers: `eqx.nn.MLP`, `jaxlump.LumpedMLP`, an NNX chain, a
+      `jaxlump.DenseChain`); not modified.
+    - `x_calib`: calibration inputs `(batch, n_in)`.
+    - `target`: dense parameters as an `int`, or a fraction of the original's as a `float` in `(0, 1]`.
+    - `levels`: candidate widths per layer (`⌈n · k / levels⌉`, `k = levels … 1`); more levels, finer sizes and
+      more evaluations.
+    - `merge`, `candidates`, `path`, `damping`, `ridge`, `throw`: as `jaxlump.merge_or_remove`.
+
+    **Returns:** `(new_model, info)`, a `jaxlump.TargetInfo`: `info.target.realised_widths` are the chosen widths,
+    `info.target.knob` each layer's relative refit error at its cut, `info.target.options` the `levels`.
+
+    **Raises:** `jaxlump.UnreachableTargetError` (a `ValueError`) when even every layer at its narrowest level
+    exceeds the target; `ValueError` for a malformed target or per-layer widths (pass those to
+    `jaxlump.baselines.compress_to`), and bad options as `merge_or_remove`; `TypeError` for a model that is not
+    MLP-like.
+
+    ```python
+    import equinox as eqx, jax.random as jr, jaxlump
+    mlp = eqx.nn.MLP(3, 2, 16, 2, key=jr.key(0))
+    x = jr.normal(jr.key(1), (128, 3))
+    small, info = jaxlump.allocate(mlp, x, 0.5, levels=8)
+    assert info.target.realised_size <= 0.5 * info.target.original_size
+    ```
+    """
+    if not is_chain_kind(model):
+        raise TypeError(
+            f"`model`: jaxlump.allocate searches the widths of an MLP-like model (a chain of Linear layers); received "
+            f"{type(model).__name__}. For a model of sites pass per-site widths to jaxlump.baselines.compress_to."
+        )
+    chain, x, damping, candidates, throw = _prepare(model, x_calib, merge, damping, candidates, throw, ridge, path)
+    levels = check_positive_int(levels, "levels")
+    widths = chain.widths
+    kind, value = _parse_target(target, widths)
+    if kind == "widths":
+        raise ValueError(
+            f"`target`: jaxlump.allocate chooses the widths for a size; received the widths {target!r}. Pass them to "
+            "jaxlump.baselines.compress_to(model, 'merge_or_remove', widths, x_calib) instead."
+        )
+    hidden = widths[1:-1]
+    original = widths_dense_params(widths, chain.use_bias, chain.gated)
+    budget = value if kind == "count" else int(np.floor(value * original + 1e-9))
+    ladders = [_ladder(n, levels) for n in hidden]
+
+    def cut(allocation) -> tuple[int, ...]:
+        return tuple(ladder[i] for ladder, i in zip(ladders, allocation))
+
+    def size(allocation) -> int:
+        return widths_dense_params((widths[0], *cut(allocation), widths[-1]), chain.use_bias, chain.gated)
+
+    narrowest = tuple(len(ladder) - 1 for ladder in ladders)
+    if size(narrowest) > budget:
+        raise UnreachableTargetError(
+            f"`target`: with {levels} levels per layer the narrowest allocation, widths {cut(narrowest)}, has "
+            f"{size(narrowest)} dense parameters; the target allows {budget}. Raise `levels` or the target.",
+            size(narrowest),
+        )
+    paths = layer_paths(
+        chain,
+        x,
+        merge=bool(merge),
+        damping=damping,
+        candidates=candidates,
+        path=path,
+        steps=[n - ladder[-1] for n, ladder in zip(hidden, ladders)],
+    )
+    evaluated = {}
+
+    def steps_of(allocation) -> list[int]:
+        return [n - w for n, w in zip(hidden, cut(allocation))]
+
+    def error(allocation) -> float:
+        """Squared RMS output error of the allocation's reconstruction on the calibration rows (infinite when the
+        solve failed), computed in the fixed shape: one compilation for every allocation."""
+        if allocation not in evaluated:
+            labels = tuple(jnp.asarray(labels_after(p, s), jnp.int32) for p, s in zip(paths, steps_of(allocation)))
+            masked = quotient(chain, labels, hidden)
+            _, result, certificate = _reconstruct_and_certify(
+                chain, masked, x, labels, None, jnp.asarray(ridge, x.dtype)
+            )
+            rms = float(certificate.output_rms)
+            fine = result == RESULTS.successful and np.isfinite(rms)
+            evaluated[allocation] = rms**2 if fine else np.inf
+        return evaluated[allocation]
+
+    def price(step, current) -> float:
+        """Added squared output error per dense parameter saved."""
+        added = error(step) - error(current)
+        return added / (size(current) - size(step)) if np.isfinite(added) else np.inf
+
+    current = (0,) * len(hidden)
+    while size(current) > budget:
+        steps = [current[:l] + (i + 1,) + current[l + 1 :] for l, i in enumerate(current) if i < narrowest[l]]
+        current = min(steps, key=lambda step: (price(step, current), -size(step)))
+    best = min((a for a in evaluated if size(a) <= budget), key=lambda a: (error(a), -size(a)))
+    new_model, info = compress_along(model, x, paths, steps_of(best), "merge_or_remove", np.nan, ridge, False)
+    realised = cut(best)
+    record = Target(
+        kind=kind,
+        requested=value,
+        unit="dense parameters",
+        requested_size=budget,
+        original_size=original,
+        realised_size=realised_size(info),
+        realised_widths=(widths[0], *realised, widths[-1]),
+        knob=tuple(float(np.max(p.cumulative[: n - w])) if n > w else 0.0 for p, n, w in zip(paths, hidden, realised)),
+        options=(("levels", float(levels)),),
+    )
+    fields = {f: getattr(info, f) for f in info.__dataclass_fields__}
+    return raise_if_failed(info.result, new_model, throw, "jaxlump.allocate"), TargetInfo(**fields, target=record)

@@ -1,0 +1,63 @@
+"""`jaxlump.allocate`: the end-to-end search over per-layer widths, against planted redundancy and its own rebuild."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+from _networks import outputs, planted_mlp, random_mlp
+
+import jaxlump
+from jaxlump._results.accounting import widths_dense_params
+from jaxlump.baselines import compress_to
+
+WIDTHS = (3, 8, 8, 2)
+
+
+@pytest.mark.parametrize("redundant", [0, 1])
+def test_the_layer_with_planted_duplicates_is_the_one_cut(redundant):
+    """One hidden layer holds 4 pairs of exact duplicates, the other none: at the size of the first layer halved the
+    search must cut exactly the redundant layer (merging its duplicates costs no output error, any other cut does),
+    whichever layer that is, and the outputs stay exact."""
+    groups = (4, 8) if redundant == 0 else (8, 4)
+    model, _ = planted_mlp(jr.key(0), WIDTHS, groups)
+    x = jr.normal(jr.key(1), (128, 3))
+    expected = (3, *groups, 2)
+    small, info = jaxlump.allocate(model, x, widths_dense_params(expected), levels=8)
+    assert info.target.realised_widths == expected
+    assert info.widths_after.tolist() == list(expected)
+    np.testing.assert_allclose(outputs(small, x), outputs(model, x), atol=1e-10)
+    assert info.target.knob == (0.0, 0.0) and info.result == jaxlump.RESULTS.successful
+
+
+def test_the_result_fits_the_target_and_is_merge_or_remove_at_its_widths():
+    model = random_mlp(jr.key(2), WIDTHS, kind="mlp")
+    x = jr.normal(jr.key(3), (128, 3))
+    small, info = jaxlump.allocate(model, x, 0.5, levels=4)
+    target = info.target
+    assert target.kind == "fraction" and target.original_size == widths_dense_params(WIDTHS)
+    assert target.realised_size <= target.requested_size == int(0.5 * target.original_size)
+    assert target.realised_size == int(jaxlump.cost(small).dense_params)
+    assert all(w in (2, 4, 6, 8) for w in target.realised_widths[1:-1])  # the levels ⌈8k/4⌉
+    rebuilt, _ = compress_to(model, "merge_or_remove", target.realised_widths, x)
+    for got, want in zip(
+        jax.tree.leaves(eqx.filter(small, eqx.is_array)), jax.tree.leaves(eqx.filter(rebuilt, eqx.is_array))
+    ):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-9, atol=1e-12)
+
+
+def test_bad_input_is_refused_naming_the_argument():
+    model = random_mlp(jr.key(4), WIDTHS, kind="mlp")
+    x = jnp.ones((16, 3))
+    for levels, error in ((0, ValueError), (True, TypeError), (2.5, TypeError)):
+        with pytest.raises(error, match="`levels`"):
+            jaxlump.allocate(model, x, 0.5, levels=levels)
+    with pytest.raises(ValueError, match="`target`: jaxlump.allocate chooses the widths"):
+        jaxlump.allocate(model, x, (4, 4))
+    with pytest.raises(jaxlump.UnreachableTargetError, match="narrowest allocation, widths \\(1, 1\\)"):
+        jaxlump.allocate(model, x, 9, levels=8)  # (3, 1, 1, 2) has 10
+    with pytest.raises(ValueError, match="`target` as a float"):
+        jaxlump.allocate(model, x, 1.5)
+    with pytest.raises(TypeError, match="`model`: jaxlump.allocate searches the widths of an MLP-like model"):
+        jaxlump.allocate(eqx.nn.Conv1d(3, 4, 3, key=jr.key(5)), x, 0.5)
