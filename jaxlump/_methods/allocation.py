@@ -6,9 +6,10 @@ hidden layer's merge-or-remove path once, cuts it at `levels` evenly spaced widt
 layer) and searches over the layers' levels end to end: from the full widths, it lowers one layer by one level at a
 time — the layer whose step adds the least squared output error per dense parameter saved, the error measured on the
 calibration rows after the shared least-squares reconstruction (what the user gets) — until the model fits the
-target. The result is the evaluated allocation within the target with the least output error. Each evaluation is
-one reconstruction in the fixed shape (compiled once per network), a model with L hidden layers takes at most
-`L · L · levels` of them, and only the chosen allocation is built smaller.
+target, and then fills what the target still allows one neuron at a time (the neuron that removes the most error per
+parameter first). The result is the evaluated allocation within the target with the least output error. Each
+evaluation is one reconstruction in the fixed shape (compiled once per network), a model with L hidden layers takes
+about `L · L · levels` of them (and L per neuron added back), and only the chosen allocation is built smaller.
 """
 
 import jax.numpy as jnp
@@ -48,7 +49,9 @@ def allocate(
     evenly spaced widths. Starting from the full widths, the search lowers one layer by one level at a time, the
     layer whose step adds the least squared output error per dense parameter saved (the whole model's RMS output
     error on `x_calib` after the shared least-squares reconstruction), until the model has at most the target's
-    dense parameters; it returns the evaluated allocation within the target whose output error is least.
+    dense parameters, and then adds neurons back one at a time (the one removing the most output error per parameter
+    first) while the target allows; it returns the evaluated allocation within the target whose output error is
+    least.
     `jaxlump.baselines.compress_to(model, "merge_or_remove", info.target.realised_widths, x_calib)` with the same
     options rebuilds the same result.
 
@@ -58,8 +61,8 @@ def allocate(
       `jaxlump.DenseChain`); not modified.
     - `x_calib`: calibration inputs `(batch, n_in)`.
     - `target`: dense parameters as an `int`, or a fraction of the original's as a `float` in `(0, 1]`.
-    - `levels`: candidate widths per layer (`⌈n · k / levels⌉`, `k = levels … 1`); more levels, finer sizes and
-      more evaluations.
+    - `levels`: the widths of the downward search per layer (`⌈n · k / levels⌉`, `k = levels … 1`; the narrowest
+      bounds how small a layer can get); more levels, finer steps and more evaluations.
     - `merge`, `candidates`, `path`, `damping`, `ridge`, `throw`: as `jaxlump.merge_or_remove`.
 
     **Returns:** `(new_model, info)`, a `jaxlump.TargetInfo`: `info.target.realised_widths` are the chosen widths,
@@ -97,16 +100,13 @@ def allocate(
     budget = value if kind == "count" else int(np.floor(value * original + 1e-9))
     ladders = [_ladder(n, levels) for n in hidden]
 
-    def cut(allocation) -> tuple[int, ...]:
-        return tuple(ladder[i] for ladder, i in zip(ladders, allocation))
+    def size(hidden_widths) -> int:
+        return widths_dense_params((widths[0], *hidden_widths, widths[-1]), chain.use_bias, chain.gated)
 
-    def size(allocation) -> int:
-        return widths_dense_params((widths[0], *cut(allocation), widths[-1]), chain.use_bias, chain.gated)
-
-    narrowest = tuple(len(ladder) - 1 for ladder in ladders)
+    narrowest = tuple(ladder[-1] for ladder in ladders)
     if size(narrowest) > budget:
         raise UnreachableTargetError(
-            f"`target`: with {levels} levels per layer the narrowest allocation, widths {cut(narrowest)}, has "
+            f"`target`: with {levels} levels per layer the narrowest allocation, widths {narrowest}, has "
             f"{size(narrowest)} dense parameters; the target allows {budget}. Raise `levels` or the target.",
             size(narrowest),
         )
@@ -117,39 +117,57 @@ def allocate(
         damping=damping,
         candidates=candidates,
         path=path,
-        steps=[n - ladder[-1] for n, ladder in zip(hidden, ladders)],
+        steps=[n - w for n, w in zip(hidden, narrowest)],
     )
     evaluated = {}
 
-    def steps_of(allocation) -> list[int]:
-        return [n - w for n, w in zip(hidden, cut(allocation))]
+    def steps_of(hidden_widths) -> list[int]:
+        return [n - w for n, w in zip(hidden, hidden_widths)]
 
-    def error(allocation) -> float:
-        """Squared RMS output error of the allocation's reconstruction on the calibration rows (infinite when the
-        solve failed), computed in the fixed shape: one compilation for every allocation."""
-        if allocation not in evaluated:
-            labels = tuple(jnp.asarray(labels_after(p, s), jnp.int32) for p, s in zip(paths, steps_of(allocation)))
+    def error(hidden_widths) -> float:
+        """Squared RMS output error of the widths' reconstruction on the calibration rows (infinite when the solve
+        failed), computed in the fixed shape: one compilation for every allocation."""
+        if hidden_widths not in evaluated:
+            steps = steps_of(hidden_widths)
+            labels = tuple(jnp.asarray(labels_after(p, s), jnp.int32) for p, s in zip(paths, steps))
             masked = quotient(chain, labels, hidden)
             _, result, certificate = _reconstruct_and_certify(
                 chain, masked, x, labels, None, jnp.asarray(ridge, x.dtype)
             )
             rms = float(certificate.output_rms)
             fine = result == RESULTS.successful and np.isfinite(rms)
-            evaluated[allocation] = rms**2 if fine else np.inf
-        return evaluated[allocation]
+            evaluated[hidden_widths] = rms**2 if fine else np.inf
+        return evaluated[hidden_widths]
 
-    def price(step, current) -> float:
-        """Added squared output error per dense parameter saved."""
-        added = error(step) - error(current)
-        return added / (size(current) - size(step)) if np.isfinite(added) else np.inf
+    def moved(hidden_widths, l: int, width: int) -> tuple[int, ...]:
+        return hidden_widths[:l] + (width,) + hidden_widths[l + 1 :]
 
-    current = (0,) * len(hidden)
+    def per_parameter(more, fewer) -> float:
+        """Squared output error that the smaller allocation `fewer` adds over `more`, per dense parameter saved
+        (`-inf` when `more` failed: nothing is lost by leaving it, `inf` when only `fewer` did)."""
+        if not np.isfinite(error(more)):
+            return -np.inf
+        added = error(fewer) - error(more)
+        return added / (size(more) - size(fewer)) if np.isfinite(added) else np.inf
+
+    # Down the levels until the target is met (cheapest added error per parameter first); then back up, one neuron
+    # at a time, while the target allows (largest error removed per parameter first).
+    current = tuple(hidden)
     while size(current) > budget:
-        steps = [current[:l] + (i + 1,) + current[l + 1 :] for l, i in enumerate(current) if i < narrowest[l]]
-        current = min(steps, key=lambda step: (price(step, current), -size(step)))
+        lower = [
+            moved(current, l, max(w for w in ladder if w < current[l]))
+            for l, ladder in enumerate(ladders)
+            if current[l] > narrowest[l]
+        ]
+        current = min(lower, key=lambda option: (per_parameter(current, option), -size(option)))
+    while upper := [
+        option
+        for option in (moved(current, l, w + 1) for l, w in enumerate(current) if w < hidden[l])
+        if size(option) <= budget
+    ]:
+        current = min(upper, key=lambda option: (-per_parameter(option, current), size(option)))
     best = min((a for a in evaluated if size(a) <= budget), key=lambda a: (error(a), -size(a)))
     new_model, info = compress_along(model, x, paths, steps_of(best), "merge_or_remove", np.nan, ridge, False)
-    realised = cut(best)
     record = Target(
         kind=kind,
         requested=value,
@@ -157,8 +175,8 @@ def allocate(
         requested_size=budget,
         original_size=original,
         realised_size=realised_size(info),
-        realised_widths=(widths[0], *realised, widths[-1]),
-        knob=tuple(float(np.max(p.cumulative[: n - w])) if n > w else 0.0 for p, n, w in zip(paths, hidden, realised)),
+        realised_widths=(widths[0], *best, widths[-1]),
+        knob=tuple(float(np.max(p.cumulative[: n - w])) if n > w else 0.0 for p, n, w in zip(paths, hidden, best)),
         options=(("levels", float(levels)),),
     )
     fields = {f: getattr(info, f) for f in info.__dataclass_fields__}
