@@ -15,6 +15,7 @@ from jaxlump.baselines import compress_to
 WIDTHS = (3, 8, 8, 2)
 
 
+@pytest.mark.integration  # whole searches (greedy paths, a reconstruction per candidate): step 2, as step 1 is full
 @pytest.mark.parametrize("redundant", [0, 1])
 def test_the_layer_with_planted_duplicates_is_the_one_cut(redundant):
     """One hidden layer holds 4 pairs of exact duplicates, the other none: at the size of the first layer halved the
@@ -31,6 +32,7 @@ def test_the_layer_with_planted_duplicates_is_the_one_cut(redundant):
     assert info.target.knob == (0.0, 0.0) and info.result == jaxlump.RESULTS.successful
 
 
+@pytest.mark.integration
 def test_the_result_fits_the_target_and_is_merge_or_remove_at_its_widths():
     model = random_mlp(jr.key(2), WIDTHS, kind="mlp")
     x = jr.normal(jr.key(3), (128, 3))

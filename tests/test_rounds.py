@@ -128,6 +128,7 @@ def test_wide_layers_take_the_rounds_by_default(monkeypatch):
     assert not isinstance(paths[0], OpsPath) and isinstance(paths[1], OpsPath)
 
 
+@pytest.mark.integration  # two whole compressions: step 2, as step 1 is full
 def test_wide_layers_are_refit_in_the_kept_shape_with_the_same_result(monkeypatch):
     """Above `AUTO_ROUNDS_WIDTH` the quotient is built and refit physically smaller instead of in fixed shape and
     then shrunk: the same partitions, weights and certificate (float tolerance)."""

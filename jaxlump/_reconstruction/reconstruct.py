@@ -114,7 +114,7 @@ def _moments(rows, batches, valid, dtype, centre: bool) -> _Moments:
     def add(total, batch, ok):
         a, t = rows(batch)
         weight = ok.astype(dtype)[:, None]
-        a, t = (a.astype(dtype) - shift_a) * weight, (t.astype(dtype) - shift_t) * weight
+        a, t = (a.astype(dtype) - shift_a[None]) * weight, (t.astype(dtype) - shift_t[None]) * weight
         sums = (
             jnp.sum(weight),
             jnp.sum(a, axis=0),
@@ -174,7 +174,7 @@ def solve_layer(rows, batches, valid, w0, b0, column_support, row_live, use_bias
         def add(total, batch, ok):
             a, t = rows(batch)
             weight = ok.astype(dtype)[:, None]
-            a, t = (a.astype(dtype) - mu_a) * weight, (t.astype(dtype) - mu_t) * weight
+            a, t = (a.astype(dtype) - mu_a[None]) * weight, (t.astype(dtype) - mu_t[None]) * weight
             return total + jnp.matmul(a.T, t - jnp.matmul(a, w.T, precision=_HIGHEST), precision=_HIGHEST)
 
         correlation = fold_batches(add, jnp.zeros(w.shape[::-1], dtype), batches, valid).T
@@ -263,20 +263,20 @@ def reconstruct_chain(
     unchanged = jnp.asarray(True)  # whether this layer's inputs are the original's, bit for bit
     solved, results = [], []  # per layer (w, b, gate w, gate b)
     gated = compressed.gated
-    original_layers = list(zip(original.weights, original.biases, *_gates(original)))
     for l, (w0, b0) in enumerate(zip(compressed.weights, compressed.biases)):
         support = jnp.broadcast_to(live[l][None, :], w0.shape)
         if weight_masks is not None:
             support = support & weight_masks[l]
-        prefix, head = _first_layers(compressed, solved), _first_layers(original, original_layers[: l + 1])
+        current = _with_first_layers(compressed, solved)
 
-        def rows(batch, l=l, prefix=prefix, head=head):
+        def rows(batch, l=l, current=current):
             """This layer's inputs and targets on a batch: the members' mean pre-activation for each compressed
-            neuron (a gated layer's up targets, then its gate targets)."""
-            z = head.forward(batch)[0][-1]
+            neuron (a gated layer's up targets, then its gate targets). Whole forward passes, of which XLA keeps
+            only what layer l needs."""
+            z = original.forward(batch)[0][l]
             parts = (z[1], z[0]) if gated[l] else (z,)
             targets = [mean_rows(part.T, labels[l], wc[l + 1]).T for part in parts]
-            return (batch if prefix is None else prefix(batch)), jnp.concatenate(targets, axis=1)
+            return current.forward(batch)[1][l], jnp.concatenate(targets, axis=1)
 
         # A gated layer's up and gate rows share its inputs and support: one solve of the stacked rows.
         producers = [(w0, b0)] + ([(compressed.gate_weights[l], compressed.gate_biases[l])] if gated[l] else [])
@@ -308,24 +308,17 @@ def reconstruct_chain(
         solved.append((w[:n_out], b[:n_out], *((w[n_out:], b[n_out:]) if gated[l] else (None, None))))
         results.append(RESULTS.where(keep, RESULTS.successful, result))
         unchanged = keep
-    return _first_layers(compressed, solved), combine(*results)
+    return _with_first_layers(compressed, solved), combine(*results)
 
 
-def _gates(chain: DenseChain) -> tuple[tuple, tuple]:
-    """Per layer the gate weight and bias (`None` where a layer has no gate)."""
-    none = (None,) * chain.n_layers
-    return (chain.gate_weights or none), (chain.gate_biases or none)
-
-
-def _first_layers(chain: DenseChain, layers: list) -> DenseChain | None:
-    """The chain of `chain`'s first `len(layers)` layers with the parameters `layers` (`(w, b, gate w, gate b)`
-    each), or `None` for no layer."""
-    if not layers:
-        return None
-    weights, biases, gate_weights, gate_biases = zip(*layers)
+def _with_first_layers(chain: DenseChain, layers: list) -> DenseChain:
+    """`chain` with its first `len(layers)` layers' parameters replaced by `layers` (`(w, b, gate w, gate b)` each)."""
     k = len(layers)
-    gates = (gate_weights, gate_biases) if any(chain.gated[:k]) else ((), ())
-    return DenseChain(weights, biases, chain.activations[:k], chain.use_bias[:k], *gates)
+    none = (None,) * chain.n_layers
+    old = list(zip(chain.weights, chain.biases, chain.gate_weights or none, chain.gate_biases or none))
+    weights, biases, gate_weights, gate_biases = zip(*(list(layers) + old[k:]))
+    gates = (gate_weights, gate_biases) if chain.is_gated else ((), ())
+    return DenseChain(weights, biases, chain.activations, chain.use_bias, *gates)
 
 
 def infer_support(
