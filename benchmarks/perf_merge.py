@@ -39,7 +39,7 @@ from perf_common import machine  # noqa: E402
 from jaxlump._criteria.merge_cost import (  # noqa: E402
     ACTIVATIONS,
     LayerState,
-    _centred,
+    centred,
     current_fit,
     initial_state,
     merge_costs,
@@ -81,7 +81,7 @@ def old_path(state, problem):
         alpha = state.sizes[keep] / (state.sizes[keep] + state.sizes[gone])
         pre = alpha * state.pre[:, keep] + (1 - alpha) * state.pre[:, gone]
         merged_state = LayerState(
-            state.features.at[:, keep].set(_centred(fn(pre), problem.centre, 0)),
+            state.features.at[:, keep].set(centred(fn(pre), problem.centre, 0)),
             state.pre.at[:, keep].set(pre),
             state.members.at[:, keep].set(alpha * state.members[:, keep] + (1 - alpha) * state.members[:, gone]),
             state.sizes.at[keep].add(state.sizes[gone]),

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 
 import jaxlump
+import jaxlump._criteria.gram
 import jaxlump._results.certificate
 from jaxlump._criteria.encoding.dynamical import simulate
 from jaxlump._model.activations import ACTIVATIONS
@@ -181,3 +182,21 @@ def test_a_failed_certificate_simulation_is_reported(monkeypatch):
     monkeypatch.setattr(jaxlump._results.certificate, "simulate", functools.partial(simulate, max_steps=2))
     _, result = certify(original, original, partitions, x, simulate_ode=True)
     assert result == jaxlump.RESULTS.certificate_ode_failed
+
+
+def test_streamed_certificate_equals_numpy_on_all_rows(monkeypatch):
+    """The certificate folds its figures over batches of rows (here 7 at a time, 50 rows: the last batch padded):
+    the same maximum, RMS and a-priori bound as NumPy on all rows at once."""
+    rng = np.random.default_rng(3)
+    original = _random_chain(rng, (3, 6, 5, 2), ["tanh", "tanh", "identity"])
+    partitions = (jnp.asarray([0, 0, 2, -1, 4, 5]), jnp.asarray([0, 1, 1, 3, -1]))
+    compressed = _perturb(quotient(original, partitions, (6, 5)), rng, 0.05)
+    x = jnp.asarray(rng.normal(size=(50, 3)))
+    monkeypatch.setattr(jaxlump._criteria.gram, "_BATCH_ELEMENTS", 7 * 6)
+    monkeypatch.setattr(jaxlump._criteria.gram, "_MIN_BATCH_ROWS", 1)
+    certificate, _ = certify(original, compressed, partitions, x, simulate_ode=False)
+    deviation = np.asarray(compressed(x)) - np.asarray(original(x))
+    bound = np.asarray(a_priori_bound(original, lift(compressed, partitions, original.widths), original.forward(x)[1]))
+    np.testing.assert_allclose(float(certificate.output_max_abs), np.abs(deviation).max(), rtol=1e-12)
+    np.testing.assert_allclose(float(certificate.output_rms), np.sqrt(np.mean(deviation**2)), rtol=1e-12)
+    np.testing.assert_allclose(float(certificate.a_priori_bound), bound.max(), rtol=1e-12)

@@ -19,6 +19,7 @@ from jaxlump._criteria.merge_cost import RefitAware, initial_state, layer_inputs
 from jaxlump._model.activations import ACTIVATIONS
 from jaxlump._model.network import DenseChain
 from jaxlump._reconstruction.quotient import quotient
+from jaxlump._reconstruction.reconstruct import reconstruct_chain
 
 N0, N1, N2 = 6, 12, 5
 _ERF = np.vectorize(math.erf)
@@ -295,3 +296,39 @@ def test_wrap_optax_round_merges_the_planted_gated_unit_with_its_gate_row():
     np.testing.assert_allclose(np.asarray(lumped(x)), numpy_ffn(params, np.asarray(x))[0], rtol=1e-10, atol=1e-10)
     small, _ = jaxlump.shrink(lumped, state)
     assert small.widths == (N0, N1 - 1, N2) and small.gated == (True, False)
+
+
+def test_refit_solves_gate_and_up_rows_by_least_squares_over_batches_of_rows():
+    """The shared reconstruction of a gated layer, rows streamed 7 at a time: each kept unit's gate and up rows are
+    NumPy's least squares against the members' mean gate and up pre-activations, and the consumer is refit on the
+    refit unit's true gated activations."""
+    params = parameters(planted=False)
+    chain, x = gated_chain(params), data()
+    labels = np.asarray([0, 0, 2, 3, 4, 4, 6, 7, -1, 9, 10, 11])  # two merges, one removal
+    compressed = quotient(chain, (jnp.asarray(labels),), (N1,))
+    refit, result = eqx.filter_jit(reconstruct_chain)(
+        chain, compressed, jnp.asarray(x), (jnp.asarray(labels),), ridge=0.0, batch_rows=7
+    )
+    assert result == jaxlump.RESULTS.successful
+    g, gb, w, b, down, down_b = params
+    ones = np.concatenate([x, np.ones((len(x), 1))], axis=1)
+    hidden = np.zeros((len(x), N1))
+    for unit in np.unique(labels[labels >= 0]):
+        members = labels == unit
+        for got_w, got_b, (rows, bias) in (
+            (refit.weights[0], refit.biases[0], (w, b)),
+            (refit.gate_weights[0], refit.gate_biases[0], (g, gb)),
+        ):
+            target = (x @ rows[members].T + bias[members]).mean(axis=1)
+            want = np.linalg.lstsq(ones, target, rcond=None)[0]
+            np.testing.assert_allclose(np.asarray(got_w)[unit], want[:-1], rtol=1e-8, atol=1e-10)
+            np.testing.assert_allclose(float(got_b[unit]), want[-1], rtol=1e-8, atol=1e-10)
+        z_gate = x @ np.asarray(refit.gate_weights[0])[unit] + float(refit.gate_biases[0][unit])
+        hidden[:, unit] = NUMPY_SIGMA["silu"](z_gate) * (
+            x @ np.asarray(refit.weights[0])[unit] + float(refit.biases[0][unit])
+        )
+    live = np.unique(labels[labels >= 0])
+    want = np.linalg.lstsq(
+        np.concatenate([hidden[:, live], np.ones((len(x), 1))], axis=1), numpy_ffn(params, x)[0], rcond=None
+    )[0]
+    np.testing.assert_allclose(np.asarray(refit.weights[1])[:, live], want[:-1].T, rtol=1e-7, atol=1e-9)

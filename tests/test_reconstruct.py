@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxlump
-from jaxlump._reconstruction.reconstruct import solve_layer
+from jaxlump._model import to_chain
+from jaxlump._reconstruction.reconstruct import reconstruct_chain, solve_layer
 
 WIDTHS = (3, 8, 8, 2)
 X = np.asarray(jr.normal(jr.key(200), (64, 3)))
@@ -97,6 +98,35 @@ def test_one_hidden_layer_equals_sequential_numpy_lstsq():
         np.testing.assert_allclose(got, want, rtol=1e-8, atol=1e-10)
     assert rebuilt_info.cost_after.dense_params == info.cost_after.dense_params
     assert max_deviation(rebuilt, model, X) < max_deviation(small, model, X)  # refit fits the data better
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["merged", "masked"])
+def test_rows_streamed_in_batches_give_the_numpy_solution(masked):
+    """64 calibration rows streamed 7 at a time (10 batches, the last padded): every layer's least-squares rows are
+    NumPy's on all rows at once (a merged network's shared systems, or a masked one's per-row systems)."""
+    model = random_mlp(jr.key(2), (3, 10, 2))
+    if masked:
+        compressed, info = masked_compression(model, 0.6, jr.key(5))
+    else:
+        compressed, info = jaxlump.lump(model, None, 0.8, reconstruct=False)
+    original_chain, compressed_chain = to_chain(model), to_chain(compressed)
+    streamed, result = eqx.filter_jit(reconstruct_chain)(
+        original_chain, compressed_chain, jnp.asarray(X), info.partitions, info.weight_masks, ridge=0.0, batch_rows=7
+    )
+    assert result == jaxlump.RESULTS.successful
+    labels = np.asarray(info.partitions[0])
+    z1, z2 = pre_activations(model, X)
+    targets = np.stack([z1[:, labels == h].mean(axis=1) for h in range(compressed_chain.widths[1])], axis=1)
+    inputs = [X, np.tanh(X @ np.asarray(streamed.weights[0]).T + np.asarray(streamed.biases[0]))]
+    for l, (a, t) in enumerate(zip(inputs, [targets, z2])):
+        live = np.isin(np.arange(compressed_chain.widths[l]), labels) if l else np.ones(3, bool)
+        for j in range(t.shape[1]):
+            support = live & (np.asarray(info.weight_masks[l][j]) if masked else True)
+            if l == 0 and not np.isin(j, labels):
+                continue  # a compressed neuron no original neuron maps to: dead, solved to zero
+            w_row, b_row = lstsq(a[:, support], t[:, j])
+            np.testing.assert_allclose(np.asarray(streamed.weights[l])[j, support], w_row, rtol=1e-8, atol=1e-10)
+            np.testing.assert_allclose(float(streamed.biases[l][j]), b_row, rtol=1e-8, atol=1e-10)
 
 
 def masked_compression(model, keep: float, key, *, empty_first_row: bool = False):
@@ -188,8 +218,9 @@ def test_float32_solve_does_not_lose_the_digits_of_the_squared_condition_number(
     reference = np.linalg.lstsq(with_ones(a.astype(np.float64)), t.astype(np.float64), rcond=None)[0][:-1].T
     with jax.enable_x64(False):
         w, b, result = solve_layer(
-            jnp.asarray(a), jnp.asarray(t), jnp.zeros((2, n), jnp.float32), jnp.zeros(2, jnp.float32),
-            jnp.ones((2, n), bool), jnp.ones(2, bool), True, jnp.float32(0.0), per_row=False,
+            lambda rows: rows, (jnp.asarray(a)[None], jnp.asarray(t)[None]), jnp.ones((1, n_examples), bool),
+            jnp.zeros((2, n), jnp.float32), jnp.zeros(2, jnp.float32), jnp.ones((2, n), bool), jnp.ones(2, bool), True,
+            jnp.float32(0.0), per_row=False,
         )  # fmt: skip
     assert w.dtype == jnp.float32 and result == jaxlump.RESULTS.successful
     assert np.abs(np.asarray(w) - reference).max() / np.abs(reference).max() < 1e-3

@@ -128,6 +128,25 @@ def test_wide_layers_take_the_rounds_by_default(monkeypatch):
     assert not isinstance(paths[0], OpsPath) and isinstance(paths[1], OpsPath)
 
 
+@pytest.mark.integration  # two whole compressions: step 2, as step 1 is full
+def test_wide_layers_are_refit_in_the_kept_shape_with_the_same_result(monkeypatch):
+    """Above `AUTO_ROUNDS_WIDTH` the quotient is built and refit physically smaller instead of in fixed shape and
+    then shrunk: the same partitions, weights and certificate (float tolerance)."""
+    model = random_mlp(jr.key(10), (3, 8, 8, 2))  # the shapes of test_select's and test_allocation's calls
+    x = jr.normal(jr.key(11), (128, 3))
+    results = []
+    for threshold in (512, 4):
+        monkeypatch.setattr(select, "AUTO_ROUNDS_WIDTH", threshold)
+        results.append(jaxlump.merge_or_remove(model, x, 0.05, path=jaxlump.Greedy()))
+    (fixed, fixed_info), (kept, kept_info) = results
+    assert 2 < sum(kept_info.widths_after.tolist()[1:-1]) < 8 + 8  # some neurons went, not all
+    for a, b in zip(fixed_info.partitions, kept_info.partitions):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(jax.tree.leaves(eqx.filter(fixed, eqx.is_array)), jax.tree.leaves(eqx.filter(kept, eqx.is_array))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(kept_info.certificate.output_rms, fixed_info.certificate.output_rms, rtol=1e-9)
+
+
 def test_bad_strategies_are_refused_naming_the_argument():
     model = random_mlp(jr.key(9), (3, 6, 2), kind="mlp")
     with pytest.raises(TypeError, match="`path` must be None"):

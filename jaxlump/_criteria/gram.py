@@ -25,6 +25,35 @@ from .._model.network import DenseChain
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 _BLOCK_BUDGET = 2**24  # elements of one block of the candidates' distance matrix
+# Streamed passes take batches of at most this many activations of the widest layer (128 MiB in float64; see
+# `batch_rows_for`).
+_BATCH_ELEMENTS = 2**24
+_MIN_BATCH_ROWS = 256
+
+
+def batch_rows_for(n_rows: int, widest: int) -> int:
+    """Rows per batch for `n_rows` calibration rows through a network whose widest layer is `widest`: all of them
+    unless that layer's activations on them would exceed `_BATCH_ELEMENTS` entries (never fewer than
+    `_MIN_BATCH_ROWS` rows): the usual calibration set of a small network is one batch."""
+    return max(1, min(n_rows, max(_MIN_BATCH_ROWS, _BATCH_ELEMENTS // max(widest, 1))))
+
+
+def row_batches(x: jax.Array, rows: int) -> tuple[jax.Array, jax.Array]:
+    """The calibration rows `x` (`(N, n_0)`) as `(batches, valid)`, `(B, rows, n_0)` and `(B, rows)`: every batch has
+    the same number of rows (one compilation), the last padded with zero rows that `valid` marks."""
+    n_rows = x.shape[0]
+    count = -(-n_rows // rows)
+    padded = jnp.pad(x, ((0, count * rows - n_rows), (0, 0)))
+    valid = jnp.arange(count * rows) < n_rows
+    return padded.reshape(count, rows, x.shape[1]), valid.reshape(count, rows)
+
+
+def fold_batches(fn, init, batches, valid):
+    """`fn(total, batch, valid)` folded over the batches (no loop for a single batch: XLA then shares its work with
+    the passes around it)."""
+    if jax.tree_util.tree_leaves(batches)[0].shape[0] == 1:
+        return fn(init, jax.tree_util.tree_map(lambda b: b[0], batches), valid[0])
+    return jax.lax.scan(lambda total, item: (fn(total, *item), None), init, (batches, valid))[0]
 
 
 class LayerStatistics(eqx.Module):
@@ -138,12 +167,9 @@ def layer_statistics(
         for s, p in zip(sketches, partners)
     )
     size = 1 if mesh is None else mesh.devices.size
-    rows = -(-min(batch_rows, n_rows) // size) * size
-    for start in range(0, n_rows, rows):
-        batch = x[start : start + rows]
-        valid = jnp.arange(rows) < batch.shape[0]
-        batch = jnp.pad(batch, ((0, rows - batch.shape[0]), (0, 0)))
-        totals = _accumulate(chain, partners, totals, batch, valid, mesh)
+    batches, valid = row_batches(x, -(-min(batch_rows, n_rows) // size) * size)
+    for batch, ok in zip(batches, valid):
+        totals = _accumulate(chain, partners, totals, batch, ok, mesh)
     stats = []
     for l, ((count, first, second, square, gap), sketch, p) in enumerate(zip(totals, sketches, partners)):
         mean = first / count

@@ -80,14 +80,19 @@ class LayerProblem(eqx.Module):
 def unit(problem: LayerProblem, pre: jax.Array, axis: int) -> jax.Array:
     """A slot's activation from its (mean) pre-activation `pre`: `σ(z)`, or for a gated layer, whose `pre` stacks
     the gate's and the up's pre-activations along `axis` (`[z_g; z]`, samples), `σ(z_g) ⊙ z`."""
-    fn = ACTIVATIONS[problem.activation].fn
-    if not problem.gated:
+    return unit_activation(problem.activation, problem.gated, pre, axis)
+
+
+def unit_activation(activation: str, gated: bool, pre: jax.Array, axis: int) -> jax.Array:
+    """`unit` for an activation's name and whether the layer is gated."""
+    fn = ACTIVATIONS[activation].fn
+    if not gated:
         return fn(pre)
     gate, up = jnp.split(pre, 2, axis=axis)
     return fn(gate) * up
 
 
-def _centred(v, centre: bool, axis: int):
+def centred(v, centre: bool, axis: int):
     return v - jnp.mean(v, axis=axis, keepdims=True) if centre else v
 
 
@@ -97,7 +102,7 @@ def initial_state(
     """The uncompressed layer: one slot per neuron. `z`, `a`: `(N, n)` (`z` of a gated layer: `(2N, n)`, the gate's
     pre-activations above the up's); `w`: next layer's weights `(m, n)`."""
     n_samples, n = a.shape
-    features = _centred(a, centre, 0)
+    features = centred(a, centre, 0)
     diagonal = jnp.sum(features**2, axis=0)
     level = jnp.mean(diagonal)
     lam = damping * jnp.where(level > 0, level, 1.0)
@@ -169,7 +174,7 @@ def moments(state: LayerState, problem: LayerProblem, fit: Fit, rows, cols) -> M
     alpha = _share(state.sizes, rows, cols)
     beta = 1 - alpha
     pre = state.pre.T  # (n, N)
-    mu = _centred(unit(problem, alpha[:, None] * pre[rows] + beta[:, None] * pre[cols], 1), problem.centre, 1)
+    mu = centred(unit(problem, alpha[:, None] * pre[rows] + beta[:, None] * pre[cols], 1), problem.centre, 1)
     c_norm = alpha**2 * jnp.diag(ctc)[rows] + 2 * alpha * beta * ctc[rows, cols] + beta**2 * jnp.diag(ctc)[cols]
     g = _mm("ps,sk->pk", mu, fa) + lam * (alpha[:, None] * ctc[rows] + beta[:, None] * ctc[cols])  # + λ Cᵀc_ij
     u = _mm("pk,kl->pl", g, fit.inverse)

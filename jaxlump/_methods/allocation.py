@@ -22,7 +22,7 @@ from .._reconstruction.reconstruct import DEFAULT_RIDGE, _reconstruct_and_certif
 from .._results.accounting import widths_dense_params
 from .greedy import AbstractPath
 from .select import DEFAULT_CANDIDATES, _prepare, compress_along, labels_after, layer_paths
-from .targets import Target, TargetInfo, _parse_target, realised_size
+from .targets import Target, _parse_target, realised_size, with_target
 
 
 def _ladder(width: int, levels: int) -> tuple[int, ...]:
@@ -179,5 +179,4 @@ def allocate(
         knob=tuple(float(np.max(p.cumulative[: n - w])) if n > w else 0.0 for p, n, w in zip(paths, hidden, best)),
         options=(("levels", float(levels)),),
     )
-    fields = {f: getattr(info, f) for f in info.__dataclass_fields__}
-    return raise_if_failed(info.result, new_model, throw, "jaxlump.allocate"), TargetInfo(**fields, target=record)
+    return raise_if_failed(info.result, new_model, throw, "jaxlump.allocate"), with_target(info, record)

@@ -23,9 +23,9 @@ from .._criteria.merge_cost import (
     LayerProblem,
     LayerState,
     Moments,
-    _centred,
     _mm,
     _share,
+    centred,
     current_fit,
     initial_state,
     layer_inputs,
@@ -216,7 +216,7 @@ def _merge(greedy: GreedyState, problem: LayerProblem, keep, gone) -> GreedyStat
     s_keep, s_gone = state.sizes[keep], state.sizes[gone]
     alpha = s_keep / (s_keep + s_gone)
     pre = alpha * state.pre[:, keep] + (1 - alpha) * state.pre[:, gone]
-    feature = _centred(unit(problem, pre, 0), problem.centre, 0)
+    feature = centred(unit(problem, pre, 0), problem.centre, 0)
     member = alpha * state.members[:, keep] + (1 - alpha) * state.members[:, gone]
     layer = LayerState(
         state.features.at[:, keep].set(feature),

@@ -27,7 +27,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from .._criteria.gram import LayerStatistics, layer_statistics
-from .._model.activations import ACTIVATIONS
+from .._criteria.merge_cost import centred, unit_activation
 from .._reconstruction.linalg import cho_solve, cholesky, inv
 from .greedy import AbstractPath
 
@@ -143,15 +143,6 @@ class OpsPath(eqx.Module):
         return np.where(removed[root], -1, root)
 
 
-def _unit(activation: str, gated: bool, pre):
-    """Activations from slot-major pre-activations `(…, S')` (a gated layer's: the gate's samples, then the up's)."""
-    fn = ACTIVATIONS[activation].fn
-    if not gated:
-        return fn(pre)
-    gate, up = jnp.split(pre, 2, axis=-1)
-    return fn(gate) * up
-
-
 def duplicate_merges(stats: LayerStatistics, gated: bool, dtype) -> tuple[np.ndarray, np.ndarray]:
     """The merges of neurons whose pre-activations coincide on every calibration row (RMS difference within 64 ulps
     of the layer's RMS pre-activation), as `(keep, gone)` in order: each class of duplicates (connected through the
@@ -203,7 +194,7 @@ class _Ops(eqx.Module):
     extra: jax.Array  # a merge's estimated nonlinear error (added to its exact linear cost)
 
 
-def _apply(carry: _Carry, ops: _Ops, count, scale, activation: str, gated: bool) -> _Carry:
+def _apply(carry: _Carry, ops: _Ops, count, scale) -> _Carry:
     """Apply the round's operations as one block of constraints `C` (rows `e_a` or `e_a − e_b`): `K ← K − K Cᵀ (C K
     Cᵀ)⁻¹ C K`, `β ← β − β Cᵀ (C K Cᵀ)⁻¹ C K`; each operation's cost is its exact sequential one (the rows of
     `L⁻¹ C βᵀ`, `L Lᵀ = C K Cᵀ`) plus its `extra`. Then the slots, sizes and sketches follow one operation at a
@@ -283,14 +274,12 @@ def _round_ops(carry: _Carry, partners, count, target, width: int, activation: s
         merged = (sizes[sa] + sizes[sb]) * (beta[:, sa] - (beta[:, sa] - beta[:, sb]) * shift[short])
         pre = alpha[:, None] * carry.pre[sa] + (1 - alpha[:, None]) * carry.pre[sb]
         act = alpha[:, None] * carry.mean_act[sa] + (1 - alpha[:, None]) * carry.mean_act[sb]
-        error = jnp.sum(_centred(_unit(activation, gated, pre) - act, centre) ** 2, axis=1)
+        error = jnp.sum(centred(unit_activation(activation, gated, pre, -1) - act, centre, -1) ** 2, axis=1)
         nonlinear = count / carry.mean_act.shape[1] * jnp.sum(merged**2, axis=0) * error
-        short_linear = linear
-        short_extra = jnp.where(
-            jnp.isfinite(short_linear), 2 * jnp.sqrt(short_linear * nonlinear) + nonlinear, 0.0
-        )  # (√linear + √nonlinear)² − linear: the triangle inequality's bound
+        # (√linear + √nonlinear)² − linear: the triangle inequality's bound
+        short_extra = jnp.where(jnp.isfinite(linear), 2 * jnp.sqrt(linear * nonlinear) + nonlinear, 0.0)
         extra = jnp.zeros(a.shape[0], dtype).at[short].set(short_extra)
-        merge_costs = jnp.full(a.shape[0], jnp.inf, dtype).at[short].set(short_linear + short_extra)
+        merge_costs = jnp.full(a.shape[0], jnp.inf, dtype).at[short].set(linear + short_extra)
         keep_a = removal[a] >= removal[b]
         costs = jnp.concatenate([removal, merge_costs])
         a_all = jnp.concatenate([slots, jnp.where(keep_a, a, b)])
@@ -330,10 +319,6 @@ def _round_ops(carry: _Carry, partners, count, target, width: int, activation: s
     return ops, taken
 
 
-def _centred(v, centre: bool):
-    return v - jnp.mean(v, axis=-1, keepdims=True) if centre else v
-
-
 def _pairwise(fn, n_items: int, width: int, *arrays):
     """`fn` over the leading axis of `arrays` in chunks of at most `_PAIR_BUDGET / width` items (`fn` maps a chunk of
     `width` values per item to `(chunk,)`)."""
@@ -364,7 +349,7 @@ def _rounds(
         jnp.arange(n, dtype=jnp.int32),
         jnp.ones(n, dtype),
         stats.sketch.T,
-        _unit(activation, gated, stats.sketch.T),
+        unit_activation(activation, gated, stats.sketch.T, -1),
         jnp.zeros((), dtype),
         jnp.zeros(length, jnp.int32),
         jnp.full(length, -1, jnp.int32),
@@ -377,7 +362,7 @@ def _rounds(
         valid = index < n_forced
         index = jnp.minimum(index, n - 1)
         ops = _Ops(forced[0, index], forced[1, index], valid, valid, jnp.zeros(width, dtype))
-        carry = _apply(carry, ops, count, scale, activation, gated)
+        carry = _apply(carry, ops, count, scale)
         # duplicates cost nothing: their pre-activations coincide, so the merged neuron is exactly theirs
         return eqx.tree_at(
             lambda c: (c.total, c.cumulative),
@@ -398,7 +383,7 @@ def _rounds(
         live = n - carry.t
         target = jnp.minimum(jnp.clip(jnp.ceil(fraction * live).astype(jnp.int32), 1, width), steps - carry.t)
         ops, taken = _round_ops(carry, partners, count, target, width, activation, gated, centre)
-        return _apply(carry, ops, count, scale, activation, gated), taken > 0
+        return _apply(carry, ops, count, scale), taken > 0
 
     carry, _ = jax.lax.while_loop(cond, body, (carry, jnp.asarray(True)))
     return carry.keep, carry.gone, carry.merged, carry.cumulative

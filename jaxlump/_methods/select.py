@@ -29,7 +29,7 @@ from .._errors import (
     raise_if_failed,
 )
 from .._model import from_chain, to_chain
-from .._reconstruction.masked import shrink
+from .._reconstruction.masked import compact, shrink
 from .._reconstruction.quotient import quotient
 from .._reconstruction.reconstruct import DEFAULT_RIDGE, reconstruct
 from .._results.accounting import widths_dense_params
@@ -103,14 +103,19 @@ def labels_after(path: LayerPath, steps: int) -> np.ndarray:
 
 def finish(model, x, partitions, method: str, knob, ridge: float, result=RESULTS.successful, throw: bool = True):
     """The quotient of `model` under `partitions` (representative labels over its own neurons, `-1`: removed),
-    reconstructed against `model` in fixed shape (one compilation per network shape), then shrunk. `result`:
-    the earlier stages' outcome; `info.result` is the first failure, raised with `throw`."""
+    reconstructed against `model`. Up to `AUTO_ROUNDS_WIDTH` wide it is solved in fixed shape (one compilation per
+    network shape, however many levels are cut) and then shrunk; wider, physically smaller at once, so the refit's
+    systems have the kept width, not the original's. `result`: the earlier stages' outcome; `info.result` is the
+    first failure, raised with `throw`."""
     chain = to_chain(model)
-    labels = tuple(jnp.asarray(p, jnp.int32) for p in partitions)
-    masked = from_chain(quotient(chain, labels, chain.widths[1:-1]), like=model)
-    info = structured_info(method, knob, model, masked, chain.widths, labels, x)
+    if max(chain.widths[1:-1]) <= AUTO_ROUNDS_WIDTH:
+        labels, blocks = tuple(jnp.asarray(p, jnp.int32) for p in partitions), chain.widths[1:-1]
+    else:
+        labels, blocks = zip(*(compact(p) for p in partitions))
+    quotient_model = from_chain(quotient(chain, labels, blocks), like=model)
+    info = structured_info(method, knob, model, quotient_model, chain.widths, labels, x)
     info = dataclasses.replace(info, result=combine(result, info.result))
-    refit, info = reconstruct(model, masked, x, info, ridge=ridge, throw=False)
+    refit, info = reconstruct(model, quotient_model, x, info, ridge=ridge, throw=False)
     small, info = shrink(refit, dataclasses.replace(info, method=method))
     return raise_if_failed(info.result, small, throw, f"jaxlump.{method}"), info
 

@@ -82,6 +82,12 @@ class TargetInfo(CompressionInfo):
         return f"{super().summary()}\n  target:       {self.target.describe()}"
 
 
+def with_target(info: CompressionInfo, record: Target) -> TargetInfo:
+    """`info` as a `TargetInfo` that records how the target was reached."""
+    fields = {f: getattr(info, f) for f in info.__dataclass_fields__ if f != "target"}
+    return TargetInfo(**fields, target=record)
+
+
 def _parse_target(target, widths: tuple[int, ...]):
     """`(kind, value)` with value an int count, a float fraction or a tuple of hidden widths."""
     if isinstance(target, (bool, np.bool_)):
@@ -264,8 +270,7 @@ def compress_to(
             knob=None if knob is None else tuple(map(float, knob)) if isinstance(knob, tuple) else float(knob),
             options=chosen,
         )
-        fields = {f: getattr(info, f) for f in info.__dataclass_fields__ if f != "target"}
-        return new_model, TargetInfo(**fields, target=record)
+        return new_model, with_target(info, record)
 
     per_layer_options = not isinstance(
         options.get("scope"), Global

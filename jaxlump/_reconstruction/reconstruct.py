@@ -37,10 +37,10 @@ import jax
 import jax.numpy as jnp
 
 from .._criteria.discrepancy import batch_any
+from .._criteria.gram import batch_rows_for, fold_batches, row_batches
 from .._errors import RESULTS, check_bool, check_data, check_nonnegative, combine, finite_result, raise_if_failed
 from .._model import from_chain, to_chain
-from .._model.activations import ACTIVATIONS
-from .._model.network import DenseChain, affine
+from .._model.network import DenseChain
 from .._results.accounting import chain_cost
 from .._results.certificate import certify
 from .._results.info import CompressionInfo, check_partitions, checked_result, compression_info, live_masks
@@ -92,18 +92,64 @@ def _minimum_norm_solve(systems, rhs):
     return jnp.einsum("bij,bjk->bik", vectors, projected)
 
 
-def solve_layer(inputs, targets, w0, b0, column_support, row_live, use_bias: bool, ridge, per_row: bool):
-    """Least-squares rows `w_j, b_j` with `inputs @ w_j + b_j ≈ targets[:, j]` on each row's support.
+class _Moments(eqx.Module):
+    """The centred moments of one least-squares problem `a w ≈ t` over every calibration row."""
+
+    mean_inputs: jax.Array
+    mean_targets: jax.Array
+    gram: jax.Array  # Σ (a − ā)ᵀ(a − ā)
+    cross: jax.Array  # Σ (a − ā)ᵀ(t − t̄)
+
+
+def _moments(rows, batches, valid, dtype, centre: bool) -> _Moments:
+    """`_Moments` of the problem whose rows `rows(batch) -> (a, t)` produces a batch at a time. The sums are taken
+    about the first batch's means (then `Σ(a−s)ᵀ(a−s) − N d dᵀ`, `d = ā − s`, loses no digits to cancellation);
+    uncentred (`ā = t̄ = 0`) when `centre` is False."""
+    a0, t0 = rows(jax.tree_util.tree_map(lambda b: b[0], batches))
+    weight0 = valid[0].astype(dtype)[:, None]
+    first = jnp.maximum(jnp.sum(weight0), 1)
+    shift_a = jnp.sum(a0.astype(dtype) * weight0, axis=0) / first if centre else jnp.zeros(a0.shape[1], dtype)
+    shift_t = jnp.sum(t0.astype(dtype) * weight0, axis=0) / first if centre else jnp.zeros(t0.shape[1], dtype)
+
+    def add(total, batch, ok):
+        a, t = rows(batch)
+        weight = ok.astype(dtype)[:, None]
+        a, t = (a.astype(dtype) - shift_a[None]) * weight, (t.astype(dtype) - shift_t[None]) * weight
+        sums = (
+            jnp.sum(weight),
+            jnp.sum(a, axis=0),
+            jnp.sum(t, axis=0),
+            jnp.matmul(a.T, a, precision=_HIGHEST),
+            jnp.matmul(a.T, t, precision=_HIGHEST),
+        )
+        return jax.tree_util.tree_map(jnp.add, total, sums)
+
+    n_in, n_out = a0.shape[1], t0.shape[1]
+    init = tuple(jnp.zeros(s, dtype) for s in ((), (n_in,), (n_out,), (n_in, n_in), (n_in, n_out)))
+    count, sum_a, sum_t, second, cross = fold_batches(add, init, batches, valid)
+    count = jnp.maximum(count, 1)
+    offset_a, offset_t = sum_a / count, sum_t / count
+    return _Moments(
+        shift_a + offset_a,
+        shift_t + offset_t,
+        second - count * jnp.outer(offset_a, offset_a),
+        cross - count * jnp.outer(offset_a, offset_t),
+    )
+
+
+def solve_layer(rows, batches, valid, w0, b0, column_support, row_live, use_bias: bool, ridge, per_row: bool):
+    """Least-squares rows `w_j, b_j` with `a @ w_j + b_j ≈ t[:, j]` on each row's support, over the calibration rows
+    that `rows(batch) -> (a, t)` produces from each of `batches` (a pytree with a leading batch axis; `valid` marks
+    the real rows). Neither `a` nor `t` exists for all rows at once: one pass accumulates the moments, a second the
+    refinement's residual.
 
     `column_support` is `(out, in)`; with `per_row=False` its first row is every row's support (one system
     for the layer), else each row has its own system. Returns `(w, b, result)`, `result` this solve's `RESULTS`.
     """
-    dtype = _accumulation_dtype(inputs.dtype)
-    a, t = inputs.astype(dtype), targets.astype(dtype)
-    mu_a = jnp.mean(a, axis=0) if use_bias else jnp.zeros(a.shape[1], dtype)
-    mu_t = jnp.mean(t, axis=0) if use_bias else jnp.zeros(t.shape[1], dtype)
-    a, t = a - mu_a[None], t - mu_t[None]
-    gram = jnp.matmul(a.T, a, precision=_HIGHEST)
+    probe = jax.eval_shape(rows, jax.tree_util.tree_map(lambda b: b[0], batches))[0]
+    dtype = _accumulation_dtype(probe.dtype)
+    moments = _moments(rows, batches, valid, dtype, use_bias)
+    gram, mu_a, mu_t = moments.gram, moments.mean_inputs, moments.mean_targets
     prior = w0.astype(dtype)
     diagonal = jnp.diag(gram)
 
@@ -119,18 +165,25 @@ def solve_layer(inputs, targets, w0, b0, column_support, row_live, use_bias: boo
     systems = gram[None] * (support[:, :, None] * support[:, None, :]) + jax.vmap(jnp.diag)(
         1 - support + lam[:, None] * support
     )
-    rows = support if per_row else jnp.broadcast_to(support, w0.shape)  # (out, in)
+    rows_support = support if per_row else jnp.broadcast_to(support, w0.shape)  # (out, in)
     row_lam = (lam if per_row else jnp.broadcast_to(lam, (w0.shape[0],)))[:, None]
 
     def normal_residual(w):
-        """`rhs − M w`, with the data term `Aᵀ(t − A w)` formed from `A`, not from the Gram matrix."""
-        correlation = jnp.matmul(a.T, t - jnp.matmul(a, w.T, precision=_HIGHEST), precision=_HIGHEST).T
-        return rows * correlation - row_lam * rows * (w - prior) - (1 - rows) * w
+        """`rhs − M w`, with the data term `Aᵀ(t − A w)` formed from `A` (a second pass), not from the Gram matrix."""
+
+        def add(total, batch, ok):
+            a, t = rows(batch)
+            weight = ok.astype(dtype)[:, None]
+            a, t = (a.astype(dtype) - mu_a[None]) * weight, (t.astype(dtype) - mu_t[None]) * weight
+            return total + jnp.matmul(a.T, t - jnp.matmul(a, w.T, precision=_HIGHEST), precision=_HIGHEST)
+
+        correlation = fold_batches(add, jnp.zeros(w.shape[::-1], dtype), batches, valid).T
+        return rows_support * correlation - row_lam * rows_support * (w - prior) - (1 - rows_support) * w
 
     # Right-hand sides as one batch of systems: per row `(out, in, 1)`, shared `(1, in, out)`.
     arrange = (lambda r: r[:, :, None]) if per_row else (lambda r: r.T[None])
     unarrange = (lambda s: s[:, :, 0]) if per_row else (lambda s: s[0].T)
-    rhs = rows * jnp.matmul(a.T, t, precision=_HIGHEST).T + row_lam * rows * prior
+    rhs = rows_support * moments.cross.T + row_lam * rows_support * prior
     solve, usable = _equilibrated_cholesky(systems, support)
 
     def cholesky_path(_):
@@ -146,7 +199,7 @@ def solve_layer(inputs, targets, w0, b0, column_support, row_live, use_bias: boo
     w = jax.lax.cond(
         batch_any(~fine), lambda _: jnp.where(fine, cholesky_path(None), fallback_path(None)), cholesky_path, None
     )
-    w = w * rows
+    w = w * rows_support
     b = mu_t - w @ mu_a if use_bias else b0.astype(dtype)
     live = row_live.astype(dtype)
     w, b = w * live[:, None], b * live
@@ -195,59 +248,77 @@ def _is_identity(labels, n_original: int, n_compressed: int):
 
 
 def reconstruct_chain(
-    original, compressed, x, partitions, weight_masks=None, *, ridge=DEFAULT_RIDGE
+    original, compressed, x, partitions, weight_masks=None, *, ridge=DEFAULT_RIDGE, batch_rows: int | None = None
 ) -> tuple[DenseChain, RESULTS]:
-    """`reconstruct` on canonical chains (jittable; `partitions` per hidden layer). Returns `(chain, result)`."""
+    """`reconstruct` on canonical chains (jittable; `partitions` per hidden layer). Returns `(chain, result)`.
+
+    The calibration rows are streamed `batch_rows` at a time (default `batch_rows_for`): each layer's inputs (the
+    compressed prefix's activations) and targets (the original's pre-activations) are recomputed a batch at a time,
+    so no layer's activations exist for every row at once."""
     check_compatible(original, compressed, partitions, weight_masks)
     wo, wc = original.widths, compressed.widths
-    original_z, _ = original.forward(x)
     labels = (*partitions, jnp.arange(wc[-1]))
     live = [jnp.ones(wc[0], bool), *live_masks(wc[1:-1], partitions), jnp.ones(wc[-1], bool)]
-    a, unchanged = x, jnp.asarray(True)  # `unchanged`: this layer's inputs are the original's, bit for bit
-    weights, biases, results = [], [], []
-    gate_weights, gate_biases = [], []
+    batches, valid = row_batches(x, batch_rows or batch_rows_for(x.shape[0], max(wo)))
+    unchanged = jnp.asarray(True)  # whether this layer's inputs are the original's, bit for bit
+    solved, results = [], []  # per layer (w, b, gate w, gate b)
     gated = compressed.gated
-    for l, (w0, b0, act) in enumerate(zip(compressed.weights, compressed.biases, compressed.activations)):
+    for l, (w0, b0) in enumerate(zip(compressed.weights, compressed.biases)):
         support = jnp.broadcast_to(live[l][None, :], w0.shape)
         if weight_masks is not None:
             support = support & weight_masks[l]
+        current = _with_first_layers(compressed, solved)
 
-        def solve(z, w0, b0, a=a, l=l, support=support):
-            targets = mean_rows(z.T, labels[l], wc[l + 1]).T
-            per_row = weight_masks is not None
-            return solve_layer(a, targets, w0, b0, support, live[l + 1], compressed.use_bias[l], ridge, per_row)
+        def rows(batch, l=l, current=current):
+            """This layer's inputs and targets on a batch: the members' mean pre-activation for each compressed
+            neuron (a gated layer's up targets, then its gate targets). Whole forward passes, of which XLA keeps
+            only what layer l needs."""
+            z = original.forward(batch)[0][l]
+            parts = (z[1], z[0]) if gated[l] else (z,)
+            targets = [mean_rows(part.T, labels[l], wc[l + 1]).T for part in parts]
+            return current.forward(batch)[1][l], jnp.concatenate(targets, axis=1)
 
-        # A gated layer's gate and up rows are each re-solved against their own targets (the members' mean z_g, z).
-        z_up = original_z[l][1] if gated[l] else original_z[l]
-        w, b, result = solve(z_up, w0, b0)
+        # A gated layer's up and gate rows share its inputs and support: one solve of the stacked rows.
+        producers = [(w0, b0)] + ([(compressed.gate_weights[l], compressed.gate_biases[l])] if gated[l] else [])
+        stacked_w0 = jnp.concatenate([w for w, _ in producers])
+        stacked_b0 = jnp.concatenate([b for _, b in producers])
+        w, b, result = solve_layer(
+            rows,
+            batches,
+            valid,
+            stacked_w0,
+            stacked_b0,
+            jnp.concatenate([support] * len(producers)),
+            jnp.concatenate([live[l + 1]] * len(producers)),
+            compressed.use_bias[l],
+            ridge,
+            per_row=weight_masks is not None,
+        )
         keep = unchanged & _is_identity(labels[l], wo[l + 1], wc[l + 1]) & jnp.all(support)
         if w0.shape == original.weights[l].shape:
-            keep = keep & jnp.all(w0 == original.weights[l]) & jnp.all(b0 == original.biases[l])
+            before = [(original.weights[l], original.biases[l])]
             if gated[l]:
-                g0, gb0 = compressed.gate_weights[l], compressed.gate_biases[l]
-                keep = keep & jnp.all(g0 == original.gate_weights[l]) & jnp.all(gb0 == original.gate_biases[l])
+                before.append((original.gate_weights[l], original.gate_biases[l]))
+            for (w_now, b_now), (w_then, b_then) in zip(producers, before):
+                keep = keep & jnp.all(w_now == w_then) & jnp.all(b_now == b_then)
         else:
             keep = jnp.asarray(False)
-        w, b = jnp.where(keep, w0, w), jnp.where(keep, b0, b)
-        weights.append(w)
-        biases.append(b)
-        if gated[l]:
-            g0, gb0 = compressed.gate_weights[l], compressed.gate_biases[l]
-            g, gb, gate_result = solve(original_z[l][0], g0, gb0)
-            g, gb = jnp.where(keep, g0, g), jnp.where(keep, gb0, gb)
-            gate_weights.append(g)
-            gate_biases.append(gb)
-            result = combine(result, gate_result)
-            a = ACTIVATIONS[act].fn(affine(a, g, gb)) * affine(a, w, b)
-        else:
-            gate_weights.append(None)
-            gate_biases.append(None)
-            a = ACTIVATIONS[act].fn(affine(a, w, b))
+        w, b = jnp.where(keep, stacked_w0, w), jnp.where(keep, stacked_b0, b)
+        n_out = wc[l + 1]
+        solved.append((w[:n_out], b[:n_out], *((w[n_out:], b[n_out:]) if gated[l] else (None, None))))
         results.append(RESULTS.where(keep, RESULTS.successful, result))
         unchanged = keep
-    gates = (tuple(gate_weights), tuple(gate_biases)) if any(gated) else ((), ())
-    chain = DenseChain(tuple(weights), tuple(biases), compressed.activations, compressed.use_bias, *gates)
-    return chain, combine(*results)
+    return _with_first_layers(compressed, solved), combine(*results)
+
+
+def _with_first_layers(chain: DenseChain, layers: list) -> DenseChain:
+    """`chain` with its first `len(layers)` layers' parameters replaced by `layers` (`(w, b, gate w, gate b)` each)."""
+    k = len(layers)
+    none = (None,) * chain.n_layers
+    old = list(zip(chain.weights, chain.biases, chain.gate_weights or none, chain.gate_biases or none))
+    weights, biases, gate_weights, gate_biases = zip(*(list(layers) + old[k:]))
+    gates = (gate_weights, gate_biases) if chain.is_gated else ((), ())
+    return DenseChain(weights, biases, chain.activations, chain.use_bias, *gates)
 
 
 def infer_support(
@@ -301,7 +372,8 @@ def reconstruct(
     where `A_c` are the compressed network's own activations on `x_calib` and `t_j` the original
     pre-activations of the neurons that compressed neuron j represents (their mean for a merged block).
     Solved by Cholesky with one refinement step, reported fallback
-    (module docs of `jaxlump._reconstruction.reconstruct`).
+    (module docs of `jaxlump._reconstruction.reconstruct`). The calibration rows are streamed in batches (at most
+    2²⁴ activations of the widest layer each), so the activations of a wide layer never exist for every row at once.
 
     The call shape differs from a compressor's, by design: it takes two models (the original supplies the
     targets) and the compressor's `info` as its fourth, optional argument.

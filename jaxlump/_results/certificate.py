@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._criteria.encoding.dynamical import simulate
+from .._criteria.gram import batch_rows_for, fold_batches, row_batches
 from .._errors import RESULTS, combine
 from .._model.activations import ACTIVATIONS
 from .._model.network import DenseChain, refuse_gated
@@ -45,16 +46,28 @@ def lift(compressed: DenseChain, partitions, original_widths) -> DenseChain:
     return DenseChain(tuple(weights), tuple(biases), compressed.activations, compressed.use_bias)
 
 
-def a_priori_bound(original: DenseChain, lifted: DenseChain, original_activations) -> jax.Array:
-    """Per input, the bound on `‖f̃(x) − f(x)‖₂` from the module docs."""
+def bound_factors(original: DenseChain, lifted: DenseChain) -> tuple[tuple[jax.Array, jax.Array], ...]:
+    """Per layer of the a-priori bound, `(‖ΔM^l‖_F, ‖W̃^l‖₂ L_{l-1})`: what does not depend on the input."""
     refuse_gated(original, "original", "the certificate's a-priori bound")
-    error = jnp.zeros(original_activations[0].shape[0], original.weights[0].dtype)
+    factors = []
     for l, (w, b, wt, bt) in enumerate(zip(original.weights, original.biases, lifted.weights, lifted.biases)):
         delta = jnp.sqrt(jnp.sum((wt - w) ** 2) + jnp.sum((bt - b) ** 2))
-        input_norm = jnp.sqrt(jnp.sum(original_activations[l] ** 2, axis=1) + 1.0)
         previous = ACTIVATIONS[original.activations[l - 1]].lipschitz if l > 0 else 0.0
-        error = delta * input_norm + spectral_norm(wt) * previous * error
+        factors.append((delta, spectral_norm(wt) * previous))
+    return tuple(factors)
+
+
+def bound_rows(original: DenseChain, factors, original_activations) -> jax.Array:
+    """Per input, the bound on `‖f̃(x) − f(x)‖₂` from the module docs, given `bound_factors`."""
+    error = jnp.zeros(original_activations[0].shape[0], original.weights[0].dtype)
+    for (delta, gain), a in zip(factors, original_activations):
+        error = delta * jnp.sqrt(jnp.sum(a**2, axis=1) + 1.0) + gain * error
     return ACTIVATIONS[original.activations[-1]].lipschitz * error
+
+
+def a_priori_bound(original: DenseChain, lifted: DenseChain, original_activations) -> jax.Array:
+    """Per input, the bound on `‖f̃(x) − f(x)‖₂` from the module docs."""
+    return bound_rows(original, bound_factors(original, lifted), original_activations)
 
 
 def certify(
@@ -71,14 +84,29 @@ def certify(
 
     For a chain with gated layers only the measured errors are computed: the a-priori bound and the ODE
     deviation are NaN ("not computed"; a gated unit has no global Lipschitz constant and no ODE encoding)."""
-    _, original_activations = original.forward(x)
-    deviation = compressed(x) - original_activations[-1]
     if original.is_gated:
         # σ(z_g) ⊙ z has no global Lipschitz constant and no ODE encoding: neither figure is computed (NaN).
-        bound = jnp.full(x.shape[:1], jnp.nan, deviation.dtype)
-        simulate_ode = False
+        factors, simulate_ode = None, False
     else:
-        bound = a_priori_bound(original, lift(compressed, partitions, original.widths), original_activations)
+        factors = bound_factors(original, lift(compressed, partitions, original.widths))
+
+    def add(total, batch, ok):
+        _, original_activations = original.forward(batch)
+        deviation = jnp.where(ok[:, None], compressed(batch) - original_activations[-1], 0)
+        if factors is None:
+            bound = jnp.full((), jnp.nan, deviation.dtype)
+        else:
+            bound = jnp.max(jnp.where(ok, bound_rows(original, factors, original_activations), -jnp.inf))
+        return (
+            jnp.maximum(total[0], jnp.max(jnp.abs(deviation))),
+            total[1] + jnp.sum(deviation**2),
+            jnp.maximum(total[2], bound),
+        )
+
+    dtype = jnp.result_type(original.weights[-1], x)
+    init = (jnp.zeros((), dtype), jnp.zeros((), dtype), jnp.full((), -jnp.inf, dtype))
+    batches, valid = row_batches(x, batch_rows_for(x.shape[0], max(original.widths)))
+    max_abs, square, bound = fold_batches(add, init, batches, valid)
     if simulate_ode:
         subset = x[:ode_inputs]
         ode_original = simulate(original, subset, times=ODE_TIMES)
@@ -87,12 +115,12 @@ def certify(
         solved = combine(ode_original.result, ode_compressed.result) == RESULTS.successful
         result = RESULTS.where(solved, RESULTS.successful, RESULTS.certificate_ode_failed)
     else:
-        ode_max = jnp.asarray(jnp.nan, deviation.dtype)
+        ode_max = jnp.asarray(jnp.nan, dtype)
         result = RESULTS.successful
     certificate = Certificate(
-        output_max_abs=jnp.max(jnp.abs(deviation)),
-        output_rms=jnp.sqrt(jnp.mean(deviation**2)),
+        output_max_abs=max_abs,
+        output_rms=jnp.sqrt(square / (x.shape[0] * original.widths[-1])),
         ode_max_abs=ode_max,
-        a_priori_bound=jnp.max(bound),
+        a_priori_bound=bound,
     )
     return certificate, result

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int
 
+from .._criteria.gram import batch_rows_for, fold_batches, row_batches
 from .._custom_types import Partitions, WeightMasks
 from .._errors import RESULTS, combine, is_traced, messages
 from .._model import to_chain
@@ -302,7 +303,13 @@ def _model_finite(network, x):
 
 
 def _activations_finite(network, x):
-    return _all_finite(network.forward(x)[1][1:])
+    """Whether every activation of `network` on `x` is finite, checked a batch of rows at a time."""
+    batches, valid = row_batches(x, batch_rows_for(x.shape[0], max(network.widths)))
+
+    def add(finite, batch, ok):
+        return finite & _all_finite([jnp.where(ok[:, None], a, 0) for a in network.forward(batch)[1][1:]])
+
+    return fold_batches(add, jnp.asarray(True), batches, valid)
 
 
 _jitted_activations_finite = eqx.filter_jit(_activations_finite)
