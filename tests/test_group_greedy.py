@@ -83,6 +83,7 @@ def test_every_step_is_the_cheapest_operation_and_its_error_is_the_least_squares
     path = _path(pre, weights, features, merge, None)
     lam, rows, scale = _units(pre, weights, features)
     slots = [[u] for u in range(5)]
+    uncompressed = _error(pre, weights, features, slots, lam)
     for t in range(4):
         after = _slots(path.labels[t])
         options = _options(slots, merge)
@@ -90,15 +91,25 @@ def test_every_step_is_the_cheapest_operation_and_its_error_is_the_least_squares
         chosen = _error(pre, weights, features, after, lam)
         assert sorted(map(sorted, after)) in [sorted(map(sorted, o)) for o in options]
         assert chosen == pytest.approx(min(errors), rel=1e-6, abs=1e-9)
-        assert path.cumulative[t] == pytest.approx(np.sqrt(chosen / rows) / scale, rel=1e-6)
+        assert path.cumulative[t] == pytest.approx(np.sqrt((chosen - uncompressed) / rows) / scale, rel=1e-6)
         assert bool(path.merged[t]) == (sum(map(len, after)) == sum(map(len, slots)))
         slots = after
 
 
-def test_duplicate_units_merge_first_at_zero_cost():
+def test_duplicate_units_merge_first_at_exactly_zero_cost():
     pre, weights = _problem(2, n=6, duplicate=(1, 4))
     path = _path(pre, weights, lambda a: a, True, 2)
     assert bool(path.merged[0]) and path.labels[0].tolist() == [0, 1, 2, 3, 1, 5]
-    lam, rows, scale = _units(pre, weights, lambda a: a)
-    uncompressed = _error(pre, weights, lambda a: a, [[u] for u in range(6)], lam)
-    assert path.cumulative[0] == pytest.approx(np.sqrt(uncompressed / rows) / scale, rel=1e-6)
+    assert path.cumulative[0] == 0.0 and path.cumulative[1] > 0.0
+
+
+def test_units_that_differ_by_more_than_rounding_are_not_duplicates():
+    pre, weights = _problem(3, n=4, duplicate=(0, 2))
+    pre[2] *= 1 + 1e-9  # far above float64 rounding, far below float32's
+    with jax.enable_x64(True):
+        strict = GroupProblem(jnp.asarray(pre), jnp.asarray(weights), lambda a: a, "tanh", True)
+        loose = GroupProblem(
+            jnp.asarray(pre), jnp.asarray(weights), lambda a: a, "tanh", True, float(np.finfo(np.float32).eps)
+        )
+        paths = [group_path(p, merge=True, damping=DAMPING, candidates=None) for p in (strict, loose)]
+    assert paths[0].cumulative[0] > 0.0 and paths[1].cumulative[0] == 0.0

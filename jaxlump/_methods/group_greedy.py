@@ -44,6 +44,9 @@ class GroupProblem(eqx.Module):
       activation map `(B, ...)` to its `(R, g)` block of the consumer's input columns.
     - `weights`: the consumer's weights by unit, `(m, n, g)`; `centre`: the consumer has a bias (columns and
       targets are centred). `activation`: the combine's `jaxlump.Activation` name.
+    - `precision`: the machine epsilon of the dtype `pre` was computed in (a float32 model's, when its
+      pre-activations were captured in float32): two units whose pre-activations agree within 64 of it, relative to
+      their RMS, are duplicates, whose merge costs exactly 0.
     """
 
     pre: jax.Array
@@ -51,6 +54,7 @@ class GroupProblem(eqx.Module):
     features: object = eqx.field(static=True)
     activation: str = eqx.field(static=True)
     centre: bool = eqx.field(static=True)
+    precision: float = eqx.field(static=True, default=float(np.finfo(np.float64).eps))
 
     def blocks(self, pre) -> jax.Array:
         """`(R, n, g)`: the consumer's input columns of units with pre-activations `pre` `(n, B, ...)`, centred."""
@@ -59,12 +63,11 @@ class GroupProblem(eqx.Module):
 
 
 class _Step(eqx.Module):
-    """The current refit: `inverse` `K` `(n g, n g)`, `fit` `A = K XᵀY` `(n g, m)`, `error` `E(S)`, and `projected`
-    `X K` `(R, n g)`."""
+    """The current refit: `inverse` `K` `(n g, n g)`, `fit` `A = K XᵀY` `(n g, m)` and `projected` `X K`
+    `(R, n g)`."""
 
     inverse: jax.Array
     fit: jax.Array
-    error: jax.Array
     projected: jax.Array
 
 
@@ -75,8 +78,7 @@ def _refit(x, y, alive, lam) -> _Step:
     gram = _mm("ri,rj->ij", flat, flat) + jnp.diag(lam * live + (1 - live))  # dead columns: decoupled, zero
     inverse = inv(gram) * live[:, None] * live[None, :]
     fit = _mm("ij,jm->im", inverse, _mm("ri,rm->im", flat, y))
-    error = jnp.sum((y - _mm("ri,im->rm", flat, fit)) ** 2) + lam * jnp.sum(fit**2)  # no cancellation
-    return _Step(inverse, fit, error, _mm("ri,ij->rj", flat, inverse))
+    return _Step(inverse, fit, _mm("ri,ij->rj", flat, inverse))
 
 
 def _removal_cost(step: _Step, columns) -> jax.Array:
@@ -112,7 +114,7 @@ def _merge_cost(problem: GroupProblem, state: "GroupState", step: _Step, lam, u,
     p = _mm("rg,rm->gm", merged, y) - _mm("ig,im->gm", c, fit_rest)
     gain = jnp.sum(p * _mm("gh,hm->gm", inv(schur), p))
     z_diff = jnp.sqrt(jnp.mean((state.pre[u] - state.pre[v]) ** 2))
-    duplicate = z_diff <= _ROUNDING_ULPS * jnp.finfo(x.dtype).eps * state.pre_rms
+    duplicate = z_diff <= _ROUNDING_ULPS * problem.precision * state.pre_rms
     cost = jnp.where(duplicate, 0.0, jnp.maximum(removed - gain, 0.0))
     return jnp.where(state.alive[u] & state.alive[v] & (u != v), cost, jnp.inf)
 
@@ -139,16 +141,14 @@ def _damping(state: GroupState, damping: float) -> jax.Array:
 
 @eqx.filter_jit
 def _costs(problem: GroupProblem, state: GroupState, pairs, lam):
-    """The current error, every slot's removal cost `(n,)` and the merge costs of `pairs` `(P, 2)`."""
+    """Every slot's removal cost `(n,)` and the merge costs of `pairs` `(P, 2)` (`inf` for invalid pairs)."""
     g = state.blocks.shape[2]
     step = _refit(state.blocks, state.targets, state.alive, lam)
     n = state.alive.shape[0]
     removal = jax.vmap(lambda u: _removal_cost(step, _columns(u, g)))(jnp.arange(n))
     removal = jnp.where(state.alive, jnp.maximum(removal, 0.0), jnp.inf)
-    merges = jax.lax.map(
-        lambda uv: _merge_cost(problem, state, step, lam, uv[0], uv[1]), pairs, batch_size=_PAIR_BLOCK
-    )
-    return step.error, removal, merges
+    merges = jax.lax.map(lambda uv: _merge_cost(problem, state, step, lam, uv[0], uv[1]), pairs, batch_size=_PAIR_BLOCK)
+    return removal, merges
 
 
 @eqx.filter_jit
@@ -170,59 +170,74 @@ def _removed(state: GroupState, u: int) -> GroupState:
     )
 
 
+def _padded(pairs: np.ndarray) -> jax.Array:
+    """Pairs padded with `(0, 0)` (cost `inf`) to a multiple of `_PAIR_BLOCK`: few shapes, few compilations."""
+    pad = -len(pairs) % _PAIR_BLOCK
+    return jnp.asarray(np.concatenate([pairs, np.zeros((pad, 2), np.int32)]) if pad else pairs)
+
+
+def _candidate_pairs(partners: np.ndarray, alive: np.ndarray) -> np.ndarray:
+    """Each live slot with each of its live partners, every pair once."""
+    n, k = partners.shape
+    pairs = np.sort(np.stack([np.repeat(np.arange(n), k), partners.ravel()], axis=1), axis=1)
+    pairs = pairs[alive[pairs[:, 0]] & alive[pairs[:, 1]] & (pairs[:, 0] != pairs[:, 1])]
+    return np.unique(pairs, axis=0).astype(np.int32).reshape(-1, 2)
+
+
 def group_path(problem: GroupProblem, *, merge: bool, damping: float, candidates: int | None) -> Path:
     """The greedy path of one group site down to one unit (`problem` in float64), as a `Path`: after step t the
-    site has `n − 1 − t` units; `cumulative[t]` is the consumer's refit error, relative (`sqrt(E / R) / scale`,
-    `scale` a typical unit's RMS contribution to the consumer's output). Merges are considered between each unit
-    and its `candidates` partners of smallest merge cost (`None`: all pairs); a merged unit's partners are
-    renewed from every live unit."""
+    site has `n − 1 − t` units; `cumulative[t]` is how much the consumer's refit error has risen, relative
+    (`sqrt(ΔE / R) / scale`, `scale` a typical unit's RMS contribution to the consumer's output), so ε = 0 admits
+    only operations that cost exactly nothing. Merges are considered between each unit and its `candidates`
+    partners of smallest merge cost (`None`: all pairs); a merged unit's partners are renewed from every live
+    unit."""
     blocks = problem.blocks(problem.pre)
     r, n, g = blocks.shape
     targets = _mm("rug,mug->rm", blocks, problem.weights)
     scale = jnp.mean(jnp.sqrt(jnp.sum(_mm("rug,mug->urm", blocks, problem.weights) ** 2, axis=(1, 2)) / r))
     scale = float(jnp.maximum(scale, jnp.finfo(blocks.dtype).tiny))
-    state = GroupState(
-        blocks, problem.pre, jnp.ones(n), jnp.ones(n, bool), targets, jnp.sqrt(jnp.mean(problem.pre**2))
-    )
+    state = GroupState(blocks, problem.pre, jnp.ones(n), jnp.ones(n, bool), targets, jnp.sqrt(jnp.mean(problem.pre**2)))
     lam = _damping(state, damping)
     all_pairs = np.array([(u, v) for u in range(n) for v in range(u + 1, n)], np.int32).reshape(-1, 2)
-    k = n - 1 if candidates is None else min(candidates, n - 1)
+    none = np.zeros((0, 2), np.int32)
     partners = None
     if merge and candidates is not None and n > 1:
-        _, _, costs = _costs(problem, state, jnp.asarray(all_pairs), lam)
+        k = min(candidates, n - 1)
+        _, costs = _costs(problem, state, _padded(all_pairs), lam)
         table = np.full((n, n), np.inf)
-        table[all_pairs[:, 0], all_pairs[:, 1]] = table[all_pairs[:, 1], all_pairs[:, 0]] = np.asarray(costs)
+        costs = np.asarray(costs)[: len(all_pairs)]
+        table[all_pairs[:, 0], all_pairs[:, 1]] = table[all_pairs[:, 1], all_pairs[:, 0]] = costs
         partners = np.argsort(table, axis=1, kind="stable")[:, :k]
-    labels = np.arange(n)
+    labels, total = np.arange(n), 0.0
     out_labels, out_merged, out_cumulative = [], [], []
     for _ in range(n - 1):
+        alive = np.asarray(state.alive)
         if not merge:
-            pairs = np.zeros((1, 2), np.int32)
+            pairs = none
         elif partners is None:
-            pairs = all_pairs
+            pairs = all_pairs[alive[all_pairs[:, 0]] & alive[all_pairs[:, 1]]]
         else:
-            pairs = np.stack([np.repeat(np.arange(n), k), partners.ravel()], axis=1).astype(np.int32)
-        error, removal, merges = _costs(problem, state, jnp.asarray(pairs), lam)
-        removal, merges = np.asarray(removal), np.asarray(merges) if merge else np.full(1, np.inf)
+            pairs = _candidate_pairs(partners, alive)
+        removal, merges = _costs(problem, state, _padded(pairs), lam)
+        removal, merges = np.asarray(removal), np.append(np.asarray(merges)[: len(pairs)], np.inf)
         best_removal, best_merge = int(np.argmin(removal)), int(np.argmin(merges))
         if merges[best_merge] < removal[best_removal]:
-            u, v = sorted(int(i) for i in pairs[best_merge])
-            keep, gone = u, v  # the merged unit takes the lower slot
+            keep, gone = (int(i) for i in pairs[best_merge])  # sorted: the merged unit takes the lower slot
             state = _merged(problem, state, gone, keep)
             labels = np.where(labels == gone, keep, labels)
-            cost, merged = merges[best_merge], True
+            total, merged = total + float(merges[best_merge]), True
             if partners is not None:
                 renewed = np.array([(keep, j) for j in range(n)], np.int32)
-                _, _, fresh = _costs(problem, state, jnp.asarray(renewed), lam)
-                partners[keep] = np.argsort(np.asarray(fresh), kind="stable")[:k]
+                _, fresh = _costs(problem, state, _padded(renewed), lam)
+                partners[keep] = np.argsort(np.asarray(fresh)[:n], kind="stable")[: partners.shape[1]]
         else:
             gone = best_removal
             state = _removed(state, gone)
             labels = np.where(labels == gone, -1, labels)
-            cost, merged = removal[best_removal], False
+            total, merged = total + float(removal[best_removal]), False
         out_labels.append(labels.copy())
         out_merged.append(merged)
-        out_cumulative.append(np.sqrt(max(float(error) + float(cost), 0.0) / r) / scale)
+        out_cumulative.append(np.sqrt(total / r) / scale)
     return Path(
         np.asarray(out_labels, np.int32).reshape(-1, n),
         np.asarray(out_merged, bool),
