@@ -2,6 +2,7 @@
 
 - `DigitsCNN`: two 3×3 convolutions with ReLU, a flatten and a linear classifier, as the Equinox CNN example writes
   it: called per example on an image `(1, 8, 8)` (`jax.vmap` it over the batch), returning 10 logits.
+- `SmallCNN`: a smaller one for unit tests: images `(1, 6, 6)`, the second convolution with stride 2 and a tanh.
 - `digits`, `train_cnn`: scikit-learn's digits (shipped inside the package) split 80/20, and optax Adam training.
 - `plant_channels`: `k` extra output channels of a convolution that copy existing ones, with the consumer's input
   columns of each pair split between original and copy, so the model's output is unchanged.
@@ -34,6 +35,25 @@ class DigitsCNN(eqx.Module):
         return self.head(x.reshape(-1))
 
 
+class SmallCNN(eqx.Module):
+    """Two 3×3 convolutions (the second with stride 2) with ReLU, flatten, a linear head; images `(1, 6, 6)`."""
+
+    conv1: eqx.nn.Conv2d
+    conv2: eqx.nn.Conv2d
+    head: eqx.nn.Linear
+
+    def __init__(self, key, c1=6, c2=5):
+        k1, k2, k3 = jr.split(key, 3)
+        self.conv1 = eqx.nn.Conv2d(1, c1, 3, padding=1, key=k1)
+        self.conv2 = eqx.nn.Conv2d(c1, c2, 3, stride=2, padding=1, key=k2)
+        self.head = eqx.nn.Linear(c2 * 9, 3, key=k3)
+
+    def __call__(self, x):
+        x = jax.nn.relu(self.conv1(x))
+        x = jnp.tanh(self.conv2(x))
+        return self.head(x.reshape(-1))
+
+
 @functools.cache
 def digits() -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     """scikit-learn's 1,797 digits as images `(N, 1, 8, 8)` scaled to [0, 1], 80/20: `(x_train, y_train, x_test,
@@ -41,14 +61,15 @@ def digits() -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
     from sklearn.datasets import load_digits
 
     data = load_digits()
-    images = (data.images / 16.0).astype(np.float32)[:, None]
+    images = (data.images / 16.0)[:, None]
     order = np.random.default_rng(0).permutation(len(images))
     cut = int(0.8 * len(images))
     train, test = order[:cut], order[cut:]
+    dtype = jnp.result_type(float)  # the models' parameter dtype (float64 when x64 is on)
     return (
-        jnp.asarray(images[train]),
+        jnp.asarray(images[train], dtype),
         jnp.asarray(data.target[train]),
-        jnp.asarray(images[test]),
+        jnp.asarray(images[test], dtype),
         jnp.asarray(data.target[test]),
     )
 
@@ -106,7 +127,7 @@ def plant_channels(model: DigitsCNN, producer: str, k: int, key):
     columns = np.asarray(reader.weight).reshape(reader.weight.shape[0], channels, -1)  # (out, channel, group)
     generator = np.random.default_rng(int(jr.randint(key, (), 0, 2**31 - 1)))
     sources = generator.choice(channels, k, replace=False)
-    alpha = generator.uniform(0.2, 0.8, k).astype(np.float32)
+    alpha = generator.uniform(0.2, 0.8, k).astype(weight.dtype)
     permutation = generator.permutation(channels + k)
     inverse = np.argsort(permutation)
     order = np.argsort(inverse[channels + np.arange(k)])

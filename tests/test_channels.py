@@ -7,30 +7,11 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from _vision import SmallCNN
 
 import jaxlump
 from jaxlump._sites.channels import _consumer_reading
 from jaxlump.baselines import compress_to, structured_prune
-
-
-class SmallCNN(eqx.Module):
-    """Two 3×3 convolutions (the second with stride 2) with ReLU, flatten, a linear head; images `(1, 6, 6)`."""
-
-    conv1: eqx.nn.Conv2d
-    conv2: eqx.nn.Conv2d
-    head: eqx.nn.Linear
-
-    def __init__(self, key, c1=6, c2=5):
-        k1, k2, k3 = jr.split(key, 3)
-        self.conv1 = eqx.nn.Conv2d(1, c1, 3, padding=1, key=k1)
-        self.conv2 = eqx.nn.Conv2d(c1, c2, 3, stride=2, padding=1, key=k2)
-        self.head = eqx.nn.Linear(c2 * 9, 3, key=k3)
-
-    def __call__(self, x):
-        x = jax.nn.relu(self.conv1(x))
-        x = jnp.tanh(self.conv2(x))
-        return self.head(x.reshape(-1))
-
 
 MODEL = SmallCNN(jr.key(0))
 X = jr.normal(jr.key(1), (48, 1, 6, 6))

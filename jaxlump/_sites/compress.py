@@ -83,7 +83,15 @@ def _layer(model, path: Path):
 
 
 def segment_chain(model, segment: Segment) -> DenseChain:
-    """The segment's layers of `model` as a `DenseChain` (the gate of a gated unit included)."""
+    """The segment's layers of `model` as a `DenseChain` (the gate of a gated unit included); a channel site is
+    refused, as no chain of neurons."""
+    if segment.channels:
+        site = segment.sites[0]
+        raise TypeError(
+            f"`model`'s site {site.path} is a channel site ({site.describe()}), not a chain of neurons, which this "
+            "function needs. Channel sites are cut by `jaxlump.baselines.compress_to(model, 'merge_or_remove' or "
+            "'obs_prune', {site path: channels}, x_calib)`; select the other sites with `where`."
+        )
     params = [_read(model, path) for path in segment.layers]
     gates = [None if g is None else _read(model, g) for g in segment.gates]
     gated = any(g is not None for g in gates)
