@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from _vision import SmallCNN
 from flax import nnx
 
 import jaxlump
@@ -506,30 +505,6 @@ def test_site_model_refused_by_design_says_why(name, kind):
     }[_outcome(name, kind)]
     with pytest.raises(TypeError, match=match):
         _site_compress(name, model, x)
-
-
-CNN = SmallCNN(jr.key(7))
-IMAGES = jr.normal(jr.key(8), (8, 1, 6, 6))
-
-
-def _cnn_outcome(name):
-    """What `name` does to a CNN (channel sites only, a Linear head): the message it refuses it with."""
-    if name in REFUSE_SITES:
-        return TypeError, "is compressed site by site"
-    if not REGISTERED[name].structured:
-        return ValueError, "no `Linear` layer to prune but its head"
-    if name == "flap_prune":  # its one threshold is shared over the sites read as chains
-        return TypeError, "site conv2 is a channel site .* not a chain of neurons"
-    if name in ("merge_or_remove", "obs_prune"):
-        return TypeError, rf"jaxlump.{name} cuts channel sites to the widths you give: `jaxlump.baselines.compress_to"
-    return TypeError, rf"channel sites \(conv2, head\), which jaxlump.{name} cannot compress"
-
-
-@pytest.mark.parametrize("name", list(REGISTERED))
-def test_every_compressor_cuts_channel_sites_only_as_documented_or_refuses_them_by_name(name):
-    error, match = _cnn_outcome(name)
-    with pytest.raises(error, match=match):
-        _site_compress(name, CNN, IMAGES)
 
 
 class _NNXTokenFFNModel(nnx.Module):
