@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from _vision import SmallCNN
 from flax import nnx
 
 import jaxlump
@@ -505,6 +506,40 @@ def test_site_model_refused_by_design_says_why(name, kind):
     }[_outcome(name, kind)]
     with pytest.raises(TypeError, match=match):
         _site_compress(name, model, x)
+
+
+CNN = SmallCNN(jr.key(7))
+IMAGES = jr.normal(jr.key(8), (8, 1, 6, 6))
+
+
+def _cnn_outcome(name):
+    """What `name` does to a CNN (channel sites only, a Linear head): `None` when it cuts its channels, else the
+    error and message it refuses it with."""
+    if name in REFUSE_SITES:
+        return TypeError, "is compressed site by site"
+    if not REGISTERED[name].structured:
+        return ValueError, "no `Linear` layer to prune but its head"
+    if name == "flap_prune":  # its one threshold is shared over the sites read as chains
+        return TypeError, "site conv2 is a channel site .* not a chain of neurons"
+    if name in ("merge_or_remove", "obs_prune"):
+        return None
+    return TypeError, rf"channel sites \(conv2, head\), which jaxlump.{name} cannot compress"
+
+
+@pytest.mark.parametrize("name", list(REGISTERED))
+def test_every_compressor_cuts_channel_sites_or_refuses_them_by_name(name):
+    outcome = _cnn_outcome(name)
+    if outcome is None:
+        before = _leaves(CNN)
+        new, info = _site_compress(name, CNN, IMAGES, 0.5)
+        assert all(np.array_equal(a, b) for a, b in zip(before, _leaves(CNN), strict=True)), "input was modified"
+        assert type(new) is SmallCNN and info.method == name and info.result == jaxlump.RESULTS.successful
+        assert new.conv1.out_channels == new.conv2.in_channels == info.widths_after["conv2"] < 6
+        assert new.head.in_features == 9 * new.conv2.out_channels == 9 * info.widths_after["head"]
+        return
+    error, match = outcome
+    with pytest.raises(error, match=match):
+        _site_compress(name, CNN, IMAGES)
 
 
 class _NNXTokenFFNModel(nnx.Module):

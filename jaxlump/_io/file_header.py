@@ -138,7 +138,7 @@ def _layers_ok(layers, context=None) -> bool:
             and _path_ok(layer["path"])
             and _is_str(layer["type"])
             and type(layer["shape"]) is list
-            and len(layer["shape"]) == 2
+            and len(layer["shape"]) >= 2
             and all(is_int(n) for n in layer["shape"])
             and _is_bool(layer["use_bias"])
             for layer in layers
@@ -195,8 +195,8 @@ SITES_FIELDS = {
     "class": Field(_is_str, "the saved model's class name (a string)"),
     "layers": Field(
         _layers_ok,
-        "a non-empty list of objects {path: [keys], type: layer type name, shape: [out, in], use_bias: bool} with "
-        "distinct paths",
+        "a non-empty list of objects {path: [keys], type: layer type name, shape: [out, in, *kernel], "
+        "use_bias: bool} with distinct paths",
     ),
     "leaves": Field(
         _leaf_specs_ok,

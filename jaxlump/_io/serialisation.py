@@ -424,8 +424,8 @@ def _load_sites(arrays: dict, structure: dict, path: str, like):
                 f"{layer_type.name} with use_bias={bool(use_bias)}"
             )
         elif tuple(np.shape(weight)) != tuple(spec["shape"]):
-            n_out, n_in = spec["shape"]
-            zeros = jnp.zeros((n_out, n_in), weight.dtype), jnp.zeros((n_out,), weight.dtype)
+            shape = tuple(spec["shape"])  # `(out, in)`, or `(out, in, *kernel)` for a convolution
+            zeros = jnp.zeros(shape, weight.dtype), jnp.zeros(shape[:1], weight.dtype)
             replacements[layer_path] = layer_type.rebuild(layer, *zeros)
     if problems:
         raise ValueError(f"`like` (a {received}) does not fit the saved model:\n  " + "\n  ".join(problems))

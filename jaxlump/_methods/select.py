@@ -35,6 +35,7 @@ from .._reconstruction.reconstruct import DEFAULT_RIDGE, reconstruct
 from .._results.accounting import widths_dense_params
 from .._sites.compress import over_sites
 from .base import check_sparsity, fraction_for, knob_number, layer_knob, structured_info
+from .channels import ChannelRule
 from .greedy import AbstractPath, Greedy, Path, check_candidates
 from .lump import lump, widths_at_layer_eps
 from .registry import Compressor, register_compressor
@@ -154,7 +155,25 @@ def _prepare(model, x_calib, merge, damping, candidates, throw, ridge, path=None
     )
 
 
-@over_sites
+def _cut_channels(eps, options: dict) -> ChannelRule:
+    """How `merge_or_remove` cuts a channel site: the exact greedy over its channels (merges allowed unless
+    `merge=False`) while the consumer's refit error stays within ε."""
+    check_eps(eps)
+    if options["path"] is not None:
+        raise ValueError(f"`path`: channel sites take the exact greedy over channels; received {options['path']!r}.")
+    return ChannelRule(
+        "merge_or_remove",
+        float(eps),
+        lambda path, site: steps_within(path, eps),
+        check_bool(options["merge"], "merge"),
+        float(check_nonnegative(options["damping"], "damping", positive=True)),
+        check_candidates(options["candidates"]),
+        float(check_nonnegative(options["ridge"], "ridge")),
+        throw=check_bool(options["throw"], "throw"),
+    )
+
+
+@over_sites(channels=_cut_channels)
 def merge_or_remove(
     model,
     x_calib,

@@ -165,13 +165,9 @@ def model_flops(model, x=None) -> int:
     often as the model calls it on one example of the batch `x` (from shapes only, so also for traced values)."""
     family = family_of(model)
     layers = family.layers(model)
-    calls = [1] * len(layers) if x is None else _calls_per_example(model, family, x, len(layers))
-    flops = 0
-    for (_, layer), n in zip(layers, calls):
-        weight, _, use_bias = layer_type_of(layer).read(layer)
-        n_out, n_in = np.shape(weight)
-        flops += n * (2 * n_out * n_in + (n_out if use_bias else 0))
-    return flops
+    if x is None:
+        return sum(layer_type_of(layer).flops(layer, None) for _, layer in layers)
+    return sum(_flops_per_example(model, family, x, [layer for _, layer in layers]))
 
 
 def _example(x):
@@ -186,11 +182,11 @@ def _example(x):
     return jax.tree.map(lambda leaf: leaf[:1], x)
 
 
-def _calls_per_example(model, family, x, n_layers: int) -> list[int]:
-    """How often the model's program calls each registered layer on one example of `x` (one call on a batch of
-    `k` rows — a `vmap` over positions — counts `k` times)."""
+def _flops_per_example(model, family, x, layers: list) -> list[int]:
+    """Each registered layer's FLOPs on one example of `x`: every call the model's program makes, with its input's
+    shape (one call on a batch of `k` rows — a `vmap` over positions — counts `k` rows)."""
     example = _example(x)
-    tapped, layers = tapped_model(model, family)
+    tapped, taps = tapped_model(model, family)
     try:
         closed = jax.make_jaxpr(lambda b: family.apply(tapped, b))(example)
     except Exception as error:
@@ -198,26 +194,26 @@ def _calls_per_example(model, family, x, n_layers: int) -> list[int]:
             f"`x`: `model` ({type(model).__name__}) cannot be applied to one example of it: "
             f"{type(error).__name__}: {error}"
         ) from error
-    counts = [0] * n_layers
-    _count_calls(closed.jaxpr, 1, counts, layers.paths)
-    return counts
+    flops = [0] * len(layers)
+    _count_calls(closed.jaxpr, 1, flops, taps.paths, layers)
+    return flops
 
 
-def _count_calls(jaxpr, times: int, counts: list[int], paths) -> None:
+def _count_calls(jaxpr, times: int, counts: list[int], paths, layers: list) -> None:
     from jax.extend.core import ClosedJaxpr, jaxprs_in_params
 
     for eqn in jaxpr.eqns:
         name = eqn.params.get("name") if eqn.primitive.name in ("jit", "pjit") else None
         if isinstance(name, str) and name.startswith(TAP_PREFIX):
-            shape = eqn.invars[-1].aval.shape
-            counts[int(name[len(TAP_PREFIX) :])] += times * int(np.prod(shape[:-1], dtype=int))
+            tap = int(name[len(TAP_PREFIX) :])
+            counts[tap] += times * layer_type_of(layers[tap]).flops(layers[tap], eqn.invars[-1].aval.shape)
             continue
         inner = [j.jaxpr if isinstance(j, ClosedJaxpr) else j for j in jaxprs_in_params(eqn.params)]
         if eqn.primitive.name == "cond":
             branches = []
             for branch in inner:
                 branch_counts = [0] * len(counts)
-                _count_calls(branch, times, branch_counts, paths)
+                _count_calls(branch, times, branch_counts, paths, layers)
                 branches.append(branch_counts)
             for i in range(len(counts)):
                 counts[i] += max(b[i] for b in branches)
@@ -225,7 +221,7 @@ def _count_calls(jaxpr, times: int, counts: list[int], paths) -> None:
         if eqn.primitive.name == "while":
             before = list(counts)
             for body in inner:
-                _count_calls(body, times, counts, paths)
+                _count_calls(body, times, counts, paths, layers)
             called = [path_name(paths[i]) for i, (a, b) in enumerate(zip(before, counts)) if a != b]
             if called:
                 raise ValueError(
@@ -236,7 +232,7 @@ def _count_calls(jaxpr, times: int, counts: list[int], paths) -> None:
             continue
         factor = int(eqn.params["length"]) if eqn.primitive.name == "scan" else 1
         for body in inner:
-            _count_calls(body, times * factor, counts, paths)
+            _count_calls(body, times * factor, counts, paths, layers)
 
 
 def _check_neuron_masks(masks, widths) -> tuple:

@@ -40,14 +40,24 @@ class Segment:
     gates: tuple[Path | None, ...]
     activations: tuple[str, ...]
 
+    @property
+    def channels(self) -> bool:
+        """Whether this is one channel site (compressed on its own, not as a chain)."""
+        return self.sites[0].unit == "channel"
+
 
 def segments(listed: Sites | tuple[Site, ...]) -> list[Segment]:
-    """The sites (of a listing, or as a tuple) grouped into chains, in program order."""
+    """The sites (of a listing, or as a tuple) grouped into chains, in program order; a channel site is a segment
+    of its own."""
     listed = listed.sites if isinstance(listed, Sites) else listed
-    by_producer = {s.keys[-2]: s for s in listed if not s.gated}
-    consumers = {s.keys[-1] for s in listed}
+    neurons = [s for s in listed if s.unit == "neuron"]
+    by_producer = {s.keys[-2]: s for s in neurons if not s.gated}
+    consumers = {s.keys[-1] for s in neurons}
     out = []
     for site in listed:
+        if site.unit != "neuron":
+            out.append(Segment((site,), site.keys, (None, None), (site.activation, "identity")))
+            continue
         if not site.gated and site.keys[0] in consumers:
             continue  # continues the segment of the site before it
         chain, current = [site], site
@@ -73,7 +83,15 @@ def _layer(model, path: Path):
 
 
 def segment_chain(model, segment: Segment) -> DenseChain:
-    """The segment's layers of `model` as a `DenseChain` (the gate of a gated unit included)."""
+    """The segment's layers of `model` as a `DenseChain` (the gate of a gated unit included); a channel site is
+    refused, as no chain of neurons."""
+    if segment.channels:
+        site = segment.sites[0]
+        raise TypeError(
+            f"`model`'s site {site.path} is a channel site ({site.describe()}), not a chain of neurons, which this "
+            "function needs. Channel sites are cut by `jaxlump.baselines.compress_to(model, 'merge_or_remove' or "
+            "'obs_prune', {site path: channels}, x_calib)`; select the other sites with `where`."
+        )
     params = [_read(model, path) for path in segment.layers]
     gates = [None if g is None else _read(model, g) for g in segment.gates]
     gated = any(g is not None for g in gates)
@@ -139,8 +157,14 @@ def site_chains(model, x_calib, *, where=None) -> list[SiteChain]:
     ```
     """
     listing = site_listing(model, x_calib, where)
-    chosen = segments(listing)
-    rows = capture(model, family_of(model), site_taps(model, listing), x_calib)
+    chosen = [segment for segment in segments(listing) if not segment.channels]
+    if not chosen:
+        raise ValueError(
+            f"`model` ({type(model).__name__}) has only channel sites, which are no chain of neurons; "
+            "`site_chains` lists the segments of neuron sites."
+        )
+    taps = [t for t, segment in zip(site_taps(model, listing), segments(listing)) if not segment.channels]
+    rows = capture(model, family_of(model), tuple(taps), x_calib)
     chains = [segment_chain(model, segment) for segment in chosen]
     return [
         SiteChain(tuple(site.path for site in segment.sites), chain, r.astype(chain.weights[0].dtype))
@@ -234,7 +258,8 @@ class SitesInfo(eqx.Module):
             f"(RMS {float(self.output_rms):.3g}) on the calibration data"
         ]
         after = self.widths_after
-        lines += [f"  {p}: {self.widths_before[p]} → {int(after[p])} units" for p in self.widths_before]
+        units = {site.path: site.unit_name for site in self.sites}
+        lines += [f"  {p}: {self.widths_before[p]} → {int(after[p])} {units[p]}" for p in self.widths_before]
         return "\n".join(lines)
 
 
@@ -307,14 +332,23 @@ def compress_sites(
     where=None,
     independent: bool = False,
     listing: Sites | None = None,
+    channels=None,
 ):
     """`per_segment(segment, chain, rows) -> (chain, info)` applied to every segment of `model`'s sites in order
-    (see the module docs); `method` and `knob` are recorded in the `SitesInfo`."""
+    (see the module docs); channel sites are cut by `channels` (`None`: the method cannot, and they are refused);
+    `method` and `knob` are recorded in the `SitesInfo`."""
     family = family_of(model)
     listing = listing or site_listing(model, x_calib, where)
+    _check_channel_sites(listing, method, channels, independent)
     batch = jax.tree_util.tree_leaves(x_calib)[0].shape[0]
     current, infos, calls = model, [], []
     for segment, tap in zip(segments(listing), site_taps(model, listing)):
+        if segment.channels:
+            replacements, info = channels.cut(segment.sites[0], current, family, x_calib)
+            current = family.replace(current, replacements)
+            infos.append(info)
+            calls.append(1)  # a channel site's FLOPs are already per example
+            continue
         source = model if independent else current
         (rows,) = capture(source, family, (tap,), x_calib)
         chain = segment_chain(model, segment)
@@ -324,6 +358,29 @@ def compress_sites(
         calls.append(rows.shape[0] // batch)
     info = _sites_info(model, current, x_calib, listing, infos, calls, method, knob)
     return current, info
+
+
+def channel_methods() -> list[str]:
+    """The registered compressors that cut channel sites."""
+    return [name for name, entry in compressors().items() if getattr(entry.function, "channel_rule", None)]
+
+
+def _check_channel_sites(listing: Sites, method: str, channels, independent: bool) -> None:
+    """Refuse, before any work, channel sites that the method cannot cut or that `independent` asks for."""
+    found = [s.path for s in listing.sites if s.unit == "channel"]
+    if not found:
+        return
+    if channels is None:
+        raise TypeError(
+            f"`model` has channel sites ({', '.join(found)}), which jaxlump.{method} cannot compress: it works on "
+            f"neurons. Channel sites are cut by {', '.join(channel_methods())}; to compress only the other sites, "
+            "select them with `where`."
+        )
+    if independent:
+        raise ValueError(
+            f"`independent=True`: channel sites ({', '.join(found)}) share layers with their neighbours and are "
+            "compressed on the model compressed so far; pass independent=False."
+        )
 
 
 def compress_layers(per_layer, model, x_calib, *, method: str, knob, where=None, independent=False, head=False):
@@ -346,6 +403,8 @@ def compress_layers(per_layer, model, x_calib, *, method: str, knob, where=None,
             continue
         path = tapped.paths[tap]
         layer = _layer(model, path)
+        if layer_type_of(layer).channels:  # masks are for `Linear` layers; a convolution keeps its weights
+            continue
         weight, bias, use_bias = layer_type_of(layer).read(layer)
         (rows,) = capture(model if independent else current, family, (tap,), x_calib)
         chain = DenseChain((weight,), (bias,), ("identity",), (use_bias,))
@@ -393,7 +452,8 @@ def compress_to_sites(
     """`compress_to` for a model of sites: `target` is a count or a fraction of the whole model's parameters (the
     sites' parameters are cut by one fraction, so that the whole model meets it) or `{site path: width}`."""
     listing = site_listing(model, x_calib, where)
-    chains = segments(listing)
+    rule = _channel_widths_rule(name, listing, target, options)
+    chains = [s for s in segments(listing) if not s.channels]
     total = parameter_count(model)
     in_sites = sum(_chain_params(segment_chain(model, s)) for s in chains)
     if isinstance(target, dict):
@@ -434,6 +494,7 @@ def compress_to_sites(
         knob=target,
         independent=independent,
         listing=listing,
+        channels=rule,
     )
     if not isinstance(target, dict) and info.params_after > budget:
         raise UnreachableTargetError(
@@ -441,6 +502,38 @@ def compress_to_sites(
             info.params_after,
         )
     return small, info
+
+
+def _channel_widths_rule(name, listing: Sites, target, options: dict):
+    """The `ChannelRule` that cuts each channel site to its width in `target` (`None` without channel sites or
+    for a method that cannot cut them, which `compress_sites` refuses); other targets are refused for them."""
+    found = [s for s in listing.sites if s.unit == "channel"]
+    if not found:
+        return None
+    if not isinstance(target, dict):
+        raise TypeError(
+            f"`target`: `model` has channel sites ({', '.join(s.path for s in found)}); give their widths as a dict "
+            f"{{site path: channels}}; received {target!r}."
+        )
+    for site in found:
+        width = target.get(site.path, site.width)
+        if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or not 1 <= width <= site.width:
+            raise ValueError(
+                f"`target[{site.path!r}]` must be a number of channels from 1 to {site.width}; received {width!r}."
+            )
+    function = compressors()[name].function if isinstance(name, str) and name in compressors() else name
+    factory = getattr(function, "channel_rule", None)
+    if factory is None:
+        return None
+    parameters = inspect.signature(function).parameters
+    defaults = {k: p.default for k, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise TypeError(f"`{name}` has no option {', '.join(map(repr, unknown))}; its options: {sorted(defaults)}.")
+    rule = factory(0.0, defaults | options)  # the knob is replaced: each site is cut at its width
+    return dataclasses.replace(
+        rule, knob=float("nan"), steps=lambda path, site: site.width - int(target.get(site.path, site.width))
+    )
 
 
 def _chain_params(chain: DenseChain) -> int:
@@ -454,7 +547,7 @@ def site_taps(model, listing: Sites) -> tuple[int, ...]:
     return tuple(index[segment.layers[0]] for segment in segments(listing))
 
 
-def over_sites(compressor=None, *, refusal: str | None = None, fixed_shape: bool = False, allocate=None):
+def over_sites(compressor=None, *, refusal: str | None = None, fixed_shape: bool = False, allocate=None, channels=None):
     """Make `compressor` (call shape `(model, x_calib, knob, **options)` on chain models) work on any model.
 
     Adds two keyword options: `where` (which sites, see `jaxlump.sites`) and `independent` (capture every
@@ -464,9 +557,14 @@ def over_sites(compressor=None, *, refusal: str | None = None, fixed_shape: bool
     the compressor keeps every array's shape (its result is masked), so it can run on traced values. `allocate`:
     a method whose knob is shared out over the whole model (FLAP's one global threshold) gives
     `allocate(chains, rows, knob, **options) -> per-segment knobs`, called on every segment of the original model
-    and its input rows; each segment is then compressed with its own knob."""
+    and its input rows; each segment is then compressed with its own knob. `channels(knob, options)`: how the
+    method cuts channel sites, a rule with `cut(site, model, family, x_calib)` built from its knob and every option
+    (defaults filled in); `None`: it cannot, and channel sites are refused. Kept as the wrapper's `channel_rule`, so
+    that `compress_to` cuts channel sites at given widths with the same rule."""
     if compressor is None:
-        return functools.partial(over_sites, refusal=refusal, fixed_shape=fixed_shape, allocate=allocate)
+        return functools.partial(
+            over_sites, refusal=refusal, fixed_shape=fixed_shape, allocate=allocate, channels=channels
+        )
     signature = inspect.signature(compressor)
 
     @functools.wraps(compressor)
@@ -515,6 +613,11 @@ def over_sites(compressor=None, *, refusal: str | None = None, fixed_shape: bool
             knob = [knobs[segment.layers]] if segment.layers in knobs else positional[:1]
             return compressor(chain, rows, *knob, *positional[1:], **rest)
 
+        rule = None
+        if channels is not None and positional and any(site.unit == "channel" for site in listing.sites):
+            given = signature.bind_partial(model, *args, **kwargs)
+            given.apply_defaults()
+            rule = channels(positional[0], _split(signature, given.arguments)[1])
         return compress_sites(
             per_segment,
             model,
@@ -523,8 +626,10 @@ def over_sites(compressor=None, *, refusal: str | None = None, fixed_shape: bool
             knob=positional[0] if positional else None,
             independent=independent,
             listing=listing,
+            channels=rule,
         )
 
+    compress.channel_rule = channels
     extra = [
         inspect.Parameter("where", inspect.Parameter.KEYWORD_ONLY, default=None),
         inspect.Parameter("independent", inspect.Parameter.KEYWORD_ONLY, default=False),

@@ -12,6 +12,8 @@ from collections.abc import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
 
 from .._model.eqx_nn import make_linear
 from .._model.network import check_parameter_dtype
@@ -36,6 +38,10 @@ class LayerType:
     - `read(layer)`: `(weight (out, in), bias (out,), use_bias)`, the bias zeros when the layer has none.
     - `rebuild(layer, weight, bias)`: a new layer of `layer`'s class and settings with these parameters.
     - `why_not(layer)`: why this layer cannot take part in a site (`None` when it can).
+    - `flops(layer, shape)`: the dense FLOPs of one call on an input of `shape` (`None`: one example); default
+      `2·in·out (+ out with a bias)` per row, every axis of `shape` but the last counting rows.
+    - `channels`: its units are channels: `read` gives the weight as `(out, in, *kernel)` and the layer maps
+      `(in, *spatial)` to `(out, *spatial')` (a convolution); otherwise `(out, in)` on the last axis.
     """
 
     name: str
@@ -43,6 +49,12 @@ class LayerType:
     read: Callable
     rebuild: Callable
     why_not: Callable = lambda layer: None
+    flops: Callable = None
+    channels: bool = False
+
+    def __post_init__(self):
+        if self.flops is None:
+            object.__setattr__(self, "flops", _dense_flops)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +84,13 @@ class Family:
     def apply(self, model, x):
         """The model on a batch `x` (one leading batch axis), as its users call it."""
         return jax.vmap(model)(x) if self.per_example else model(x)
+
+
+def _dense_flops(layer, shape) -> int:
+    weight, _, use_bias = layer_type_of(layer).read(layer)
+    n_out, n_in = np.shape(weight)
+    rows = 1 if shape is None else int(np.prod(shape[:-1], dtype=int))
+    return rows * (2 * n_out * n_in + (n_out if use_bias else 0))
 
 
 LAYER_TYPES: list[LayerType] = []
@@ -174,6 +193,72 @@ def _eqx_replace(model, replacements: dict):
 
 register_layer_type(
     LayerType("eqx.nn.Linear", lambda m: isinstance(m, eqx.nn.Linear), _eqx_read, _eqx_rebuild, _eqx_why_not)
+)
+
+
+def _conv_read(layer: eqx.nn.Conv):
+    check_parameter_dtype(layer.weight, "weight")
+    bias = layer.bias.reshape(layer.out_channels) if layer.use_bias else jnp.zeros(layer.out_channels)
+    return layer.weight, bias.astype(layer.weight.dtype), layer.use_bias
+
+
+def _conv_rebuild(layer: eqx.nn.Conv, weight, bias) -> eqx.nn.Conv:
+    settings = dict(
+        in_channels=int(weight.shape[1]),
+        out_channels=int(weight.shape[0]),
+        kernel_size=layer.kernel_size,
+        stride=layer.stride,
+        padding=layer.padding,
+        dilation=layer.dilation,
+        groups=layer.groups,
+        use_bias=layer.use_bias,
+        padding_mode=layer.padding_mode,
+        dtype=weight.dtype,
+        key=jr.key(0),
+    )
+    if type(layer) is eqx.nn.Conv:
+        settings["num_spatial_dims"] = layer.num_spatial_dims
+    new = eqx.filter_eval_shape(type(layer), **settings)  # built abstractly, then given the real parameters
+    new = eqx.tree_at(lambda m: m.weight, new, weight)
+    if not layer.use_bias:
+        return new
+    return eqx.tree_at(lambda m: m.bias, new, bias.reshape((-1,) + (1,) * layer.num_spatial_dims))
+
+
+_CONV_CLASSES = (eqx.nn.Conv, eqx.nn.Conv1d, eqx.nn.Conv2d, eqx.nn.Conv3d)
+
+
+def _conv_why_not(layer: eqx.nn.Conv) -> str | None:
+    if type(layer) not in _CONV_CLASSES:
+        return f"it is a subclass ({type(layer).__name__}) whose computation jaxlump cannot assume"
+    if layer.groups != 1:
+        return f"it is a grouped convolution (groups={layer.groups})"
+    if layer.padding_mode != "ZEROS":
+        return f"its padding mode is {layer.padding_mode!r} (only zero padding is supported)"
+    return None
+
+
+def _conv_flops(layer: eqx.nn.Conv, shape) -> int:
+    if shape is None:
+        raise ValueError("`x`: the FLOPs of a convolution depend on the size of its input; pass an example batch `x`.")
+    example = jax.ShapeDtypeStruct(tuple(shape[-layer.num_spatial_dims - 1 :]), layer.weight.dtype)
+    out = jax.eval_shape(layer, example)
+    calls = int(np.prod(shape[: -layer.num_spatial_dims - 1], dtype=int))
+    positions = int(np.prod(out.shape[1:], dtype=int))
+    per_position = 2 * layer.out_channels * layer.in_channels * int(np.prod(layer.kernel_size)) // layer.groups
+    return calls * positions * (per_position + (layer.out_channels if layer.use_bias else 0))
+
+
+register_layer_type(
+    LayerType(
+        "eqx.nn.Conv",
+        lambda m: isinstance(m, eqx.nn.Conv),
+        _conv_read,
+        _conv_rebuild,
+        _conv_why_not,
+        flops=_conv_flops,
+        channels=True,
+    )
 )
 register_family(
     Family("Equinox", lambda m: isinstance(m, eqx.Module), _eqx_layers, _eqx_replace, _eqx_arrays, per_example=True)

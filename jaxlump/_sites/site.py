@@ -27,6 +27,9 @@ class Site:
     - `activation`: the combine's activation (of the gate for a gated unit), a `jaxlump.Activation` name.
     - `gated`: whether the hidden unit is `σ(gate) ⊙ up`.
     - `width`: its number of hidden units.
+    - `unit`: what a unit is: `"neuron"` (a row of a `Linear`) or `"channel"` (an output channel of a convolution).
+    - `group`: the consumer's input columns per unit: 1 for a neuron, `k_h·k_w` for a channel read by a
+      convolution, `H·W` for a channel read by a `Linear` after a flatten.
     """
 
     path: str
@@ -36,10 +39,22 @@ class Site:
     gated: bool
     width: int
     keys: tuple[Path, ...] = dataclasses.field(repr=False, compare=False, default=())
+    unit: str = "neuron"
+    group: int = 1
+    flattened: tuple[int, ...] | None = dataclasses.field(repr=False, compare=False, default=None)
+
+    @property
+    def unit_name(self) -> str:
+        """What its units are called in listings: `"units"` (neurons) or `"channels"`."""
+        return "channels" if self.unit == "channel" else "units"
 
     def describe(self) -> str:
         combine = f"{self.activation}(gate) ⊙ up" if self.gated else self.activation
-        return f"{self.path}: {self.width} units, {' + '.join(self.producers)} → {combine} → {self.consumer}"
+        read = " (flattened)" if self.flattened is not None else ""
+        return (
+            f"{self.path}: {self.width} {self.unit_name}, {' + '.join(self.producers)} → {combine}{read} → "
+            f"{self.consumer}"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,6 +176,9 @@ def sites(model, x_calib, *, where=None) -> Sites:
             continue
         producers = (f.gate, *(p for p in f.producers if p != f.gate)) if f.gate is not None else f.producers
         up = layer_type_of(tapped.layers[producers[-1]]).read(tapped.layers[producers[-1]])[0]
+        channels = layer_type_of(tapped.layers[producers[-1]]).channels
+        consumer_weight = layer_type_of(tapped.layers[f.consumer]).read(tapped.layers[f.consumer])[0]
+        spatial = f.flattened if f.flattened is not None else consumer_weight.shape[2:]
         kept.append(
             Site(
                 name,
@@ -170,6 +188,9 @@ def sites(model, x_calib, *, where=None) -> Sites:
                 f.gate is not None,
                 int(up.shape[0]),
                 tuple(tapped.paths[t] for t in (*producers, f.consumer)),
+                "channel" if channels else "neuron",
+                int(np.prod(spatial, dtype=int)) if channels else 1,
+                f.flattened,
             )
         )
     if selected is not None and not kept and not left:
@@ -221,12 +242,30 @@ def _child(node, key):
     return node[key] if isinstance(key, int) else getattr(node, key)
 
 
+def _evaluated(model, family: Family, x_calib, pick):
+    """The values of the variables `pick(program, tap index by path)` chooses when `model` runs on `x_calib`,
+    computed by evaluating the traced program, so that values inside the model's own `jax.vmap`s come whole."""
+    tapped, layers = tapped_model(model, family)
+    program = Program(jax.make_jaxpr(lambda x: family.apply(tapped, x))(x_calib))
+    wanted = pick(program, {path: i for i, path in enumerate(layers.paths)})
+    return jax.jit(lambda *args: program.values_of(wanted, *args))(*jax.tree_util.tree_leaves(x_calib)), wanted
+
+
 def capture(model, family: Family, taps: tuple[int, ...], x_calib) -> list[jax.Array]:
     """The inputs of the layers with tap indices `taps` when `model` runs on `x_calib`, as rows `(N, width)`
-    (every axis but the last flattened: `(batch·T, d)` for a sequence model), computed by evaluating the traced
-    program, so that inputs inside the model's own `jax.vmap`s are captured whole."""
-    tapped, _ = tapped_model(model, family)
-    program = Program(jax.make_jaxpr(lambda x: family.apply(tapped, x))(x_calib))
-    wanted = [program.taps[t][0].ins[-1] for t in taps]
-    values = jax.jit(lambda *args: program.values_of(wanted, *args))(*jax.tree_util.tree_leaves(x_calib))
+    (every axis but the last flattened: `(batch·T, d)` for a sequence model)."""
+    values, _ = _evaluated(model, family, x_calib, lambda program, _: [program.taps[t][0].ins[-1] for t in taps])
     return [v.reshape(-1, v.shape[-1]) for v in values]
+
+
+def capture_site(model, family: Family, site: Site, x_calib) -> tuple[jax.Array, tuple, tuple]:
+    """For a channel site: its producer's output on `x_calib` (batch axis first) and the input shapes of its
+    producer and consumer for one example (batch axis 1)."""
+
+    def pick(program, index):
+        producer, consumer = program.taps[index[site.keys[0]]][0], program.taps[index[site.keys[-1]]][0]
+        return [producer.outs[0], producer.ins[-1], consumer.ins[-1]]
+
+    (output, *_), wanted = _evaluated(model, family, x_calib, pick)
+    one = [(1, *v.aval.shape[1:]) for v in wanted[1:]]
+    return output, one[0], one[1]

@@ -155,6 +155,7 @@ class Found:
     activation: str | None = None
     gate: int | None = None
     reason: str | None = None
+    flattened: tuple | None = None  # the spatial shape flattened after each channel when the consumer is a Linear
 
 
 class Program:
@@ -206,9 +207,21 @@ class Program:
         names = [n.name for n in self.read_by.get(v, []) if n not in allowed]
         return names + (["the model's output"] if v in self.outputs else [])
 
-    def backward(self, consumer: Node):
-        """The elementwise slice that computes `consumer`'s input: `(nodes, producer taps, problem)`."""
+    def consumer_input(self, consumer: Node):
+        """`(value, spatial)`: the value the consumer reads and `None`, or, when it reads a flatten of a value — a
+        reshape of `(..., C, *spatial)` to `(..., C·prod(spatial))`, channel-major — that value and `spatial`."""
         target = consumer.ins[-1]
+        node = self.defined_by.get(target)
+        if node is None or node.name != "reshape" or node.in_loop or not isinstance(node.ins[0], jcore.Var):
+            return target, None
+        before, after = _aval(node.ins[0]).shape, _aval(target).shape
+        lead = len(after) - 1
+        if len(before) <= len(after) or before[:lead] != after[:lead]:
+            return target, None
+        return node.ins[0], tuple(before[lead + 1 :])
+
+    def backward(self, target):
+        """The elementwise slice that computes `target` (a consumer's input): `(nodes, producer taps, problem)`."""
         shape = _aval(target).shape
         stack, seen, nodes, producers = [target], set(), [], set()
         while stack:
@@ -370,17 +383,21 @@ def find(program: Program, tapped: Tapped) -> list[Found]:
         if len(calls) != 1:
             continue
         consumer = calls[0]
-        nodes, producers, problem = program.backward(consumer)
+        value, flattened = program.consumer_input(consumer)
+        nodes, producers, problem = program.backward(value)
         if problem is not None or not producers:
             continue
-        why = _why_not(program, tapped, consumer, nodes, producers)
+        reads = nodes if flattened is None else [*nodes, program.defined_by[consumer.ins[-1]]]  # with the flatten
+        why = _why_not(program, tapped, consumer, reads, producers) or _channels_problem(
+            tapped, producers, consumer_tap, flattened
+        )
         if why is None:
-            result = _combine(program, nodes, producers, consumer)
+            result = _combine(program, nodes, producers, value)
             if isinstance(result, str):
                 why = result
             else:
                 activation, gate = result
-                found.append(Found(tuple(sorted(producers)), consumer_tap, activation, gate))
+                found.append(Found(tuple(sorted(producers)), consumer_tap, activation, gate, flattened=flattened))
                 claimed.update(producers)
                 continue
         found.append(Found(tuple(sorted(producers)), consumer_tap, reason=why))
@@ -456,8 +473,25 @@ def _why_not(program: Program, tapped: Tapped, consumer: Node, nodes, producers)
     return None
 
 
-def _combine(program: Program, nodes, producers, consumer) -> tuple[str, int | None] | str:
-    output = consumer.ins[-1]
+def _channels_problem(tapped: Tapped, producers, consumer: int, flattened) -> str | None:
+    """Why producers and a consumer of different kinds (channels, features) do not make a site, if they don't."""
+    convolutions = [layer_type_of(tapped.layers[p]).channels for p in producers]
+    consumer_convolves = layer_type_of(tapped.layers[consumer]).channels
+    if not any(convolutions):
+        if consumer_convolves:
+            return "a Linear's output feeds a convolution"
+        return "its producer's output is reshaped before the next layer" if flattened is not None else None
+    if len(producers) > 1:
+        return "its units combine two convolutions (gated convolutions are not supported)"
+    if consumer_convolves or flattened is not None:
+        return None
+    return (
+        "a convolution's output reaches a Linear without a flatten of its channels (`x.reshape(-1)`), so its "
+        "channels are not the Linear's units"
+    )
+
+
+def _combine(program: Program, nodes, producers, output) -> tuple[str, int | None] | str:
     by_tap = {p: program.taps[p][0] for p in producers}
     if len(by_tap) == 1:
         ((tap, node),) = by_tap.items()

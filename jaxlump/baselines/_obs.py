@@ -29,8 +29,10 @@ import numpy as np
 from jaxtyping import ArrayLike, Float
 
 from .._errors import RESULTS, check_bool, check_nonnegative, combine, finite_result, raise_if_failed
-from .._methods.base import Fractions, chain_and_data, check_sparsity, knob_number, layer_knob
+from .._methods.base import Fractions, chain_and_data, check_sparsity, is_per_layer, knob_number, layer_knob
+from .._methods.channels import ChannelRule
 from .._methods.registry import NEURON_SPARSITY, Compressor, register_compressor
+from .._methods.select import steps_to_sparsity
 from .._model import from_chain
 from .._model.network import DenseChain
 from .._reconstruction.masked import shrink
@@ -268,7 +270,29 @@ def prune_by_selector(
     return finish(method, sparsity, model, chain, x, labels, **options)
 
 
-@over_sites
+def _cut_channels(sparsity, options: dict) -> ChannelRule:
+    """How `obs_prune` cuts a channel site: group OBS (removals only), `int(n·s)` channels, the consumer refitted
+    unless `reconstruct=False`; every channel site is cut on the model compressed so far (ZipLM's sequential mode)."""
+    if is_per_layer(sparsity):
+        raise ValueError(
+            f"`sparsity` for a model with channel sites must be one fraction for every site; received {sparsity!r}."
+        )
+    fraction = float(check_sparsity(sparsity, None))
+    check_bool(options["sequential"], "sequential")
+    return ChannelRule(
+        "obs_prune",
+        fraction,
+        lambda path, site: steps_to_sparsity(path, fraction),
+        False,
+        float(check_nonnegative(options["damping"], "damping", positive=True)),
+        None,
+        float(check_nonnegative(options["ridge"], "ridge")),
+        refit=check_bool(options["reconstruct"], "reconstruct"),
+        throw=check_bool(options["throw"], "throw"),
+    )
+
+
+@over_sites(channels=_cut_channels)
 def obs_prune(
     model: Any,
     x_calib: Float[ArrayLike, "batch in"],

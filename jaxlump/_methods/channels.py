@@ -1,0 +1,189 @@
+"""Channel sites: a convolution's output channels → an elementwise activation → the next convolution, or a flatten
+and a `Linear`. A channel is a *group* of the consumer's input columns: the `k_h·k_w` columns of the next
+convolution's unfolded input that read it, or its `H·W` columns of the flattened vector.
+
+A channel site is compressed on its own (the sites around it share its layers: the producer's input channels and
+the consumer's outputs belong to the neighbouring sites), on the model compressed so far: the producer's output is
+captured on the calibration batch, the greedy group path (`jaxlump._methods.group_greedy`) chooses which channels
+go or merge, and the result is built as a quotient — merged channels' filters and biases averaged (mean-in), the
+consumer's column groups summed (sum-out) — whose consumer is then refitted against the dense site's output by the
+shared least-squares solve (`jaxlump._reconstruction.reconstruct.solve_layer`).
+"""
+
+import dataclasses
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .._criteria.gram import batch_rows_for, fold_batches, row_batches
+from .._criteria.merge_cost import unit_activation
+from .._errors import RESULTS, combine, finite_result, raise_if_failed
+from .._reconstruction.masked import compact
+from .._reconstruction.reconstruct import solve_layer
+from .._results.accounting import Cost
+from .._results.info import Certificate, CompressionInfo
+from .._sites.layers import Family, layer_type_of
+from .._sites.site import Site, capture_site
+from .group_greedy import GroupProblem, group_path
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelRule:
+    """How a compressor cuts a channel site: the path's options and how many of its steps to take
+    (`steps(path, site) -> int`), with the method's name and knob for the info."""
+
+    method: str
+    knob: object
+    steps: Callable
+    merge: bool
+    damping: float
+    candidates: int | None
+    ridge: float
+    refit: bool = True
+    throw: bool = True
+
+    def cut(self, site: Site, model, family: Family, x_calib):
+        """`(replacements, info)` for `site` of `model` (see `compress_channel_site`)."""
+        return compress_channel_site(site, model, family, x_calib, self)
+
+
+def _layer(model, path):
+    node = model
+    for key in path:
+        node = node[key] if isinstance(key, int) else getattr(node, key)
+    return node
+
+
+def _consumer_reading(site: Site, consumer):
+    """`(features, weights by unit)`: how the consumer reads one channel's map `(B, *spatial)` — its rows `(R, g)`
+    — and its weight as `(out, channels, g)`."""
+    weight = layer_type_of(consumer).read(consumer)[0]
+    if site.flattened is not None:
+        return (lambda a: a.reshape(a.shape[0], -1)), weight.reshape(weight.shape[0], site.width, -1)
+
+    def unfold(a):
+        patches = jax.lax.conv_general_dilated_patches(
+            a[:, None],
+            filter_shape=consumer.kernel_size,
+            window_strides=consumer.stride,
+            padding=consumer.padding,
+            rhs_dilation=consumer.dilation,
+        )  # (B, k_h·k_w, *out_spatial), the kernel's positions in the weight's order
+        return jnp.moveaxis(patches, 1, -1).reshape(-1, patches.shape[1])
+
+    return unfold, weight.reshape(weight.shape[0], weight.shape[1], -1)
+
+
+def _site_cost(producer, consumer, producer_shape, consumer_shape) -> Cost:
+    """Parameters and FLOPs per example of the site's two layers (inputs of one example, batch axis first)."""
+    arrays = [a for layer in (producer, consumer) for a in jax.tree_util.tree_leaves(layer) if eqx.is_inexact_array(a)]
+    params = sum(int(np.size(a)) for a in arrays)
+    nonzeros = sum(int(np.count_nonzero(np.asarray(a))) for a in arrays)
+    pairs = ((producer, producer_shape), (consumer, consumer_shape))
+    flops = sum(layer_type_of(layer).flops(layer, shape) for layer, shape in pairs)
+    return Cost(jnp.asarray(params), jnp.asarray(nonzeros), jnp.asarray(flops))
+
+
+def _path(site: Site, z, features, weights, use_bias: bool, rule: ChannelRule) -> np.ndarray:
+    """The site's labels after the rule's steps of its group path (computed in float64)."""
+    with jax.enable_x64(True):
+        problem = GroupProblem(
+            jnp.moveaxis(jnp.asarray(z, jnp.float64), 1, 0),
+            jnp.asarray(weights, jnp.float64),
+            features,
+            site.activation,
+            use_bias,
+            float(jnp.finfo(z.dtype).eps),  # the pre-activations were computed in the model's dtype
+        )
+        path = group_path(problem, merge=rule.merge, damping=rule.damping, candidates=rule.candidates)
+    return path.labels_after(int(rule.steps(path, site)))
+
+
+def _refit(site: Site, z, merged_pre, features, weights, prior, bias, use_bias: bool, rule: ChannelRule):
+    """The consumer refitted on the quotient's channels against the dense site's output, streamed over batches of
+    examples (`solve_layer`, the shared reconstruction); with `rule.refit=False` the summed columns as they are.
+    Returns `(weight (out, k·g), bias, result, max |Δ|, RMS Δ)` on the calibration rows."""
+    width = merged_pre.shape[0]
+
+    def rows(batch):
+        merged, original = batch
+        act = unit_activation(site.activation, False, merged, 1)
+        a = jnp.concatenate([features(act[:, u]) for u in range(width)], axis=1)
+        full = unit_activation(site.activation, False, original, 1)
+        t = sum(features(full[:, u]) @ weights[:, u].T for u in range(site.width)) + bias
+        return a, t
+
+    examples = z.shape[0]
+    rows_per_example = features(z[:1, 0]).shape[0]
+    per_batch = batch_rows_for(examples, rows_per_example * (width + site.width) * site.group)
+    index, valid = row_batches(jnp.arange(examples)[:, None], per_batch)  # padding repeats example 0, not valid
+    batches = (jnp.moveaxis(merged_pre, 0, 1)[index[..., 0]], z[index[..., 0]])
+    valid = jnp.repeat(valid, rows_per_example, axis=1)
+    flat_prior = prior.reshape(prior.shape[0], -1)
+
+    @jax.jit
+    def solve(batches, valid):
+        if rule.refit:
+            support = jnp.ones(flat_prior.shape, bool)
+            live = jnp.ones(flat_prior.shape[0], bool)
+            w, b, solved = solve_layer(
+                rows, batches, valid, flat_prior, bias, support, live, use_bias, rule.ridge, False
+            )
+        else:
+            w, b, solved = flat_prior, bias, RESULTS.successful
+
+        def deviation(total, batch, ok):
+            a, t = rows(batch)
+            error = jnp.where(ok[:, None], jnp.abs(a @ w.T + b - t), 0.0)
+            return jnp.maximum(total[0], jnp.max(error)), total[1] + jnp.sum(error**2)
+
+        worst, squares = fold_batches(deviation, (jnp.zeros(()), jnp.zeros(())), batches, valid)
+        return w, b, solved, worst, jnp.sqrt(squares / (jnp.sum(valid) * w.shape[0]))
+
+    return solve(batches, valid)
+
+
+def compress_channel_site(site: Site, model, family: Family, x_calib, rule: ChannelRule):
+    """`(replacements, info)`: new producer and consumer layers by path for `site` of `model`, and a
+    `CompressionInfo` whose widths are `(producer inputs, channels, consumer outputs)`."""
+    producer_path, consumer_path = site.keys[0], site.keys[-1]
+    producer, consumer = _layer(model, producer_path), _layer(model, consumer_path)
+    z, producer_in, consumer_in = capture_site(model, family, site, x_calib)
+    features, weights = _consumer_reading(site, consumer)
+    p_weight, p_bias, _ = layer_type_of(producer).read(producer)
+    c_weight, c_bias, use_bias = layer_type_of(consumer).read(consumer)
+    labels, width = compact(_path(site, z, features, weights, use_bias, rule))
+    labels = np.asarray(labels)
+    members = np.zeros((width, site.width))
+    members[labels[labels >= 0], np.flatnonzero(labels >= 0)] = 1.0
+    mean_in = jnp.asarray(members / members.sum(axis=1, keepdims=True), z.dtype)  # merged filters: their mean
+    prior = jnp.einsum("ocg,kc->okg", weights, jnp.asarray(members, weights.dtype))  # their columns: the sum
+    merged_pre = jnp.tensordot(mean_in, jnp.moveaxis(z, 1, 0), 1)  # the quotient producer's output, (k, B, ...)
+    w, b, solved, worst, rms = _refit(site, z, merged_pre, features, weights, prior, c_bias, use_bias, rule)
+
+    new_producer = layer_type_of(producer).rebuild(
+        producer, jnp.tensordot(mean_in, p_weight, 1).astype(p_weight.dtype), (mean_in @ p_bias).astype(p_bias.dtype)
+    )
+    new_weight = w.reshape((w.shape[0], width) + c_weight.shape[2:]) if site.flattened is None else w
+    new_consumer = layer_type_of(consumer).rebuild(consumer, new_weight.astype(c_weight.dtype), b.astype(c_bias.dtype))
+    result = combine(solved, finite_result((worst, rms), RESULTS.output_nonfinite))
+    widths_before = (int(p_weight.shape[1]), site.width, int(c_weight.shape[0]))
+    shrunk_in = (1, width) + tuple(consumer_in[2:]) if site.flattened is None else (1, width * site.group)
+    info = CompressionInfo(
+        rule.method,
+        True,
+        jnp.asarray(rule.knob, jnp.float32) if np.ndim(rule.knob) == 0 else jnp.asarray(np.nan, jnp.float32),
+        (jnp.asarray(labels, jnp.int32),),
+        None,
+        widths_before,
+        jnp.asarray([widths_before[0], width, widths_before[2]]),
+        _site_cost(producer, consumer, producer_in, consumer_in),
+        _site_cost(new_producer, new_consumer, producer_in, shrunk_in),
+        Certificate(worst, rms, jnp.full_like(rms, jnp.nan), jnp.full_like(rms, jnp.nan)),
+        result,
+    )
+    raise_if_failed(result, None, rule.throw, f"jaxlump.{rule.method}")
+    return {producer_path: new_producer, consumer_path: new_consumer}, info
