@@ -13,10 +13,12 @@ Any other Equinox or Flax NNX module (a model compressed site by site) is counte
 (`jaxlump._sites.layers`): `dense_params` and `nonzeros` over all its floating-point parameter arrays (the
 family's `arrays`: every inexact array leaf of an Equinox module, the `nnx.Param`s of an NNX module, embeddings
 and norms included; what `SitesInfo.params_before/after` count); `flops` over its registered layers only
-(`eqx.nn.Linear`, `nnx.Linear`): `2·in·out (+ out with a bias)` per call, each layer called once without `x`,
-and with an example batch `x` as often as the traced program calls it per example (`T` times for a sequence of
-`T` tokens; a `lax.scan` body times its length; a `cond` branch at its most expensive). Attention's products,
-embeddings, norms and activations are not counted.
+(`eqx.nn.Linear`, `nnx.Linear`, `eqx.nn.Conv1d/2d/3d`): `2·in·out (+ out with a bias)` per call for a linear
+layer, `(2·in_channels·out_channels·∏kernel_size (+ out_channels with a bias))` per output position for a
+convolution (which needs an example batch `x`: its positions depend on the input's size); each layer called once
+without `x`, and with an example batch `x` as often as the traced program calls it per example (`T` times for a
+sequence of `T` tokens; a `lax.scan` body times its length; a `cond` branch at its most expensive). Attention's
+products, embeddings, norms, pooling and activations are not counted.
 """
 
 import time
