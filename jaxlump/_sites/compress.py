@@ -558,8 +558,9 @@ def over_sites(compressor=None, *, refusal: str | None = None, fixed_shape: bool
     a method whose knob is shared out over the whole model (FLAP's one global threshold) gives
     `allocate(chains, rows, knob, **options) -> per-segment knobs`, called on every segment of the original model
     and its input rows; each segment is then compressed with its own knob. `channels(knob, options)`: how the
-    method cuts channel sites, a rule with `cut(site, model, family, x_calib)` built from its knob and every option
-    (defaults filled in); `None`: it cannot, and channel sites are refused. Kept as the wrapper's `channel_rule`, so
+    method cuts the sites whose units are groups of columns (a convolution's channels, attention heads), a rule
+    with `cut(site, model, family, x_calib)` built from its knob and every option (defaults filled in); `None`: it
+    cannot, and those sites are refused. Kept as the wrapper's `channel_rule`, so
     that `compress_to` cuts channel sites at given widths with the same rule."""
     if compressor is None:
         return functools.partial(
@@ -614,7 +615,7 @@ def over_sites(compressor=None, *, refusal: str | None = None, fixed_shape: bool
             return compressor(chain, rows, *knob, *positional[1:], **rest)
 
         rule = None
-        if channels is not None and positional and any(site.unit == "channel" for site in listing.sites):
+        if channels is not None and positional and any(site.unit != "neuron" for site in listing.sites):
             given = signature.bind_partial(model, *args, **kwargs)
             given.apply_defaults()
             rule = channels(positional[0], _split(signature, given.arguments)[1])
