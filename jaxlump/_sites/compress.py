@@ -560,8 +560,9 @@ def over_sites(compressor=None, *, refusal: str | None = None, fixed_shape: bool
     and its input rows; each segment is then compressed with its own knob. `channels(knob, options)`: how the
     method cuts the sites whose units are groups of columns (a convolution's channels, attention heads), a rule
     with `cut(site, model, family, x_calib)` built from its knob and every option (defaults filled in); `None`: it
-    cannot, and those sites are refused. Kept as the wrapper's `channel_rule`, so
-    that `compress_to` cuts channel sites at given widths with the same rule."""
+    cannot cut them (`compress_sites` says what becomes of them). Kept as the wrapper's `channel_rule`, so that
+    `compress_to` cuts them at given widths with the same rule. Everything but a chain model is handled by
+    `_compress_model_of_sites`."""
     if compressor is None:
         return functools.partial(
             over_sites, refusal=refusal, fixed_shape=fixed_shape, allocate=allocate, channels=channels
@@ -577,58 +578,8 @@ def over_sites(compressor=None, *, refusal: str | None = None, fixed_shape: bool
                     f"({type(model).__name__}) is one chain of layers, compressed as a whole."
                 )
             return compressor(model, *args, **kwargs)
-        family_of(model)  # a model that is no module at all is refused as such, before anything else is asked of it
-        if refusal is not None:
-            raise TypeError(
-                f"`model` ({type(model).__name__}) is compressed site by site, which "
-                f"jaxlump.{compressor.__name__} cannot do: {refusal}."
-            )
-        check_bool(independent, "independent")
-        bound = signature.bind_partial(model, *args, **kwargs)
-        x_calib = bound.arguments.get("x_calib")
-        if x_calib is None:
-            raise ValueError(
-                f"`x_calib` is needed to compress a {type(model).__name__}: its sites are found and calibrated on "
-                "it; pass a batch of the model's inputs."
-            )
-        if not fixed_shape and _changes_widths(compressor.__name__):
-            require_concrete(
-                f"jaxlump.{compressor.__name__}",
-                "it changes the widths of the model's sites, so the result's shapes depend on the values.",
-                x_calib=x_calib,
-                model=model,
-            )
-        positional, rest = _split(signature, bound.arguments)
-        if not fixed_shape and not _changes_widths(compressor.__name__):
-            return _mask_every_layer(compressor, signature, model, x_calib, positional, rest, where, independent)
-        listing = site_listing(model, x_calib, where)
-        knobs = {}
-        if allocate is not None and positional:
-            chains = [segment_chain(model, segment) for segment in segments(listing)]
-            rows = capture(model, family_of(model), site_taps(model, listing), x_calib)
-            rows = [r.astype(c.weights[0].dtype) for r, c in zip(rows, chains)]
-            shares = allocate(chains, rows, positional[0], **rest)
-            knobs = {segment.layers: knob for segment, knob in zip(segments(listing), shares)}
-
-        def per_segment(segment, chain, rows):
-            knob = [knobs[segment.layers]] if segment.layers in knobs else positional[:1]
-            return compressor(chain, rows, *knob, *positional[1:], **rest)
-
-        rule = None
-        if channels is not None and positional and any(site.unit != "neuron" for site in listing.sites):
-            given = signature.bind_partial(model, *args, **kwargs)
-            given.apply_defaults()
-            rule = channels(positional[0], _split(signature, given.arguments)[1])
-        return compress_sites(
-            per_segment,
-            model,
-            x_calib,
-            method=compressor.__name__,
-            knob=positional[0] if positional else None,
-            independent=independent,
-            listing=listing,
-            channels=rule,
-        )
+        how = _HowOverSites(compressor, signature, refusal, fixed_shape, allocate, channels)
+        return _compress_model_of_sites(how, model, args, kwargs, where, independent)
 
     compress.channel_rule = channels
     extra = [
@@ -639,6 +590,74 @@ def over_sites(compressor=None, *, refusal: str | None = None, fixed_shape: bool
     cut = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
     compress.__signature__ = signature.replace(parameters=params[:cut] + extra + params[cut:])
     return compress
+
+
+@dataclasses.dataclass(frozen=True)
+class _HowOverSites:
+    """`over_sites`'s compressor and its settings (see there)."""
+
+    compressor: object
+    signature: inspect.Signature
+    refusal: str | None
+    fixed_shape: bool
+    allocate: object
+    channels: object
+
+
+def _compress_model_of_sites(how: _HowOverSites, model, args, kwargs, where, independent: bool):
+    """`over_sites`'s compressor applied to a model that is no chain: site by site, or every `Linear` masked."""
+    family_of(model)  # a model that is no module at all is refused as such, before anything else is asked of it
+    if how.refusal is not None:
+        raise TypeError(
+            f"`model` ({type(model).__name__}) is compressed site by site, which "
+            f"jaxlump.{how.compressor.__name__} cannot do: {how.refusal}."
+        )
+    check_bool(independent, "independent")
+    bound = how.signature.bind_partial(model, *args, **kwargs)
+    x_calib = bound.arguments.get("x_calib")
+    if x_calib is None:
+        raise ValueError(
+            f"`x_calib` is needed to compress a {type(model).__name__}: its sites are found and calibrated on "
+            "it; pass a batch of the model's inputs."
+        )
+    if not how.fixed_shape and _changes_widths(how.compressor.__name__):
+        require_concrete(
+            f"jaxlump.{how.compressor.__name__}",
+            "it changes the widths of the model's sites, so the result's shapes depend on the values.",
+            x_calib=x_calib,
+            model=model,
+        )
+    positional, rest = _split(how.signature, bound.arguments)
+    if not how.fixed_shape and not _changes_widths(how.compressor.__name__):
+        return _mask_every_layer(how.compressor, how.signature, model, x_calib, positional, rest, where, independent)
+    listing = site_listing(model, x_calib, where)
+    knobs = {}
+    if how.allocate is not None and positional:
+        chains = [segment_chain(model, segment) for segment in segments(listing)]
+        rows = capture(model, family_of(model), site_taps(model, listing), x_calib)
+        rows = [r.astype(c.weights[0].dtype) for r, c in zip(rows, chains)]
+        shares = how.allocate(chains, rows, positional[0], **rest)
+        knobs = {segment.layers: knob for segment, knob in zip(segments(listing), shares)}
+
+    def per_segment(segment, chain, rows):
+        knob = [knobs[segment.layers]] if segment.layers in knobs else positional[:1]
+        return how.compressor(chain, rows, *knob, *positional[1:], **rest)
+
+    rule = None
+    if how.channels is not None and positional and any(site.unit != "neuron" for site in listing.sites):
+        given = how.signature.bind_partial(model, *args, **kwargs)
+        given.apply_defaults()
+        rule = how.channels(positional[0], _split(how.signature, given.arguments)[1])
+    return compress_sites(
+        per_segment,
+        model,
+        x_calib,
+        method=how.compressor.__name__,
+        knob=positional[0] if positional else None,
+        independent=independent,
+        listing=listing,
+        channels=rule,
+    )
 
 
 def _mask_every_layer(compressor, signature, model, x_calib, positional, rest, where, independent):
