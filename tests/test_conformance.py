@@ -519,8 +519,6 @@ def _cnn_outcome(name):
         return TypeError, "is compressed site by site"
     if not REGISTERED[name].structured:
         return ValueError, "no `Linear` layer to prune but its head"
-    if name == "flap_prune":  # its one threshold is shared over the sites read as chains
-        return TypeError, "site conv2 is a channel site .* not a chain of neurons"
     if name in ("merge_or_remove", "obs_prune"):
         return None
     return TypeError, rf"channel sites \(conv2, head\), which jaxlump.{name} cannot compress"

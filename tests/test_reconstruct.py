@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import jaxlump
+from jaxlump._criteria.gram import row_batches
 from jaxlump._model import to_chain
 from jaxlump._reconstruction.reconstruct import reconstruct_chain, solve_layer
 
@@ -367,3 +368,32 @@ def test_inputs_are_not_modified():
     jaxlump.reconstruct(arguments["original"], arguments["compressed"], X, arguments["info"])
     after = jax.tree_util.tree_leaves(eqx.filter(arguments, eqx.is_array))
     assert all(np.array_equal(a, b, equal_nan=True) for a, b in zip(after, before))
+
+
+@pytest.mark.parametrize("use_bias", [False, True], ids=["no bias", "bias"])
+def test_solve_layer_streamed_is_numpy_lstsq_with_or_without_an_intercept(use_bias):
+    """Inputs far from zero mean, 50 rows streamed 8 at a time: without a bias the solution is NumPy's uncentred
+    least squares (a layer without a bias reads as zeros, which stay), with one the centred solution and its
+    intercept."""
+    generator = np.random.default_rng(3)
+    a = generator.normal(2.0, 1.0, (50, 4))
+    t = a @ generator.normal(size=(4, 3)) + 1.5 + 0.1 * generator.normal(size=(50, 3))
+    index, valid = row_batches(jnp.arange(50)[:, None], 8)
+    b0 = jnp.zeros(3)
+    w, b, result = solve_layer(
+        lambda i: (jnp.asarray(a)[i[:, 0]], jnp.asarray(t)[i[:, 0]]),
+        index,
+        valid,
+        jnp.zeros((3, 4)),
+        b0,
+        jnp.ones((3, 4), bool),
+        jnp.ones(3, bool),
+        use_bias,
+        0.0,
+        False,
+    )
+    assert result == jaxlump.RESULTS.successful
+    design = np.concatenate([a, np.ones((50, 1))], axis=1) if use_bias else a
+    solution = np.linalg.lstsq(design, t, rcond=None)[0]
+    np.testing.assert_allclose(np.asarray(w), solution[:4].T, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(np.asarray(b), solution[4] if use_bias else b0, rtol=1e-8, atol=1e-10)

@@ -1,6 +1,8 @@
-"""Channel sites: a convolution's output channels → an elementwise activation → the next convolution, or a flatten
-and a `Linear`. A channel is a *group* of the consumer's input columns: the `k_h·k_w` columns of the next
-convolution's unfolded input that read it, or its `H·W` columns of the flattened vector.
+"""Sites whose units are *groups* of the consumer's input columns, each cut on its own by the greedy group path.
+
+Channel sites: a convolution's output channels → an elementwise activation → the next convolution, or a flatten
+and a `Linear`. A channel is the `k_h·k_w` columns of the next convolution's unfolded input that read it, or its
+`H·W` columns of the flattened vector.
 
 A channel site is compressed on its own (the sites around it share its layers: the producer's input channels and
 the consumer's outputs belong to the neighbouring sites), on the model compressed so far: the producer's output is
@@ -8,6 +10,12 @@ captured on the calibration batch, the greedy group path (`jaxlump._methods.grou
 go or merge, and the result is built as a quotient — merged channels' filters and biases averaged (mean-in), the
 consumer's column groups summed (sum-out) — whose consumer is then refitted against the dense site's output by the
 shared least-squares solve (`jaxlump._reconstruction.reconstruct.solve_layer`).
+
+Head sites: a multi-head attention module (`jaxlump._sites.heads`); a head is the output projection's `vo_size`
+columns that read its output. Heads are removed, or merged only with a head whose output coincides with theirs on
+the data (a head's output is not linear in its projections' rows, so no other merge is exact); a merged group keeps
+its first head's projections and the sum of its members' output columns; the output projection is then refitted on
+the kept heads' outputs, which removing other heads leaves unchanged.
 """
 
 import dataclasses
@@ -25,8 +33,9 @@ from .._reconstruction.masked import compact
 from .._reconstruction.reconstruct import solve_layer
 from .._results.accounting import Cost
 from .._results.info import Certificate, CompressionInfo
+from .._sites.heads import attention_type_of
 from .._sites.layers import Family, layer_type_of
-from .._sites.site import Site, capture_site
+from .._sites.site import Site, capture_heads, capture_site
 from .group_greedy import GroupProblem, group_path
 
 
@@ -46,8 +55,8 @@ class ChannelRule:
     throw: bool = True
 
     def cut(self, site: Site, model, family: Family, x_calib):
-        """`(replacements, info)` for `site` of `model` (see `compress_channel_site`)."""
-        return compress_channel_site(site, model, family, x_calib, self)
+        """`(new model, info)`: `model` with `site` cut (`compress_channel_site`, `compress_head_site`)."""
+        return GROUP_CUTS[site.unit](site, model, family, x_calib, self)
 
 
 def _layer(model, path):
@@ -77,12 +86,12 @@ def _consumer_reading(site: Site, consumer):
     return unfold, weight.reshape(weight.shape[0], weight.shape[1], -1)
 
 
-def _site_cost(producer, consumer, producer_shape, consumer_shape) -> Cost:
-    """Parameters and FLOPs per example of the site's two layers (inputs of one example, batch axis first)."""
-    arrays = [a for layer in (producer, consumer) for a in jax.tree_util.tree_leaves(layer) if eqx.is_inexact_array(a)]
+def _site_cost(pairs) -> Cost:
+    """Parameters and FLOPs per example of the site's layers, given as `(layer, its input shape for one example
+    with the batch axis first)`."""
+    arrays = [a for layer, _ in pairs for a in jax.tree_util.tree_leaves(layer) if eqx.is_inexact_array(a)]
     params = sum(int(np.size(a)) for a in arrays)
     nonzeros = sum(int(np.count_nonzero(np.asarray(a))) for a in arrays)
-    pairs = ((producer, producer_shape), (consumer, consumer_shape))
     flops = sum(layer_type_of(layer).flops(layer, shape) for layer, shape in pairs)
     return Cost(jnp.asarray(params), jnp.asarray(nonzeros), jnp.asarray(flops))
 
@@ -99,10 +108,11 @@ def _better(paths: list, site: Site, rule: ChannelRule):
     return best, -rank(best)[0]
 
 
-def _path(site: Site, z, features, weights, use_bias: bool, rule: ChannelRule) -> np.ndarray:
+def _path(site: Site, z, features, weights, use_bias: bool, rule: ChannelRule, linear: bool = True) -> np.ndarray:
     """The site's labels after the rule's steps of its group path (computed in float64). With merges, the greedy
     path that may merge and the one that only removes are both computed and the better one is taken: a greedy
-    path with more moves to choose from can still end worse, and removals alone cost a fraction of the time."""
+    path with more moves to choose from can still end worse, and removals alone cost a fraction of the time.
+    `linear`: whether the producer is linear in its rows, so that units other than duplicates may merge (mean-in)."""
     with jax.enable_x64(True):
         problem = GroupProblem(
             jnp.moveaxis(jnp.asarray(z, jnp.float64), 1, 0),
@@ -111,6 +121,7 @@ def _path(site: Site, z, features, weights, use_bias: bool, rule: ChannelRule) -
             site.activation,
             use_bias,
             float(jnp.finfo(z.dtype).eps),  # the pre-activations were computed in the model's dtype
+            linear,
         )
         options = dict(damping=rule.damping, candidates=rule.candidates)
         paths = [group_path(problem, merge=merge, **options) for merge in ((True, False) if rule.merge else (False,))]
@@ -185,9 +196,20 @@ def compress_channel_site(site: Site, model, family: Family, x_calib, rule: Chan
     )
     new_weight = w.reshape((w.shape[0], width) + c_weight.shape[2:]) if site.flattened is None else w
     new_consumer = layer_type_of(consumer).rebuild(consumer, new_weight.astype(c_weight.dtype), b.astype(c_bias.dtype))
-    result = combine(solved, finite_result((worst, rms), RESULTS.output_nonfinite))
     widths_before = (int(p_weight.shape[1]), site.width, int(c_weight.shape[0]))
     shrunk_in = (1, width) + tuple(consumer_in[2:]) if site.flattened is None else (1, width * site.group)
+    costs = (
+        _site_cost(((producer, producer_in), (consumer, consumer_in))),
+        _site_cost(((new_producer, producer_in), (new_consumer, shrunk_in))),
+    )
+    info = _info(rule, labels, widths_before, width, costs, solved, worst, rms)
+    return family.replace(model, {producer_path: new_producer, consumer_path: new_consumer}), info
+
+
+def _info(rule: ChannelRule, labels, widths_before: tuple, width: int, costs: tuple, solved, worst, rms):
+    """The site's `CompressionInfo` (widths `(producer inputs, units, consumer outputs)`), raising a failure when
+    the rule throws."""
+    result = combine(solved, finite_result((worst, rms), RESULTS.output_nonfinite))
     info = CompressionInfo(
         rule.method,
         True,
@@ -196,10 +218,57 @@ def compress_channel_site(site: Site, model, family: Family, x_calib, rule: Chan
         None,
         widths_before,
         jnp.asarray([widths_before[0], width, widths_before[2]]),
-        _site_cost(producer, consumer, producer_in, consumer_in),
-        _site_cost(new_producer, new_consumer, producer_in, shrunk_in),
+        *costs,
         Certificate(worst, rms, jnp.full_like(rms, jnp.nan), jnp.full_like(rms, jnp.nan)),
         result,
     )
     raise_if_failed(result, None, rule.throw, f"jaxlump.{rule.method}")
-    return {producer_path: new_producer, consumer_path: new_consumer}, info
+    return info
+
+
+def _kept_rows(layer, heads: int, keep):
+    """`layer` (a projection whose output is `heads` blocks of rows) with only the blocks `keep`."""
+    weight, bias, _ = layer_type_of(layer).read(layer)
+    size = weight.shape[0] // heads
+    rows = (np.asarray(keep)[:, None] * size + np.arange(size)).ravel()
+    return layer_type_of(layer).rebuild(layer, weight[rows], bias[rows])
+
+
+def compress_head_site(site: Site, model, family: Family, x_calib, rule: ChannelRule):
+    """`(new model, info)`: `model` with the attention module of head site `site` rebuilt with the heads the rule's
+    path keeps, and a `CompressionInfo` whose widths are `(query size, heads, output size)`."""
+    module_path = site.keys[-1][:-1]
+    module = _layer(model, module_path)
+    kind = attention_type_of(module)
+    query, key, value, output = (getattr(module, name) for name in kind.projections)
+    rows, shapes = capture_heads(model, family, site, x_calib)
+    z = rows.reshape(rows.shape[0], site.width, site.group)  # (N, heads, vo_size)
+    o_weight, o_bias, use_bias = layer_type_of(output).read(output)
+    weights = o_weight.reshape(o_weight.shape[0], site.width, site.group)
+
+    def features(a):
+        return a
+
+    labels, width = compact(_path(site, z, features, weights, use_bias, rule, linear=False))
+    labels = np.asarray(labels)
+    members = np.zeros((width, site.width))
+    members[labels[labels >= 0], np.flatnonzero(labels >= 0)] = 1.0
+    first = members.argmax(axis=1)  # each merged group keeps its first head
+    prior = jnp.einsum("ohg,kh->okg", weights, jnp.asarray(members, weights.dtype))
+    kept = jnp.moveaxis(z[:, first], 1, 0)
+    w, b, solved, worst, rms = _refit(site, z, kept, features, weights, prior, o_bias, use_bias, rule)
+    projections = (
+        *(_kept_rows(layer, site.width, first) for layer in (query, key, value)),
+        layer_type_of(output).rebuild(output, w.astype(o_weight.dtype), b.astype(o_bias.dtype)),
+    )
+    shrunk = kind.rebuild(module, projections, width)
+    widths_before = (int(shapes[0][-1]), site.width, int(o_weight.shape[0]))
+    layers = zip((query, key, value, output), shapes)
+    small = zip(projections, (*shapes[:3], (*shapes[3][:-1], width * site.group)))
+    info = _info(
+        rule, labels, widths_before, width, (_site_cost(tuple(layers)), _site_cost(tuple(small))), solved, worst, rms
+    )
+    return kind.put(model, module_path, shrunk), info
+
+
+GROUP_CUTS = {"channel": compress_channel_site, "head": compress_head_site}  # how each kind of grouped site is cut

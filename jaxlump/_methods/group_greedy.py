@@ -47,6 +47,8 @@ class GroupProblem(eqx.Module):
     - `precision`: the machine epsilon of the dtype `pre` was computed in (a float32 model's, when its
       pre-activations were captured in float32): two units whose pre-activations agree within 64 of it, relative to
       their RMS, are duplicates, whose merge costs exactly 0.
+    - `merges_beyond_duplicates`: whether units that are not duplicates may merge (mean-in needs a producer that is
+      linear in its rows; an attention head's output is not, so heads merge only with their duplicates).
     """
 
     pre: jax.Array
@@ -55,6 +57,7 @@ class GroupProblem(eqx.Module):
     activation: str = eqx.field(static=True)
     centre: bool = eqx.field(static=True)
     precision: float = eqx.field(static=True, default=float(np.finfo(np.float64).eps))
+    merges_beyond_duplicates: bool = eqx.field(static=True, default=True)
 
     def blocks(self, pre) -> jax.Array:
         """`(R, n, g)`: the consumer's input columns of units with pre-activations `pre` `(n, B, ...)`, centred."""
@@ -115,7 +118,8 @@ def _merge_cost(problem: GroupProblem, state: "GroupState", step: _Step, lam, u,
     gain = jnp.sum(p * _mm("gh,hm->gm", inv(schur), p))
     z_diff = jnp.sqrt(jnp.mean((state.pre[u] - state.pre[v]) ** 2))
     duplicate = z_diff <= _ROUNDING_ULPS * problem.precision * state.pre_rms
-    cost = jnp.where(duplicate, 0.0, jnp.maximum(removed - gain, 0.0))
+    cost = jnp.maximum(removed - gain, 0.0) if problem.merges_beyond_duplicates else jnp.inf
+    cost = jnp.where(duplicate, 0.0, cost)
     return jnp.where(state.alive[u] & state.alive[v] & (u != v), cost, jnp.inf)
 
 

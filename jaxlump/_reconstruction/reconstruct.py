@@ -128,7 +128,7 @@ def _moments(rows, batches, valid, dtype, centre: bool) -> _Moments:
     init = tuple(jnp.zeros(s, dtype) for s in ((), (n_in,), (n_out,), (n_in, n_in), (n_in, n_out)))
     count, sum_a, sum_t, second, cross = fold_batches(add, init, batches, valid)
     count = jnp.maximum(count, 1)
-    offset_a, offset_t = sum_a / count, sum_t / count
+    offset_a, offset_t = (sum_a / count, sum_t / count) if centre else (jnp.zeros_like(sum_a), jnp.zeros_like(sum_t))
     return _Moments(
         shift_a + offset_a,
         shift_t + offset_t,

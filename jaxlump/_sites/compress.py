@@ -41,14 +41,15 @@ class Segment:
     activations: tuple[str, ...]
 
     @property
-    def channels(self) -> bool:
-        """Whether this is one channel site (compressed on its own, not as a chain)."""
-        return self.sites[0].unit == "channel"
+    def grouped(self) -> bool:
+        """Whether this is one site whose units are groups (channels, heads), compressed on its own, not as a
+        chain."""
+        return self.sites[0].unit != "neuron"
 
 
 def segments(listed: Sites | tuple[Site, ...]) -> list[Segment]:
-    """The sites (of a listing, or as a tuple) grouped into chains, in program order; a channel site is a segment
-    of its own."""
+    """The sites (of a listing, or as a tuple) grouped into chains, in program order; a site of channels or heads is
+    a segment of its own."""
     listed = listed.sites if isinstance(listed, Sites) else listed
     neurons = [s for s in listed if s.unit == "neuron"]
     by_producer = {s.keys[-2]: s for s in neurons if not s.gated}
@@ -83,14 +84,15 @@ def _layer(model, path: Path):
 
 
 def segment_chain(model, segment: Segment) -> DenseChain:
-    """The segment's layers of `model` as a `DenseChain` (the gate of a gated unit included); a channel site is
-    refused, as no chain of neurons."""
-    if segment.channels:
+    """The segment's layers of `model` as a `DenseChain` (the gate of a gated unit included); a site of channels or
+    heads is refused, as no chain of neurons."""
+    if segment.grouped:
         site = segment.sites[0]
         raise TypeError(
-            f"`model`'s site {site.path} is a channel site ({site.describe()}), not a chain of neurons, which this "
-            "function needs. Channel sites are cut by `jaxlump.baselines.compress_to(model, 'merge_or_remove' or "
-            "'obs_prune', {site path: channels}, x_calib)`; select the other sites with `where`."
+            f"`model`'s site {site.path} is a {site.unit} site ({site.describe()}), not a chain of neurons, which "
+            f"this function needs. {site.unit.capitalize()} sites are cut by `jaxlump.baselines.compress_to(model, "
+            f"'merge_or_remove' or 'obs_prune', {{site path: {site.unit_name}}}, x_calib)`; select the other sites "
+            "with `where`."
         )
     params = [_read(model, path) for path in segment.layers]
     gates = [None if g is None else _read(model, g) for g in segment.gates]
@@ -156,15 +158,9 @@ def site_chains(model, x_calib, *, where=None) -> list[SiteChain]:
     assert segment.sites == ("<model>",) and float(check.max_deviation) < 1e-4
     ```
     """
-    listing = site_listing(model, x_calib, where)
-    chosen = [segment for segment in segments(listing) if not segment.channels]
-    if not chosen:
-        raise ValueError(
-            f"`model` ({type(model).__name__}) has only channel sites, which are no chain of neurons; "
-            "`site_chains` lists the segments of neuron sites."
-        )
-    taps = [t for t, segment in zip(site_taps(model, listing), segments(listing)) if not segment.channels]
-    rows = capture(model, family_of(model), tuple(taps), x_calib)
+    listing = site_listing(model, x_calib, where, method="site_chains")
+    chosen = segments(listing)
+    rows = capture(model, family_of(model), site_taps(model, listing), x_calib)
     chains = [segment_chain(model, segment) for segment in chosen]
     return [
         SiteChain(tuple(site.path for site in segment.sites), chain, r.astype(chain.weights[0].dtype))
@@ -307,10 +303,17 @@ def check_inputs(model, x_calib) -> None:
             )
 
 
-def site_listing(model, x_calib, where) -> Sites:
-    """The sites to compress, or a `ValueError` that says why there are none."""
+def site_listing(model, x_calib, where, *, groups: bool = False, method: str | None = None) -> Sites:
+    """The sites to compress, or an error that says why there are none. Sites whose units are groups (channels,
+    heads) are kept whole unless `groups`: only methods with a rule for them (`over_sites`'s `channels`) cut them;
+    a model that has no other site is refused, naming `method`."""
     check_inputs(model, x_calib)
     listing = sites(model, x_calib, where=where)
+    grouped = [s for s in listing.sites if s.unit != "neuron"]
+    if grouped and not groups:
+        listing = Sites(listing.family, tuple(s for s in listing.sites if s.unit == "neuron"), listing.left_out)
+        if not listing.sites:
+            _refuse_group_sites(grouped, method)
     if not listing.sites:
         reasons = (
             "; ".join(o.describe() for o in listing.left_out)
@@ -338,16 +341,15 @@ def compress_sites(
     (see the module docs); channel sites are cut by `channels` (`None`: the method cannot, and they are refused);
     `method` and `knob` are recorded in the `SitesInfo`."""
     family = family_of(model)
-    listing = listing or site_listing(model, x_calib, where)
+    listing = listing or site_listing(model, x_calib, where, groups=channels is not None, method=method)
     _check_channel_sites(listing, method, channels, independent)
     batch = jax.tree_util.tree_leaves(x_calib)[0].shape[0]
     current, infos, calls = model, [], []
     for segment, tap in zip(segments(listing), site_taps(model, listing)):
-        if segment.channels:
-            replacements, info = channels.cut(segment.sites[0], current, family, x_calib)
-            current = family.replace(current, replacements)
+        if segment.grouped:
+            current, info = channels.cut(segment.sites[0], current, family, x_calib)
             infos.append(info)
-            calls.append(1)  # a channel site's FLOPs are already per example
+            calls.append(1)  # a grouped site's FLOPs are already per example
             continue
         source = model if independent else current
         (rows,) = capture(source, family, (tap,), x_calib)
@@ -361,25 +363,37 @@ def compress_sites(
 
 
 def channel_methods() -> list[str]:
-    """The registered compressors that cut channel sites."""
+    """The registered compressors that cut sites of channels and heads."""
     return [name for name, entry in compressors().items() if getattr(entry.function, "channel_rule", None)]
 
 
+def _kinds(grouped: list[Site]) -> str:
+    """`"channel sites"`, `"head sites"` or `"channel and head sites"`."""
+    return " and ".join(dict.fromkeys(s.unit for s in grouped)) + " sites"
+
+
+def _refuse_group_sites(grouped: list[Site], method: str | None) -> None:
+    who = f"jaxlump.{method}" if method else "this"
+    raise TypeError(
+        f"`model` has {_kinds(grouped)} ({', '.join(s.path for s in grouped)}), which {who} cannot compress: it "
+        f"works on neurons. Channel and head sites are cut by {', '.join(channel_methods())} (and by "
+        "`jaxlump.baselines.compress_to` with their widths); to compress only the other sites, select them with "
+        "`where`."
+    )
+
+
 def _check_channel_sites(listing: Sites, method: str, channels, independent: bool) -> None:
-    """Refuse, before any work, channel sites that the method cannot cut or that `independent` asks for."""
-    found = [s.path for s in listing.sites if s.unit == "channel"]
+    """Refuse, before any work, sites of channels or heads that the method cannot cut or that `independent` asks
+    for."""
+    found = [s for s in listing.sites if s.unit != "neuron"]
     if not found:
         return
     if channels is None:
-        raise TypeError(
-            f"`model` has channel sites ({', '.join(found)}), which jaxlump.{method} cannot compress: it works on "
-            f"neurons. Channel sites are cut by {', '.join(channel_methods())}; to compress only the other sites, "
-            "select them with `where`."
-        )
+        _refuse_group_sites(found, method)
     if independent:
         raise ValueError(
-            f"`independent=True`: channel sites ({', '.join(found)}) share layers with their neighbours and are "
-            "compressed on the model compressed so far; pass independent=False."
+            f"`independent=True`: {_kinds(found)} ({', '.join(s.path for s in found)}) are compressed on the model "
+            "compressed so far (a channel site shares layers with its neighbours); pass independent=False."
         )
 
 
@@ -450,14 +464,16 @@ def compress_to_sites(
     model, name: str, chain_compress_to, target, x_calib, *, where=None, independent=False, **options
 ):
     """`compress_to` for a model of sites: `target` is a count or a fraction of the whole model's parameters (the
-    sites' parameters are cut by one fraction, so that the whole model meets it) or `{site path: width}`."""
-    listing = site_listing(model, x_calib, where)
-    rule = _channel_widths_rule(name, listing, target, options)
-    chains = [s for s in segments(listing) if not s.channels]
+    neuron sites' parameters are cut by one fraction, so that the whole model meets it; sites of channels or heads
+    are kept whole) or `{site path: width}` (any site)."""
+    every = site_listing(model, x_calib, where, groups=True)
+    rule = _channel_widths_rule(name, every, target, options)
+    listing = every if rule is not None else site_listing(model, x_calib, where, method=_name(name))
+    chains = [s for s in segments(listing) if not s.grouped]
     total = parameter_count(model)
     in_sites = sum(_chain_params(segment_chain(model, s)) for s in chains)
     if isinstance(target, dict):
-        known = {s.path for s in listing.sites}
+        known = {s.path for s in every.sites}
         unknown = sorted(set(target) - known)
         if unknown:
             raise ValueError(f"`target`: no site at {unknown}; the sites are {sorted(known)} (see `jaxlump.sites`).")
@@ -490,7 +506,7 @@ def compress_to_sites(
         per_segment,
         model,
         x_calib,
-        method=getattr(name, "__name__", str(name)),
+        method=_name(name),
         knob=target,
         independent=independent,
         listing=listing,
@@ -505,25 +521,32 @@ def compress_to_sites(
 
 
 def _channel_widths_rule(name, listing: Sites, target, options: dict):
-    """The `ChannelRule` that cuts each channel site to its width in `target` (`None` without channel sites or
-    for a method that cannot cut them, which `compress_sites` refuses); other targets are refused for them."""
-    found = [s for s in listing.sites if s.unit == "channel"]
+    """The rule that cuts each site of channels or heads to its width in `target`; `None` when there are none, when
+    `target` is not a dict and other sites take it (they are then kept whole), or for a method that cannot cut
+    them (which `site_listing` refuses when nothing else is left)."""
+    found = [s for s in listing.sites if s.unit != "neuron"]
     if not found:
         return None
     if not isinstance(target, dict):
+        if len(found) < len(listing.sites):
+            return None
         raise TypeError(
-            f"`target`: `model` has channel sites ({', '.join(s.path for s in found)}); give their widths as a dict "
-            f"{{site path: channels}}; received {target!r}."
+            f"`target`: `model` has only {_kinds(found)} ({', '.join(s.path for s in found)}); give their widths as "
+            f"a dict {{site path: {found[0].unit_name}}}; received {target!r}."
         )
     for site in found:
         width = target.get(site.path, site.width)
         if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or not 1 <= width <= site.width:
             raise ValueError(
-                f"`target[{site.path!r}]` must be a number of channels from 1 to {site.width}; received {width!r}."
+                f"`target[{site.path!r}]` must be a number of {site.unit_name} from 1 to {site.width}; received "
+                f"{width!r}."
             )
     function = compressors()[name].function if isinstance(name, str) and name in compressors() else name
     factory = getattr(function, "channel_rule", None)
     if factory is None:
+        cut = [s for s in found if target.get(s.path, s.width) != s.width]
+        if cut:
+            _refuse_group_sites(cut, _name(name))
         return None
     parameters = inspect.signature(function).parameters
     defaults = {k: p.default for k, p in parameters.items() if p.kind is inspect.Parameter.KEYWORD_ONLY}
@@ -534,6 +557,10 @@ def _channel_widths_rule(name, listing: Sites, target, options: dict):
     return dataclasses.replace(
         rule, knob=float("nan"), steps=lambda path, site: site.width - int(target.get(site.path, site.width))
     )
+
+
+def _name(method) -> str:
+    return getattr(method, "__name__", str(method))
 
 
 def _chain_params(chain: DenseChain) -> int:
@@ -630,14 +657,17 @@ def _compress_model_of_sites(how: _HowOverSites, model, args, kwargs, where, ind
     positional, rest = _split(how.signature, bound.arguments)
     if not how.fixed_shape and not _changes_widths(how.compressor.__name__):
         return _mask_every_layer(how.compressor, how.signature, model, x_calib, positional, rest, where, independent)
-    listing = site_listing(model, x_calib, where)
+    method = how.compressor.__name__
+    listing = site_listing(model, x_calib, where, groups=how.channels is not None and bool(positional), method=method)
     knobs = {}
     if how.allocate is not None and positional:
-        chains = [segment_chain(model, segment) for segment in segments(listing)]
-        rows = capture(model, family_of(model), site_taps(model, listing), x_calib)
+        chained = [segment for segment in segments(listing) if not segment.grouped]
+        chains = [segment_chain(model, segment) for segment in chained]
+        taps = [t for t, segment in zip(site_taps(model, listing), segments(listing)) if not segment.grouped]
+        rows = capture(model, family_of(model), tuple(taps), x_calib)
         rows = [r.astype(c.weights[0].dtype) for r, c in zip(rows, chains)]
         shares = how.allocate(chains, rows, positional[0], **rest)
-        knobs = {segment.layers: knob for segment, knob in zip(segments(listing), shares)}
+        knobs = {segment.layers: knob for segment, knob in zip(chained, shares)}
 
     def per_segment(segment, chain, rows):
         knob = [knobs[segment.layers]] if segment.layers in knobs else positional[:1]

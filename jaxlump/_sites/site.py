@@ -1,10 +1,12 @@
 """Sites: what they are, how a model's are listed, and how runs of them become the chains the methods compress.
 
 A **site** is one or two producer layers (a `Linear`, or the gate and up projections of a gated unit) → an
-elementwise combine → one consumer layer: an FFN inside a residual block, a hidden layer of an MLP. Its hidden
-units are compressed by changing the producers' rows and the consumer's columns only; everything else in the
-model is untouched. Sites that share a layer (the consumer of one is the producer of the next, as in an MLP)
-form a **segment**, which the methods compress as one `DenseChain`.
+elementwise combine → one consumer layer: an FFN inside a residual block, a hidden layer of an MLP; or a
+convolution → elementwise → a convolution or a flatten and a `Linear` (its units are channels); or a multi-head
+attention module (its units are heads, `jaxlump._sites.heads`). Its units are compressed by changing the producers'
+rows and the consumer's columns only; everything else in the model is untouched. Neuron sites that share a layer
+(the consumer of one is the producer of the next, as in an MLP) form a **segment**, which the methods compress as one
+`DenseChain`; a site of channels or heads is a segment of its own.
 """
 
 import dataclasses
@@ -13,6 +15,7 @@ import os
 import jax
 import numpy as np
 
+from .heads import find_heads
 from .layers import LAYER_TYPES, Family, Path, family_of, layer_type_of, path_name
 from .trace import Found, Program, Tapped, find, tapped_model
 
@@ -24,12 +27,15 @@ class Site:
     - `path`: its name, the deepest module holding all its layers (`"blocks[1].ffn"`), or its consumer's path
       when that module holds other sites too; `compress_to` takes widths keyed by it.
     - `producers`: the producer layers' paths (`(gate, up)` for a gated unit), `consumer`: the consumer's.
-    - `activation`: the combine's activation (of the gate for a gated unit), a `jaxlump.Activation` name.
+      For a head site: `(query, key, value)` and the output projection.
+    - `activation`: the combine's activation (of the gate for a gated unit), a `jaxlump.Activation` name
+      (`"identity"` for a head site, whose combine is each head's attention).
     - `gated`: whether the hidden unit is `σ(gate) ⊙ up`.
-    - `width`: its number of hidden units.
-    - `unit`: what a unit is: `"neuron"` (a row of a `Linear`) or `"channel"` (an output channel of a convolution).
+    - `width`: its number of units.
+    - `unit`: what a unit is: `"neuron"` (a row of a `Linear`), `"channel"` (an output channel of a convolution)
+      or `"head"` (an attention head).
     - `group`: the consumer's input columns per unit: 1 for a neuron, `k_h·k_w` for a channel read by a
-      convolution, `H·W` for a channel read by a `Linear` after a flatten.
+      convolution, `H·W` for a channel read by a `Linear` after a flatten, `vo_size` for a head.
     """
 
     path: str
@@ -45,11 +51,12 @@ class Site:
 
     @property
     def unit_name(self) -> str:
-        """What its units are called in listings: `"units"` (neurons) or `"channels"`."""
-        return "channels" if self.unit == "channel" else "units"
+        """What its units are called in listings: `"units"` (neurons), `"channels"` or `"heads"`."""
+        return {"channel": "channels", "head": "heads"}.get(self.unit, "units")
 
     def describe(self) -> str:
         combine = f"{self.activation}(gate) ⊙ up" if self.gated else self.activation
+        combine = "attention per head" if self.unit == "head" else combine
         read = " (flattened)" if self.flattened is not None else ""
         return (
             f"{self.path}: {self.width} {self.unit_name}, {' + '.join(self.producers)} → {combine}{read} → "
@@ -193,6 +200,28 @@ def sites(model, x_calib, *, where=None) -> Sites:
                 f.flattened,
             )
         )
+    heads, unusable = find_heads(model, tapped)
+    for found_heads in heads:
+        called = all(t in position for t in found_heads.taps)
+        if not called or (selected is not None and not selected.intersection(found_heads.taps)):
+            continue
+        paths = tuple(tapped.paths[t] for t in found_heads.taps)
+        kept.append(
+            Site(
+                path_name(found_heads.path),
+                tuple(path_name(p) for p in paths[:3]),
+                path_name(paths[3]),
+                "identity",
+                False,
+                found_heads.heads,
+                paths,
+                "head",
+                found_heads.vo_size,
+            )
+        )
+    left += [LeftOut(layers, reason) for layers, reason in unusable]
+    order = {path_name(tapped.paths[t]): position[t] for t in position}
+    kept.sort(key=lambda site: min(order[name] for name in (*site.producers, site.consumer)))
     if selected is not None and not kept and not left:
         raise ValueError("`where` selects no site: none of the modules it returns holds a site's layer.")
     return Sites(family.name, tuple(kept), tuple(left))
@@ -269,3 +298,15 @@ def capture_site(model, family: Family, site: Site, x_calib) -> tuple[jax.Array,
     (output, *_), wanted = _evaluated(model, family, x_calib, pick)
     one = [(1, *v.aval.shape[1:]) for v in wanted[1:]]
     return output, one[0], one[1]
+
+
+def capture_heads(model, family: Family, site: Site, x_calib) -> tuple[jax.Array, list[tuple]]:
+    """For a head site: the heads' outputs on `x_calib` (the output projection's input) as rows `(N, heads·vo)`,
+    and the input shapes of its four projections for one example (batch axis 1)."""
+
+    def pick(program, index):
+        calls = [program.taps[index[key]][0] for key in site.keys]
+        return [calls[-1].ins[-1], *(call.ins[-1] for call in calls)]
+
+    (output, *_), wanted = _evaluated(model, family, x_calib, pick)
+    return output.reshape(-1, output.shape[-1]), [(1, *v.aval.shape[1:]) for v in wanted[1:]]
