@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from _models import ByteTransformer
 from _vision import SmallCNN
 from flax import nnx
 
@@ -538,6 +539,34 @@ def test_every_compressor_cuts_channel_sites_or_refuses_them_by_name(name):
     error, match = outcome
     with pytest.raises(error, match=match):
         _site_compress(name, CNN, IMAGES)
+
+
+ATTENTION = ByteTransformer(vocab=32, d=16, heads=4, hidden=16, blocks=1, ffn="gelu", max_length=6, key=jr.key(9))
+SEQUENCES = jr.randint(jr.key(10), (8, 6), 0, 32)
+
+
+@pytest.mark.integration  # every compressor on a transformer block: the second test step
+@pytest.mark.parametrize("name", list(REGISTERED))
+def test_every_compressor_cuts_attention_heads_or_keeps_them_whole(name):
+    """merge_or_remove and obs_prune cut the heads of `eqx.nn.MultiheadAttention` (a valid module of fewer heads,
+    head_dim kept); the other structured methods compress the feed-forward site and keep the heads whole; the
+    unstructured ones mask every `Linear`, heads included, keeping every shape."""
+    if name in REFUSE_SITES or _outcome(name, "gelu_ffn") == "refuses activation":
+        with pytest.raises(TypeError, match="is compressed site by site|activation 'gelu_tanh'"):
+            _site_compress(name, ATTENTION, SEQUENCES)
+        return
+    new, info = _site_compress(name, ATTENTION, SEQUENCES, 0.5 if name == "merge_or_remove" else None)
+    assert type(new) is ByteTransformer and info.result == jaxlump.RESULTS.successful
+    attention = new.blocks[0].attention
+    cut = "blocks[0].attention" in info.widths_after and REGISTERED[name].structured
+    assert cut == (name in ("merge_or_remove", "obs_prune"))
+    heads = info.widths_after["blocks[0].attention"] if cut else 4
+    assert attention.num_heads == heads and attention.qk_size == attention.vo_size == 4
+    assert attention.query_proj.weight.shape == attention.value_proj.weight.shape == (4 * heads, 16)
+    assert attention.output_proj.weight.shape == (16, 4 * heads)
+    reference, output = np.asarray(jax.vmap(ATTENTION)(SEQUENCES)), np.asarray(jax.vmap(new)(SEQUENCES))
+    assert output.shape == reference.shape and np.all(np.isfinite(output))
+    np.testing.assert_allclose(float(info.output_max_abs), np.max(np.abs(output - reference)), rtol=1e-5, atol=1e-6)
 
 
 class _NNXTokenFFNModel(nnx.Module):

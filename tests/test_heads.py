@@ -66,6 +66,7 @@ def test_attention_modules_are_listed_as_head_sites_in_program_order():
     assert [s.path for s in only.sites] == ["blocks[1].attention"]
 
 
+@pytest.mark.integration  # the whole transformer compressed: the second test step
 def test_a_planted_duplicate_head_merges_at_eps_zero_and_the_logits_do_not_change():
     wide = eqx.tree_at(lambda m: m.blocks[0].attention, MODEL, _with_duplicate_head(MODEL.blocks[0].attention, 2, 0.3))
     np.testing.assert_allclose(_logits(wide), _logits(MODEL), atol=1e-5)  # the plant keeps the function
@@ -141,6 +142,7 @@ def test_the_compressed_module_is_a_valid_attention_module_against_its_own_forwa
     assert _logits(small).shape == _logits(MODEL).shape
 
 
+@pytest.mark.integration  # the whole transformer compressed: the second test step
 def test_a_fraction_target_keeps_heads_whole_and_methods_without_a_head_rule_leave_them():
     total = sum(a.size for a in jax.tree_util.tree_leaves(eqx.filter(MODEL, eqx.is_inexact_array)))
     small, info = compress_to(MODEL, "obs_prune", total - 600, TOKENS)  # the FFNs hold 2,144 parameters
@@ -154,6 +156,7 @@ def test_a_fraction_target_keeps_heads_whole_and_methods_without_a_head_rule_lea
         compress_to(MODEL, "obs_prune", {"blocks[0].attention": 5}, TOKENS)
 
 
+@pytest.mark.integration  # the whole transformer compressed: the second test step
 def test_heads_are_cut_on_the_model_compressed_so_far_and_counted():
     small, info = jaxlump.merge_or_remove(MODEL, TOKENS, 0.5)
     widths = info.widths_after

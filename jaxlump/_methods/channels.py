@@ -66,24 +66,45 @@ def _layer(model, path):
     return node
 
 
+@dataclasses.dataclass(frozen=True)
+class _Unfold:
+    """A convolution's reading of one channel's map `(B, *spatial)`: its unfolded rows `(B·positions, k_h·k_w)`,
+    the kernel's positions in the weight's order. Compared by value, so that compiled group paths are reused."""
+
+    kernel_size: tuple
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+
+    def __call__(self, a):
+        patches = jax.lax.conv_general_dilated_patches(
+            a[:, None],
+            filter_shape=self.kernel_size,
+            window_strides=self.stride,
+            padding=self.padding,
+            rhs_dilation=self.dilation,
+        )  # (B, k_h·k_w, *out_spatial)
+        return jnp.moveaxis(patches, 1, -1).reshape(-1, patches.shape[1])
+
+
+def _flatten(a):
+    """A `Linear`'s reading of one channel's map after a flatten: `(B, H·W)`."""
+    return a.reshape(a.shape[0], -1)
+
+
+def _as_rows(a):
+    """An output projection's reading of one head's output rows `(N, vo_size)`: as they are."""
+    return a
+
+
 def _consumer_reading(site: Site, consumer):
     """`(features, weights by unit)`: how the consumer reads one channel's map `(B, *spatial)` — its rows `(R, g)`
     — and its weight as `(out, channels, g)`."""
     weight = layer_type_of(consumer).read(consumer)[0]
     if site.flattened is not None:
-        return (lambda a: a.reshape(a.shape[0], -1)), weight.reshape(weight.shape[0], site.width, -1)
-
-    def unfold(a):
-        patches = jax.lax.conv_general_dilated_patches(
-            a[:, None],
-            filter_shape=consumer.kernel_size,
-            window_strides=consumer.stride,
-            padding=consumer.padding,
-            rhs_dilation=consumer.dilation,
-        )  # (B, k_h·k_w, *out_spatial), the kernel's positions in the weight's order
-        return jnp.moveaxis(patches, 1, -1).reshape(-1, patches.shape[1])
-
-    return unfold, weight.reshape(weight.shape[0], weight.shape[1], -1)
+        return _flatten, weight.reshape(weight.shape[0], site.width, -1)
+    settings = (consumer.kernel_size, consumer.stride, tuple(map(tuple, consumer.padding)), consumer.dilation)
+    return _Unfold(*settings), weight.reshape(weight.shape[0], weight.shape[1], -1)
 
 
 def _site_cost(pairs) -> Cost:
@@ -134,15 +155,6 @@ def _refit(site: Site, z, merged_pre, features, weights, prior, bias, use_bias: 
     examples (`solve_layer`, the shared reconstruction); with `rule.refit=False` the summed columns as they are.
     Returns `(weight (out, k·g), bias, result, max |Δ|, RMS Δ)` on the calibration rows."""
     width = merged_pre.shape[0]
-
-    def rows(batch):
-        merged, original = batch
-        act = unit_activation(site.activation, False, merged, 1)
-        a = jnp.concatenate([features(act[:, u]) for u in range(width)], axis=1)
-        full = unit_activation(site.activation, False, original, 1)
-        t = sum(features(full[:, u]) @ weights[:, u].T for u in range(site.width)) + bias
-        return a, t
-
     examples = z.shape[0]
     rows_per_example = features(z[:1, 0]).shape[0]
     per_batch = batch_rows_for(examples, rows_per_example * (width + site.width) * site.group)
@@ -150,27 +162,46 @@ def _refit(site: Site, z, merged_pre, features, weights, prior, bias, use_bias: 
     batches = (jnp.moveaxis(merged_pre, 0, 1)[index[..., 0]], z[index[..., 0]])
     valid = jnp.repeat(valid, rows_per_example, axis=1)
     flat_prior = prior.reshape(prior.shape[0], -1)
+    reading = _Reading(site.activation, features, use_bias, rule.refit, rule.ridge)
+    return _solve(reading, batches, valid, weights, flat_prior, bias)
 
-    @jax.jit
-    def solve(batches, valid):
-        if rule.refit:
-            support = jnp.ones(flat_prior.shape, bool)
-            live = jnp.ones(flat_prior.shape[0], bool)
-            w, b, solved = solve_layer(
-                rows, batches, valid, flat_prior, bias, support, live, use_bias, rule.ridge, False
-            )
-        else:
-            w, b, solved = flat_prior, bias, RESULTS.successful
 
-        def deviation(total, batch, ok):
-            a, t = rows(batch)
-            error = jnp.where(ok[:, None], jnp.abs(a @ w.T + b - t), 0.0)
-            return jnp.maximum(total[0], jnp.max(error)), total[1] + jnp.sum(error**2)
+@dataclasses.dataclass(frozen=True)
+class _Reading:
+    """What `_solve` compiles for (compared by value, so that a compiled solve is reused)."""
 
-        worst, squares = fold_batches(deviation, (jnp.zeros(()), jnp.zeros(())), batches, valid)
-        return w, b, solved, worst, jnp.sqrt(squares / (jnp.sum(valid) * w.shape[0]))
+    activation: str
+    features: Callable
+    use_bias: bool
+    refit: bool
+    ridge: float
 
-    return solve(batches, valid)
+
+@eqx.filter_jit
+def _solve(reading: _Reading, batches, valid, weights, prior, bias):
+    def rows(batch):
+        merged, original = batch
+        act = unit_activation(reading.activation, False, merged, 1)
+        a = jnp.concatenate([reading.features(act[:, u]) for u in range(merged.shape[1])], axis=1)
+        full = unit_activation(reading.activation, False, original, 1)
+        t = sum(reading.features(full[:, u]) @ weights[:, u].T for u in range(original.shape[1])) + bias
+        return a, t
+
+    if reading.refit:
+        support, live = jnp.ones(prior.shape, bool), jnp.ones(prior.shape[0], bool)
+        w, b, solved = solve_layer(
+            rows, batches, valid, prior, bias, support, live, reading.use_bias, reading.ridge, False
+        )
+    else:
+        w, b, solved = prior, bias, RESULTS.successful
+
+    def deviation(total, batch, ok):
+        a, t = rows(batch)
+        error = jnp.where(ok[:, None], jnp.abs(a @ w.T + b - t), 0.0)
+        return jnp.maximum(total[0], jnp.max(error)), total[1] + jnp.sum(error**2)
+
+    worst, squares = fold_batches(deviation, (jnp.zeros(()), jnp.zeros(())), batches, valid)
+    return w, b, solved, worst, jnp.sqrt(squares / (jnp.sum(valid) * w.shape[0]))
 
 
 def compress_channel_site(site: Site, model, family: Family, x_calib, rule: ChannelRule):
@@ -246,17 +277,14 @@ def compress_head_site(site: Site, model, family: Family, x_calib, rule: Channel
     o_weight, o_bias, use_bias = layer_type_of(output).read(output)
     weights = o_weight.reshape(o_weight.shape[0], site.width, site.group)
 
-    def features(a):
-        return a
-
-    labels, width = compact(_path(site, z, features, weights, use_bias, rule, linear=False))
+    labels, width = compact(_path(site, z, _as_rows, weights, use_bias, rule, linear=False))
     labels = np.asarray(labels)
     members = np.zeros((width, site.width))
     members[labels[labels >= 0], np.flatnonzero(labels >= 0)] = 1.0
     first = members.argmax(axis=1)  # each merged group keeps its first head
     prior = jnp.einsum("ohg,kh->okg", weights, jnp.asarray(members, weights.dtype))
     kept = jnp.moveaxis(z[:, first], 1, 0)
-    w, b, solved, worst, rms = _refit(site, z, kept, features, weights, prior, o_bias, use_bias, rule)
+    w, b, solved, worst, rms = _refit(site, z, kept, _as_rows, weights, prior, o_bias, use_bias, rule)
     projections = (
         *(_kept_rows(layer, site.width, first) for layer in (query, key, value)),
         layer_type_of(output).rebuild(output, w.astype(o_weight.dtype), b.astype(o_bias.dtype)),

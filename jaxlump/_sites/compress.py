@@ -467,6 +467,9 @@ def compress_to_sites(
     neuron sites' parameters are cut by one fraction, so that the whole model meets it; sites of channels or heads
     are kept whole) or `{site path: width}` (any site)."""
     every = site_listing(model, x_calib, where, groups=True)
+    if isinstance(target, dict):  # sites of channels or heads that the dict does not name are kept whole
+        named = tuple(s for s in every.sites if s.unit == "neuron" or s.path in target)
+        every = Sites(every.family, named, every.left_out) if named else every
     rule = _channel_widths_rule(name, every, target, options)
     listing = every if rule is not None else site_listing(model, x_calib, where, method=_name(name))
     chains = [s for s in segments(listing) if not s.grouped]
