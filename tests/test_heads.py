@@ -168,3 +168,11 @@ def test_heads_are_cut_on_the_model_compressed_so_far_and_counted():
     assert info.params_after < info.params_before and info.result == jaxlump.RESULTS.successful
     deviation = np.abs(_logits(small) - _logits(MODEL))
     np.testing.assert_allclose(float(info.output_max_abs), deviation.max(), rtol=1e-4)
+
+
+def test_a_model_with_fewer_heads_saves_and_loads_into_the_uncompressed_class(tmp_path):
+    small, _ = compress_to(MODEL, "obs_prune", {"blocks[0].attention": 2}, TOKENS)
+    jaxlump.save(tmp_path / "small.npz", small)
+    again = jaxlump.load(tmp_path / "small.npz", like=MODEL)
+    assert [b.attention.num_heads for b in again.blocks] == [2, 4]
+    np.testing.assert_array_equal(_logits(again), _logits(small))

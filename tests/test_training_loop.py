@@ -264,7 +264,7 @@ def test_expand_and_relocate_keep_the_function():
         (None, None, 0.1, 0, ValueError, "`every` must be an integer >= 1; received 0"),
         (None, None, 0.1, 2.5, TypeError, "`every` must be an integer"),
         (None, None, 0.1, True, TypeError, "`every` must be an integer"),
-        (None, eqx.nn.Conv1d(1, 1, 3, key=jr.key(0)), 0.1, 5, TypeError, r"\(Conv1d\) holds no layer jaxlump can"),
+        (None, eqx.nn.LayerNorm(3), 0.1, 5, TypeError, r"\(LayerNorm\) holds no layer jaxlump can"),
         (None, None, -1.0, 5, ValueError, "`eps` must be a number >= 0"),
         (None, None, "big", 5, TypeError, "`eps` must be a non-negative real number"),
         (None, None, lambda step: jnp.ones(3), 5, ValueError, "must return a scalar"),

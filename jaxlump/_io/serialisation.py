@@ -45,6 +45,7 @@ from .._model.network import DenseChain, refuse_gated
 from .._model.skip_mlp import SkipMLP
 from .._results.accounting import Cost
 from .._results.info import Certificate, CompressionInfo
+from .._sites.heads import with_consistent_heads
 from .._sites.layers import FAMILIES, LAYER_TYPES, layer_type_of, path_name
 from .file_header import (
     FORMAT,
@@ -431,7 +432,7 @@ def _load_sites(arrays: dict, structure: dict, path: str, like):
         raise ValueError(f"`like` (a {received}) does not fit the saved model:\n  " + "\n  ".join(problems))
     expected = {name: (shape, _leaf_stored_dtype(kind)) for name, shape, kind in structure["leaves"]}
     _check_arrays(arrays, expected, path, "the stored leaves")
-    template = family.replace(like, replacements)
+    template = with_consistent_heads(family, family.replace(like, replacements))
     named, treedef = _named_leaves(family, template)
     kinds = {name: kind for name, _, kind in structure["leaves"]}
     ours = {name: (_leaf_shape(leaf, kind), kind) for name, leaf in named if (kind := _leaf_kind(leaf)) is not None}

@@ -141,3 +141,20 @@ register_attention_type(
         _eqx_put,
     )
 )
+
+
+def with_consistent_heads(family, model):
+    """`model` with every registered attention module's `num_heads` set to what its query projection's rows imply
+    (for a module whose projections were replaced by layers of other shapes, as `jaxlump.load` does)."""
+    parents = {tuple(path[:-1]) for path, _ in family.layers(model)}
+    for parent in sorted(parents, key=len):
+        module = node_at(model, parent)
+        kind = attention_type_of(module)
+        if kind is None:
+            continue
+        heads, qk_size, _ = kind.heads(module)
+        projections = tuple(getattr(module, name) for name in kind.projections)
+        implied = layer_type_of(projections[0]).read(projections[0])[0].shape[0] // qk_size
+        if implied != heads:
+            model = kind.put(model, parent, kind.rebuild(module, projections, implied))
+    return model
