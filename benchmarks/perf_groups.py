@@ -125,7 +125,7 @@ def latency(quick: bool) -> dict:
             {
                 "model": "digits CNN",
                 "units": channels,
-                "flops": int(jaxlump.cost(small, images[:1]).flops),
+                "flops": int(jaxlump.cost(small, x=images[:1]).flops),
                 "latency_us": latency_us(small, images, repeats=20 if quick else 100),
             }
         )

@@ -176,3 +176,109 @@ def test_a_model_with_fewer_heads_saves_and_loads_into_the_uncompressed_class(tm
     again = jaxlump.load(tmp_path / "small.npz", like=MODEL)
     assert [b.attention.num_heads for b in again.blocks] == [2, 4]
     np.testing.assert_array_equal(_logits(again), _logits(small))
+
+
+class GroupedQueryAttention(eqx.Module):
+    """Grouped-query attention as Llama-style code writes it: 8 query heads read 2 KV heads (`jnp.repeat` of each KV
+    head over its 4 query heads), causal, on one sequence `(T, d)`."""
+
+    q: eqx.nn.Linear
+    k: eqx.nn.Linear
+    v: eqx.nn.Linear
+    o: eqx.nn.Linear
+    heads: int = eqx.field(static=True)
+    kv_heads: int = eqx.field(static=True)
+    head_dim: int = eqx.field(static=True)
+
+    def __call__(self, x):
+        length = x.shape[0]
+        q = jax.vmap(self.q)(x).reshape(length, self.heads, self.head_dim)
+        k = jax.vmap(self.k)(x).reshape(length, self.kv_heads, self.head_dim)
+        v = jax.vmap(self.v)(x).reshape(length, self.kv_heads, self.head_dim)
+        k, v = (jnp.repeat(a, self.heads // self.kv_heads, axis=1) for a in (k, v))
+        scores = jnp.einsum("shd,thd->hst", q, k) / np.sqrt(self.head_dim)
+        scores = jnp.where(jnp.tril(jnp.ones((length, length), bool)), scores, -jnp.inf)
+        out = jnp.einsum("hst,thd->shd", jax.nn.softmax(scores, axis=-1), v)
+        return jax.vmap(self.o)(out.reshape(length, -1))
+
+
+class GQAModel(eqx.Module):
+    embedding: eqx.nn.Embedding
+    attention: GroupedQueryAttention
+    head: eqx.nn.Linear
+
+    def __call__(self, tokens):
+        x = jax.vmap(self.embedding)(tokens)
+        return jax.vmap(self.head)(x + self.attention(x))
+
+
+def _gqa(q, k, v, o, heads, kv_heads):
+    return GroupedQueryAttention(q, k, v, o, heads, kv_heads, q.out_features // heads)
+
+
+jaxlump.register_attention_type(
+    jaxlump.AttentionType(
+        "GroupedQueryAttention (tests)",
+        lambda m: isinstance(m, GroupedQueryAttention),
+        ("q", "k", "v", "o"),
+        lambda m: (m.heads, m.kv_heads, m.head_dim, m.head_dim),
+        lambda m, projections, kv: _gqa(*projections, kv * (m.heads // m.kv_heads), kv),
+    )
+)
+
+
+def _gqa_model(key, *, duplicate: bool = False):
+    keys = jr.split(key, 6)
+    d, hd = 32, 4
+    linear = lambda i, o, k: eqx.nn.Linear(i, o, use_bias=False, key=k)  # noqa: E731
+    q, k, v, o = (
+        linear(d, 8 * hd, keys[0]),
+        linear(d, 2 * hd, keys[1]),
+        linear(d, 2 * hd, keys[2]),
+        linear(8 * hd, d, keys[3]),
+    )
+    if duplicate:  # KV head 1 and its query heads 4–7 copy KV head 0 and query heads 0–3; output columns split
+        q = eqx.tree_at(lambda l: l.weight, q, q.weight.at[16:].set(q.weight[:16]))
+        k = eqx.tree_at(lambda l: l.weight, k, k.weight.at[4:].set(k.weight[:4]))
+        v = eqx.tree_at(lambda l: l.weight, v, v.weight.at[4:].set(v.weight[:4]))
+        o = eqx.tree_at(
+            lambda l: l.weight, o, o.weight.at[:, 16:].set(0.25 * o.weight[:, :16]).at[:, :16].multiply(0.75)
+        )
+    return GQAModel(eqx.nn.Embedding(64, d, key=keys[4]), _gqa(q, k, v, o, 8, 2), eqx.nn.Linear(d, 64, key=keys[5]))
+
+
+GQA_TOKENS = jr.randint(jr.key(12), (16, 8), 0, 64)
+
+
+def test_grouped_query_attention_is_cut_by_kv_head_and_stays_a_valid_gqa_module():
+    model = _gqa_model(jr.key(11))
+    (site,) = jaxlump.sites(model, GQA_TOKENS).sites
+    assert (site.path, site.unit, site.width, site.group) == ("attention", "head", 2, 16)
+    small, info = compress_to(model, "obs_prune", {"attention": 1}, GQA_TOKENS)
+    attention = small.attention
+    assert (attention.heads, attention.kv_heads, attention.head_dim) == (4, 1, 4)
+    assert attention.q.weight.shape == (16, 32) and attention.k.weight.shape == attention.v.weight.shape == (4, 32)
+    kept = int(np.flatnonzero(np.asarray(info.segments[0].partitions[0]) >= 0)[0])
+    np.testing.assert_array_equal(attention.q.weight, model.attention.q.weight[16 * kept : 16 * (kept + 1)])
+    np.testing.assert_array_equal(attention.k.weight, model.attention.k.weight[4 * kept : 4 * (kept + 1)])
+    x = jr.normal(
+        jr.key(13), (8, 32)
+    )  # its own forward pass against the same attention with the other KV group's output columns zeroed
+    wide = eqx.tree_at(
+        lambda a: a.o.weight,
+        model.attention,
+        jnp.zeros_like(model.attention.o.weight).at[:, 16 * kept : 16 * (kept + 1)].set(attention.o.weight),
+    )
+    np.testing.assert_allclose(attention(x), wide(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.integration  # merge_or_remove's group paths compiled for one more shape: the second test step
+def test_a_duplicate_kv_head_and_its_query_heads_merge_at_eps_zero():
+    model = _gqa_model(jr.key(11), duplicate=True)
+    small, info = jaxlump.merge_or_remove(model, GQA_TOKENS, 0.0)
+    assert np.asarray(info.segments[0].partitions[0]).tolist() == [0, 0]
+    assert (small.attention.heads, small.attention.kv_heads) == (4, 1)
+    reference = np.asarray(jax.vmap(model)(GQA_TOKENS))
+    np.testing.assert_allclose(
+        np.asarray(jax.vmap(small)(GQA_TOKENS)), reference, rtol=1e-4, atol=1e-4 * np.abs(reference).max()
+    )

@@ -267,13 +267,14 @@ def _kept_rows(layer, heads: int, keep):
 
 def compress_head_site(site: Site, model, family: Family, x_calib, rule: ChannelRule):
     """`(new model, info)`: `model` with the attention module of head site `site` rebuilt with the heads the rule's
-    path keeps, and a `CompressionInfo` whose widths are `(query size, heads, output size)`."""
+    path keeps, and a `CompressionInfo` whose widths are `(query size, heads, output size)` (KV heads with grouped
+    queries: each keeps or loses its query heads with it)."""
     module_path = site.keys[-1][:-1]
     module = _layer(model, module_path)
     kind = attention_type_of(module)
     query, key, value, output = (getattr(module, name) for name in kind.projections)
     rows, shapes = capture_heads(model, family, site, x_calib)
-    z = rows.reshape(rows.shape[0], site.width, site.group)  # (N, heads, vo_size)
+    z = rows.reshape(rows.shape[0], site.width, site.group)  # (N, units, query heads per unit · vo_size)
     o_weight, o_bias, use_bias = layer_type_of(output).read(output)
     weights = o_weight.reshape(o_weight.shape[0], site.width, site.group)
 

@@ -5,7 +5,9 @@ per-head attention (softmax of each head's scores, times its values) is the comb
 the consumer. Head h is the group of the output projection's `vo_size` input columns that read its output. Removing a
 head drops its rows of the three producers and its columns of the consumer, and leaves every other head's output as
 it was (each head attends on its own), so the consumer's least-squares refit on the kept heads' outputs is exact
-compensation. Register another attention class with `register_attention_type`.
+compensation. With grouped-query attention (fewer key/value heads than query heads, query head `h` reading KV head
+`h // (num_heads / kv_heads)`), a unit is one KV head with the query heads that read it: they leave together, and
+the module keeps its ratio of query to KV heads. Register another attention class with `register_attention_type`.
 """
 
 import dataclasses
@@ -23,11 +25,15 @@ class AttentionType:
 
     - `name`: shown in listings and errors (`"eqx.nn.MultiheadAttention"`).
     - `matches(module)`: whether `module` is of this type.
-    - `projections`: the attribute names of its query, key, value and output projections (registered layers).
-    - `heads(module)`: `(num_heads, qk_size, vo_size)`.
-    - `rebuild(module, projections, num_heads)`: a module of `module`'s class and settings with these four
-      projections (`(query, key, value, output)`) and `num_heads` heads.
-    - `put(model, path, module)`: `model` with the module at `path` replaced; `model` itself is not changed.
+    - `projections`: the attribute names of its query, key, value and output projections (registered layers, the
+      query's output rows in head order, `qk_size` rows per head; the output projection's input columns likewise,
+      `vo_size` per head).
+    - `heads(module)`: `(num_heads, kv_heads, qk_size, vo_size)`; `kv_heads == num_heads` without grouped queries.
+    - `rebuild(module, projections, kv_heads)`: a module of `module`'s class and settings with these four
+      projections (`(query, key, value, output)`), `kv_heads` KV heads and as many query heads per KV head as
+      before.
+    - `put(model, path, module)`: `model` with the module at `path` replaced; `model` itself is not changed
+      (default: Equinox's `tree_at`).
     - `why_not(module)`: why its heads cannot be a site (`None` when they can).
     """
 
@@ -36,8 +42,12 @@ class AttentionType:
     projections: tuple[str, str, str, str]
     heads: Callable
     rebuild: Callable
-    put: Callable
+    put: Callable = None
     why_not: Callable = lambda module: None
+
+    def __post_init__(self):
+        if self.put is None:
+            object.__setattr__(self, "put", _eqx_put)
 
 
 ATTENTION_TYPES: list[AttentionType] = []
@@ -63,12 +73,13 @@ def node_at(model, path: Path):
 
 @dataclasses.dataclass(frozen=True)
 class FoundHeads:
-    """A head site found on the traced program: its module's path, its projections' taps and its sizes."""
+    """A head site found on the traced program: its module's path, its projections' taps, its units (KV heads) and
+    the output projection's columns per unit."""
 
     path: Path
     taps: tuple[int, int, int, int]
-    heads: int
-    vo_size: int
+    units: int
+    group: int
 
 
 def find_heads(model, tapped) -> tuple[list[FoundHeads], list[tuple[tuple[str, ...], str]]]:
@@ -91,8 +102,9 @@ def find_heads(model, tapped) -> tuple[list[FoundHeads], list[tuple[tuple[str, .
         if reason is not None:
             left.append((names, reason))
             continue
-        heads, _, vo_size = kind.heads(module)
-        found.append(FoundHeads(parent, tuple(taps[name] for name in kind.projections), heads, vo_size))
+        heads, kv_heads, _, vo_size = kind.heads(module)
+        group = heads // kv_heads * vo_size
+        found.append(FoundHeads(parent, tuple(taps[name] for name in kind.projections), kv_heads, group))
     return found, left
 
 
@@ -101,10 +113,10 @@ def _layer_why_not(module, name: str) -> str | None:
     return layer_type_of(layer).why_not(layer)
 
 
-def _eqx_rebuild(module: eqx.nn.MultiheadAttention, projections, num_heads: int) -> eqx.nn.MultiheadAttention:
+def _eqx_rebuild(module: eqx.nn.MultiheadAttention, projections, kv_heads: int) -> eqx.nn.MultiheadAttention:
     query, key, value, output = projections
     fresh = eqx.nn.MultiheadAttention(
-        num_heads,
+        kv_heads,
         module.query_size,
         module.key_size,
         module.value_size,
@@ -136,25 +148,24 @@ register_attention_type(
         "eqx.nn.MultiheadAttention",
         lambda m: isinstance(m, eqx.nn.MultiheadAttention),
         ("query_proj", "key_proj", "value_proj", "output_proj"),
-        lambda m: (m.num_heads, m.qk_size, m.vo_size),
+        lambda m: (m.num_heads, m.num_heads, m.qk_size, m.vo_size),
         _eqx_rebuild,
-        _eqx_put,
     )
 )
 
 
 def with_consistent_heads(family, model):
-    """`model` with every registered attention module's `num_heads` set to what its query projection's rows imply
-    (for a module whose projections were replaced by layers of other shapes, as `jaxlump.load` does)."""
+    """`model` with every registered attention module's heads set to what its key projection's rows imply (for a
+    module whose projections were replaced by layers of other shapes, as `jaxlump.load` does)."""
     parents = {tuple(path[:-1]) for path, _ in family.layers(model)}
     for parent in sorted(parents, key=len):
         module = node_at(model, parent)
         kind = attention_type_of(module)
         if kind is None:
             continue
-        heads, qk_size, _ = kind.heads(module)
+        _, kv_heads, qk_size, _ = kind.heads(module)
         projections = tuple(getattr(module, name) for name in kind.projections)
-        implied = layer_type_of(projections[0]).read(projections[0])[0].shape[0] // qk_size
-        if implied != heads:
+        implied = layer_type_of(projections[1]).read(projections[1])[0].shape[0] // qk_size
+        if implied != kv_heads:
             model = kind.put(model, parent, kind.rebuild(module, projections, implied))
     return model

@@ -33,9 +33,10 @@ class Site:
     - `gated`: whether the hidden unit is `σ(gate) ⊙ up`.
     - `width`: its number of units.
     - `unit`: what a unit is: `"neuron"` (a row of a `Linear`), `"channel"` (an output channel of a convolution)
-      or `"head"` (an attention head).
+      or `"head"` (an attention head; with grouped-query attention, a KV head and the query heads that read it).
     - `group`: the consumer's input columns per unit: 1 for a neuron, `k_h·k_w` for a channel read by a
-      convolution, `H·W` for a channel read by a `Linear` after a flatten, `vo_size` for a head.
+      convolution, `H·W` for a channel read by a `Linear` after a flatten, `vo_size` for a head (times the query
+      heads per KV head with grouped-query attention).
     """
 
     path: str
@@ -213,10 +214,10 @@ def sites(model, x_calib, *, where=None) -> Sites:
                 path_name(paths[3]),
                 "identity",
                 False,
-                found_heads.heads,
+                found_heads.units,
                 paths,
                 "head",
-                found_heads.vo_size,
+                found_heads.group,
             )
         )
     left += [LeftOut(layers, reason) for layers, reason in unusable]
