@@ -13,12 +13,11 @@ compressed CNN and attention run faster in proportion to their FLOPs.
   (convolutions and the classifier), the attention module's counted here as its four projections plus the two
   attention products (`2·T²·(qk + vo)` per head and sequence), which `jaxlump.cost` leaves out.
 
-Run: `nice -n 10 python benchmarks/perf_groups.py --part quality|latency [--quick] [--overwrite]` (the two parts write
-`results/perf_groups.json` together: a part already there is kept unless it is run again).
+Run: `nice -n 10 python benchmarks/perf_groups.py --part quality|latency [--quick] [--overwrite]`; each part writes
+`results/perf_groups_<part>.json`.
 """
 
 import argparse
-import json
 import pathlib
 import sys
 import time
@@ -34,7 +33,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "tests"))  # the test
 import provenance  # noqa: E402
 from _models import ByteTransformer  # noqa: E402
 from _vision import DigitsCNN, accuracy, digits, plant_channels, train_cnn  # noqa: E402
-from perf_common import latency_us, machine, output_path  # noqa: E402
+from perf_common import latency_us, write  # noqa: E402
 
 import jaxlump  # noqa: E402
 from jaxlump.baselines import compress_to  # noqa: E402
@@ -157,23 +156,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=["quality", "latency"], required=True)
     parser.add_argument("--quick", action="store_true", help="small sizes (a smoke run); writes *_quick.json")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing section")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing result file")
     args = parser.parse_args()
-    path = output_path("groups", args.quick, True)
-    results = json.loads(path.read_text()) if path.exists() else {}
-    if args.part in results and not args.overwrite:
-        raise SystemExit(f"{path} already has a '{args.part}' section; pass --overwrite to replace it.")
     start = time.time()
-    section = {"machine": machine(), **{"quality": quality, "latency": latency}[args.part](args.quick)}
-    section["wall_seconds"] = time.time() - start
-    results = json.loads(path.read_text()) if path.exists() else {}  # the other part may have finished since
-    section["provenance"] = provenance.stamp()
-    results[args.part] = section
-    # The file's provenance covers both parts: a part computed by other (or unrecorded) code keeps it stale.
-    others = [s.get("provenance") for part, s in results.items() if part not in (args.part, "provenance")]
-    results["provenance"] = provenance.stamp(provenance.combined(others) if others else None)
-    path.write_text(json.dumps(results, indent=1))
-    print(f"wrote {path}")
+    payload = {"quality": quality, "latency": latency}[args.part](args.quick)
+    write(f"groups_{args.part}", args, {**payload, "wall_seconds": time.time() - start})
 
 
 if __name__ == "__main__":
