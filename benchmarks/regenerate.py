@@ -41,8 +41,10 @@ PLAN = {
     "perf_sweep.json": [["perf_sweep.py", "--overwrite"]],
     "perf_scaling_targets.json": [["perf_scaling.py", "--targets-only", "--overwrite"]],
     "perf_training.json": [["perf_training.py", "--overwrite"]],
+    "perf_groups_quality.json": [["perf_groups.py", "--part", "quality", "--overwrite"]],
+    "perf_groups_latency.json": [["perf_groups.py", "--part", "latency", "--overwrite"]],
 }
-QUALITY = ("fair_comparison.json", "ablation_lumping.json", "allocation.json")  # the rest time something
+QUALITY = ("fair_comparison.json", "ablation_lumping.json", "allocation.json", "perf_groups_quality.json")  # the rest time something
 
 
 def stale_results(everything: bool) -> list[str]:

@@ -113,3 +113,17 @@ def test_units_that_differ_by_more_than_rounding_are_not_duplicates():
         )
         paths = [group_path(p, merge=True, damping=DAMPING, candidates=None) for p in (strict, loose)]
     assert paths[0].cumulative[0] > 0.0 and paths[1].cumulative[0] == 0.0
+
+
+def test_a_path_stopped_early_is_the_full_paths_beginning():
+    pre, weights = _problem(7, n=6)
+    with jax.enable_x64(True):
+        problem = GroupProblem(jnp.asarray(pre), jnp.asarray(weights), lambda a: a, "tanh", True)
+        full = group_path(problem, merge=True, damping=DAMPING, candidates=None)
+        first = group_path(problem, merge=True, damping=DAMPING, candidates=None, max_steps=2)
+        bound = float(full.cumulative[2]) * 0.999  # the third step is the first above it
+        stopped = group_path(problem, merge=True, damping=DAMPING, candidates=None, stop_above=bound)
+    np.testing.assert_array_equal(first.labels, full.labels[:2])
+    np.testing.assert_array_equal(stopped.labels, full.labels[:3])
+    np.testing.assert_allclose(stopped.cumulative, full.cumulative[:3])
+    assert np.all(np.diff(full.cumulative[:3]) > 0)  # the bound falls between steps 2 and 3

@@ -41,8 +41,9 @@ from .group_greedy import GroupProblem, group_path
 
 @dataclasses.dataclass(frozen=True)
 class ChannelRule:
-    """How a compressor cuts a channel site: the path's options and how many of its steps to take
-    (`steps(path, site) -> int`), with the method's name and knob for the info."""
+    """How a compressor cuts a site of channels or heads: the path's options, how many of its steps to take
+    (`steps(path, site) -> int`) and how far it need be computed (`limit(site) -> (max_steps, stop_above)`, either
+    `None`: see `group_path`), with the method's name and knob for the info."""
 
     method: str
     knob: object
@@ -53,6 +54,7 @@ class ChannelRule:
     ridge: float
     refit: bool = True
     throw: bool = True
+    limit: Callable = lambda site: (None, None)
 
     def cut(self, site: Site, model, family: Family, x_calib):
         """`(new model, info)`: `model` with `site` cut (`compress_channel_site`, `compress_head_site`)."""
@@ -144,7 +146,8 @@ def _path(site: Site, z, features, weights, use_bias: bool, rule: ChannelRule, l
             float(jnp.finfo(z.dtype).eps),  # the pre-activations were computed in the model's dtype
             linear,
         )
-        options = dict(damping=rule.damping, candidates=rule.candidates)
+        max_steps, stop_above = rule.limit(site)
+        options = dict(damping=rule.damping, candidates=rule.candidates, max_steps=max_steps, stop_above=stop_above)
         paths = [group_path(problem, merge=merge, **options) for merge in ((True, False) if rule.merge else (False,))]
     path, steps = _better(paths, site, rule)
     return path.labels_after(steps)

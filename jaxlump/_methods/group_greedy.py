@@ -188,13 +188,22 @@ def _candidate_pairs(partners: np.ndarray, alive: np.ndarray) -> np.ndarray:
     return np.unique(pairs, axis=0).astype(np.int32).reshape(-1, 2)
 
 
-def group_path(problem: GroupProblem, *, merge: bool, damping: float, candidates: int | None) -> Path:
+def group_path(
+    problem: GroupProblem,
+    *,
+    merge: bool,
+    damping: float,
+    candidates: int | None,
+    max_steps: int | None = None,
+    stop_above: float | None = None,
+) -> Path:
     """The greedy path of one group site down to one unit (`problem` in float64), as a `Path`: after step t the
     site has `n − 1 − t` units; `cumulative[t]` is how much the consumer's refit error has risen, relative
     (`sqrt(ΔE / R) / scale`, `scale` a typical unit's RMS contribution to the consumer's output), so ε = 0 admits
     only operations that cost exactly nothing. Merges are considered between each unit and its `candidates`
     partners of smallest merge cost (`None`: all pairs); a merged unit's partners are renewed from every live
-    unit."""
+    unit. The path stops early after `max_steps` steps, or after the first step whose `cumulative` exceeds
+    `stop_above` (no later step can be within it)."""
     blocks = problem.blocks(problem.pre)
     r, n, g = blocks.shape
     targets = _mm("rug,mug->rm", blocks, problem.weights)
@@ -214,7 +223,9 @@ def group_path(problem: GroupProblem, *, merge: bool, damping: float, candidates
         partners = np.argsort(table, axis=1, kind="stable")[:, :k]
     labels, total = np.arange(n), 0.0
     out_labels, out_merged, out_cumulative = [], [], []
-    for _ in range(n - 1):
+    for _ in range(n - 1 if max_steps is None else min(max_steps, n - 1)):
+        if stop_above is not None and out_cumulative and out_cumulative[-1] > stop_above:
+            break
         alive = np.asarray(state.alive)
         if not merge:
             pairs = none

@@ -170,6 +170,7 @@ def _cut_channels(eps, options: dict) -> ChannelRule:
         check_candidates(options["candidates"]),
         float(check_nonnegative(options["ridge"], "ridge")),
         throw=check_bool(options["throw"], "throw"),
+        limit=lambda site: (None, float(eps)),
     )
 
 

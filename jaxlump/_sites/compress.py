@@ -557,8 +557,12 @@ def _channel_widths_rule(name, listing: Sites, target, options: dict):
     if unknown:
         raise TypeError(f"`{name}` has no option {', '.join(map(repr, unknown))}; its options: {sorted(defaults)}.")
     rule = factory(0.0, defaults | options)  # the knob is replaced: each site is cut at its width
+
+    def cut(site):
+        return site.width - int(target.get(site.path, site.width))
+
     return dataclasses.replace(
-        rule, knob=float("nan"), steps=lambda path, site: site.width - int(target.get(site.path, site.width))
+        rule, knob=float("nan"), steps=lambda path, site: cut(site), limit=lambda site: (cut(site), None)
     )
 
 

@@ -289,6 +289,7 @@ def _cut_channels(sparsity, options: dict) -> ChannelRule:
         float(check_nonnegative(options["ridge"], "ridge")),
         refit=check_bool(options["reconstruct"], "reconstruct"),
         throw=check_bool(options["throw"], "throw"),
+        limit=lambda site: (min(int(site.width * fraction), site.width - 1), None),
     )
 
 
