@@ -80,6 +80,7 @@ def _arrays(model):
     return [np.asarray(a) for a in jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))]
 
 
+@pytest.mark.integration  # the group path compiled and run on a CNN: the second test step
 @pytest.mark.parametrize("method", ["merge_or_remove", "obs_prune"])
 def test_the_result_is_a_smaller_model_of_the_same_class_with_its_cost_and_deviation(method):
     before = _arrays(MODEL)
@@ -110,6 +111,7 @@ def _duplicated(model: SmallCNN) -> SmallCNN:
     return eqx.tree_at(lambda m: (m.conv1, m.conv2), model, (conv1, conv2))
 
 
+@pytest.mark.integration  # the group path compiled and run on a CNN: the second test step
 def test_at_eps_zero_only_the_duplicate_channel_goes_and_the_output_is_kept():
     planted = _duplicated(MODEL)
     small, info = jaxlump.merge_or_remove(planted, X, 0.0)
@@ -119,6 +121,7 @@ def test_at_eps_zero_only_the_duplicate_channel_goes_and_the_output_is_kept():
     np.testing.assert_allclose(jax.vmap(small)(X), jax.vmap(MODEL)(X), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.integration  # the group path compiled and run on a CNN: the second test step
 @pytest.mark.parametrize("method", [jaxlump.merge_or_remove, obs_prune], ids=["merge_or_remove", "obs_prune"])
 def test_the_knob_cuts_channel_sites_with_the_methods_own_options(method):
     small, info = method(MODEL, X, 0.5, ridge=0.0)
@@ -164,6 +167,7 @@ def test_methods_that_cannot_cut_channels_refuse_before_any_work():
         obs_prune(MODEL, X, (0.5, 0.5))
 
 
+@pytest.mark.integration  # the group path compiled and run on a CNN: the second test step
 def test_a_compressed_cnn_is_saved_and_loaded(tmp_path):
     small, _ = compress_to(MODEL, "merge_or_remove", {"conv2": 4, "head": 3}, X)
     jaxlump.save(tmp_path / "cnn.jaxlump", small)

@@ -525,6 +525,7 @@ def _cnn_outcome(name):
     return TypeError, rf"channel sites \(conv2, head\), which jaxlump.{name} cannot compress"
 
 
+@pytest.mark.integration  # every compressor on a CNN: the second test step
 @pytest.mark.parametrize("name", list(REGISTERED))
 def test_every_compressor_cuts_channel_sites_or_refuses_them_by_name(name):
     outcome = _cnn_outcome(name)

@@ -107,6 +107,7 @@ def _heads_and_target(model, tokens):
     return rows, rows.reshape(len(rows), -1) @ f64(attention.output_proj.weight).T
 
 
+@pytest.mark.integration  # a transformer compressed: the second test step
 def test_group_obs_drops_the_head_whose_loss_least_squares_compensates_best():
     """One head of four removed by `obs_prune`, with the output projection refitted: the head it drops is the one
     whose removal leaves the smallest least-squares error (NumPy, every choice), and the refit is that solution."""
@@ -126,6 +127,7 @@ def test_group_obs_drops_the_head_whose_loss_least_squares_compensates_best():
     assert small.blocks[0].attention.num_heads == 3 and small.blocks[1].attention.num_heads == 4
 
 
+@pytest.mark.integration  # a transformer compressed: the second test step
 def test_the_compressed_module_is_a_valid_attention_module_against_its_own_forward_pass():
     small, _ = compress_to(MODEL, "obs_prune", {"blocks[0].attention": 2, "blocks[1].attention": 3}, TOKENS)
     for block, heads in zip(small.blocks, (2, 3), strict=True):
@@ -170,6 +172,7 @@ def test_heads_are_cut_on_the_model_compressed_so_far_and_counted():
     np.testing.assert_allclose(float(info.output_max_abs), deviation.max(), rtol=1e-4)
 
 
+@pytest.mark.integration  # a transformer compressed: the second test step
 def test_a_model_with_fewer_heads_saves_and_loads_into_the_uncompressed_class(tmp_path):
     small, _ = compress_to(MODEL, "obs_prune", {"blocks[0].attention": 2}, TOKENS)
     jaxlump.save(tmp_path / "small.npz", small)
@@ -250,6 +253,7 @@ def _gqa_model(key, *, duplicate: bool = False):
 GQA_TOKENS = jr.randint(jr.key(12), (16, 8), 0, 64)
 
 
+@pytest.mark.integration  # a transformer compressed: the second test step
 def test_grouped_query_attention_is_cut_by_kv_head_and_stays_a_valid_gqa_module():
     model = _gqa_model(jr.key(11))
     (site,) = jaxlump.sites(model, GQA_TOKENS).sites

@@ -275,7 +275,7 @@ BAD_INPUTS = [
     ({"x_calib": X[:, :2]}, ValueError, "x_calib"),
     ({"x_calib": np.zeros((0, 3))}, ValueError, "x_calib"),
     ({"x_calib": X[0]}, ValueError, "x_calib"),
-    ({"model": eqx.nn.Conv1d(3, 2, 1, key=jr.key(0))}, TypeError, "model"),
+    ({"model": eqx.nn.LayerNorm(3)}, TypeError, "model"),
     ({"model": eqx.nn.Sequential([eqx.nn.Linear(3, 2, key=jr.key(0)), eqx.nn.Dropout(0.5)])}, TypeError, "Dropout"),
     ({"model": _mlp(jax.nn.mish)}, TypeError, "activation"),
     ({"x_calib": None, "discrepancy": jaxlump.Dynamical()}, ValueError, "x_calib"),
