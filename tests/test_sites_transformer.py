@@ -59,11 +59,15 @@ def test_sixteen_planted_duplicates_per_ffn_go_exactly_at_eps_zero(family, metho
     model, *_ = plant_duplicates(model, lambda m: m.blocks[0].ffn, 16, jr.key(2))
     model, *_ = plant_duplicates(model, lambda m: m.blocks[1].ffn, 16, jr.key(3))
     listing = jaxlump.sites(model, x_calib)
-    assert [(s.path, s.width, s.gated) for s in listing.sites] == [(SITES[0], 80, False), (SITES[1], 80, True)]
+    ffns = [(s.path, s.width, s.gated) for s in listing.sites if s.unit == "neuron"]
+    assert ffns == [(SITES[0], 80, False), (SITES[1], 80, True)]
+    heads = {s.path: s.width for s in listing.sites if s.unit == "head"}  # eqx.nn.MultiheadAttention's heads
+    assert heads == ({f"blocks[{b}].attention": 4 for b in (0, 1)} if family == "eqx" else {})
     before = _arrays(model)
     small, info = method(model, x_calib, 0.0)
     assert type(small) is type(model)
-    assert info.widths_after == {SITES[0]: 64, SITES[1]: 64}
+    cut = heads if method is jaxlump.merge_or_remove else {}  # lump keeps sites of heads whole
+    assert info.widths_after == {SITES[0]: 64, SITES[1]: 64, **cut}  # no head duplicates another
     assert small.blocks[1].ffn.gate.out_features == small.blocks[1].ffn.up.out_features == 64
     assert small.blocks[1].ffn.down.in_features == 64
     np.testing.assert_allclose(lm_logits(small, x_calib), lm_logits(model, x_calib), atol=2e-5)
