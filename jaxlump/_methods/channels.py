@@ -33,7 +33,7 @@ from .._reconstruction.masked import compact
 from .._reconstruction.reconstruct import solve_layer
 from .._results.accounting import Cost
 from .._results.info import Certificate, CompressionInfo
-from .._sites.heads import attention_type_of, node_at
+from .._sites.heads import attention_type_of
 from .._sites.layers import Family, layer_type_of
 from .._sites.site import Site, capture_heads, capture_site
 from .group_greedy import GroupProblem, group_path
@@ -59,6 +59,13 @@ class ChannelRule:
     def cut(self, site: Site, model, family: Family, x_calib):
         """`(new model, info)`: `model` with `site` cut (`compress_channel_site`, `compress_head_site`)."""
         return GROUP_CUTS[site.unit](site, model, family, x_calib, self)
+
+
+def _layer(model, path):
+    node = model
+    for key in path:
+        node = node[key] if isinstance(key, int) else getattr(node, key)
+    return node
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,7 +211,7 @@ def compress_channel_site(site: Site, model, family: Family, x_calib, rule: Chan
     """`(replacements, info)`: new producer and consumer layers by path for `site` of `model`, and a
     `CompressionInfo` whose widths are `(producer inputs, channels, consumer outputs)`."""
     producer_path, consumer_path = site.keys[0], site.keys[-1]
-    producer, consumer = node_at(model, producer_path), node_at(model, consumer_path)
+    producer, consumer = _layer(model, producer_path), _layer(model, consumer_path)
     z, producer_in, consumer_in = capture_site(model, family, site, x_calib)
     features, weights = _consumer_reading(site, consumer)
     p_weight, p_bias, _ = layer_type_of(producer).read(producer)
@@ -266,7 +273,7 @@ def compress_head_site(site: Site, model, family: Family, x_calib, rule: Channel
     path keeps, and a `CompressionInfo` whose widths are `(query size, heads, output size)` (KV heads with grouped
     queries: each keeps or loses its query heads with it)."""
     module_path = site.keys[-1][:-1]
-    module = node_at(model, module_path)
+    module = _layer(model, module_path)
     kind = attention_type_of(module)
     query, key, value, output = (getattr(module, name) for name in kind.projections)
     rows, shapes = capture_heads(model, family, site, x_calib)
