@@ -23,6 +23,8 @@ from ._sites.layers import register_family as register_family
 from ._sites.layers import register_layer_type as register_layer_type
 from ._sites.heads import AttentionType as AttentionType
 from ._sites.heads import register_attention_type as register_attention_type
+from ._sites.norms import NormType as NormType
+from ._sites.norms import register_norm_type as register_norm_type
 
 from ._criteria.encoding import simulate as simulate
 from ._criteria.encoding import Trajectory as Trajectory

@@ -33,8 +33,9 @@ from .._reconstruction.masked import compact
 from .._reconstruction.reconstruct import solve_layer
 from .._results.accounting import Cost
 from .._results.info import Certificate, CompressionInfo
-from .._sites.heads import attention_type_of
+from .._sites.heads import attention_type_of, node_at
 from .._sites.layers import Family, layer_type_of
+from .._sites.norms import norm_type_of
 from .._sites.site import Site, capture_heads, capture_site
 from .group_greedy import GroupProblem, group_path
 
@@ -61,13 +62,6 @@ class ChannelRule:
         return GROUP_CUTS[site.unit](site, model, family, x_calib, self)
 
 
-def _layer(model, path):
-    node = model
-    for key in path:
-        node = node[key] if isinstance(key, int) else getattr(node, key)
-    return node
-
-
 @dataclasses.dataclass(frozen=True)
 class _Unfold:
     """A convolution's reading of one channel's map `(B, *spatial)`: its unfolded rows `(B·positions, k_h·k_w)`,
@@ -75,8 +69,9 @@ class _Unfold:
 
     kernel_size: tuple
     stride: tuple
-    padding: tuple
+    padding: tuple | str
     dilation: tuple
+    input_dilation: tuple
 
     def __call__(self, a):
         patches = jax.lax.conv_general_dilated_patches(
@@ -84,6 +79,7 @@ class _Unfold:
             filter_shape=self.kernel_size,
             window_strides=self.stride,
             padding=self.padding,
+            lhs_dilation=self.input_dilation,
             rhs_dilation=self.dilation,
         )  # (B, k_h·k_w, *out_spatial)
         return jnp.moveaxis(patches, 1, -1).reshape(-1, patches.shape[1])
@@ -99,14 +95,31 @@ def _as_rows(a):
     return a
 
 
-def _consumer_reading(site: Site, consumer):
+def _consumer_reading(site: Site, consumer, channels_last: bool = False):
     """`(features, weights by unit)`: how the consumer reads one channel's map `(B, *spatial)` — its rows `(R, g)`
-    — and its weight as `(out, channels, g)`."""
-    weight = layer_type_of(consumer).read(consumer)[0]
-    if site.flattened is not None:
-        return _flatten, weight.reshape(weight.shape[0], site.width, -1)
-    settings = (consumer.kernel_size, consumer.stride, tuple(map(tuple, consumer.padding)), consumer.dilation)
-    return _Unfold(*settings), weight.reshape(weight.shape[0], weight.shape[1], -1)
+    — and its weight as `(out, channels, g)`. `channels_last`: whether a flattened producer output had its channel
+    axis last (a `Linear` then reads channel `c` at every `width`-th column)."""
+    layer_type = layer_type_of(consumer)
+    weight = layer_type.read(consumer)[0]
+    if site.flattened is None:
+        return _Unfold(*layer_type.window(consumer)), weight.reshape(weight.shape[0], weight.shape[1], -1)
+    if channels_last:
+        return _flatten, jnp.swapaxes(weight.reshape(weight.shape[0], -1, site.width), 1, 2)
+    return _flatten, weight.reshape(weight.shape[0], site.width, -1)
+
+
+def _consumer_weight(site: Site, w, width: int, kernel: tuple, channels_last: bool):
+    """The refitted consumer weight `(out, width·g)` (channel-major) in the consumer's own layout."""
+    if site.flattened is None:
+        return w.reshape((w.shape[0], width) + kernel)
+    if channels_last:
+        return jnp.swapaxes(w.reshape(w.shape[0], width, -1), 1, 2).reshape(w.shape[0], -1)
+    return w
+
+
+def _with_channels(shape: tuple, width: int, channels_last: bool) -> tuple:
+    """An input shape `(1, C, *spatial)` or `(1, *spatial, C)` with `width` channels."""
+    return (*shape[:-1], width) if channels_last else (shape[0], width, *shape[2:])
 
 
 def _site_cost(pairs) -> Cost:
@@ -208,12 +221,19 @@ def _solve(reading: _Reading, batches, valid, weights, prior, bias):
 
 
 def compress_channel_site(site: Site, model, family: Family, x_calib, rule: ChannelRule):
-    """`(replacements, info)`: new producer and consumer layers by path for `site` of `model`, and a
-    `CompressionInfo` whose widths are `(producer inputs, channels, consumer outputs)`."""
+    """`(new model, info)`: `model` with the producer and consumer of channel site `site` rebuilt (and its
+    normalisation, when it has one) with the channels the rule's path keeps, and a `CompressionInfo` whose widths
+    are `(producer inputs, channels, consumer outputs)`."""
     producer_path, consumer_path = site.keys[0], site.keys[-1]
-    producer, consumer = _layer(model, producer_path), _layer(model, consumer_path)
+    producer, consumer = node_at(model, producer_path), node_at(model, consumer_path)
     z, producer_in, consumer_in = capture_site(model, family, site, x_calib)
-    features, weights = _consumer_reading(site, consumer)
+    norm = None if site.norm_key is None else node_at(model, site.norm_key)
+    if norm is not None:  # the path sees the normalised pre-activations
+        s, t = norm_type_of(norm).affine(norm)
+        per_channel = (1, -1) + (1,) * (z.ndim - 2)
+        z = z * s.reshape(per_channel).astype(z.dtype) + t.reshape(per_channel).astype(z.dtype)
+    channels_last = layer_type_of(producer).channels_last
+    features, weights = _consumer_reading(site, consumer, channels_last)
     p_weight, p_bias, _ = layer_type_of(producer).read(producer)
     c_weight, c_bias, use_bias = layer_type_of(consumer).read(consumer)
     labels, width = compact(_path(site, z, features, weights, use_bias, rule))
@@ -225,19 +245,42 @@ def compress_channel_site(site: Site, model, family: Family, x_calib, rule: Chan
     merged_pre = jnp.tensordot(mean_in, jnp.moveaxis(z, 1, 0), 1)  # the quotient producer's output, (k, B, ...)
     w, b, solved, worst, rms = _refit(site, z, merged_pre, features, weights, prior, c_bias, use_bias, rule)
 
+    replacements = {}
+    rows = mean_in
+    if norm is not None:
+        rows, replacements[site.norm_key] = _folded(norm, members, mean_in)
     new_producer = layer_type_of(producer).rebuild(
-        producer, jnp.tensordot(mean_in, p_weight, 1).astype(p_weight.dtype), (mean_in @ p_bias).astype(p_bias.dtype)
+        producer, jnp.tensordot(rows, p_weight, 1).astype(p_weight.dtype), (rows @ p_bias).astype(p_bias.dtype)
     )
-    new_weight = w.reshape((w.shape[0], width) + c_weight.shape[2:]) if site.flattened is None else w
+    new_weight = _consumer_weight(site, w, width, c_weight.shape[2:], channels_last)
     new_consumer = layer_type_of(consumer).rebuild(consumer, new_weight.astype(c_weight.dtype), b.astype(c_bias.dtype))
     widths_before = (int(p_weight.shape[1]), site.width, int(c_weight.shape[0]))
-    shrunk_in = (1, width) + tuple(consumer_in[2:]) if site.flattened is None else (1, width * site.group)
+    if site.flattened is None:
+        shrunk_in = _with_channels(consumer_in, width, layer_type_of(consumer).channels_last)
+    else:
+        shrunk_in = (*consumer_in[:-1], width * site.group)
     costs = (
         _site_cost(((producer, producer_in), (consumer, consumer_in))),
         _site_cost(((new_producer, producer_in), (new_consumer, shrunk_in))),
     )
     info = _info(rule, labels, widths_before, width, costs, solved, worst, rms)
-    return family.replace(model, {producer_path: new_producer, consumer_path: new_consumer}), info
+    replacements |= {producer_path: new_producer, consumer_path: new_consumer}
+    return family.replace(model, replacements), info
+
+
+def _folded(norm, members: np.ndarray, mean_in):
+    """`(producer rows (k, C), new norm)`: a normalisation after a producer whose channels are merged by `mean_in`
+    (`jaxlump._sites.norms`): each group keeps the statistics of its member with the largest `|s|`; its producer
+    row is `Σ_c m_c (s_c / s_f) row_c` and its shift `Σ_c m_c t_c`, so that its output is the mean of the members'
+    normalised outputs, and a channel alone is kept exactly as it was."""
+    kind = norm_type_of(norm)
+    s, t = kind.affine(norm)
+    keep = np.argmax(members * np.abs(np.asarray(s))[None, :], axis=1)
+    s_keep = s[keep][:, None]
+    ratio = jnp.where(s_keep != 0, s[None, :] / jnp.where(s_keep != 0, s_keep, 1), 0)
+    ratio = ratio.at[np.arange(len(keep)), keep].set(1)  # exactly: XLA's division need not give s / s = 1
+    rows = mean_in * ratio.astype(mean_in.dtype)
+    return rows, kind.rebuild(norm, keep, (mean_in @ t.astype(mean_in.dtype) - t[keep]).astype(t.dtype))
 
 
 def _info(rule: ChannelRule, labels, widths_before: tuple, width: int, costs: tuple, solved, worst, rms):
@@ -273,7 +316,7 @@ def compress_head_site(site: Site, model, family: Family, x_calib, rule: Channel
     path keeps, and a `CompressionInfo` whose widths are `(query size, heads, output size)` (KV heads with grouped
     queries: each keeps or loses its query heads with it)."""
     module_path = site.keys[-1][:-1]
-    module = _layer(model, module_path)
+    module = node_at(model, module_path)
     kind = attention_type_of(module)
     query, key, value, output = (getattr(module, name) for name in kind.projections)
     rows, shapes = capture_heads(model, family, site, x_calib)

@@ -81,7 +81,7 @@ def nnx_to_chain(model: nnx.Sequential | nnx.Linear) -> DenseChain:
 
 
 def new_linear(template: nnx.Linear | None, weight: jax.Array, bias: jax.Array, use_bias: bool) -> nnx.Linear:
-    accepted = inspect.signature(nnx.Linear).parameters
+    accepted = inspect.signature(nnx.Linear.__init__).parameters
     settings = {
         name: getattr(template, name) for name in _COPIED_SETTINGS if name in accepted and hasattr(template, name)
     }

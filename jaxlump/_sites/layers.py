@@ -7,6 +7,7 @@ assignment). Register a new one with `register_layer_type` / `register_family`.
 """
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 
 import equinox as eqx
@@ -17,6 +18,7 @@ import numpy as np
 
 from .._model.eqx_nn import make_linear
 from .._model.network import check_parameter_dtype
+from .norms import is_norm
 
 Path = tuple  # keys from the model's root: attribute names (str) and sequence indices (int)
 
@@ -42,6 +44,10 @@ class LayerType:
       `2·in·out (+ out with a bias)` per row, every axis of `shape` but the last counting rows.
     - `channels`: its units are channels: `read` gives the weight as `(out, in, *kernel)` and the layer maps
       `(in, *spatial)` to `(out, *spatial')` (a convolution); otherwise `(out, in)` on the last axis.
+    - `channels_last`: for a convolution, whether its channel axis is the last (`(..., *spatial, in)`, Flax) rather
+      than the one before the spatial axes (Equinox).
+    - `window(layer)`: for a convolution, how it reads its input: `(kernel_size, stride, padding, dilation,
+      input_dilation)` as `jax.lax.conv_general_dilated_patches` takes them (padding as pairs or `"SAME"`/`"VALID"`).
     """
 
     name: str
@@ -51,6 +57,8 @@ class LayerType:
     why_not: Callable = lambda layer: None
     flops: Callable = None
     channels: bool = False
+    channels_last: bool = False
+    window: Callable = None
 
     def __post_init__(self):
         if self.flops is None:
@@ -70,6 +78,8 @@ class Family:
       than on the batch itself (NNX).
     - `state(model)`: the pytree whose leaves `jaxlump.save` stores (Equinox: the model itself; NNX: `nnx.state`).
     - `with_state(model, state)`: a model like `model` holding `state`'s leaves; `model` itself is not changed.
+    - `norms(model)`: `[(path, norm)]` for every per-channel normalisation of a registered `NormType` (folded into
+      channel sites, `jaxlump._sites.norms`); `replace` must accept them too. Default: none.
     """
 
     name: str
@@ -80,6 +90,7 @@ class Family:
     per_example: bool
     state: Callable = lambda model: model
     with_state: Callable = lambda model, state: state
+    norms: Callable = lambda model: []
 
     def apply(self, model, x):
         """The model on a batch `x` (one leading batch axis), as its users call it."""
@@ -238,15 +249,23 @@ def _conv_why_not(layer: eqx.nn.Conv) -> str | None:
     return None
 
 
-def _conv_flops(layer: eqx.nn.Conv, shape) -> int:
+def _conv_flops(layer, shape) -> int:
+    """A convolution's FLOPs on an input of `shape`: `2·in·out·∏kernel (+ out with a bias)` per output position."""
     if shape is None:
         raise ValueError("`x`: the FLOPs of a convolution depend on the size of its input; pass an example batch `x`.")
-    example = jax.ShapeDtypeStruct(tuple(shape[-layer.num_spatial_dims - 1 :]), layer.weight.dtype)
-    out = jax.eval_shape(layer, example)
-    calls = int(np.prod(shape[: -layer.num_spatial_dims - 1], dtype=int))
-    positions = int(np.prod(out.shape[1:], dtype=int))
-    per_position = 2 * layer.out_channels * layer.in_channels * int(np.prod(layer.kernel_size)) // layer.groups
-    return calls * positions * (per_position + (layer.out_channels if layer.use_bias else 0))
+    layer_type = layer_type_of(layer)
+    weight, _, use_bias = layer_type.read(layer)
+    n_out, n_in, *kernel = np.shape(weight)
+    example = jax.ShapeDtypeStruct(tuple(shape[-len(kernel) - 1 :]), weight.dtype)
+    out = jax.eval_shape(layer, example).shape
+    positions = int(np.prod(out[:-1] if layer_type.channels_last else out[1:], dtype=int))
+    calls = int(np.prod(shape[: -len(kernel) - 1], dtype=int))
+    return calls * positions * (2 * n_out * n_in * int(np.prod(kernel)) + (n_out if use_bias else 0))
+
+
+def _conv_window(layer: eqx.nn.Conv) -> tuple:
+    padding = tuple(map(tuple, layer.padding))
+    return layer.kernel_size, layer.stride, padding, layer.dilation, (1,) * layer.num_spatial_dims
 
 
 register_layer_type(
@@ -258,6 +277,7 @@ register_layer_type(
         _conv_why_not,
         flops=_conv_flops,
         channels=True,
+        window=_conv_window,
     )
 )
 register_family(
@@ -272,10 +292,10 @@ def _is_nnx(model) -> bool:
     return any(c.__module__.startswith("flax.nnx") and c.__name__ == "Module" for c in type(model).__mro__)
 
 
-def _nnx_layers(model) -> list:
+def _nnx_nodes(model, kind: Callable) -> list:
     from flax import nnx
 
-    return [(tuple(path), node) for path, node in nnx.iter_graph(model) if is_layer(node)]
+    return [(tuple(path), node) for path, node in nnx.iter_graph(model) if kind(node)]
 
 
 def _nnx_arrays(model) -> list:
@@ -332,15 +352,106 @@ def _nnx_with_state(model, state):
 
 
 register_layer_type(LayerType("flax.nnx.Linear", _is_nnx_linear, _nnx_read, _nnx_rebuild))
+
+
+def _is_nnx_conv(layer) -> bool:
+    cls = type(layer)
+    return cls.__module__.startswith("flax.nnx") and cls.__name__ == "Conv"
+
+
+def _nnx_conv_read(layer):
+    kernel = layer.kernel[...]  # (*kernel, in, out)
+    check_parameter_dtype(kernel, "kernel")
+    spatial = kernel.ndim - 2
+    bias = layer.bias[...] if layer.use_bias else jnp.zeros(kernel.shape[-1], kernel.dtype)
+    return jnp.transpose(kernel, (spatial + 1, spatial, *range(spatial))), bias, layer.use_bias
+
+
+def _nnx_conv_rebuild(layer, weight, bias):
+    from flax import nnx
+
+    spatial = weight.ndim - 2
+    kernel = jnp.transpose(weight, (*range(2, spatial + 2), 1, 0))
+    accepted = inspect.signature(nnx.Conv.__init__).parameters
+    copied = (
+        "strides padding input_dilation kernel_dilation feature_group_count mask dtype precision "
+        "conv_general_dilated promote_dtype preferred_element_type"
+    ).split()
+    settings = {name: getattr(layer, name) for name in copied if name in accepted and hasattr(layer, name)}
+    return nnx.Conv(
+        int(weight.shape[1]),
+        int(weight.shape[0]),
+        tuple(kernel.shape[:spatial]),
+        use_bias=layer.use_bias,
+        param_dtype=weight.dtype,
+        kernel_init=lambda *_: kernel,
+        bias_init=lambda *_: bias,
+        rngs=nnx.Rngs(0),
+        **settings,
+    )
+
+
+_LAX_PADDINGS = ("SAME", "SAME_LOWER", "VALID")
+
+
+def _nnx_conv_why_not(layer) -> str | None:
+    if layer.feature_group_count != 1:
+        return f"it is a grouped convolution (feature_group_count={layer.feature_group_count})"
+    if layer.mask is not None:
+        return "its kernel is masked (`mask`)"
+    if isinstance(layer.padding, str) and layer.padding.upper() not in _LAX_PADDINGS:
+        return f"its padding is {layer.padding!r} (supported: zero padding, 'SAME', 'VALID')"
+    return None
+
+
+def _per_axis(value, spatial: int) -> tuple:
+    """An NNX convolution setting (an int, a sequence, or None for 1) as one int per spatial axis."""
+    if value is None:
+        return (1,) * spatial
+    return (int(value),) * spatial if isinstance(value, int) else tuple(int(v) for v in value)
+
+
+def _nnx_conv_window(layer) -> tuple:
+    spatial = layer.kernel[...].ndim - 2
+    padding = layer.padding
+    if isinstance(padding, str):
+        padding = padding.upper()
+    elif isinstance(padding, int):
+        padding = ((padding, padding),) * spatial
+    else:
+        padding = tuple((p, p) if isinstance(p, int) else tuple(p) for p in padding)
+    return (
+        _per_axis(layer.kernel_size, spatial),
+        _per_axis(layer.strides, spatial),
+        padding,
+        _per_axis(layer.kernel_dilation, spatial),
+        _per_axis(layer.input_dilation, spatial),
+    )
+
+
+register_layer_type(
+    LayerType(
+        "flax.nnx.Conv",
+        _is_nnx_conv,
+        _nnx_conv_read,
+        _nnx_conv_rebuild,
+        _nnx_conv_why_not,
+        flops=_conv_flops,
+        channels=True,
+        channels_last=True,
+        window=_nnx_conv_window,
+    )
+)
 register_family(
     Family(
         "Flax NNX",
         _is_nnx,
-        _nnx_layers,
+        lambda model: _nnx_nodes(model, is_layer),
         _nnx_replace,
         _nnx_arrays,
         per_example=False,
         state=_nnx_state,
         with_state=_nnx_with_state,
+        norms=lambda model: _nnx_nodes(model, is_norm),
     )
 )

@@ -13,10 +13,12 @@ import dataclasses
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from .heads import find_heads
+from .heads import find_heads, node_at
 from .layers import LAYER_TYPES, Family, Path, family_of, layer_type_of, path_name
+from .norms import norm_type_of
 from .trace import Found, Program, Tapped, find, tapped_model
 
 
@@ -37,6 +39,8 @@ class Site:
     - `group`: the consumer's input columns per unit: 1 for a neuron, `k_h·k_w` for a channel read by a
       convolution, `H·W` for a channel read by a `Linear` after a flatten, `vo_size` for a head (times the query
       heads per KV head with grouped-query attention).
+    - `norm`: the path of a normalisation between a convolution and the activation (a BatchNorm in inference
+      mode, `jaxlump._sites.norms`), folded into the site's pre-activations and cut with the convolution's rows.
     """
 
     path: str
@@ -49,6 +53,8 @@ class Site:
     unit: str = "neuron"
     group: int = 1
     flattened: tuple[int, ...] | None = dataclasses.field(repr=False, compare=False, default=None)
+    norm: str | None = None
+    norm_key: Path | None = dataclasses.field(repr=False, compare=False, default=None)
 
     @property
     def unit_name(self) -> str:
@@ -59,8 +65,9 @@ class Site:
         combine = f"{self.activation}(gate) ⊙ up" if self.gated else self.activation
         combine = "attention per head" if self.unit == "head" else combine
         read = " (flattened)" if self.flattened is not None else ""
+        norm = f" → {self.norm}" if self.norm is not None else ""
         return (
-            f"{self.path}: {self.width} {self.unit_name}, {' + '.join(self.producers)} → {combine}{read} → "
+            f"{self.path}: {self.width} {self.unit_name}, {' + '.join(self.producers)}{norm} → {combine}{read} → "
             f"{self.consumer}"
         )
 
@@ -139,10 +146,11 @@ def trace_program(model, family: Family, example):
         closed = jax.make_jaxpr(lambda x: family.apply(tapped, x))(example)
     except Exception as error:
         shapes = [np.shape(leaf) for leaf in jax.tree_util.tree_leaves(example)]
+        norms = [f"{path_name(p)}: {why}" for p, n in family.norms(model) if (why := norm_type_of(n).why_not(n))]
         raise ValueError(
             f"`x_calib`: `model` ({type(model).__name__}) cannot be applied to one example of it (shapes {shapes}, "
             f"{'each example on its own, as Equinox models are called' if family.per_example else 'a batch of one'}"
-            f"): {type(error).__name__}: {error}"
+            f"): {type(error).__name__}: {error}" + "".join(f"\n  {line}" for line in norms)
         ) from error
     return Program(closed), layers
 
@@ -199,6 +207,8 @@ def sites(model, x_calib, *, where=None) -> Sites:
                 "channel" if channels else "neuron",
                 int(np.prod(spatial, dtype=int)) if channels else 1,
                 f.flattened,
+                None if f.norm is None else path_name(tapped.norm_paths[f.norm]),
+                None if f.norm is None else tapped.norm_paths[f.norm],
             )
         )
     heads, unusable = find_heads(model, tapped)
@@ -221,6 +231,10 @@ def sites(model, x_calib, *, where=None) -> Sites:
             )
         )
     left += [LeftOut(layers, reason) for layers, reason in unusable]
+    for path, norm in family.norms(model):  # those not tapped: their sites are not found, so say why here
+        why = norm_type_of(norm).why_not(norm)
+        if why is not None:
+            left.append(LeftOut((path_name(path),), f"{why}; the sites around it are not found"))
     order = {path_name(tapped.paths[t]): position[t] for t in position}
     kept.sort(key=lambda site: min(order[name] for name in (*site.producers, site.consumer)))
     if selected is not None and not kept and not left:
@@ -261,15 +275,11 @@ def selected_taps(model, family: Family, tapped: Tapped, where) -> set[int] | No
         node = model
         for key in (None, *path):
             if key is not None:
-                node = _child(node, key)
+                node = node_at(node, (key,))
             if id(node) in chosen_ids:
                 selected.add(tap)
                 break
     return selected
-
-
-def _child(node, key):
-    return node[key] if isinstance(key, int) else getattr(node, key)
 
 
 def _evaluated(model, family: Family, x_calib, pick):
@@ -289,8 +299,8 @@ def capture(model, family: Family, taps: tuple[int, ...], x_calib) -> list[jax.A
 
 
 def capture_site(model, family: Family, site: Site, x_calib) -> tuple[jax.Array, tuple, tuple]:
-    """For a channel site: its producer's output on `x_calib` (batch axis first) and the input shapes of its
-    producer and consumer for one example (batch axis 1)."""
+    """For a channel site: its producer's output on `x_calib` as `(batch, channels, *spatial)` whatever the
+    producer's layout, and the input shapes of its producer and consumer for one example (batch axis 1)."""
 
     def pick(program, index):
         producer, consumer = program.taps[index[site.keys[0]]][0], program.taps[index[site.keys[-1]]][0]
@@ -298,16 +308,21 @@ def capture_site(model, family: Family, site: Site, x_calib) -> tuple[jax.Array,
 
     (output, *_), wanted = _evaluated(model, family, x_calib, pick)
     one = [(1, *v.aval.shape[1:]) for v in wanted[1:]]
+    producer = node_at(model, site.keys[0])
+    if layer_type_of(producer).channels_last:
+        output = jnp.moveaxis(output, -1, 1)
     return output, one[0], one[1]
 
 
 def capture_heads(model, family: Family, site: Site, x_calib) -> tuple[jax.Array, list[tuple]]:
     """For a head site: the heads' outputs on `x_calib` (the output projection's input) as rows `(N, heads·vo)`,
-    and the input shapes of its four projections for one example (batch axis 1)."""
+    and the input shapes of its four projections for one example (batch axis 1). The rows are the output
+    projection's inputs of `width·group` values, whatever its axes (`(B, T, heads·vo)`, or `(B, T, heads, vo)` for a
+    projection that reads the heads as an axis, as Flax NNX's does)."""
 
     def pick(program, index):
         calls = [program.taps[index[key]][0] for key in site.keys]
         return [calls[-1].ins[-1], *(call.ins[-1] for call in calls)]
 
     (output, *_), wanted = _evaluated(model, family, x_calib, pick)
-    return output.reshape(-1, output.shape[-1]), [(1, *v.aval.shape[1:]) for v in wanted[1:]]
+    return output.reshape(-1, site.width * site.group), [(1, *v.aval.shape[1:]) for v in wanted[1:]]

@@ -16,9 +16,11 @@ import jax.extend.core as jcore
 import numpy as np
 
 from .._model.activations import ACTIVATIONS
-from .layers import Family, Path, layer_type_of
+from .layers import Family, Path, layer_type_of, path_name
+from .norms import norm_type_of
 
 TAP_PREFIX = "jaxlump_tap_"
+NORM_PREFIX = "jaxlump_norm_"  # a registered per-channel normalisation (`jaxlump._sites.norms`), tapped likewise
 # Primitives that act elementwise (with scalars broadcast); a call of only these counts as one.
 ELEMENTWISE = frozenset(
     "abs add and atan2 cbrt ceil clamp convert_element_type copy copy_p cos cosh div eq erf erf_inv erfc exp exp2 "
@@ -33,18 +35,20 @@ UNIFORM = frozenset(("broadcast_in_dim", "convert_element_type", "reshape"))
 
 @dataclasses.dataclass(frozen=True)
 class Tapped:
-    """The layers of a model by tap index: their paths and the layers themselves."""
+    """The layers of a model by tap index: their paths and the layers themselves; its normalisations likewise."""
 
     paths: tuple[Path, ...]
     layers: tuple
+    norm_paths: tuple[Path, ...] = ()
+    norms: tuple = ()
 
 
 class _Tap:
     """A layer called inside a `jax.jit` named after its index (a plain object, so that Equinox and NNX models
     can both hold it)."""
 
-    def __init__(self, layer, index: int):
-        self.layer, self.index = layer, index
+    def __init__(self, layer, index: int, prefix: str = TAP_PREFIX):
+        self.layer, self.name = layer, f"{prefix}{index}"
 
     def __call__(self, x, *args, **kwargs):
         layer = self.layer
@@ -52,15 +56,19 @@ class _Tap:
         def tapped(x):
             return layer(x, *args, **kwargs)
 
-        tapped.__name__ = f"{TAP_PREFIX}{self.index}"
+        tapped.__name__ = self.name
         return jax.jit(tapped)(x)
 
 
 def tapped_model(model, family: Family):
-    """`model` with every registered layer replaced by a tap, and the layers by tap index."""
+    """`model` with every registered layer and every normalisation that can be folded (in inference mode)
+    replaced by a tap, and them by tap index."""
     found = family.layers(model)
+    norms = [(path, norm) for path, norm in family.norms(model) if norm_type_of(norm).why_not(norm) is None]
     taps = {path: _Tap(layer, i) for i, (path, layer) in enumerate(found)}
-    return family.replace(model, taps), Tapped(tuple(p for p, _ in found), tuple(layer for _, layer in found))
+    taps |= {path: _Tap(norm, i, NORM_PREFIX) for i, (path, norm) in enumerate(norms)}
+    paths, layers = tuple(p for p, _ in found), tuple(layer for _, layer in found)
+    return family.replace(model, taps), Tapped(paths, layers, tuple(p for p, _ in norms), tuple(n for _, n in norms))
 
 
 # The flattened program -----------------------------------------------------------------------------------------
@@ -77,16 +85,17 @@ class Node:
     tap: int | None = None
     elementwise: bool = False
     in_loop: bool = False
+    norm: int | None = None
 
 
 def _inner_jaxprs(eqn):
     return [j.jaxpr if isinstance(j, jcore.ClosedJaxpr) else j for j in jcore.jaxprs_in_params(eqn.params)]
 
 
-def _tap_index(eqn) -> int | None:
+def _tap_index(eqn, prefix: str = TAP_PREFIX) -> int | None:
     name = eqn.params.get("name") if eqn.primitive.name in ("jit", "pjit") else None
-    if isinstance(name, str) and name.startswith(TAP_PREFIX):
-        return int(name[len(TAP_PREFIX) :])
+    if isinstance(name, str) and name.startswith(prefix):
+        return int(name[len(prefix) :])
     return None
 
 
@@ -140,7 +149,8 @@ def flatten(jaxpr, nodes: list[Node], rename: dict, in_loop: bool = False) -> No
             eqn.primitive.name in ELEMENTWISE
             or (bool(inner) and eqn.primitive.name not in LOOPS and all(_all_elementwise(j) for j in inner))
         )
-        nodes.append(Node(eqn.primitive.name, eqn, ins, list(eqn.outvars), tap, elementwise, in_loop))
+        norm = _tap_index(eqn, NORM_PREFIX)
+        nodes.append(Node(eqn.primitive.name, eqn, ins, list(eqn.outvars), tap, elementwise, in_loop, norm))
 
 
 # Sites on the flattened program --------------------------------------------------------------------------------
@@ -156,6 +166,7 @@ class Found:
     gate: int | None = None
     reason: str | None = None
     flattened: tuple | None = None  # the spatial shape flattened after each channel when the consumer is a Linear
+    norm: int | None = None  # the normalisation between the producer and the activation, folded into the site
 
 
 class Program:
@@ -208,8 +219,9 @@ class Program:
         return names + (["the model's output"] if v in self.outputs else [])
 
     def consumer_input(self, consumer: Node):
-        """`(value, spatial)`: the value the consumer reads and `None`, or, when it reads a flatten of a value — a
-        reshape of `(..., C, *spatial)` to `(..., C·prod(spatial))`, channel-major — that value and `spatial`."""
+        """`(value, shape)`: the value the consumer reads and `None`, or, when it reads a flatten of a value — a
+        reshape of `(..., *shape)` to `(..., prod(shape))` — that value and `shape` (a channel axis and the spatial
+        ones, in the layout of the convolution that made them)."""
         target = consumer.ins[-1]
         node = self.defined_by.get(target)
         if node is None or node.name != "reshape" or node.in_loop or not isinstance(node.ins[0], jcore.Var):
@@ -218,10 +230,11 @@ class Program:
         lead = len(after) - 1
         if len(before) <= len(after) or before[:lead] != after[:lead]:
             return target, None
-        return node.ins[0], tuple(before[lead + 1 :])
+        return node.ins[0], tuple(before[lead:])
 
     def backward(self, target):
-        """The elementwise slice that computes `target` (a consumer's input): `(nodes, producer taps, problem)`."""
+        """The elementwise slice that computes `target` (a consumer's input): `(nodes, producer taps, problem)`;
+        a normalisation's call on the way is one of `nodes` (it is checked to follow a producer by `find`)."""
         shape = _aval(target).shape
         stack, seen, nodes, producers = [target], set(), [], set()
         while stack:
@@ -234,6 +247,10 @@ class Program:
                 return nodes, producers, "its input is not computed from other layers"
             if node.tap is not None:
                 producers.add(node.tap)
+                continue
+            if node.norm is not None and not node.in_loop:
+                nodes.append(node)
+                stack.append(node.ins[-1])
                 continue
             if not node.elementwise or node.in_loop:
                 return nodes, producers, f"its input comes through `{node.name}`, not elementwise operations"
@@ -263,7 +280,11 @@ class Program:
             for node in self.read_by.get(v, []):
                 if node.tap is not None and node.ins and node.ins[-1] is v:
                     reached.add(node.tap)
-                elif node.elementwise and not node.in_loop and all(_aval(o).shape == shape for o in node.outs):
+                elif (
+                    (node.elementwise or node.norm is not None)
+                    and not node.in_loop
+                    and all(_aval(o).shape == shape for o in node.outs)
+                ):
                     nodes.append(node)
                     stack.extend(node.outs)
         return reached, nodes
@@ -387,17 +408,26 @@ def find(program: Program, tapped: Tapped) -> list[Found]:
         nodes, producers, problem = program.backward(value)
         if problem is not None or not producers:
             continue
+        norms = [n for n in nodes if n.norm is not None]
+        nodes = [n for n in nodes if n.norm is None]
         reads = nodes if flattened is None else [*nodes, program.defined_by[consumer.ins[-1]]]  # with the flatten
-        why = _why_not(program, tapped, consumer, reads, producers) or _channels_problem(
-            tapped, producers, consumer_tap, flattened
+        why = (
+            _why_not(program, tapped, consumer, [*reads, *norms], producers)
+            or _channels_problem(tapped, producers, consumer_tap, flattened)
+            or _norm_problem(program, tapped, norms, producers)
         )
+        flattened = _spatial(tapped, producers, flattened)
         if why is None:
-            result = _combine(program, nodes, producers, value)
+            source = norms[0].outs[0] if norms else None
+            result = _combine(program, nodes, producers, value, source)
             if isinstance(result, str):
                 why = result
             else:
                 activation, gate = result
-                found.append(Found(tuple(sorted(producers)), consumer_tap, activation, gate, flattened=flattened))
+                norm = norms[0].norm if norms else None
+                found.append(
+                    Found(tuple(sorted(producers)), consumer_tap, activation, gate, flattened=flattened, norm=norm)
+                )
                 claimed.update(producers)
                 continue
         found.append(Found(tuple(sorted(producers)), consumer_tap, reason=why))
@@ -483,19 +513,55 @@ def _channels_problem(tapped: Tapped, producers, consumer: int, flattened) -> st
         return "its producer's output is reshaped before the next layer" if flattened is not None else None
     if len(producers) > 1:
         return "its units combine two convolutions (gated convolutions are not supported)"
-    if consumer_convolves or flattened is not None:
+    if consumer_convolves:
         return None
+    if flattened is not None:
+        (producer,) = producers
+        spatial = np.ndim(layer_type_of(tapped.layers[producer]).read(tapped.layers[producer])[0]) - 2
+        if len(flattened) == spatial + 1:
+            return None
+        return (
+            f"a convolution's output is flattened only in part (its last {len(flattened)} axes) before a Linear, so "
+            "its channels are not whole groups of the Linear's inputs"
+        )
     return (
         "a convolution's output reaches a Linear without a flatten of its channels (`x.reshape(-1)`), so its "
         "channels are not the Linear's units"
     )
 
 
-def _combine(program: Program, nodes, producers, output) -> tuple[str, int | None] | str:
+def _spatial(tapped: Tapped, producers, flattened: tuple | None) -> tuple | None:
+    """The spatial shape after each channel of a flattened convolution output (`flattened` without its channel
+    axis, which comes first or last as the producer lays its channels out)."""
+    if flattened is None or len(producers) != 1:
+        return flattened
+    return flattened[:-1] if layer_type_of(tapped.layers[next(iter(producers))]).channels_last else flattened[1:]
+
+
+def _norm_problem(program: Program, tapped: Tapped, norms: list[Node], producers) -> str | None:
+    """Why the normalisations found between producers and a consumer cannot be folded into the site, if they can't:
+    at most one, right after a convolution, read by nothing else (checked by `_why_not`)."""
+    if not norms:
+        return None
+    names = ", ".join(path_name(tapped.norm_paths[n.norm]) for n in norms)
+    if len(norms) > 1 or len(producers) != 1:
+        return f"its units pass through {len(norms)} normalisations ({names}); one after one convolution is folded"
+    (producer,) = producers
+    (norm,) = norms
+    if not layer_type_of(tapped.layers[producer]).channels:
+        return f"a normalisation ({names}) follows a Linear; normalisations are folded into convolutions' sites only"
+    if norm.ins[-1] is not program.taps[producer][0].outs[0]:
+        return f"its normalisation ({names}) does not read the convolution's output directly"
+    return None
+
+
+def _combine(program: Program, nodes, producers, output, source=None) -> tuple[str, int | None] | str:
+    """`(activation, gate tap)` of the combine `nodes` compute from the producers' outputs (from `source`, a
+    normalisation's output, when there is one) to `output`, or why it is not a known one."""
     by_tap = {p: program.taps[p][0] for p in producers}
     if len(by_tap) == 1:
         ((tap, node),) = by_tap.items()
-        activation = recognise(program, nodes, node.outs[0], output)
+        activation = recognise(program, nodes, node.outs[0] if source is None else source, output)
         if activation is None:
             return (
                 "its elementwise combine is not a known activation (declare it with `jaxlump.Activation` and call "
