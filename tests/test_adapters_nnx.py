@@ -100,6 +100,17 @@ def test_dtype_preserved(dtype):
     assert {leaf.dtype for leaf in _params(rebuilt)} == {np.dtype(dtype)}
 
 
+def test_rebuilt_layers_keep_their_computation_settings():
+    model = nnx.Sequential(
+        nnx.Linear(3, 4, precision=jax.lax.Precision.HIGHEST, dtype=jnp.float32, rngs=nnx.Rngs(0)),
+        nnx.tanh,
+        nnx.Linear(4, 2, precision=jax.lax.Precision.HIGH, rngs=nnx.Rngs(1)),
+    )
+    rebuilt = from_chain(to_chain(model), like=model)
+    assert [layer.precision for layer in rebuilt.layers[::2]] == [jax.lax.Precision.HIGHEST, jax.lax.Precision.HIGH]
+    assert rebuilt.layers[0].dtype == jnp.float32
+
+
 def test_smaller_chain_rebuilds_with_new_widths_and_like_unchanged():
     model = _sequential([3, 8, 6, 2], nnx.tanh, use_bias=[True, False, True])
     before = _params(model)
