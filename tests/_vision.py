@@ -3,6 +3,7 @@
 - `DigitsCNN`: two 3×3 convolutions with ReLU, a flatten and a linear classifier, as the Equinox CNN example writes
   it: called per example on an image `(1, 8, 8)` (`jax.vmap` it over the batch), returning 10 logits.
 - `SmallCNN`: a smaller one for unit tests: images `(1, 6, 6)`, the second convolution with stride 2 and a tanh.
+- `NnxCNN`: a Flax NNX one (channels last, BatchNorm, an average pool) on batches of images `(B, 6, 6, 1)`.
 - `digits`, `train_cnn`: scikit-learn's digits (shipped inside the package) split 80/20, and optax Adam training.
 - `plant_channels`: `k` extra output channels of a convolution that copy existing ones, with the consumer's input
   columns of each pair split between original and copy, so the model's output is unchanged.
@@ -16,6 +17,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
+from flax import nnx
 
 
 class DigitsCNN(eqx.Module):
@@ -52,6 +54,23 @@ class SmallCNN(eqx.Module):
         x = jax.nn.relu(self.conv1(x))
         x = jnp.tanh(self.conv2(x))
         return self.head(x.reshape(-1))
+
+
+class NnxCNN(nnx.Module):
+    """As Flax NNX users write a CNN: channels last, a BatchNorm after each convolution, an average pool, a flatten
+    and a linear head, called on a batch of images `(B, 6, 6, 1)`; `model.eval()` before compressing."""
+
+    def __init__(self, rngs: nnx.Rngs, channels: tuple[int, int] = (6, 5)):
+        self.conv1 = nnx.Conv(1, channels[0], kernel_size=(3, 3), use_bias=False, rngs=rngs)
+        self.bn1 = nnx.BatchNorm(channels[0], rngs=rngs)
+        self.conv2 = nnx.Conv(channels[0], channels[1], kernel_size=(3, 3), rngs=rngs)
+        self.bn2 = nnx.BatchNorm(channels[1], rngs=rngs)
+        self.linear = nnx.Linear(channels[1] * 3 * 3, 3, rngs=rngs)
+
+    def __call__(self, x):
+        x = nnx.avg_pool(nnx.relu(self.bn1(self.conv1(x))), window_shape=(2, 2), strides=(2, 2))
+        x = nnx.relu(self.bn2(self.conv2(x)))
+        return self.linear(x.reshape(x.shape[0], -1))
 
 
 @functools.cache

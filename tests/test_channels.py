@@ -66,6 +66,81 @@ def test_a_consumers_reading_of_each_channel_adds_up_to_its_convolution(stride, 
     np.testing.assert_allclose(rows, np.moveaxis(np.asarray(expected), 1, -1).reshape(-1, 3), rtol=1e-5, atol=1e-5)
 
 
+class PooledCNN(eqx.Module):
+    """As Equinox users pool: a max pool after the first activation, an average pool (with padding) after the
+    second; images `(1, 8, 8)`."""
+
+    conv1: eqx.nn.Conv2d
+    pool: eqx.nn.MaxPool2d
+    conv2: eqx.nn.Conv2d
+    average: eqx.nn.AvgPool2d
+    head: eqx.nn.Linear
+
+    def __init__(self, key):
+        keys = jr.split(key, 3)
+        self.conv1 = eqx.nn.Conv2d(1, 6, 3, padding=1, key=keys[0])
+        self.pool = eqx.nn.MaxPool2d(2, 2)
+        self.conv2 = eqx.nn.Conv2d(6, 5, 3, padding=1, key=keys[1])
+        self.average = eqx.nn.AvgPool2d(3, 1, padding=1)
+        self.head = eqx.nn.Linear(5 * 4 * 4, 3, key=keys[2])
+
+    def __call__(self, x):
+        x = self.pool(jax.nn.relu(self.conv1(x)))
+        x = self.average(jnp.tanh(self.conv2(x)))
+        return self.head(x.reshape(-1))
+
+
+POOLED = PooledCNN(jr.key(6))
+X8 = jr.normal(jr.key(7), (48, 1, 8, 8))
+
+
+def test_pooling_after_the_activation_is_part_of_the_site():
+    listing = jaxlump.sites(POOLED, X8)
+    assert [(s.path, s.width, s.group) for s in listing.sites] == [("conv2", 6, 9), ("head", 5, 16)]
+    assert "conv2: 6 channels, conv1 → relu → max pool 2×2 → conv2" in str(listing)
+    assert "head: 5 channels, conv2 → tanh → avg pool 3×3 (flattened) → head" in str(listing)
+
+
+def test_pooling_across_channels_is_left_out_with_the_reason():
+    def across(m):  # pairs of channels pooled: a channel's reader sees its neighbour too
+        return jax.lax.reduce_window(m, -jnp.inf, jax.lax.max, (2, 1, 1), (2, 1, 1), "VALID")
+
+    conv = eqx.nn.Conv2d(2, 3, 1, key=jr.key(3))
+    model = eqx.nn.Sequential(
+        [eqx.nn.Conv2d(1, 4, 1, key=jr.key(4)), eqx.nn.Lambda(jax.nn.relu), eqx.nn.Lambda(across), conv]
+    )
+    listing = jaxlump.sites(model, jnp.ones((2, 1, 5, 5)))
+    assert listing.sites == ()
+    assert "pooled across channels or examples" in listing.left_out[0].reason
+
+
+@pytest.mark.parametrize(
+    "pool",
+    [eqx.nn.MaxPool2d(2, 2), eqx.nn.AvgPool2d(3, 1, padding=1), eqx.nn.MaxPool2d(3, 2, padding=1)],
+    ids=["max", "average-padded", "max-strided-padded"],
+)
+def test_a_consumers_reading_after_pooling_adds_up_to_it(pool):
+    conv = eqx.nn.Conv2d(4, 3, 2, key=jr.key(3))
+    model = eqx.nn.Sequential([eqx.nn.Conv2d(1, 4, 1, key=jr.key(4)), eqx.nn.Lambda(jax.nn.relu), pool, conv])
+    (site,) = jaxlump.sites(model, jnp.ones((2, 1, 7, 7))).sites
+    features, weights = _consumer_reading(site, conv)
+    a = jr.normal(jr.key(5), (2, 4, 7, 7))
+    rows = sum(features(a[:, u]) @ weights[:, u].T for u in range(4))
+    expected = jax.vmap(lambda m: conv(pool(m)))(a) - conv.bias
+    np.testing.assert_allclose(rows, np.moveaxis(np.asarray(expected), 1, -1).reshape(-1, 3), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.integration  # the group path compiled and run on a CNN: the second test step
+@pytest.mark.parametrize("method", ["merge_or_remove", "obs_prune"])
+def test_a_pooled_cnn_is_cut_and_its_reported_deviation_is_its_own(method):
+    small, info = compress_to(POOLED, method, {"conv2": 3, "head": 2}, X8)
+    assert type(small) is PooledCNN and small.conv2.in_channels == 3 and small.head.in_features == 2 * 16
+    deviation = np.abs(np.asarray(jax.vmap(small)(X8)) - np.asarray(jax.vmap(POOLED)(X8)))
+    np.testing.assert_allclose(float(info.output_max_abs), deviation.max(), rtol=1e-4)
+    exact, _ = jaxlump.merge_or_remove(POOLED, X8, 0.0)
+    np.testing.assert_allclose(jax.vmap(exact)(X8), jax.vmap(POOLED)(X8), rtol=1e-4, atol=1e-5)
+
+
 def test_cost_counts_each_convolution_at_every_output_position():
     cost = jaxlump.cost(MODEL, x=X)
     conv1 = 36 * (2 * 6 * 1 * 9 + 6)  # 6×6 positions

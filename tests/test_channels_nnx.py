@@ -99,6 +99,27 @@ def test_a_consumers_reading_of_each_channel_adds_up_to_its_convolution(settings
     np.testing.assert_allclose(rows, np.asarray(expected).reshape(-1, 3), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    "pool",
+    [
+        lambda a: nnx.max_pool(a, (2, 2), strides=(2, 2)),
+        lambda a: nnx.avg_pool(a, (3, 3), strides=(1, 1), padding="SAME"),
+        lambda a: nnx.min_pool(a, (2, 3), strides=(1, 2), padding="SAME"),
+    ],
+    ids=["max", "average-same", "min"],
+)
+def test_a_consumers_reading_after_pooling_adds_up_to_it(pool):
+    conv = nnx.Conv(4, 3, kernel_size=(2, 2), padding="VALID", rngs=nnx.Rngs(3))
+    model = nnx.Sequential(nnx.Conv(1, 4, kernel_size=(1, 1), rngs=nnx.Rngs(4)), nnx.relu, pool, conv)
+    (site,) = jaxlump.sites(model, jnp.ones((2, 7, 7, 1))).sites
+    assert site.pooling
+    features, weights = _consumer_reading(site, conv)
+    a = jr.normal(jr.key(5), (2, 7, 7, 4))
+    rows = sum(features(a[..., u]) @ weights[:, u].T for u in range(4))
+    expected = conv(pool(a)) - conv.bias[...]
+    np.testing.assert_allclose(rows, np.asarray(expected).reshape(-1, 3), rtol=1e-5, atol=1e-5)
+
+
 def test_cost_counts_each_convolution_at_every_output_position():
     cost = jaxlump.cost(MODEL, x=X)
     conv1 = 36 * (2 * 6 * 1 * 9)  # 'SAME': 6×6 positions, no bias
@@ -190,3 +211,12 @@ def test_the_channels_last_consumer_refit_is_the_least_squares_solution():
     solution = np.linalg.lstsq(design, np.asarray(MODEL(X), np.float64), rcond=None)[0]
     assert len(kept) == small.conv2.out_features == 3
     np.testing.assert_allclose(small.linear.kernel[...], solution[:-1], rtol=2e-3, atol=2e-4)
+
+
+@pytest.mark.integration  # the group path compiled and run on a CNN: the second test step
+def test_a_compressed_cnn_with_batchnorm_is_saved_and_loaded(tmp_path):
+    small, _ = compress_to(MODEL, "obs_prune", {"conv2": 4, "linear": 3}, X)
+    jaxlump.save(tmp_path / "cnn.jaxlump", small)
+    loaded = jaxlump.load(tmp_path / "cnn.jaxlump", like=MODEL)
+    assert loaded.bn1.num_features == loaded.bn1.mean.shape[0] == 4 and loaded.bn2.var.shape == (3,)
+    np.testing.assert_array_equal(loaded(X), small(X))

@@ -12,7 +12,7 @@ import jax.random as jr
 import numpy as np
 import pytest
 from _models import ByteTransformer
-from _vision import SmallCNN
+from _vision import NnxCNN, SmallCNN
 from flax import nnx
 
 import jaxlump
@@ -509,11 +509,30 @@ def test_site_model_refused_by_design_says_why(name, kind):
         _site_compress(name, model, x)
 
 
-CNN = SmallCNN(jr.key(7))
-IMAGES = jr.normal(jr.key(8), (8, 1, 6, 6))
+def _nnx_cnn():
+    model = NnxCNN(nnx.Rngs(7))
+    model.eval()
+    return model
 
 
-def _cnn_outcome(name):
+# Each CNN with its images and how to read its widths: `(channels of conv1, in of conv2, out of conv2, in of head)`.
+CNNS = {
+    "Equinox": (
+        SmallCNN(jr.key(7)),
+        jr.normal(jr.key(8), (8, 1, 6, 6)),
+        "head",
+        lambda m: (m.conv1.out_channels, m.conv2.in_channels, m.conv2.out_channels, m.head.in_features),
+    ),
+    "Flax NNX": (
+        _nnx_cnn(),
+        jr.normal(jr.key(8), (8, 6, 6, 1)),
+        "linear",
+        lambda m: (m.bn1.num_features, m.conv2.in_features, m.bn2.mean.shape[0], m.linear.in_features),
+    ),
+}
+
+
+def _cnn_outcome(name, head: str):
     """What `name` does to a CNN (channel sites only, a Linear head): `None` when it cuts its channels, else the
     error and message it refuses it with."""
     if name in REFUSE_SITES:
@@ -522,24 +541,27 @@ def _cnn_outcome(name):
         return ValueError, "no `Linear` layer to prune but its head"
     if name in ("merge_or_remove", "obs_prune"):
         return None
-    return TypeError, rf"channel sites \(conv2, head\), which jaxlump.{name} cannot compress"
+    return TypeError, rf"channel sites \(conv2, {head}\), which jaxlump.{name} cannot compress"
 
 
 @pytest.mark.integration  # every compressor on a CNN: the second test step
+@pytest.mark.parametrize("family", list(CNNS))
 @pytest.mark.parametrize("name", list(REGISTERED))
-def test_every_compressor_cuts_channel_sites_or_refuses_them_by_name(name):
-    outcome = _cnn_outcome(name)
+def test_every_compressor_cuts_channel_sites_or_refuses_them_by_name(name, family):
+    cnn, images, head, widths = CNNS[family]
+    outcome = _cnn_outcome(name, head)
     if outcome is None:
-        before = _leaves(CNN)
-        new, info = _site_compress(name, CNN, IMAGES, 0.5)
-        assert all(np.array_equal(a, b) for a, b in zip(before, _leaves(CNN), strict=True)), "input was modified"
-        assert type(new) is SmallCNN and info.method == name and info.result == jaxlump.RESULTS.successful
-        assert new.conv1.out_channels == new.conv2.in_channels == info.widths_after["conv2"] < 6
-        assert new.head.in_features == 9 * new.conv2.out_channels == 9 * info.widths_after["head"]
+        before = _leaves(cnn)
+        new, info = _site_compress(name, cnn, images, 0.5)
+        assert all(np.array_equal(a, b) for a, b in zip(before, _leaves(cnn), strict=True)), "input was modified"
+        assert type(new) is type(cnn) and info.method == name and info.result == jaxlump.RESULTS.successful
+        first, second, third, read = widths(new)
+        assert first == second == info.widths_after["conv2"] < 6
+        assert read == 9 * third == 9 * info.widths_after[head]
         return
     error, match = outcome
     with pytest.raises(error, match=match):
-        _site_compress(name, CNN, IMAGES)
+        _site_compress(name, cnn, images)
 
 
 ATTENTION = ByteTransformer(vocab=32, d=16, heads=4, hidden=16, blocks=1, ffn="gelu", max_length=6, key=jr.key(9))

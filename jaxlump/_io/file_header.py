@@ -24,10 +24,12 @@ KIND_NAMES = tuple(kind.name for kind in KINDS) + (SKIP_KIND,)
 
 class Field(NamedTuple):
     """One field of the JSON structure record: a test of its value (given the object that holds it, for fields
-    whose form depends on another, such as one activation per layer) and what is accepted, in words."""
+    whose form depends on another, such as one activation per layer) and what is accepted, in words; `optional`:
+    files written before the field existed lack it."""
 
     accepts: Callable[[Any, dict], bool]
     accepted: str | Callable[[dict], str]
+    optional: bool = False
 
 
 _MISSING = object()
@@ -198,6 +200,17 @@ SITES_FIELDS = {
         "a non-empty list of objects {path: [keys], type: layer type name, shape: [out, in, *kernel], "
         "use_bias: bool} with distinct paths",
     ),
+    "norms": Field(
+        lambda v, r: (
+            type(v) is list
+            and all(
+                type(n) is dict and tuple(n) == ("path", "width") and _path_ok(n["path"]) and is_int(n["width"])
+                for n in v
+            )
+        ),
+        "a list of objects {path: [keys], width: int}, one per normalisation folded into a channel site",
+        optional=True,
+    ),
     "leaves": Field(
         _leaf_specs_ok,
         "a list of [name, shape (list of ints), dtype name] with distinct names (dtype: a NumPy name, key<impl> or "
@@ -252,6 +265,8 @@ def check_fields(record, fields: dict, where: str, path: str, context: dict | No
     context = record if context is None else context
     for name, field in fields.items():
         value = record.get(name, _MISSING)
+        if value is _MISSING and field.optional:
+            continue
         if value is _MISSING or not field.accepts(value, context):
             accepted = field.accepted(context) if callable(field.accepted) else field.accepted
             raise refuse(

@@ -47,6 +47,7 @@ from .._results.accounting import Cost
 from .._results.info import Certificate, CompressionInfo
 from .._sites.heads import with_consistent_heads
 from .._sites.layers import FAMILIES, LAYER_TYPES, layer_type_of, path_name
+from .._sites.norms import norm_type_of
 from .file_header import (
     FORMAT,
     HEADER_FIELDS,
@@ -379,11 +380,16 @@ def _sites_record(model, info) -> tuple[dict[str, np.ndarray], dict]:
             )
         arrays[name] = array
         specs.append([name, list(array.shape), kind])
+    norms = [
+        {"path": list(norm_path), "width": int(np.size(norm_type_of(norm).affine(norm)[0]))}
+        for norm_path, norm in family.norms(model)
+    ]
     record = {
         "kind": SITES_KIND,
         "family": family.name,
         "class": type(model).__qualname__,
         "layers": layers,
+        "norms": norms,
         "leaves": specs,
     }
     return arrays, record
@@ -430,6 +436,11 @@ def _load_sites(arrays: dict, structure: dict, path: str, like):
             replacements[layer_path] = layer_type.rebuild(layer, *zeros)
     if problems:
         raise ValueError(f"`like` (a {received}) does not fit the saved model:\n  " + "\n  ".join(problems))
+    widths = {tuple(norm["path"]): norm["width"] for norm in structure.get("norms", [])}
+    for norm_path, norm in family.norms(like):  # at the saved width; its values are the stored leaves below
+        width = widths.get(tuple(norm_path))
+        if width is not None and width != np.size(norm_type_of(norm).affine(norm)[0]):
+            replacements[norm_path] = norm_type_of(norm).rebuild(norm, np.zeros(width, int), jnp.zeros(width))
     expected = {name: (shape, _leaf_stored_dtype(kind)) for name, shape, kind in structure["leaves"]}
     _check_arrays(arrays, expected, path, "the stored leaves")
     template = with_consistent_heads(family, family.replace(like, replacements))

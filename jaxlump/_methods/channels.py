@@ -33,6 +33,7 @@ from .._reconstruction.masked import compact
 from .._reconstruction.reconstruct import solve_layer
 from .._results.accounting import Cost
 from .._results.info import Certificate, CompressionInfo
+from .._sites import pooling
 from .._sites.heads import attention_type_of, node_at
 from .._sites.layers import Family, layer_type_of
 from .._sites.norms import norm_type_of
@@ -95,17 +96,31 @@ def _as_rows(a):
     return a
 
 
+@dataclasses.dataclass(frozen=True)
+class _Pooled:
+    """A reading of one channel's map after the site's pooling of it (`jaxlump._sites.pooling`)."""
+
+    steps: tuple
+    reading: Callable
+
+    def __call__(self, a):
+        return self.reading(pooling.apply(self.steps, a))
+
+
 def _consumer_reading(site: Site, consumer, channels_last: bool = False):
-    """`(features, weights by unit)`: how the consumer reads one channel's map `(B, *spatial)` — its rows `(R, g)`
-    — and its weight as `(out, channels, g)`. `channels_last`: whether a flattened producer output had its channel
-    axis last (a `Linear` then reads channel `c` at every `width`-th column)."""
+    """`(features, weights by unit)`: how the consumer reads one channel's activated map `(B, *spatial)` — its
+    rows `(R, g)`, after the site's pooling — and its weight as `(out, channels, g)`. `channels_last`: whether a
+    flattened producer output had its channel axis last (a `Linear` then reads channel `c` at every `width`-th
+    column)."""
     layer_type = layer_type_of(consumer)
     weight = layer_type.read(consumer)[0]
     if site.flattened is None:
-        return _Unfold(*layer_type.window(consumer)), weight.reshape(weight.shape[0], weight.shape[1], -1)
-    if channels_last:
-        return _flatten, jnp.swapaxes(weight.reshape(weight.shape[0], -1, site.width), 1, 2)
-    return _flatten, weight.reshape(weight.shape[0], site.width, -1)
+        reading, weights = _Unfold(*layer_type.window(consumer)), weight.reshape(weight.shape[0], weight.shape[1], -1)
+    elif channels_last:
+        reading, weights = _flatten, jnp.swapaxes(weight.reshape(weight.shape[0], -1, site.width), 1, 2)
+    else:
+        reading, weights = _flatten, weight.reshape(weight.shape[0], site.width, -1)
+    return (_Pooled(site.pooling, reading) if site.pooling else reading), weights
 
 
 def _consumer_weight(site: Site, w, width: int, kernel: tuple, channels_last: bool):

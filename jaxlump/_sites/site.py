@@ -19,6 +19,7 @@ import numpy as np
 from .heads import find_heads, node_at
 from .layers import LAYER_TYPES, Family, Path, family_of, layer_type_of, path_name
 from .norms import norm_type_of
+from .pooling import describe as describe_pooling
 from .trace import Found, Program, Tapped, find, tapped_model
 
 
@@ -41,6 +42,8 @@ class Site:
       heads per KV head with grouped-query attention).
     - `norm`: the path of a normalisation between a convolution and the activation (a BatchNorm in inference
       mode, `jaxlump._sites.norms`), folded into the site's pre-activations and cut with the convolution's rows.
+    - `pooling`: for a channel site, the pooling of each channel between the activation and the consumer
+      (`jaxlump._sites.pooling` steps; empty without one).
     """
 
     path: str
@@ -55,6 +58,7 @@ class Site:
     flattened: tuple[int, ...] | None = dataclasses.field(repr=False, compare=False, default=None)
     norm: str | None = None
     norm_key: Path | None = dataclasses.field(repr=False, compare=False, default=None)
+    pooling: tuple = dataclasses.field(repr=False, compare=False, default=())
 
     @property
     def unit_name(self) -> str:
@@ -66,6 +70,7 @@ class Site:
         combine = "attention per head" if self.unit == "head" else combine
         read = " (flattened)" if self.flattened is not None else ""
         norm = f" → {self.norm}" if self.norm is not None else ""
+        combine += f" → {describe_pooling(self.pooling)}" if self.pooling else ""
         return (
             f"{self.path}: {self.width} {self.unit_name}, {' + '.join(self.producers)}{norm} → {combine}{read} → "
             f"{self.consumer}"
@@ -209,6 +214,7 @@ def sites(model, x_calib, *, where=None) -> Sites:
                 f.flattened,
                 None if f.norm is None else path_name(tapped.norm_paths[f.norm]),
                 None if f.norm is None else tapped.norm_paths[f.norm],
+                f.pooling,
             )
         )
     heads, unusable = find_heads(model, tapped)

@@ -16,6 +16,7 @@ import jax.extend.core as jcore
 import numpy as np
 
 from .._model.activations import ACTIVATIONS
+from . import pooling
 from .layers import Family, Path, layer_type_of, path_name
 from .norms import norm_type_of
 
@@ -167,6 +168,7 @@ class Found:
     reason: str | None = None
     flattened: tuple | None = None  # the spatial shape flattened after each channel when the consumer is a Linear
     norm: int | None = None  # the normalisation between the producer and the activation, folded into the site
+    pooling: tuple = ()  # the pooling between the activation and the consumer (`jaxlump._sites.pooling` steps)
 
 
 class Program:
@@ -231,6 +233,28 @@ class Program:
         if len(before) <= len(after) or before[:lead] != after[:lead]:
             return target, None
         return node.ins[0], tuple(before[lead:])
+
+    def pooling_chain(self, value) -> tuple:
+        """`(source, chain)`: when `value` (what the consumer or its flatten reads) is a pooling of `source` — a chain
+        of window reductions, constant scalings and layout moves (`jaxlump._sites.pooling`), each value of it read by
+        the next equation alone — that chain in program order; else `(value, [])`."""
+        chain, v = [], value
+        while True:
+            node = self.defined_by.get(v)
+            if node is None or node.in_loop or node.name not in pooling.KINDS:
+                break
+            if v is not value and (len(self.read_by.get(v, [])) != 1 or v in self.outputs):
+                break
+            operands = [u for u in node.ins if isinstance(u, jcore.Var) and not self.uniform(u)]
+            if len(operands) != 1:
+                break
+            chain.insert(0, node)
+            v = operands[0]
+        while chain and chain[0].name in ("mul", "div", "convert_element_type"):  # the activation's, not the pool's
+            v = chain.pop(0).outs[0]
+        if not any(node.name.startswith("reduce_window") for node in chain):
+            return value, []
+        return v, chain
 
     def backward(self, target):
         """The elementwise slice that computes `target` (a consumer's input): `(nodes, producer taps, problem)`;
@@ -405,28 +429,38 @@ def find(program: Program, tapped: Tapped) -> list[Found]:
             continue
         consumer = calls[0]
         value, flattened = program.consumer_input(consumer)
-        nodes, producers, problem = program.backward(value)
+        activated, chain = program.pooling_chain(value)
+        nodes, producers, problem = program.backward(activated)
         if problem is not None or not producers:
             continue
         norms = [n for n in nodes if n.norm is not None]
         nodes = [n for n in nodes if n.norm is None]
-        reads = nodes if flattened is None else [*nodes, program.defined_by[consumer.ins[-1]]]  # with the flatten
+        reads = [*nodes, *chain] + ([] if flattened is None else [program.defined_by[consumer.ins[-1]]])
+        steps = _pooling_steps(tapped, producers, chain, activated)
         why = (
             _why_not(program, tapped, consumer, [*reads, *norms], producers)
             or _channels_problem(tapped, producers, consumer_tap, flattened)
             or _norm_problem(program, tapped, norms, producers)
+            or (steps if isinstance(steps, str) else None)
         )
         flattened = _spatial(tapped, producers, flattened)
         if why is None:
             source = norms[0].outs[0] if norms else None
-            result = _combine(program, nodes, producers, value, source)
+            result = _combine(program, nodes, producers, activated, source)
             if isinstance(result, str):
                 why = result
             else:
                 activation, gate = result
-                norm = norms[0].norm if norms else None
                 found.append(
-                    Found(tuple(sorted(producers)), consumer_tap, activation, gate, flattened=flattened, norm=norm)
+                    Found(
+                        tuple(sorted(producers)),
+                        consumer_tap,
+                        activation,
+                        gate,
+                        flattened=flattened,
+                        norm=norms[0].norm if norms else None,
+                        pooling=steps,
+                    )
                 )
                 claimed.update(producers)
                 continue
@@ -536,6 +570,18 @@ def _spatial(tapped: Tapped, producers, flattened: tuple | None) -> tuple | None
     if flattened is None or len(producers) != 1:
         return flattened
     return flattened[:-1] if layer_type_of(tapped.layers[next(iter(producers))]).channels_last else flattened[1:]
+
+
+def _pooling_steps(tapped: Tapped, producers, chain: list[Node], activated) -> tuple | str:
+    """The pooling steps of `chain` on each channel of the producer's activated output `activated`, or why the
+    chain is not a pooling of each channel on its own."""
+    if not chain:
+        return ()
+    layer_types = [layer_type_of(tapped.layers[p]) for p in producers]
+    if len(layer_types) != 1 or not layer_types[0].channels:
+        return "its units are pooled (`reduce_window`) before the next layer; pooling is read for convolutions only"
+    steps = pooling.steps_of(chain, len(_aval(activated).shape), -1 if layer_types[0].channels_last else 1)
+    return f"its pooling is not read: {steps}" if isinstance(steps, str) else steps
 
 
 def _norm_problem(program: Program, tapped: Tapped, norms: list[Node], producers) -> str | None:
