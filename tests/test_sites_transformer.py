@@ -61,8 +61,8 @@ def test_sixteen_planted_duplicates_per_ffn_go_exactly_at_eps_zero(family, metho
     listing = jaxlump.sites(model, x_calib)
     ffns = [(s.path, s.width, s.gated) for s in listing.sites if s.unit == "neuron"]
     assert ffns == [(SITES[0], 80, False), (SITES[1], 80, True)]
-    heads = {s.path: s.width for s in listing.sites if s.unit == "head"}  # eqx.nn.MultiheadAttention's heads
-    assert heads == ({f"blocks[{b}].attention": 4 for b in (0, 1)} if family == "eqx" else {})
+    heads = {s.path: s.width for s in listing.sites if s.unit == "head"}  # eqx's and nnx's multi-head attention
+    assert heads == {f"blocks[{b}].attention": 4 for b in (0, 1)}
     before = _arrays(model)
     small, info = method(model, x_calib, 0.0)
     assert type(small) is type(model)

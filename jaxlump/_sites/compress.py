@@ -421,6 +421,7 @@ def compress_layers(per_layer, model, x_calib, *, method: str, knob, where=None,
             continue
         weight, bias, use_bias = layer_type_of(layer).read(layer)
         (rows,) = capture(model if independent else current, family, (tap,), x_calib)
+        rows = rows.reshape(-1, weight.shape[1])  # a layer that reads several trailing axes reads their product
         chain = DenseChain((weight,), (bias,), ("identity",), (use_bias,))
         small, info = per_layer(tap == order[0], chain, rows.astype(weight.dtype))
         current = family.replace(
