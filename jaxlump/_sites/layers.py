@@ -185,9 +185,13 @@ def _keys(path) -> Path:
     return tuple(out)
 
 
-def _eqx_layers(model) -> list:
-    leaves = jax.tree_util.tree_flatten_with_path(model, is_leaf=is_layer)[0]
-    return [(_keys(path), leaf) for path, leaf in leaves if is_layer(leaf)]
+def _eqx_nodes(model, kind: Callable) -> list:
+    leaves = jax.tree_util.tree_flatten_with_path(model, is_leaf=kind)[0]
+    return [(_keys(path), leaf) for path, leaf in leaves if kind(leaf)]
+
+
+def _replaceable(node) -> bool:
+    return is_layer(node) or is_norm(node)
 
 
 def _eqx_arrays(model) -> list:
@@ -197,8 +201,8 @@ def _eqx_arrays(model) -> list:
 def _eqx_replace(model, replacements: dict):
     if not replacements:
         return model
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(model, is_leaf=is_layer)
-    new = [replacements.get(_keys(path), leaf) if is_layer(leaf) else leaf for path, leaf in leaves]
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(model, is_leaf=_replaceable)
+    new = [replacements.get(_keys(path), leaf) if _replaceable(leaf) else leaf for path, leaf in leaves]
     return jax.tree_util.tree_unflatten(treedef, new)
 
 
@@ -281,7 +285,15 @@ register_layer_type(
     )
 )
 register_family(
-    Family("Equinox", lambda m: isinstance(m, eqx.Module), _eqx_layers, _eqx_replace, _eqx_arrays, per_example=True)
+    Family(
+        "Equinox",
+        lambda m: isinstance(m, eqx.Module),
+        lambda model: _eqx_nodes(model, is_layer),
+        _eqx_replace,
+        _eqx_arrays,
+        per_example=True,
+        norms=lambda model: _eqx_nodes(model, is_norm),
+    )
 )
 
 

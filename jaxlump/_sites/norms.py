@@ -26,6 +26,46 @@ class NormType:
     - `rebuild(norm, keep, offset)`: a norm of `norm`'s class and settings with the channels `keep` (indices), each
       computing its old affine map plus `offset` (`(len(keep),)`) added to its shift.
     - `why_not(norm)`: why it cannot be folded (`None` when it can): e.g. a BatchNorm in training mode.
+
+    Equinox's own BatchNorm keeps its statistics in an `eqx.nn.State`, which a model called as `model(x)` has not;
+    a per-channel affine module of your own is registered like this:
+
+    ```python
+    import equinox as eqx, jax, jax.numpy as jnp, jax.random as jr, jaxlump
+
+    class ChannelAffine(eqx.Module):  # s · u + t on each channel of a map (C, H, W)
+        s: jax.Array
+        t: jax.Array
+
+        def __call__(self, u):
+            return self.s[:, None, None] * u + self.t[:, None, None]
+
+    jaxlump.register_norm_type(
+        jaxlump.NormType(
+            "ChannelAffine",
+            lambda m: isinstance(m, ChannelAffine),
+            lambda m: (m.s, m.t),
+            lambda m, keep, offset: ChannelAffine(m.s[keep], m.t[keep] + offset),
+        )
+    )
+
+    class CNN(eqx.Module):
+        conv1: eqx.nn.Conv2d
+        affine: ChannelAffine
+        conv2: eqx.nn.Conv2d
+
+        def __call__(self, x):  # one image (1, 6, 6)
+            return self.conv2(jax.nn.relu(self.affine(self.conv1(x))))
+
+    k1, k2 = jr.split(jr.key(0))
+    affine = ChannelAffine(jnp.array([2.0, 1.0, 0.5, 3.0]), jnp.zeros(4))
+    cnn = CNN(eqx.nn.Conv2d(1, 4, 3, key=k1), affine, eqx.nn.Conv2d(4, 2, 3, key=k2))
+    images = jr.normal(jr.key(1), (16, 1, 6, 6))
+    (site,) = jaxlump.sites(cnn, images).sites
+    assert site.norm == "affine" and site.width == 4
+    small, info = jaxlump.baselines.compress_to(cnn, "obs_prune", {site.path: 3}, images)
+    assert small.affine.s.shape == (3,) == small.conv1.weight.shape[:1]
+    ```
     """
 
     name: str
