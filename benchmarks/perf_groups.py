@@ -7,11 +7,14 @@ compressed CNN and attention run faster in proportion to their FLOPs.
   `merge_or_remove` and `obs_prune` cut to half the channels of each site (`compress_to` at the same widths, each
   consumer refitted): logit RMS deviation from the uncompressed model on the 256 calibration images and the 360
   test images, test accuracy, wall time.
-- `latency`: the trained CNN cut by `obs_prune` to 16/12/8/4 channels per site, and one pre-LN transformer block
-  (d = 256, 8 heads of 32, T = 128, a GELU FFN of 1024) cut to 8/6/4/2 heads; the median jitted forward pass
-  (`jaxlump.measure_latency`, 512 images, 32 sequences) against the FLOPs: the CNN's counted by `jaxlump.cost`
-  (convolutions and the classifier), the attention module's counted here as its four projections plus the two
-  attention products (`2·T²·(qk + vo)` per head and sequence), which `jaxlump.cost` leaves out.
+- `latency`: the trained CNN cut by `obs_prune` to 16/12/8/4 channels per site; a Flax NNX CNN at a realistic
+  image size (32 × 32 × 3 as CIFAR-10's, two 3×3 convolutions of 64 channels with BatchNorm and ReLU, a 2×2 max
+  pool between them, a global average pool and a linear classifier; random weights, since latency does not depend
+  on them) cut to 64/48/32/16 channels per site; and one pre-LN transformer block (d = 256, 8 heads of 32,
+  T = 128, a GELU FFN of 1024) cut to 8/6/4/2 heads; the median jitted forward pass (`jaxlump.measure_latency`, 512
+  digits, 64 images of 32 × 32, 32 sequences) against the FLOPs: the CNNs' counted by `jaxlump.cost` (convolutions
+  and the classifier), the attention module's counted here as its four projections plus the two attention products
+  (`2·T²·(qk + vo)` per head and sequence), which `jaxlump.cost` leaves out.
 
 Run: `nice -n 10 python benchmarks/perf_groups.py --part quality|latency [--quick] [--overwrite]`; each part writes
 `results/perf_groups_<part>.json`.
@@ -27,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
+from flax import nnx
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "tests"))  # the tests' CNN, data and planting
@@ -95,6 +99,40 @@ def quality(quick: bool) -> dict:
     return out
 
 
+class _ImageCNN(nnx.Module):
+    """Two 3×3 convolutions with BatchNorm and ReLU, a 2×2 max pool between them, a global average pool and a linear
+    classifier (as a ResNet ends); images `(B, 32, 32, 3)`."""
+
+    def __init__(self, channels: int, *, rngs: nnx.Rngs):
+        self.conv1 = nnx.Conv(3, channels, kernel_size=(3, 3), use_bias=False, rngs=rngs)
+        self.bn1 = nnx.BatchNorm(channels, rngs=rngs)
+        self.conv2 = nnx.Conv(channels, channels, kernel_size=(3, 3), use_bias=False, rngs=rngs)
+        self.bn2 = nnx.BatchNorm(channels, rngs=rngs)
+        self.linear = nnx.Linear(channels, 10, rngs=rngs)
+
+    def __call__(self, x):
+        x = nnx.max_pool(nnx.relu(self.bn1(self.conv1(x))), window_shape=(2, 2), strides=(2, 2))
+        return self.linear(jnp.mean(nnx.relu(self.bn2(self.conv2(x))), axis=(1, 2)))
+
+
+def _cnn_rows(name: str, model, head: str, calib, images, widths, quick: bool) -> list[dict]:
+    """`model` cut by `obs_prune` to each of `widths` channels at its sites `conv2` and `head` (the classifier): its
+    FLOPs and latency on `images`."""
+    rows = []
+    for channels in widths:
+        small, _ = compress_to(model, "obs_prune", {"conv2": channels, head: channels}, calib)
+        rows.append(
+            {
+                "model": name,
+                "units": channels,
+                "flops": int(jaxlump.cost(small, x=images[:1]).flops),
+                "latency_us": latency_us(small, images, repeats=20 if quick else 100),
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
 class _SelfAttention(eqx.Module):
     """The block's attention module applied to one sequence, causally (what its latency is measured on)."""
 
@@ -116,19 +154,13 @@ def _attention_flops(attention: eqx.nn.MultiheadAttention, length: int) -> int:
 def latency(quick: bool) -> dict:
     model, _, _ = _trained(quick)
     x, _, _, _ = digits()
-    calib, images = x[:256], x[:512]
-    rows = []
-    for channels in (16, 12, 8, 4):
-        small, info = compress_to(model, "obs_prune", {"conv2": channels, "head": channels}, calib)
-        rows.append(
-            {
-                "model": "digits CNN",
-                "units": channels,
-                "flops": int(jaxlump.cost(small, x=images[:1]).flops),
-                "latency_us": latency_us(small, images, repeats=20 if quick else 100),
-            }
-        )
-        print(rows[-1], flush=True)
+    rows = _cnn_rows("digits CNN", model, "head", x[:256], x[:512], (16, 12, 8, 4), quick)
+    channels = 16 if quick else 64
+    cnn = _ImageCNN(channels, rngs=nnx.Rngs(7))
+    cnn.eval()
+    pictures = jr.normal(jr.key(8), (64, 32, 32, 3), dtype=jnp.float32)
+    widths = (channels, 3 * channels // 4, channels // 2, channels // 4)
+    rows += _cnn_rows("NNX CNN 32×32×3 (BatchNorm, pools)", cnn, "linear", pictures[:16], pictures, widths, quick)
     d, heads, length = (64, 4, 32) if quick else (256, 8, 128)
     block = ByteTransformer(d=d, heads=heads, hidden=4 * d, blocks=1, ffn="gelu", max_length=length, key=jr.key(4))
     tokens = jr.randint(jr.key(5), (8, length), 0, 256)

@@ -120,6 +120,28 @@ def test_a_consumers_reading_after_pooling_adds_up_to_it(pool):
     np.testing.assert_allclose(rows, np.asarray(expected).reshape(-1, 3), rtol=1e-5, atol=1e-5)
 
 
+class _GlobalPool(nnx.Module):
+    """A ResNet-style head: a global average pool (a mean over the spatial axes), then the classifier."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        self.conv = nnx.Conv(3, 6, kernel_size=(3, 3), rngs=rngs)
+        self.linear = nnx.Linear(6, 2, rngs=rngs)
+
+    def __call__(self, x):
+        return self.linear(jnp.mean(nnx.relu(self.conv(x)), axis=(1, 2)))
+
+
+def test_a_global_pool_before_the_classifier_makes_each_channel_one_input():
+    model = _GlobalPool(nnx.Rngs(0))
+    (site,) = jaxlump.sites(model, jnp.ones((2, 5, 5, 3))).sites
+    assert (site.width, site.group) == (6, 1)
+    assert "6 channels, conv → relu → global avg pool (flattened) → linear" in site.describe()
+    features, weights = _consumer_reading(site, model.linear, channels_last=True)
+    a = jr.normal(jr.key(5), (2, 5, 5, 6))
+    rows = sum(features(a[..., u]) @ weights[:, u].T for u in range(6))
+    np.testing.assert_allclose(rows, model.linear(a.mean(axis=(1, 2))) - model.linear.bias[...], rtol=1e-5, atol=1e-6)
+
+
 def test_cost_counts_each_convolution_at_every_output_position():
     cost = jaxlump.cost(MODEL, x=X)
     conv1 = 36 * (2 * 6 * 1 * 9)  # 'SAME': 6×6 positions, no bias

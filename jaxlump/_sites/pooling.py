@@ -3,10 +3,11 @@
 Max, min, sum and average pooling act on each channel on its own, so a channel site may pool its activations
 before the next convolution or the flatten (`relu → max_pool → conv`, as CNNs are written). The pooling is found
 as a chain of equations from the activation's output to the reader's input — window reductions
-(`reduce_window_max/min/sum`) whose window spans only spatial axes, scalings by a constant (an average pool's
-division), and the layout moves Equinox's pools make around them (`transpose`, `broadcast_in_dim` and `squeeze` of
-unit axes) — and kept as `Window`/`Scale` steps on one channel's map, which the site's reading applies before it
-unfolds or flattens the map (`jaxlump._methods.channels`).
+(`reduce_window_max/min/sum`) whose window spans only spatial axes, reductions of whole spatial axes (a global
+pool, `x.mean(axis=(1, 2))`), scalings by a constant (an average pool's division), and the layout moves Equinox's
+pools make around them (`transpose`, `broadcast_in_dim` and `squeeze` of unit axes) — and kept as
+`Window`/`Reduce`/`Scale` steps on one channel's map, which the site's reading applies before it unfolds or
+flattens the map (`jaxlump._methods.channels`).
 """
 
 import dataclasses
@@ -17,9 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 
 _WINDOWS = {"reduce_window_max": "max", "reduce_window_min": "min", "reduce_window_sum": "sum"}
+_REDUCTIONS = {"reduce_max": "max", "reduce_min": "min", "reduce_sum": "sum"}
 _LAYOUT = frozenset(("transpose", "broadcast_in_dim", "squeeze", "convert_element_type"))
 _SCALINGS = frozenset(("mul", "div"))
-KINDS = frozenset(_WINDOWS) | _LAYOUT | _SCALINGS  # the equations a pooling chain is made of
+KINDS = frozenset(_WINDOWS) | frozenset(_REDUCTIONS) | _LAYOUT | _SCALINGS  # the equations a pooling chain is made of
+POOLS = frozenset(_WINDOWS) | frozenset(_REDUCTIONS)  # a chain pools when it holds one of these
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,6 +53,22 @@ class Window:
 
     def describe(self) -> str:
         return f"{self.op} pool {'×'.join(map(str, self.window))}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Reduce:
+    """A reduction of whole spatial axes of one channel's map `(B, *spatial)` (a global pool: `x.mean(axis=(1, 2))`
+    is a sum over them, then a `Scale`); `size`: how many values each output reduces."""
+
+    op: str  # "max", "min" or "sum"
+    axes: tuple[int, ...]  # among the map's spatial axes, from 0
+    size: int
+
+    def __call__(self, a):
+        return {"max": jnp.max, "min": jnp.min, "sum": jnp.sum}[self.op](a, axis=tuple(1 + i for i in self.axes))
+
+    def describe(self) -> str:
+        return f"global {self.op} pool"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,14 +111,30 @@ def steps_of(chain: list, ndim: int, channel_axis: int) -> tuple | str:
             if isinstance(step, str):
                 return step
             steps.append(step)
+        elif node.name in _REDUCTIONS:
+            reduced = [axes[i] for i in params["axes"]]
+            if any(a is not None and a not in spatial for a in reduced):
+                return "it is reduced across channels or examples, not over each channel's map"
+            sizes = node.ins[0].aval.shape
+            size = int(np.prod([sizes[i] for i in params["axes"]], dtype=int))
+            steps.append(
+                Reduce(_REDUCTIONS[node.name], tuple(spatial.index(a) for a in reduced if a is not None), size)
+            )
+            axes = [a for i, a in enumerate(axes) if i not in params["axes"]]
+            spatial = [a for a in spatial if a not in reduced]
         elif node.name in _SCALINGS:
             factor = _factor(node)
             if factor is None:
                 return f"it is scaled by `{node.name}` with something other than a constant"
             steps.append(Scale(factor))
-    if axes != list(range(ndim)):
+    if axes != sorted({0, channel_axis % ndim, *spatial}):
         return "its axes are reordered before the next layer"
     return tuple(steps)
+
+
+def reduced_axes(steps) -> int:
+    """How many spatial axes `steps` reduce whole (0 for anything but steps)."""
+    return sum(len(step.axes) for step in steps if isinstance(step, Reduce)) if isinstance(steps, tuple) else 0
 
 
 def _window(node, axes: list, spatial: list) -> Window | str:
@@ -145,9 +180,10 @@ def describe(steps: tuple) -> str:
     """`"max pool 2×2"`, `"avg pool 3×3"` (a sum pool scaled by one over its window's size), ..."""
     words = []
     for i, step in enumerate(steps):
-        if not isinstance(step, Window):
+        if isinstance(step, Scale):
             continue
         after = steps[i + 1] if i + 1 < len(steps) else None
-        average = step.op == "sum" and isinstance(after, Scale) and np.isclose(after.factor * np.prod(step.window), 1)
+        size = step.size if isinstance(step, Reduce) else np.prod(step.window)
+        average = step.op == "sum" and isinstance(after, Scale) and np.isclose(after.factor * size, 1)
         words.append(step.describe().replace("sum", "avg") if average else step.describe())
     return " → ".join(words)

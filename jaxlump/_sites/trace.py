@@ -252,7 +252,7 @@ class Program:
             v = operands[0]
         while chain and chain[0].name in ("mul", "div", "convert_element_type"):  # the activation's, not the pool's
             v = chain.pop(0).outs[0]
-        if not any(node.name.startswith("reduce_window") for node in chain):
+        if not any(node.name in pooling.POOLS for node in chain):
             return value, []
         return v, chain
 
@@ -437,9 +437,12 @@ def find(program: Program, tapped: Tapped) -> list[Found]:
         nodes = [n for n in nodes if n.norm is None]
         reads = [*nodes, *chain] + ([] if flattened is None else [program.defined_by[consumer.ins[-1]]])
         steps = _pooling_steps(tapped, producers, chain, activated)
+        reduced = pooling.reduced_axes(steps)
+        if flattened is None and reduced and reduced == len(_aval(activated).shape) - 2:
+            flattened = tuple(_aval(value).shape[1:])  # a global pool: the reader takes one value per channel
         why = (
             _why_not(program, tapped, consumer, [*reads, *norms], producers)
-            or _channels_problem(tapped, producers, consumer_tap, flattened)
+            or _channels_problem(tapped, producers, consumer_tap, flattened, reduced)
             or _norm_problem(program, tapped, norms, producers)
             or (steps if isinstance(steps, str) else None)
         )
@@ -537,8 +540,9 @@ def _why_not(program: Program, tapped: Tapped, consumer: Node, nodes, producers)
     return None
 
 
-def _channels_problem(tapped: Tapped, producers, consumer: int, flattened) -> str | None:
-    """Why producers and a consumer of different kinds (channels, features) do not make a site, if they don't."""
+def _channels_problem(tapped: Tapped, producers, consumer: int, flattened, reduced: int = 0) -> str | None:
+    """Why producers and a consumer of different kinds (channels, features) do not make a site, if they don't
+    (`reduced`: spatial axes a pooling reduced whole before the flatten)."""
     convolutions = [layer_type_of(tapped.layers[p]).channels for p in producers]
     consumer_convolves = layer_type_of(tapped.layers[consumer]).channels
     if not any(convolutions):
@@ -552,7 +556,7 @@ def _channels_problem(tapped: Tapped, producers, consumer: int, flattened) -> st
     if flattened is not None:
         (producer,) = producers
         spatial = np.ndim(layer_type_of(tapped.layers[producer]).read(tapped.layers[producer])[0]) - 2
-        if len(flattened) == spatial + 1:
+        if len(flattened) == spatial + 1 - reduced:
             return None
         return (
             f"a convolution's output is flattened only in part (its last {len(flattened)} axes) before a Linear, so "
