@@ -364,6 +364,7 @@ def test_a_model_that_is_not_its_chain_is_refused():
         to_chain(model)
 
 
+@pytest.mark.integration  # heavy (10–16 s on 2 cores, large compiles): the second test step keeps step 1 near 10 min
 def test_result_types_do_not_depend_on_the_widths():
     """`from_chain` returns one type per input kind; so does `lump`, at every ε."""
     import jaxlump
@@ -391,6 +392,7 @@ def test_half_precision_is_read_in_float32_and_rebuilt_in_its_dtype(dtype):
     assert all(np.array_equal(a, b) for a, b in zip(_arrays(rebuilt), _arrays(mlp), strict=True))
 
 
+@pytest.mark.integration  # heavy (10–16 s on 2 cores, large compiles): the second test step keeps step 1 near 10 min
 def test_a_bfloat16_model_and_data_are_lumped_and_returned_in_bfloat16():
     """The least-squares refit has no 16-bit LAPACK kernels: it runs on the float32 chain."""
     import jaxlump

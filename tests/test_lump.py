@@ -180,6 +180,7 @@ def test_filter_jit_compiles_once_for_many_eps():
         step(model, jnp.asarray(-1.0))
 
 
+@pytest.mark.integration  # heavy (10–16 s on 2 cores, large compiles): the second test step keeps step 1 near 10 min
 def test_vmap_over_eps_grid_matches_a_loop():
     model = random_mlp(jr.key(4), WIDTHS)
     grid = jnp.asarray([0.0, 0.3, 0.7, 1.1, 2.0])

@@ -68,6 +68,7 @@ def test_chosen_eps_is_the_best_pipeline_built_from_public_parts(setting):
     np.testing.assert_allclose(_outputs(model, x), outputs[best], rtol=0, atol=1e-12)
 
 
+@pytest.mark.integration  # heavy (10–16 s on 2 cores, large compiles): the second test step keeps step 1 near 10 min
 def test_an_eps_whose_pruning_cannot_reach_the_target_is_skipped(setting):
     """Magnitude keeps the output layer's weights and the biases: from the 16-wide lumps (ε = 0, 0.5) no sparsity
     reaches 40 non-zeros, from ε = 1's (6, 3) lump it does. The unreachable ε are skipped, not fatal."""

@@ -101,6 +101,7 @@ def test_cost_is_the_error_of_refitting_the_merged_network():
         np.testing.assert_allclose(costs[i, j], error, rtol=1e-6)
 
 
+@pytest.mark.integration  # heavy (10–16 s on 2 cores, large compiles): the second test step keeps step 1 near 10 min
 def test_exact_duplicates_cost_nothing_and_eps_zero_is_exact():
     model, planted = planted_mlp(jr.key(3), (3, 12, 12, 2), (5, 4))
     x = jr.normal(jr.key(4), (200, 3))

@@ -227,6 +227,7 @@ def test_float32_solve_does_not_lose_the_digits_of_the_squared_condition_number(
     assert np.abs(np.asarray(w) - reference).max() / np.abs(reference).max() < 1e-3
 
 
+@pytest.mark.integration  # heavy (10–16 s on 2 cores, large compiles): the second test step keeps step 1 near 10 min
 def test_an_overflowing_refit_is_reported_as_the_refit_stage():
     """Finite but huge calibration data overflow the float32 Gram matrix: the refit stage must say so (before,
     the result claimed success or the next call blamed the user's finite model)."""

@@ -113,6 +113,7 @@ def test_eps_zero_merges_exactly_the_planted_duplicates(strategy):
     np.testing.assert_allclose(outputs(small, x), outputs(model, x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.integration  # heavy (10–16 s on 2 cores, large compiles): the second test step keeps step 1 near 10 min
 def test_widths_targets_are_met_exactly_with_rounds():
     model = random_mlp(jr.key(5), (4, 30, 20, 2))
     x = jr.normal(jr.key(6), (256, 4))
@@ -121,6 +122,7 @@ def test_widths_targets_are_met_exactly_with_rounds():
     assert np.all(np.isfinite(outputs(small, x)))
 
 
+@pytest.mark.integration  # heavy (10–16 s on 2 cores, large compiles): the second test step keeps step 1 near 10 min
 def test_wide_layers_take_the_rounds_by_default(monkeypatch):
     monkeypatch.setattr(select, "AUTO_ROUNDS_WIDTH", 16)
     chain = to_chain(random_mlp(jr.key(7), (3, 8, 24, 2)))

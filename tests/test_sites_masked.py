@@ -29,6 +29,7 @@ def _arrays(model):
     return [np.asarray(a) for a in jax.tree_util.tree_leaves(eqx.filter(model, eqx.is_inexact_array))]
 
 
+@pytest.mark.integration  # heavy (10–16 s on 2 cores, large compiles): the second test step keeps step 1 near 10 min
 def test_masked_keeps_shapes_and_shrinks_to_what_lump_returns(planted):
     before = _arrays(planted)
     masked, info = jaxlump.lump_masked(planted, TOKENS, 0.0)

@@ -65,6 +65,7 @@ def test_each_slice_equals_lump_masked_with_options(options):
     assert_slices_match_single_calls(random_mlp(jr.key(2), WIDTHS), X, GRID, 1e-10, **options)
 
 
+@pytest.mark.integration  # heavy (10–16 s on 2 cores, large compiles): the second test step keeps step 1 near 10 min
 def test_float32_slices_equal_lump_masked():
     model = eqx.nn.MLP(3, 2, 12, 2, activation=jnp.tanh, dtype=jnp.float32, key=jr.key(3))
     result = assert_slices_match_single_calls(model, X.astype(np.float32), GRID, 1e-6)
