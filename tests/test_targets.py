@@ -282,3 +282,14 @@ def test_per_layer_sparsity_sets_each_layers_width(mlp, x, name):
 def test_bad_per_layer_sparsity_is_refused(mlp, x, bad):
     with pytest.raises((ValueError, TypeError), match=r"`sparsity\[\d\]`|hidden layers"):
         structured_prune(mlp, x, bad)
+
+
+def test_a_method_that_adds_layers_is_refused_on_a_model_of_sites_with_the_reason():
+    from _models import ByteTransformer
+
+    model = ByteTransformer(vocab=32, d=16, heads=4, hidden=16, blocks=1, ffn="gelu", max_length=6, key=jr.key(9))
+    tokens = jr.randint(jr.key(10), (8, 6), 0, 32)
+    with pytest.raises(TypeError, match=r"`lowrank` cannot compress `model` \(ByteTransformer\) site by site: on a"):
+        compress_to(model, "lowrank", 0.9, tokens)
+    with pytest.raises(ValueError, match=r"no site at \['blocks\[0\].fnn'\]; the sites are \['blocks\[0\].attention', "):
+        compress_to(model, "obs_prune", {"blocks[0].fnn": 8}, tokens)

@@ -469,6 +469,10 @@ def compress_to_sites(
     are kept whole) or `{site path: width}` (any site)."""
     every = site_listing(model, x_calib, where, groups=True)
     if isinstance(target, dict):  # sites of channels or heads that the dict does not name are kept whole
+        known = {s.path for s in every.sites}
+        unknown = sorted(set(target) - known)
+        if unknown:
+            raise ValueError(f"`target`: no site at {unknown}; the sites are {sorted(known)} (see `jaxlump.sites`).")
         named = tuple(s for s in every.sites if s.unit == "neuron" or s.path in target)
         every = Sites(every.family, named, every.left_out) if named else every
     rule = _channel_widths_rule(name, every, target, options)
@@ -477,10 +481,6 @@ def compress_to_sites(
     total = parameter_count(model)
     in_sites = sum(_chain_params(segment_chain(model, s)) for s in chains)
     if isinstance(target, dict):
-        known = {s.path for s in every.sites}
-        unknown = sorted(set(target) - known)
-        if unknown:
-            raise ValueError(f"`target`: no site at {unknown}; the sites are {sorted(known)} (see `jaxlump.sites`).")
 
         def chain_target(segment):
             return tuple(int(target.get(site.path, site.width)) for site in segment.sites)
@@ -504,7 +504,14 @@ def compress_to_sites(
             return min(fraction, 1.0)
 
     def per_segment(segment, chain, rows):
-        return chain_compress_to(chain, name, chain_target(segment), rows, **options)
+        small, info = chain_compress_to(chain, name, chain_target(segment), rows, **options)
+        if small.n_layers != chain.n_layers:
+            raise TypeError(
+                f"`{_name(name)}` cannot compress `model` ({type(model).__name__}) site by site: on a chain of "
+                f"{chain.n_layers} layers it returns {small.n_layers}, adding layers the model's class has no place "
+                "for (use a method that keeps the layers, e.g. 'obs_prune')."
+            )
+        return small, info
 
     small, info = compress_sites(
         per_segment,
