@@ -1,5 +1,5 @@
 """Issue 31's benchmark on real models (`benchmarks/real_models.py`): its `--quick` run end to end (integration step),
-and the report's exact Wilcoxon test and targets (default step)."""
+and its targets and resuming (default step)."""
 
 import json
 import pathlib
@@ -12,19 +12,11 @@ import pytest
 BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-from real_models_report import wilcoxon_signed_rank  # noqa: E402
-
 POINT_FIELDS = {
     "method", "compress_to", "scope", "target_fraction", "target", "compressible_params", "load_before", "wall_s",
     "params", "params_fraction", "realised_fraction", "widths_before", "widths_after", "knobs", "result",
     "calib_output_rel_rms", "calib_output_max_abs", "latency_b1_us", "latency_big_us", "load_after",
 }  # fmt: skip
-
-
-def test_wilcoxon_known_values():
-    assert wilcoxon_signed_rank([1, 2, 3, 4, 5])[1] == pytest.approx(2 / 32)
-    assert wilcoxon_signed_rank([-1, -2, -3, -4, -5, -6])[1] == pytest.approx(2 / 64)
-    assert wilcoxon_signed_rank([0.0, 0.0])[1:] == (1.0, 0)
 
 
 def test_targets_cut_the_compressible_parameters_only():
@@ -56,6 +48,28 @@ def test_targets_cut_the_compressible_parameters_only():
     assert R.site_params(chain, convs, {"conv2": 4, "conv3": 2}) == 36 + 4 + 576 / 8 + 2 + 576 / 4 + 8
     widths, _ = R.target_for(R.METHODS["ID"], chain, convs, 5000, 0.5)
     assert set(widths) == {"conv2", "conv3"}  # a model of channel sites only: every method gets the widths
+
+
+def test_an_unfinished_record_is_resumed_and_a_finished_one_skipped(tmp_path):
+    import dataclasses
+
+    import real_models as R
+
+    config = R.QUICK_FAMILIES["lm-gelu"]
+    methods = {k: R.METHODS[k] for k in ("merge_or_remove", "ID")}
+    sites = [{"path": "b.ffn", "unit": "neuron", "width": 8, "producers": ["b.up"], "consumer": "b.down"}]
+    record = {"family": "lm-gelu", "config": R.jsonable(dataclasses.asdict(config)), "sites": sites, "points": []}
+    record["points"] = [{"method": "merge_or_remove", "target_fraction": f} for f in (0.7, 0.4)]
+    path = tmp_path / "lm-gelu_s0.json"
+    R.write_json(path.with_suffix(".partial"), record)
+    todo, resumed = R.pending(path, config, methods, (0.7, 0.4), overwrite=False)
+    assert todo and resumed == record  # ID is missing: the partial record is completed, not recomputed
+    record["points"] += [{"method": "ID", "target_fraction": f} for f in (0.7, 0.4)]
+    R.write_json(path.with_suffix(".partial"), record)
+    assert R.pending(path, config, methods, (0.7, 0.4), overwrite=False) == (False, record)
+    assert R.pending(path, config, methods, (0.7, 0.4), overwrite=True) == (True, None)
+    other = dataclasses.replace(config, steps=config.steps + 1)
+    assert R.pending(path, other, methods, (0.7, 0.4), overwrite=False) == (True, None)  # another model: afresh
 
 
 def _run(out: pathlib.Path) -> str:
