@@ -44,7 +44,8 @@ PLAN = {
     "perf_groups_quality.json": [["perf_groups.py", "--part", "quality", "--overwrite"]],
     "perf_groups_latency.json": [["perf_groups.py", "--part", "latency", "--overwrite"]],
 }
-QUALITY = ("fair_comparison.json", "ablation_lumping.json", "allocation.json", "perf_groups_quality.json")  # the rest time something
+# the rest time something
+QUALITY = ("fair_comparison.json", "ablation_lumping.json", "allocation.json", "perf_groups_quality.json")
 
 
 def stale_results(everything: bool) -> list[str]:

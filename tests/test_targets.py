@@ -291,5 +291,6 @@ def test_a_method_that_adds_layers_is_refused_on_a_model_of_sites_with_the_reaso
     tokens = jr.randint(jr.key(10), (8, 6), 0, 32)
     with pytest.raises(TypeError, match=r"`lowrank` cannot compress `model` \(ByteTransformer\) site by site: on a"):
         compress_to(model, "lowrank", 0.9, tokens)
-    with pytest.raises(ValueError, match=r"no site at \['blocks\[0\].fnn'\]; the sites are \['blocks\[0\].attention', "):
+    listed = r"no site at \['blocks\[0\].fnn'\]; the sites are \['blocks\[0\].attention', "
+    with pytest.raises(ValueError, match=listed):
         compress_to(model, "obs_prune", {"blocks[0].fnn": 8}, tokens)
