@@ -1,13 +1,14 @@
-"""Issue 31's benchmark (a first version): structured compressors on real models that the benchmark trains itself.
+"""Issue 31's benchmark: structured compressors on real models that the benchmark trains itself.
 
-Model families (no downloads; each trained once per seed and cached with `jaxlump.save`):
+Model families (no downloads; each trained once per seed and cached with `jaxlump.save`), run in this order:
 
-- `lm-gelu`, `lm-swiglu`: a pre-LN byte-level transformer language model (Equinox, `eqx.nn.MultiheadAttention`,
-  FFN 4×, GELU or SwiGLU) trained on the Python standard library's own top-level `.py` files (sorted; every tenth
-  file is held out for testing), reporting test **bits per byte**.
 - `cnn`: a Flax NNX CNN (three `nnx.Conv` with `nnx.BatchNorm` and ReLU, an average pool, a linear head) on
   scikit-learn's digits (80/20), trained with optax, then `model.eval()`; reporting test accuracy and the test
   logits' relative RMS error against the dense model.
+- `lm-gelu`, `lm-swiglu`: the test suite's pre-LN byte-level transformer language model (`tests/_models.py`'s
+  `ByteTransformer`: Equinox, `eqx.nn.MultiheadAttention`, FFN 4×, GELU or SwiGLU) trained on the Python
+  standard library's own top-level `.py` files (sorted; every tenth file is held out for testing), reporting
+  test **bits per byte**.
 
 Methods are listed in `METHODS` (name → `Method`: the `compress_to` name, its options, its scope), so adding one is
 one entry. Every point calls `jaxlump.baselines.compress_to(model, method, target, x_calib, **options)`:
@@ -17,6 +18,11 @@ one entry. Every point calls `jaxlump.baselines.compress_to(model, method, targe
   for a count). A model whose only sites are channels (the CNN) gets the widths target below instead.
 - scope `"all"`: a dict of widths, every site (FFN neurons, heads, channels) at `round(f · width)` (at least 1).
 
+Each method runs with its own default for the shared least-squares refit of the consumers (on for
+`merge_or_remove`, `lump`, OBS, OSSCAR, ID; off for FLAP, folding and the structured scores); the "(no refit)" and
+"+ refit" entries flip it. Methods with `recover=True` are also measured after a short recovery fine-tune
+(`recover`: the training loop on the training data at a tenth of the learning rate).
+
 A method that refuses (gated layers, channel or head sites) or fails is recorded with its message; nothing is
 faked. Each point records the target, the realised size (whole model and fraction of the compressible
 parameters), widths per site, the knob per segment, the test metric, the calibration output error, the wall time
@@ -25,7 +31,7 @@ of the compression (compilation included, under the provenance profiler of `benc
 paused) and the machine load (`os.getloadavg()`). Each raw file carries the provenance block of the code that ran.
 
 One raw JSON per family × seed under `raw/` (`raw-quick/` for `--quick`), written when complete; the unfinished
-record is saved after every method in `.partial`, so a rerun resumes where it stopped and skips finished jobs.
+record is saved after every point in `.partial`, so a rerun resumes where it stopped and skips finished jobs.
 Tables: `benchmarks/real_models_report.py` (run at the end, or alone with `--report-only`).
 
     python3 benchmarks/real_models.py                 # full run: 3 families × 3 seeds × 5 sizes × every method
@@ -58,7 +64,9 @@ import jaxlump
 from jaxlump import baselines as B
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
+sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "tests"))
 import provenance  # noqa: E402 — the sibling module
+from _models import ByteTransformer  # noqa: E402 — the test suite's user-written transformer, the same model
 
 ROOT = pathlib.Path(__file__).parent / "results" / "real_models"
 SIZES = (0.9, 0.75, 0.6, 0.45, 0.3)
@@ -68,78 +76,6 @@ LN2 = float(np.log(2.0))
 
 
 # ------------------------------------------------------------------------------------------------- models
-class GeluFFN(eqx.Module):
-    up: eqx.nn.Linear
-    down: eqx.nn.Linear
-
-    def __init__(self, d: int, hidden: int, *, key):
-        k1, k2 = jr.split(key)
-        self.up = eqx.nn.Linear(d, hidden, key=k1)
-        self.down = eqx.nn.Linear(hidden, d, key=k2)
-
-    def __call__(self, x):
-        return self.down(jax.nn.gelu(self.up(x)))
-
-
-class SwiGLUFFN(eqx.Module):
-    gate: eqx.nn.Linear
-    up: eqx.nn.Linear
-    down: eqx.nn.Linear
-
-    def __init__(self, d: int, hidden: int, *, key):
-        k1, k2, k3 = jr.split(key, 3)
-        self.gate = eqx.nn.Linear(d, hidden, key=k1)
-        self.up = eqx.nn.Linear(d, hidden, key=k2)
-        self.down = eqx.nn.Linear(hidden, d, key=k3)
-
-    def __call__(self, x):
-        return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
-
-
-class Block(eqx.Module):
-    attention_norm: eqx.nn.LayerNorm
-    attention: eqx.nn.MultiheadAttention
-    ffn_norm: eqx.nn.LayerNorm
-    ffn: GeluFFN | SwiGLUFFN
-
-    def __init__(self, d: int, heads: int, ffn: str, *, key):
-        k1, k2 = jr.split(key)
-        self.attention_norm = eqx.nn.LayerNorm(d)
-        self.attention = eqx.nn.MultiheadAttention(heads, d, key=k1)
-        self.ffn_norm = eqx.nn.LayerNorm(d)
-        self.ffn = (GeluFFN if ffn == "gelu" else SwiGLUFFN)(d, 4 * d, key=k2)
-
-    def __call__(self, x, mask):
-        y = jax.vmap(self.attention_norm)(x)
-        x = x + self.attention(y, y, y, mask=mask)
-        return x + jax.vmap(self.ffn)(jax.vmap(self.ffn_norm)(x))
-
-
-class ByteLM(eqx.Module):
-    """A pre-LN byte-level transformer LM on one sequence of token ids `(T,)` → logits `(T, 256)`."""
-
-    embedding: eqx.nn.Embedding
-    position: eqx.nn.Embedding
-    blocks: list[Block]
-    norm: eqx.nn.LayerNorm
-    head: eqx.nn.Linear
-
-    def __init__(self, d: int, heads: int, length: int, blocks: int, ffn: str, *, key):
-        k1, k2, k3, *ks = jr.split(key, 3 + blocks)
-        self.embedding = eqx.nn.Embedding(256, d, key=k1)
-        self.position = eqx.nn.Embedding(length, d, key=k2)
-        self.blocks = [Block(d, heads, ffn, key=k) for k in ks]
-        self.norm = eqx.nn.LayerNorm(d)
-        self.head = eqx.nn.Linear(d, 256, key=k3)
-
-    def __call__(self, tokens):
-        x = jax.vmap(self.embedding)(tokens) + jax.vmap(self.position)(jnp.arange(tokens.shape[0]))
-        mask = jnp.tril(jnp.ones((tokens.shape[0],) * 2, bool))
-        for block in self.blocks:
-            x = block(x, mask)
-        return jax.vmap(self.head)(jax.vmap(self.norm)(x))
-
-
 class DigitsCNN(nnx.Module):
     """Three 3×3 convolutions with BatchNorm and ReLU (an average pool after the second), flatten, a linear head;
     channels last, called on a batch `(B, 8, 8, 1)`."""
@@ -188,6 +124,7 @@ class LMConfig:
     n_calib: int = 64  # windows of `length` tokens
     n_test: int = 256
     latency_batch: int = 64
+    recovery_steps: int = 200
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,19 +135,20 @@ class CNNConfig:
     learning_rate: float = 3e-3
     n_calib: int = 256
     latency_batch: int = 256
+    recovery_steps: int = 100
 
 
-FAMILIES = {
+FAMILIES = {  # run in this order: the cheapest family first, so an interrupted run has whole families
+    "cnn": CNNConfig(),
     "lm-gelu": LMConfig("gelu"),
     "lm-swiglu": LMConfig("swiglu"),
-    "cnn": CNNConfig(),
 }
 QUICK_FAMILIES = {
     "lm-gelu": LMConfig("gelu", d=32, blocks=2, length=32, steps=300, batch=16, n_calib=32, n_test=64,
-                        latency_batch=16),
+                        latency_batch=16, recovery_steps=20),
     "lm-swiglu": LMConfig("swiglu", d=32, blocks=2, length=32, steps=300, batch=16, n_calib=32, n_test=64,
-                          latency_batch=16),
-    "cnn": CNNConfig(channels=(8, 8, 8), steps=300, n_calib=128, latency_batch=64),
+                          latency_batch=16, recovery_steps=20),
+    "cnn": CNNConfig(channels=(8, 8, 8), steps=300, n_calib=128, latency_batch=64, recovery_steps=20),
 }  # fmt: skip
 QUICK_DEFAULT = ("lm-gelu", "cnn")  # --quick without --families
 
@@ -257,16 +195,18 @@ def cnn_data(config: CNNConfig, seed: int):
 
 def fresh(family: str, config, seed: int):
     if isinstance(config, LMConfig):
-        return ByteLM(config.d, config.heads, config.length, config.blocks, config.ffn, key=jr.key(seed))
+        return ByteTransformer(
+            d=config.d, heads=config.heads, max_length=config.length, blocks=config.blocks, ffn=config.ffn,
+            key=jr.key(seed),
+        )  # fmt: skip
     model = DigitsCNN(config.channels, rngs=nnx.Rngs(seed))
     return model
 
 
-def train_lm(config: LMConfig, seed: int) -> ByteLM:
-    """AdamW (warm-up then cosine decay) on random windows of the training text."""
+def fit_lm(model, config: LMConfig, seed: int, steps: int, peak: float, warmup: int):
+    """`steps` of AdamW (linear warm-up to `peak`, then cosine decay) on random windows of the training text."""
     train, _ = stdlib_corpus()
-    model = fresh("lm", config, seed)
-    schedule = optax.warmup_cosine_decay_schedule(0.0, config.learning_rate, 100, config.steps)
+    schedule = optax.warmup_cosine_decay_schedule(0.0, peak, warmup, steps)
     optimiser = optax.adamw(schedule, weight_decay=0.01)
     state = optimiser.init(eqx.filter(model, eqx.is_inexact_array))
 
@@ -282,18 +222,17 @@ def train_lm(config: LMConfig, seed: int) -> ByteLM:
 
     generator = np.random.default_rng(seed)
     window = np.arange(config.length + 1)
-    for _ in range(config.steps):
+    for _ in range(steps):
         offsets = generator.integers(0, train.size - config.length - 1, config.batch)
         model, state = step(model, state, jnp.asarray(train[offsets[:, None] + window], jnp.int32))
     return model
 
 
-def train_cnn(config: CNNConfig, seed: int) -> DigitsCNN:
-    """Adam on cross-entropy, BatchNorm in training mode; `model.eval()` at the end."""
+def fit_cnn(model, config: "CNNConfig", seed: int, steps: int, learning_rate: float):
+    """`steps` of Adam on cross-entropy over random training batches, in the model's mode (training mode updates
+    the BatchNorm statistics; evaluation mode keeps them and trains the scales and shifts)."""
     x, y, _, _ = digits_data()
-    model = fresh("cnn", config, seed)
-    model.train()
-    optimizer = nnx.Optimizer(model, optax.adam(config.learning_rate), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(model, optax.adam(learning_rate), wrt=nnx.Param)
 
     @nnx.jit
     def step(model, optimizer, xb, yb):
@@ -304,11 +243,36 @@ def train_cnn(config: CNNConfig, seed: int) -> DigitsCNN:
         optimizer.update(model, grads)
 
     generator = np.random.default_rng(seed)
-    for _ in range(config.steps):
+    for _ in range(steps):
         rows = generator.choice(len(x), config.batch, replace=False)
         step(model, optimizer, jnp.asarray(x[rows]), jnp.asarray(y[rows]))
+    return model
+
+
+def train(family: str, config, seed: int):
+    """The dense model: AdamW with warm-up and cosine decay for a language model; Adam for the CNN, BatchNorm in
+    training mode, `model.eval()` at the end."""
+    model = fresh(family, config, seed)
+    if isinstance(config, LMConfig):
+        return fit_lm(model, config, seed, config.steps, config.learning_rate, 100)
+    model.train()
+    model = fit_cnn(model, config, seed, config.steps, config.learning_rate)
     model.eval()
     return model
+
+
+def recover(model, config, seed: int):
+    """The short recovery fine-tune after compression, on the training data with the task's loss (a copy; the
+    compressed model is kept): `config.recovery_steps` steps at a tenth of the training learning rate (the
+    language model with a 10 % warm-up and cosine decay; the CNN in evaluation mode, its BatchNorm statistics
+    frozen). `jaxlump.finetune` fits regression targets with mean-squared error on `(batch, n_in)` inputs, so the
+    benchmark trains with its own loop, the one that trained the dense model."""
+    steps, rate = config.recovery_steps, config.learning_rate / 10
+    if isinstance(config, LMConfig):
+        return fit_lm(model, config, seed + 2000, steps, rate, max(1, steps // 10))
+    copy = nnx.clone(model)
+    copy.eval()
+    return fit_cnn(copy, config, seed + 2000, steps, rate)
 
 
 def trained(family: str, config, seed: int, cache: pathlib.Path):
@@ -322,7 +286,7 @@ def trained(family: str, config, seed: int, cache: pathlib.Path):
             model.eval()
         return model, {**json.loads(meta.read_text()), "cached": True}
     start = time.perf_counter()
-    model = train_lm(config, seed) if isinstance(config, LMConfig) else train_cnn(config, seed)
+    model = train(family, config, seed)
     record = {"wall_s": time.perf_counter() - start, "steps": config.steps}
     cache.mkdir(parents=True, exist_ok=True)
     jaxlump.save(path, model)
@@ -347,24 +311,30 @@ def evaluate(model, original_test, x_test, y_test, lm: bool) -> dict:
 class Method:
     """One compressor: `compress_to(model, name, target, x_calib, **options)`; `scope` `"neurons"` (FFN sites by
     a whole-model count, heads kept whole) or `"all"` (every site, by a dict of widths); `groups_only`: only for
-    models that have sites of heads or channels besides neuron sites (else it would repeat the neuron entry)."""
+    models that have sites of heads or channels besides neuron sites (else it would repeat the neuron entry);
+    `recover`: also measure the result after the short recovery fine-tune (`recover`)."""
 
     name: str
     options: tuple = ()
     scope: str = "neurons"
     groups_only: bool = False
+    recover: bool = False
 
 
-METHODS = {
-    "merge_or_remove": Method("merge_or_remove"),
+METHODS = {  # with each method's own default for the least-squares refit; the "no refit" / "+ refit" entries flip it
+    "merge_or_remove": Method("merge_or_remove", recover=True),
     "merge_or_remove +heads": Method("merge_or_remove", scope="all", groups_only=True),
     "lump": Method("lump"),
-    "OBS (ZipLM)": Method("obs_prune"),
+    "lump (no refit)": Method("lump", (("reconstruct", False),)),
+    "OBS (ZipLM)": Method("obs_prune", recover=True),
+    "OBS (no refit)": Method("obs_prune", (("reconstruct", False),)),
     "OBS +heads": Method("obs_prune", scope="all", groups_only=True),
     "OSSCAR": Method("osscar_prune"),
     "ID": Method("id_prune"),
     "FLAP": Method("flap_prune"),
+    "FLAP + refit": Method("flap_prune", (("reconstruct", True),)),
     "fold": Method("fold"),
+    "fold + refit": Method("fold", (("reconstruct", True),)),
     "ZipIt! + REPAIR": Method("zipit_merge"),
     "structured magnitude": Method("structured_prune", (("score", B.IncomingNorm()),)),
     "structured Wanda": Method("structured_prune", (("score", B.WandaScore()),)),
@@ -502,8 +472,9 @@ def latency_us(model, x, repeats: int) -> float:
 
 
 def point(model, method: Method, fraction, sites, layers, data, reference, args) -> dict:
-    """One compression, measured; a refusal or failure is recorded with its message."""
-    lm, x_calib, x_test, y_test, latency_inputs = data
+    """One compression, measured (and its recovery fine-tune, for a method that asks); a refusal or failure is
+    recorded with its message."""
+    lm, x_calib, x_test, y_test, latency_inputs, config, seed = data
     total = parameter_count(model)
     target, compressible = target_for(method, sites, layers, total, fraction)
     record = {"target_fraction": fraction, "target": target, "compressible_params": compressible}
@@ -535,6 +506,14 @@ def point(model, method: Method, fraction, sites, layers, data, reference, args)
     record.update(evaluate(small, reference["test"], x_test, y_test, lm))
     record["latency_b1_us"] = latency_us(small, latency_inputs[:1], args.repeats)
     record["latency_big_us"] = latency_us(small, latency_inputs, args.repeats)
+    if method.recover:
+        start = time.perf_counter()
+        tuned = recover(small, config, seed)
+        record["recovered"] = {
+            "steps": config.recovery_steps,
+            "wall_s": time.perf_counter() - start,
+            **evaluate(tuned, reference["test"], x_test, y_test, lm),
+        }
     record["load_after"] = list(os.getloadavg())
     return record
 
@@ -570,7 +549,7 @@ def pending(path: pathlib.Path, config, methods, sizes, overwrite: bool) -> tupl
 
 def run_job(family: str, config, seed: int, methods: dict, sizes, args, path: pathlib.Path, record=None) -> dict:
     """One family × seed: train (or load) the model, then add every (method, size) point the record lacks; the
-    record is saved after each method (`.partial` until complete)."""
+    record is saved after each point (`.partial` until complete)."""
     lm = isinstance(config, LMConfig)
     start = time.perf_counter()
     model, training = trained(family, config, seed, pathlib.Path(args.cache))
@@ -602,7 +581,7 @@ def run_job(family: str, config, seed: int, methods: dict, sizes, args, path: pa
     else:
         record.setdefault("provenance", provenance.UNRECORDED)  # its points were computed by unrecorded code
     applicable = wanted(family, methods, record["sites"])
-    data = (lm, x_calib, x_test, y_test, latency_inputs)
+    data = (lm, x_calib, x_test, y_test, latency_inputs, config, seed)
     for name, method in applicable.items():
         done = {p["target_fraction"] for p in record["points"] if p["method"] == name}
         todo = [f for f in sizes if f not in done]
@@ -611,14 +590,10 @@ def run_job(family: str, config, seed: int, methods: dict, sizes, args, path: pa
             record["points"].append({"method": name, "compress_to": method.name, "scope": method.scope, **result})
             shown = result.get("error", f"{result.get('realised_fraction', 0):.0%} of compressible")
             print(f"  {family} s{seed} {name} {fraction:.0%}: {shown[:160]}", flush=True)
-        if todo:
             record["wall_s"] += time.perf_counter() - start
             start = time.perf_counter()
-            complete = {(p["method"], p["target_fraction"]) for p in record["points"]} >= {
-                (m, f) for m in applicable for f in sizes
-            }
             record["provenance"] = provenance.stamp(record.get("provenance"))
-            write_json(path if complete else path.with_suffix(".partial"), record)
+            write_json(path.with_suffix(".partial"), record)
     if "provenance" not in record:
         record["provenance"] = provenance.stamp()
     write_json(path, record)
