@@ -545,17 +545,15 @@ def readme_table(summary: dict, completed: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-START, END = "<!-- experiments-report: start -->", "<!-- experiments-report: end -->"
-
-
-def replace_between(path: pathlib.Path, body: str) -> None:
-    """Replace what lies between the two markers in `path` (appending them if absent) with `body`."""
-    text = path.read_text() if path.exists() else f"{START}\n{END}\n"
-    if START not in text:
-        text += f"\n{START}\n{END}\n"
-    head, _, rest = text.partition(START)
-    _, _, tail = rest.partition(END)
-    path.write_text(f"{head}{START}\n\n{body}\n\n{END}{tail}")
+def replace_between(path: pathlib.Path, body: str, marker: str = "experiments-report") -> None:
+    """Replace what lies between the two `marker` comments in `path` (appending them if absent) with `body`."""
+    start, end = f"<!-- {marker}: start -->", f"<!-- {marker}: end -->"
+    text = path.read_text() if path.exists() else f"{start}\n{end}\n"
+    if start not in text:
+        text += f"\n{start}\n{end}\n"
+    head, _, rest = text.partition(start)
+    _, _, tail = rest.partition(end)
+    path.write_text(f"{head}{start}\n\n{body}\n\n{end}{tail}")
 
 
 def update_docs(path: pathlib.Path, out: pathlib.Path) -> None:

@@ -32,7 +32,8 @@ paused) and the machine load (`os.getloadavg()`). Each raw file carries the prov
 
 One raw JSON per family × seed under `raw/` (`raw-quick/` for `--quick`), written when complete; the unfinished
 record is saved after every point in `.partial`, so a rerun resumes where it stopped and skips finished jobs.
-Tables: `benchmarks/real_models_report.py` (run at the end, or alone with `--report-only`).
+Tables, the figure and the generated blocks of the README and `docs/real_models.md` (full run into the default
+`--out` only): `benchmarks/real_models_report.py` (run at the end, or alone with `--report-only`).
 
     python3 benchmarks/real_models.py                 # full run: 3 families × 3 seeds × 5 sizes × every method
     python3 benchmarks/real_models.py --quick         # tiny models, 1 seed, 2 sizes, 3 methods (raw-quick/, quick/)
@@ -647,7 +648,9 @@ def main(argv=None) -> None:
                 jax.clear_caches()  # each model's programs are its own
                 gc.collect()
         print(f"finished in {time.time() - started:.0f} s")
-    report(raw, out / ("quick" if args.quick else "."))
+    repository = pathlib.Path(__file__).parents[1]
+    pages = () if args.quick or out != ROOT else (repository / "README.md", repository / "docs" / "real_models.md")
+    report(raw, out / ("quick" if args.quick else "."), pages)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,14 @@ over seeds × sizes with an exact Wilcoxon signed-rank test (`experiments_report
 
 import json
 import pathlib
+import re
 import sys
 from collections import defaultdict
 
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
-from experiments_report import wilcoxon_signed_rank  # noqa: E402
+from experiments_report import replace_between, wilcoxon_signed_rank  # noqa: E402
 
 # family prefix → (metric, "lower" or "higher" is better, label)
 METRICS = {"lm": ("test_bpb", "lower", "test bits/byte"), "cnn": ("test_accuracy", "higher", "test accuracy")}
@@ -119,15 +120,36 @@ def family_tables(family: str, records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def paired(records, reference: str, other: str, key: str):
-    """Differences `reference − other` of `key` over the (seed, size) points both have results at."""
-    values = defaultdict(dict)
+def values_of(records, method: str, key: str, recovered: bool = False) -> dict:
+    """`{(seed, size): value}` of `key` for `method`'s points with a result (after the recovery fine-tune with
+    `recovered`)."""
+    out = {}
     for r in records:
         for p in r["points"]:
-            if "error" not in p:
-                values[p["method"]][(r["seed"], p["target_fraction"])] = p[key]
-    common = sorted(set(values[reference]) & set(values[other]))
-    return np.asarray([values[reference][c] - values[other][c] for c in common]), common
+            if p["method"] == method and "error" not in p:
+                source = p.get("recovered") if recovered else p
+                if source is not None and key in source:
+                    out[(r["seed"], p["target_fraction"])] = source[key]
+    return out
+
+
+def paired(records, first: str, second: str, key: str):
+    """Differences `first − second` of `key` over the (seed, size) points both have results at."""
+    a, b = values_of(records, first, key), values_of(records, second, key)
+    common = sorted(set(a) & set(b))
+    return np.asarray([a[c] - b[c] for c in common]), common
+
+
+def paired_cells(d, better: str) -> list[str]:
+    """Pairs, mean difference, how often the first is better, `W+` and the exact two-sided p of differences `d`."""
+    sign = 1.0 if better == "lower" else -1.0
+    w, p, _ = wilcoxon_signed_rank(d)
+    wins, ties = int(np.sum(sign * d < 0)), int(np.sum(d == 0))
+    return [str(len(d)), f"{np.mean(d):+.4g}", f"{wins} of {len(d)} ({ties} tied)", f"{w:g}", f"{p:.3g}"]
+
+
+def _scopes(records) -> dict:
+    return {p["method"]: p.get("scope") for r in records for p in r["points"]}
 
 
 def wilcoxon_table(family: str, records: list[dict], secondary: bool = False) -> str:
@@ -138,7 +160,7 @@ def wilcoxon_table(family: str, records: list[dict], secondary: bool = False) ->
         return ""
     key, better, label = chosen
     sign = 1.0 if better == "lower" else -1.0
-    scopes = {p["method"]: p.get("scope") for r in records for p in r["points"]}
+    scopes = _scopes(records)
     lines = [
         f"### {family}: merge_or_remove against the strongest other method ({label})",
         "",
@@ -153,48 +175,215 @@ def wilcoxon_table(family: str, records: list[dict], secondary: bool = False) ->
                 continue
             d, common = paired(records, reference, other, key)
             if len(common):
-                ref = {(r["seed"], q["target_fraction"]): q[key] for r in records for q in r["points"]
-                       if q["method"] == reference and "error" not in q}  # fmt: skip
-                other_values = [ref[c] - x for c, x in zip(common, d)]
-                candidates.append((sign * float(np.mean(other_values)), other, d, common))
+                theirs = values_of(records, other, key)
+                candidates.append((sign * float(np.mean([theirs[c] for c in common])), other, d))
         if not candidates:
             lines.append(f"| {reference} | (no other method has results at the same points) | | | | | |")
             continue
-        _, other, d, common = min(candidates, key=lambda c: c[0])
-        w, p, n = wilcoxon_signed_rank(d)
-        wins, ties = int(np.sum(sign * d < 0)), int(np.sum(d == 0))
-        lines.append(
-            f"| {reference} | {other} | {len(common)} | {np.mean(d):+.4g} | {wins} of {len(d)} ({ties} tied) | "
-            f"{w:g} | {p:.3g} |"
-        )
+        _, other, d = min(candidates, key=lambda c: c[0])
+        lines.append(f"| {reference} | {other} | " + " | ".join(paired_cells(d, better)) + " |")
     return "\n".join(lines)
 
 
-def report(raw: pathlib.Path, out: pathlib.Path) -> None:
-    """Write `real_models.md` (every table) under `out` from the raw JSON in `raw`."""
+def comparison_table(title: str, family: str, records: list[dict], pairs) -> str:
+    """Rows `first` against `second` for each pair that both have results for, paired over seeds × sizes."""
+    key, better, label = metric_of(family)
+    rows = []
+    for first, second in pairs:
+        d, _ = paired(records, first, second, key)
+        if len(d):
+            rows.append(f"| {first} | {second} | " + " | ".join(paired_cells(d, better)) + " |")
+    if not rows:
+        return ""
+    return "\n".join(
+        [
+            f"### {family}: {title} ({label})",
+            "",
+            "| first | second | pairs | mean difference (first − second) | first better in | W+ | exact p |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
+
+
+def recovery_table(family: str, records: list[dict]) -> str:
+    """Each method measured after the recovery fine-tune: its metric before and after, per size."""
+    key, better, label = metric_of(family)
+    methods = [m for m in _methods(records) if values_of(records, m, key, recovered=True)]
+    if not methods:
+        return ""
+    sizes = _sizes(records)
+    steps = {p["recovered"]["steps"] for r in records for p in r["points"] if "recovered" in p}
+    lines = [
+        f"### {family}: after a short recovery fine-tune ({label}, {'/'.join(map(str, sorted(steps)))} steps)",
+        "",
+        f"Cells: compressed → fine-tuned (mean over seeds); the dense model: "
+        f"{np.mean([r['original'][key] for r in records]):.3f}.",
+        "",
+        "| method | " + " | ".join(f"{f:.0%}" for f in sizes) + " |",
+        "|---" * (len(sizes) + 1) + "|",
+    ]
+    for method in methods:
+        before, after = values_of(records, method, key), values_of(records, method, key, recovered=True)
+        cells = []
+        for f in sizes:
+            common = [c for c in after if c[1] == f and c in before]
+            cells.append(
+                f"{np.mean([before[c] for c in common]):.3f} → {np.mean([after[c] for c in common]):.3f}" if common
+                else ""
+            )  # fmt: skip
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def standings(family: str, records: list[dict], fraction: float) -> list[tuple[float, str]]:
+    """`(mean metric, method)` of every scope-`neurons` entry with a result at `fraction` for every seed of the
+    family, best first (the entries that cut the same parameters, so their sizes compare)."""
+    key, better, _ = metric_of(family)
+    seeds = {r["seed"] for r in records}
+    scopes = _scopes(records)
+    out = []
+    for method in _methods(records):
+        if scopes.get(method) != "neurons":
+            continue
+        found = {s: v for (s, f), v in values_of(records, method, key).items() if f == fraction}
+        if set(found) == seeds:
+            out.append((float(np.mean(list(found.values()))), method))
+    return sorted(out, reverse=better == "higher")
+
+
+HEADLINE_SIZES = (0.7, 0.4)
+
+
+def _standing(method: str, ranked, dense: float, records) -> str:
+    for rank, (value, name) in enumerate(ranked, 1):
+        if name == method:
+            return f"{value:.3f} ({value - dense:+.3f}), rank {rank}"
+    tried = any(p["method"] == method for r in records for p in r["points"])
+    return "refused" if tried else "not run"
+
+
+def headline(families: dict[str, list[dict]]) -> str:
+    """Per family and headline size: the best structured method, where `merge_or_remove` and `lump` rank, and each
+    one's change over the dense model."""
+    lines = [
+        "| model | dense | size | best | merge_or_remove | lump | entries ranked |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for family, records in families.items():
+        key, better, label = metric_of(family)
+        dense = float(np.mean([r["original"][key] for r in records]))
+        seeds = f"{len(records)} seed{'s' * (len(records) > 1)}"
+        for fraction in HEADLINE_SIZES:
+            ranked = standings(family, records, fraction)
+            if ranked:
+                value, best = ranked[0]
+                mor, lump = (_standing(m, ranked, dense, records) for m in (REFERENCE, "lump"))
+                lines.append(
+                    f"| {family} ({seeds}) | {label} {dense:.3f} | {fraction:.0%} | {best}: {value:.3f} "
+                    f"({value - dense:+.3f}) | {mor} | {lump} | {len(ranked)} |"
+                )
+    return "\n".join(lines)
+
+
+PLOTTED_STYLE = {"lump": "--", "lump (no refit)": "--", REFERENCE: "-"}
+
+
+def figure(families: dict[str, list[dict]], path: pathlib.Path) -> None:
+    """One panel per family: each scope-`neurons` entry's loss over the dense model (bits/byte gained, accuracy
+    lost; mean ± std over seeds, symmetric-log axis) against the realised fraction of the compressible parameters."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(families), figsize=(5.6 * len(families), 4.6), squeeze=False)
+    for ax, (family, records) in zip(axes[0], families.items()):
+        key, better, label = metric_of(family)
+        sign = 1.0 if better == "lower" else -1.0
+        dense = {r["seed"]: r["original"][key] for r in records}
+        scopes = _scopes(records)
+        ax.set_prop_cycle(color=plt.cm.tab20.colors)
+        for method in _methods(records):
+            if scopes.get(method) != "neurons":
+                continue
+            xs, ys, es = [], [], []
+            for f in _sizes(records):
+                ok = [(r["seed"], p) for r in records for p in r["points"] if p["method"] == method
+                      and p["target_fraction"] == f and "error" not in p]  # fmt: skip
+                if ok:
+                    loss = np.asarray([sign * (p[key] - dense[seed]) for seed, p in ok], np.float64)
+                    xs.append(100 * np.mean([p["realised_fraction"] for _, p in ok]))
+                    ys.append(loss.mean())
+                    es.append(loss.std(ddof=1) if loss.size > 1 else 0.0)
+            if xs:
+                width = 2.2 if method == REFERENCE else 1.0
+                ax.errorbar(xs, ys, yerr=es, fmt=PLOTTED_STYLE.get(method, ":") + "o", ms=3, capsize=2, lw=width,
+                            label=method)  # fmt: skip
+        ax.set_yscale("symlog", linthresh=1e-3)
+        seeds = f"{len(records)} seed{'s' * (len(records) > 1)}"
+        ax.set_title(f"{family} ({seeds}); dense {label} {np.mean(list(dense.values())):.3f}", fontsize=9)
+        ax.set_xlabel("realised size (% of the compressible parameters)", fontsize=8)
+        ax.set_ylabel(f"{label}: {'increase' if better == 'lower' else 'drop'} from the dense model", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6, ncol=2)
+    fig.suptitle("Real models: structured compressors at 90–30 % of the FFN / channel parameters (mean ± std)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+TRACK_A = (("lump (no refit)", "structured magnitude"), ("lump (no refit)", "structured Wanda"))
+REFIT = (
+    ("lump", "lump (no refit)"),
+    ("OBS (ZipLM)", "OBS (no refit)"),
+    ("FLAP + refit", "FLAP"),
+    ("fold + refit", "fold"),
+)
+
+
+def report(raw: pathlib.Path, out: pathlib.Path, pages: tuple[pathlib.Path, ...] = ()) -> None:
+    """Write `real_models.md` (every table), `headline.md` and `real_models.png` under `out` from the raw JSON in
+    `raw`; in each of `pages` (the README, the docs page) replace the generated block between its
+    `real-models` markers."""
     records = load(raw)
     out.mkdir(parents=True, exist_ok=True)
     if not records:
         (out / "real_models.md").write_text("# Real models\n\n(no raw results yet)\n")
         return
-    parts = [
-        "# Real models: structured compressors on a byte-level transformer LM and a CNN",
-        "",
+    families = _by_family(records)
+    intro = (
         f"Generated by `benchmarks/real_models_report.py` from {len(records)} raw file(s) in `{raw.name}/`; "
         "nothing here is typed by hand. Sizes are fractions of the compressible parameters (the parameters of the "
-        "sites a method cuts: FFN layers for scope `neurons`, FFN and attention or convolution layers for `all`).",
-        "",
-    ]
-    families = _by_family(records)
+        "sites a method cuts: FFN layers for scope `neurons`, FFN and attention or convolution layers for `all`)."
+    )
+    summary = headline(families)
+    parts = ["# Real models: structured compressors on a byte-level transformer LM and a CNN", "", intro, ""]
+    parts += ["## Headline", "", summary, ""]
     for family, group in families.items():
         parts += [family_tables(family, group), ""]
     parts += ["## merge_or_remove, paired (exact Wilcoxon signed-rank over seeds × sizes)", ""]
     for family, group in families.items():
         for secondary in (False, True):
-            table = wilcoxon_table(family, group, secondary)
-            if table:
-                parts += [table, ""]
-    (out / "real_models.md").write_text("\n".join(parts))
+            parts += [wilcoxon_table(family, group, secondary), ""]
+    parts += ["## Track A: lumping against magnitude and Wanda, none of them refitted", ""]
+    for family, group in families.items():
+        parts += [comparison_table("track A", family, group, TRACK_A), ""]
+    parts += ["## The least-squares refit: each method with and without it", ""]
+    for family, group in families.items():
+        parts += [comparison_table("with against without the refit", family, group, REFIT), ""]
+    parts += ["## Recovery fine-tune", ""]
+    for family, group in families.items():
+        parts += [recovery_table(family, group), ""]
+    text = "\n".join(parts)
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    (out / "real_models.md").write_text(text + "\n")
+    (out / "headline.md").write_text(summary + "\n")
+    figure(families, out / "real_models.png")
+    figure_link = "![Loss over the dense model against size](figures/real_models/real_models.png)"
+    for page in pages:  # the README gets the headline; a docs page every table, under its own title
+        body = summary if page.name == "README.md" else figure_link + "\n\n" + text.partition("\n")[2].strip()
+        replace_between(page, body, "real-models")
     print(f"wrote {out / 'real_models.md'}")
 
 

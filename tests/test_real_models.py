@@ -103,12 +103,67 @@ def test_quick_run_writes_raw_json_resumes_and_reports(tmp_path):
         assert all(np.isfinite(p[metric]) for p in ok) and np.isfinite(record["original"][metric])
         for p in record["points"]:
             assert "error" in p or "wall_s" in p  # a refusal carries its message
+        recovered = [p for p in ok if real_models.METHODS[p["method"]].recover]
+        assert recovered and all(np.isfinite(p["recovered"][metric]) for p in recovered)
     mor = [p for p in json.loads(raw[0].read_text())["points"] if p["method"] == "merge_or_remove"]
     assert all("error" not in p for p in mor)  # channels are cut by merge_or_remove
     report = (tmp_path / "quick" / "real_models.md").read_text()
     assert "## lm-gelu" in report and "## cnn" in report and "exact p" in report
+    assert (tmp_path / "quick" / "real_models.png").stat().st_size > 0
 
     before = {p: p.stat().st_mtime_ns for p in raw}
     stdout = _run(tmp_path)  # a rerun skips the finished jobs
     assert stdout.count("complete, skipped") == 2 and "computing" not in stdout
     assert {p: p.stat().st_mtime_ns for p in raw} == before
+
+
+def _synthetic(seed: int, metrics: dict, dense: float) -> dict:
+    """A raw record of family `lm-x` whose points have the test bits/byte `metrics[method][size]` (`None`: refused)."""
+    points = []
+    for method, by_size in metrics.items():
+        for fraction, value in by_size.items():
+            point = {"method": method, "scope": "neurons", "target_fraction": fraction, "load_before": [1.0]}
+            if value is None:
+                point["error"] = "TypeError: refused"
+            else:
+                point.update(test_bpb=value + seed, realised_fraction=fraction, wall_s=1.0, latency_b1_us=1.0,
+                             latency_big_us=2.0)  # fmt: skip
+                if method == "merge_or_remove":
+                    point["recovered"] = {"steps": 5, "test_bpb": value + seed - 0.01}
+            points.append(point)
+    original = {"test_bpb": dense + seed, "params": 100, "latency_b1_us": 1.0, "latency_big_us": 2.0,
+                "latency_big_batch": 8}  # fmt: skip
+    return {"family": "lm-x", "seed": seed, "sites": [], "original": original, "points": points}
+
+
+def test_report_ranks_pairs_and_writes_the_generated_blocks(tmp_path):
+    import real_models_report as report
+
+    metrics = {
+        "merge_or_remove": {0.7: 3.1, 0.4: 3.5},
+        "OBS (ZipLM)": {0.7: 3.0, 0.4: 3.6},
+        "lump": {0.7: 3.2, 0.4: None},
+        "lump (no refit)": {0.7: 3.3, 0.4: 3.9},
+        "structured magnitude": {0.7: 3.4, 0.4: 3.8},
+    }
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for seed in range(3):  # every value shifted by the seed: the differences are the same at every seed
+        (raw / f"lm-x_s{seed}.json").write_text(json.dumps(_synthetic(seed, metrics, dense=2.9)))
+    readme = tmp_path / "README.md"
+    readme.write_text("before\n<!-- real-models: start -->\nold\n<!-- real-models: end -->\nafter\n")
+    report.report(raw, tmp_path / "out", (readme,))
+
+    rows = [row.rstrip(" |") for row in (tmp_path / "out" / "headline.md").read_text().splitlines()[2:]]
+    # mean over seeds 0, 1, 2 is the value + 1; dense 3.9
+    assert rows[0].split(" | ")[3:7] == [
+        "OBS (ZipLM): 4.000 (+0.100)", "4.100 (+0.200), rank 2", "4.200 (+0.300), rank 3", "5"
+    ]  # fmt: skip
+    assert rows[1].split(" | ")[3:7] == ["merge_or_remove: 4.500 (+0.600)", "4.500 (+0.600), rank 1", "refused", "4"]
+    text = readme.read_text()
+    assert text.startswith("before\n") and text.endswith("after\n") and "old" not in text and rows[0] + " |" in text
+    full = (tmp_path / "out" / "real_models.md").read_text()
+    # track A: lump without refit is 0.1 worse than magnitude at 0.4 and 0.1 better at 0.7, three seeds each
+    assert "| lump (no refit) | structured magnitude | 6 | +0 | 3 of 6 (0 tied) |" in full
+    assert "| merge_or_remove | 3.100 → 3.090 | 3.500 → 3.490 |" not in full  # means over seeds: + 1
+    assert "| merge_or_remove | 4.100 → 4.090 | 4.500 → 4.490 |" in full
