@@ -5,8 +5,9 @@ Model families (no downloads; each trained once per seed and cached with `jaxlum
 - `cnn`: a Flax NNX CNN (three `nnx.Conv` with `nnx.BatchNorm` and ReLU, an average pool, a linear head) on
   scikit-learn's digits (80/20), trained with optax, then `model.eval()`; reporting test accuracy and the test
   logits' relative RMS error against the dense model.
-- `lm-gelu`, `lm-swiglu`: the test suite's pre-LN byte-level transformer language model (`tests/_models.py`'s
-  `ByteTransformer`: Equinox, `eqx.nn.MultiheadAttention`, FFN 4×, GELU or SwiGLU) trained on the Python
+- `lm-gelu`, `lm-swiglu`, `lm-gqa`: the test suite's pre-LN byte-level transformer language model
+  (`tests/_models.py`'s `ByteTransformer`: Equinox, FFN 4×, GELU or SwiGLU; `eqx.nn.MultiheadAttention`, or for
+  `lm-gqa` a Llama-style grouped-query attention with 4 query heads over 2 KV heads) trained on the Python
   standard library's own top-level `.py` files (sorted; every tenth file is held out for testing), reporting
   test **bits per byte**.
 
@@ -35,7 +36,7 @@ record is saved after every point in `.partial`, so a rerun resumes where it sto
 Tables, the figure and the generated blocks of the README and `docs/real_models.md` (full run into the default
 `--out` only): `benchmarks/real_models_report.py` (run at the end, or alone with `--report-only`).
 
-    python3 benchmarks/real_models.py                 # full run: 3 families × 3 seeds × 5 sizes × every method
+    python3 benchmarks/real_models.py                 # full run: 4 families × 3 seeds × 5 sizes × every method
     python3 benchmarks/real_models.py --quick         # tiny models, 1 seed, 2 sizes, 3 methods (raw-quick/, quick/)
     python3 benchmarks/real_models.py --report-only   # tables from whatever raw JSON exists
 """
@@ -129,6 +130,14 @@ class LMConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class GQAConfig(LMConfig):
+    """A language model whose attention is grouped-query (`tests/_models.py`'s `GroupedQueryAttention`, registered
+    as an attention type there): `heads` query heads over `kv_heads` KV heads."""
+
+    kv_heads: int = 2
+
+
+@dataclasses.dataclass(frozen=True)
 class CNNConfig:
     channels: tuple[int, int, int] = (16, 32, 32)
     steps: int = 1500
@@ -143,12 +152,15 @@ FAMILIES = {  # run in this order: the cheapest family first, so an interrupted 
     "cnn": CNNConfig(),
     "lm-gelu": LMConfig("gelu"),
     "lm-swiglu": LMConfig("swiglu"),
+    "lm-gqa": GQAConfig("swiglu"),
 }
 QUICK_FAMILIES = {
     "lm-gelu": LMConfig("gelu", d=32, blocks=2, length=32, steps=300, batch=16, n_calib=32, n_test=64,
                         latency_batch=16, recovery_steps=20),
     "lm-swiglu": LMConfig("swiglu", d=32, blocks=2, length=32, steps=300, batch=16, n_calib=32, n_test=64,
                           latency_batch=16, recovery_steps=20),
+    "lm-gqa": GQAConfig("swiglu", d=32, blocks=2, length=32, steps=300, batch=16, n_calib=32, n_test=64,
+                        latency_batch=16, recovery_steps=20),
     "cnn": CNNConfig(channels=(8, 8, 8), steps=300, n_calib=128, latency_batch=64, recovery_steps=20),
 }  # fmt: skip
 QUICK_DEFAULT = ("lm-gelu", "cnn")  # --quick without --families
@@ -198,7 +210,7 @@ def fresh(family: str, config, seed: int):
     if isinstance(config, LMConfig):
         return ByteTransformer(
             d=config.d, heads=config.heads, max_length=config.length, blocks=config.blocks, ffn=config.ffn,
-            key=jr.key(seed),
+            kv_heads=getattr(config, "kv_heads", None), key=jr.key(seed),
         )  # fmt: skip
     model = DigitsCNN(config.channels, rngs=nnx.Rngs(seed))
     return model

@@ -31,6 +31,8 @@ import numpy as np
 import optax
 from flax import nnx
 
+import jaxlump
+
 VOCAB = 256
 _LN2 = float(np.log(2.0))  # a weak Python float: divides float32 and float64 alike
 
@@ -75,25 +77,80 @@ class SwiGLUFFN(eqx.Module):
 FFNS = {"gelu": GeluFFN, "swiglu": SwiGLUFFN}
 
 
+class GroupedQueryAttention(eqx.Module):
+    """Grouped-query attention as Llama-style code writes it: `heads` query heads read `kv_heads` KV heads
+    (`jnp.repeat` of each KV head over its `heads // kv_heads` query heads), causal, on one sequence `(T, d)`;
+    projections without biases. Registered with `jaxlump.register_attention_type` below, as a user would."""
+
+    q: eqx.nn.Linear
+    k: eqx.nn.Linear
+    v: eqx.nn.Linear
+    o: eqx.nn.Linear
+    heads: int = eqx.field(static=True)
+    kv_heads: int = eqx.field(static=True)
+    head_dim: int = eqx.field(static=True)
+
+    def __call__(self, x):
+        length = x.shape[0]
+        q = jax.vmap(self.q)(x).reshape(length, self.heads, self.head_dim)
+        k = jax.vmap(self.k)(x).reshape(length, self.kv_heads, self.head_dim)
+        v = jax.vmap(self.v)(x).reshape(length, self.kv_heads, self.head_dim)
+        k, v = (jnp.repeat(a, self.heads // self.kv_heads, axis=1) for a in (k, v))
+        scores = jnp.einsum("shd,thd->hst", q, k) / np.sqrt(self.head_dim)
+        scores = jnp.where(jnp.tril(jnp.ones((length, length), bool)), scores, -jnp.inf)
+        out = jnp.einsum("hst,thd->shd", jax.nn.softmax(scores, axis=-1), v)
+        return jax.vmap(self.o)(out.reshape(length, -1))
+
+
+def grouped_query_attention(d: int, heads: int, kv_heads: int, dtype=None, *, key) -> GroupedQueryAttention:
+    """A `GroupedQueryAttention` of width `d` (`head_dim = d // heads`), its projections initialised as
+    `eqx.nn.Linear` does."""
+    head_dim = d // heads
+    keys = jr.split(key, 4)
+    q, k, v = (
+        eqx.nn.Linear(d, count * head_dim, use_bias=False, dtype=dtype, key=kk)
+        for count, kk in zip((heads, kv_heads, kv_heads), keys)
+    )
+    o = eqx.nn.Linear(heads * head_dim, d, use_bias=False, dtype=dtype, key=keys[3])
+    return GroupedQueryAttention(q, k, v, o, heads, kv_heads, head_dim)
+
+
+jaxlump.register_attention_type(
+    jaxlump.AttentionType(
+        "GroupedQueryAttention (tests)",
+        lambda m: isinstance(m, GroupedQueryAttention),
+        ("q", "k", "v", "o"),
+        lambda m: (m.heads, m.kv_heads, m.head_dim, m.head_dim),
+        lambda m, projections, kv: GroupedQueryAttention(*projections, kv * (m.heads // m.kv_heads), kv, m.head_dim),
+    )
+)
+
+
 class Block(eqx.Module):
     """A pre-LN transformer block on one sequence `(T, d)`: causal self-attention, then a feed-forward network, each
     inside the residual stream."""
 
     attention_norm: eqx.nn.LayerNorm
-    attention: eqx.nn.MultiheadAttention
+    attention: eqx.nn.MultiheadAttention | GroupedQueryAttention
     ffn_norm: eqx.nn.LayerNorm
     ffn: GeluFFN | SwiGLUFFN
 
-    def __init__(self, d: int, heads: int, hidden: int, ffn: str, dtype=None, *, key):
+    def __init__(self, d: int, heads: int, hidden: int, ffn: str, dtype=None, kv_heads: int | None = None, *, key):
         attention_key, ffn_key = jr.split(key)
         self.attention_norm = eqx.nn.LayerNorm(d, dtype=dtype)
-        self.attention = eqx.nn.MultiheadAttention(heads, d, dtype=dtype, key=attention_key)
+        if kv_heads is None:
+            self.attention = eqx.nn.MultiheadAttention(heads, d, dtype=dtype, key=attention_key)
+        else:
+            self.attention = grouped_query_attention(d, heads, kv_heads, dtype=dtype, key=attention_key)
         self.ffn_norm = eqx.nn.LayerNorm(d, dtype=dtype)
         self.ffn = FFNS[ffn](d, hidden, dtype=dtype, key=ffn_key)
 
     def __call__(self, x, mask):
         y = jax.vmap(self.attention_norm)(x)
-        x = x + self.attention(y, y, y, mask=mask)
+        if isinstance(self.attention, GroupedQueryAttention):
+            x = x + self.attention(y)  # causal by itself
+        else:
+            x = x + self.attention(y, y, y, mask=mask)
         y = jax.vmap(self.ffn_norm)(x)
         return x + jax.vmap(self.ffn)(y)
 
@@ -112,6 +169,8 @@ class ByteTransformer(eqx.Module):
     - `ffn`: `"gelu"` or `"swiglu"` for every block, or one of them per block.
     - `hidden`: the feed-forward hidden width (default `4 d`, for both kinds).
     - `dtype`: passed to every layer (default: JAX's default float dtype).
+    - `kv_heads`: `None` for `eqx.nn.MultiheadAttention`; a number of KV heads dividing `heads` for
+      `GroupedQueryAttention` (grouped-query attention, Llama-style).
     - `key`: a JAX random key.
     """
 
@@ -131,6 +190,7 @@ class ByteTransformer(eqx.Module):
         ffn: str | Sequence[str] = ("gelu", "swiglu"),
         hidden: int | None = None,
         dtype=None,
+        kv_heads: int | None = None,
         *,
         key,
     ):
@@ -141,7 +201,9 @@ class ByteTransformer(eqx.Module):
         embedding_key, position_key, head_key, *block_keys = jr.split(key, 3 + blocks)
         self.embedding = eqx.nn.Embedding(vocab, d, dtype=dtype, key=embedding_key)
         self.position = eqx.nn.Embedding(max_length, d, dtype=dtype, key=position_key)
-        self.blocks = [Block(d, heads, hidden, kind, dtype=dtype, key=k) for kind, k in zip(ffns, block_keys)]
+        self.blocks = [
+            Block(d, heads, hidden, kind, dtype=dtype, kv_heads=kv_heads, key=k) for kind, k in zip(ffns, block_keys)
+        ]
         self.norm = eqx.nn.LayerNorm(d, dtype=dtype)
         self.head = eqx.nn.Linear(d, vocab, dtype=dtype, key=head_key)
 

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from _models import ByteTransformer
+from _models import ByteTransformer, GroupedQueryAttention
 
 import jaxlump
 from jaxlump.baselines import compress_to, obs_prune, structured_prune
@@ -181,30 +181,6 @@ def test_a_model_with_fewer_heads_saves_and_loads_into_the_uncompressed_class(tm
     np.testing.assert_array_equal(_logits(again), _logits(small))
 
 
-class GroupedQueryAttention(eqx.Module):
-    """Grouped-query attention as Llama-style code writes it: 8 query heads read 2 KV heads (`jnp.repeat` of each KV
-    head over its 4 query heads), causal, on one sequence `(T, d)`."""
-
-    q: eqx.nn.Linear
-    k: eqx.nn.Linear
-    v: eqx.nn.Linear
-    o: eqx.nn.Linear
-    heads: int = eqx.field(static=True)
-    kv_heads: int = eqx.field(static=True)
-    head_dim: int = eqx.field(static=True)
-
-    def __call__(self, x):
-        length = x.shape[0]
-        q = jax.vmap(self.q)(x).reshape(length, self.heads, self.head_dim)
-        k = jax.vmap(self.k)(x).reshape(length, self.kv_heads, self.head_dim)
-        v = jax.vmap(self.v)(x).reshape(length, self.kv_heads, self.head_dim)
-        k, v = (jnp.repeat(a, self.heads // self.kv_heads, axis=1) for a in (k, v))
-        scores = jnp.einsum("shd,thd->hst", q, k) / np.sqrt(self.head_dim)
-        scores = jnp.where(jnp.tril(jnp.ones((length, length), bool)), scores, -jnp.inf)
-        out = jnp.einsum("hst,thd->shd", jax.nn.softmax(scores, axis=-1), v)
-        return jax.vmap(self.o)(out.reshape(length, -1))
-
-
 class GQAModel(eqx.Module):
     embedding: eqx.nn.Embedding
     attention: GroupedQueryAttention
@@ -213,21 +189,6 @@ class GQAModel(eqx.Module):
     def __call__(self, tokens):
         x = jax.vmap(self.embedding)(tokens)
         return jax.vmap(self.head)(x + self.attention(x))
-
-
-def _gqa(q, k, v, o, heads, kv_heads):
-    return GroupedQueryAttention(q, k, v, o, heads, kv_heads, q.out_features // heads)
-
-
-jaxlump.register_attention_type(
-    jaxlump.AttentionType(
-        "GroupedQueryAttention (tests)",
-        lambda m: isinstance(m, GroupedQueryAttention),
-        ("q", "k", "v", "o"),
-        lambda m: (m.heads, m.kv_heads, m.head_dim, m.head_dim),
-        lambda m, projections, kv: _gqa(*projections, kv * (m.heads // m.kv_heads), kv),
-    )
-)
 
 
 def _gqa_model(key, *, duplicate: bool = False):
@@ -247,7 +208,11 @@ def _gqa_model(key, *, duplicate: bool = False):
         o = eqx.tree_at(
             lambda l: l.weight, o, o.weight.at[:, 16:].set(0.25 * o.weight[:, :16]).at[:, :16].multiply(0.75)
         )
-    return GQAModel(eqx.nn.Embedding(64, d, key=keys[4]), _gqa(q, k, v, o, 8, 2), eqx.nn.Linear(d, 64, key=keys[5]))
+    return GQAModel(
+        eqx.nn.Embedding(64, d, key=keys[4]),
+        GroupedQueryAttention(q, k, v, o, 8, 2, 4),
+        eqx.nn.Linear(d, 64, key=keys[5]),
+    )
 
 
 GQA_TOKENS = jr.randint(jr.key(12), (16, 8), 0, 64)
