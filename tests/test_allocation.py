@@ -6,7 +6,9 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from _models import ByteTransformer
 from _networks import outputs, planted_mlp, random_mlp
+from _vision import SmallCNN
 
 import jaxlump
 from jaxlump._results.accounting import widths_dense_params
@@ -65,5 +67,58 @@ def test_bad_input_is_refused_naming_the_argument():
         jaxlump.allocate(model, x, 9, levels=8)  # (3, 1, 1, 2) has 10
     with pytest.raises(ValueError, match="`target` as a float"):
         jaxlump.allocate(model, x, 1.5)
-    with pytest.raises(TypeError, match="`model`: jaxlump.allocate searches the widths of an MLP-like model"):
-        jaxlump.allocate(eqx.nn.Conv1d(3, 4, 3, key=jr.key(5)), x, 0.5)
+    with pytest.raises(ValueError, match="`where` applies to models compressed site by site"):
+        jaxlump.allocate(model, x, 0.5, where=lambda m: m.layers[0])
+    with pytest.raises(ValueError, match=r"`model` \(Conv1d\) has no site jaxlump can compress"):
+        jaxlump.allocate(eqx.nn.Conv1d(3, 4, 3, key=jr.key(5)), jnp.ones((16, 3, 8)), 0.5)
+
+
+def _transformer(quiet: int | None = None):
+    """A two-block GELU byte transformer (FFNs 16 → 64 → 16); with `quiet`, that block's FFN output is scaled by
+    1e-3, so cutting it barely changes the logits."""
+    model = ByteTransformer(d=16, heads=2, max_length=8, blocks=2, ffn="gelu", key=jr.key(6))
+    if quiet is not None:
+        model = eqx.tree_at(
+            lambda m: m.blocks[quiet].ffn.down.weight, model, model.blocks[quiet].ffn.down.weight * 1e-3
+        )
+    return model
+
+
+TOKENS = jr.randint(jr.key(7), (16, 8), 0, 256)
+
+
+@pytest.mark.integration  # whole searches over a transformer's sites: step 2
+@pytest.mark.parametrize("quiet", [0, 1])
+def test_a_model_of_sites_gives_its_width_to_the_site_that_matters(quiet):
+    """Two FFN sites, one of them nearly silent: at half the FFNs' parameters the search cuts the silent one to its
+    narrowest level and keeps the other wider than uniform widths would, with a smaller output error than the
+    uniform cut; the result is `compress_to` at the chosen widths."""
+    model = _transformer(quiet)
+    ffn = 2 * (16 * 64 + 64 + 64 * 16 + 16)
+    total = jaxlump.cost(model).dense_params
+    budget = int(total - ffn // 2)
+    small, info = jaxlump.allocate(model, TOKENS, budget, levels=4)
+    assert isinstance(info, jaxlump.SitesInfo) and info.params_after <= budget
+    loud, silent = f"blocks[{1 - quiet}].ffn", f"blocks[{quiet}].ffn"
+    assert info.widths_after[silent] == 16
+    _, uniform = compress_to(model, "merge_or_remove", budget, TOKENS)  # one fraction of every site: 31 and 31
+    assert uniform.widths_after[silent] == uniform.widths_after[loud] < info.widths_after[loud]
+    assert float(info.output_rms) < float(uniform.output_rms)
+    rebuilt, _ = compress_to(model, "merge_or_remove", dict(info.widths_after), TOKENS)
+    for got, want in zip(
+        jax.tree.leaves(eqx.filter(small, eqx.is_array)), jax.tree.leaves(eqx.filter(rebuilt, eqx.is_array))
+    ):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_a_model_of_sites_takes_a_size_and_refuses_widths_and_channels():
+    model = _transformer()
+    with pytest.raises(TypeError, match="`target`: jaxlump.allocate chooses the widths for a size"):
+        jaxlump.allocate(model, TOKENS, {"blocks[0].ffn": 8})
+    with pytest.raises(ValueError, match="`target` must be a positive count or a fraction"):
+        jaxlump.allocate(model, TOKENS, 1.5)
+    with pytest.raises(jaxlump.UnreachableTargetError, match="narrowest allocation has"):
+        jaxlump.allocate(model, TOKENS, 1000, levels=2)  # embeddings and attention alone hold more
+    cnn = SmallCNN(jr.key(8))
+    with pytest.raises(TypeError, match="which jaxlump.allocate cannot compress: it works on neurons"):
+        jaxlump.allocate(cnn, jnp.ones((4, 1, 6, 6)), 0.5)
