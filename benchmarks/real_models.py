@@ -12,7 +12,8 @@ Model families (no downloads; each trained once per seed and cached with `jaxlum
   test **bits per byte**.
 
 Methods are listed in `METHODS` (name → `Method`: the `compress_to` name, its options, its scope), so adding one is
-one entry. Every point calls `jaxlump.baselines.compress_to(model, method, target, x_calib, **options)`:
+one entry. Every point calls `jaxlump.baselines.compress_to(model, method, target, x_calib, **options)` (the
+`allocate` entry: `jaxlump.allocate(model, x_calib, target)`, the end-to-end search over the FFN sites' widths):
 
 - scope `"neurons"`: the target is a whole-model parameter count, `total − (1 − f) · compressible`, where the
   compressible parameters are those of the FFN sites' layers; sites of heads are kept whole (as `compress_to` does
@@ -325,18 +326,31 @@ class Method:
     """One compressor: `compress_to(model, name, target, x_calib, **options)`; `scope` `"neurons"` (FFN sites by
     a whole-model count, heads kept whole) or `"all"` (every site, by a dict of widths); `groups_only`: only for
     models that have sites of heads or channels besides neuron sites (else it would repeat the neuron entry);
-    `recover`: also measure the result after the short recovery fine-tune (`recover`)."""
+    `recover`: also measure the result after the short recovery fine-tune (`recover`); `sizes`: only these target
+    fractions (default: every size of the run). The name `"allocate"` calls `jaxlump.allocate` (the end-to-end
+    search over the sites' widths) instead of `compress_to`."""
 
     name: str
     options: tuple = ()
     scope: str = "neurons"
     groups_only: bool = False
     recover: bool = False
+    sizes: tuple | None = None
+
+    def at(self, sizes) -> list:
+        """The sizes of the run this method is measured at."""
+        return [f for f in sizes if self.sizes is None or f in self.sizes]
+
+    def compress(self, model, target, x_calib):
+        if self.name == "allocate":
+            return jaxlump.allocate(model, x_calib, target, **dict(self.options))
+        return B.compress_to(model, self.name, target, x_calib, **dict(self.options))
 
 
 METHODS = {  # with each method's own default for the least-squares refit; the "no refit" / "+ refit" entries flip it
     "merge_or_remove": Method("merge_or_remove", recover=True),
     "merge_or_remove +heads": Method("merge_or_remove", scope="all", groups_only=True),
+    "merge_or_remove allocated": Method("allocate", sizes=(0.7, 0.4)),  # the end-to-end search over the FFNs' widths
     "lump": Method("lump"),
     "lump (no refit)": Method("lump", (("reconstruct", False),)),
     "OBS (ZipLM)": Method("obs_prune", recover=True),
@@ -494,7 +508,7 @@ def point(model, method: Method, fraction, sites, layers, data, reference, args)
     record["load_before"] = list(os.getloadavg())
     try:
         start = time.perf_counter()
-        small, info = B.compress_to(model, method.name, target, x_calib, **dict(method.options))
+        small, info = method.compress(model, target, x_calib)
         jax.block_until_ready(nnx.state(small) if isinstance(small, nnx.Module) else small)
         record["wall_s"] = time.perf_counter() - start
     except Exception as e:  # noqa: BLE001 — a refusal or failure is recorded, never hidden
@@ -556,7 +570,7 @@ def pending(path: pathlib.Path, config, methods, sizes, overwrite: bool) -> tupl
                 return True, None
             applicable = wanted(record["family"], methods, record.get("sites"))
             done = {(p["method"], p["target_fraction"]) for p in record["points"]}
-            return not {(m, f) for m in applicable for f in sizes} <= done, record
+            return not {(m, f) for m in applicable for f in methods[m].at(sizes)} <= done, record
     return True, None
 
 
@@ -597,7 +611,7 @@ def run_job(family: str, config, seed: int, methods: dict, sizes, args, path: pa
     data = (lm, x_calib, x_test, y_test, latency_inputs, config, seed)
     for name, method in applicable.items():
         done = {p["target_fraction"] for p in record["points"] if p["method"] == name}
-        todo = [f for f in sizes if f not in done]
+        todo = [f for f in method.at(sizes) if f not in done]
         for fraction in todo:
             result = point(model, method, fraction, record["sites"], record["layers"], data, reference, args)
             record["points"].append({"method": name, "compress_to": method.name, "scope": method.scope, **result})
