@@ -34,6 +34,18 @@ def _ladder(width: int, levels: int) -> tuple[int, ...]:
     return tuple(sorted({max(1, -(-width * k // levels)) for k in range(1, levels + 1)}, reverse=True))
 
 
+def _narrowest(ladders, size, budget: int, levels: str, unit: str) -> tuple[int, ...]:
+    """The narrowest allocation of `ladders`, or `UnreachableTargetError` when even it exceeds `budget`."""
+    narrowest = tuple(ladder[-1] for ladder in ladders)
+    if size(narrowest) > budget:
+        raise UnreachableTargetError(
+            f"`target`: with {levels} the narrowest allocation, widths {narrowest}, has {size(narrowest):,} {unit}; "
+            f"the target allows {budget:,}. Raise `levels` or the target.",
+            size(narrowest),
+        )
+    return narrowest
+
+
 def _search(full: tuple[int, ...], ladders, size, error, budget: int) -> tuple[int, ...]:
     """The end-to-end search over widths (one entry per hidden layer or site): from `full`, down one level of
     `ladders` at a time until `size(widths) <= budget` (the step adding the least `error` per parameter saved
@@ -163,13 +175,7 @@ def allocate(
     def size(hidden_widths) -> int:
         return widths_dense_params((widths[0], *hidden_widths, widths[-1]), chain.use_bias, chain.gated)
 
-    narrowest = tuple(ladder[-1] for ladder in ladders)
-    if size(narrowest) > budget:
-        raise UnreachableTargetError(
-            f"`target`: with {levels} levels per layer the narrowest allocation, widths {narrowest}, has "
-            f"{size(narrowest)} dense parameters; the target allows {budget}. Raise `levels` or the target.",
-            size(narrowest),
-        )
+    narrowest = _narrowest(ladders, size, budget, f"{levels} levels per layer", "dense parameters")
     paths = layer_paths(
         chain,
         x,
@@ -256,13 +262,7 @@ def _allocate_sites(model, x_calib, target, *, levels, where, **options):
             for (_, chain, _), hidden in zip(prepared, pieces(widths))
         )
 
-    narrowest = tuple(ladder[-1] for ladder in ladders)
-    if size(narrowest) > budget:
-        raise UnreachableTargetError(
-            f"`target`: with {levels} levels per site the narrowest allocation has {size(narrowest):,} parameters; the "
-            f"target allows {budget:,}. Raise `levels` or the target.",
-            size(narrowest),
-        )
+    narrowest = _narrowest(ladders, size, budget, f"{levels} levels per site", "parameters")
     paths = [
         layer_paths(
             chain, x, merge=bool(options["merge"]), damping=damping, candidates=candidates, path=options["path"],
