@@ -117,7 +117,9 @@ def test_a_model_of_sites_takes_a_size_and_refuses_widths_and_channels():
         jaxlump.allocate(model, TOKENS, {"blocks[0].ffn": 8})
     with pytest.raises(ValueError, match="`target` must be a positive count or a fraction"):
         jaxlump.allocate(model, TOKENS, 1.5)
-    with pytest.raises(jaxlump.UnreachableTargetError, match=r"narrowest allocation, widths \(32, 32\), has 12,928 parameters"):
+    with pytest.raises(
+        jaxlump.UnreachableTargetError, match=r"narrowest allocation, widths \(32, 32\), has 12,928 parameters"
+    ):
         jaxlump.allocate(model, TOKENS, 1000, levels=2)  # embeddings and attention alone hold more
     cnn = SmallCNN(jr.key(8))
     with pytest.raises(TypeError, match="which jaxlump.allocate cannot compress: it works on neurons"):
