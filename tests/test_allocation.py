@@ -6,9 +6,10 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
-from _models import ByteTransformer
+from _models import ByteTransformer, NNXByteTransformer
 from _networks import outputs, planted_mlp, random_mlp
 from _vision import SmallCNN
+from flax import nnx
 
 import jaxlump
 from jaxlump._results.accounting import widths_dense_params
@@ -124,3 +125,14 @@ def test_a_model_of_sites_takes_a_size_and_refuses_widths_and_channels():
     cnn = SmallCNN(jr.key(8))
     with pytest.raises(TypeError, match="which jaxlump.allocate cannot compress: it works on neurons"):
         jaxlump.allocate(cnn, jnp.ones((4, 1, 6, 6)), 0.5)
+
+
+@pytest.mark.integration  # a search over an NNX transformer's sites: step 2
+def test_an_nnx_model_of_sites_comes_back_as_its_own_class_within_the_target():
+    model = NNXByteTransformer(d=16, heads=2, max_length=8, blocks=2, rngs=nnx.Rngs(0))  # a GELU and a SwiGLU FFN
+    budget = int(0.8 * jaxlump.cost(model).dense_params)
+    small, info = jaxlump.allocate(model, TOKENS, budget, levels=2)
+    assert type(small) is NNXByteTransformer and info.params_after <= budget
+    assert [b.ffn.down.in_features for b in small.blocks] == [info.widths_after[f"blocks[{i}].ffn"] for i in (0, 1)]
+    rebuilt, _ = compress_to(model, "merge_or_remove", dict(info.widths_after), TOKENS)
+    np.testing.assert_array_equal(np.asarray(small(TOKENS)), np.asarray(rebuilt(TOKENS)))
