@@ -130,7 +130,7 @@ def test_a_model_of_sites_takes_a_size_and_refuses_widths_and_channels():
 @pytest.mark.integration  # a search over an NNX transformer's sites: step 2
 def test_an_nnx_model_of_sites_comes_back_as_its_own_class_within_the_target():
     model = NNXByteTransformer(d=16, heads=2, max_length=8, blocks=2, rngs=nnx.Rngs(0))  # a GELU and a SwiGLU FFN
-    budget = int(0.8 * jaxlump.cost(model).dense_params)
+    budget = int(0.9 * jaxlump.cost(model).dense_params)  # within reach of widths 32 and 32
     small, info = jaxlump.allocate(model, TOKENS, budget, levels=2)
     assert type(small) is NNXByteTransformer and info.params_after <= budget
     assert [b.ffn.down.in_features for b in small.blocks] == [info.widths_after[f"blocks[{i}].ffn"] for i in (0, 1)]
