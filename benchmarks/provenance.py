@@ -33,7 +33,8 @@ import tokenize
 
 REPO = pathlib.Path(__file__).resolve().parents[1]  # this module's own code is not recorded: it changes no number
 RESULTS = REPO / "benchmarks" / "results"
-PRODUCING = ("jaxlump", "benchmarks")  # the folders whose code can produce a result
+PRODUCING = ("jaxlump", "benchmarks", "tests")  # the folders whose code can produce a result (tests: the user-written
+# models of `tests/_models.py`, which `benchmarks/real_models.py` trains)
 MODULE = "<module>"
 _PROFILER = cProfile.Profile()
 _DEPENDENCIES = ("jax", "jaxlib", "equinox", "diffrax", "lineax", "optax", "flax", "numpy", "scipy")
