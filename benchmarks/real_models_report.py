@@ -78,6 +78,10 @@ def family_tables(family: str, records: list[dict]) -> str:
     errors: dict[str, set[str]] = defaultdict(set)
     timing = []
     for method in _methods(records):
+        if not any(p["method"] == method and "error" not in p for r in records for p in r["points"]):
+            for p in (p for r in records for p in r["points"] if p["method"] == method):
+                errors[method].add(p["error"].split("\n")[0][:400])
+            continue  # refused everywhere: listed with the refusals below
         cells = []
         for fraction in sizes:
             points = [
@@ -115,8 +119,13 @@ def family_tables(family: str, records: list[dict]) -> str:
         *timing,
     ]
     if errors:
-        lines += ["", "Refusals and failures (the library's messages):", ""]
-        lines += [f"- **{m}**: " + " / ".join(f"`{e}`" for e in sorted(es)) for m, es in errors.items()]
+        by_message = defaultdict(list)
+        for method, messages in errors.items():
+            for message in sorted(messages):
+                by_message[message].append(method)
+        heading = "Refusals and failures (the library's messages; a method refused everywhere has no row above):"
+        lines += ["", heading, ""]
+        lines += [f"- {', '.join(f'**{m}**' for m in methods)}: `{message}`" for message, methods in by_message.items()]
     return "\n".join(lines)
 
 
@@ -178,8 +187,7 @@ def wilcoxon_table(family: str, records: list[dict], secondary: bool = False) ->
                 theirs = values_of(records, other, key)
                 candidates.append((sign * float(np.mean([theirs[c] for c in common])), other, d))
         if not candidates:
-            lines.append(f"| {reference} | (no other method has results at the same points) | | | | | |")
-            continue
+            continue  # no result, or no other method with results at the same points
         _, other, d = min(candidates, key=lambda c: c[0])
         lines.append(f"| {reference} | {other} | " + " | ".join(paired_cells(d, better)) + " |")
     return "\n".join(lines)
