@@ -461,6 +461,19 @@ def _sites_info(model, current, x_calib, listing, infos, calls, method, knob, la
     )
 
 
+def whole_model_budget(target, total: int, also: str = "") -> int:
+    """The parameter budget that `target` sets a model of `total` parameters: a count (int) or a fraction of the
+    whole model's parameters (float in (0, 1]); `also` names the other kinds of target the caller accepts."""
+    if isinstance(target, bool) or not isinstance(target, (int, float)):
+        raise TypeError(
+            "`target` for a model of sites must be a parameter count (int) or a fraction of the whole model's "
+            f"parameters (float in (0, 1]){' ' + also if also else ''}; received {target!r}."
+        )
+    if not (target > 0 and (isinstance(target, int) or target <= 1)):
+        raise ValueError(f"`target` must be a positive count or a fraction in (0, 1]; received {target!r}.")
+    return int(target) if isinstance(target, int) else int(np.floor(float(target) * total + 1e-9))
+
+
 def compress_to_sites(
     model, name: str, chain_compress_to, target, x_calib, *, where=None, independent=False, **options
 ):
@@ -486,12 +499,7 @@ def compress_to_sites(
             return tuple(int(target.get(site.path, site.width)) for site in segment.sites)
 
     else:
-        if isinstance(target, bool) or not isinstance(target, (int, float)) or not target > 0:
-            raise TypeError(
-                "`target` for a model of sites must be a parameter count (int), a fraction of the whole model's "
-                f"parameters (float in (0, 1]) or a dict of widths by site path; received {target!r}."
-            )
-        budget = int(target) if isinstance(target, int) else int(np.floor(float(target) * total + 1e-9))
+        budget = whole_model_budget(target, total, "or a dict of widths by site path")
         fraction = (budget - (total - in_sites)) / in_sites
         if fraction <= 0:
             raise UnreachableTargetError(
