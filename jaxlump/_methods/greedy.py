@@ -70,16 +70,20 @@ class AbstractPath(eqx.Module):
         least `steps[l]` operations; objects with `labels_after(steps)`, `merged` and `cumulative`."""
 
 
+DEFAULT_NEAREST = 64  # its cost in error and its speed-up: `benchmarks/perf_merge.py`
+
+
 class Greedy(AbstractPath):
     """The exact greedy path (`jaxlump._methods.greedy`): every merge cost kept exact step by step on all
-    calibration rows, merges among each neuron's `candidates` (the compressor's option) partners;
-    `O(N n² (n + m) + n² k (N + n + m))` time per layer, practical up to widths of about 512.
+    calibration rows, merges among each neuron's `candidates` (the compressor's option) partners, chosen among its
+    `nearest` neurons by pre-activation on the data; `O(N n² (p + m) + n² k (N + n + m))` time per layer
+    (`p = nearest`), practical up to widths of about 512.
 
-    `nearest`: merges of a slot are priced only with its `nearest` slots by pre-activation on the data (`None`:
-    with every slot), which takes the kernel's `O(N n³)` to `O(N n² p)`; duplicates are at distance 0, so
-    ε = 0 stays exact."""
+    `nearest` (default 64; `None`: every neuron) bounds which pairs are priced at all: a merged neuron's pairs are
+    recomputed with its `p` nearest neurons rather than with every one, which takes the path's `O(N n³)` to
+    `O(N n² p)`. Duplicates are at distance 0, so ε = 0 stays exact; layers up to 65 wide are unaffected."""
 
-    nearest: int | None = eqx.field(static=True, default=None)
+    nearest: int | None = eqx.field(static=True, default=DEFAULT_NEAREST)
 
     def __check_init__(self):
         check_nearest(self.nearest)
@@ -359,8 +363,18 @@ def greedy_path(
     """
     n = state.alive.shape[0]
     k = n - 1 if candidates is None else min(check_candidates(candidates), n - 1)
-    pool = None if nearest is None or check_nearest(nearest) >= n - 1 else max(nearest, k)
-    return _greedy_path(state, problem, allow_merge, block_size, max(k, 1) if allow_merge else 1, pool)
+    return _greedy_path(
+        state, problem, allow_merge, block_size, max(k, 1) if allow_merge else 1, pool_size(n, k, nearest)
+    )
+
+
+def pool_size(n: int, k: int, nearest: int | None) -> int | None:
+    """With how many nearest slots a slot's merges are priced in a layer of width `n` with `k` candidates
+    (`None`: with every slot, which a pool of `n − 1` or more is)."""
+    if nearest is None:
+        return None
+    pool = max(check_nearest(nearest), k)
+    return None if pool >= n - 1 else pool
 
 
 @eqx.filter_jit
