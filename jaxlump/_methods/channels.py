@@ -34,8 +34,8 @@ from .._reconstruction.reconstruct import solve_layer
 from .._results.accounting import Cost
 from .._results.info import Certificate, CompressionInfo
 from .._sites import pooling
-from .._sites.heads import attention_type_of, node_at
-from .._sites.layers import Family, layer_type_of
+from .._sites.heads import attention_type_of
+from .._sites.layers import Family, layer_type_of, node_at
 from .._sites.norms import norm_type_of
 from .._sites.site import Site, capture_heads, capture_site
 from .group_greedy import GroupProblem, group_path
@@ -244,7 +244,7 @@ def compress_channel_site(site: Site, model, family: Family, x_calib, rule: Chan
     z, producer_in, consumer_in = capture_site(model, family, site, x_calib)
     norm = None if site.norm_key is None else node_at(model, site.norm_key)
     if norm is not None:  # the path sees the normalised pre-activations
-        s, t = norm_type_of(norm).affine(norm)
+        affine = s, t = norm_type_of(norm).affine(norm)
         per_channel = (1, -1) + (1,) * (z.ndim - 2)
         z = z * s.reshape(per_channel).astype(z.dtype) + t.reshape(per_channel).astype(z.dtype)
     channels_last = layer_type_of(producer).channels_last
@@ -263,7 +263,7 @@ def compress_channel_site(site: Site, model, family: Family, x_calib, rule: Chan
     replacements = {}
     rows = mean_in
     if norm is not None:
-        rows, replacements[site.norm_key] = _folded(norm, members, mean_in)
+        rows, replacements[site.norm_key] = _folded(norm, affine, members, mean_in)
     new_producer = layer_type_of(producer).rebuild(
         producer, jnp.tensordot(rows, p_weight, 1).astype(p_weight.dtype), (rows @ p_bias).astype(p_bias.dtype)
     )
@@ -283,19 +283,18 @@ def compress_channel_site(site: Site, model, family: Family, x_calib, rule: Chan
     return family.replace(model, replacements), info
 
 
-def _folded(norm, members: np.ndarray, mean_in):
-    """`(producer rows (k, C), new norm)`: a normalisation after a producer whose channels are merged by `mean_in`
-    (`jaxlump._sites.norms`): each group keeps the statistics of its member with the largest `|s|`; its producer
-    row is `Σ_c m_c (s_c / s_f) row_c` and its shift `Σ_c m_c t_c`, so that its output is the mean of the members'
-    normalised outputs, and a channel alone is kept exactly as it was."""
-    kind = norm_type_of(norm)
-    s, t = kind.affine(norm)
+def _folded(norm, affine: tuple, members: np.ndarray, mean_in):
+    """`(producer rows (k, C), new norm)`: a normalisation with the per-channel affine map `affine = (s, t)` after a
+    producer whose channels are merged by `mean_in` (`jaxlump._sites.norms`): each group keeps the statistics of its
+    member with the largest `|s|`; its producer row is `Σ_c m_c (s_c / s_f) row_c` and its shift `Σ_c m_c t_c`, so
+    that its output is the mean of the members' normalised outputs, and a channel alone is kept exactly as it was."""
+    s, t = affine
     keep = np.argmax(members * np.abs(np.asarray(s))[None, :], axis=1)
     s_keep = s[keep][:, None]
     ratio = jnp.where(s_keep != 0, s[None, :] / jnp.where(s_keep != 0, s_keep, 1), 0)
     ratio = ratio.at[np.arange(len(keep)), keep].set(1)  # exactly: XLA's division need not give s / s = 1
     rows = mean_in * ratio.astype(mean_in.dtype)
-    return rows, kind.rebuild(norm, keep, (mean_in @ t.astype(mean_in.dtype) - t[keep]).astype(t.dtype))
+    return rows, norm_type_of(norm).rebuild(norm, keep, (mean_in @ t.astype(mean_in.dtype) - t[keep]).astype(t.dtype))
 
 
 def _info(rule: ChannelRule, labels, widths_before: tuple, width: int, costs: tuple, solved, worst, rms):

@@ -23,7 +23,7 @@ from .._model import is_chain_kind
 from .._model.network import DenseChain
 from .._results.accounting import cost, model_flops
 from .._results.info import Certificate
-from .layers import Path, family_of, layer_type_of, path_name
+from .layers import Path, family_of, layer_type_of, node_at, path_name
 from .site import Site, Sites, capture, example_of, selected_taps, sites, trace_program
 from .trace import tapped_model
 
@@ -76,13 +76,6 @@ def segments(listed: Sites | tuple[Site, ...]) -> list[Segment]:
     return out
 
 
-def _layer(model, path: Path):
-    node = model
-    for key in path:
-        node = node[key] if isinstance(key, int) else getattr(node, key)
-    return node
-
-
 def segment_chain(model, segment: Segment) -> DenseChain:
     """The segment's layers of `model` as a `DenseChain` (the gate of a gated unit included); a site of channels or
     heads is refused, as no chain of neurons."""
@@ -108,7 +101,7 @@ def segment_chain(model, segment: Segment) -> DenseChain:
 
 
 def _read(model, path: Path):
-    layer = _layer(model, path)
+    layer = node_at(model, path)
     return layer_type_of(layer).read(layer)
 
 
@@ -116,10 +109,10 @@ def rebuild(model, segment: Segment, chain: DenseChain) -> dict[Path, object]:
     """New layers for `segment` holding `chain`'s parameters, by path."""
     new = {}
     for l, path in enumerate(segment.layers):
-        layer = _layer(model, path)
+        layer = node_at(model, path)
         new[path] = layer_type_of(layer).rebuild(layer, chain.weights[l], chain.biases[l])
         if segment.gates[l] is not None:
-            gate = _layer(model, segment.gates[l])
+            gate = node_at(model, segment.gates[l])
             new[segment.gates[l]] = layer_type_of(gate).rebuild(gate, chain.gate_weights[l], chain.gate_biases[l])
     return new
 
@@ -416,7 +409,7 @@ def compress_layers(per_layer, model, x_calib, *, method: str, knob, where=None,
         if (tap == order[-1] and not head) or (chosen is not None and tap not in chosen):
             continue
         path = tapped.paths[tap]
-        layer = _layer(model, path)
+        layer = node_at(model, path)
         if layer_type_of(layer).channels:  # masks are for `Linear` layers; a convolution keeps its weights
             continue
         weight, bias, use_bias = layer_type_of(layer).read(layer)
