@@ -245,7 +245,10 @@ def check_finite(x: jax.Array, name: str) -> jax.Array:
     """Refuse NaN/inf, eagerly when concrete and with `eqx.error_if` when traced."""
     if is_traced(x):
         return eqx.error_if(x, ~jnp.all(jnp.isfinite(x)), f"`{name}` contains NaN or inf.")
-    n_bad = int(_count_nonfinite(x))  # a jitted count: `x` may span several processes (`jax.distributed`)
+    if spans_processes(x):  # rows in several processes (`jax.distributed`): only a compiled reduction reads them
+        n_bad = int(_count_nonfinite(x))
+    else:  # on the host, also while an enclosing function is traced (a jitted count would be a tracer there)
+        n_bad = int(np.sum(~np.isfinite(np.asarray(x))))
     if n_bad:
         raise ValueError(f"`{name}` contains {n_bad} NaN or inf value(s); only finite values are accepted.")
     return x

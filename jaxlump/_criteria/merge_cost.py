@@ -177,8 +177,8 @@ def moments(state: LayerState, problem: LayerProblem, fit: Fit, rows, cols) -> M
     mu = centred(unit(problem, alpha[:, None] * pre[rows] + beta[:, None] * pre[cols], 1), problem.centre, 1)
     c_norm = alpha**2 * square[rows] + beta**2 * square[cols]
     slots = jnp.arange(c.shape[1])
-    ctc_pair = (alpha * square[rows])[:, None] * (slots == rows[:, None]) + (beta * square[cols])[:, None] * (
-        slots == cols[:, None]
+    ctc_pair = (alpha * square[rows])[:, None] * (slots[None] == rows[:, None]) + (beta * square[cols])[:, None] * (
+        slots[None] == cols[:, None]
     )
     g = _mm("ps,sk->pk", mu, fa) + lam * ctc_pair  # + λ Cᵀc_ij
     u = _mm("pk,kl->pl", g, fit.inverse)

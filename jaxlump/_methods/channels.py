@@ -184,17 +184,25 @@ def _path(site: Site, z, features, weights, use_bias: bool, rule: ChannelRule, l
 def _refit(site: Site, z, merged_pre, features, weights, prior, bias, use_bias: bool, rule: ChannelRule):
     """The consumer refitted on the quotient's channels against the dense site's output, streamed over batches of
     examples (`solve_layer`, the shared reconstruction); with `rule.refit=False` the summed columns as they are.
-    Returns `(weight (out, k·g), bias, result, max |Δ|, RMS Δ)` on the calibration rows."""
+    Returns `(weight (out, k·g), bias, result, max |Δ|, RMS Δ)` on the calibration rows.
+
+    The solve has the site's full width whatever `k` (the missing channels are zero, off the refit's support, and
+    their weights come out exactly zero): one compilation per site for every width it is cut to."""
     width = merged_pre.shape[0]
     examples = z.shape[0]
     rows_per_example = features(z[:1, 0]).shape[0]
-    per_batch = batch_rows_for(examples, rows_per_example * (width + site.width) * site.group)
+    per_batch = batch_rows_for(examples, rows_per_example * 2 * site.width * site.group)
     index, valid = row_batches(jnp.arange(examples)[:, None], per_batch)  # padding repeats example 0, not valid
+    missing = site.width - width
+    merged_pre = jnp.concatenate([merged_pre, jnp.zeros((missing, *merged_pre.shape[1:]), merged_pre.dtype)])
+    prior = jnp.concatenate([prior, jnp.zeros((prior.shape[0], missing, *prior.shape[2:]), prior.dtype)], axis=1)
     batches = (jnp.moveaxis(merged_pre, 0, 1)[index[..., 0]], z[index[..., 0]])
     valid = jnp.repeat(valid, rows_per_example, axis=1)
     flat_prior = prior.reshape(prior.shape[0], -1)
+    live = jnp.arange(flat_prior.shape[1]) < width * (flat_prior.shape[1] // site.width)
     reading = _Reading(site.activation, features, use_bias, rule.refit, rule.ridge)
-    return _solve(reading, batches, valid, weights, flat_prior, bias)
+    w, b, solved, worst, rms = _solve(reading, batches, valid, weights, flat_prior, bias, live)
+    return w[:, : width * (flat_prior.shape[1] // site.width)], b, solved, worst, rms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,7 +217,7 @@ class _Reading:
 
 
 @eqx.filter_jit
-def _solve(reading: _Reading, batches, valid, weights, prior, bias):
+def _solve(reading: _Reading, batches, valid, weights, prior, bias, live_columns):
     def rows(batch):
         merged, original = batch
         act = unit_activation(reading.activation, False, merged, 1)
@@ -219,7 +227,8 @@ def _solve(reading: _Reading, batches, valid, weights, prior, bias):
         return a, t
 
     if reading.refit:
-        support, live = jnp.ones(prior.shape, bool), jnp.ones(prior.shape[0], bool)
+        support = jnp.broadcast_to(live_columns, prior.shape)
+        live = jnp.ones(prior.shape[0], bool)
         w, b, solved = solve_layer(
             rows, batches, valid, prior, bias, support, live, reading.use_bias, reading.ridge, False
         )
