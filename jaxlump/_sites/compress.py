@@ -473,6 +473,9 @@ def compress_to_sites(
     """`compress_to` for a model of sites: `target` is a count or a fraction of the whole model's parameters (the
     neuron sites' parameters are cut by one fraction, so that the whole model meets it; sites of channels or heads
     are kept whole) or `{site path: width}` (any site)."""
+    function = compressors()[name].function if isinstance(name, str) and name in compressors() else name
+    if getattr(function, "site_refusal", None) is not None:  # before anything is computed
+        _refuse_site_by_site(model, _name(function), function.site_refusal)
     every = site_listing(model, x_calib, where, groups=True)
     if isinstance(target, dict):  # sites of channels or heads that the dict does not name are kept whole
         known = {s.path for s in every.sites}
@@ -625,6 +628,7 @@ def over_sites(compressor=None, *, refusal: str | None = None, fixed_shape: bool
         return _compress_model_of_sites(how, model, args, kwargs, where, independent)
 
     compress.channel_rule = channels
+    compress.site_refusal = refusal
     extra = [
         inspect.Parameter("where", inspect.Parameter.KEYWORD_ONLY, default=None),
         inspect.Parameter("independent", inspect.Parameter.KEYWORD_ONLY, default=False),
@@ -633,6 +637,12 @@ def over_sites(compressor=None, *, refusal: str | None = None, fixed_shape: bool
     cut = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
     compress.__signature__ = signature.replace(parameters=params[:cut] + extra + params[cut:])
     return compress
+
+
+def _refuse_site_by_site(model, method: str, refusal: str):
+    raise TypeError(
+        f"`model` ({type(model).__name__}) is compressed site by site, which jaxlump.{method} cannot do: {refusal}."
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -651,10 +661,7 @@ def _compress_model_of_sites(how: _HowOverSites, model, args, kwargs, where, ind
     """`over_sites`'s compressor applied to a model that is no chain: site by site, or every `Linear` masked."""
     family_of(model)  # a model that is no module at all is refused as such, before anything else is asked of it
     if how.refusal is not None:
-        raise TypeError(
-            f"`model` ({type(model).__name__}) is compressed site by site, which "
-            f"jaxlump.{how.compressor.__name__} cannot do: {how.refusal}."
-        )
+        _refuse_site_by_site(model, how.compressor.__name__, how.refusal)
     check_bool(independent, "independent")
     bound = how.signature.bind_partial(model, *args, **kwargs)
     x_calib = bound.arguments.get("x_calib")
