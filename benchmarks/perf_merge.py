@@ -4,8 +4,10 @@ Two parts, raw JSON in benchmarks/results/perf_merge.json (one section each; an 
 unless `--overwrite`):
 
 - `speed`: one greedy path of a synthetic layer (N = 512 calibration inputs, width n, m = n next-layer
-  neurons, tanh, float64) for n in `--widths`: compile time and run time (compile excluded) with the default
-  `candidates` (k = 16) and with all pairs (`candidates=None`, where its `O(n² (N + n + m))` memory fits),
+  neurons, tanh, float64) for n in `--widths`: compile time and run time (compile excluded) with the defaults
+  (k = 16 candidates chosen among each neuron's 64 nearest, `Greedy(nearest=64)`), with every neuron priced
+  (`nearest=None`; run-time ratio and final-error ratio) and with all pairs (`candidates=None`, where its
+  `O(n² (N + n + m))` memory fits),
   plus the pre-change algorithm (the all-pairs kernel recomputed at every step, `O(N n⁴)`) at small n; ratios
   in the same run. `drift`: after half the steps, the rank-one-updated inverse Gram and refit against the fit
   from scratch, and the maintained candidate costs against costs recomputed from scratch (relative, max).
