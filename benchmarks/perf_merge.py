@@ -4,8 +4,10 @@ Two parts, raw JSON in benchmarks/results/perf_merge.json (one section each; an 
 unless `--overwrite`):
 
 - `speed`: one greedy path of a synthetic layer (N = 512 calibration inputs, width n, m = n next-layer
-  neurons, tanh, float64) for n in `--widths`: compile time and run time (compile excluded) with the default
-  `candidates` (k = 16) and with all pairs (`candidates=None`, where its `O(n² (N + n + m))` memory fits),
+  neurons, tanh, float64) for n in `--widths`: compile time and run time (compile excluded) with the defaults
+  (k = 16 candidates chosen among each neuron's 64 nearest, `Greedy(nearest=64)`), with every neuron priced
+  (`nearest=None`; run-time ratio and final-error ratio) and with all pairs (`candidates=None`, where its
+  `O(n² (N + n + m))` memory fits),
   plus the pre-change algorithm (the all-pairs kernel recomputed at every step, `O(N n⁴)`) at small n; ratios
   in the same run. `drift`: after half the steps, the rank-one-updated inverse Gram and refit against the fit
   from scratch, and the maintained candidate costs against costs recomputed from scratch (relative, max).
@@ -47,7 +49,15 @@ from jaxlump._criteria.merge_cost import (  # noqa: E402
     pair_costs,
     relative,
 )
-from jaxlump._methods.greedy import _greedy_path, _kill, advance, candidate_costs, start  # noqa: E402
+from jaxlump._methods.greedy import (  # noqa: E402
+    DEFAULT_NEAREST,
+    _greedy_path,
+    _kill,
+    advance,
+    candidate_costs,
+    pool_size,
+    start,
+)
 
 RESULT = pathlib.Path(__file__).parent / "results" / "perf_merge.json"
 N_SAMPLES, DEFAULT_K = 512, 16
@@ -113,14 +123,14 @@ def timed_path(fn, *args):
 
 
 @eqx.filter_jit
-def half_way(state, problem, k: int):
-    greedy = start(state, problem, True, k)
-    return jax.lax.fori_loop(0, state.alive.shape[0] // 2, lambda t, g: advance(g, problem)[0], greedy)
+def half_way(state, problem, k: int, pool: int | None):
+    greedy = start(state, problem, True, k, pool=pool)
+    return jax.lax.fori_loop(0, state.alive.shape[0] // 2, lambda t, g: advance(g, problem, pool)[0], greedy)
 
 
-def drift(state, problem, k: int) -> dict:
+def drift(state, problem, k: int, pool: int | None) -> dict:
     """After n/2 steps: the maintained fit and candidate costs against the same from scratch."""
-    greedy = half_way(state, problem, k)
+    greedy = half_way(state, problem, k, pool)
     fresh = current_fit(greedy.layer, problem)
     rows, cols = greedy.candidates.pairs()
     kept = np.asarray(candidate_costs(greedy)).ravel()
@@ -144,14 +154,21 @@ def speed(widths) -> list[dict]:
     rows = []
     for n in widths:
         state, problem = layer(n)
-        row = {"n": n, "N": N_SAMPLES, "m": n, "k": DEFAULT_K, "load_before": list(os.getloadavg())}
-        path, row["compile_s"], row["run_s"] = timed_path(
-            _greedy_path, state, problem, True, 256, min(DEFAULT_K, n - 1)
-        )
+        k = min(DEFAULT_K, n - 1)
+        pool = pool_size(n, k, DEFAULT_NEAREST)
+        row = {"n": n, "N": N_SAMPLES, "m": n, "k": DEFAULT_K, "nearest": DEFAULT_NEAREST, "pool": pool}
+        row["load_before"] = list(os.getloadavg())
+        path, row["compile_s"], row["run_s"] = timed_path(_greedy_path, state, problem, True, 256, k, pool)
         row["merges"] = int(np.sum(np.asarray(path.merged)))
+        if pool is not None:  # the same path with every slot priced, the default before `nearest`
+            every, row["every_slot_compile_s"], row["every_slot_run_s"] = timed_path(
+                _greedy_path, state, problem, True, 256, k, None
+            )
+            row["every_slot_over_nearest_run"] = row["every_slot_run_s"] / row["run_s"]
+            row["final_cumulative_nearest_over_every_slot"] = float(path.cumulative[-2] / every.cumulative[-2])
         if n <= EXACT_MAX_WIDTH:
             exact, row["exact_compile_s"], row["exact_run_s"] = timed_path(
-                _greedy_path, state, problem, True, 256, n - 1
+                _greedy_path, state, problem, True, 256, n - 1, None
             )
             row["exact_over_k_run"] = row["exact_run_s"] / row["run_s"]
             same = np.asarray(exact.merged) == np.asarray(path.merged)
@@ -165,7 +182,7 @@ def speed(widths) -> list[dict]:
                 row["exact_vs_old_cumulative_max_rel"] = float(
                     np.max(np.abs(np.asarray(exact.cumulative) - np.asarray(cumulative)) / np.asarray(cumulative))
                 )
-        row["drift"] = drift(state, problem, min(DEFAULT_K, n - 1))
+        row["drift"] = drift(state, problem, k, pool)
         row["load_after"] = list(os.getloadavg())
         print(json.dumps(row), flush=True)
         rows.append(row)

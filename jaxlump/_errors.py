@@ -220,11 +220,35 @@ def check_data(x, name: str, *, width: int | None = None, width_name: str = "the
     return check_finite(x, name)
 
 
+def spans_processes(x) -> bool:
+    """Whether `x` is a global `jax.Array` whose rows lie in several processes (`jax.distributed`): it cannot be
+    read on the host, only reduced by compiled programs."""
+    return isinstance(x, jax.Array) and not x.is_fully_addressable
+
+
+def host_rows(a) -> np.ndarray:
+    """`a` as a NumPy array on this host; a global array whose rows lie in several processes is gathered from all of
+    them first (every process then holds every row: the methods that read activations on the host)."""
+    if spans_processes(a):
+        from jax.experimental import multihost_utils
+
+        return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+    return np.asarray(a)
+
+
+@jax.jit
+def _count_nonfinite(x):
+    return jnp.sum(~jnp.isfinite(x))
+
+
 def check_finite(x: jax.Array, name: str) -> jax.Array:
     """Refuse NaN/inf, eagerly when concrete and with `eqx.error_if` when traced."""
     if is_traced(x):
         return eqx.error_if(x, ~jnp.all(jnp.isfinite(x)), f"`{name}` contains NaN or inf.")
-    n_bad = int(np.sum(~np.isfinite(np.asarray(x))))
+    if spans_processes(x):  # rows in several processes (`jax.distributed`): only a compiled reduction reads them
+        n_bad = int(_count_nonfinite(x))
+    else:  # on the host, also while an enclosing function is traced (a jitted count would be a tracer there)
+        n_bad = int(np.sum(~np.isfinite(np.asarray(x))))
     if n_bad:
         raise ValueError(f"`{name}` contains {n_bad} NaN or inf value(s); only finite values are accepted.")
     return x

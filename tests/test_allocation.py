@@ -114,7 +114,7 @@ def test_a_model_of_sites_gives_its_width_to_the_site_that_matters(quiet):
 
 def test_a_model_of_sites_takes_a_size_and_refuses_widths_and_channels():
     model = _transformer()
-    with pytest.raises(TypeError, match="`target`: jaxlump.allocate chooses the widths for a size"):
+    with pytest.raises(TypeError, match="jaxlump.allocate chooses the widths for a size; received the widths"):
         jaxlump.allocate(model, TOKENS, {"blocks[0].ffn": 8})
     with pytest.raises(ValueError, match="`target` must be a positive count or a fraction"):
         jaxlump.allocate(model, TOKENS, 1.5)

@@ -159,7 +159,7 @@ def test_folded_merges_give_the_mean_of_the_normalised_members_and_keep_single_c
     labels = np.array([0, 1, 0, 2, 1])  # groups {0, 2}, {1, 4}, {3}
     members = np.eye(3)[labels].T
     mean_in = jnp.asarray(members / members.sum(axis=1, keepdims=True), jnp.float32)
-    rows, new = _folded(bn, members, mean_in)
+    rows, new = _folded(bn, norm_type_of(bn).affine(bn), members, mean_in)
     u = jr.normal(keys[4], (7, 5), jnp.float32)  # producer outputs; new channels read `u @ rows.T`
     normalised = (np.asarray(u) - np.asarray(bn.mean[...])) / np.sqrt(np.asarray(bn.var[...]) + bn.epsilon)
     normalised = normalised * np.asarray(bn.scale[...]) + np.asarray(bn.bias[...])

@@ -9,6 +9,7 @@ import pytest
 from _networks import random_mlp, set_partition
 from _refit_reference import brute_costs, least_squares_error, zipLM_order
 
+from jaxlump import Greedy
 from jaxlump._criteria.merge_cost import current_fit, initial_state
 from jaxlump._methods.greedy import advance, candidate_costs, greedy_path, start
 from jaxlump._model import to_chain
@@ -105,10 +106,10 @@ def _random_layer(seed, activation, n=8, n_samples=48, planted=False):
     return z, _activation(activation)(z), generator.standard_normal((N_OUT, n))
 
 
-def _path(z, a, w2, activation, centre, candidates, damping=1e-3):
+def _path(z, a, w2, activation, centre, candidates, damping=1e-3, nearest=None):
     state, problem = initial_state(jnp.asarray(z), jnp.asarray(a), jnp.asarray(w2), activation, centre=centre,
                                    damping=damping)  # fmt: skip
-    return greedy_path(state, problem, True, candidates=candidates)
+    return greedy_path(state, problem, True, candidates=candidates, nearest=nearest)
 
 
 @pytest.mark.parametrize("activation", ["tanh", "relu"])
@@ -117,18 +118,18 @@ def test_greedy_path_with_all_candidates_is_the_exact_greedy(activation, centre)
     z, a, w2 = _random_layer(11, activation)
     labels, merged, cumulative = _reference_greedy(z, a, w2, activation, centre, 1e-3)
     assert 0 < merged.sum() < len(merged)  # both kinds of step occur
-    for candidates in (None, 7, 40):  # 7 = n − 1; 40 is clamped to n − 1
-        path = _path(z, a, w2, activation, centre, candidates)
+    for candidates, nearest in ((None, None), (7, None), (40, None), (None, 7)):  # 7 = n − 1; 40 is clamped
+        path = _path(z, a, w2, activation, centre, candidates, nearest=nearest)
         np.testing.assert_array_equal(np.asarray(path.labels), labels)
         np.testing.assert_array_equal(np.asarray(path.merged), merged)
         np.testing.assert_allclose(np.asarray(path.cumulative), cumulative, rtol=1e-7)
 
 
-@pytest.mark.parametrize("candidates", [None, 1])
-def test_planted_duplicates_are_merged_first_at_zero_cost(candidates):
+@pytest.mark.parametrize("candidates, nearest", [(None, None), (1, None), (1, 2)])
+def test_planted_duplicates_are_merged_first_at_zero_cost(candidates, nearest):
     z, a, w2 = _random_layer(12, "tanh", planted=True)
     labels, merged, cumulative = _reference_greedy(z, a, w2, "tanh", True, 1e-3)
-    path = _path(z, a, w2, "tanh", True, candidates)
+    path = _path(z, a, w2, "tanh", True, candidates, nearest=nearest)
     np.testing.assert_array_equal(np.asarray(path.merged[:3]), [True] * 3)
     np.testing.assert_array_equal(np.asarray(path.cumulative[:3]), 0.0)  # exactly: ε = 0 merges them
     assert set_partition(np.asarray(path.labels[2])) == set_partition([0, 1, 2, 3, 4, 1, 2, 2])
@@ -149,14 +150,25 @@ def _brute_now(greedy, problem, w2):
     return live, (merge + merge.T) / 2
 
 
-def test_restricted_candidates_carry_exact_costs_and_fit():
+def _nearest_now(greedy, slot, count):
+    """The `count` live slots other than `slot` whose pre-activations are nearest to its own (NumPy)."""
+    layer = greedy.layer
+    pre, live = np.asarray(layer.pre), np.flatnonzero(np.asarray(layer.alive))
+    others = live[live != slot]
+    distance = np.sum((pre[:, others] - pre[:, [slot]]) ** 2, axis=0)
+    return set(others[np.argsort(distance)[:count]].tolist())
+
+
+@pytest.mark.parametrize("pool", [None, 5])
+def test_restricted_candidates_carry_exact_costs_and_fit(pool):
     """With 3 candidates per slot, after merges and removals every candidate pair's maintained cost is the
     brute-force least-squares increase of merging it now, the rank-one-updated fit is the fit from scratch, and
-    right after a merge the merged slot's candidates are its 3 cheapest partners."""
+    right after a merge the merged slot's candidates are its 3 cheapest partners — among all slots, or among its
+    `pool` nearest by pre-activation."""
     z, a, w2 = _random_layer(13, "tanh", n=10)
     state, problem = initial_state(jnp.asarray(z), jnp.asarray(a), jnp.asarray(w2), "tanh", centre=True, damping=1e-2)
-    greedy = start(state, problem, True, 3)
-    step = eqx.filter_jit(advance)
+    greedy = start(state, problem, True, 3, pool=pool)
+    step = eqx.filter_jit(lambda g, p: advance(g, p, pool))
     kinds, refreshed = [], 0
     for _ in range(5):
         sizes = np.asarray(greedy.layer.sizes)
@@ -165,8 +177,10 @@ def test_restricted_candidates_carry_exact_costs_and_fit():
         if merged:
             keep = int(np.argmax(np.asarray(greedy.layer.sizes) - sizes))
             live, brute = _brute_now(greedy, problem, w2)
+            allowed = set(live.tolist()) if pool is None else _nearest_now(greedy, keep, pool)
             row = brute[list(live).index(keep)]
-            cheapest = set(live[np.argsort(row)[:3]].tolist())
+            order = [s for s in live[np.argsort(row)].tolist() if s in allowed]
+            cheapest = set(order[:3])
             assert set(np.asarray(greedy.candidates.partners[keep]).tolist()) == cheapest
             refreshed += 1
     assert True in kinds and False in kinds and refreshed
@@ -193,3 +207,8 @@ def test_bad_candidates_are_refused():
     for bad in (0, -2, 2.5, True, "4"):
         with pytest.raises(ValueError, match="candidates"):
             _path(z, a, w2, "tanh", True, bad)
+    for bad in (0, -2, 2.5, True, "4"):
+        with pytest.raises(ValueError, match="nearest"):
+            _path(z, a, w2, "tanh", True, 3, nearest=bad)
+        with pytest.raises(ValueError, match="nearest"):
+            Greedy(nearest=bad)

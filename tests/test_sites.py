@@ -248,6 +248,10 @@ def test_bad_site_arguments_are_refused_by_name():
         jaxlump.sites({"w": jnp.ones(3)}, TOKENS)
     with pytest.raises(TypeError, match="rank-r factorisation"):
         jaxlump.baselines.lowrank(model, TOKENS, 0.5)
+    with pytest.raises(ValueError, match=r"`target` must be a positive count or a fraction in \(0, 1\]; received 1.5"):
+        jaxlump.baselines.compress_to(model, "merge_or_remove", 1.5, TOKENS)
+    with pytest.raises(TypeError, match="`target` for a model of sites must be .* or a dict of widths by site path"):
+        jaxlump.baselines.compress_to(model, "merge_or_remove", "half", TOKENS)
     mlp = eqx.nn.MLP(3, 2, 8, 1, key=jr.key(0))
     with pytest.raises(ValueError, match="compressed as a whole"):
         jaxlump.merge_or_remove(mlp, jnp.ones((4, 3)), 0.1, where=lambda m: m.layers[0])

@@ -289,8 +289,15 @@ def test_a_method_that_adds_layers_is_refused_on_a_model_of_sites_with_the_reaso
 
     model = ByteTransformer(vocab=32, d=16, heads=4, hidden=16, blocks=1, ffn="gelu", max_length=6, key=jr.key(9))
     tokens = jr.randint(jr.key(10), (8, 6), 0, 32)
-    with pytest.raises(TypeError, match=r"`lowrank` cannot compress `model` \(ByteTransformer\) site by site: on a"):
+    refused = r"\(ByteTransformer\) is compressed site by site, which jaxlump.lowrank cannot do: it replaces a layer"
+    with pytest.raises(TypeError, match=refused):  # declared by the method: refused before anything is computed
         compress_to(model, "lowrank", 0.9, tokens)
+
+    def deeper(model, x_calib, sparsity):  # a user's function that declares nothing: refused once it returns
+        return jaxlump.baselines.lowrank(model, x_calib, sparsity)
+
+    with pytest.raises(TypeError, match=r"`deeper` cannot compress `model` \(ByteTransformer\) site by site: on a"):
+        compress_to(model, deeper, 0.9, tokens)
     listed = r"no site at \['blocks\[0\].fnn'\]; the sites are \['blocks\[0\].attention', "
     with pytest.raises(ValueError, match=listed):
         compress_to(model, "obs_prune", {"blocks[0].fnn": 8}, tokens)

@@ -168,8 +168,8 @@ def layer_statistics(
     )
     size = 1 if mesh is None else mesh.devices.size
     batches, valid = row_batches(x, -(-min(batch_rows, n_rows) // size) * size)
-    for batch, ok in zip(batches, valid):
-        totals = _accumulate(chain, partners, totals, batch, ok, mesh)
+    for index in range(batches.shape[0]):  # by index: `x` may span several processes (`jax.distributed`)
+        totals = _accumulate(chain, partners, totals, batches[index], valid[index], mesh)
     stats = []
     for l, ((count, first, second, square, gap), sketch, p) in enumerate(zip(totals, sketches, partners)):
         mean = first / count

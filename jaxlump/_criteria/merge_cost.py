@@ -170,13 +170,17 @@ def _share(sizes, rows, cols):
 def moments(state: LayerState, problem: LayerProblem, fit: Fit, rows, cols) -> Moments:
     """The `Moments` of the pairs `(rows[p], cols[p])` from scratch, `O(N (n + m) + n²)` each."""
     fa, c, lam = state.features, state.members, problem.lam
-    ctc = _mm("ik,il->kl", c, c)
+    square = jnp.sum(c**2, axis=0)  # CᵀC is diagonal: slots have disjoint members
     alpha = _share(state.sizes, rows, cols)
     beta = 1 - alpha
     pre = state.pre.T  # (n, N)
     mu = centred(unit(problem, alpha[:, None] * pre[rows] + beta[:, None] * pre[cols], 1), problem.centre, 1)
-    c_norm = alpha**2 * jnp.diag(ctc)[rows] + 2 * alpha * beta * ctc[rows, cols] + beta**2 * jnp.diag(ctc)[cols]
-    g = _mm("ps,sk->pk", mu, fa) + lam * (alpha[:, None] * ctc[rows] + beta[:, None] * ctc[cols])  # + λ Cᵀc_ij
+    c_norm = alpha**2 * square[rows] + beta**2 * square[cols]
+    slots = jnp.arange(c.shape[1])
+    ctc_pair = (alpha * square[rows])[:, None] * (slots[None] == rows[:, None]) + (beta * square[cols])[:, None] * (
+        slots[None] == cols[:, None]
+    )
+    g = _mm("ps,sk->pk", mu, fa) + lam * ctc_pair  # + λ Cᵀc_ij
     u = _mm("pk,kl->pl", g, fit.inverse)
     w0c = _mm("mi,ik->km", problem.weights, c)  # W₀ C, slot-major
     # e = Z̃ᵀμ̃ − W_c g: the current residual r₀ = Z̃ − F̃ W_cᵀ against the merged column.
@@ -224,21 +228,29 @@ def merge_costs(state: LayerState, problem: LayerProblem, block_size: int = 256,
     `pairs=False` only the removal costs (merges all `inf`)."""
     fit = current_fit(state, problem)
     removal = removal_costs(state, fit)
-    n_samples, n = state.features.shape
+    n = state.features.shape[1]
     if not pairs:
         return Costs(jnp.full((n, n), jnp.inf, state.features.dtype), removal)
+    merge = partner_costs(state, problem, fit, jnp.broadcast_to(jnp.arange(n), (n, n)), block_size)
+    valid = state.alive[:, None] & state.alive[None, :] & ~jnp.eye(n, dtype=bool)
+    return Costs(jnp.where(valid, (merge + merge.T) / 2, jnp.inf), removal)
+
+
+def partner_costs(state: LayerState, problem: LayerProblem, fit: Fit, partners: jax.Array, block_size: int = 256):
+    """The merge costs of each slot `i` with its `partners[i]` (`(n, q)` → `(n, q)`, invalid: `inf`), a block of
+    slots at a time (a block's `b · q · (N + n + m)` pair moments never exceed `_BLOCK_BUDGET` elements)."""
+    n_samples, n = state.features.shape
+    q = partners.shape[1]
     width = n_samples + n + problem.targets.shape[1]
-    rows = max(1, min(block_size, _BLOCK_BUDGET // max(n * width, 1)))
+    rows = max(1, min(block_size, _BLOCK_BUDGET // max(q * width, 1)))
     n_blocks = -(-n // rows)
     index = jnp.minimum(jnp.arange(n_blocks * rows), n - 1).reshape(n_blocks, rows)
 
     def block(i):
-        rows, cols = jnp.repeat(i, n), jnp.tile(jnp.arange(n), i.shape[0])
-        return pair_costs(moments(state, problem, fit, rows, cols), fit, state.alive, rows, cols).reshape(-1, n)
+        rows, cols = jnp.repeat(i, q), partners[i].ravel()
+        return pair_costs(moments(state, problem, fit, rows, cols), fit, state.alive, rows, cols).reshape(-1, q)
 
-    merge = jax.lax.map(block, index).reshape(-1, n)[:n]
-    valid = state.alive[:, None] & state.alive[None, :] & ~jnp.eye(n, dtype=bool)
-    return Costs(jnp.where(valid, (merge + merge.T) / 2, jnp.inf), removal)
+    return jax.lax.map(block, index).reshape(-1, q)[:n]
 
 
 def relative(cost: jax.Array, problem: LayerProblem) -> jax.Array:

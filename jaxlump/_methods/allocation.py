@@ -21,7 +21,15 @@ from .._model import is_chain_kind
 from .._reconstruction.quotient import quotient
 from .._reconstruction.reconstruct import DEFAULT_RIDGE, _reconstruct_and_certify
 from .._results.accounting import widths_dense_params
-from .._sites.compress import parameter_count, rebuild, segment_chain, segments, site_listing, site_taps
+from .._sites.compress import (
+    parameter_count,
+    rebuild,
+    segment_chain,
+    segments,
+    site_listing,
+    site_taps,
+    whole_model_budget,
+)
 from .._sites.layers import family_of
 from .._sites.site import capture
 from .greedy import AbstractPath
@@ -85,6 +93,14 @@ def _search(full: tuple[int, ...], ladders, size, error, budget: int) -> tuple[i
         current = min(upper, key=lambda option: (-per_parameter(option, current), size(option)))
     cost(current)
     return min((a for a in seen if size(a) <= budget), key=lambda a: (error(a), -size(a)))
+
+
+def _refitted(chain, x, paths, hidden: tuple[int, ...], ridge: float):
+    """`chain` cut along its layers' `paths` to the hidden widths `hidden` and refitted on `x` in the fixed shape
+    (one compilation for every allocation): `(solved chain, result, certificate)`."""
+    labels = tuple(jnp.asarray(labels_after(p, n - w), jnp.int32) for p, n, w in zip(paths, chain.widths[1:-1], hidden))
+    masked = quotient(chain, labels, chain.widths[1:-1])
+    return _reconstruct_and_certify(chain, masked, x, labels, None, jnp.asarray(ridge, x.dtype))
 
 
 def allocate(
@@ -187,26 +203,20 @@ def allocate(
     )
     evaluated = {}
 
-    def steps_of(hidden_widths) -> list[int]:
-        return [n - w for n, w in zip(hidden, hidden_widths)]
-
     def error(hidden_widths) -> float:
         """Squared RMS output error of the widths' reconstruction on the calibration rows (infinite when the solve
         failed), computed in the fixed shape: one compilation for every allocation."""
         if hidden_widths not in evaluated:
-            steps = steps_of(hidden_widths)
-            labels = tuple(jnp.asarray(labels_after(p, s), jnp.int32) for p, s in zip(paths, steps))
-            masked = quotient(chain, labels, hidden)
-            _, result, certificate = _reconstruct_and_certify(
-                chain, masked, x, labels, None, jnp.asarray(ridge, x.dtype)
-            )
+            _, result, certificate = _refitted(chain, x, paths, hidden_widths, ridge)
             rms = float(certificate.output_rms)
             fine = result == RESULTS.successful and np.isfinite(rms)
             evaluated[hidden_widths] = rms**2 if fine else np.inf
         return evaluated[hidden_widths]
 
     best = _search(tuple(hidden), ladders, size, error, budget)
-    new_model, info = compress_along(model, x, paths, steps_of(best), "merge_or_remove", np.nan, ridge, False)
+    new_model, info = compress_along(
+        model, x, paths, [n - w for n, w in zip(hidden, best)], "merge_or_remove", np.nan, ridge, False
+    )
     record = Target(
         kind=kind,
         requested=value,
@@ -225,16 +235,13 @@ def _allocate_sites(model, x_calib, target, *, levels, where, **options):
     """`allocate` for a model of sites (see there): the search over its sites of neurons, then `compress_to`."""
     listing = site_listing(model, x_calib, where, method="allocate")
     levels = check_positive_int(levels, "levels")
-    if isinstance(target, bool) or not isinstance(target, (int, float)) or isinstance(target, dict):
+    if isinstance(target, dict):
         raise TypeError(
-            f"`target`: jaxlump.allocate chooses the widths for a size, a parameter count (int) or a fraction of the "
-            f"whole model's parameters (float in (0, 1]); received {target!r}. Pass widths to "
+            f"`target`: jaxlump.allocate chooses the widths for a size; received the widths {target!r}. Pass them to "
             "jaxlump.baselines.compress_to(model, 'merge_or_remove', widths, x_calib) instead."
         )
     total = parameter_count(model)
-    if not (target > 0 and (isinstance(target, int) or target <= 1)):
-        raise ValueError(f"`target` must be a positive count or a fraction in (0, 1]; received {target!r}.")
-    budget = int(target) if isinstance(target, int) else int(np.floor(float(target) * total + 1e-9))
+    budget = whole_model_budget(target, total)
     family = family_of(model)
     chosen = segments(listing)
     rows = capture(model, family, site_taps(model, listing), x_calib)
@@ -280,13 +287,7 @@ def _allocate_sites(model, x_calib, target, *, levels, where, **options):
         (`None` when the solve failed)."""
         if (index, hidden) not in refits:
             _, chain, x = prepared[index]
-            labels = tuple(
-                jnp.asarray(labels_after(p, n - w), jnp.int32)
-                for p, n, w in zip(paths[index], chain.widths[1:-1], hidden)
-            )
-            solved, result, _ = _reconstruct_and_certify(
-                chain, quotient(chain, labels, chain.widths[1:-1]), x, labels, None, jnp.asarray(ridge, x.dtype)
-            )
+            solved, result, _ = _refitted(chain, x, paths[index], hidden, ridge)
             refits[(index, hidden)] = solved if result == RESULTS.successful else None
         return refits[(index, hidden)]
 

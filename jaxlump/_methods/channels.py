@@ -34,8 +34,8 @@ from .._reconstruction.reconstruct import solve_layer
 from .._results.accounting import Cost
 from .._results.info import Certificate, CompressionInfo
 from .._sites import pooling
-from .._sites.heads import attention_type_of, node_at
-from .._sites.layers import Family, layer_type_of
+from .._sites.heads import attention_type_of
+from .._sites.layers import Family, layer_type_of, node_at
 from .._sites.norms import norm_type_of
 from .._sites.site import Site, capture_heads, capture_site
 from .group_greedy import GroupProblem, group_path
@@ -184,17 +184,25 @@ def _path(site: Site, z, features, weights, use_bias: bool, rule: ChannelRule, l
 def _refit(site: Site, z, merged_pre, features, weights, prior, bias, use_bias: bool, rule: ChannelRule):
     """The consumer refitted on the quotient's channels against the dense site's output, streamed over batches of
     examples (`solve_layer`, the shared reconstruction); with `rule.refit=False` the summed columns as they are.
-    Returns `(weight (out, k·g), bias, result, max |Δ|, RMS Δ)` on the calibration rows."""
+    Returns `(weight (out, k·g), bias, result, max |Δ|, RMS Δ)` on the calibration rows.
+
+    The solve has the site's full width whatever `k` (the missing channels are zero, off the refit's support, and
+    their weights come out exactly zero): one compilation per site for every width it is cut to."""
     width = merged_pre.shape[0]
     examples = z.shape[0]
     rows_per_example = features(z[:1, 0]).shape[0]
-    per_batch = batch_rows_for(examples, rows_per_example * (width + site.width) * site.group)
+    per_batch = batch_rows_for(examples, rows_per_example * 2 * site.width * site.group)
     index, valid = row_batches(jnp.arange(examples)[:, None], per_batch)  # padding repeats example 0, not valid
+    missing = site.width - width
+    merged_pre = jnp.concatenate([merged_pre, jnp.zeros((missing, *merged_pre.shape[1:]), merged_pre.dtype)])
+    prior = jnp.concatenate([prior, jnp.zeros((prior.shape[0], missing, *prior.shape[2:]), prior.dtype)], axis=1)
     batches = (jnp.moveaxis(merged_pre, 0, 1)[index[..., 0]], z[index[..., 0]])
     valid = jnp.repeat(valid, rows_per_example, axis=1)
     flat_prior = prior.reshape(prior.shape[0], -1)
+    live = jnp.arange(flat_prior.shape[1]) < width * (flat_prior.shape[1] // site.width)
     reading = _Reading(site.activation, features, use_bias, rule.refit, rule.ridge)
-    return _solve(reading, batches, valid, weights, flat_prior, bias)
+    w, b, solved, worst, rms = _solve(reading, batches, valid, weights, flat_prior, bias, live)
+    return w[:, : width * (flat_prior.shape[1] // site.width)], b, solved, worst, rms
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,7 +217,7 @@ class _Reading:
 
 
 @eqx.filter_jit
-def _solve(reading: _Reading, batches, valid, weights, prior, bias):
+def _solve(reading: _Reading, batches, valid, weights, prior, bias, live_columns):
     def rows(batch):
         merged, original = batch
         act = unit_activation(reading.activation, False, merged, 1)
@@ -219,7 +227,8 @@ def _solve(reading: _Reading, batches, valid, weights, prior, bias):
         return a, t
 
     if reading.refit:
-        support, live = jnp.ones(prior.shape, bool), jnp.ones(prior.shape[0], bool)
+        support = jnp.broadcast_to(live_columns, prior.shape)
+        live = jnp.ones(prior.shape[0], bool)
         w, b, solved = solve_layer(
             rows, batches, valid, prior, bias, support, live, reading.use_bias, reading.ridge, False
         )
@@ -244,7 +253,7 @@ def compress_channel_site(site: Site, model, family: Family, x_calib, rule: Chan
     z, producer_in, consumer_in = capture_site(model, family, site, x_calib)
     norm = None if site.norm_key is None else node_at(model, site.norm_key)
     if norm is not None:  # the path sees the normalised pre-activations
-        s, t = norm_type_of(norm).affine(norm)
+        affine = s, t = norm_type_of(norm).affine(norm)
         per_channel = (1, -1) + (1,) * (z.ndim - 2)
         z = z * s.reshape(per_channel).astype(z.dtype) + t.reshape(per_channel).astype(z.dtype)
     channels_last = layer_type_of(producer).channels_last
@@ -263,7 +272,7 @@ def compress_channel_site(site: Site, model, family: Family, x_calib, rule: Chan
     replacements = {}
     rows = mean_in
     if norm is not None:
-        rows, replacements[site.norm_key] = _folded(norm, members, mean_in)
+        rows, replacements[site.norm_key] = _folded(norm, affine, members, mean_in)
     new_producer = layer_type_of(producer).rebuild(
         producer, jnp.tensordot(rows, p_weight, 1).astype(p_weight.dtype), (rows @ p_bias).astype(p_bias.dtype)
     )
@@ -283,19 +292,18 @@ def compress_channel_site(site: Site, model, family: Family, x_calib, rule: Chan
     return family.replace(model, replacements), info
 
 
-def _folded(norm, members: np.ndarray, mean_in):
-    """`(producer rows (k, C), new norm)`: a normalisation after a producer whose channels are merged by `mean_in`
-    (`jaxlump._sites.norms`): each group keeps the statistics of its member with the largest `|s|`; its producer
-    row is `Σ_c m_c (s_c / s_f) row_c` and its shift `Σ_c m_c t_c`, so that its output is the mean of the members'
-    normalised outputs, and a channel alone is kept exactly as it was."""
-    kind = norm_type_of(norm)
-    s, t = kind.affine(norm)
+def _folded(norm, affine: tuple, members: np.ndarray, mean_in):
+    """`(producer rows (k, C), new norm)`: a normalisation with the per-channel affine map `affine = (s, t)` after a
+    producer whose channels are merged by `mean_in` (`jaxlump._sites.norms`): each group keeps the statistics of its
+    member with the largest `|s|`; its producer row is `Σ_c m_c (s_c / s_f) row_c` and its shift `Σ_c m_c t_c`, so
+    that its output is the mean of the members' normalised outputs, and a channel alone is kept exactly as it was."""
+    s, t = affine
     keep = np.argmax(members * np.abs(np.asarray(s))[None, :], axis=1)
     s_keep = s[keep][:, None]
     ratio = jnp.where(s_keep != 0, s[None, :] / jnp.where(s_keep != 0, s_keep, 1), 0)
     ratio = ratio.at[np.arange(len(keep)), keep].set(1)  # exactly: XLA's division need not give s / s = 1
     rows = mean_in * ratio.astype(mean_in.dtype)
-    return rows, kind.rebuild(norm, keep, (mean_in @ t.astype(mean_in.dtype) - t[keep]).astype(t.dtype))
+    return rows, norm_type_of(norm).rebuild(norm, keep, (mean_in @ t.astype(mean_in.dtype) - t[keep]).astype(t.dtype))
 
 
 def _info(rule: ChannelRule, labels, widths_before: tuple, width: int, costs: tuple, solved, worst, rms):

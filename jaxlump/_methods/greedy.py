@@ -32,6 +32,7 @@ from .._criteria.merge_cost import (
     merge_costs,
     moments,
     pair_costs,
+    partner_costs,
     relative,
     removal_costs,
     unit,
@@ -69,10 +70,23 @@ class AbstractPath(eqx.Module):
         least `steps[l]` operations; objects with `labels_after(steps)`, `merged` and `cumulative`."""
 
 
+DEFAULT_NEAREST = 64  # its cost in error and its speed-up: `benchmarks/perf_merge.py`
+
+
 class Greedy(AbstractPath):
     """The exact greedy path (`jaxlump._methods.greedy`): every merge cost kept exact step by step on all
-    calibration rows, merges among each neuron's `candidates` (the compressor's option) partners;
-    `O(N n² (n + m) + n² k (N + n + m))` time per layer, practical up to widths of about 512."""
+    calibration rows, merges among each neuron's `candidates` (the compressor's option) partners, chosen among its
+    `nearest` neurons by pre-activation on the data; `O(N n² (p + m) + n² k (N + n + m))` time per layer
+    (`p = nearest`), practical up to widths of about 512.
+
+    `nearest` (default 64; `None`: every neuron) bounds which pairs are priced at all: a merged neuron's pairs are
+    recomputed with its `p` nearest neurons rather than with every one, which takes the path's `O(N n³)` to
+    `O(N n² p)`. Duplicates are at distance 0, so ε = 0 stays exact; layers up to 65 wide are unaffected."""
+
+    nearest: int | None = eqx.field(static=True, default=DEFAULT_NEAREST)
+
+    def __check_init__(self):
+        check_nearest(self.nearest)
 
     def paths(self, chain, x, layers, *, merge, damping, candidates, steps):
         del steps  # the greedy path always runs to one neuron
@@ -88,7 +102,7 @@ class Greedy(AbstractPath):
                 damping=damping,
                 gated=chain.gated[l],
             )
-            path = greedy_path(state, problem, merge, candidates=candidates)
+            path = greedy_path(state, problem, merge, candidates=candidates, nearest=self.nearest)
             paths.append(Path(*(np.asarray(a) for a in (path.labels, path.merged, path.cumulative))))
         return paths
 
@@ -122,17 +136,48 @@ def check_candidates(candidates) -> int | None:
     return None if candidates is None else int(candidates)
 
 
-def start(state: LayerState, problem: LayerProblem, allow_merge: bool, candidates: int | None, block_size: int = 256):
+def check_nearest(nearest) -> int | None:
+    if nearest is not None and (
+        isinstance(nearest, (bool, np.bool_)) or not isinstance(nearest, (int, np.integer)) or nearest < 1
+    ):
+        raise ValueError(f"`nearest` must be an integer >= 1 or None (every slot); received {nearest!r}.")
+    return None if nearest is None else int(nearest)
+
+
+def start(
+    state: LayerState,
+    problem: LayerProblem,
+    allow_merge: bool,
+    candidates: int | None,
+    block_size: int = 256,
+    pool: int | None = None,
+):
     """The greedy path's first state: each slot's `candidates` partners of smallest initial merge cost (`None`:
-    all `n − 1`), from one `merge_costs` call; planted duplicates cost 0, so they are always among them."""
+    all `n − 1`), among all slots (`pool=None`, one `merge_costs` call) or among its `pool` nearest slots by
+    pre-activation (`nearest`); planted duplicates cost 0 and are at distance 0, so they are always among them."""
     fit = current_fit(state, problem)
     if not allow_merge:
         return GreedyState(state, fit, None)
     n = state.alive.shape[0]
     k = n - 1 if candidates is None else min(candidates, n - 1)
-    _, partners = jax.lax.top_k(-merge_costs(state, problem, block_size).merge, k)
+    if pool is None:
+        _, partners = jax.lax.top_k(-merge_costs(state, problem, block_size).merge, k)
+    else:
+        near = nearest(state, jnp.arange(n), pool)
+        _, best = jax.lax.top_k(-partner_costs(state, problem, fit, near, block_size), k)
+        partners = jnp.take_along_axis(near, best, axis=1)
     rows, cols = jnp.repeat(jnp.arange(n), k), partners.ravel()
     return GreedyState(state, fit, Candidates(partners, moments(state, problem, fit, rows, cols)))
+
+
+def nearest(state: LayerState, slots: jax.Array, count: int) -> jax.Array:
+    """For each of `slots`, the `count` other live slots whose pre-activations on the data are nearest
+    (Euclidean; a merged slot's is its members' mean), `(len(slots), count)`; dead slots only fill a short list."""
+    pre = state.pre
+    square = jnp.sum(pre**2, axis=0)
+    distance = square[slots][:, None] + square[None] - 2 * _mm("sa,sb->ab", pre[:, slots], pre)
+    invalid = ~state.alive[None] | (jnp.arange(pre.shape[1])[None] == slots[:, None])
+    return jax.lax.top_k(-jnp.where(invalid, jnp.inf, distance), count)[1]
 
 
 def candidate_costs(greedy: GreedyState) -> jax.Array:
@@ -172,28 +217,37 @@ def _downdate(fit: Fit, m: Moments | None, j) -> tuple[Fit, Moments | None]:
     return fit, eqx.tree_at(lambda t: (t.u, t.gu, t.e), m, updated)
 
 
-def _refresh(greedy: GreedyState, problem: LayerProblem, slot) -> GreedyState:
-    """Recompute the pairs of `slot` with every slot from scratch (its row of the kernel, `O(N n (n + m) + n³)`):
-    its candidates become its `k` cheapest partners now, and every other slot's entry for it is renewed."""
+def _refresh(greedy: GreedyState, problem: LayerProblem, slot, pool: int | None) -> GreedyState:
+    """Recompute the pairs of `slot` with every slot (`pool=None`; its row of the kernel, `O(N n (n + m) + n³)`)
+    or with its `pool` nearest slots (`O(N pool (n + m) + pool n²)`): its candidates become its `k` cheapest
+    partners among them, and every other slot's entry for it is renewed — or, if that slot is not among them,
+    dropped (it then counts as lost, see `_remove`)."""
     layer, fit = greedy.layer, greedy.fit
     n, k = greedy.candidates.partners.shape
     rows, cols = greedy.candidates.pairs()
-    everyone, this = jnp.arange(n), jnp.full(n, slot)
-    fresh = moments(layer, problem, fit, this, everyone)
-    _, top = jax.lax.top_k(-pair_costs(fresh, fit, layer.alive, this, everyone), k)
+    near = jnp.arange(n) if pool is None else nearest(layer, jnp.asarray(slot)[None], pool)[0]
+    this = jnp.full(near.shape[0], slot)
+    fresh = moments(layer, problem, fit, this, near)
+    _, top = jax.lax.top_k(-pair_costs(fresh, fit, layer.alive, this, near), k)
+    position = jnp.full(n, -1).at[near].set(jnp.arange(near.shape[0]))[rows]
     pointing = cols == slot
+    renewed = pointing & (position >= 0)
 
-    def renew(old, new):
-        old = jnp.where(pointing.reshape(pointing.shape + (1,) * (old.ndim - 1)), new[rows], old)
+    (entries,) = jnp.nonzero(renewed, size=near.shape[0], fill_value=n * k)  # a pair list never repeats a slot
+    source = position[jnp.minimum(entries, n * k - 1)]
+
+    def renew(old, new):  # a scatter of the few renewed pairs: the moments of all pairs are never rewritten
+        old = old.at[entries].set(new[source], mode="drop")
         return jax.lax.dynamic_update_slice_in_dim(old, new[top], slot * k, axis=0)
 
-    candidates = Candidates(
-        greedy.candidates.partners.at[slot].set(top), jax.tree.map(renew, greedy.candidates.moments, fresh)
-    )
+    partners = greedy.candidates.partners
+    partners = jnp.where((pointing & ~renewed).reshape(n, k), jnp.arange(n, dtype=partners.dtype)[:, None], partners)
+    partners = partners.at[slot].set(near[top].astype(partners.dtype))
+    candidates = Candidates(partners, jax.tree.map(renew, greedy.candidates.moments, fresh))
     return GreedyState(layer, fit, candidates)
 
 
-def _remove(greedy: GreedyState, problem: LayerProblem, j) -> GreedyState:
+def _remove(greedy: GreedyState, problem: LayerProblem, j, pool: int | None) -> GreedyState:
     """Remove slot j; then the live slot that lost the most candidates to removals gets its list renewed."""
     fit, m = _downdate(greedy.fit, None if greedy.candidates is None else greedy.candidates.moments, j)
     labels = jnp.where(greedy.layer.labels == j, -1, greedy.layer.labels).astype(jnp.int32)
@@ -203,11 +257,11 @@ def _remove(greedy: GreedyState, problem: LayerProblem, j) -> GreedyState:
     partners = greedy.candidates.partners
     lost = jnp.sum(~layer.alive[partners] | (partners == jnp.arange(partners.shape[0])[:, None]), axis=1)
     return _refresh(
-        GreedyState(layer, fit, Candidates(partners, m)), problem, jnp.argmax(jnp.where(layer.alive, lost, -1))
+        GreedyState(layer, fit, Candidates(partners, m)), problem, jnp.argmax(jnp.where(layer.alive, lost, -1)), pool
     )
 
 
-def _merge(greedy: GreedyState, problem: LayerProblem, keep, gone) -> GreedyState:
+def _merge(greedy: GreedyState, problem: LayerProblem, keep, gone, pool: int | None) -> GreedyState:
     """Merge slot `gone` into `keep`: both leave the fit, the merged column `ṽ` joins it (bordered inverse,
     `s = ‖ṽ‖² − qᵀK q`, `q = F̃ᵀṽ`), the pairs' moments follow in `O(N + n + m)` each, and the pairs with the
     merged slot are recomputed (`_refresh`)."""
@@ -259,17 +313,19 @@ def _merge(greedy: GreedyState, problem: LayerProblem, keep, gone) -> GreedyStat
     e = m.e + sigma1 * fit0.weights[None, :, gone] + sigma2 * fit1.weights[None, :, keep] + tau_ * rho[None]
     gu = m.gu - sigma1[:, 0] * u_gone - sigma2[:, 0] * u1_keep + t * tau
     m = eqx.tree_at(lambda x: (x.u, x.gu, x.e), m, (u, gu, e))
-    return _refresh(GreedyState(layer, fit, Candidates(greedy.candidates.partners, m)), problem, keep)
+    return _refresh(GreedyState(layer, fit, Candidates(greedy.candidates.partners, m)), problem, keep, pool)
 
 
-def advance(greedy: GreedyState, problem: LayerProblem) -> tuple[GreedyState, jax.Array, jax.Array]:
+def advance(
+    greedy: GreedyState, problem: LayerProblem, pool: int | None = None
+) -> tuple[GreedyState, jax.Array, jax.Array]:
     """One greedy step: the cheapest of merging a candidate pair and removing a slot. Returns the new state,
     whether it merged and the squared error it added. Ties go to the lowest `(min(i, j), max(i, j))`, then the
     lowest slot, and a merge keeps the slot with the larger removal cost as the block's representative."""
     removal = removal_costs(greedy.layer, greedy.fit)
     drop = jnp.argmin(removal)
     if greedy.candidates is None:
-        return _remove(greedy, problem, drop), jnp.asarray(False), removal[drop]
+        return _remove(greedy, problem, drop, pool), jnp.asarray(False), removal[drop]
     costs = candidate_costs(greedy)
     n = costs.shape[0]
     partners = greedy.candidates.partners
@@ -281,13 +337,18 @@ def advance(greedy: GreedyState, problem: LayerProblem) -> tuple[GreedyState, ja
     keep, gone = jnp.where(removal[i] >= removal[j], i, j), jnp.where(removal[i] >= removal[j], j, i)
     do_merge = best < removal[drop]
     greedy = jax.lax.cond(
-        do_merge, lambda g: _merge(g, problem, keep, gone), lambda g: _remove(g, problem, drop), greedy
+        do_merge, lambda g: _merge(g, problem, keep, gone, pool), lambda g: _remove(g, problem, drop, pool), greedy
     )
     return greedy, do_merge, jnp.where(do_merge, best, removal[drop])
 
 
 def greedy_path(
-    state: LayerState, problem: LayerProblem, allow_merge: bool, block_size: int = 256, candidates: int | None = None
+    state: LayerState,
+    problem: LayerProblem,
+    allow_merge: bool,
+    block_size: int = 256,
+    candidates: int | None = None,
+    nearest: int | None = None,
 ) -> Path:
     """GreedyState backward compression of one layer to width 1: at every step the cheapest operation under the
     current refit — merging two candidate slots (if `allow_merge`) or removing one.
@@ -295,21 +356,36 @@ def greedy_path(
     With `allow_merge=False` this is structured OBS / ZipLM greedy elimination (parallel mode). Nothing is
     recomputed from scratch between steps: the inverse Gram and the refit follow by rank-one updates, each
     candidate pair's moments by `O(n + m)` updates (`_downdate`, `_merge`; `O(N)` more after a merge), and
-    after a merge the merged slot's row of the kernel is computed anew (`O(N n (n + m) + n³)`).
+    after a merge the merged slot's pairs are computed anew: with every slot (`nearest=None`, its row of the
+    kernel, `O(N n (n + m) + n³)`) or with its `nearest` slots by pre-activation (`O(N p (n + m) + p n²)`,
+    `p = nearest`; the first candidates too are then chosen among each slot's `p` nearest).
     `candidates=None` (or `≥ n − 1`) keeps every pair: the exact greedy, memory `O(n² (N + n + m))`.
     """
     n = state.alive.shape[0]
     k = n - 1 if candidates is None else min(check_candidates(candidates), n - 1)
-    return _greedy_path(state, problem, allow_merge, block_size, max(k, 1) if allow_merge else 1)
+    return _greedy_path(
+        state, problem, allow_merge, block_size, max(k, 1) if allow_merge else 1, pool_size(n, k, nearest)
+    )
+
+
+def pool_size(n: int, k: int, nearest: int | None) -> int | None:
+    """With how many nearest slots a slot's merges are priced in a layer of width `n` with `k` candidates
+    (`None`: with every slot, which a pool of `n − 1` or more is)."""
+    if nearest is None:
+        return None
+    pool = max(check_nearest(nearest), k)
+    return None if pool >= n - 1 else pool
 
 
 @eqx.filter_jit
-def _greedy_path(state: LayerState, problem: LayerProblem, allow_merge: bool, block_size: int, k: int) -> Path:
+def _greedy_path(
+    state: LayerState, problem: LayerProblem, allow_merge: bool, block_size: int, k: int, pool: int | None
+) -> Path:
     n = state.alive.shape[0]
 
     def step(t, carry):
         greedy, path, total = carry
-        greedy, merged, increase = advance(greedy, problem)
+        greedy, merged, increase = advance(greedy, problem, pool)
         total = total + increase
         path = Path(
             path.labels.at[t].set(greedy.layer.labels),
@@ -320,6 +396,6 @@ def _greedy_path(state: LayerState, problem: LayerProblem, allow_merge: bool, bl
 
     dtype = state.features.dtype
     empty = Path(jnp.zeros((n - 1, n), jnp.int32), jnp.zeros(n - 1, bool), jnp.zeros(n - 1, dtype))
-    greedy = start(state, problem, allow_merge, k, block_size)
+    greedy = start(state, problem, allow_merge, k, block_size, pool)
     _, path, _ = jax.lax.fori_loop(0, n - 1, step, (greedy, empty, jnp.zeros((), dtype)))
     return path

@@ -175,9 +175,10 @@ def _removed(state: GroupState, u: int) -> GroupState:
 
 
 def _padded(pairs: np.ndarray) -> jax.Array:
-    """Pairs padded with `(0, 0)` (cost `inf`) to a multiple of `_PAIR_BLOCK`: few shapes, few compilations."""
-    pad = -len(pairs) % _PAIR_BLOCK
-    return jnp.asarray(np.concatenate([pairs, np.zeros((pad, 2), np.int32)]) if pad else pairs)
+    """Pairs padded with `(0, 0)` (cost `inf`) to `_PAIR_BLOCK` times a power of two: a handful of shapes per site,
+    each compiled once for every width the site is cut to, at most twice the pairs' work."""
+    size = _PAIR_BLOCK * 2 ** int(np.ceil(np.log2(max(1, -(-len(pairs) // _PAIR_BLOCK))))) if len(pairs) else 0
+    return jnp.asarray(np.concatenate([pairs, np.zeros((size - len(pairs), 2), np.int32)]))
 
 
 def _candidate_pairs(partners: np.ndarray, alive: np.ndarray) -> np.ndarray:
@@ -238,7 +239,7 @@ def group_path(
         best_removal, best_merge = int(np.argmin(removal)), int(np.argmin(merges))
         if merges[best_merge] < removal[best_removal]:
             keep, gone = (int(i) for i in pairs[best_merge])  # sorted: the merged unit takes the lower slot
-            state = _merged(problem, state, gone, keep)
+            state = _merged(problem, state, jnp.asarray(gone), jnp.asarray(keep))  # traced: compiled once
             labels = np.where(labels == gone, keep, labels)
             total, merged = total + float(merges[best_merge]), True
             if partners is not None:

@@ -28,6 +28,7 @@ from jax.sharding import Mesh
 
 from .._criteria.gram import LayerStatistics, layer_statistics
 from .._criteria.merge_cost import centred, unit_activation
+from .._errors import spans_processes
 from .._reconstruction.linalg import cho_solve, cholesky, inv
 from .greedy import AbstractPath
 
@@ -96,6 +97,9 @@ class Rounds(AbstractPath):
         stats = layer_statistics(
             chain, x, sketch_size=self.sketch_rows, candidates=self.candidates, batch_rows=self.batch_rows, mesh=mesh
         )
+        # The paths are solved by every process on its own devices (the statistics are the same everywhere).
+        stats = jax.tree.map(lambda a: a.addressable_data(0) if spans_processes(a) else a, stats)
+        devices = [d for d in devices if d is None or d.process_index == jax.process_index()]
         started = [  # dispatched first, so that the layers' paths run concurrently on their devices
             _start(
                 stats[l],

@@ -209,7 +209,8 @@ def merge_or_remove(
       initial merge cost (a merged neuron's list is refreshed: its cheapest partners at that step); default 16.
       `None` considers all pairs (the exact greedy; memory `O(n² (N + n + m))`). Exact duplicates cost 0, so
       they are always candidates.
-    - `path`: how each layer's path is computed: `jaxlump.Greedy()` (the exact greedy above) or
+    - `path`: how each layer's path is computed: `jaxlump.Greedy()` (the greedy above; `Greedy(nearest=None)` prices
+      a merged neuron's pairs with every neuron, not its 64 nearest) or
       `jaxlump.Rounds(...)` (Gram-only costs on streamed statistics, batched rounds, `O(n³)` for any width: merges
       priced as their members' mean activation plus a bound on the nonlinear error, see `jaxlump.Rounds`); default
       `None`: the greedy for layers up to 512 wide, `Rounds()` for wider ones.
@@ -224,9 +225,10 @@ def merge_or_remove(
     **Raises:** `ValueError` for ε < 0 or NaN, `damping ≤ 0`, `candidates` not an integer ≥ 1 or None,
     missing or malformed `x_calib`; `CompressionError` for a failed stage when `throw=True`.
 
-    Cost per layer of width n (N calibration inputs, m next-layer neurons, k candidates): one all-pairs kernel
-    `O(N n² (n + m))`, then per step `O(n k (N + n + m))` for the candidates' updates plus, after a merge,
-    `O(N n (n + m) + n³)` for the merged neuron's pairs — `O(n² (k (N + n + m) + N (n + m) + n²))` in all.
+    Cost per layer of width n (N calibration inputs, m next-layer neurons, k candidates, each neuron's merges
+    priced with its p = 64 nearest neurons, see `jaxlump.Greedy`): a first kernel `O(N n p (n + m))`, then per step
+    `O(n k (N + n + m))` for the candidates' updates plus `O(N p (n + m) + n²)` for the merged neuron's pairs —
+    `O(n (N p (n + m) + n k (N + n + m)))` in all.
 
     ```python
     import equinox as eqx, jax.numpy as jnp, jax.random as jr, jaxlump

@@ -10,7 +10,7 @@ from jaxtyping import Array, Float, Int
 
 from .._criteria.gram import batch_rows_for, fold_batches, row_batches
 from .._custom_types import Partitions, WeightMasks
-from .._errors import RESULTS, combine, is_traced, messages
+from .._errors import RESULTS, combine, is_traced, messages, spans_processes
 from .._model import to_chain
 from .._model.activations import numpy_activation
 from .._model.network import DenseChain
@@ -258,7 +258,7 @@ def _forward_finite(network, x):
     if _traced((network, x)):
         return _activations_finite(network, x)
     skips = [s for s in getattr(network, "skips", ()) if s is not None]
-    if np.shape(x)[0] * sum(np.size(a) for a in (*network.weights, *skips)) > _HOST_MAX_MACS:
+    if np.shape(x)[0] * sum(np.size(a) for a in (*network.weights, *skips)) > _HOST_MAX_MACS or spans_processes(x):
         return np.bool_(_jitted_activations_finite(network, x))
     skips = getattr(network, "skips", (None,) * len(network.weights))
     sources = getattr(network, "skip_sources", ((),) * len(network.weights))

@@ -23,7 +23,7 @@ from .._model import is_chain_kind
 from .._model.network import DenseChain
 from .._results.accounting import cost, model_flops
 from .._results.info import Certificate
-from .layers import Path, family_of, layer_type_of, path_name
+from .layers import Path, family_of, layer_type_of, node_at, path_name
 from .site import Site, Sites, capture, example_of, selected_taps, sites, trace_program
 from .trace import tapped_model
 
@@ -76,13 +76,6 @@ def segments(listed: Sites | tuple[Site, ...]) -> list[Segment]:
     return out
 
 
-def _layer(model, path: Path):
-    node = model
-    for key in path:
-        node = node[key] if isinstance(key, int) else getattr(node, key)
-    return node
-
-
 def segment_chain(model, segment: Segment) -> DenseChain:
     """The segment's layers of `model` as a `DenseChain` (the gate of a gated unit included); a site of channels or
     heads is refused, as no chain of neurons."""
@@ -108,7 +101,7 @@ def segment_chain(model, segment: Segment) -> DenseChain:
 
 
 def _read(model, path: Path):
-    layer = _layer(model, path)
+    layer = node_at(model, path)
     return layer_type_of(layer).read(layer)
 
 
@@ -116,10 +109,10 @@ def rebuild(model, segment: Segment, chain: DenseChain) -> dict[Path, object]:
     """New layers for `segment` holding `chain`'s parameters, by path."""
     new = {}
     for l, path in enumerate(segment.layers):
-        layer = _layer(model, path)
+        layer = node_at(model, path)
         new[path] = layer_type_of(layer).rebuild(layer, chain.weights[l], chain.biases[l])
         if segment.gates[l] is not None:
-            gate = _layer(model, segment.gates[l])
+            gate = node_at(model, segment.gates[l])
             new[segment.gates[l]] = layer_type_of(gate).rebuild(gate, chain.gate_weights[l], chain.gate_biases[l])
     return new
 
@@ -416,7 +409,7 @@ def compress_layers(per_layer, model, x_calib, *, method: str, knob, where=None,
         if (tap == order[-1] and not head) or (chosen is not None and tap not in chosen):
             continue
         path = tapped.paths[tap]
-        layer = _layer(model, path)
+        layer = node_at(model, path)
         if layer_type_of(layer).channels:  # masks are for `Linear` layers; a convolution keeps its weights
             continue
         weight, bias, use_bias = layer_type_of(layer).read(layer)
@@ -461,12 +454,28 @@ def _sites_info(model, current, x_calib, listing, infos, calls, method, knob, la
     )
 
 
+def whole_model_budget(target, total: int, also: str = "") -> int:
+    """The parameter budget that `target` sets a model of `total` parameters: a count (int) or a fraction of the
+    whole model's parameters (float in (0, 1]); `also` names the other kinds of target the caller accepts."""
+    if isinstance(target, bool) or not isinstance(target, (int, float)):
+        raise TypeError(
+            "`target` for a model of sites must be a parameter count (int) or a fraction of the whole model's "
+            f"parameters (float in (0, 1]){' ' + also if also else ''}; received {target!r}."
+        )
+    if not (target > 0 and (isinstance(target, int) or target <= 1)):
+        raise ValueError(f"`target` must be a positive count or a fraction in (0, 1]; received {target!r}.")
+    return int(target) if isinstance(target, int) else int(np.floor(float(target) * total + 1e-9))
+
+
 def compress_to_sites(
     model, name: str, chain_compress_to, target, x_calib, *, where=None, independent=False, **options
 ):
     """`compress_to` for a model of sites: `target` is a count or a fraction of the whole model's parameters (the
     neuron sites' parameters are cut by one fraction, so that the whole model meets it; sites of channels or heads
     are kept whole) or `{site path: width}` (any site)."""
+    function = compressors()[name].function if isinstance(name, str) and name in compressors() else name
+    if getattr(function, "site_refusal", None) is not None:  # before anything is computed
+        _refuse_site_by_site(model, _name(function), function.site_refusal)
     every = site_listing(model, x_calib, where, groups=True)
     if isinstance(target, dict):  # sites of channels or heads that the dict does not name are kept whole
         known = {s.path for s in every.sites}
@@ -486,12 +495,7 @@ def compress_to_sites(
             return tuple(int(target.get(site.path, site.width)) for site in segment.sites)
 
     else:
-        if isinstance(target, bool) or not isinstance(target, (int, float)) or not target > 0:
-            raise TypeError(
-                "`target` for a model of sites must be a parameter count (int), a fraction of the whole model's "
-                f"parameters (float in (0, 1]) or a dict of widths by site path; received {target!r}."
-            )
-        budget = int(target) if isinstance(target, int) else int(np.floor(float(target) * total + 1e-9))
+        budget = whole_model_budget(target, total, "or a dict of widths by site path")
         fraction = (budget - (total - in_sites)) / in_sites
         if fraction <= 0:
             raise UnreachableTargetError(
@@ -624,6 +628,7 @@ def over_sites(compressor=None, *, refusal: str | None = None, fixed_shape: bool
         return _compress_model_of_sites(how, model, args, kwargs, where, independent)
 
     compress.channel_rule = channels
+    compress.site_refusal = refusal
     extra = [
         inspect.Parameter("where", inspect.Parameter.KEYWORD_ONLY, default=None),
         inspect.Parameter("independent", inspect.Parameter.KEYWORD_ONLY, default=False),
@@ -632,6 +637,12 @@ def over_sites(compressor=None, *, refusal: str | None = None, fixed_shape: bool
     cut = next((i for i, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
     compress.__signature__ = signature.replace(parameters=params[:cut] + extra + params[cut:])
     return compress
+
+
+def _refuse_site_by_site(model, method: str, refusal: str):
+    raise TypeError(
+        f"`model` ({type(model).__name__}) is compressed site by site, which jaxlump.{method} cannot do: {refusal}."
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -650,10 +661,7 @@ def _compress_model_of_sites(how: _HowOverSites, model, args, kwargs, where, ind
     """`over_sites`'s compressor applied to a model that is no chain: site by site, or every `Linear` masked."""
     family_of(model)  # a model that is no module at all is refused as such, before anything else is asked of it
     if how.refusal is not None:
-        raise TypeError(
-            f"`model` ({type(model).__name__}) is compressed site by site, which "
-            f"jaxlump.{how.compressor.__name__} cannot do: {how.refusal}."
-        )
+        _refuse_site_by_site(model, how.compressor.__name__, how.refusal)
     check_bool(independent, "independent")
     bound = how.signature.bind_partial(model, *args, **kwargs)
     x_calib = bound.arguments.get("x_calib")

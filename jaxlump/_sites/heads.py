@@ -16,7 +16,7 @@ from collections.abc import Callable
 import equinox as eqx
 import jax.random as jr
 
-from .layers import Path, layer_type_of, path_name
+from .layers import Path, layer_type_of, node_at, path_name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,12 +63,6 @@ def register_attention_type(attention_type: AttentionType) -> AttentionType:
 
 def attention_type_of(module) -> AttentionType | None:
     return next((t for t in ATTENTION_TYPES if t.matches(module)), None)
-
-
-def node_at(model, path: Path):
-    for key in path:
-        model = model[key] if isinstance(key, int) else getattr(model, key)
-    return model
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,6 +23,13 @@ from .norms import is_norm
 Path = tuple  # keys from the model's root: attribute names (str) and sequence indices (int)
 
 
+def node_at(model, path: Path):
+    """The node of `model` at `path`."""
+    for key in path:
+        model = model[key] if isinstance(key, int) else getattr(model, key)
+    return model
+
+
 def path_name(path: Path) -> str:
     """`("blocks", 0, "ffn", "up")` → `"blocks[0].ffn.up"`."""
     text = ""
@@ -321,9 +328,7 @@ def _nnx_replace(model, replacements: dict):
 
     copy = nnx.clone(model)
     for path, layer in replacements.items():
-        parent = copy
-        for key in path[:-1]:
-            parent = parent[key] if isinstance(key, int) else getattr(parent, key)
+        parent = node_at(copy, path[:-1])
         if isinstance(path[-1], int):
             parent[path[-1]] = layer
         else:

@@ -16,8 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .heads import find_heads, node_at
-from .layers import LAYER_TYPES, Family, Path, family_of, layer_type_of, path_name
+from .heads import find_heads
+from .layers import LAYER_TYPES, Family, Path, family_of, layer_type_of, node_at, path_name
 from .norms import norm_type_of
 from .pooling import describe as describe_pooling
 from .trace import Found, Program, Tapped, find, tapped_model

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
+from .._errors import host_rows
 from .._methods.base import Fractions, layer_knob
 from .._methods.registry import NEURON_SPARSITY, Compressor, register_compressor
 from .._model.activations import ACTIVATIONS
@@ -112,10 +113,10 @@ def zipit_clusters(a: np.ndarray, k: int, alpha: float) -> np.ndarray:
 def repair(original: DenseChain, merged: DenseChain, x, labels) -> DenseChain:
     """REPAIR on the incoming side: layer by layer through the merged network, rescale each live neuron's row and
     bias so its pre-activation's mean and std on `x` equal the mean of its members' originals (Jordan et al. 2023)."""
-    z_orig = [np.asarray(z, np.float64) for z in original.forward(x)[0][:-1]]
+    z_orig = [host_rows(z).astype(np.float64) for z in original.forward(x)[0][:-1]]
     weights = [np.array(w, np.float64) for w in merged.weights]
     biases = [np.array(b, np.float64) for b in merged.biases]
-    a = np.asarray(x, np.float64)
+    a = host_rows(x).astype(np.float64)
     for l, block in enumerate(labels):
         block = np.asarray(block)
         z = a @ weights[l].T + biases[l]

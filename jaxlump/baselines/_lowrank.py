@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
-from .._errors import RESULTS, check_bool, check_fraction, check_nonnegative, combine, raise_if_failed
+from .._errors import RESULTS, check_bool, check_fraction, check_nonnegative, combine, host_rows, raise_if_failed
 from .._methods.base import chain_and_data
 from .._methods.registry import Compressor, register_compressor
 from .._model import sequential_of
@@ -58,7 +58,7 @@ def whitened_factors(w: ArrayLike, b: ArrayLike, a: ArrayLike, r: int, damping: 
         v = np.pad((vt[:r] / np.sqrt(values[positive])) @ vectors[:, positive].T, ((0, pad), (0, 0)))
         result = RESULTS.least_squares_rank_deficient
     left = u[:, :r] * s[:r]
-    bias = b + (w - left @ v) @ np.asarray(a, np.float64).mean(axis=0)
+    bias = b + (w - left @ v) @ host_rows(a).astype(np.float64).mean(axis=0)
     return (v, left, bias), result
 
 

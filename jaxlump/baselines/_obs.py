@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
-from .._errors import RESULTS, check_bool, check_nonnegative, combine, finite_result, raise_if_failed
+from .._errors import RESULTS, check_bool, check_nonnegative, combine, finite_result, host_rows, raise_if_failed
 from .._methods.base import Fractions, chain_and_data, check_sparsity, is_per_layer, knob_number, layer_knob
 from .._methods.channels import ChannelRule
 from .._methods.registry import NEURON_SPARSITY, Compressor, register_compressor
@@ -60,7 +60,7 @@ def kept_count(n: int, sparsity: float) -> int:
 
 def centred_gram(a, damping: float = DEFAULT_DAMPING) -> np.ndarray:
     """`A_cᵀA_c + damping · mean(diag) · I` in float64 (`A_c`: the columns of `a` minus their means)."""
-    a = np.asarray(a, np.float64)
+    a = host_rows(a).astype(np.float64)
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported by the callers' finiteness checks
         a = a - a.mean(axis=0)
         h = a.T @ a
@@ -142,7 +142,7 @@ def masked_reconstruct(original: DenseChain, masked: DenseChain, x, labels, ridg
 
 
 def hidden_activations(chain: DenseChain, x) -> list[np.ndarray]:
-    return [np.asarray(a) for a in _hidden(chain, x)]
+    return [host_rows(a) for a in _hidden(chain, x)]
 
 
 def selection_status(*arrays) -> RESULTS:
