@@ -18,7 +18,8 @@ one entry. Every point calls `jaxlump.baselines.compress_to(model, method, targe
 - scope `"neurons"`: the target is a whole-model parameter count, `total − (1 − f) · compressible`, where the
   compressible parameters are those of the FFN sites' layers; sites of heads are kept whole (as `compress_to` does
   for a count). A model whose only sites are channels (the CNN) gets the widths target below instead.
-- scope `"all"`: a dict of widths, every site (FFN neurons, heads, channels) at `round(f · width)` (at least 1).
+- scope `"all"`: a dict of widths, every site (FFN neurons, heads, channels) at `round(f · width)` (at least 1);
+  measured at the headline sizes (70 % and 40 %) only, as the end-to-end allocation is.
 
 Each method runs with its own default for the shared least-squares refit of the consumers (on for
 `merge_or_remove`, `lump`, OBS, OSSCAR, ID; off for FLAP, folding and the structured scores); the "(no refit)" and
@@ -33,7 +34,8 @@ of the compression (compilation included, under the provenance profiler of `benc
 paused) and the machine load (`os.getloadavg()`). Each raw file carries the provenance block of the code that ran.
 
 One raw JSON per family × seed under `raw/` (`raw-quick/` for `--quick`), written when complete; the unfinished
-record is saved after every point in `.partial`, so a rerun resumes where it stopped and skips finished jobs.
+record is saved after every point in `.partial`, so a rerun resumes where it stopped and skips finished jobs; a
+raw file whose recorded code has changed since (`python3 benchmarks/provenance.py` lists them) is recomputed.
 Tables, the figure and the generated blocks of the README and `docs/real_models.md` (full run into the default
 `--out` only): `benchmarks/real_models_report.py` (run at the end, or alone with `--report-only`).
 
@@ -349,13 +351,13 @@ class Method:
 
 METHODS = {  # with each method's own default for the least-squares refit; the "no refit" / "+ refit" entries flip it
     "merge_or_remove": Method("merge_or_remove", recover=True),
-    "merge_or_remove +heads": Method("merge_or_remove", scope="all", groups_only=True),
+    "merge_or_remove +heads": Method("merge_or_remove", scope="all", groups_only=True, sizes=(0.7, 0.4)),
     "merge_or_remove allocated": Method("allocate", sizes=(0.7, 0.4)),  # the end-to-end search over the FFNs' widths
     "lump": Method("lump"),
     "lump (no refit)": Method("lump", (("reconstruct", False),)),
     "OBS (ZipLM)": Method("obs_prune", recover=True),
     "OBS (no refit)": Method("obs_prune", (("reconstruct", False),)),
-    "OBS +heads": Method("obs_prune", scope="all", groups_only=True),
+    "OBS +heads": Method("obs_prune", scope="all", groups_only=True, sizes=(0.7, 0.4)),
     "OSSCAR": Method("osscar_prune"),
     "ID": Method("id_prune"),
     "FLAP": Method("flap_prune"),
@@ -561,16 +563,26 @@ def wanted(family: str, methods: dict, sites: list[dict] | None) -> dict:
 
 
 def pending(path: pathlib.Path, config, methods, sizes, overwrite: bool) -> tuple[bool, dict | None]:
-    """Whether the job of raw file `path` has work left, and the record to complete (its `.partial`, else the raw
-    file; `None`: compute afresh). A record of another configuration, or any under `overwrite`, is recomputed."""
+    """Whether the job of raw file `path` has work left (points, or saving a complete `.partial`), and the record to
+    complete (its `.partial`, else the raw file; `None`: compute afresh). A record of another configuration, or one
+    whose recorded code has changed since (`provenance.stale`), is recomputed; `overwrite` recomputes a complete raw
+    file but resumes a `.partial` (an interrupted recomputation) whose code is current."""
     for candidate in (path.with_suffix(".partial"), path):
         if candidate.exists():
             record = json.loads(candidate.read_text())
-            if overwrite or record.get("config") != jsonable(dataclasses.asdict(config)):
+            changed = provenance.stale(record["provenance"]) if "provenance" in record else ["unrecorded"]
+            if changed:
+                print(f"{candidate.name}: its code changed ({', '.join(changed[:3])}…), recomputing", flush=True)
+            if (
+                changed
+                or (overwrite and candidate == path)
+                or record.get("config") != jsonable(dataclasses.asdict(config))
+            ):
                 return True, None
             applicable = wanted(record["family"], methods, record.get("sites"))
             done = {(p["method"], p["target_fraction"]) for p in record["points"]}
-            return not {(m, f) for m in applicable for f in methods[m].at(sizes)} <= done, record
+            complete = {(m, f) for m in applicable for f in methods[m].at(sizes)} <= done
+            return not complete or candidate != path, record  # a complete `.partial` still has to be saved
     return True, None
 
 

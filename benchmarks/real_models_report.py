@@ -357,7 +357,10 @@ def report(raw: pathlib.Path, out: pathlib.Path, pages: tuple[pathlib.Path, ...]
     records = load(raw)
     out.mkdir(parents=True, exist_ok=True)
     if not records:
-        (out / "real_models.md").write_text("# Real models\n\n(no raw results yet)\n")
+        empty = f"(no complete raw file in `{raw.name}/` yet)"
+        (out / "real_models.md").write_text(f"# Real models\n\n{empty}\n")
+        for page in pages:
+            replace_between(page, empty, "real-models")
         return
     families = _by_family(records)
     intro = (

@@ -50,15 +50,19 @@ def test_targets_cut_the_compressible_parameters_only():
     assert set(widths) == {"conv2", "conv3"}  # a model of channel sites only: every method gets the widths
 
 
-def test_an_unfinished_record_is_resumed_and_a_finished_one_skipped(tmp_path):
+def test_an_unfinished_record_is_resumed_a_finished_one_skipped_and_one_of_changed_code_recomputed(tmp_path):
     import dataclasses
 
+    import provenance
     import real_models as R
 
     config = R.QUICK_FAMILIES["lm-gelu"]
     methods = {k: R.METHODS[k] for k in ("merge_or_remove", "ID")}
     sites = [{"path": "b.ffn", "unit": "neuron", "width": 8, "producers": ["b.up"], "consumer": "b.down"}]
+    unit = ("jaxlump/_methods/greedy.py", "Greedy")
+    current = {"sources": {unit[0]: {unit[1]: provenance.unit_hash(*unit)}}}
     record = {"family": "lm-gelu", "config": R.jsonable(dataclasses.asdict(config)), "sites": sites, "points": []}
+    record["provenance"] = current
     record["points"] = [{"method": "merge_or_remove", "target_fraction": f} for f in (0.7, 0.4)]
     path = tmp_path / "lm-gelu_s0.json"
     R.write_json(path.with_suffix(".partial"), record)
@@ -66,10 +70,16 @@ def test_an_unfinished_record_is_resumed_and_a_finished_one_skipped(tmp_path):
     assert todo and resumed == record  # ID is missing: the partial record is completed, not recomputed
     record["points"] += [{"method": "ID", "target_fraction": f} for f in (0.7, 0.4)]
     R.write_json(path.with_suffix(".partial"), record)
-    assert R.pending(path, config, methods, (0.7, 0.4), overwrite=False) == (False, record)
-    assert R.pending(path, config, methods, (0.7, 0.4), overwrite=True) == (True, None)
+    assert R.pending(path, config, methods, (0.7, 0.4), overwrite=False) == (True, record)  # to be saved
+    assert R.pending(path, config, methods, (0.7, 0.4), overwrite=True) == (True, record)  # resumed, not redone
     other = dataclasses.replace(config, steps=config.steps + 1)
     assert R.pending(path, other, methods, (0.7, 0.4), overwrite=False) == (True, None)  # another model: afresh
+    path.with_suffix(".partial").rename(path)
+    assert R.pending(path, config, methods, (0.7, 0.4), overwrite=False) == (False, record)
+    assert R.pending(path, config, methods, (0.7, 0.4), overwrite=True) == (True, None)  # a complete file is redone
+    record["provenance"] = {"sources": {unit[0]: {unit[1]: "0" * 16}}}  # computed by code that has changed since
+    R.write_json(path, record)
+    assert R.pending(path, config, methods, (0.7, 0.4), overwrite=False) == (True, None)
 
 
 def _run(out: pathlib.Path) -> str:
