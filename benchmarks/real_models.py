@@ -570,7 +570,7 @@ def pending(path: pathlib.Path, config, methods, sizes, overwrite: bool) -> tupl
     for candidate in (path.with_suffix(".partial"), path):
         if candidate.exists():
             record = json.loads(candidate.read_text())
-            changed = provenance.stale(record["provenance"]) if "provenance" in record else ["unrecorded"]
+            changed = provenance.stale(record.get("provenance", {}))
             if changed:
                 print(f"{candidate.name}: its code changed ({', '.join(changed[:3])}…), recomputing", flush=True)
             if (
